@@ -1,0 +1,723 @@
+//! The certificate authority: root and intermediate CA certificates, X.509-SVID minting and
+//! chain verification.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentmesh_spiffe::{SpiffeId, TrustDomain};
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use crate::csr::CsrPublicKey;
+use crate::keys::PrivateKey;
+
+/// Why a CA certificate or SVID could not be made, or a chain did not verify.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// rcgen refused to build or sign a certificate.
+    #[error("could not sign the {what}: {source}")]
+    Sign {
+        /// Which certificate was being made.
+        what: &'static str,
+        /// rcgen's complaint.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A certificate could not be parsed.
+    #[error("{what} is not a valid DER X.509 certificate: {reason}")]
+    ParseCert {
+        /// Which certificate, such as "intermediate certificate" or `chain[1]`.
+        what: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A TTL of zero (or under one second) was asked for.
+    #[error("TTL for the {what} must be at least one second")]
+    ZeroTtl {
+        /// Which certificate.
+        what: &'static str,
+    },
+    /// The clock is before 1970 or beyond what X.509 can express.
+    #[error("time {0:?} cannot be put in a certificate; check the system clock")]
+    BadTime(SystemTime),
+    /// The signing CA has already expired, so nothing it signs would be valid.
+    #[error("the {what} expired at {not_after:?} (now {now:?}); rotate to a fresh CA")]
+    IssuerExpired {
+        /// Which CA.
+        what: &'static str,
+        /// When it expired.
+        not_after: SystemTime,
+        /// The time used.
+        now: SystemTime,
+    },
+    /// A private key does not belong to the certificate it was paired with.
+    #[error(
+        "the {what} private key does not match its certificate's public key; the key and cert files are mismatched"
+    )]
+    KeyMismatch {
+        /// Which CA.
+        what: &'static str,
+    },
+    /// A certificate that must be a CA is not one.
+    #[error("{0} is not a CA certificate (basicConstraints CA:true missing)")]
+    NotCa(String),
+    /// A certificate names a different trust domain than expected.
+    #[error("{what} has SPIFFE ID {id}, which is not in trust domain {trust_domain}")]
+    TrustDomainMismatch {
+        /// Which certificate or request.
+        what: String,
+        /// The offending ID.
+        id: String,
+        /// The expected trust domain.
+        trust_domain: String,
+    },
+    /// A DNS name that cannot go in a SAN.
+    #[error("DNS SAN {0:?} is not a valid DNS name")]
+    BadDnsName(String),
+    /// A certificate without a URI SAN, where a SPIFFE ID is required.
+    #[error("{0} has no URI SAN, so it carries no SPIFFE ID")]
+    NoUriSan(String),
+    /// A certificate with several URI SANs; SPIFFE allows exactly one.
+    #[error("{what} has {count} URI SANs; an X509-SVID must have exactly one")]
+    MultipleUriSans {
+        /// Which certificate.
+        what: String,
+        /// How many were found.
+        count: usize,
+    },
+    /// A URI SAN that is not a valid SPIFFE ID.
+    #[error("{what} has URI SAN {uri:?}, which is not a valid SPIFFE ID: {source}")]
+    BadSpiffeId {
+        /// Which certificate.
+        what: String,
+        /// The URI.
+        uri: String,
+        /// Why it is invalid.
+        #[source]
+        source: agentmesh_spiffe::SpiffeIdError,
+    },
+    /// An empty chain was given to verify.
+    #[error("certificate chain is empty")]
+    EmptyChain,
+    /// A certificate is outside its validity window.
+    #[error("{what} is not valid at {now:?} (valid {not_before:?} to {not_after:?})")]
+    NotValidNow {
+        /// Which certificate.
+        what: String,
+        /// The time checked.
+        now: SystemTime,
+        /// Start of validity.
+        not_before: SystemTime,
+        /// End of validity.
+        not_after: SystemTime,
+    },
+    /// A signature in the chain does not verify.
+    #[error("{what} is not signed by {issuer}")]
+    BadChainSignature {
+        /// The certificate whose signature failed.
+        what: String,
+        /// The certificate whose key was tried.
+        issuer: String,
+    },
+    /// The top of the chain is not signed by any trusted root.
+    #[error("{0} is not signed by any of the {1} trusted roots")]
+    UntrustedRoot(String, usize),
+    /// A constraint of the X.509 / SPIFFE profile is broken.
+    #[error("{what}: {reason}")]
+    Profile {
+        /// Which certificate.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A minted X.509-SVID (without its private key, which never leaves the workload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509Svid {
+    /// The SPIFFE ID in the URI SAN.
+    pub spiffe_id: SpiffeId,
+    /// The leaf certificate DER first, then the intermediate's.
+    pub chain: Vec<Vec<u8>>,
+    /// The leaf's serial number, lowercase hex without separators.
+    pub serial: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+const ORG: &str = "agentmesh";
+
+fn unix_secs(t: SystemTime) -> Result<i64, CaError> {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .ok_or(CaError::BadTime(t))
+}
+
+fn odt(secs: i64, orig: SystemTime) -> Result<OffsetDateTime, CaError> {
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|_| CaError::BadTime(orig))
+}
+
+fn system_time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+fn ttl_secs(ttl: Duration, what: &'static str) -> Result<i64, CaError> {
+    match i64::try_from(ttl.as_secs()) {
+        Ok(0) => Err(CaError::ZeroTtl { what }),
+        Ok(s) => Ok(s),
+        // Absurd TTLs are simply capped by the issuer's own expiry below.
+        Err(_) => Ok(i64::MAX / 2),
+    }
+}
+
+/// A random positive 128-bit serial, as SPIRE uses.
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Sign {
+            what: "serial number",
+            source: rcgen::Error::RingUnspecified,
+        })?;
+    // Clear the sign bit so the INTEGER is positive, and set the next one so DER never strips a
+    // leading zero byte: the serial is always exactly 16 bytes.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn uri_san(uri: String) -> Result<SanType, CaError> {
+    Ia5String::try_from(uri)
+        .map(SanType::URI)
+        .map_err(|e| CaError::Sign {
+            what: "URI SAN",
+            source: e,
+        })
+}
+
+fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, CaError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| CaError::ParseCert {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(CaError::ParseCert {
+            what: what.to_owned(),
+            reason: format!("{} trailing bytes", rest.len()),
+        });
+    }
+    Ok(cert)
+}
+
+fn validity_of(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
+    let v = cert.validity();
+    (
+        system_time(v.not_before.timestamp()),
+        system_time(v.not_after.timestamp()),
+    )
+}
+
+fn serial_hex(cert: &X509Certificate<'_>) -> String {
+    cert.serial
+        .to_bytes_be()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn spiffe_id_of(cert: &X509Certificate<'_>, what: &str) -> Result<SpiffeId, CaError> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| CaError::ParseCert {
+            what: what.to_owned(),
+            reason: format!("subjectAltName: {e}"),
+        })?
+        .ok_or_else(|| CaError::NoUriSan(what.to_owned()))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err(CaError::NoUriSan(what.to_owned())),
+        [uri] => uri
+            .parse::<SpiffeId>()
+            .map_err(|source| CaError::BadSpiffeId {
+                what: what.to_owned(),
+                uri: (*uri).to_owned(),
+                source,
+            }),
+        many => Err(CaError::MultipleUriSans {
+            what: what.to_owned(),
+            count: many.len(),
+        }),
+    }
+}
+
+fn ca_name(kind: &str, td: &TrustDomain) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("agentmesh {kind} {td}"));
+    dn.push(DnType::OrganizationName, ORG);
+    dn
+}
+
+/// Makes a self-signed root CA certificate for `td`, returned as DER.
+///
+/// # Errors
+/// [`CaError::ZeroTtl`], [`CaError::BadTime`] or [`CaError::Sign`].
+pub fn new_root(
+    td: &TrustDomain,
+    key: &PrivateKey,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<Vec<u8>, CaError> {
+    let start = unix_secs(now)?;
+    let end = start.saturating_add(ttl_secs(ttl, "root CA")?);
+    let mut params = CertificateParams::default();
+    params.not_before = odt(start, now)?;
+    params.not_after = odt(end, now)?;
+    params.serial_number = Some(random_serial()?);
+    params.distinguished_name = ca_name("root", td);
+    params.subject_alt_names = vec![uri_san(td.id_string())?];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params
+        .self_signed(key.as_rcgen())
+        .map_err(|source| CaError::Sign {
+            what: "root CA certificate",
+            source,
+        })?;
+    Ok(cert.der().to_vec())
+}
+
+/// Makes an intermediate CA certificate for `td`, signed by the root, returned as DER.
+///
+/// Its expiry is capped at the root's, since a chain is only as valid as its shortest link.
+///
+/// # Errors
+/// [`CaError::KeyMismatch`] if `root_key` is not the root's key, [`CaError::IssuerExpired`] if
+/// the root has expired, [`CaError::ParseCert`], [`CaError::ZeroTtl`] or [`CaError::Sign`].
+pub fn new_intermediate(
+    td: &TrustDomain,
+    key: &PrivateKey,
+    ttl: Duration,
+    now: SystemTime,
+    root_cert_der: &[u8],
+    root_key: &PrivateKey,
+) -> Result<Vec<u8>, CaError> {
+    let root = parse_cert(root_cert_der, "root CA certificate")?;
+    if root.public_key().raw != root_key.public_key_der().as_slice() {
+        return Err(CaError::KeyMismatch { what: "root CA" });
+    }
+    if !root.is_ca() {
+        return Err(CaError::NotCa("root CA certificate".to_owned()));
+    }
+    let start = unix_secs(now)?;
+    let root_end = root.validity().not_after.timestamp();
+    if root_end <= start {
+        return Err(CaError::IssuerExpired {
+            what: "root CA",
+            not_after: system_time(root_end),
+            now,
+        });
+    }
+    let end = start
+        .saturating_add(ttl_secs(ttl, "intermediate CA")?)
+        .min(root_end);
+
+    let issuer =
+        Issuer::from_ca_cert_der(&root_cert_der.into(), root_key.as_rcgen()).map_err(|source| {
+            CaError::Sign {
+                what: "intermediate CA certificate (reading the root)",
+                source,
+            }
+        })?;
+    let mut params = CertificateParams::default();
+    params.not_before = odt(start, now)?;
+    params.not_after = odt(end, now)?;
+    params.serial_number = Some(random_serial()?);
+    params.distinguished_name = ca_name("intermediate", td);
+    params.subject_alt_names = vec![uri_san(td.id_string())?];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(key.as_rcgen(), &issuer)
+        .map_err(|source| CaError::Sign {
+            what: "intermediate CA certificate",
+            source,
+        })?;
+    Ok(cert.der().to_vec())
+}
+
+/// The active signing CA: an intermediate certificate and its key.
+pub struct Authority {
+    trust_domain: TrustDomain,
+    cert_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+    serial: String,
+    not_after: SystemTime,
+    not_after_secs: i64,
+}
+
+impl Authority {
+    /// Builds the signer from an intermediate certificate and its key.
+    ///
+    /// # Errors
+    /// [`CaError::ParseCert`], [`CaError::NotCa`], [`CaError::KeyMismatch`] if the key is not
+    /// the certificate's, [`CaError::TrustDomainMismatch`] if the certificate is for another
+    /// trust domain.
+    pub fn new(
+        td: &TrustDomain,
+        intermediate_cert_der: Vec<u8>,
+        intermediate_key: PrivateKey,
+    ) -> Result<Self, CaError> {
+        let what = "intermediate CA certificate";
+        let cert = parse_cert(&intermediate_cert_der, what)?;
+        if !cert.is_ca() {
+            return Err(CaError::NotCa(what.to_owned()));
+        }
+        if cert.public_key().raw != intermediate_key.public_key_der().as_slice() {
+            return Err(CaError::KeyMismatch {
+                what: "intermediate CA",
+            });
+        }
+        let id = spiffe_id_of(&cert, what)?;
+        if id.trust_domain() != td {
+            return Err(CaError::TrustDomainMismatch {
+                what: what.to_owned(),
+                id: id.to_string(),
+                trust_domain: td.to_string(),
+            });
+        }
+        let not_after_secs = cert.validity().not_after.timestamp();
+        let serial = serial_hex(&cert);
+        let issuer = Issuer::from_ca_cert_der(
+            &intermediate_cert_der.as_slice().into(),
+            intermediate_key.into_rcgen(),
+        )
+        .map_err(|source| CaError::Sign {
+            what: "intermediate CA issuer",
+            source,
+        })?;
+        Ok(Self {
+            trust_domain: td.clone(),
+            cert_der: intermediate_cert_der,
+            issuer,
+            serial,
+            not_after: system_time(not_after_secs),
+            not_after_secs,
+        })
+    }
+
+    /// Mints an X.509-SVID for `id` over `public_key`, following the SPIFFE X509-SVID profile.
+    ///
+    /// The validity starts at `now` (truncated to whole seconds, not backdated) and lasts `ttl`,
+    /// cut short at the intermediate's own expiry.
+    ///
+    /// # Errors
+    /// [`CaError::TrustDomainMismatch`] for an ID outside this CA's trust domain,
+    /// [`CaError::IssuerExpired`], [`CaError::BadDnsName`], [`CaError::ZeroTtl`] or
+    /// [`CaError::Sign`].
+    pub fn mint_x509_svid(
+        &self,
+        id: &SpiffeId,
+        public_key: &CsrPublicKey,
+        ttl: Duration,
+        dns_names: &[String],
+        now: SystemTime,
+    ) -> Result<X509Svid, CaError> {
+        if id.trust_domain() != &self.trust_domain {
+            return Err(CaError::TrustDomainMismatch {
+                what: "requested SVID".to_owned(),
+                id: id.to_string(),
+                trust_domain: self.trust_domain.to_string(),
+            });
+        }
+        let start = unix_secs(now)?;
+        if self.not_after_secs <= start {
+            return Err(CaError::IssuerExpired {
+                what: "intermediate CA",
+                not_after: self.not_after,
+                now,
+            });
+        }
+        let end = start
+            .saturating_add(ttl_secs(ttl, "X509-SVID")?)
+            .min(self.not_after_secs);
+
+        let mut sans = Vec::with_capacity(1 + dns_names.len());
+        sans.push(uri_san(id.to_string())?);
+        for name in dns_names {
+            if !is_dns_name(name) {
+                return Err(CaError::BadDnsName(name.clone()));
+            }
+            let ia5 = Ia5String::try_from(name.as_str())
+                .map_err(|_| CaError::BadDnsName(name.clone()))?;
+            sans.push(SanType::DnsName(ia5));
+        }
+
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, ORG);
+
+        let mut params = CertificateParams::default();
+        params.not_before = odt(start, now)?;
+        params.not_after = odt(end, now)?;
+        params.serial_number = Some(random_serial()?);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        // SPIRE's set: keyEncipherment and keyAgreement keep RSA/ECDH TLS stacks happy.
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|source| CaError::Sign {
+                what: "X509-SVID",
+                source,
+            })?;
+        let leaf = cert.der().to_vec();
+        let serial = serial_hex(&parse_cert(&leaf, "minted X509-SVID")?);
+        tracing::debug!(spiffe_id = %id, serial = %serial, "minted X509-SVID");
+        Ok(X509Svid {
+            spiffe_id: id.clone(),
+            chain: vec![leaf, self.cert_der.clone()],
+            serial,
+            not_before: system_time(start),
+            not_after: system_time(end),
+        })
+    }
+
+    /// When the intermediate certificate expires; nothing minted outlives this.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// The intermediate certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The trust domain this CA signs for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain.as_str())
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts LDH labels, optionally with a leading `*.` wildcard label.
+fn is_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// The validity window `(notBefore, notAfter)` of a DER certificate.
+///
+/// # Errors
+/// [`CaError::ParseCert`].
+pub fn cert_validity(der: &[u8]) -> Result<(SystemTime, SystemTime), CaError> {
+    Ok(validity_of(&parse_cert(der, "certificate")?))
+}
+
+/// The serial number of a DER certificate, lowercase hex without separators.
+///
+/// # Errors
+/// [`CaError::ParseCert`].
+pub fn cert_serial_hex(der: &[u8]) -> Result<String, CaError> {
+    Ok(serial_hex(&parse_cert(der, "certificate")?))
+}
+
+/// The SPIFFE ID in a DER certificate's single URI SAN.
+///
+/// # Errors
+/// [`CaError::NoUriSan`], [`CaError::MultipleUriSans`], [`CaError::BadSpiffeId`] or
+/// [`CaError::ParseCert`].
+pub fn cert_spiffe_id(der: &[u8]) -> Result<SpiffeId, CaError> {
+    spiffe_id_of(&parse_cert(der, "certificate")?, "certificate")
+}
+
+/// Verifies an X.509-SVID chain (leaf first, then intermediates) against trusted roots at
+/// `now`, and returns the leaf's SPIFFE ID.
+///
+/// Checks every signature up to one of `roots`, every validity window (roots included), that
+/// issuers are CAs allowed to sign certificates within their path length, that the leaf is not
+/// a CA, and that no certificate carries a critical extension this code does not understand.
+/// A copy of the root at the end of the chain is tolerated.
+///
+/// # Errors
+/// The first check that fails, naming the certificate by its position (`chain[i]`).
+pub fn verify_chain(
+    chain: &[Vec<u8>],
+    roots: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<SpiffeId, CaError> {
+    if chain.is_empty() {
+        return Err(CaError::EmptyChain);
+    }
+    // A trailing root copy adds nothing: trust comes from `roots`, not from the chain.
+    let chain: &[Vec<u8>] = match chain.split_last() {
+        Some((last, rest)) if !rest.is_empty() && roots.contains(last) => rest,
+        _ => chain,
+    };
+    let parsed = chain
+        .iter()
+        .enumerate()
+        .map(|(i, der)| parse_cert(der, &format!("chain[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    for (i, cert) in parsed.iter().enumerate() {
+        let what = format!("chain[{i}]");
+        check_common(cert, &what, now)?;
+        if i == 0 {
+            if cert.is_ca() {
+                return Err(CaError::Profile {
+                    what,
+                    reason: "leaf X509-SVID must not be a CA (basicConstraints CA:true)".into(),
+                });
+            }
+            if let Ok(Some(ku)) = cert.key_usage()
+                && (ku.value.key_cert_sign() || ku.value.crl_sign())
+            {
+                return Err(CaError::Profile {
+                    what,
+                    reason: "leaf X509-SVID must not have keyCertSign or cRLSign".into(),
+                });
+            }
+        } else {
+            // i - 1 CA certificates sit between this issuer and the leaf.
+            check_issuer(cert, &what, i - 1)?;
+        }
+        if let Some(issuer) = parsed.get(i + 1) {
+            cert.verify_signature(Some(issuer.public_key()))
+                .map_err(|_| CaError::BadChainSignature {
+                    what: what.clone(),
+                    issuer: format!("chain[{}]", i + 1),
+                })?;
+        }
+    }
+
+    let top_index = parsed.len() - 1;
+    let top = &parsed[top_index];
+    let mut anchor = None;
+    for (r, root_der) in roots.iter().enumerate() {
+        let root = parse_cert(root_der, &format!("roots[{r}]"))?;
+        if top.verify_signature(Some(root.public_key())).is_ok() {
+            anchor = Some((r, root));
+            break;
+        }
+    }
+    let Some((r, root)) = anchor else {
+        return Err(CaError::UntrustedRoot(
+            format!("chain[{top_index}]"),
+            roots.len(),
+        ));
+    };
+    let what = format!("roots[{r}]");
+    check_common(&root, &what, now)?;
+    check_issuer(&root, &what, top_index)?;
+
+    spiffe_id_of(&parsed[0], "chain[0] (leaf)")
+}
+
+fn check_common(cert: &X509Certificate<'_>, what: &str, now: SystemTime) -> Result<(), CaError> {
+    let (not_before, not_after) = validity_of(cert);
+    if now < not_before || now > not_after {
+        return Err(CaError::NotValidNow {
+            what: what.to_owned(),
+            now,
+            not_before,
+            not_after,
+        });
+    }
+    if let Some(ext) = cert.extensions().iter().find(|e| {
+        e.critical
+            && matches!(
+                e.parsed_extension(),
+                ParsedExtension::UnsupportedExtension { .. }
+            )
+    }) {
+        return Err(CaError::Profile {
+            what: what.to_owned(),
+            reason: format!("unknown critical extension {}", ext.oid),
+        });
+    }
+    Ok(())
+}
+
+fn check_issuer(cert: &X509Certificate<'_>, what: &str, cas_below: usize) -> Result<(), CaError> {
+    let bc = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .filter(|bc| bc.value.ca)
+        .ok_or_else(|| CaError::NotCa(what.to_owned()))?;
+    if let Some(max) = bc.value.path_len_constraint
+        && usize::try_from(max).is_ok_and(|max| cas_below > max)
+    {
+        return Err(CaError::Profile {
+            what: what.to_owned(),
+            reason: format!("pathLenConstraint {max} but {cas_below} CAs below it"),
+        });
+    }
+    if let Ok(Some(ku)) = cert.key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err(CaError::Profile {
+            what: what.to_owned(),
+            reason: "CA certificate lacks keyCertSign".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

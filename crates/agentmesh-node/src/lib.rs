@@ -1,0 +1,265 @@
+//! The node daemon: node attestation, workload attestation, SVID cache and rotation, and the
+//! SPIFFE Workload API.
+#![forbid(unsafe_code)]
+
+pub mod admin_api;
+pub mod attestor;
+pub mod cache;
+pub mod manager;
+pub mod server_client;
+pub mod workload_api;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_proto::v1::AttestJoinTokenRequest;
+use agentmesh_proto::v1::node_admin_server::NodeAdminServer;
+use agentmesh_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use agentmesh_spiffe::SpiffeId;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::attestor::Attestor;
+use crate::manager::{Manager, ManagerError, NodeSvid};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The server's node API address, `host:port`.
+    pub server: String,
+    /// A one-time join token; not needed while a stored node SVID is valid.
+    pub join_token: Option<String>,
+    /// Where to serve the Workload API.
+    pub socket: PathBuf,
+    /// PEM file with the roots to trust the server by, from `agentmesh bundle show`.
+    pub trust_bundle: PathBuf,
+    /// Where the node keeps its SVID, key and bundle.
+    pub data_dir: PathBuf,
+    /// The node's admin socket (launchers register children here).
+    pub admin_socket: PathBuf,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The trust bundle file is unusable.
+    #[error("--trust-bundle {0}: {1}")]
+    TrustBundle(PathBuf, String),
+    /// The data dir is unusable.
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// No stored SVID and no token.
+    #[error(
+        "no valid node SVID in {0} and no --join-token; generate one with `agentmesh token generate`"
+    )]
+    NeedJoinToken(PathBuf),
+    /// The server refused the join token.
+    #[error("attestation refused by the server: {0}")]
+    AttestationRefused(String),
+    /// The server could not be reached for attestation.
+    #[error("cannot reach the server at {0} to attest: {1}")]
+    Unreachable(String, String),
+    /// Setup of the node's state failed.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// A socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] agentmesh_proto::unix::UnixSocketError),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The node's state, for in-process tests and status.
+    pub manager: Arc<Manager>,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    admin_socket: PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops the node and removes its sockets.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.admin_socket);
+    }
+}
+
+/// How long a first attestation keeps retrying an unreachable server.
+const ATTEST_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Starts a node: attests (or reuses the stored node SVID), then serves the Workload API.
+///
+/// # Errors
+/// Any [`NodeError`]; nothing keeps running after an error.
+pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
+    create_private_dir(&cfg.data_dir)?;
+    let mut roots = read_roots(&cfg.trust_bundle)?;
+    // A bundle stored by an earlier run may know roots the operator's file does not yet.
+    if let Ok(text) = std::fs::read_to_string(cfg.data_dir.join("bundle.pem"))
+        && let Ok(stored) = agentmesh_ca::pem_decode_all(&text, "CERTIFICATE")
+    {
+        for r in stored {
+            if !roots.contains(&r) {
+                roots.push(r);
+            }
+        }
+    }
+    let td = agentmesh_ca::cert_spiffe_id(&roots[0])
+        .map_err(|e| NodeError::TrustBundle(cfg.trust_bundle.clone(), e.to_string()))?
+        .trust_domain()
+        .clone();
+    let server_id = SpiffeId::from_path(&td, "/agentmesh/server")
+        .unwrap_or_else(|_| unreachable!("a constant, valid path"));
+
+    let node_svid = match NodeSvid::load(&cfg.data_dir, &roots) {
+        Some(svid) => {
+            tracing::info!(node = %svid.spiffe_id, "reusing the stored node SVID; no join token needed");
+            svid
+        }
+        None => {
+            let token = cfg
+                .join_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| NodeError::NeedJoinToken(cfg.data_dir.clone()))?;
+            let svid = attest(&cfg.server, token, &roots, &server_id).await?;
+            svid.store(&cfg.data_dir)?;
+            tracing::info!(node = %svid.spiffe_id, "attested with a join token");
+            svid
+        }
+    };
+
+    let manager = Manager::new(
+        cfg.data_dir.clone(),
+        &cfg.server,
+        server_id,
+        node_svid,
+        roots,
+    )?;
+    let attestor = Arc::new(Attestor::new());
+    // The Workload API socket is for every local workload, whatever its user; attestation,
+    // not file permissions, decides who gets what.
+    let workload_listener = agentmesh_proto::unix::bind(&cfg.socket, 0o777).await?;
+    let admin_listener = agentmesh_proto::unix::bind(&cfg.admin_socket, 0o600).await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(manager.clone().run(stop_rx.clone())));
+
+    let workload = SpiffeWorkloadApiServer::new(workload_api::WorkloadApi::new(
+        manager.clone(),
+        attestor.clone(),
+        stop_rx.clone(),
+    ));
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(workload_listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(workload)
+            .serve_with_incoming_shutdown(incoming, stopped(rx))
+            .await
+        {
+            tracing::error!(error = %e, "Workload API stopped");
+        }
+    }));
+    let admin = NodeAdminServer::new(admin_api::NodeAdminService::new(manager.clone(), attestor));
+    let rx = stop_rx;
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, stopped(rx))
+            .await
+        {
+            tracing::error!(error = %e, "node admin API stopped");
+        }
+    }));
+    tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API");
+    Ok(RunningNode {
+        manager,
+        socket: cfg.socket,
+        admin_socket: cfg.admin_socket,
+        stop,
+        tasks,
+    })
+}
+
+async fn attest(
+    server: &str,
+    token: &str,
+    roots: &[Vec<u8>],
+    server_id: &SpiffeId,
+) -> Result<NodeSvid, NodeError> {
+    let tls = server_client::client_config(roots, server_id, None).map_err(ManagerError::from)?;
+    let mut client = server_client::node_api_client(server, Arc::new(std::sync::RwLock::new(tls)));
+    let key = agentmesh_ca::PrivateKey::generate().map_err(ManagerError::from)?;
+    let csr = agentmesh_ca::build_csr(&key).map_err(ManagerError::from)?;
+    let deadline = tokio::time::Instant::now() + ATTEST_PATIENCE;
+    loop {
+        let req = AttestJoinTokenRequest {
+            join_token: token.to_owned(),
+            csr: csr.clone(),
+        };
+        match client.attest_join_token(req).await {
+            Ok(resp) => return Ok(NodeSvid::from_response(resp.into_inner(), &key, roots)?),
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(server, error = %server_client::describe(&s), "server unreachable; retrying attestation");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                return Err(NodeError::Unreachable(
+                    server.to_owned(),
+                    server_client::describe(&s),
+                ));
+            }
+            Err(s) => return Err(NodeError::AttestationRefused(s.message().to_owned())),
+        }
+    }
+}
+
+fn read_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, NodeError> {
+    let err = |m: String| NodeError::TrustBundle(path.to_owned(), m);
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let roots =
+        agentmesh_ca::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
+    let now = SystemTime::now();
+    for r in &roots {
+        agentmesh_ca::cert_validity(r)
+            .map_err(|e| err(format!("not a certificate: {e}")))
+            .and_then(|(_, na)| {
+                if na <= now {
+                    Err(err("holds an expired root".into()))
+                } else {
+                    Ok(())
+                }
+            })?;
+    }
+    if roots.is_empty() {
+        return Err(err("holds no CERTIFICATE blocks".into()));
+    }
+    Ok(roots)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| NodeError::DataDir(dir.to_owned(), e))
+}

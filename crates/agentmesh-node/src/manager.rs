@@ -1,0 +1,782 @@
+//! The node's loops: entry sync, SVID minting and rotation, and node SVID renewal. They keep
+//! the cache's snapshot current, and keep serving what is cached while the server is away.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentmesh_ca::{PrivateKey, pem_decode_all, pem_encode};
+use agentmesh_proto::v1::node_api_client::NodeApiClient;
+use agentmesh_proto::v1::{
+    self, MintJwtSvidRequest, MintX509SvidsRequest, RenewNodeSvidRequest, SyncEntriesRequest,
+    X509SvidParams,
+};
+use agentmesh_spiffe::{Selector, SelectorSet, SpiffeId, TrustDomain};
+use agentmesh_tls::{RotatingCert, SvidCredentials};
+use tokio::sync::{Notify, watch};
+use tonic::transport::Channel;
+
+use crate::cache::{BundleInfo, CachedSvid, EntryInfo, Snapshot};
+use crate::server_client::{SharedClientConfig, client_config, describe};
+
+/// How many SVIDs to ask for in one call.
+const MINT_BATCH: usize = 500;
+/// The longest wait between retries while the server is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the rotation loop looks for SVIDs that are due.
+const ROTATION_TICK: Duration = Duration::from_millis(250);
+
+/// A failure in the node's dealings with the server or its own files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The server refused or could not be reached.
+    #[error("server: {0}")]
+    Server(String),
+    /// A key or CSR could not be made.
+    #[error("key: {0}")]
+    Key(#[from] agentmesh_ca::KeyError),
+    /// A CSR could not be made.
+    #[error("csr: {0}")]
+    Csr(#[from] agentmesh_ca::CsrError),
+    /// What the server sent does not verify.
+    #[error("the server sent an SVID that does not verify: {0}")]
+    BadSvid(#[from] agentmesh_ca::CaError),
+    /// TLS setup failed.
+    #[error("tls: {0}")]
+    Tls(#[from] agentmesh_tls::TlsError),
+    /// Credentials could not be loaded.
+    #[error("credentials: {0}")]
+    Credentials(#[from] agentmesh_tls::CredentialsError),
+    /// A stored file is unusable.
+    #[error("{0}: {1}")]
+    File(PathBuf, String),
+}
+
+impl From<tonic::Status> for ManagerError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Server(describe(&s))
+    }
+}
+
+/// The node's own SVID.
+#[derive(Clone)]
+pub struct NodeSvid {
+    /// `spiffe://<td>/agentmesh/node/<id>`.
+    pub spiffe_id: SpiffeId,
+    /// Leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8.
+    pub key_pkcs8: Vec<u8>,
+    /// Validity end.
+    pub not_after: SystemTime,
+    /// Validity start.
+    pub not_before: SystemTime,
+}
+
+impl std::fmt::Debug for NodeSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSvid")
+            .field("spiffe_id", &self.spiffe_id.to_string())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeSvid {
+    /// The file holding the node SVID and its key, together so that they change atomically.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("node-svid.pem")
+    }
+
+    /// Loads the stored node SVID, if there is one that is still valid and chains to `roots`.
+    pub fn load(data_dir: &Path, roots: &[Vec<u8>]) -> Option<Self> {
+        let path = Self::path(data_dir);
+        let bytes = match agentmesh_ca::read_secret_file(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                if path.exists() {
+                    tracing::warn!(error = %e, "ignoring the stored node SVID");
+                }
+                return None;
+            }
+        };
+        let text = String::from_utf8(bytes).ok()?;
+        let chain = pem_decode_all(&text, "CERTIFICATE").ok()?;
+        let key_pkcs8 = pem_decode_all(&text, "PRIVATE KEY").ok()?.pop()?;
+        let now = SystemTime::now();
+        match agentmesh_ca::verify_chain(&chain, roots, now) {
+            Ok(spiffe_id) => {
+                let (not_before, not_after) = agentmesh_ca::cert_validity(&chain[0]).ok()?;
+                Some(Self {
+                    spiffe_id,
+                    chain,
+                    key_pkcs8,
+                    not_after,
+                    not_before,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored node SVID is no longer usable");
+                None
+            }
+        }
+    }
+
+    /// Stores the SVID and its key in one 0600 file, replaced atomically.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn store(&self, data_dir: &Path) -> Result<(), ManagerError> {
+        let mut text = String::new();
+        for c in &self.chain {
+            text.push_str(&pem_encode("CERTIFICATE", c));
+        }
+        text.push_str(&pem_encode("PRIVATE KEY", &self.key_pkcs8));
+        agentmesh_ca::write_secret_file(&Self::path(data_dir), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// As TLS credentials.
+    ///
+    /// # Errors
+    /// An empty chain or key.
+    pub fn credentials(&self) -> Result<SvidCredentials, ManagerError> {
+        Ok(SvidCredentials::from_der(&self.chain, &self.key_pkcs8)?)
+    }
+
+    /// Builds one from what the server returned, checking it chains to `roots` and carries our
+    /// key.
+    ///
+    /// # Errors
+    /// The chain does not verify.
+    pub fn from_response(
+        resp: v1::NodeSvidResponse,
+        key: &PrivateKey,
+        roots: &[Vec<u8>],
+    ) -> Result<Self, ManagerError> {
+        let spiffe_id = agentmesh_ca::verify_chain(&resp.cert_chain, roots, SystemTime::now())?;
+        check_leaf_key(&resp.cert_chain, key)?;
+        let (not_before, not_after) = agentmesh_ca::cert_validity(&resp.cert_chain[0])?;
+        Ok(Self {
+            spiffe_id,
+            chain: resp.cert_chain,
+            key_pkcs8: key.pkcs8_der(),
+            not_after,
+            not_before,
+        })
+    }
+}
+
+fn check_leaf_key(chain: &[Vec<u8>], key: &PrivateKey) -> Result<(), ManagerError> {
+    use x509_parser::prelude::FromDer;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| ManagerError::Server("empty certificate chain".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| ManagerError::Server(format!("unparsable certificate: {e}")))?;
+    if cert.public_key().raw != key.public_key_der().as_slice() {
+        return Err(ManagerError::Server(
+            "the certificate does not carry the key this node generated".into(),
+        ));
+    }
+    Ok(())
+}
+
+struct CachedJwt {
+    token: String,
+    refresh_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+/// The node's state and the loops that keep it fresh.
+pub struct Manager {
+    data_dir: PathBuf,
+    server_id: SpiffeId,
+    client: NodeApiClient<Channel>,
+    tls: SharedClientConfig,
+    node_cert: Arc<RotatingCert>,
+    node_svid: Mutex<NodeSvid>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    jwts: Mutex<HashMap<(String, String), CachedJwt>>,
+    wake_minter: Notify,
+    server_reachable: std::sync::atomic::AtomicBool,
+    first_sync_applied: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("server_id", &self.server_id.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_time(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+/// A uniform fraction in [0, 1) from the system RNG.
+fn random_fraction() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// Half of the lifetime, ±10% of the lifetime, after `not_before`.
+pub fn rotation_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let fraction = 0.5 + (random_fraction() * 0.2 - 0.1);
+    not_before + life.mul_f64(fraction)
+}
+
+impl Manager {
+    /// Creates the manager around an attested node SVID.
+    ///
+    /// # Errors
+    /// TLS setup failed.
+    pub fn new(
+        data_dir: PathBuf,
+        server_addr: &str,
+        server_id: SpiffeId,
+        node_svid: NodeSvid,
+        roots: Vec<Vec<u8>>,
+    ) -> Result<Arc<Self>, ManagerError> {
+        let node_cert = Arc::new(RotatingCert::new(&node_svid.credentials()?)?);
+        let tls = Arc::new(std::sync::RwLock::new(client_config(
+            &roots,
+            &server_id,
+            Some(node_cert.clone()),
+        )?));
+        let client = crate::server_client::node_api_client(server_addr, tls.clone());
+        let bundle = BundleInfo {
+            trust_domain: server_id.trust_domain().clone(),
+            roots,
+            jwks_json: r#"{"keys":[]}"#.into(),
+            sequence: 0,
+        };
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
+            entries: Arc::new(Vec::new()),
+            svids: HashMap::new(),
+            bundle: Arc::new(bundle),
+            synced: false,
+        }));
+        Ok(Arc::new(Self {
+            data_dir,
+            server_id,
+            client,
+            tls,
+            node_cert,
+            node_svid: Mutex::new(node_svid),
+            snapshot,
+            jwts: Mutex::new(HashMap::new()),
+            wake_minter: Notify::new(),
+            server_reachable: std::sync::atomic::AtomicBool::new(true),
+            first_sync_applied: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Follows every change of the cache.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// The node's SPIFFE ID and SVID expiry.
+    pub fn node_identity(&self) -> (SpiffeId, SystemTime) {
+        let s = self.node_svid.lock().unwrap_or_else(|e| e.into_inner());
+        (s.spiffe_id.clone(), s.not_after)
+    }
+
+    /// Whether the last call to the server succeeded.
+    pub fn server_reachable(&self) -> bool {
+        self.server_reachable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_reachable(&self, ok: bool) {
+        let was = self
+            .server_reachable
+            .swap(ok, std::sync::atomic::Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("server reachable again; syncing and rotating resume");
+            } else {
+                tracing::warn!(
+                    "server unreachable; serving cached SVIDs and retrying with backoff"
+                );
+            }
+        }
+    }
+
+    /// Runs the loops until `stop` fires.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let sync = tokio::spawn(self.clone().sync_loop(stop.clone()));
+        let mint = tokio::spawn(self.clone().mint_loop(stop.clone()));
+        let renew = tokio::spawn(self.clone().renew_loop(stop));
+        let _ = tokio::join!(sync, mint, renew);
+    }
+
+    // === entry sync ===
+
+    async fn sync_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::default();
+        loop {
+            let result = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = self.clone().sync_once() => r,
+            };
+            if let Err(e) = result {
+                self.set_reachable(false);
+                tracing::debug!(error = %e, "entry sync stream ended");
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(backoff.next()) => {}
+            }
+        }
+    }
+
+    async fn sync_once(self: Arc<Self>) -> Result<(), ManagerError> {
+        let mut client = self.client.clone();
+        let mut stream = client
+            .sync_entries(SyncEntriesRequest {})
+            .await?
+            .into_inner();
+        while let Some(msg) = stream.message().await? {
+            self.set_reachable(true);
+            self.apply_sync(msg)?;
+        }
+        Err(ManagerError::Server(
+            "the server closed the sync stream".into(),
+        ))
+    }
+
+    fn apply_sync(&self, msg: v1::SyncEntriesResponse) -> Result<(), ManagerError> {
+        let current = self.snapshot();
+        let mut entries = Vec::with_capacity(msg.entries.len());
+        for e in msg.entries {
+            let Ok(spiffe_id) = e.spiffe_id.parse::<SpiffeId>() else {
+                tracing::warn!(entry = %e.id, "skipping an entry with an invalid SPIFFE ID");
+                continue;
+            };
+            let selectors: Result<SelectorSet, _> =
+                e.selectors.iter().map(|s| s.parse::<Selector>()).collect();
+            let Ok(selectors) = selectors else {
+                tracing::warn!(entry = %e.id, "skipping an entry with an invalid selector");
+                continue;
+            };
+            entries.push(EntryInfo {
+                id: e.id,
+                spiffe_id,
+                selectors,
+                x509_ttl: e.x509_ttl_seconds,
+                jwt_ttl: e.jwt_ttl_seconds,
+                dns_names: e.dns_names,
+            });
+        }
+        let mut bundle = current.bundle.clone();
+        if let Some(b) = msg.bundle
+            && (b.sequence != bundle.sequence || b.x509_authorities != bundle.roots)
+        {
+            if b.x509_authorities.is_empty() {
+                return Err(ManagerError::Server(
+                    "the server sent an empty bundle".into(),
+                ));
+            }
+            let td = TrustDomain::new(&b.trust_domain)
+                .map_err(|e| ManagerError::Server(format!("bad trust domain in bundle: {e}")))?;
+            let roots_changed = b.x509_authorities != bundle.roots;
+            bundle = Arc::new(BundleInfo {
+                trust_domain: td,
+                roots: b.x509_authorities,
+                jwks_json: b.jwks,
+                sequence: b.sequence,
+            });
+            if roots_changed {
+                self.store_bundle(&bundle.roots);
+                let cfg =
+                    client_config(&bundle.roots, &self.server_id, Some(self.node_cert.clone()))?;
+                *self.tls.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+                tracing::info!(
+                    roots = bundle.roots.len(),
+                    sequence = bundle.sequence,
+                    "trust bundle updated"
+                );
+            }
+        }
+        // Keep SVIDs only for entries that still exist with the same SPIFFE ID.
+        let svids = current
+            .svids
+            .iter()
+            .filter(|(id, svid)| {
+                entries
+                    .iter()
+                    .any(|e| &e.id == *id && e.spiffe_id == svid.spiffe_id)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let count = entries.len();
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            entries: Arc::new(entries),
+            svids,
+            bundle,
+            synced: current.synced,
+        }));
+        tracing::debug!(entries = count, "synced entries");
+        self.first_sync_applied
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake_minter.notify_one();
+        Ok(())
+    }
+
+    fn store_bundle(&self, roots: &[Vec<u8>]) {
+        let text: String = roots.iter().map(|r| pem_encode("CERTIFICATE", r)).collect();
+        if let Err(e) =
+            agentmesh_ca::write_secret_file(&self.data_dir.join("bundle.pem"), text.as_bytes())
+        {
+            tracing::warn!(error = %e, "could not store the trust bundle");
+        }
+    }
+
+    // === X.509-SVID minting and rotation ===
+
+    async fn mint_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::default();
+        let mut retry_at = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = self.wake_minter.notified() => {}
+                () = tokio::time::sleep(ROTATION_TICK) => {}
+            }
+            if tokio::time::Instant::now() < retry_at {
+                continue;
+            }
+            match self.mint_due().await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    self.set_reachable(false);
+                    let wait = backoff.next();
+                    tracing::debug!(error = %e, retry_in = ?wait, "minting SVIDs failed");
+                    retry_at = tokio::time::Instant::now() + wait;
+                }
+            }
+        }
+    }
+
+    /// Mints SVIDs for entries that have none, whose SVID is due for rotation, or whose
+    /// entry changed.
+    async fn mint_due(&self) -> Result<(), ManagerError> {
+        let snap = self.snapshot();
+        let now = SystemTime::now();
+        let due: Vec<&EntryInfo> = snap
+            .entries
+            .iter()
+            .filter(|e| match snap.svids.get(&e.id) {
+                None => true,
+                Some(s) => s.rotate_at <= now || s.dns_names != e.dns_names,
+            })
+            .collect();
+        if due.is_empty() {
+            self.mark_synced();
+            return Ok(());
+        }
+        let roots = snap.bundle.roots.clone();
+        for chunk in due.chunks(MINT_BATCH) {
+            let mut keys = HashMap::new();
+            let mut params = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let key = PrivateKey::generate()?;
+                params.push(X509SvidParams {
+                    entry_id: e.id.clone(),
+                    csr: agentmesh_ca::build_csr(&key)?,
+                });
+                keys.insert(e.id.clone(), key);
+            }
+            let mut client = self.client.clone();
+            let resp = client
+                .mint_x509_svids(MintX509SvidsRequest { params })
+                .await?
+                .into_inner();
+            self.set_reachable(true);
+            let mut minted = Vec::with_capacity(resp.results.len());
+            for r in resp.results {
+                if !r.error.is_empty() {
+                    tracing::warn!(entry = %r.entry_id, error = %r.error, "the server refused an SVID");
+                    continue;
+                }
+                let Some(key) = keys.remove(&r.entry_id) else {
+                    continue;
+                };
+                match verify_minted(&r, &key, &roots) {
+                    Ok(svid) => {
+                        tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "minted X.509-SVID");
+                        minted.push(Arc::new(svid));
+                    }
+                    Err(e) => tracing::warn!(entry = %r.entry_id, error = %e, "discarding an SVID"),
+                }
+            }
+            self.snapshot.send_modify(|s| {
+                let mut next = (**s).clone();
+                for svid in minted {
+                    // The entry may have gone while we were minting.
+                    if next.entries.iter().any(|e| e.id == svid.entry_id) {
+                        next.svids.insert(svid.entry_id.clone(), svid);
+                    }
+                }
+                *s = Arc::new(next);
+            });
+        }
+        self.mark_synced();
+        Ok(())
+    }
+
+    /// Ready once the first sync arrived and its SVIDs were minted.
+    fn mark_synced(&self) {
+        if !self
+            .first_sync_applied
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        self.snapshot.send_if_modified(|s| {
+            if s.synced {
+                return false;
+            }
+            let mut next = (**s).clone();
+            next.synced = true;
+            *s = Arc::new(next);
+            true
+        });
+    }
+
+    // === node SVID renewal ===
+
+    async fn renew_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::default();
+        loop {
+            let (renew_at, expires) = {
+                let s = self.node_svid.lock().unwrap_or_else(|e| e.into_inner());
+                (rotation_time(s.not_before, s.not_after), s.not_after)
+            };
+            let wait = renew_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            loop {
+                match self.renew_node_svid().await {
+                    Ok(()) => {
+                        backoff.reset();
+                        break;
+                    }
+                    Err(e) => {
+                        let left = expires
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        tracing::warn!(error = %e, expires_in = ?left, "node SVID renewal failed; retrying");
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s) => return,
+                            () = tokio::time::sleep(backoff.next()) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew_node_svid(&self) -> Result<(), ManagerError> {
+        let key = PrivateKey::generate()?;
+        let csr = agentmesh_ca::build_csr(&key)?;
+        let mut client = self.client.clone();
+        let resp = client
+            .renew_node_svid(RenewNodeSvidRequest { csr })
+            .await?
+            .into_inner();
+        let roots = self.snapshot().bundle.roots.clone();
+        let svid = NodeSvid::from_response(resp, &key, &roots)?;
+        svid.store(&self.data_dir)?;
+        self.node_cert.update(&svid.credentials()?)?;
+        tracing::info!(node = %svid.spiffe_id, "renewed the node SVID");
+        *self.node_svid.lock().unwrap_or_else(|e| e.into_inner()) = svid;
+        Ok(())
+    }
+
+    // === JWT-SVIDs ===
+
+    /// A JWT-SVID for `entry` and `audience`, from the cache while it is in the first half of
+    /// its life, otherwise freshly minted by the server.
+    ///
+    /// # Errors
+    /// The server is unreachable and nothing usable is cached, or it refuses.
+    pub async fn jwt_svid(
+        &self,
+        entry: &EntryInfo,
+        audience: &[String],
+    ) -> Result<String, ManagerError> {
+        let mut aud = audience.to_vec();
+        aud.sort();
+        aud.dedup();
+        let key = (entry.id.clone(), aud.join("\n"));
+        let now = SystemTime::now();
+        if let Some(c) = self
+            .jwts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && c.refresh_at > now
+        {
+            return Ok(c.token.clone());
+        }
+        let mut client = self.client.clone();
+        let minted = client
+            .mint_jwt_svid(MintJwtSvidRequest {
+                entry_id: entry.id.clone(),
+                audience: aud,
+            })
+            .await;
+        let resp = match minted {
+            Ok(r) => {
+                self.set_reachable(true);
+                r.into_inner()
+            }
+            Err(status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    self.set_reachable(false);
+                }
+                // Better a cached token in its second half than none at all.
+                if let Some(c) = self
+                    .jwts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    && c.expires_at > now
+                {
+                    return Ok(c.token.clone());
+                }
+                return Err(status.into());
+            }
+        };
+        let expires_at = unix_time(resp.expires_at);
+        let life = expires_at.duration_since(now).unwrap_or_default();
+        let mut jwts = self.jwts.lock().unwrap_or_else(|e| e.into_inner());
+        jwts.retain(|_, c| c.expires_at > now);
+        jwts.insert(
+            key,
+            CachedJwt {
+                token: resp.token.clone(),
+                refresh_at: now + life / 2,
+                expires_at,
+            },
+        );
+        Ok(resp.token)
+    }
+}
+
+fn verify_minted(
+    r: &v1::X509SvidResult,
+    key: &PrivateKey,
+    roots: &[Vec<u8>],
+) -> Result<CachedSvid, ManagerError> {
+    let spiffe_id = agentmesh_ca::verify_chain(&r.cert_chain, roots, SystemTime::now())?;
+    if spiffe_id.to_string() != r.spiffe_id {
+        return Err(ManagerError::Server(format!(
+            "asked for {}, got {spiffe_id}",
+            r.spiffe_id
+        )));
+    }
+    check_leaf_key(&r.cert_chain, key)?;
+    let leaf = &r.cert_chain[0];
+    let (not_before, not_after) = agentmesh_ca::cert_validity(leaf)?;
+    let dns_names = leaf_dns_names(leaf);
+    Ok(CachedSvid {
+        entry_id: r.entry_id.clone(),
+        spiffe_id,
+        serial: agentmesh_ca::cert_serial_hex(leaf)?,
+        chain: r.cert_chain.clone(),
+        key_pkcs8: key.pkcs8_der(),
+        not_before,
+        not_after,
+        rotate_at: rotation_time(not_before, not_after),
+        dns_names,
+    })
+}
+
+fn leaf_dns_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Exponential backoff with jitter, capped at [`MAX_BACKOFF`].
+#[derive(Debug, Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = Duration::from_millis(200) * 2u32.saturating_pow(self.attempt.min(10));
+        self.attempt += 1;
+        let capped = base.min(MAX_BACKOFF);
+        capped.mul_f64(0.5 + random_fraction() * 0.5)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_is_at_half_life_with_ten_percent_jitter() {
+        let nb = UNIX_EPOCH + Duration::from_secs(1000);
+        let na = nb + Duration::from_secs(100);
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let at = rotation_time(nb, na)
+                .duration_since(nb)
+                .unwrap()
+                .as_secs_f64();
+            assert!((40.0..=60.0).contains(&at), "{at}");
+            seen.push(at);
+        }
+        // Jitter really varies the time.
+        seen.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert!(seen[199] - seen[0] > 5.0);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..12).map(|_| b.next()).collect();
+        assert!(waits.iter().all(|w| *w <= MAX_BACKOFF));
+        assert!(waits[11] >= MAX_BACKOFF / 2);
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,398 @@
+//! The SPIFFE Workload API, as the SPIFFE Workload Endpoint and Workload API specs define it:
+//! the `workload.spiffe.io: true` header is required (InvalidArgument otherwise), unknown
+//! callers get PermissionDenied with an explanation, a node that is not ready answers
+//! Unavailable, and every stream message carries the full state.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_proto::workload::{
+    self, JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svidRequest, X509svidResponse,
+};
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::attestor::{Attestation, Attestor, PeerCred};
+use crate::cache::{CachedSvid, Snapshot, explain_no_match};
+use crate::manager::Manager;
+
+/// How long a call waits for SVIDs that are being minted for a caller who has entries.
+const MINT_WAIT: Duration = Duration::from_secs(10);
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Workload API service.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    manager: Arc<Manager>,
+    attestor: Arc<Attestor>,
+    /// Becomes true when the node stops: streams end then, because a graceful shutdown
+    /// waits for every open one and clients keep them open forever.
+    stopping: watch::Receiver<bool>,
+}
+
+impl WorkloadApi {
+    /// Serves the Workload API from the node's cache until `stopping` becomes true.
+    pub fn new(
+        manager: Arc<Manager>,
+        attestor: Arc<Attestor>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            manager,
+            attestor,
+            stopping,
+        }
+    }
+
+    /// Checks the header and readiness, and attests the caller.
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(Attestation, watch::Receiver<Arc<Snapshot>>), Status> {
+        check_header(req)?;
+        let rx = self.manager.subscribe();
+        if !rx.borrow().synced {
+            return Err(Status::unavailable(
+                "the node is not ready yet: it has not finished its first sync with the server",
+            ));
+        }
+        let cred = peer_cred(req)?;
+        Ok((self.attestor.attest(cred), rx))
+    }
+
+    /// Refuses a caller that matches no entry, explaining why, in the answer and in the log.
+    fn require_entries(&self, att: &Attestation, snap: &Snapshot) -> Result<(), Status> {
+        if snap.matching(att).next().is_some() {
+            return Ok(());
+        }
+        let why = explain_no_match(att, &snap.entries);
+        tracing::warn!(reason = %why, "no identity issued");
+        Err(Status::permission_denied(why))
+    }
+
+    /// The caller's SVIDs, waiting a little if they are still being minted.
+    async fn svids(
+        &self,
+        att: &Attestation,
+        rx: &mut watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<(Arc<Snapshot>, Vec<Arc<CachedSvid>>), Status> {
+        let deadline = tokio::time::Instant::now() + MINT_WAIT;
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            self.require_entries(att, &snap)?;
+            let svids = snap.svids_for(att);
+            if !svids.is_empty() {
+                return Ok((snap, svids));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(Status::unavailable(
+                        "this process has a registration entry, but its SVID could not be minted yet (is the server reachable?)",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(agentmesh_proto::WORKLOAD_API_HEADER) {
+        Some(v) if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request: workload.spiffe.io: true",
+        )),
+    }
+}
+
+fn peer_cred<T>(req: &Request<T>) -> Result<PeerCred, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::internal("the kernel did not report the caller's credentials"))?;
+    Ok(PeerCred {
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> X509svidResponse {
+    let bundle = snap.bundle.roots_concat();
+    X509svidResponse {
+        svids: svids
+            .iter()
+            .map(|s| workload::X509svid {
+                spiffe_id: s.spiffe_id.to_string(),
+                x509_svid: s.chain.concat(),
+                x509_svid_key: s.key_pkcs8.clone(),
+                bundle: bundle.clone(),
+                hint: String::new(),
+            })
+            .collect(),
+        crl: Vec::new(),
+        federated_bundles: HashMap::new(),
+    }
+}
+
+/// What identifies a stream's state, so an unchanged state is not sent twice.
+fn fingerprint(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, u64, usize) {
+    (
+        svids.iter().map(|s| s.serial.clone()).collect(),
+        snap.bundle.sequence,
+        snap.bundle.roots.len(),
+    )
+}
+
+/// Sends `first`, then a fresh message built by `build` whenever the snapshot changes in a way
+/// that the message's key notices. `build` returning `None` skips the change; an error ends the
+/// stream with that error.
+fn stream_updates<T, K>(
+    first: T,
+    first_key: K,
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    mut stopping: watch::Receiver<bool>,
+    build: impl Fn(&Snapshot) -> Result<Option<(T, K)>, Status> + Send + 'static,
+) -> ResponseStream<T>
+where
+    T: Send + 'static,
+    K: PartialEq + Send + 'static,
+{
+    let (tx, out) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let mut last = first_key;
+        loop {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            let snap = rx.borrow_and_update().clone();
+            match build(&snap) {
+                Ok(None) => {}
+                Ok(Some((msg, key))) => {
+                    if key == last {
+                        continue;
+                    }
+                    last = key;
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
+}
+
+fn x509_bundles(snap: &Snapshot) -> X509BundlesResponse {
+    X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: HashMap::from([(
+            snap.bundle.trust_domain.id_string(),
+            snap.bundle.roots_concat(),
+        )]),
+    }
+}
+
+fn jwt_bundles(snap: &Snapshot) -> JwtBundlesResponse {
+    JwtBundlesResponse {
+        bundles: HashMap::from([(
+            snap.bundle.trust_domain.id_string(),
+            snap.bundle.jwks_json.clone().into_bytes(),
+        )]),
+    }
+}
+
+#[tonic::async_trait]
+impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ResponseStream<X509svidResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let (att, mut rx) = self.admit(&req)?;
+        let (snap, svids) = self.svids(&att, &mut rx).await?;
+        for s in &svids {
+            tracing::debug!(spiffe_id = %s.spiffe_id, serial = %s.serial, caller = %att.summary, "serving X.509-SVID");
+        }
+        let first = x509_response(&snap, &svids);
+        let key = fingerprint(&snap, &svids);
+        Ok(Response::new(stream_updates(
+            first,
+            key,
+            rx,
+            self.stopping.clone(),
+            move |snap| {
+                let svids = snap.svids_for(&att);
+                if snap.matching(&att).next().is_none() {
+                    let why = explain_no_match(&att, &snap.entries);
+                    tracing::warn!(reason = %why, "identity withdrawn");
+                    return Err(Status::permission_denied(why));
+                }
+                if svids.is_empty() {
+                    // Entries exist but their SVIDs are being re-minted: wait for the next change.
+                    return Ok(None);
+                }
+                Ok(Some((
+                    x509_response(snap, &svids),
+                    fingerprint(snap, &svids),
+                )))
+            },
+        )))
+    }
+
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        // Bundles are public: any caller may have them to verify others, identity or not.
+        let (_, mut rx) = self.admit(&req)?;
+        let snap = rx.borrow_and_update().clone();
+        let first = x509_bundles(&snap);
+        let key = (snap.bundle.sequence, snap.bundle.roots.clone());
+        Ok(Response::new(stream_updates(
+            first,
+            key,
+            rx,
+            self.stopping.clone(),
+            |snap| {
+                Ok(Some((
+                    x509_bundles(snap),
+                    (snap.bundle.sequence, snap.bundle.roots.clone()),
+                )))
+            },
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let (att, rx) = self.admit(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let snap = rx.borrow().clone();
+        self.require_entries(&att, &snap)?;
+        let mut entries: Vec<_> = snap.matching(&att).collect();
+        if !req.spiffe_id.is_empty() {
+            entries.retain(|e| e.spiffe_id.to_string() == req.spiffe_id);
+            if entries.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "this process ({}) is not entitled to {}",
+                    att.summary, req.spiffe_id
+                )));
+            }
+        }
+        let mut svids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in entries {
+            if !seen.insert(e.spiffe_id.clone()) {
+                continue;
+            }
+            let token = self
+                .manager
+                .jwt_svid(e, &req.audience)
+                .await
+                .map_err(|err| {
+                    Status::unavailable(format!(
+                        "could not get a JWT-SVID for {}: {err}",
+                        e.spiffe_id
+                    ))
+                })?;
+            svids.push(workload::Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint: String::new(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let (_, mut rx) = self.admit(&req)?;
+        let snap = rx.borrow_and_update().clone();
+        let first = jwt_bundles(&snap);
+        let key = snap.bundle.jwks_json.clone();
+        Ok(Response::new(stream_updates(
+            first,
+            key,
+            rx,
+            self.stopping.clone(),
+            |snap| Ok(Some((jwt_bundles(snap), snap.bundle.jwks_json.clone()))),
+        )))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        let (_, rx) = self.admit(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let snap = rx.borrow().clone();
+        let claims = agentmesh_ca::validate_jwt_svid(
+            &req.svid,
+            &snap.bundle.jwks(),
+            &req.audience,
+            SystemTime::now(),
+        )
+        .map_err(|e| Status::invalid_argument(format!("JWT-SVID is not valid: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: claims.sub.to_string(),
+            claims: Some(to_struct(claims.raw)),
+        }))
+    }
+}
+
+fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+fn to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

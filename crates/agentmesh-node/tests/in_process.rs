@@ -1,0 +1,334 @@
+//! Server and node in one process on loopback: the identity plane end to end, with the test
+//! process itself as the workload. The Workload API is exercised with the generated client
+//! and with the `spiffe` crate's `X509Source`, a client no one here wrote.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use agentmesh_proto::v1::admin_client::AdminClient;
+use agentmesh_proto::v1::{self, CreateEntryRequest, GenerateJoinTokenRequest, GetBundleRequest};
+use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use agentmesh_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
+use agentmesh_server::{CaLifetimes, IssuanceSettings, RunningServer, ServerConfig};
+use tonic::transport::Channel;
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    server: Option<RunningServer>,
+    node: Option<agentmesh_node::RunningNode>,
+    admin: AdminClient<Channel>,
+}
+
+fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer {
+    agentmesh_server::start(ServerConfig {
+        data_dir: dir.join("server"),
+        trust_domain: "example.org".parse().unwrap(),
+        listen,
+        admin_socket: dir.join("admin.sock"),
+        ca: CaLifetimes::default(),
+        issuance: IssuanceSettings::default(),
+    })
+    .await
+    .unwrap()
+}
+
+async fn start_node(
+    dir: &Path,
+    server: std::net::SocketAddr,
+    token: Option<String>,
+) -> agentmesh_node::RunningNode {
+    agentmesh_node::start(agentmesh_node::NodeConfig {
+        server: server.to_string(),
+        join_token: token,
+        socket: dir.join("workload.sock"),
+        trust_bundle: dir.join("bundle.pem"),
+        data_dir: dir.join("node"),
+        admin_socket: dir.join("node-admin.sock"),
+    })
+    .await
+    .unwrap()
+}
+
+/// Node and server logs in the test output (shown for failing tests); `RUST_LOG` filters.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        init_logs();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let server = start_server(&dir, "127.0.0.1:0".parse().unwrap()).await;
+        let mut admin = AdminClient::new(
+            agentmesh_proto::unix::connect(&server.admin_socket)
+                .await
+                .unwrap(),
+        );
+        let bundle = admin
+            .get_bundle(GetBundleRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let pem: String = bundle
+            .x509_authorities
+            .iter()
+            .map(|r| agentmesh_ca::pem_encode("CERTIFICATE", r))
+            .collect();
+        std::fs::write(dir.join("bundle.pem"), pem).unwrap();
+        let token = admin
+            .generate_join_token(GenerateJoinTokenRequest { ttl_seconds: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let node = start_node(&dir, server.listen_addr, Some(token)).await;
+        Self {
+            _dir: tmp,
+            dir,
+            server: Some(server),
+            node: Some(node),
+            admin,
+        }
+    }
+
+    async fn create_entry(&mut self, path: &str, selectors: &[String], x509_ttl: i64) -> v1::Entry {
+        self.admin
+            .create_entry(CreateEntryRequest {
+                entry: Some(v1::Entry {
+                    spiffe_id: format!("spiffe://example.org{path}"),
+                    selectors: selectors.to_vec(),
+                    x509_ttl_seconds: x509_ttl,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn workload_client(&self) -> SpiffeWorkloadApiClient<Channel> {
+        SpiffeWorkloadApiClient::new(
+            agentmesh_proto::unix::connect(&self.dir.join("workload.sock"))
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        agentmesh_proto::WORKLOAD_API_HEADER,
+        "true".parse().unwrap(),
+    );
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why() {
+    let mut mesh = Mesh::start().await;
+    let mut client = mesh.workload_client().await;
+
+    // No header: InvalidArgument, whatever else.
+    let err = client
+        .fetch_x509svid(tonic::Request::new(X509svidRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Wait for readiness (the first sync), then: no entry matches this process.
+    let err = loop {
+        match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => break e,
+            Ok(_) => panic!("an unregistered process got an SVID"),
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("no registration entry matches this process"),
+        "{}",
+        err.message()
+    );
+
+    mesh.create_entry("/wrong", &["unix:uid:4242424".into()], 0)
+        .await;
+    let err = loop {
+        let e = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap_err();
+        if e.message().contains("closest entry") {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        err.message()
+            .contains("needs unix:uid:4242424 (this process has unix:uid:"),
+        "{}",
+        err.message()
+    );
+
+    mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
+        .await;
+    let resp = loop {
+        match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+            Ok(r) => break r.into_inner().message().await.unwrap().unwrap(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(resp.svids.len(), 1);
+    assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/me");
+
+    // JWT: fetch, then validate through the same API.
+    let jwt = client
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["db".into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let token = jwt.svids[0].svid.clone();
+    let ok = client
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "db".into(),
+            svid: token.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.spiffe_id, "spiffe://example.org/me");
+    let wrong = client
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "other".into(),
+            svid: token,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+
+    mesh.node.take().unwrap().shutdown().await;
+    mesh.server.take().unwrap().shutdown().await;
+}
+
+fn serial_of(svid: &spiffe::X509Svid) -> String {
+    agentmesh_ca::cert_serial_hex(svid.leaf().as_bytes()).unwrap()
+}
+
+/// The `spiffe` crate's sources, which no one here wrote, against an in-process node: the
+/// X509Source sees a 4 s TTL rotate on its open stream, keeps its SVID while the server is
+/// down, and sees rotation resume when the server comes back on the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spiffe_crate_sees_rotation_and_survives_a_server_outage() {
+    let mut mesh = Mesh::start().await;
+    mesh.create_entry("/rotating", &[format!("unix:uid:{}", my_uid())], 4)
+        .await;
+    let endpoint = format!("unix://{}", mesh.dir.join("workload.sock").display());
+    let source = loop {
+        match spiffe::X509Source::builder()
+            .endpoint(&endpoint)
+            .build()
+            .await
+        {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let svid = source.svid().unwrap();
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/rotating"
+    );
+    let first = serial_of(&svid);
+
+    // Rotation arrives on the open stream.
+    let mut updates = source.updated();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rotated = loop {
+        tokio::time::timeout_at(deadline, updates.changed())
+            .await
+            .expect("no rotation within 30 s")
+            .unwrap();
+        let s = serial_of(&source.svid().unwrap());
+        if s != first {
+            break s;
+        }
+    };
+
+    // Server down: the node keeps serving what it has to new clients.
+    let addr = mesh.server.as_ref().unwrap().listen_addr;
+    mesh.server.take().unwrap().shutdown().await;
+    let mut client = mesh.workload_client().await;
+    let resp = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/rotating");
+
+    // Server back (same data dir, same port): rotation resumes on the same open stream.
+    mesh.server = Some(start_server(&mesh.dir, addr).await);
+    let seen = serial_of(&source.svid().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::timeout_at(deadline, updates.changed())
+            .await
+            .expect("rotation did not resume")
+            .unwrap();
+        let s = serial_of(&source.svid().unwrap());
+        if s != seen && s != rotated {
+            break;
+        }
+    }
+    source.shutdown().await;
+    mesh.node.take().unwrap().shutdown().await;
+    mesh.server.take().unwrap().shutdown().await;
+}
+
+/// A restarted node reuses its stored node SVID: no token, and workloads get SVIDs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_needs_no_new_token() {
+    let mut mesh = Mesh::start().await;
+    mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
+        .await;
+    let addr = mesh.server.as_ref().unwrap().listen_addr;
+    mesh.node.take().unwrap().shutdown().await;
+    mesh.node = Some(start_node(&mesh.dir, addr, None).await);
+    let mut client = mesh.workload_client().await;
+    let resp = loop {
+        match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+            Ok(r) => break r.into_inner().message().await.unwrap().unwrap(),
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/me");
+    let _ = SystemTime::now();
+    mesh.node.take().unwrap().shutdown().await;
+    mesh.server.take().unwrap().shutdown().await;
+}

@@ -1,0 +1,25 @@
+//! Generated gRPC code (the SPIFFE Workload API and agentmesh's own APIs), and the Unix-socket
+//! transport that the Workload API and the admin APIs run over.
+#![forbid(unsafe_code)]
+
+pub mod unix;
+
+/// The SPIFFE Workload API. Its proto has no package, so the paths are
+/// `/SpiffeWorkloadAPI/<Method>`, exactly what SPIFFE clients call.
+#[allow(missing_docs, clippy::all)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// agentmesh's node API, the server's admin API and the node's admin API.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/agentmesh.v1.rs"));
+}
+
+/// The metadata key every Workload API request must carry, with the value `true`.
+pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
+
+/// The largest gRPC message agentmesh accepts: a node with 10,000 entries receives them in one
+/// full-state message.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

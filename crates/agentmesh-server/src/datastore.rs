@@ -1,0 +1,488 @@
+//! The server's durable state in SQLite (WAL, `synchronous=FULL`): registration entries, join
+//! tokens (hashed), attested nodes and CA metadata.
+//!
+//! Every write is one transaction, so a `kill -9` at any point leaves either the whole write or
+//! none of it, and an acknowledged write is on disk before the caller hears back.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A failure of the datastore.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatastoreError {
+    /// SQLite refused or failed.
+    #[error("datastore: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// An entry with the same SPIFFE ID, parent and selectors exists.
+    #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists: {0}")]
+    DuplicateEntry(String),
+    /// A stored row did not decode.
+    #[error("datastore row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A registration entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    /// Random UUID.
+    pub id: String,
+    /// The SPIFFE ID the entry grants.
+    pub spiffe_id: String,
+    /// The node that serves it, or empty for every node.
+    pub parent_id: String,
+    /// Sorted `type:key:value` strings.
+    pub selectors: Vec<String>,
+    /// Seconds; 0 is the server's default.
+    pub x509_ttl: i64,
+    /// Seconds; 0 is the server's default.
+    pub jwt_ttl: i64,
+    /// Extra DNS SANs.
+    pub dns_names: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// One CA key and certificate generation, as recorded in the datastore. The key itself is in
+/// its own 0600 file; the row names the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaRow {
+    /// `root`, `intermediate` or `jwt`.
+    pub kind: String,
+    /// The certificate serial (hex), or the JWT key id.
+    pub id: String,
+    /// The certificate (empty for JWT keys).
+    pub cert_der: Vec<u8>,
+    /// File name of the key inside the keys directory.
+    pub key_file: String,
+    /// For an intermediate, the id (serial) of the root that signed it; empty otherwise.
+    pub parent: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// An attested node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// The node's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Serial of the node SVID most recently issued.
+    pub serial: String,
+    /// When that SVID expires (unix seconds).
+    pub expires_at: i64,
+    /// When the node first attested (unix seconds).
+    pub attested_at: i64,
+}
+
+/// The outcome of redeeming a join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRedemption {
+    /// The token was valid and is now spent.
+    Redeemed,
+    /// No token with that hash exists (never issued, or forged).
+    Unknown,
+    /// The token was already used once.
+    AlreadyUsed,
+    /// The token's TTL has passed.
+    Expired,
+}
+
+/// The SQLite datastore.
+#[derive(Debug)]
+pub struct Datastore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    parent_id TEXT NOT NULL,
+    selectors TEXT NOT NULL,
+    x509_ttl INTEGER NOT NULL,
+    jwt_ttl INTEGER NOT NULL,
+    dns_names TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (spiffe_id, parent_id, selectors)
+);
+CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent_id);
+CREATE TABLE IF NOT EXISTS join_tokens (
+    hash TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    spiffe_id TEXT PRIMARY KEY,
+    serial TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    attested_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ca (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    cert_der BLOB NOT NULL,
+    key_file TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+";
+
+impl Datastore {
+    /// Opens (creating if needed) the database at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be opened, is not a database, or the schema cannot be created.
+    pub fn open(path: &Path) -> Result<Self, DatastoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: an acknowledged write survives power loss too, not only a process crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // === entries ===
+
+    /// Stores a new entry.
+    ///
+    /// # Errors
+    /// [`DatastoreError::DuplicateEntry`] with the existing entry's id when one has the same
+    /// SPIFFE ID, parent and selectors.
+    pub fn create_entry(&self, e: &EntryRow) -> Result<(), DatastoreError> {
+        let conn = self.conn();
+        let selectors = e.selectors.join("\n");
+        let res = conn.execute(
+            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                e.id,
+                e.spiffe_id,
+                e.parent_id,
+                selectors,
+                e.x509_ttl,
+                e.jwt_ttl,
+                e.dns_names.join("\n"),
+                e.created_at
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let existing: Option<String> = conn
+                    .query_row(
+                        "SELECT id FROM entries WHERE spiffe_id = ?1 AND parent_id = ?2 AND selectors = ?3",
+                        params![e.spiffe_id, e.parent_id, selectors],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                Err(DatastoreError::DuplicateEntry(existing.unwrap_or_default()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Every entry, oldest first.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn list_entries(&self) -> Result<Vec<EntryRow>, DatastoreError> {
+        self.query_entries("SELECT * FROM entries ORDER BY created_at, id", params![])
+    }
+
+    /// The entries a node serves: those whose parent it is, and those with no parent.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn entries_for_node(&self, node_id: &str) -> Result<Vec<EntryRow>, DatastoreError> {
+        self.query_entries(
+            "SELECT * FROM entries WHERE parent_id = ?1 OR parent_id = '' ORDER BY created_at, id",
+            params![node_id],
+        )
+    }
+
+    /// One entry by id.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn get_entry(&self, id: &str) -> Result<Option<EntryRow>, DatastoreError> {
+        Ok(self
+            .query_entries("SELECT * FROM entries WHERE id = ?1", params![id])?
+            .pop())
+    }
+
+    /// Deletes an entry; returns whether it existed.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn delete_entry(&self, id: &str) -> Result<bool, DatastoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM entries WHERE id = ?1", params![id])?
+            > 0)
+    }
+
+    fn query_entries(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<EntryRow>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(args, |r| {
+            let split = |s: String| -> Vec<String> {
+                s.split('\n')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            Ok(EntryRow {
+                id: r.get("id")?,
+                spiffe_id: r.get("spiffe_id")?,
+                parent_id: r.get("parent_id")?,
+                selectors: split(r.get("selectors")?),
+                x509_ttl: r.get("x509_ttl")?,
+                jwt_ttl: r.get("jwt_ttl")?,
+                dns_names: split(r.get("dns_names")?),
+                created_at: r.get("created_at")?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // === join tokens ===
+
+    /// Records a join token by its hash.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn add_join_token(&self, hash: &str, expires_at: i64) -> Result<(), DatastoreError> {
+        self.conn().execute(
+            "INSERT INTO join_tokens (hash, expires_at) VALUES (?1, ?2)",
+            params![hash, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Spends a join token, in one transaction so two nodes racing with the same token cannot
+    /// both win.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn redeem_join_token(
+        &self,
+        hash: &str,
+        now: i64,
+    ) -> Result<TokenRedemption, DatastoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row: Option<(i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT expires_at, used_at FROM join_tokens WHERE hash = ?1",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let outcome = match row {
+            None => TokenRedemption::Unknown,
+            Some((_, Some(_))) => TokenRedemption::AlreadyUsed,
+            Some((expires_at, None)) if expires_at <= now => TokenRedemption::Expired,
+            Some(_) => {
+                tx.execute(
+                    "UPDATE join_tokens SET used_at = ?2 WHERE hash = ?1",
+                    params![hash, now],
+                )?;
+                TokenRedemption::Redeemed
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    // === nodes ===
+
+    /// Records (or updates) an attested node and its current SVID.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn upsert_node(&self, node: &NodeRow) -> Result<(), DatastoreError> {
+        self.conn().execute(
+            "INSERT INTO nodes (spiffe_id, serial, expires_at, attested_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (spiffe_id) DO UPDATE SET serial = excluded.serial, expires_at = excluded.expires_at",
+            params![node.spiffe_id, node.serial, node.expires_at, node.attested_at],
+        )?;
+        Ok(())
+    }
+
+    /// One node by SPIFFE ID.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn get_node(&self, spiffe_id: &str) -> Result<Option<NodeRow>, DatastoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT spiffe_id, serial, expires_at, attested_at FROM nodes WHERE spiffe_id = ?1",
+                params![spiffe_id],
+                node_row,
+            )
+            .optional()?)
+    }
+
+    /// Every attested node.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn list_nodes(&self) -> Result<Vec<NodeRow>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT spiffe_id, serial, expires_at, attested_at FROM nodes ORDER BY attested_at",
+        )?;
+        let rows = stmt.query_map([], node_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // === CA ===
+
+    /// Records a CA generation whose key file has already been written.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn add_ca(&self, row: &CaRow) -> Result<(), DatastoreError> {
+        self.conn().execute(
+            "INSERT INTO ca (kind, id, cert_der, key_file, parent, not_before, not_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![row.kind, row.id, row.cert_der, row.key_file, row.parent, row.not_before, row.not_after],
+        )?;
+        Ok(())
+    }
+
+    /// CA generations of one kind, oldest first.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn list_ca(&self, kind: &str) -> Result<Vec<CaRow>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, id, cert_der, key_file, parent, not_before, not_after FROM ca WHERE kind = ?1 ORDER BY not_before, id",
+        )?;
+        let rows = stmt.query_map(params![kind], |r| {
+            Ok(CaRow {
+                kind: r.get(0)?,
+                id: r.get(1)?,
+                cert_der: r.get(2)?,
+                key_file: r.get(3)?,
+                parent: r.get(4)?,
+                not_before: r.get(5)?,
+                not_after: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Runs SQLite's own consistency check; `ok` means the file is sound.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn integrity_check(&self) -> Result<String, DatastoreError> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+fn node_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
+    Ok(NodeRow {
+        spiffe_id: r.get(0)?,
+        serial: r.get(1)?,
+        expires_at: r.get(2)?,
+        attested_at: r.get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, spiffe_id: &str, parent: &str) -> EntryRow {
+        EntryRow {
+            id: id.into(),
+            spiffe_id: spiffe_id.into(),
+            parent_id: parent.into(),
+            selectors: vec!["unix:uid:1000".into()],
+            x509_ttl: 0,
+            jwt_ttl: 0,
+            dns_names: vec![],
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused_with_the_existing_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(&dir.path().join("db")).unwrap();
+        ds.create_entry(&entry("a", "spiffe://td/x", "")).unwrap();
+        let err = ds
+            .create_entry(&entry("b", "spiffe://td/x", ""))
+            .unwrap_err();
+        assert!(
+            matches!(err, DatastoreError::DuplicateEntry(ref id) if id == "a"),
+            "{err}"
+        );
+        // Another parent is another entry.
+        ds.create_entry(&entry(
+            "c",
+            "spiffe://td/x",
+            "spiffe://td/agentmesh/node/n1",
+        ))
+        .unwrap();
+        let for_n1 = ds
+            .entries_for_node("spiffe://td/agentmesh/node/n1")
+            .unwrap();
+        assert_eq!(for_n1.len(), 2);
+        let for_n2 = ds
+            .entries_for_node("spiffe://td/agentmesh/node/n2")
+            .unwrap();
+        assert_eq!(for_n2.len(), 1);
+    }
+
+    #[test]
+    fn join_tokens_are_one_time_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(&dir.path().join("db")).unwrap();
+        ds.add_join_token("h1", 100).unwrap();
+        ds.add_join_token("h2", 100).unwrap();
+        assert_eq!(
+            ds.redeem_join_token("h1", 50).unwrap(),
+            TokenRedemption::Redeemed
+        );
+        assert_eq!(
+            ds.redeem_join_token("h1", 51).unwrap(),
+            TokenRedemption::AlreadyUsed
+        );
+        assert_eq!(
+            ds.redeem_join_token("h2", 100).unwrap(),
+            TokenRedemption::Expired
+        );
+        assert_eq!(
+            ds.redeem_join_token("nope", 1).unwrap(),
+            TokenRedemption::Unknown
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The node API: join-token attestation, node SVID renewal, entry sync and SVID minting.
+//!
+//! Every call but `AttestJoinToken` needs a client certificate: the node SVID, verified
+//! against the bundle during the handshake, of a node the datastore knows.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_proto::v1::{
+    self, AttestJoinTokenRequest, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidsRequest,
+    MintX509SvidsResponse, NodeSvidResponse, RenewNodeSvidRequest, SyncEntriesRequest,
+    SyncEntriesResponse, X509SvidResult,
+};
+use agentmesh_spiffe::SpiffeId;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::ca::unix_secs;
+use crate::datastore::{EntryRow, NodeRow, TokenRedemption};
+use crate::state::ServerState;
+use crate::tls_incoming::PeerInfo;
+
+/// The node API service.
+#[derive(Debug, Clone)]
+pub struct NodeApiService {
+    state: Arc<ServerState>,
+    /// Becomes true when the server stops. Sync streams never end on their own, and a
+    /// graceful shutdown waits for every open stream, so they must watch this.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl NodeApiService {
+    /// Serves the node API from the shared server state until `stopping` becomes true.
+    pub fn new(state: Arc<ServerState>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { state, stopping }
+    }
+
+    /// The calling node, or the reason it is refused.
+    fn node<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        let id = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.spiffe_id.clone())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "this call needs mutual TLS with a node SVID; attest with a join token first",
+                )
+            })?;
+        if !self.state.is_node_id(&id) {
+            return Err(Status::permission_denied(format!(
+                "{id} is not a node identity"
+            )));
+        }
+        match self.state.datastore.get_node(&id.to_string()) {
+            Ok(Some(_)) => Ok(id),
+            Ok(None) => Err(Status::permission_denied(format!(
+                "{id} is not an attested node of this server"
+            ))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    fn issue_node_svid(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+        attested_at: i64,
+    ) -> Result<NodeSvidResponse, Status> {
+        let pk = agentmesh_ca::verify_csr(csr)
+            .map_err(|e| Status::invalid_argument(format!("node CSR refused: {e}")))?;
+        let now = SystemTime::now();
+        let ca = self.state.ca.current();
+        let svid = ca
+            .authority
+            .mint_x509_svid(id, &pk, self.state.settings.node_svid_ttl, &[], now)
+            .map_err(|e| Status::internal(format!("minting the node SVID failed: {e}")))?;
+        self.state
+            .datastore
+            .upsert_node(&NodeRow {
+                spiffe_id: id.to_string(),
+                serial: svid.serial.clone(),
+                expires_at: unix_secs(svid.not_after),
+                attested_at,
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(node = %id, serial = %svid.serial, "issued node SVID");
+        Ok(NodeSvidResponse {
+            spiffe_id: id.to_string(),
+            cert_chain: svid.chain,
+            bundle: Some(self.state.bundle()),
+        })
+    }
+
+    fn entry_for_node(&self, node: &SpiffeId, entry_id: &str) -> Result<EntryRow, Status> {
+        let entry = self
+            .state
+            .datastore
+            .get_entry(entry_id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no entry with id {entry_id}")))?;
+        if !entry.parent_id.is_empty() && entry.parent_id != node.to_string() {
+            return Err(Status::permission_denied(format!(
+                "entry {entry_id} belongs to node {}, not {node}",
+                entry.parent_id
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncEntriesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::node_api_server::NodeApi for NodeApiService {
+    async fn attest_join_token(
+        &self,
+        req: Request<AttestJoinTokenRequest>,
+    ) -> Result<Response<NodeSvidResponse>, Status> {
+        let req = req.into_inner();
+        let hash = crate::state::token_hash(&req.join_token);
+        // Only a prefix of the hash is logged: enough to correlate, useless to an attacker.
+        let token_ref = &hash[..12];
+        let now = unix_secs(SystemTime::now());
+        let outcome = self
+            .state
+            .datastore
+            .redeem_join_token(&hash, now)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let refuse = |why: &str| {
+            tracing::warn!(token = token_ref, reason = why, "join token refused");
+            Err(Status::permission_denied(format!(
+                "join token refused: {why}"
+            )))
+        };
+        match outcome {
+            TokenRedemption::Redeemed => {}
+            TokenRedemption::Unknown => {
+                return refuse(
+                    "this server never issued it; generate one with `agentmesh token generate`",
+                );
+            }
+            TokenRedemption::AlreadyUsed => {
+                return refuse("it was already used; join tokens are one-time");
+            }
+            TokenRedemption::Expired => return refuse("it has expired; generate a new one"),
+        }
+        let id = self.state.new_node_id();
+        Ok(Response::new(self.issue_node_svid(&id, &req.csr, now)?))
+    }
+
+    async fn renew_node_svid(
+        &self,
+        req: Request<RenewNodeSvidRequest>,
+    ) -> Result<Response<NodeSvidResponse>, Status> {
+        let node = self.node(&req)?;
+        let attested_at = self
+            .state
+            .datastore
+            .get_node(&node.to_string())
+            .ok()
+            .flatten()
+            .map(|n| n.attested_at)
+            .unwrap_or_default();
+        Ok(Response::new(self.issue_node_svid(
+            &node,
+            &req.into_inner().csr,
+            attested_at,
+        )?))
+    }
+
+    type SyncEntriesStream = SyncStream;
+
+    async fn sync_entries(
+        &self,
+        req: Request<SyncEntriesRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let node = self.node(&req)?.to_string();
+        let state = self.state.clone();
+        let mut entries_rx = state.entries_changed.subscribe();
+        let mut bundle_rx = state.ca.subscribe();
+        let mut stopping = self.stopping.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let msg = state
+                    .datastore
+                    .entries_for_node(&node)
+                    .map(|entries| SyncEntriesResponse {
+                        entries: entries
+                            .into_iter()
+                            .map(crate::state::entry_to_proto)
+                            .collect(),
+                        bundle: Some(state.bundle()),
+                    })
+                    .map_err(|e| Status::internal(e.to_string()));
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                entries_rx.mark_unchanged();
+                bundle_rx.mark_unchanged();
+                tokio::select! {
+                    r = entries_rx.changed() => if r.is_err() { return },
+                    r = bundle_rx.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn mint_x509_svids(
+        &self,
+        req: Request<MintX509SvidsRequest>,
+    ) -> Result<Response<MintX509SvidsResponse>, Status> {
+        let node = self.node(&req)?;
+        let ca = self.state.ca.current();
+        let now = SystemTime::now();
+        let mut results = Vec::new();
+        for p in req.into_inner().params {
+            let result = self.entry_for_node(&node, &p.entry_id).and_then(|entry| {
+                let id: SpiffeId = entry
+                    .spiffe_id
+                    .parse()
+                    .map_err(|e| Status::internal(format!("stored entry is invalid: {e}")))?;
+                let pk = agentmesh_ca::verify_csr(&p.csr)
+                    .map_err(|e| Status::invalid_argument(format!("CSR refused: {e}")))?;
+                let ttl = match entry.x509_ttl {
+                    0 => self.state.settings.default_x509_ttl,
+                    s => Duration::from_secs(s as u64),
+                };
+                let svid = ca
+                    .authority
+                    .mint_x509_svid(&id, &pk, ttl, &entry.dns_names, now)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                tracing::debug!(spiffe_id = %id, serial = %svid.serial, node = %node, "minted X.509-SVID");
+                Ok(X509SvidResult {
+                    entry_id: p.entry_id.clone(),
+                    spiffe_id: id.to_string(),
+                    cert_chain: svid.chain,
+                    expires_at: unix_secs(svid.not_after),
+                    error: String::new(),
+                })
+            });
+            results.push(result.unwrap_or_else(|status| X509SvidResult {
+                entry_id: p.entry_id,
+                error: status.message().to_owned(),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(MintX509SvidsResponse { results }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let node = self.node(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "a JWT-SVID needs at least one non-empty audience",
+            ));
+        }
+        let entry = self.entry_for_node(&node, &req.entry_id)?;
+        let id: SpiffeId = entry
+            .spiffe_id
+            .parse()
+            .map_err(|e| Status::internal(format!("stored entry is invalid: {e}")))?;
+        let ttl = match entry.jwt_ttl {
+            0 => self.state.settings.default_jwt_ttl,
+            s => Duration::from_secs(s as u64),
+        };
+        let now = SystemTime::now();
+        let ca = self.state.ca.current();
+        let token = agentmesh_ca::sign_jwt_svid(&ca.jwt_key, &id, &req.audience, ttl, now)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(MintJwtSvidResponse {
+            token,
+            expires_at: unix_secs(now + ttl),
+        }))
+    }
+}

@@ -1,0 +1,296 @@
+//! Starting and stopping a server: the datastore, the CA, the node API listener, the admin
+//! socket and the rotation loop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use agentmesh_proto::v1::{admin_server::AdminServer, node_api_server::NodeApiServer};
+use agentmesh_spiffe::{SpiffeId, TrustDomain};
+use agentmesh_tls::{ClientAuth, RotatingCert, SvidCredentials};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin_api::AdminService;
+use crate::ca::{CaLifetimes, CaManager, CaManagerError};
+use crate::datastore::{Datastore, DatastoreError};
+use crate::node_api::NodeApiService;
+use crate::registration::EntryLimits;
+use crate::state::{IssuanceSettings, SERVER_PATH, ServerState};
+use crate::tls_incoming::{self, SharedTlsConfig};
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the datastore and the keys live.
+    pub data_dir: PathBuf,
+    /// The trust domain this server is the authority of.
+    pub trust_domain: TrustDomain,
+    /// The node API's TCP address.
+    pub listen: SocketAddr,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
+    /// CA key lifetimes.
+    pub ca: CaLifetimes,
+    /// SVID and token lifetimes.
+    pub issuance: IssuanceSettings,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data dir is unusable.
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// The datastore failed.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    /// The CA failed.
+    #[error(transparent)]
+    Ca(#[from] CaManagerError),
+    /// The data dir holds another trust domain's CA.
+    #[error(
+        "data dir {dir} holds the CA of trust domain {found}, not {wanted}; use another --data-dir"
+    )]
+    TrustDomainMismatch {
+        /// The data dir.
+        dir: PathBuf,
+        /// What the stored root says.
+        found: String,
+        /// What was asked for.
+        wanted: String,
+    },
+    /// TLS setup failed.
+    #[error("tls: {0}")]
+    Tls(#[from] agentmesh_tls::TlsError),
+    /// The server's own certificate could not be loaded.
+    #[error("server certificate: {0}")]
+    Credentials(#[from] agentmesh_tls::CredentialsError),
+    /// The node API address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// The admin socket could not be bound.
+    #[error(transparent)]
+    AdminSocket(#[from] agentmesh_proto::unix::UnixSocketError),
+}
+
+/// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where the node API listens (useful with port 0).
+    pub listen_addr: SocketAddr,
+    /// The admin socket.
+    pub admin_socket: PathBuf,
+    /// Shared state, for in-process tests.
+    pub state: Arc<ServerState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops serving and waits for the listeners to close.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+    }
+}
+
+/// How often the rotation loop looks at the CA and the server's own certificate.
+const ROTATION_TICK: Duration = Duration::from_secs(1);
+/// Lifetime of the server's own TLS certificate.
+const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
+
+/// Starts a server.
+///
+/// # Errors
+/// Any [`ServerError`]; nothing keeps running after an error.
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    create_private_dir(&cfg.data_dir)?;
+    let datastore = Arc::new(Datastore::open(&cfg.data_dir.join("server.db"))?);
+    let now = SystemTime::now();
+    let ca = CaManager::load_or_init(
+        cfg.trust_domain.clone(),
+        cfg.data_dir.join("keys"),
+        datastore.clone(),
+        cfg.ca,
+        now,
+    )?;
+    let first_root = ca.current().roots.first().cloned().unwrap_or_default();
+    if let Ok(root_id) = agentmesh_ca::cert_spiffe_id(&first_root)
+        && root_id.trust_domain() != &cfg.trust_domain
+    {
+        return Err(ServerError::TrustDomainMismatch {
+            dir: cfg.data_dir.clone(),
+            found: root_id.trust_domain().to_string(),
+            wanted: cfg.trust_domain.to_string(),
+        });
+    }
+    let (entries_changed, _) = watch::channel(0);
+    let state = Arc::new(ServerState {
+        datastore,
+        ca: Arc::new(ca),
+        settings: cfg.issuance,
+        entries_changed,
+    });
+
+    // The server's own identity for the node API.
+    let server_id = SpiffeId::from_path(&cfg.trust_domain, SERVER_PATH)
+        .unwrap_or_else(|_| unreachable!("a constant, valid path"));
+    let (creds, mut server_svid_renew_at) = mint_server_svid(&state, &server_id)?;
+    let rotating = Arc::new(RotatingCert::new(&creds)?);
+    let tls: SharedTlsConfig = Arc::new(RwLock::new(tls_config(&state, &rotating)?));
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| ServerError::Listen(cfg.listen, e))?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Listen(cfg.listen, e))?;
+    let admin_listener = agentmesh_proto::unix::bind(&cfg.admin_socket, 0o600).await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+
+    let incoming =
+        tokio_stream::wrappers::ReceiverStream::new(tls_incoming::incoming(listener, tls.clone()));
+    let node_api = NodeApiServer::new(NodeApiService::new(state.clone(), stop_rx.clone()))
+        .max_decoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES);
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(node_api)
+            .serve_with_incoming_shutdown(incoming, stopped(rx))
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "node API stopped");
+        }
+    }));
+
+    let limits = EntryLimits {
+        max_x509_ttl: cfg.ca.intermediate / 2,
+        max_jwt_ttl: cfg.ca.intermediate / 2,
+    };
+    let admin = AdminServer::new(AdminService::new(state.clone(), limits));
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
+        let res = tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, stopped(rx))
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    }));
+
+    // Rotation: the CA's keys, the bundle the TLS listener trusts, and our own certificate.
+    let loop_state = state.clone();
+    let mut rx = stop_rx;
+    tasks.push(tokio::spawn(async move {
+        let mut bundle_rx = loop_state.ca.subscribe();
+        loop {
+            tokio::select! {
+                _ = rx.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(ROTATION_TICK) => {}
+            }
+            let now = SystemTime::now();
+            if let Err(e) = loop_state.ca.rotate_if_due(now) {
+                tracing::error!(error = %e, "CA rotation failed; still issuing from the current intermediate");
+            }
+            if bundle_rx.has_changed().unwrap_or(false) {
+                bundle_rx.mark_unchanged();
+                match tls_config(&loop_state, &rotating) {
+                    Ok(c) => *tls.write().unwrap_or_else(|e| e.into_inner()) = c,
+                    Err(e) => tracing::error!(error = %e, "rebuilding the TLS config failed"),
+                }
+            }
+            if now >= server_svid_renew_at {
+                match mint_server_svid(&loop_state, &server_id)
+                    .and_then(|(c, at)| Ok((rotating.update(&c)?, at)))
+                {
+                    Ok(((), at)) => server_svid_renew_at = at,
+                    Err(e) => tracing::error!(error = %e, "renewing the server certificate failed"),
+                }
+            }
+        }
+    }));
+
+    tracing::info!(
+        trust_domain = %cfg.trust_domain,
+        listen = %listen_addr,
+        admin_socket = %cfg.admin_socket.display(),
+        "server ready"
+    );
+    Ok(RunningServer {
+        listen_addr,
+        admin_socket: cfg.admin_socket,
+        state,
+        stop,
+        tasks,
+    })
+}
+
+fn tls_config(
+    state: &ServerState,
+    cert: &Arc<RotatingCert>,
+) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let roots: Vec<_> = state
+        .ca
+        .current()
+        .roots
+        .iter()
+        .map(|r| rustls::pki_types::CertificateDer::from(r.clone()))
+        .collect();
+    // Optional: the join-token call comes without a certificate. A certificate that is
+    // presented must still verify; the handlers then require a known node.
+    let client_auth = ClientAuth::Optional(agentmesh_tls::member_of(state.trust_domain().clone()));
+    Ok(agentmesh_tls::server_config_rotating(
+        cert.clone(),
+        &roots,
+        client_auth,
+        &[b"h2"],
+    )?)
+}
+
+fn mint_server_svid(
+    state: &ServerState,
+    id: &SpiffeId,
+) -> Result<(SvidCredentials, SystemTime), ServerError> {
+    let key = agentmesh_ca::PrivateKey::generate().map_err(CaManagerError::from)?;
+    let csr = agentmesh_ca::build_csr(&key).map_err(CaManagerError::from)?;
+    let pk = agentmesh_ca::verify_csr(&csr).map_err(CaManagerError::from)?;
+    let now = SystemTime::now();
+    let svid = state
+        .ca
+        .current()
+        .authority
+        .mint_x509_svid(id, &pk, SERVER_SVID_TTL, &[], now)
+        .map_err(CaManagerError::from)?;
+    let lifetime = svid.not_after.duration_since(now).unwrap_or(Duration::ZERO);
+    let creds = SvidCredentials::from_der(&svid.chain, &key.pkcs8_der())?;
+    Ok((creds, now + lifetime / 2))
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e| ServerError::DataDir(dir.to_owned(), e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! rustls configurations built from SVIDs and bundles, and the SPIFFE peer verifier.
+//!
+//! Everything inside the mesh speaks TLS 1.3 only, with the ring provider chosen
+//! explicitly so that whatever process-wide default another crate installs cannot
+//! change what the mesh accepts. Peers are identified by the single SPIFFE ID in
+//! their X509-SVID's URI SAN, never by DNS name: the chain is checked against the
+//! trust bundle and the ID is then handed to an [`Authorizer`].
+#![forbid(unsafe_code)]
+
+pub mod authorize;
+pub mod config;
+pub mod credentials;
+pub mod peer;
+pub mod verifier;
+
+pub use authorize::{AuthorizeError, Authorizer, any_id, exact, from_fn, member_of};
+pub use config::{
+    ClientAuth, RotatingCert, TlsError, client_config, client_config_rotating, server_config,
+    server_config_rotating,
+};
+pub use credentials::{CredentialsError, SvidCredentials};
+pub use peer::{PeerError, peer_identity, peer_spiffe_id, spiffe_id_from_cert};
+pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
+
+/// The one crypto provider the mesh uses, built fresh so the process default never leaks in.
+pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

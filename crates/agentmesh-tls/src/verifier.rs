@@ -1,0 +1,359 @@
+//! rustls verifiers that authenticate peers by X509-SVID instead of DNS name.
+//!
+//! Both sides do the same thing: build a path from the presented leaf to one of
+//! the bundle's roots with webpki for the right extended key usage, read the one
+//! SPIFFE ID from the leaf, and ask the [`Authorizer`]. The TLS server name is never
+//! consulted because SVIDs carry no DNS SAN.
+
+use std::fmt;
+use std::sync::Arc;
+
+use agentmesh_spiffe::SpiffeId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+
+use crate::authorize::{AuthorizeError, Authorizer};
+use crate::peer::{PeerError, spiffe_id_from_cert};
+
+/// Why a verifier could not be built, or why it refused a peer.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifierError {
+    /// The bundle had no roots, which would make every peer fail; refuse to build instead.
+    #[error(
+        "trust bundle has no root certificates; refusing to build a verifier that trusts nothing"
+    )]
+    NoRoots,
+    /// A bundle root could not be used as a trust anchor.
+    #[error("trust bundle root {index} is not a usable trust anchor: {source}")]
+    BadRoot {
+        /// Position in the bundle.
+        index: usize,
+        /// webpki's reason.
+        source: webpki::Error,
+    },
+    /// The peer's chain did not verify against the bundle.
+    #[error("peer {side} certificate chain does not verify against the trust bundle: {source}")]
+    Chain {
+        /// `"server"` or `"client"`.
+        side: &'static str,
+        /// webpki's reason.
+        source: webpki::Error,
+    },
+    /// The chain verified but the leaf is not a usable X509-SVID.
+    #[error("peer {side} certificate is not a valid x509-svid: {source}")]
+    Peer {
+        /// `"server"` or `"client"`.
+        side: &'static str,
+        /// What is wrong with the leaf.
+        source: PeerError,
+    },
+    /// The SVID is valid but the policy refuses its ID.
+    #[error("peer {side} not authorized: {source}")]
+    Authorize {
+        /// `"server"` or `"client"`.
+        side: &'static str,
+        /// The policy's reason.
+        source: AuthorizeError,
+    },
+    /// A TLS 1.2 signature was offered; the mesh only speaks TLS 1.3.
+    #[error("tls 1.2 handshake signature refused; the mesh only speaks tls 1.3")]
+    Tls12,
+}
+
+// rustls renders `CertificateError::Other` with `{:?}`, so Debug repeats the Display
+// message; otherwise handshake errors would show struct dumps instead of sentences.
+impl fmt::Debug for VerifierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<VerifierError> for rustls::Error {
+    fn from(err: VerifierError) -> Self {
+        // Common webpki failures map to the specific CertificateError so rustls sends
+        // the matching alert (certificate_expired, unknown_ca, ...); the rest keep
+        // our message through OtherError.
+        if let VerifierError::Chain { source, .. } = &err {
+            let specific = match source {
+                webpki::Error::CertExpired { time, not_after } => {
+                    Some(CertificateError::ExpiredContext {
+                        time: *time,
+                        not_after: *not_after,
+                    })
+                }
+                webpki::Error::CertNotValidYet { time, not_before } => {
+                    Some(CertificateError::NotValidYetContext {
+                        time: *time,
+                        not_before: *not_before,
+                    })
+                }
+                webpki::Error::UnknownIssuer => Some(CertificateError::UnknownIssuer),
+                webpki::Error::InvalidSignatureForPublicKey => Some(CertificateError::BadSignature),
+                webpki::Error::BadDer | webpki::Error::BadDerTime => {
+                    Some(CertificateError::BadEncoding)
+                }
+                _ => None,
+            };
+            if let Some(specific) = specific {
+                return rustls::Error::InvalidCertificate(specific);
+            }
+        }
+        if let VerifierError::Tls12 = err {
+            return rustls::Error::Other(OtherError(Arc::new(err)));
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
+    }
+}
+
+/// What the server and client verifiers share: the bundle, the policy and the algorithms.
+struct Core {
+    roots: Vec<TrustAnchor<'static>>,
+    authorizer: Arc<dyn Authorizer>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Core {
+    fn new(
+        roots: &[CertificateDer<'static>],
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Result<Self, VerifierError> {
+        if roots.is_empty() {
+            return Err(VerifierError::NoRoots);
+        }
+        let roots = roots
+            .iter()
+            .enumerate()
+            .map(|(index, der)| {
+                webpki::anchor_from_trusted_cert(der)
+                    .map(|anchor| anchor.to_owned())
+                    .map_err(|source| VerifierError::BadRoot { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            roots,
+            authorizer,
+            algorithms: crate::provider().signature_verification_algorithms,
+        })
+    }
+
+    fn verify(
+        &self,
+        side: &'static str,
+        usage: webpki::KeyUsage,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<SpiffeId, VerifierError> {
+        let chain = |source| VerifierError::Chain { side, source };
+        let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(chain)?;
+        leaf.verify_for_usage(
+            self.algorithms.all,
+            &self.roots,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(chain)?;
+        let id = spiffe_id_from_cert(end_entity)
+            .map_err(|source| VerifierError::Peer { side, source })?;
+        self.authorizer
+            .authorize(&id)
+            .map_err(|source| VerifierError::Authorize { side, source })?;
+        Ok(id)
+    }
+
+    fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn fmt_fields(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("roots", &self.roots.len())
+            .field("authorizer", &self.authorizer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn log_outcome(side: &str, result: &Result<SpiffeId, VerifierError>) {
+    match result {
+        Ok(id) => tracing::debug!(side, peer = %id, "peer svid verified"),
+        Err(err) => tracing::debug!(side, error = %err, "peer svid refused"),
+    }
+}
+
+/// Client-side verifier of the server's SVID. Ignores the TLS server name entirely.
+pub struct SpiffeServerVerifier {
+    core: Core,
+}
+
+impl SpiffeServerVerifier {
+    /// Trusts chains ending at one of `roots`, then asks `authorizer` about the server's ID.
+    ///
+    /// # Errors
+    /// Empty `roots`, or a root that is not a usable trust anchor.
+    pub fn new(
+        roots: &[CertificateDer<'static>],
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Result<Self, VerifierError> {
+        Ok(Self {
+            core: Core::new(roots, authorizer)?,
+        })
+    }
+}
+
+impl fmt::Debug for SpiffeServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.core.fmt_fields("SpiffeServerVerifier", f)
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result = self.core.verify(
+            "server",
+            webpki::KeyUsage::server_auth(),
+            end_entity,
+            intermediates,
+            now,
+        );
+        log_outcome("server", &result);
+        result?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(VerifierError::Tls12.into())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.core.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.core.algorithms.supported_schemes()
+    }
+}
+
+/// Server-side verifier of the client's SVID.
+pub struct SpiffeClientVerifier {
+    core: Core,
+    mandatory: bool,
+}
+
+impl SpiffeClientVerifier {
+    /// Trusts chains ending at one of `roots`, then asks `authorizer` about the client's ID.
+    ///
+    /// With `mandatory == false` a client may connect without any certificate, but a
+    /// certificate that is presented must still pass every check.
+    ///
+    /// # Errors
+    /// Empty `roots`, or a root that is not a usable trust anchor.
+    pub fn new(
+        roots: &[CertificateDer<'static>],
+        authorizer: Arc<dyn Authorizer>,
+        mandatory: bool,
+    ) -> Result<Self, VerifierError> {
+        Ok(Self {
+            core: Core::new(roots, authorizer)?,
+            mandatory,
+        })
+    }
+}
+
+impl fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.core.fmt_fields(
+            if self.mandatory {
+                "SpiffeClientVerifier(mandatory)"
+            } else {
+                "SpiffeClientVerifier(optional)"
+            },
+            f,
+        )
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Empty hints tell clients to send whatever SVID they hold.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let result = self.core.verify(
+            "client",
+            webpki::KeyUsage::client_auth(),
+            end_entity,
+            intermediates,
+            now,
+        );
+        log_outcome("client", &result);
+        result?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(VerifierError::Tls12.into())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.core.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.core.algorithms.supported_schemes()
+    }
+}

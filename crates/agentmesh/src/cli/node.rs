@@ -1,0 +1,167 @@
+//! `agentmesh node run`: the per-host daemon.
+
+use std::path::PathBuf;
+
+use agentmesh_node::NodeConfig;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::server::Signals;
+use super::{JOIN_TOKEN_ENV, WORKLOAD_SOCKET_ENV, default_admin_socket, workload_socket_path};
+
+/// The node's data dir when none is given.
+pub const DEFAULT_NODE_DATA_DIR: &str = ".agentmesh/node";
+
+/// `agentmesh node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Runs the node until SIGINT or SIGTERM.
+    Run(NodeRunArgs),
+}
+
+/// `agentmesh node run` flags.
+#[derive(Debug, Clone, Args)]
+pub struct NodeRunArgs {
+    /// The server's node API address, HOST:PORT
+    #[arg(long, value_name = "ADDR")]
+    pub server: String,
+    /// A one-time join token from `agentmesh token generate`; not needed while a stored node
+    /// SVID is still valid
+    #[arg(long, value_name = "TOKEN", env = JOIN_TOKEN_ENV, hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Where to serve the Workload API: unix:///path, unix:/path or a path
+    #[arg(long, value_name = "PATH", env = WORKLOAD_SOCKET_ENV)]
+    pub socket: String,
+    /// PEM file with the roots that the server's certificate must chain to (from `agentmesh
+    /// bundle show`)
+    #[arg(long, value_name = "FILE")]
+    pub trust_bundle: PathBuf,
+    /// Where the node keeps its SVID, key and cache
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_NODE_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The node's admin socket, for launchers [default: <DATA_DIR>/admin.sock]
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl NodeRunArgs {
+    /// The node's configuration. `$AGENTMESH_ADMIN_SOCKET` is deliberately not read: it names
+    /// the server's socket.
+    ///
+    /// # Errors
+    /// A malformed `--socket` or an empty `--server` / `--join-token`.
+    pub fn to_config(&self) -> anyhow::Result<NodeConfig> {
+        let server = self.server.trim();
+        if server.is_empty() {
+            anyhow::bail!(
+                "--server is empty; pass the server's node API address, e.g. 127.0.0.1:8081"
+            );
+        }
+        let join_token = match self.join_token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) => Some(t.to_owned()),
+        };
+        Ok(NodeConfig {
+            server: server.to_owned(),
+            join_token,
+            socket: workload_socket_path(&self.socket)?,
+            trust_bundle: self.trust_bundle.clone(),
+            data_dir: self.data_dir.clone(),
+            admin_socket: self
+                .admin_socket
+                .clone()
+                .unwrap_or_else(|| default_admin_socket(&self.data_dir)),
+        })
+    }
+}
+
+/// Runs `agentmesh node ...`.
+///
+/// # Errors
+/// Bad settings, or the node failing to start.
+pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Run(args) => {
+            let cfg = args.to_config()?;
+            let server = cfg.server.clone();
+            let mut signals = Signals::new()?;
+            let node = agentmesh_node::start(cfg)
+                .await
+                .with_context(|| format!("node did not start (server {server})"))?;
+            let signal = signals.recv().await;
+            tracing::info!(signal, "shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> NodeRunArgs {
+        let cli =
+            crate::cli::Cli::try_parse_from(["agentmesh", "node", "run"].iter().chain(args.iter()))
+                .unwrap();
+        match cli.command {
+            crate::cli::Command::Node(NodeCommand::Run(a)) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_defaults_keep_its_admin_socket_in_its_data_dir() {
+        let a = parse(&[
+            "--server",
+            "127.0.0.1:8081",
+            "--join-token",
+            "tok",
+            "--socket",
+            "unix:///tmp/am/node.sock",
+            "--trust-bundle",
+            "b.pem",
+        ]);
+        let cfg = a.to_config().unwrap();
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/am/node.sock"));
+        assert_eq!(cfg.data_dir, PathBuf::from(".agentmesh/node"));
+        assert_eq!(
+            cfg.admin_socket,
+            PathBuf::from(".agentmesh/node/admin.sock")
+        );
+        assert_eq!(cfg.join_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn the_join_token_is_optional() {
+        let a = parse(&[
+            "--server",
+            "127.0.0.1:8081",
+            "--socket",
+            "/tmp/node.sock",
+            "--trust-bundle",
+            "b.pem",
+            "--data-dir",
+            "/var/lib/am",
+        ]);
+        let cfg = a.to_config().unwrap();
+        assert_eq!(cfg.admin_socket, PathBuf::from("/var/lib/am/admin.sock"));
+        // The env var may be set in the test's environment; only check it is not empty.
+        assert_ne!(cfg.join_token.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_bad_socket_is_refused() {
+        let a = parse(&[
+            "--server",
+            "127.0.0.1:8081",
+            "--socket",
+            "tcp://127.0.0.1:1",
+            "--trust-bundle",
+            "b.pem",
+        ]);
+        let err = a.to_config().unwrap_err().to_string();
+        assert!(err.starts_with("invalid --socket"), "{err}");
+    }
+}

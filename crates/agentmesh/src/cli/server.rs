@@ -1,0 +1,476 @@
+//! `agentmesh server run`: flags, the optional TOML config file, and the run loop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
+use agentmesh_spiffe::TrustDomain;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+use super::{ADMIN_SOCKET_ENV, DEFAULT_DATA_DIR, default_admin_socket, parse_duration};
+
+/// The trust domain when none is given.
+pub const DEFAULT_TRUST_DOMAIN: &str = "agentmesh.local";
+/// The node API address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
+
+/// `agentmesh server ...`
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Runs the server until SIGINT or SIGTERM.
+    Run(ServerRunArgs),
+}
+
+/// `agentmesh server run` flags. Each one overrides the same key in `--config`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerRunArgs {
+    /// Where the datastore and CA keys live [default: .agentmesh]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The trust domain this server is the authority of [default: agentmesh.local]
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: Option<String>,
+    /// The node API's address, IP:PORT [default: 127.0.0.1:8081]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The admin API's Unix socket [default: $AGENTMESH_ADMIN_SOCKET, then <DATA_DIR>/admin.sock]
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// A TOML file with the same settings in snake_case (data_dir = "...", default_x509_ttl = "1h")
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// X.509-SVID lifetime for entries that do not set one [default: 1h]
+    #[arg(long, value_name = "DUR")]
+    pub default_x509_ttl: Option<String>,
+    /// JWT-SVID lifetime for entries that do not set one [default: 5m]
+    #[arg(long, value_name = "DUR")]
+    pub default_jwt_ttl: Option<String>,
+    /// Lifetime of node SVIDs [default: 1h]
+    #[arg(long, value_name = "DUR")]
+    pub node_svid_ttl: Option<String>,
+    /// Lifetime of the self-signed root [default: 8760h]
+    #[arg(long, value_name = "DUR")]
+    pub root_ttl: Option<String>,
+    /// Lifetime of the intermediate that signs SVIDs [default: 24h]
+    #[arg(long, value_name = "DUR")]
+    pub intermediate_ttl: Option<String>,
+    /// Join token lifetime when `token generate` does not set one [default: 10m]
+    #[arg(long, value_name = "DUR")]
+    pub join_token_ttl: Option<String>,
+}
+
+/// The `--config` file: the flags' settings, in snake_case. Unknown keys are an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFileConfig {
+    /// As `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// As `--trust-domain`.
+    pub trust_domain: Option<String>,
+    /// As `--listen`.
+    pub listen: Option<String>,
+    /// As `--admin-socket`.
+    pub admin_socket: Option<PathBuf>,
+    /// As `--default-x509-ttl`.
+    pub default_x509_ttl: Option<String>,
+    /// As `--default-jwt-ttl`.
+    pub default_jwt_ttl: Option<String>,
+    /// As `--node-svid-ttl`.
+    pub node_svid_ttl: Option<String>,
+    /// As `--root-ttl`.
+    pub root_ttl: Option<String>,
+    /// As `--intermediate-ttl`.
+    pub intermediate_ttl: Option<String>,
+    /// As `--join-token-ttl`.
+    pub join_token_ttl: Option<String>,
+}
+
+impl ServerFileConfig {
+    /// Reads and parses a config file.
+    ///
+    /// # Errors
+    /// One line naming the file, and for a parse error the line and the offending key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only for messages.
+    ///
+    /// # Errors
+    /// As [`ServerFileConfig::load`].
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map(|before| format!(" line {}", before.matches('\n').count() + 1))
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "config file {}{line}: {}",
+                path.display(),
+                super::one_line(e.message())
+            )
+        })
+    }
+}
+
+/// Where a setting came from, for error messages.
+fn source_name(flag: &str, key: &str, file: Option<&Path>, from_flag: bool) -> String {
+    match (from_flag, file) {
+        (false, Some(f)) => format!("{key} in {}", f.display()),
+        _ => flag.to_owned(),
+    }
+}
+
+/// Merges flags over the file over the defaults. `env_admin_socket` is
+/// `$AGENTMESH_ADMIN_SOCKET`, which counts only when neither the flag nor the file names a
+/// socket.
+///
+/// # Errors
+/// One line naming the flag (or the file and key) whose value is bad.
+pub fn resolve(
+    args: &ServerRunArgs,
+    file: &ServerFileConfig,
+    file_path: Option<&Path>,
+    env_admin_socket: Option<PathBuf>,
+) -> anyhow::Result<ServerConfig> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+    let (td, td_from) = pick(&args.trust_domain, &file.trust_domain, DEFAULT_TRUST_DOMAIN);
+    let td_name = source_name("--trust-domain", "trust_domain", file_path, td_from);
+    let trust_domain =
+        TrustDomain::new(&td).map_err(|e| anyhow::anyhow!("invalid {td_name} {td:?}: {e}"))?;
+
+    let (listen, listen_from) = pick(&args.listen, &file.listen, DEFAULT_LISTEN);
+    let listen_name = source_name("--listen", "listen", file_path, listen_from);
+    let listen: SocketAddr = listen.trim().parse().map_err(|e| {
+        anyhow::anyhow!("invalid {listen_name} {listen:?}: {e} (use IP:PORT, e.g. 127.0.0.1:8081)")
+    })?;
+
+    let admin_socket = args
+        .admin_socket
+        .clone()
+        .or_else(|| file.admin_socket.clone())
+        .or(env_admin_socket)
+        .unwrap_or_else(|| default_admin_socket(&data_dir));
+
+    let dur = |flag: &str, key: &str, a: &Option<String>, f: &Option<String>, default: &str| {
+        let (v, from_flag) = pick(a, f, default);
+        parse_duration(&source_name(flag, key, file_path, from_flag), &v)
+    };
+    let ca = CaLifetimes {
+        root: dur(
+            "--root-ttl",
+            "root_ttl",
+            &args.root_ttl,
+            &file.root_ttl,
+            "8760h",
+        )?,
+        intermediate: dur(
+            "--intermediate-ttl",
+            "intermediate_ttl",
+            &args.intermediate_ttl,
+            &file.intermediate_ttl,
+            "24h",
+        )?,
+    };
+    let issuance = IssuanceSettings {
+        default_x509_ttl: dur(
+            "--default-x509-ttl",
+            "default_x509_ttl",
+            &args.default_x509_ttl,
+            &file.default_x509_ttl,
+            "1h",
+        )?,
+        default_jwt_ttl: dur(
+            "--default-jwt-ttl",
+            "default_jwt_ttl",
+            &args.default_jwt_ttl,
+            &file.default_jwt_ttl,
+            "5m",
+        )?,
+        node_svid_ttl: dur(
+            "--node-svid-ttl",
+            "node_svid_ttl",
+            &args.node_svid_ttl,
+            &file.node_svid_ttl,
+            "1h",
+        )?,
+        join_token_ttl: dur(
+            "--join-token-ttl",
+            "join_token_ttl",
+            &args.join_token_ttl,
+            &file.join_token_ttl,
+            "10m",
+        )?,
+    };
+    check_lifetimes(&ca, &issuance)?;
+    Ok(ServerConfig {
+        data_dir,
+        trust_domain,
+        listen,
+        admin_socket,
+        ca,
+        issuance,
+    })
+}
+
+/// The flag's value, else the file's, else the default; and whether the flag supplied it.
+fn pick(flag: &Option<String>, file: &Option<String>, default: &str) -> (String, bool) {
+    match (flag, file) {
+        (Some(v), _) => (v.clone(), true),
+        (None, Some(v)) => (v.clone(), false),
+        (None, None) => (default.to_owned(), true),
+    }
+}
+
+/// Refuses lifetimes that cannot work together: an intermediate must outlive the SVIDs it
+/// signs by default, and the root must outlive the intermediate.
+fn check_lifetimes(ca: &CaLifetimes, issuance: &IssuanceSettings) -> anyhow::Result<()> {
+    let h = |d: Duration| humantime::format_duration(d).to_string();
+    if ca.intermediate >= ca.root {
+        anyhow::bail!(
+            "--intermediate-ttl {} must be shorter than --root-ttl {}",
+            h(ca.intermediate),
+            h(ca.root)
+        );
+    }
+    let max = ca.intermediate / 2;
+    for (flag, d) in [
+        ("--default-x509-ttl", issuance.default_x509_ttl),
+        ("--default-jwt-ttl", issuance.default_jwt_ttl),
+        ("--node-svid-ttl", issuance.node_svid_ttl),
+    ] {
+        if d > max {
+            anyhow::bail!(
+                "{flag} {} is longer than half of --intermediate-ttl ({}); shorten it or raise --intermediate-ttl",
+                h(d),
+                h(max)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `agentmesh server ...`.
+///
+/// # Errors
+/// Bad settings, or the server failing to start.
+pub async fn run(cmd: ServerCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServerCommand::Run(args) => run_server(args).await,
+    }
+}
+
+async fn run_server(args: ServerRunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => ServerFileConfig::load(p)?,
+        None => ServerFileConfig::default(),
+    };
+    let env_socket = std::env::var_os(ADMIN_SOCKET_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let cfg = resolve(&args, &file, args.config.as_deref(), env_socket)?;
+    let data_dir = cfg.data_dir.clone();
+    let mut signals = Signals::new()?;
+    let server = agentmesh_server::start(cfg)
+        .await
+        .with_context(|| format!("server did not start (data dir {})", data_dir.display()))?;
+    let signal = signals.recv().await;
+    tracing::info!(signal, "shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, installed before starting so an early signal is not lost.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// The handlers cannot be installed.
+    pub fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Waits for either signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> anyhow::Result<ServerFileConfig> {
+        ServerFileConfig::parse(text, Path::new("/etc/agentmesh/server.toml"))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cfg = resolve(
+            &ServerRunArgs::default(),
+            &ServerFileConfig::default(),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from(".agentmesh"));
+        assert_eq!(cfg.trust_domain.to_string(), "agentmesh.local");
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(cfg.admin_socket, PathBuf::from(".agentmesh/admin.sock"));
+        assert_eq!(cfg.issuance.default_x509_ttl, Duration::from_secs(3600));
+        assert_eq!(cfg.issuance.default_jwt_ttl, Duration::from_secs(300));
+        assert_eq!(cfg.issuance.node_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(cfg.issuance.join_token_ttl, Duration::from_secs(600));
+        assert_eq!(cfg.ca.root, Duration::from_secs(8760 * 3600));
+        assert_eq!(cfg.ca.intermediate, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn admin_socket_is_flag_then_file_then_env_then_data_dir() {
+        let env = Some(PathBuf::from("/env.sock"));
+        let f = file("admin_socket = \"/file.sock\"\ndata_dir = \"/d\"").unwrap();
+        let flag = ServerRunArgs {
+            admin_socket: Some(PathBuf::from("/flag.sock")),
+            ..Default::default()
+        };
+        let none = ServerRunArgs::default();
+        let empty = ServerFileConfig {
+            data_dir: Some(PathBuf::from("/d")),
+            ..Default::default()
+        };
+        let sock = |a, f, e| resolve(a, f, None, e).unwrap().admin_socket;
+        assert_eq!(sock(&flag, &f, env.clone()), PathBuf::from("/flag.sock"));
+        assert_eq!(sock(&none, &f, env.clone()), PathBuf::from("/file.sock"));
+        assert_eq!(sock(&none, &empty, env), PathBuf::from("/env.sock"));
+        assert_eq!(sock(&none, &empty, None), PathBuf::from("/d/admin.sock"));
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let f = file(
+            "data_dir = \"/srv/am\"\ntrust_domain = \"file.example\"\nlisten = \"127.0.0.1:9000\"\n\
+             default_x509_ttl = \"30m\"\njoin_token_ttl = \"2m\"\n",
+        )
+        .unwrap();
+        let args = ServerRunArgs {
+            trust_domain: Some("flag.example".into()),
+            default_x509_ttl: Some("10m".into()),
+            ..Default::default()
+        };
+        let cfg = resolve(&args, &f, None, None).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/am"));
+        assert_eq!(cfg.trust_domain.to_string(), "flag.example");
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(cfg.issuance.default_x509_ttl, Duration::from_secs(600));
+        assert_eq!(cfg.issuance.join_token_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn an_unknown_config_key_is_named_with_the_file() {
+        let err = file("data_dir = \"/x\"\ndefault_ttl = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/agentmesh/server.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("default_ttl"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_one_line_naming_the_file() {
+        let err = file("listen = \n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("config file /etc/agentmesh/server.toml"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let err = file("listen = 8081\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_name_the_flag_or_the_file_key() {
+        let args = ServerRunArgs {
+            default_jwt_ttl: Some("5 minutes-ish".into()),
+            ..Default::default()
+        };
+        let err = resolve(&args, &ServerFileConfig::default(), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid --default-jwt-ttl \"5 minutes-ish\""),
+            "{err}"
+        );
+
+        let f = file("node_svid_ttl = \"soon\"").unwrap();
+        let path = Path::new("/etc/agentmesh/server.toml");
+        let err = resolve(&ServerRunArgs::default(), &f, Some(path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid node_svid_ttl in /etc/agentmesh/server.toml \"soon\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_addresses_and_trust_domains_are_refused() {
+        let args = ServerRunArgs {
+            listen: Some("localhost:8081".into()),
+            ..Default::default()
+        };
+        let err = resolve(&args, &ServerFileConfig::default(), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid --listen \"localhost:8081\""),
+            "{err}"
+        );
+        let args = ServerRunArgs {
+            trust_domain: Some("Example.org".into()),
+            ..Default::default()
+        };
+        let err = resolve(&args, &ServerFileConfig::default(), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid --trust-domain \"Example.org\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lifetimes_that_cannot_work_together_are_refused() {
+        let args = ServerRunArgs {
+            default_x509_ttl: Some("13h".into()),
+            ..Default::default()
+        };
+        let err = resolve(&args, &ServerFileConfig::default(), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--default-x509-ttl"), "{err}");
+    }
+}

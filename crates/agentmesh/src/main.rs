@@ -1,0 +1,23 @@
+//! The `agentmesh` command: runs the server and the node, and talks to them (entries, join
+//! tokens, bundles, SVIDs).
+//!
+//! Errors go to stderr as one line starting with `error:`, and the exit code is 1. Usage
+//! errors found by clap keep clap's own message and exit code 2.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", cli::one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Process-level tests of the `agentmesh` binary: a real `agentmesh server run` in a temporary
+//! data dir, driven by the real CLI (and, for the crash test, by the admin API directly).
+//!
+//! Needs `openssl` on the PATH (scripts/test installs it).
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentmesh_proto::v1::admin_client::AdminClient;
+use agentmesh_proto::v1::{CreateEntryRequest, Entry, ListEntriesRequest};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentmesh");
+/// Environment that would point the CLI somewhere other than the test's own server.
+const SCRUBBED_ENV: [&str; 4] = [
+    "AGENTMESH_ADMIN_SOCKET",
+    "SPIFFE_ENDPOINT_SOCKET",
+    "AGENTMESH_JOIN_TOKEN",
+    "AGENTMESH_LOG",
+];
+
+// === test helpers ===
+
+/// Kills and reaps a spawned process when the test ends, however it ends.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `agentmesh server run`.
+struct Server {
+    proc: Reaper,
+    data_dir: PathBuf,
+    socket: PathBuf,
+    stderr: PathBuf,
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A port that was free a moment ago; the server binds it in another process.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Server {
+    /// Starts a server on `data_dir` and waits (up to 30 s) until its admin socket accepts
+    /// connections. Fails with the server's stderr if it does not.
+    fn start(data_dir: &Path) -> Self {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let stderr = data_dir.with_extension(format!("stderr.{}", free_port()));
+        let socket = data_dir.join("admin.sock");
+        let child = command()
+            .args(["server", "run", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("create stderr file"))
+            .spawn()
+            .expect("spawn agentmesh server run");
+        let mut server = Self {
+            proc: Reaper(child),
+            data_dir: data_dir.to_owned(),
+            socket,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = server.proc.0.try_wait() {
+                panic!(
+                    "agentmesh server run exited with {status} before serving; stderr:\n{}",
+                    server.stderr_text()
+                );
+            }
+            if UnixStream::connect(&server.socket).is_ok() {
+                return server;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the admin socket {} did not accept connections within 30s; server stderr:\n{}",
+                    server.socket.display(),
+                    server.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this server.
+    fn cli(&self, args: &[&str]) -> Output {
+        command()
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run agentmesh")
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "expected success, got {}; stdout: {}; stderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Asserts the command failed with exit code 1 and exactly one stderr line, `error: ...`
+/// containing `want`.
+#[track_caller]
+fn assert_one_line_error(out: &Output, want: &str) {
+    let err = stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit code 1; stdout: {}; stderr: {err}",
+        stdout(out)
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected one stderr line, got:\n{err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(want), "expected {want:?} in: {err}");
+}
+
+fn list_json(server: &Server) -> serde_json::Value {
+    let out = server.cli(&["entry", "list", "-o", "json"]);
+    assert_ok(&out);
+    serde_json::from_str(&stdout(&out)).expect("entry list -o json is JSON")
+}
+
+// === tests ===
+
+#[test]
+fn admin_commands_work_against_a_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"));
+
+    // token generate: just the token, one line.
+    let out = server.cli(&["token", "generate"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.trim().len() >= 20, "{text}");
+    let out = server.cli(&["token", "generate", "--ttl", "2m", "-o", "json"]);
+    assert_ok(&out);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("token json");
+    assert!(
+        json["token"].is_string() && json["expires_at"].is_string(),
+        "{json}"
+    );
+
+    // entry create, twice: the second is refused by the server.
+    let create = [
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://agentmesh.local/ns/default/sa/planner",
+        "--selector",
+        "unix:uid:1000",
+        "--selector",
+        "unix:gid:1000",
+    ];
+    let out = server.cli(&create);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("Entry ID"), "{}", stdout(&out));
+    let out = server.cli(&create);
+    assert_one_line_error(&out, "already exists");
+
+    // Malformed IDs from the SPIFFE spec never reach the server.
+    for id in [
+        "spiffe://example.org/",
+        "spiffe://Example.org/x",
+        "http://example.org/x",
+        "spiffe://example.org//x",
+        "spiffe://example.org/./x",
+        "spiffe://example.org:8080/x",
+        "spiffe://example.org/x?y",
+    ] {
+        let out = server.cli(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--selector",
+            "unix:uid:1",
+        ]);
+        assert_one_line_error(&out, &format!("invalid --spiffe-id {id:?}"));
+    }
+    let json = list_json(&server);
+    let entries = json["entries"].as_array().expect("entries array");
+    assert_eq!(entries.len(), 1, "{json}");
+    assert_eq!(
+        entries[0]["spiffe_id"],
+        "spiffe://agentmesh.local/ns/default/sa/planner"
+    );
+    assert_eq!(entries[0]["selectors"].as_array().map(Vec::len), Some(2));
+    let id = entries[0]["id"].as_str().expect("id").to_owned();
+
+    // show, delete of an unknown id, delete of a known one.
+    let out = server.cli(&["entry", "show", &id, "-o", "json"]);
+    assert_ok(&out);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("show json");
+    assert_eq!(shown["id"], id.as_str());
+    let out = server.cli(&["entry", "delete", "no-such-entry"]);
+    assert_one_line_error(&out, "no-such-entry");
+    let out = server.cli(&["entry", "delete", &id]);
+    assert_ok(&out);
+    assert_eq!(
+        list_json(&server)["entries"].as_array().map(Vec::len),
+        Some(0)
+    );
+
+    // bundle show: PEM that openssl parses, and a JWKS with an EC key.
+    let out = server.cli(&["bundle", "show"]);
+    assert_ok(&out);
+    let pem = stdout(&out);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let mut openssl = match Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("openssl is needed for this test (scripts/test installs it): {e}"),
+    };
+    {
+        use std::io::Write;
+        let mut stdin = openssl.stdin.take().expect("openssl stdin");
+        stdin.write_all(pem.as_bytes()).expect("write to openssl");
+    }
+    let parsed = openssl.wait_with_output().expect("openssl output");
+    assert_ok(&parsed);
+    assert!(
+        stdout(&parsed).contains("URI:spiffe://agentmesh.local"),
+        "{}",
+        stdout(&parsed)
+    );
+
+    let out = server.cli(&["bundle", "show", "-o", "jwks"]);
+    assert_ok(&out);
+    let jwks: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("jwks json");
+    let keys = jwks["keys"].as_array().expect("keys array");
+    assert!(keys.iter().any(|k| k["kty"] == "EC"), "{jwks}");
+
+    let out = server.cli(&["bundle", "show", "-o", "json"]);
+    assert_ok(&out);
+    let bundle: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("bundle json");
+    assert_eq!(bundle["trust_domain"], "agentmesh.local");
+    assert!(bundle["sequence"].is_u64(), "{bundle}");
+}
+
+#[test]
+fn bad_config_files_give_one_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let malformed = dir.path().join("malformed.toml");
+    std::fs::write(&malformed, "data_dir = \"/x\"\nlisten = \n").expect("write config");
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "listen = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n").expect("write");
+    let bad_ttl = dir.path().join("ttl.toml");
+    std::fs::write(&bad_ttl, "default_x509_ttl = \"an hour\"\n").expect("write");
+
+    let run = |config: &Path| {
+        command()
+            .args(["server", "run", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(config)
+            .output()
+            .expect("run agentmesh")
+    };
+    assert_one_line_error(&run(&malformed), &malformed.display().to_string());
+    let out = run(&unknown);
+    assert_one_line_error(&out, "listen_addr");
+    assert!(stderr(&out).contains(&unknown.display().to_string()));
+    let out = run(&bad_ttl);
+    assert_one_line_error(&out, "default_x509_ttl");
+    assert_one_line_error(&run(&dir.path().join("missing.toml")), "missing.toml");
+    // Nothing was started.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn a_missing_admin_socket_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nowhere/admin.sock");
+    let out = command()
+        .args(["entry", "list", "--admin-socket"])
+        .arg(&socket)
+        .output()
+        .expect("run agentmesh");
+    assert_one_line_error(&out, &socket.display().to_string());
+    assert!(
+        stderr(&out).contains("agentmesh server run"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The default: <data-dir>/admin.sock.
+    let out = command()
+        .args(["entry", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run agentmesh");
+    assert_one_line_error(&out, &dir.path().join("admin.sock").display().to_string());
+}
+
+#[test]
+fn usage_errors_keep_clap_exit_code() {
+    let out = command()
+        .args(["entry", "create", "--spiffe-id", "spiffe://a/b"])
+        .output()
+        .expect("run agentmesh");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_entries_survive_kill_9() {
+    const TOTAL: usize = 200;
+    const KILL_AFTER: usize = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("server");
+    let server = Server::start(&data_dir);
+    let pid = server.proc.0.id();
+
+    let channel = agentmesh_proto::unix::connect(&server.socket)
+        .await
+        .expect("connect to the admin socket");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+
+    // Another task kills the server once ~100 creates are acknowledged.
+    let killer = tokio::spawn(async move {
+        let _ = count_rx.wait_for(|n| *n >= KILL_AFTER).await;
+        let status = tokio::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -9 {pid} failed");
+    });
+
+    let limit = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TOTAL {
+        let channel = channel.clone();
+        let acked = acked.clone();
+        let count_tx = count_tx.clone();
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore");
+            let spiffe_id = format!("spiffe://agentmesh.local/ns/crash/sa/svc{i}");
+            let req = CreateEntryRequest {
+                entry: Some(Entry {
+                    spiffe_id: spiffe_id.clone(),
+                    selectors: vec![format!("unix:uid:{}", 10_000 + i)],
+                    ..Default::default()
+                }),
+            };
+            let res = tokio::time::timeout(
+                Duration::from_secs(10),
+                AdminClient::new(channel).create_entry(req),
+            )
+            .await;
+            if let Ok(Ok(_)) = res {
+                acked.lock().expect("lock").push(spiffe_id);
+                count_tx.send_modify(|n| *n += 1);
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = tasks.join_next().await {
+            r.expect("create task");
+        }
+    })
+    .await
+    .expect("the burst finished");
+    drop(count_tx);
+    killer.await.expect("killer task");
+    drop(channel);
+
+    // The killed server is gone; make sure before reusing its data dir.
+    let mut server = server;
+    let status = server.proc.0.wait().expect("wait for the killed server");
+    assert!(!status.success(), "the server was not killed: {status}");
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() >= KILL_AFTER,
+        "only {} acknowledged",
+        acked.len()
+    );
+    eprintln!(
+        "{} of {TOTAL} creates acknowledged before kill -9",
+        acked.len()
+    );
+
+    // Restart on the same data dir: the datastore opens, and every acknowledged entry is there.
+    let restarted = Server::start(&server.data_dir);
+    let channel = agentmesh_proto::unix::connect(&restarted.socket)
+        .await
+        .expect("connect after restart");
+    let listed = AdminClient::new(channel)
+        .list_entries(ListEntriesRequest {})
+        .await
+        .expect("list entries after restart")
+        .into_inner()
+        .entries;
+    let stored: std::collections::HashSet<_> =
+        listed.iter().map(|e| e.spiffe_id.as_str()).collect();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged entries were lost after kill -9: {lost:?}",
+        lost.len()
+    );
+    assert!(listed.len() <= TOTAL, "{} entries listed", listed.len());
+
+    // The CLI reads the same store.
+    let json = list_json(&restarted);
+    assert_eq!(
+        json["entries"].as_array().map(Vec::len),
+        Some(listed.len()),
+        "{json}"
+    );
+}
