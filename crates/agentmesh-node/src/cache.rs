@@ -108,10 +108,17 @@ impl Snapshot {
     }
 
     /// The caller's SVIDs, in entry order. Entries whose SVID is still being minted are left
-    /// out.
+    /// out, and so are expired ones: after a long server outage a workload gets no SVID
+    /// (Unavailable) rather than a certificate every peer would refuse.
     pub fn svids_for(&self, att: &Attestation) -> Vec<Arc<CachedSvid>> {
+        self.svids_for_at(att, SystemTime::now())
+    }
+
+    /// [`Self::svids_for`] as of `now`.
+    pub fn svids_for_at(&self, att: &Attestation, now: SystemTime) -> Vec<Arc<CachedSvid>> {
         self.matching(att)
             .filter_map(|e| self.svids.get(&e.id).cloned())
+            .filter(|s| s.not_after > now)
             .collect()
     }
 }
@@ -218,5 +225,45 @@ mod tests {
         );
         let none = explain_no_match(&att, &[]);
         assert!(none.contains("serves no entries"), "{none}");
+    }
+
+    #[test]
+    fn expired_svids_are_never_served() {
+        use std::time::Duration;
+        let att = Attestation {
+            selectors: set(&["unix:uid:1000"]),
+            summary: "pid=7 uid=1000".into(),
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let svid = CachedSvid {
+            entry_id: "e1".into(),
+            spiffe_id: "spiffe://td/me".parse().unwrap(),
+            chain: vec![],
+            key_pkcs8: vec![],
+            serial: "01".into(),
+            not_before: t0,
+            not_after: t0 + Duration::from_secs(10),
+            rotate_at: t0 + Duration::from_secs(5),
+            dns_names: vec![],
+        };
+        let snap = Snapshot {
+            entries: Arc::new(vec![entry("e1", "spiffe://td/me", &["unix:uid:1000"])]),
+            svids: HashMap::from([("e1".to_owned(), Arc::new(svid))]),
+            bundle: Arc::new(BundleInfo {
+                trust_domain: "td".parse().unwrap(),
+                roots: vec![],
+                jwks_json: String::new(),
+                sequence: 1,
+            }),
+            synced: true,
+        };
+        assert_eq!(
+            snap.svids_for_at(&att, t0 + Duration::from_secs(9)).len(),
+            1
+        );
+        assert!(
+            snap.svids_for_at(&att, t0 + Duration::from_secs(10))
+                .is_empty()
+        );
     }
 }

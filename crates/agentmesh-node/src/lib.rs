@@ -255,11 +255,19 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, NodeError> {
     Ok(roots)
 }
 
+/// Creates `dir` owner-only, and tightens it if it already exists with looser permissions:
+/// it holds the node's private key.
 fn create_private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e| NodeError::DataDir(dir.to_owned(), e);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| NodeError::DataDir(dir.to_owned(), e))
+        .map_err(err)?;
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
 }

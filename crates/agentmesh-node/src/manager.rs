@@ -304,14 +304,19 @@ impl Manager {
         let was = self
             .server_reachable
             .swap(ok, std::sync::atomic::Ordering::Relaxed);
-        if was != ok {
-            if ok {
-                tracing::info!("server reachable again; syncing and rotating resume");
-            } else {
-                tracing::warn!(
-                    "server unreachable; serving cached SVIDs and retrying with backoff"
-                );
-            }
+        if was != ok && ok {
+            tracing::info!("server reachable again; syncing and rotating resume");
+        }
+    }
+
+    /// Records that talking to the server failed, and says why once per outage: "refused
+    /// our certificate" and "connection refused" need different fixes.
+    fn set_unreachable(&self, why: &dyn std::fmt::Display) {
+        let was = self
+            .server_reachable
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if was {
+            tracing::warn!(error = %why, "cannot reach the server; serving cached SVIDs and retrying with backoff");
         }
     }
 
@@ -333,7 +338,7 @@ impl Manager {
                 r = self.clone().sync_once() => r,
             };
             if let Err(e) = result {
-                self.set_reachable(false);
+                self.set_unreachable(&e);
                 tracing::debug!(error = %e, "entry sync stream ended");
             }
             tokio::select! {
@@ -462,7 +467,7 @@ impl Manager {
             match self.mint_due().await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    self.set_reachable(false);
+                    self.set_unreachable(&e);
                     let wait = backoff.next();
                     tracing::debug!(error = %e, retry_in = ?wait, "minting SVIDs failed");
                     retry_at = tokio::time::Instant::now() + wait;
@@ -651,7 +656,7 @@ impl Manager {
             }
             Err(status) => {
                 if status.code() == tonic::Code::Unavailable {
-                    self.set_reachable(false);
+                    self.set_unreachable(&crate::server_client::describe(&status));
                 }
                 // Better a cached token in its second half than none at all.
                 if let Some(c) = self

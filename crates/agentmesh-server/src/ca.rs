@@ -171,11 +171,13 @@ impl CaManager {
         now_t: SystemTime,
     ) -> Result<CaState, CaManagerError> {
         let now = unix(now_t);
-        std::fs::create_dir_all(keys_dir).map_err(|source| agentmesh_ca::KeyError::Io {
-            op: "creating",
-            path: keys_dir.clone(),
-            source,
-        })?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(keys_dir)
+            .map_err(|source| agentmesh_ca::KeyError::Io {
+                op: "creating",
+                path: keys_dir.clone(),
+                source,
+            })?;
 
         // --- roots: prepare the next one at 2/3 of the newest root's life -------------------
         let valid = |rows: Vec<CaRow>| -> Vec<CaRow> {

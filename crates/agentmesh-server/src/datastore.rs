@@ -22,6 +22,9 @@ pub enum DatastoreError {
     /// A stored row did not decode.
     #[error("datastore row is corrupt: {0}")]
     Corrupt(String),
+    /// The database file could not be created owner-only.
+    #[error("cannot create {0} with mode 0600: {1}")]
+    Create(std::path::PathBuf, std::io::Error),
 }
 
 /// A registration entry as stored.
@@ -139,6 +142,14 @@ impl Datastore {
     /// # Errors
     /// The file cannot be opened, is not a database, or the schema cannot be created.
     pub fn open(path: &Path) -> Result<Self, DatastoreError> {
+        // Create the file owner-only before SQLite does (it would use the umask); SQLite gives
+        // its -wal and -shm files the database file's mode.
+        std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create(true).append(true),
+            0o600,
+        )
+        .open(path)
+        .map_err(|e| DatastoreError::Create(path.to_owned(), e))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: an acknowledged write survives power loss too, not only a process crash.
