@@ -586,36 +586,64 @@ impl Launched {
 }
 
 /// Two processes holding different agentmesh SVIDs talk mTLS through spiffe-tls, each
-/// authorizing the other's exact SPIFFE ID; a client expecting someone else is refused.
+/// authorizing the other's exact SPIFFE ID; a client expecting someone else is refused. With a
+/// 10 s TTL the client's SVID rotates on its open stream, and its next connection presents
+/// the new certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spiffetls_echo_between_two_processes_with_different_svids() {
     let mesh = Mesh::start();
     let server_id = mesh.entry(
         "/ns/default/sa/echo-server",
         &["launcher:service:echo-server"],
-        None,
+        Some(SHORT_TTL),
     );
     let client_id = mesh.entry(
         "/ns/default/sa/echo-client",
         &["launcher:service:echo-client"],
-        None,
+        Some(SHORT_TTL),
     );
     let addr = format!("127.0.0.1:{}", free_port());
+    let out_dir = mesh.dir.join("py-echo");
+    std::fs::create_dir(&out_dir).expect("mkdir");
 
-    let mut server = launch(&mesh, &["echo-server", &addr, &client_id], "echo-server").await;
+    let mut server = launch(
+        &mesh,
+        &["echo-server", &addr, &client_id, "2"],
+        "echo-server",
+    )
+    .await;
     let ready = server.line();
     assert_eq!(ready["spiffe_id"], server_id.as_str(), "{ready}");
-    let mut client = launch(&mesh, &["echo-client", &addr, &server_id], "echo-client").await;
+    let wait = PATIENCE.as_secs().to_string();
+    let mut client = launch(
+        &mesh,
+        &[
+            "echo-client",
+            &addr,
+            &server_id,
+            out_dir.to_str().expect("utf-8"),
+            &wait,
+        ],
+        "echo-client",
+    )
+    .await;
     let done = client.line();
     assert_eq!(done["spiffe_id"], client_id.as_str(), "{done}");
-    assert_eq!(
-        done["reply"],
-        format!("echo:hello from {client_id}").as_str(),
-        "{done}"
-    );
+    let hello = format!("echo:hello from {client_id}");
+    assert_eq!(done["replies"], serde_json::json!([hello, hello]), "{done}");
     assert_eq!(done["wrong_peer_refused"], true, "{done}");
-    let echoed = server.line();
-    assert_eq!(echoed["spiffe_id"], server_id.as_str(), "{echoed}");
+    let own = &done["own_serials"];
+    assert_ne!(own[0], own[1], "the client's SVID did not rotate: {done}");
+
+    let served = server.line();
+    assert_eq!(served["spiffe_id"], server_id.as_str(), "{served}");
+    // The server saw the client's first certificate, then the rotated one.
+    assert_eq!(&served["peer_serials"], own, "{served} vs {done}");
+
+    let chain = pem_certs(&std::fs::read_to_string(out_dir.join("chain.pem")).expect("chain"));
+    let roots = pem_certs(&std::fs::read_to_string(out_dir.join("bundle.pem")).expect("bundle"));
+    assert_conformant(&chain, &client_id, SHORT_TTL);
+    openssl_verify(&out_dir, &chain, &roots);
 }
 
 /// The server is `kill -9`ed: workloads still fetch SVIDs from the node's cache; the server

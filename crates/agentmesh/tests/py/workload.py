@@ -7,8 +7,11 @@ evidence) and exits non-zero with a message on stderr when something is wrong.
     workload.py x509 OUTDIR ROTATION_WAIT_S   X509Source: ID, chain + bundle into OUTDIR,
                                               then waits for a rotation on the open stream
     workload.py jwt AUDIENCE                  fetch_jwt_svid, validate_jwt_svid, local JWKS check
-    workload.py echo-server ADDR PEER_ID      spiffetls mTLS echo server, authorize_id(PEER_ID)
-    workload.py echo-client ADDR PEER_ID      spiffetls mTLS echo client, authorize_id(PEER_ID)
+    workload.py echo-server ADDR PEER_ID N    spiffetls mTLS echo server, authorize_id(PEER_ID),
+                                              for N good connections
+    workload.py echo-client ADDR PEER_ID OUTDIR ROTATION_WAIT_S
+                                              spiffetls mTLS echo client, authorize_id(PEER_ID);
+                                              talks, waits for its SVID to rotate, talks again
 
 The echo modes read one line from stdin before touching the Workload API, so the test can
 register them with the node's launcher API first.
@@ -95,36 +98,53 @@ def jwt(audience):
         client.close()
 
 
-def echo_server(addr, peer_id):
+def peer_serial(conn):
+    return format(conn.get_peer_certificate().get_serial_number(), "x")
+
+
+def echo_server(addr, peer_id, count):
     sys.stdin.readline()
     source = X509Source(socket_path=socket_path(), timeout_in_seconds=30)
     try:
         own = str(source.get_x509_context().default_svid.spiffe_id)
         server = listen(addr, source, ListenOptions(authorize_fn=authorize_id(SpiffeId(peer_id))))
         print(json.dumps({"listening": addr, "spiffe_id": own}), flush=True)
-        refused = 0
-        while True:
+        refused, peers, echoed = 0, [], []
+        while len(peers) < count:
             conn, _ = server.accept()
             try:
                 conn.do_handshake()
                 data = conn.recv(1024)
                 conn.sendall(b"echo:" + data)
+                peers.append(peer_serial(conn))
+                echoed.append(data.decode())
                 conn.shutdown()
-                break
             except Exception:  # noqa: BLE001 - a refused client; keep serving the next one
                 refused += 1
             finally:
                 conn.close()
-        print(json.dumps({"spiffe_id": own, "echoed": data.decode(), "refused_before": refused}))
+        print(json.dumps({
+            "spiffe_id": own,
+            "echoed": echoed,
+            "peer_serials": peers,
+            "refused": refused,
+        }))
     finally:
         source.close()
 
 
-def echo_client(addr, peer_id):
+def echo_client(addr, peer_id, outdir, wait_s):
+    """Talks to the echo server, waits for its own SVID to rotate, and talks again."""
     sys.stdin.readline()
     source = X509Source(socket_path=socket_path(), timeout_in_seconds=30)
     try:
-        own = str(source.get_x509_context().default_svid.spiffe_id)
+        svid = source.get_x509_context().default_svid
+        own = str(svid.spiffe_id)
+        with open(os.path.join(outdir, "chain.pem"), "w") as f:
+            f.write("".join(pem(c) for c in svid.cert_chain))
+        bundle = source.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        with open(os.path.join(outdir, "bundle.pem"), "w") as f:
+            f.write("".join(pem(c) for c in bundle.x509_authorities))
         # The server is not who we expect: the handshake must fail.
         try:
             conn = dial(addr, source, authorize_fn=authorize_id(SpiffeId(peer_id + "-impostor")))
@@ -132,13 +152,26 @@ def echo_client(addr, peer_id):
             wrong_peer_refused = False
         except Exception:  # noqa: BLE001
             wrong_peer_refused = True
-        conn = dial(addr, source, authorize_fn=authorize_id(SpiffeId(peer_id)))
-        conn.sendall(b"hello from " + own.encode())
-        reply = conn.recv(1024).decode()
-        conn.close()
+
+        def talk():
+            conn = dial(addr, source, authorize_fn=authorize_id(SpiffeId(peer_id)))
+            mine = serial(source.get_x509_context().default_svid)
+            conn.sendall(b"hello from " + own.encode())
+            reply = conn.recv(1024).decode()
+            conn.close()
+            return mine, reply
+
+        first_serial, first_reply = talk()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if serial(source.get_x509_context().default_svid) != first_serial:
+                break
+            time.sleep(0.1)
+        second_serial, second_reply = talk()
         print(json.dumps({
             "spiffe_id": own,
-            "reply": reply,
+            "replies": [first_reply, second_reply],
+            "own_serials": [first_serial, second_serial],
             "wrong_peer_refused": wrong_peer_refused,
         }))
     finally:
@@ -152,9 +185,9 @@ def main():
     elif mode == "jwt":
         jwt(args[0])
     elif mode == "echo-server":
-        echo_server(args[0], args[1])
+        echo_server(args[0], args[1], int(args[2]))
     elif mode == "echo-client":
-        echo_client(args[0], args[1])
+        echo_client(args[0], args[1], args[2], float(args[3]))
     else:
         sys.exit(f"unknown mode {mode!r}")
 
