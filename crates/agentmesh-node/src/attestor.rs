@@ -203,8 +203,19 @@ impl Attestor {
         {
             return Some(d.clone());
         }
-        let bytes = std::fs::read(open_path).ok()?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        // Streamed: a workload binary can be hundreds of MB, and reading it whole would put
+        // that on the node's heap for every new binary.
+        let mut file = std::fs::File::open(open_path).ok()?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        let digest = ctx.finish();
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         self.digests
             .lock()

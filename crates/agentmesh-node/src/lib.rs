@@ -9,6 +9,8 @@ pub mod manager;
 pub mod server_client;
 pub mod workload_api;
 
+pub use manager::EAGER_MINT_LIMIT;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

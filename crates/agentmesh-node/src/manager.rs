@@ -22,6 +22,12 @@ use crate::server_client::{SharedClientConfig, client_config, describe};
 
 /// How many SVIDs to ask for in one call.
 const MINT_BATCH: usize = 500;
+/// Up to this many entries, the node mints an SVID for every entry it serves, so workloads
+/// get theirs from the cache even if they first ask during a server outage. Above it, only
+/// for entries a workload has asked for (then kept and rotated), so a node that serves a
+/// whole fleet's entries does not hold a fleet's worth of keys. SPIRE's agent does the same
+/// with its `x509_svid_cache_max_size` (default 1000).
+pub const EAGER_MINT_LIMIT: usize = 1000;
 /// The longest wait between retries while the server is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the rotation loop looks for SVIDs that are due.
@@ -201,6 +207,8 @@ pub struct Manager {
     snapshot: watch::Sender<Arc<Snapshot>>,
     jwts: Mutex<HashMap<(String, String), CachedJwt>>,
     wake_minter: Notify,
+    /// Entries a workload has asked for; minted on demand above [`EAGER_MINT_LIMIT`].
+    demanded: Mutex<std::collections::HashSet<String>>,
     server_reachable: std::sync::atomic::AtomicBool,
     first_sync_applied: std::sync::atomic::AtomicBool,
 }
@@ -273,9 +281,27 @@ impl Manager {
             snapshot,
             jwts: Mutex::new(HashMap::new()),
             wake_minter: Notify::new(),
+            demanded: Mutex::new(std::collections::HashSet::new()),
             server_reachable: std::sync::atomic::AtomicBool::new(true),
             first_sync_applied: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Records that a workload wants SVIDs for these entries, and wakes the minter if any is
+    /// new. Cheap when nothing changes: the Workload API calls it on every snapshot.
+    pub fn want<'a>(&self, entry_ids: impl IntoIterator<Item = &'a str>) {
+        let mut demanded = self.demanded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut new = false;
+        for id in entry_ids {
+            if !demanded.contains(id) {
+                demanded.insert(id.to_owned());
+                new = true;
+            }
+        }
+        drop(demanded);
+        if new {
+            self.wake_minter.notify_one();
+        }
     }
 
     /// Follows every change of the cache.
@@ -481,9 +507,24 @@ impl Manager {
     async fn mint_due(&self) -> Result<(), ManagerError> {
         let snap = self.snapshot();
         let now = SystemTime::now();
+        let eager = snap.entries.len() <= EAGER_MINT_LIMIT;
+        let demanded = self
+            .demanded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !eager && snap.svids.keys().any(|id| !demanded.contains(id)) {
+            // The node just crossed the limit: let go of what no workload asked for.
+            self.snapshot.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.svids.retain(|id, _| demanded.contains(id));
+                *s = Arc::new(next);
+            });
+        }
         let due: Vec<&EntryInfo> = snap
             .entries
             .iter()
+            .filter(|e| eager || demanded.contains(&e.id))
             .filter(|e| match snap.svids.get(&e.id) {
                 None => true,
                 Some(s) => s.rotate_at <= now || s.dns_names != e.dns_names,
@@ -530,9 +571,12 @@ impl Manager {
             }
             self.snapshot.send_modify(|s| {
                 let mut next = (**s).clone();
+                let entries = next.entries.clone();
+                let live: std::collections::HashSet<&str> =
+                    entries.iter().map(|e| e.id.as_str()).collect();
                 for svid in minted {
                     // The entry may have gone while we were minting.
-                    if next.entries.iter().any(|e| e.id == svid.entry_id) {
+                    if live.contains(svid.entry_id.as_str()) {
                         next.svids.insert(svid.entry_id.clone(), svid);
                     }
                 }

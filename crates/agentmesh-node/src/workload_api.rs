@@ -87,6 +87,7 @@ impl WorkloadApi {
         loop {
             let snap = rx.borrow_and_update().clone();
             self.require_entries(att, &snap)?;
+            self.manager.want(snap.matching(att).map(|e| e.id.as_str()));
             let svids = snap.svids_for(att);
             if !svids.is_empty() {
                 return Ok((snap, svids));
@@ -234,12 +235,15 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         }
         let first = x509_response(&snap, &svids);
         let key = fingerprint(&snap, &svids);
+        let manager = self.manager.clone();
         Ok(Response::new(stream_updates(
             first,
             key,
             rx,
             self.stopping.clone(),
             move |snap| {
+                // Entries that start matching later are minted on demand too.
+                manager.want(snap.matching(&att).map(|e| e.id.as_str()));
                 let svids = snap.svids_for(&att);
                 if snap.matching(&att).next().is_none() {
                     let why = explain_no_match(&att, &snap.entries);

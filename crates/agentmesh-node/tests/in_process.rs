@@ -332,3 +332,52 @@ async fn a_restarted_node_needs_no_new_token() {
     mesh.node.take().unwrap().shutdown().await;
     mesh.server.take().unwrap().shutdown().await;
 }
+
+/// Above `EAGER_MINT_LIMIT` entries the node mints only what workloads ask for: nothing is
+/// cached after the sync, a fetch gets its SVID on demand, and only that one is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_eager_limit_svids_are_minted_on_demand() {
+    let mut mesh = Mesh::start().await;
+    let others = agentmesh_node::EAGER_MINT_LIMIT;
+    for i in 0..others {
+        mesh.create_entry(
+            &format!("/other/{i}"),
+            &[format!("unix:uid:{}", 100_000 + i)],
+            0,
+        )
+        .await;
+    }
+    mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
+        .await;
+    let manager = mesh.node.as_ref().unwrap().manager.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while manager.snapshot().entries.len() < others + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries did not sync"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give an eager minter every chance to show itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        manager.snapshot().svids.is_empty(),
+        "minted {} SVIDs nobody asked for",
+        manager.snapshot().svids.len()
+    );
+
+    let mut client = mesh.workload_client().await;
+    let resp = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/me");
+    assert_eq!(manager.snapshot().svids.len(), 1);
+    mesh.node.take().unwrap().shutdown().await;
+    mesh.server.take().unwrap().shutdown().await;
+}

@@ -1,0 +1,141 @@
+//! `agentmesh-bench`: the measurements behind `bench/run`.
+//!
+//! Each benchmark measures agentmesh and a peer in the same run and prints one markdown table
+//! comparing them as a ratio. Timing lives here, never in test assertions.
+//!
+//! ```text
+//! agentmesh-bench mint  [--seconds S]
+//! agentmesh-bench fetch [--samples N]
+//! agentmesh-bench scale --agentmesh PATH [--entries N]
+//! ```
+#![forbid(unsafe_code)]
+
+mod fetch;
+mod mint;
+mod report;
+mod scale;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage:
+  agentmesh-bench mint  [--seconds S]                  minting rate on one core vs the openssl floor
+  agentmesh-bench fetch [--samples N]                  Workload API first-message latency
+  agentmesh-bench scale --agentmesh PATH [--entries N] node RSS and sync time with N entries";
+
+/// A parsed command line.
+enum Command {
+    Mint { seconds: f64 },
+    Fetch { samples: usize },
+    Scale { agentmesh: PathBuf, entries: usize },
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Command> {
+    let Some((name, rest)) = args.split_first() else {
+        bail!("no benchmark named");
+    };
+    let mut seconds = 3.0_f64;
+    let mut samples = 2000_usize;
+    let mut entries = 10_000_usize;
+    let mut agentmesh = None;
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seconds" => {
+                seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .with_context(|| format!("invalid --seconds {value:?}"))?;
+            }
+            "--samples" => {
+                samples = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("invalid --samples {value:?}"))?;
+            }
+            "--entries" => {
+                entries = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("invalid --entries {value:?}"))?;
+            }
+            "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
+            other => bail!("unknown flag {other:?}"),
+        }
+    }
+    Ok(match name.as_str() {
+        "mint" => Command::Mint { seconds },
+        "fetch" => Command::Fetch { samples },
+        "scale" => Command::Scale {
+            agentmesh: agentmesh.context("scale needs --agentmesh PATH (the release binary)")?,
+            entries,
+        },
+        other => bail!("unknown benchmark {other:?}"),
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agentmesh-bench: {e:#}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd {
+        Command::Mint { seconds } => mint::run(seconds),
+        Command::Fetch { samples } => fetch::run(samples),
+        Command::Scale { agentmesh, entries } => scale::run(&agentmesh, entries),
+    };
+    match result {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agentmesh-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_each_benchmark_and_refuses_bad_input() {
+        assert!(matches!(parse(&args("mint")), Ok(Command::Mint { seconds }) if seconds == 3.0));
+        assert!(matches!(
+            parse(&args("fetch --samples 10")),
+            Ok(Command::Fetch { samples: 10 })
+        ));
+        assert!(matches!(
+            parse(&args("scale --agentmesh /x --entries 5")),
+            Ok(Command::Scale { entries: 5, .. })
+        ));
+        for bad in [
+            "",
+            "nope",
+            "scale",
+            "mint --seconds",
+            "mint --seconds -1",
+            "mint --seconds NaN",
+            "fetch --samples 0",
+            "fetch --bogus 1",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
