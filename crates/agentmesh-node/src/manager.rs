@@ -359,10 +359,16 @@ impl Manager {
     async fn sync_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         loop {
+            let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = self.clone().sync_once() => r,
             };
+            // A stream that stayed up for a while was a success, whatever ended it: the next
+            // outage starts its backoff from the beginning.
+            if started.elapsed() >= MAX_BACKOFF * 2 {
+                backoff.reset();
+            }
             if let Err(e) = result {
                 self.set_unreachable(&e);
                 tracing::debug!(error = %e, "entry sync stream ended");
