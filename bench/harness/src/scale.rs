@@ -241,20 +241,31 @@ async fn node_status(socket: &Path) -> Option<v1::NodeStatus> {
         .map(|r| r.into_inner())
 }
 
-/// Whether this process got its X.509-SVID from the node.
-async fn first_svid(socket: &Path) -> bool {
-    let Ok(channel) = agentmesh_proto::unix::connect(socket).await else {
-        return false;
-    };
+/// Opens a FetchX509SVID stream on the node at `socket`, with the required header.
+async fn fetch_x509(
+    socket: &Path,
+) -> Option<
+    Result<
+        tonic::Response<tonic::Streaming<agentmesh_proto::workload::X509svidResponse>>,
+        tonic::Status,
+    >,
+> {
+    let channel = agentmesh_proto::unix::connect(socket).await.ok()?;
     let mut req = tonic::Request::new(X509svidRequest {});
     req.metadata_mut().insert(
         agentmesh_proto::WORKLOAD_API_HEADER,
         tonic::metadata::MetadataValue::from_static("true"),
     );
-    let Ok(resp) = SpiffeWorkloadApiClient::new(channel)
-        .fetch_x509svid(req)
-        .await
-    else {
+    Some(
+        SpiffeWorkloadApiClient::new(channel)
+            .fetch_x509svid(req)
+            .await,
+    )
+}
+
+/// Whether this process got its X.509-SVID from the node.
+async fn first_svid(socket: &Path) -> bool {
+    let Some(Ok(resp)) = fetch_x509(socket).await else {
         return false;
     };
     matches!(resp.into_inner().message().await, Ok(Some(m)) if !m.svids.is_empty())
@@ -273,20 +284,10 @@ fn my_uid() -> anyhow::Result<String> {
 
 /// Whether the node has finished its first sync: the Workload API stops answering Unavailable.
 async fn node_ready(socket: &Path) -> bool {
-    let Ok(channel) = agentmesh_proto::unix::connect(socket).await else {
-        return false;
-    };
-    let mut req = tonic::Request::new(X509svidRequest {});
-    req.metadata_mut().insert(
-        agentmesh_proto::WORKLOAD_API_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    match SpiffeWorkloadApiClient::new(channel)
-        .fetch_x509svid(req)
-        .await
-    {
-        Ok(_) => true,
-        Err(s) => s.code() != tonic::Code::Unavailable,
+    match fetch_x509(socket).await {
+        None => false,
+        Some(Ok(_)) => true,
+        Some(Err(s)) => s.code() != tonic::Code::Unavailable,
     }
 }
 
