@@ -1,11 +1,12 @@
 //! The node daemon: node attestation, workload attestation, SVID cache and rotation, and the
-//! SPIFFE Workload API.
+//! SPIFFE Workload API, plus the policy relay that serves intentions to local proxies.
 #![forbid(unsafe_code)]
 
 pub mod admin_api;
 pub mod attestor;
 pub mod cache;
 pub mod manager;
+pub mod policy_relay;
 pub mod server_client;
 pub mod workload_api;
 
@@ -76,6 +77,8 @@ pub enum NodeError {
 pub struct RunningNode {
     /// The node's state, for in-process tests and status.
     pub manager: Arc<Manager>,
+    /// The latest intentions and catalog from the server.
+    pub policy: Arc<policy_relay::PolicyRelay>,
     /// The Workload API socket.
     pub socket: PathBuf,
     admin_socket: PathBuf,
@@ -159,6 +162,17 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     };
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(manager.clone().run(stop_rx.clone())));
+    let policy = Arc::new(policy_relay::PolicyRelay::default());
+    tasks.push(tokio::spawn(
+        policy.clone().run(manager.clone(), stop_rx.clone()),
+    ));
+    let proxy_api =
+        agentmesh_proto::v1::proxy_api_server::ProxyApiServer::new(policy_relay::ProxyApi::new(
+            manager.clone(),
+            attestor.clone(),
+            policy.clone(),
+            stop_rx.clone(),
+        ));
 
     let workload = SpiffeWorkloadApiServer::new(workload_api::WorkloadApi::new(
         manager.clone(),
@@ -170,6 +184,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(workload_listener);
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(workload)
+            .add_service(proxy_api)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
         {
@@ -191,6 +206,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API");
     Ok(RunningNode {
         manager,
+        policy,
         socket: cfg.socket,
         admin_socket: cfg.admin_socket,
         stop,

@@ -304,6 +304,11 @@ impl Manager {
         }
     }
 
+    /// A client of the server's node API, authenticated with the node SVID.
+    pub fn server_client(&self) -> NodeApiClient<Channel> {
+        self.client.clone()
+    }
+
     /// Follows every change of the cache.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
@@ -786,19 +791,19 @@ fn leaf_dns_names(der: &[u8]) -> Vec<String> {
 
 /// Exponential backoff with jitter, capped at [`MAX_BACKOFF`].
 #[derive(Debug, Default)]
-struct Backoff {
+pub(crate) struct Backoff {
     attempt: u32,
 }
 
 impl Backoff {
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let base = Duration::from_millis(200) * 2u32.saturating_pow(self.attempt.min(10));
         self.attempt += 1;
         let capped = base.min(MAX_BACKOFF);
         capped.mul_f64(0.5 + random_fraction() * 0.5)
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }

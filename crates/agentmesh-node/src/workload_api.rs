@@ -104,7 +104,7 @@ impl WorkloadApi {
     }
 }
 
-fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     match req.metadata().get(agentmesh_proto::WORKLOAD_API_HEADER) {
         Some(v) if v.as_bytes() == b"true" => Ok(()),
         _ => Err(Status::invalid_argument(
@@ -113,7 +113,7 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
-fn peer_cred<T>(req: &Request<T>) -> Result<PeerCred, Status> {
+pub(crate) fn peer_cred<T>(req: &Request<T>) -> Result<PeerCred, Status> {
     let cred = req
         .extensions()
         .get::<UdsConnectInfo>()

@@ -1,19 +1,24 @@
-//! The admin API, served on a 0600 Unix socket: entries, join tokens, the bundle and nodes.
+//! The admin API, served on a 0600 Unix socket: entries, join tokens, the bundle, nodes,
+//! intentions and the service catalog.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use agentmesh_policy::{HttpRequest, IntentionSpec, PolicySet};
 use agentmesh_proto::v1::{
     self, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, GenerateJoinTokenRequest,
     GetBundleRequest, GetEntryRequest, JoinToken, ListEntriesRequest, ListEntriesResponse,
     ListNodesRequest, ListNodesResponse,
 };
+use agentmesh_spiffe::SpiffeId;
 use tonic::{Request, Response, Status};
 
 use crate::ca::unix_secs;
-use crate::datastore::{DatastoreError, EntryRow};
+use crate::datastore::{DatastoreError, EntryRow, IntentionRow};
 use crate::registration::{EntryLimits, validate_entry};
-use crate::state::{ServerState, entry_to_proto, new_entry_id, new_join_token, token_hash};
+use crate::state::{
+    ServerState, entry_to_proto, intention_to_proto, new_entry_id, new_join_token, token_hash,
+};
 
 /// The longest join token TTL: a token is a bearer secret, so it must not live long.
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -34,6 +39,25 @@ impl AdminService {
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
+}
+
+/// The stored intentions as the evaluator sees them. A row that no longer validates (which
+/// only a hand-edited database could hold) is skipped with an error log rather than
+/// allowed: skipping an allow denies, and skipping a deny is logged loudly.
+pub fn load_policy(state: &ServerState) -> Result<PolicySet, Status> {
+    let rows = state.datastore.list_intentions().map_err(internal)?;
+    let mut intentions = Vec::with_capacity(rows.len());
+    for row in rows {
+        match IntentionSpec::from_json(&row.spec_json)
+            .and_then(|s| s.validate(state.trust_domain(), row.id.clone(), row.created_at))
+        {
+            Ok(i) => intentions.push(i),
+            Err(e) => {
+                tracing::error!(intention = %row.id, error = %e, "stored intention is invalid; ignoring it")
+            }
+        }
+    }
+    Ok(PolicySet::new(intentions))
 }
 
 #[tonic::async_trait]
@@ -165,6 +189,153 @@ impl v1::admin_server::Admin for AdminService {
                     attested_at: n.attested_at,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn create_intention(
+        &self,
+        req: Request<v1::CreateIntentionRequest>,
+    ) -> Result<Response<v1::Intention>, Status> {
+        let td = self.state.trust_domain();
+        let spec = IntentionSpec::from_json(&req.into_inner().spec_json)
+            .and_then(|s| s.normalized(td))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let row = IntentionRow {
+            id: new_entry_id(),
+            source: spec.source.clone(),
+            destination: spec.destination.clone(),
+            spec_json: spec.to_json(),
+            created_at: unix_secs(SystemTime::now()),
+        };
+        match self.state.datastore.create_intention(&row) {
+            Ok(()) => {}
+            Err(e @ DatastoreError::DuplicateIntention { .. }) => {
+                return Err(Status::already_exists(e.to_string()));
+            }
+            Err(e) => return Err(internal(e)),
+        }
+        tracing::info!(intention = %row.id, source = %row.source, destination = %row.destination, action = %spec.action, "created intention");
+        self.state.notify_policy_changed();
+        Ok(Response::new(intention_to_proto(row)))
+    }
+
+    async fn list_intentions(
+        &self,
+        _: Request<v1::ListIntentionsRequest>,
+    ) -> Result<Response<v1::ListIntentionsResponse>, Status> {
+        let rows = self.state.datastore.list_intentions().map_err(internal)?;
+        Ok(Response::new(v1::ListIntentionsResponse {
+            intentions: rows.into_iter().map(intention_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_intention(
+        &self,
+        req: Request<v1::DeleteIntentionRequest>,
+    ) -> Result<Response<v1::DeleteIntentionResponse>, Status> {
+        let req = req.into_inner();
+        let td = self.state.trust_domain();
+        let target = |name: &str, what: &str| -> Result<String, Status> {
+            if name == "*" {
+                return Ok("*".into());
+            }
+            SpiffeId::from_service_name(td, name)
+                .map(|id| id.to_string())
+                .map_err(|e| Status::invalid_argument(format!("{what} {name:?}: {e}")))
+        };
+        let (source, destination) = if req.id.is_empty() {
+            if req.source.is_empty() || req.destination.is_empty() {
+                return Err(Status::invalid_argument(
+                    "name the intention by its id, or by source and destination",
+                ));
+            }
+            (
+                target(&req.source, "source")?,
+                target(&req.destination, "destination")?,
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let deleted = self
+            .state
+            .datastore
+            .delete_intention(&req.id, &source, &destination)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(if req.id.is_empty() {
+                    format!("no intention from {source} to {destination}")
+                } else {
+                    format!("no intention with id {}", req.id)
+                })
+            })?;
+        tracing::info!(intention = %deleted.id, source = %deleted.source, destination = %deleted.destination, "deleted intention");
+        self.state.notify_policy_changed();
+        Ok(Response::new(v1::DeleteIntentionResponse {
+            deleted: Some(intention_to_proto(deleted)),
+        }))
+    }
+
+    async fn check_intention(
+        &self,
+        req: Request<v1::CheckIntentionRequest>,
+    ) -> Result<Response<v1::CheckIntentionResponse>, Status> {
+        let req = req.into_inner();
+        let td = self.state.trust_domain();
+        let resolve = |name: &str, what: &str| {
+            SpiffeId::from_service_name(td, name).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "{what} {name:?} is not a SPIFFE ID or service name: {e}"
+                ))
+            })
+        };
+        let source = resolve(&req.source, "source")?;
+        let destination = resolve(&req.destination, "destination")?;
+        let policy = load_policy(&self.state)?;
+        let decision = if req.method.is_empty() && req.path.is_empty() {
+            policy.check_connection(&source, &destination)
+        } else {
+            let method = if req.method.is_empty() {
+                "GET"
+            } else {
+                &req.method
+            };
+            let path = if req.path.is_empty() { "/" } else { &req.path };
+            if !path.starts_with('/') {
+                return Err(Status::invalid_argument(format!(
+                    "--path {path:?} must start with '/'"
+                )));
+            }
+            let headers: Vec<(&str, &str)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .collect();
+            policy.check_request(
+                &source,
+                &destination,
+                &HttpRequest {
+                    method,
+                    path,
+                    headers: &headers,
+                },
+            )
+        };
+        Ok(Response::new(v1::CheckIntentionResponse {
+            allowed: decision.is_allowed(),
+            intention_id: decision.intention_id.unwrap_or_default(),
+            reason: decision.reason,
+            source: source.to_string(),
+            destination: destination.to_string(),
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<v1::ListServicesRequest>,
+    ) -> Result<Response<v1::ListServicesResponse>, Status> {
+        let snapshot = self.state.policy_snapshot().map_err(internal)?;
+        Ok(Response::new(v1::ListServicesResponse {
+            services: snapshot.services,
         }))
     }
 }

@@ -1,5 +1,5 @@
 //! The server's durable state in SQLite (WAL, `synchronous=FULL`): registration entries, join
-//! tokens (hashed), attested nodes and CA metadata.
+//! tokens (hashed), attested nodes, CA metadata, intentions and the service catalog.
 //!
 //! Every write is one transaction, so a `kill -9` at any point leaves either the whole write or
 //! none of it, and an acknowledged write is on disk before the caller hears back.
@@ -19,6 +19,18 @@ pub enum DatastoreError {
     /// An entry with the same SPIFFE ID, parent and selectors exists.
     #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists: {0}")]
     DuplicateEntry(String),
+    /// An intention for the same source and destination exists.
+    #[error(
+        "an intention from {source_id} to {destination} already exists (id {existing}); delete it first to replace it"
+    )]
+    DuplicateIntention {
+        /// Normalized source.
+        source_id: String,
+        /// Normalized destination.
+        destination: String,
+        /// The existing intention's id.
+        existing: String,
+    },
     /// A stored row did not decode.
     #[error("datastore row is corrupt: {0}")]
     Corrupt(String),
@@ -81,6 +93,34 @@ pub struct NodeRow {
     pub attested_at: i64,
 }
 
+/// An intention as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentionRow {
+    /// Random UUID.
+    pub id: String,
+    /// Normalized source: a SPIFFE ID or `*`.
+    pub source: String,
+    /// Normalized destination: a SPIFFE ID or `*`.
+    pub destination: String,
+    /// The normalized IntentionSpec JSON.
+    pub spec_json: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A service catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRow {
+    /// The service's SPIFFE ID.
+    pub spiffe_id: String,
+    /// `host:port` of its proxy's mTLS listener.
+    pub address: String,
+    /// The node that registered it.
+    pub node_id: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
 /// The outcome of redeeming a join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenRedemption {
@@ -123,6 +163,20 @@ CREATE TABLE IF NOT EXISTS nodes (
     serial TEXT NOT NULL,
     expires_at INTEGER NOT NULL,
     attested_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS intentions (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (source, destination)
+);
+CREATE TABLE IF NOT EXISTS services (
+    spiffe_id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ca (
     kind TEXT NOT NULL,
@@ -248,6 +302,133 @@ impl Datastore {
             .conn()
             .execute("DELETE FROM entries WHERE id = ?1", params![id])?
             > 0)
+    }
+
+    // === intentions ===
+
+    /// Stores a new intention.
+    ///
+    /// # Errors
+    /// [`DatastoreError::DuplicateIntention`] when one with the same source and destination
+    /// exists.
+    pub fn create_intention(&self, row: &IntentionRow) -> Result<(), DatastoreError> {
+        let conn = self.conn();
+        let res = conn.execute(
+            "INSERT INTO intentions (id, source, destination, spec, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.id, row.source, row.destination, row.spec_json, row.created_at],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let existing: Option<String> = conn
+                    .query_row(
+                        "SELECT id FROM intentions WHERE source = ?1 AND destination = ?2",
+                        params![row.source, row.destination],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                Err(DatastoreError::DuplicateIntention {
+                    source_id: row.source.clone(),
+                    destination: row.destination.clone(),
+                    existing: existing.unwrap_or_default(),
+                })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Every intention, oldest first.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn list_intentions(&self) -> Result<Vec<IntentionRow>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, source, destination, spec, created_at FROM intentions ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(IntentionRow {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                destination: r.get(2)?,
+                spec_json: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the intention with this id, or else the one for this source and destination,
+    /// in one transaction; returns what was deleted.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn delete_intention(
+        &self,
+        id: &str,
+        source: &str,
+        destination: &str,
+    ) -> Result<Option<IntentionRow>, DatastoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let found = tx
+            .query_row(
+                "SELECT id, source, destination, spec, created_at FROM intentions
+                 WHERE id = ?1 OR (?1 = '' AND source = ?2 AND destination = ?3)",
+                params![id, source, destination],
+                |r| {
+                    Ok(IntentionRow {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        destination: r.get(2)?,
+                        spec_json: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(row) = &found {
+            tx.execute("DELETE FROM intentions WHERE id = ?1", params![row.id])?;
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+
+    // === service catalog ===
+
+    /// Records where a service's proxy listens, replacing an earlier registration.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn upsert_service(&self, row: &ServiceRow) -> Result<(), DatastoreError> {
+        self.conn().execute(
+            "INSERT INTO services (spiffe_id, address, node_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (spiffe_id) DO UPDATE SET address = ?2, node_id = ?3, updated_at = ?4",
+            params![row.spiffe_id, row.address, row.node_id, row.updated_at],
+        )?;
+        Ok(())
+    }
+
+    /// The catalog, by SPIFFE ID.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn list_services(&self) -> Result<Vec<ServiceRow>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT spiffe_id, address, node_id, updated_at FROM services ORDER BY spiffe_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ServiceRow {
+                spiffe_id: r.get(0)?,
+                address: r.get(1)?,
+                node_id: r.get(2)?,
+                updated_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn query_entries(

@@ -1,4 +1,5 @@
-//! The node API: join-token attestation, node SVID renewal, entry sync and SVID minting.
+//! The node API: join-token attestation, node SVID renewal, entry sync, SVID minting, and the
+//! policy watch (intentions and the service catalog) with service registration.
 //!
 //! Every call but `AttestJoinToken` needs a client certificate: the node SVID, verified
 //! against the bundle during the handshake, of a node the datastore knows.
@@ -110,6 +111,10 @@ impl NodeApiService {
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncEntriesResponse, Status>> + Send>>;
+type PolicyStream = Pin<Box<dyn Stream<Item = Result<v1::PolicySnapshot, Status>> + Send>>;
+
+/// The longest `host:port` a service may register.
+const MAX_ADDRESS_LEN: usize = 262;
 
 #[tonic::async_trait]
 impl v1::node_api_server::NodeApi for NodeApiService {
@@ -282,5 +287,97 @@ impl v1::node_api_server::NodeApi for NodeApiService {
             token,
             expires_at: unix_secs(now + ttl),
         }))
+    }
+
+    type WatchPolicyStream = PolicyStream;
+
+    async fn watch_policy(
+        &self,
+        req: Request<v1::WatchPolicyRequest>,
+    ) -> Result<Response<PolicyStream>, Status> {
+        let node = self.node(&req)?;
+        let state = self.state.clone();
+        let mut changed = state.policy_changed.subscribe();
+        let mut stopping = self.stopping.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tracing::debug!(node = %node, "policy watch opened");
+        tokio::spawn(async move {
+            loop {
+                changed.mark_unchanged();
+                let msg = state
+                    .policy_snapshot()
+                    .map_err(|e| Status::internal(e.to_string()));
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn register_service(
+        &self,
+        req: Request<v1::RegisterServiceRequest>,
+    ) -> Result<Response<v1::RegisterServiceResponse>, Status> {
+        let node = self.node(&req)?;
+        let req = req.into_inner();
+        let id: SpiffeId = req.spiffe_id.parse().map_err(|e| {
+            Status::invalid_argument(format!("service SPIFFE ID {:?}: {e}", req.spiffe_id))
+        })?;
+        if req.address.len() > MAX_ADDRESS_LEN
+            || req.address.rsplit_once(':').is_none_or(|(host, port)| {
+                host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
+            })
+        {
+            return Err(Status::invalid_argument(format!(
+                "service address {:?} is not host:port",
+                req.address
+            )));
+        }
+        // A node may only place services whose identity it can issue, so one compromised
+        // node cannot redirect another node's services to itself.
+        let serves = self
+            .state
+            .datastore
+            .entries_for_node(&node.to_string())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .iter()
+            .any(|e| e.spiffe_id == id.to_string());
+        if !serves {
+            return Err(Status::permission_denied(format!(
+                "node {node} serves no entry for {id}, so it cannot register that service"
+            )));
+        }
+        let row = crate::datastore::ServiceRow {
+            spiffe_id: id.to_string(),
+            address: req.address,
+            node_id: node.to_string(),
+            updated_at: unix_secs(SystemTime::now()),
+        };
+        let unchanged = self
+            .state
+            .datastore
+            .list_services()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .iter()
+            .any(|s| {
+                s.spiffe_id == row.spiffe_id && s.address == row.address && s.node_id == row.node_id
+            });
+        self.state
+            .datastore
+            .upsert_service(&row)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !unchanged {
+            tracing::info!(service = %row.spiffe_id, address = %row.address, node = %node, "registered service");
+            self.state.notify_policy_changed();
+        }
+        Ok(Response::new(v1::RegisterServiceResponse {}))
     }
 }

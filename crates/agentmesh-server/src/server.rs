@@ -131,11 +131,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         });
     }
     let (entries_changed, _) = watch::channel(0);
+    let revision_base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (policy_changed, _) = watch::channel(revision_base);
     let state = Arc::new(ServerState {
         datastore,
         ca: Arc::new(ca),
         settings: cfg.issuance,
         entries_changed,
+        policy_changed,
     });
 
     // The server's own identity for the node API.

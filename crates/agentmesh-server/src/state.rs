@@ -46,6 +46,10 @@ pub struct ServerState {
     pub settings: IssuanceSettings,
     /// Bumped whenever an entry is created or deleted, so sync streams resend.
     pub entries_changed: watch::Sender<u64>,
+    /// The policy revision: bumped whenever an intention or the catalog changes, so policy
+    /// watch streams resend. It starts at the server's start time in milliseconds, so it
+    /// keeps increasing across restarts without being stored.
+    pub policy_changed: watch::Sender<u64>,
 }
 
 /// The prefix of node SPIFFE IDs.
@@ -85,6 +89,50 @@ impl ServerState {
     /// Tells every sync stream to resend.
     pub fn notify_entries_changed(&self) {
         self.entries_changed.send_modify(|v| *v += 1);
+    }
+}
+
+impl ServerState {
+    /// Tells every policy watch stream to resend.
+    pub fn notify_policy_changed(&self) {
+        self.policy_changed.send_modify(|v| *v += 1);
+    }
+
+    /// The current intentions and catalog, as the watch stream sends them.
+    ///
+    /// # Errors
+    /// Datastore failures.
+    pub fn policy_snapshot(&self) -> Result<v1::PolicySnapshot, crate::datastore::DatastoreError> {
+        let revision = *self.policy_changed.borrow();
+        Ok(v1::PolicySnapshot {
+            intentions: self
+                .datastore
+                .list_intentions()?
+                .into_iter()
+                .map(intention_to_proto)
+                .collect(),
+            services: self
+                .datastore
+                .list_services()?
+                .into_iter()
+                .map(|s| v1::CatalogService {
+                    spiffe_id: s.spiffe_id,
+                    address: s.address,
+                    node_id: s.node_id,
+                    updated_at: s.updated_at,
+                })
+                .collect(),
+            revision,
+        })
+    }
+}
+
+/// A stored intention in its wire form.
+pub fn intention_to_proto(row: crate::datastore::IntentionRow) -> v1::Intention {
+    v1::Intention {
+        id: row.id,
+        created_at: row.created_at,
+        spec_json: row.spec_json,
     }
 }
 

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 pub mod admin;
 pub mod bundle;
 pub mod entry;
+pub mod intention;
 pub mod jwt;
 pub mod node;
 pub mod output;
@@ -77,13 +78,17 @@ pub enum Command {
     /// JWT-SVIDs from the Workload API.
     #[command(subcommand)]
     Jwt(jwt::JwtCommand),
+    /// Intentions: which service may call which (everything else is denied).
+    #[command(subcommand)]
+    Intention(intention::IntentionCommand),
 }
 
 /// Runs a parsed command line to completion.
 ///
 /// # Errors
-/// Whatever the command failed with; `main` prints it as one line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Whatever the command failed with; `main` prints it as one line. On success, the exit
+/// code (0, or 2 for a denied `intention check`).
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
     init_logging(cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,7 +103,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bundle(c) => bundle::run(c).await,
             Command::Svid(c) => svid::run(c).await,
             Command::Jwt(c) => jwt::run(c).await,
+            Command::Intention(c) => return intention::run(c).await,
         }
+        .map(|()| 0)
     })
 }
 

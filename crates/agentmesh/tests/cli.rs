@@ -460,3 +460,252 @@ async fn acknowledged_entries_survive_kill_9() {
         "{json}"
     );
 }
+
+#[test]
+fn intention_commands_validate_store_and_explain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"));
+
+    // With no intentions, everything is denied: exit code 2, and the reason says so.
+    let out = server.cli(&["intention", "check", "a", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stdout(&out).contains("default is deny"), "{}", stdout(&out));
+
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "a",
+        "b",
+        "--action",
+        "allow",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&out);
+    let created: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let ab_id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        created["source"],
+        "spiffe://agentmesh.local/ns/default/sa/a"
+    );
+
+    // The same pair in another spelling is a conflict, named with the existing id.
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "spiffe://agentmesh.local/ns/default/sa/a",
+        "b",
+        "--action",
+        "deny",
+    ]);
+    assert_one_line_error(&out, &ab_id);
+
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "planner",
+        "executor",
+        "--action",
+        "allow",
+        "--method",
+        "GET",
+        "--path-prefix",
+        "/v1/",
+    ]);
+    assert_ok(&out);
+
+    // check: allowed exits 0 and names the intention; L7 is explained per request.
+    let out = server.cli(&["intention", "check", "a", "b", "-o", "json"]);
+    assert_ok(&out);
+    let check: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(check["decision"], "allow");
+    assert_eq!(check["intention_id"], ab_id.as_str());
+    let out = server.cli(&["intention", "check", "b", "a"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = server.cli(&[
+        "intention",
+        "check",
+        "planner",
+        "executor",
+        "--method",
+        "GET",
+        "--path",
+        "/v1/models",
+    ]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("permission 1"), "{}", stdout(&out));
+    let out = server.cli(&[
+        "intention",
+        "check",
+        "planner",
+        "executor",
+        "--method",
+        "POST",
+        "--path",
+        "/admin",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).contains("no permission"), "{}", stdout(&out));
+
+    // Malformed input: one line each, nothing stored.
+    let file = dir.path().join("typo.json");
+    std::fs::write(
+        &file,
+        r#"{"source":"x","destination":"y","action":"allow","permissions":[{"http":{"path_prefx":"/"}}]}"#,
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let bad: &[(&[&str], &str)] = &[
+        (
+            &["intention", "create", "x", "y", "--action", "maybe"],
+            "--action",
+        ),
+        (
+            &["intention", "create", "--file", file],
+            "unknown field `path_prefx`",
+        ),
+        (
+            &[
+                "intention",
+                "create",
+                "x",
+                "y",
+                "--action",
+                "allow",
+                "--path-prefix",
+                "v1",
+            ],
+            "must start with '/'",
+        ),
+        (
+            &[
+                "intention",
+                "create",
+                "x",
+                "y",
+                "--action",
+                "allow",
+                "--path-regex",
+                "([",
+            ],
+            "does not compile",
+        ),
+        (
+            &["intention", "create", "Bad Name", "y", "--action", "allow"],
+            "source",
+        ),
+        (
+            &[
+                "intention",
+                "create",
+                "x",
+                "y",
+                "--action",
+                "allow",
+                "--method",
+                "G T",
+            ],
+            "method",
+        ),
+        (
+            &[
+                "intention",
+                "create",
+                "x",
+                "y",
+                "--action",
+                "allow",
+                "--header",
+                "=v",
+            ],
+            "--header",
+        ),
+        (
+            &["intention", "check", "x", "y", "--path", "nope"],
+            "--path",
+        ),
+        (&["intention", "check", "a/b/c", "y"], "source"),
+        (
+            &["intention", "delete", "no-such-id"],
+            "no intention with id",
+        ),
+        (&["intention", "delete", "x", "y"], "no intention from"),
+    ];
+    for (args, want) in bad {
+        assert_one_line_error(&server.cli(args), want);
+    }
+    let out = server.cli(&["intention", "list", "-o", "json"]);
+    assert_ok(&out);
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        list["intentions"].as_array().map(Vec::len),
+        Some(2),
+        "{list}"
+    );
+
+    // Delete by pair; the pair is then denied again.
+    assert_ok(&server.cli(&["intention", "delete", "a", "b"]));
+    let out = server.cli(&["intention", "check", "a", "b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!server.stderr_text().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_intentions_survive_kill_9() {
+    const TOTAL: usize = 120;
+    const KILL_AFTER: usize = 50;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("server");
+    let server = Server::start(&data_dir);
+    let pid = server.proc.0.id();
+    let channel = agentmesh_proto::unix::connect(&server.socket)
+        .await
+        .expect("connect to the admin socket");
+    let mut acked = Vec::new();
+    for i in 0..TOTAL {
+        let req = agentmesh_proto::v1::CreateIntentionRequest {
+            spec_json: format!(r#"{{"source":"src{i}","destination":"dst","action":"allow"}}"#),
+        };
+        if i == KILL_AFTER {
+            // kill -9 while the next create is in flight.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .spawn();
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            AdminClient::new(channel.clone()).create_intention(req),
+        )
+        .await
+        {
+            Ok(Ok(r)) => acked.push(r.into_inner().id),
+            _ => break,
+        }
+    }
+    let mut server = server;
+    let status = server.proc.0.wait().expect("wait for the killed server");
+    assert!(!status.success(), "the server was not killed: {status}");
+    assert!(
+        acked.len() >= KILL_AFTER,
+        "only {} acknowledged",
+        acked.len()
+    );
+    drop(channel);
+
+    let restarted = Server::start(&server.data_dir);
+    let out = restarted.cli(&["intention", "list", "-o", "json"]);
+    assert_ok(&out);
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let stored: Vec<&str> = list["intentions"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
+    for id in &acked {
+        assert!(
+            stored.contains(&id.as_str()),
+            "acknowledged intention {id} lost after kill -9"
+        );
+    }
+}

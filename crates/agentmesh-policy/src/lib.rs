@@ -1,0 +1,15 @@
+//! Intentions: which source may reach which destination, at L4 and per HTTP request.
+//!
+//! The crate has no networking, so the server (which validates and stores intentions), the
+//! proxy (which enforces them) and `agentmesh intention check` (which explains them) all decide
+//! with the same code. With no intentions, everything is denied.
+#![forbid(unsafe_code)]
+
+pub mod evaluate;
+pub mod intention;
+
+pub use evaluate::{Decision, HttpRequest, PolicySet};
+pub use intention::{
+    Action, HeaderMatch, HeaderMatchKind, HeaderSpec, HttpSpec, Intention, IntentionError,
+    IntentionSpec, PathMatch, Permission, PermissionSpec, Target,
+};
