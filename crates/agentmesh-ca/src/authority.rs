@@ -560,6 +560,26 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
+/// Splits concatenated DER certificates (the Workload API's `x509_svid` and `bundle` fields)
+/// into one buffer per certificate.
+///
+/// # Errors
+/// [`CaError::ParseCert`] naming the first certificate (1-based) that is not valid DER.
+pub fn split_der_certs(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, CaError> {
+    let mut certs = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) =
+            x509_parser::parse_x509_certificate(bytes).map_err(|e| CaError::ParseCert {
+                what: format!("certificate #{}", certs.len() + 1),
+                reason: e.to_string(),
+            })?;
+        let used = bytes.len() - rest.len();
+        certs.push(bytes[..used].to_vec());
+        bytes = rest;
+    }
+    Ok(certs)
+}
+
 /// The validity window `(notBefore, notAfter)` of a DER certificate.
 ///
 /// # Errors

@@ -8,7 +8,7 @@ pub mod keys;
 
 pub use authority::{
     Authority, CaError, X509Svid, cert_serial_hex, cert_spiffe_id, cert_validity, new_intermediate,
-    new_root, verify_chain,
+    new_root, split_der_certs, verify_chain,
 };
 pub use csr::{CsrError, CsrPublicKey, build_csr, verify_csr};
 pub use jwt::{

@@ -15,6 +15,7 @@ pub mod intention;
 pub mod jwt;
 pub mod node;
 pub mod output;
+pub mod proxy;
 pub mod server;
 pub mod svid;
 pub mod token;
@@ -81,6 +82,9 @@ pub enum Command {
     /// Intentions: which service may call which (everything else is denied).
     #[command(subcommand)]
     Intention(intention::IntentionCommand),
+    /// The sidecar proxy: mTLS in and out, intentions enforced.
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
 }
 
 /// Runs a parsed command line to completion.
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Bundle(c) => bundle::run(c).await,
             Command::Svid(c) => svid::run(c).await,
             Command::Jwt(c) => jwt::run(c).await,
+            Command::Proxy(c) => proxy::run(c).await,
             Command::Intention(c) => return intention::run(c).await,
         }
         .map(|()| 0)

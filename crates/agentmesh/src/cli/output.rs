@@ -58,17 +58,8 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Bytes that are not a sequence of DER certificates.
-pub fn split_der_certs(mut bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut certs = Vec::new();
-    while !bytes.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(bytes).map_err(|e| {
-            anyhow::anyhow!("certificate #{} is not valid DER: {e}", certs.len() + 1)
-        })?;
-        let used = bytes.len() - rest.len();
-        certs.push(bytes[..used].to_vec());
-        bytes = rest;
-    }
-    Ok(certs)
+pub fn split_der_certs(bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    Ok(agentmesh_ca::split_der_certs(bytes)?)
 }
 
 /// PEM `CERTIFICATE` blocks for each DER certificate, concatenated.

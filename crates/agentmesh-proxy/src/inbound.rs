@@ -1,0 +1,504 @@
+//! The public side: TLS 1.3 with a required client SVID, then intentions on the verified
+//! peer ID before a byte reaches the app: per connection for raw TCP, per request for HTTP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentmesh_policy::HttpRequest;
+use agentmesh_spiffe::SpiffeId;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::Protocol;
+use crate::http_util::{BoxBody, XFCC, json_response, strip_hop_by_hop};
+use crate::identity::{IdentityState, IdentityWatch};
+use crate::policy::PolicyWatch;
+use crate::telemetry::{AccessRecord, Metrics, TraceContext, access_log, now_rfc3339};
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open inbound connection, tracked so an intention change can close it.
+#[derive(Debug)]
+struct OpenConnection {
+    peer: SpiffeId,
+    tcp: bool,
+    kill: watch::Sender<Option<String>>,
+}
+
+/// Every open inbound connection.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, OpenConnection>>,
+}
+
+/// Removes a connection from [`Connections`] when it ends.
+struct Registered {
+    conns: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.conns
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Connections {
+    fn register(
+        self: &Arc<Self>,
+        peer: SpiffeId,
+        tcp: bool,
+    ) -> (Registered, watch::Receiver<Option<String>>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (kill, rx) = watch::channel(None);
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, OpenConnection { peer, tcp, kill });
+        (
+            Registered {
+                conns: self.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none are open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every connection whose peer the policy now denies. Returns how many.
+    fn revoke_denied(
+        &self,
+        policy: &agentmesh_policy::PolicySet,
+        own: &SpiffeId,
+        metrics: &Metrics,
+    ) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for c in open.values() {
+            let d = if c.tcp {
+                policy.check_tcp(&c.peer, own)
+            } else {
+                policy.check_connection(&c.peer, own)
+            };
+            if !d.is_allowed() && c.kill.borrow().is_none() {
+                tracing::info!(peer = %c.peer, intention = d.intention_id.as_deref().unwrap_or("none"), reason = %d.reason, "closing a connection: an intention change denies its peer");
+                metrics.revoked(&c.peer.to_string());
+                c.kill.send_replace(Some(d.reason));
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
+/// The inbound side of one proxy.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    identity: Arc<IdentityWatch>,
+    policy: Arc<PolicyWatch>,
+    metrics: Arc<Metrics>,
+    app: String,
+    protocol: Protocol,
+    /// Open connections, for revocation.
+    pub connections: Arc<Connections>,
+    app_client: Client<HttpConnector, Incoming>,
+    tls: crate::identity::ConfigCache<ServerConfig>,
+}
+
+impl Inbound {
+    /// The inbound side in front of `app`.
+    pub fn new(
+        identity: Arc<IdentityWatch>,
+        policy: Arc<PolicyWatch>,
+        metrics: Arc<Metrics>,
+        app: String,
+        protocol: Protocol,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            identity,
+            policy,
+            metrics,
+            app,
+            protocol,
+            connections: Arc::default(),
+            app_client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            tls: Arc::default(),
+        }
+    }
+
+    /// The server config for the current identity, rebuilt only when the roots or the
+    /// certificate holder change (a rotation updates the holder in place).
+    fn server_config(
+        &self,
+        id: &IdentityState,
+    ) -> Result<Arc<ServerConfig>, agentmesh_tls::TlsError> {
+        let key = (id.roots_revision, Arc::as_ptr(&id.cert) as usize);
+        let mut cache = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((r, c, cfg)) = cache.as_ref()
+            && (*r, *c) == key
+        {
+            return Ok(cfg.clone());
+        }
+        let alpn: &[&[u8]] = match self.protocol {
+            Protocol::Http => &[b"h2", b"http/1.1"],
+            Protocol::Tcp => &[],
+        };
+        // Any SVID that chains to the bundle completes the handshake; intentions, not the
+        // handshake, decide, so a refusal is logged with the peer's verified ID and a reason.
+        let cfg = agentmesh_tls::server_config_rotating(
+            id.cert.clone(),
+            &id.roots,
+            agentmesh_tls::ClientAuth::Required(agentmesh_tls::any_id()),
+            alpn,
+        )?;
+        *cache = Some((key.0, key.1, cfg.clone()));
+        Ok(cfg)
+    }
+
+    /// Closes connections an intention change denies, whenever the policy changes.
+    pub async fn revoke_on_change(self, mut stop: watch::Receiver<bool>) {
+        let mut rx = self.policy.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let policy = rx.borrow_and_update().clone();
+            self.metrics.set_policy_revision(policy.revision);
+            if let Some(own) = self.identity.current() {
+                self.connections
+                    .revoke_denied(&policy.set, &own.id, &self.metrics);
+            }
+        }
+    }
+
+    /// Accepts until `stop` fires.
+    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|s| *s) => None,
+                r = listener.accept() => Some(r),
+            };
+            let (tcp, addr) = match accepted {
+                None => return,
+                Some(Ok(a)) => a,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(self.clone().connection(tcp, addr));
+        }
+    }
+
+    async fn connection(self, tcp: TcpStream, addr: SocketAddr) {
+        let started = Instant::now();
+        let Some(own) = self.identity.current() else {
+            return;
+        };
+        let cfg = match self.server_config(&own) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the inbound TLS config");
+                return;
+            }
+        };
+        let tls = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = classify_handshake_error(&e);
+                tracing::warn!(peer_addr = %addr, reason, error = %e, "inbound TLS handshake refused; nothing reached the app");
+                self.metrics.handshake_failed(reason);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(peer_addr = %addr, reason = "timeout", "inbound TLS handshake timed out; nothing reached the app");
+                self.metrics.handshake_failed("timeout");
+                return;
+            }
+        };
+        let Some(peer) = agentmesh_tls::peer_identity(tls.get_ref().1) else {
+            // Unreachable with a required client certificate; refuse rather than assume.
+            self.metrics.handshake_failed("no_spiffe_id");
+            return;
+        };
+        match self.protocol {
+            Protocol::Tcp => self.tcp_session(tls, peer, own, addr, started).await,
+            Protocol::Http => self.http_session(tls, peer, own, addr).await,
+        }
+    }
+
+    async fn tcp_session(
+        self,
+        mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SpiffeId,
+        own: Arc<IdentityState>,
+        addr: SocketAddr,
+        started: Instant,
+    ) {
+        let trace = TraceContext::continue_or_start(None);
+        let trace_id = trace.trace_id_hex();
+        let policy = self.policy.current();
+        let d = policy.set.check_tcp(&peer, &own.id);
+        let (source, destination) = (peer.to_string(), own.id.to_string());
+        self.metrics.decided("inbound", &source, d.is_allowed());
+        let log = |decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
+            access_log(&AccessRecord {
+                ts: now_rfc3339(),
+                direction: "inbound",
+                protocol: "tcp",
+                source: &source,
+                destination: &destination,
+                decision,
+                intention: d.intention_id.as_deref(),
+                reason,
+                trace_id: &trace_id,
+                method: None,
+                path: None,
+                status: None,
+                peer_addr: addr.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                bytes_in: bytes.map(|b| b.0),
+                bytes_out: bytes.map(|b| b.1),
+            });
+        };
+        if !d.is_allowed() {
+            log("deny", &d.reason, None);
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            return;
+        }
+        let (_registered, mut kill) = self.connections.register(peer.clone(), true);
+        let mut app = match TcpStream::connect(&self.app).await {
+            Ok(a) => a,
+            Err(e) => {
+                log(
+                    "allow",
+                    &format!(
+                        "{}; but the app at {} is unreachable: {e}",
+                        d.reason, self.app
+                    ),
+                    None,
+                );
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut tls, &mut app) => {
+                log("allow", &d.reason, r.ok());
+            }
+            why = async { kill.wait_for(Option::is_some).await.map(|w| w.clone().unwrap_or_default()) } => {
+                log("deny", &format!("revoked: {}", why.unwrap_or_default()), None);
+            }
+        }
+    }
+
+    async fn http_session(
+        self,
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SpiffeId,
+        own: Arc<IdentityState>,
+        addr: SocketAddr,
+    ) {
+        let (_registered, mut kill) = self.connections.register(peer.clone(), false);
+        let me = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let me = me.clone();
+            let peer = peer.clone();
+            let own = own.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.request(req, &peer, &own, addr).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        tokio::select! {
+            r = conn => {
+                if let Err(e) = r {
+                    tracing::debug!(peer_addr = %addr, error = %e, "inbound HTTP connection ended with an error");
+                }
+            }
+            // Dropping the connection future closes the socket and every stream on it.
+            _ = kill.wait_for(Option::is_some) => {}
+        }
+    }
+
+    async fn request(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &SpiffeId,
+        own: &IdentityState,
+        addr: SocketAddr,
+    ) -> Response<BoxBody> {
+        let started = Instant::now();
+        // Whatever a caller sent as its identity is dropped before anything looks at headers.
+        req.headers_mut().remove(XFCC);
+        let trace = TraceContext::continue_or_start(
+            req.headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let trace_id = trace.trace_id_hex();
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let policy = self.policy.current();
+        let d = {
+            let headers: Vec<(&str, &str)> = req
+                .headers()
+                .iter()
+                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+                .collect();
+            policy.set.check_request(
+                peer,
+                &own.id,
+                &HttpRequest {
+                    method: &method,
+                    path: &path,
+                    headers: &headers,
+                },
+            )
+        };
+        let (source, destination) = (peer.to_string(), own.id.to_string());
+        self.metrics.decided("inbound", &source, d.is_allowed());
+        let log = |decision: &str, reason: &str, status: u16| {
+            access_log(&AccessRecord {
+                ts: now_rfc3339(),
+                direction: "inbound",
+                protocol: "http",
+                source: &source,
+                destination: &destination,
+                decision,
+                intention: d.intention_id.as_deref(),
+                reason,
+                trace_id: &trace_id,
+                method: Some(&method),
+                path: Some(&path),
+                status: Some(status),
+                peer_addr: addr.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                bytes_in: None,
+                bytes_out: None,
+            });
+        };
+        if !d.is_allowed() {
+            log("deny", &d.reason, 403);
+            return json_response(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({
+                    "error": "denied by intentions",
+                    "source": source,
+                    "destination": destination,
+                    "intention": d.intention_id,
+                    "reason": d.reason,
+                    "trace_id": trace_id,
+                }),
+            );
+        }
+
+        strip_hop_by_hop(req.headers_mut());
+        let xfcc = format!("By={};URI={}", own.id, peer);
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            req.headers_mut().insert(XFCC, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+            req.headers_mut().insert("traceparent", v);
+        }
+        // HTTP/2 carries the authority in the URI; keep it as Host for the HTTP/1.1 app.
+        if !req.headers().contains_key(http::header::HOST)
+            && let Some(authority) = req.uri().authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        match format!("http://{}{}", self.app, path_and_query).parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                log("allow", "the request path cannot be forwarded", 400);
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "bad request path"}),
+                );
+            }
+        }
+        *req.version_mut() = http::Version::HTTP_11;
+        match self.app_client.request(req).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                log("allow", &d.reason, resp.status().as_u16());
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                let why = format!("the app at {} is unreachable: {e}", self.app);
+                log("allow", &why, 502);
+                json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": why, "trace_id": trace_id}),
+                )
+            }
+        }
+    }
+}
+
+/// A short, stable name for why a handshake failed, for the metric label and the log.
+pub fn classify_handshake_error(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsErr};
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<TlsErr>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "closed_during_handshake",
+            _ => "io_error",
+        };
+    };
+    match tls {
+        TlsErr::NoCertificatesPresented => "no_client_certificate",
+        TlsErr::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "expired_certificate",
+        TlsErr::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "untrusted_certificate",
+        TlsErr::InvalidCertificate(_) => "bad_certificate",
+        TlsErr::PeerIncompatible(_) | TlsErr::Other(_) => "protocol_version",
+        TlsErr::InvalidMessage(_) => "not_tls",
+        TlsErr::AlertReceived(_) => "alert_from_client",
+        _ => "other",
+    }
+}

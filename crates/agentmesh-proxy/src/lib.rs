@@ -1,0 +1,214 @@
+//! The sidecar proxy. Inbound, it terminates mutual TLS (1.3 only, client SVID required) and
+//! checks intentions on the verified peer ID before anything reaches the app: per connection
+//! for raw TCP, per request for HTTP/1.1 and HTTP/2. Outbound, it takes plain connections
+//! from the app and carries them over mutual TLS to the destination service, accepting only
+//! that service's SPIFFE ID.
+//!
+//! Identity comes from the SPIFFE Workload API, so any compliant agent works. Intentions and
+//! the service catalog come from the node's relay; the last ones received stay in force when
+//! the node or server is away, and nothing is allowed before the first arrive.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod http_util;
+pub mod identity;
+pub mod inbound;
+pub mod outbound;
+pub mod policy;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_spiffe::SpiffeId;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, Protocol, ProxyConfig};
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The config is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No SVID.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {0} ({1}): {2}")]
+    Listen(SocketAddr, &'static str, std::io::Error),
+    /// A name in the config does not resolve in the proxy's trust domain.
+    #[error("{0}: {1}")]
+    Name(String, agentmesh_spiffe::SpiffeIdError),
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// The bound inbound listener.
+    pub inbound_addr: Option<SocketAddr>,
+    /// The bound upstream listeners, in config order.
+    pub upstream_addrs: Vec<SocketAddr>,
+    /// The bound admin listener.
+    pub admin_addr: Option<SocketAddr>,
+    /// The proxy's identity.
+    pub identity: Arc<identity::IdentityWatch>,
+    /// The policy in force.
+    pub policy: Arc<policy::PolicyWatch>,
+    /// Metrics.
+    pub metrics: Arc<telemetry::Metrics>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// Stops accepting and ends the background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// How long startup waits for the first SVID.
+const IDENTITY_PATIENCE: Duration = Duration::from_secs(60);
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ProxyError::Listen(addr, what, e))
+}
+
+/// Starts a proxy with the Workload API at `socket`.
+///
+/// # Errors
+/// No SVID within a minute, a listener that cannot be bound, or a name that does not resolve.
+pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, ProxyError> {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let identity = identity::IdentityWatch::new();
+    tasks.push(tokio::spawn(identity.clone().run(
+        socket.clone(),
+        cfg.service.clone(),
+        stop_rx.clone(),
+    )));
+    let own = match identity.first(&socket, IDENTITY_PATIENCE).await {
+        Ok(own) => own,
+        Err(e) => {
+            let _ = stop.send(true);
+            return Err(e.into());
+        }
+    };
+    let td = own.id.trust_domain().clone();
+    let service_id = SpiffeId::from_service_name(&td, &cfg.service)
+        .map_err(|e| ProxyError::Name(format!("service {:?}", cfg.service), e))?;
+    if service_id != own.id {
+        tracing::warn!(service = %service_id, svid = %own.id, "the SVID from the Workload API is not the configured service's ID; the proxy acts as the SVID's identity");
+    }
+    let metrics = Arc::new(telemetry::Metrics::default());
+    let policy = policy::PolicyWatch::new();
+
+    let mut inbound_addr = None;
+    let mut registration = None;
+    if let Some(ib) = &cfg.inbound {
+        let listener = bind(ib.listen, "inbound").await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ProxyError::Listen(ib.listen, "inbound", e))?;
+        inbound_addr = Some(addr);
+        registration = Some(policy::Registration {
+            spiffe_id: own.id.to_string(),
+            address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        });
+        let inbound = inbound::Inbound::new(
+            identity.clone(),
+            policy.clone(),
+            metrics.clone(),
+            ib.app.clone(),
+            ib.protocol,
+        );
+        tasks.push(tokio::spawn(
+            inbound.clone().revoke_on_change(stop_rx.clone()),
+        ));
+        tasks.push(tokio::spawn(inbound.serve(listener, stop_rx.clone())));
+        tracing::info!(listen = %addr, app = %ib.app, protocol = ?ib.protocol, "inbound mTLS listener ready");
+    }
+    let mut upstream_addrs = Vec::new();
+    for u in &cfg.upstream {
+        let dest = SpiffeId::from_service_name(&td, &u.destination).map_err(|e| {
+            ProxyError::Name(format!("upstream destination {:?}", u.destination), e)
+        })?;
+        let listener = bind(u.listen, "upstream").await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ProxyError::Listen(u.listen, "upstream", e))?;
+        upstream_addrs.push(addr);
+        let upstream = outbound::Upstream::new(
+            dest.clone(),
+            u.address.clone(),
+            u.protocol,
+            identity.clone(),
+            policy.clone(),
+            metrics.clone(),
+        );
+        tasks.push(tokio::spawn(upstream.serve(listener, stop_rx.clone())));
+        tracing::info!(listen = %addr, destination = %dest, protocol = ?u.protocol, "upstream listener ready");
+    }
+    tasks.push(tokio::spawn(policy.clone().run(
+        socket.clone(),
+        td,
+        registration,
+        stop_rx.clone(),
+    )));
+
+    // Keep the certificate expiry gauge current.
+    {
+        let metrics = metrics.clone();
+        let mut rx = identity.subscribe();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Some(id) = rx.borrow_and_update().clone() {
+                    let secs = id
+                        .not_after
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    metrics.set_cert_expiry(secs);
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+            }
+        }));
+    }
+
+    let mut admin_addr = None;
+    if let Some(a) = &cfg.admin {
+        let listener = bind(a.listen, "admin").await?;
+        admin_addr = listener.local_addr().ok();
+        let state = admin::AdminState {
+            metrics: metrics.clone(),
+            identity: identity.clone(),
+            policy: policy.clone(),
+        };
+        tasks.push(tokio::spawn(state.serve(listener, stop_rx.clone())));
+    }
+    Ok(RunningProxy {
+        inbound_addr,
+        upstream_addrs,
+        admin_addr,
+        identity,
+        policy,
+        metrics,
+        stop,
+        tasks,
+    })
+}

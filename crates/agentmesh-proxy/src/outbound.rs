@@ -1,0 +1,359 @@
+//! The local side: plain listeners for the app, each sending to one destination service over
+//! mutual TLS, accepting only a server whose SVID carries exactly the destination's SPIFFE ID.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentmesh_spiffe::SpiffeId;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::Protocol;
+use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
+use crate::identity::IdentityWatch;
+use crate::policy::PolicyWatch;
+use crate::telemetry::{AccessRecord, Metrics, TraceContext, access_log, now_rfc3339};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the destination could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboundError {
+    /// No address configured and none in the catalog.
+    #[error(
+        "{0} is not in the service catalog (no proxy has registered it) and the upstream has no address"
+    )]
+    NotInCatalog(SpiffeId),
+    /// The proxy has no identity yet.
+    #[error("this proxy has no SVID yet")]
+    NoIdentity,
+    /// TCP connect failed.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    /// The TLS handshake failed (wrong server identity, untrusted chain, or refused by the peer).
+    #[error("mTLS handshake with {0} failed: {1}")]
+    Handshake(String, std::io::Error),
+    /// Building the TLS config failed.
+    #[error("tls config: {0}")]
+    Tls(#[from] agentmesh_tls::TlsError),
+    /// HTTP/2 setup failed.
+    #[error("HTTP/2 with {0}: {1}")]
+    Http(String, hyper::Error),
+    /// Timed out.
+    #[error("connecting to {0} timed out")]
+    Timeout(String),
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    destination: SpiffeId,
+    address: Option<String>,
+    protocol: Protocol,
+    identity: Arc<IdentityWatch>,
+    policy: Arc<PolicyWatch>,
+    metrics: Arc<Metrics>,
+    tls: crate::identity::ConfigCache<ClientConfig>,
+    pool: Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>>,
+}
+
+impl Upstream {
+    /// An upstream to `destination`.
+    pub fn new(
+        destination: SpiffeId,
+        address: Option<String>,
+        protocol: Protocol,
+        identity: Arc<IdentityWatch>,
+        policy: Arc<PolicyWatch>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            destination,
+            address,
+            protocol,
+            identity,
+            policy,
+            metrics,
+            tls: Arc::default(),
+            pool: Arc::default(),
+        }
+    }
+
+    fn client_config(&self) -> Result<Arc<ClientConfig>, OutboundError> {
+        let id = self.identity.current().ok_or(OutboundError::NoIdentity)?;
+        let key = (id.roots_revision, Arc::as_ptr(&id.cert) as usize);
+        let mut cache = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((r, c, cfg)) = cache.as_ref()
+            && (*r, *c) == key
+        {
+            return Ok(cfg.clone());
+        }
+        let alpn: &[&[u8]] = match self.protocol {
+            Protocol::Http => &[b"h2"],
+            Protocol::Tcp => &[],
+        };
+        let cfg = agentmesh_tls::client_config_rotating(
+            id.cert.clone(),
+            &id.roots,
+            agentmesh_tls::exact([self.destination.clone()]),
+            alpn,
+        )?;
+        *cache = Some((key.0, key.1, cfg.clone()));
+        Ok(cfg)
+    }
+
+    fn address(&self) -> Result<String, OutboundError> {
+        if let Some(a) = &self.address {
+            return Ok(a.clone());
+        }
+        self.policy
+            .current()
+            .catalog
+            .get(&self.destination.to_string())
+            .cloned()
+            .ok_or_else(|| OutboundError::NotInCatalog(self.destination.clone()))
+    }
+
+    async fn connect_tls(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, OutboundError> {
+        let addr = self.address()?;
+        let cfg = self.client_config()?;
+        let fut = async {
+            let tcp = TcpStream::connect(&addr)
+                .await
+                .map_err(|e| OutboundError::Connect(addr.clone(), e))?;
+            let _ = tcp.set_nodelay(true);
+            // The name is not checked: the verifier pins the destination's SPIFFE ID.
+            let name = ServerName::try_from("agentmesh-upstream")
+                .unwrap_or_else(|_| unreachable!("a valid constant name"));
+            tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| OutboundError::Handshake(addr.clone(), e))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, fut)
+            .await
+            .map_err(|_| OutboundError::Timeout(addr.clone()))?
+    }
+
+    /// A multiplexed HTTP/2 sender to the destination, reusing the pooled connection while
+    /// it is open.
+    async fn sender(&self) -> Result<SendRequest<Incoming>, OutboundError> {
+        let mut pooled = self.pool.lock().await;
+        if let Some(s) = pooled.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let tls = self.connect_tls().await?;
+        let addr = self.address().unwrap_or_default();
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| OutboundError::Http(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "pooled upstream connection ended");
+            }
+        });
+        *pooled = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Accepts local connections until `stop` fires.
+    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|s| *s) => None,
+                r = listener.accept() => Some(r),
+            };
+            let (tcp, addr) = match accepted {
+                None => return,
+                Some(Ok(a)) => a,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                match me.protocol {
+                    Protocol::Tcp => me.tcp_session(tcp, addr).await,
+                    Protocol::Http => me.http_session(tcp, addr).await,
+                }
+            });
+        }
+    }
+
+    fn own_id(&self) -> String {
+        self.identity
+            .current()
+            .map(|i| i.id.to_string())
+            .unwrap_or_default()
+    }
+
+    async fn tcp_session(self, mut local: TcpStream, addr: SocketAddr) {
+        let started = Instant::now();
+        let trace_id = TraceContext::continue_or_start(None).trace_id_hex();
+        let (source, destination) = (self.own_id(), self.destination.to_string());
+        let log = |decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
+            access_log(&AccessRecord {
+                ts: now_rfc3339(),
+                direction: "outbound",
+                protocol: "tcp",
+                source: &source,
+                destination: &destination,
+                decision,
+                intention: None,
+                reason,
+                trace_id: &trace_id,
+                method: None,
+                path: None,
+                status: None,
+                peer_addr: addr.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                bytes_in: bytes.map(|b| b.0),
+                bytes_out: bytes.map(|b| b.1),
+            });
+        };
+        match self.connect_tls().await {
+            Ok(mut tls) => {
+                let r = tokio::io::copy_bidirectional(&mut local, &mut tls).await;
+                log(
+                    "forwarded",
+                    "the destination decides by its intentions",
+                    r.ok(),
+                );
+            }
+            Err(e) => {
+                self.metrics.decided("outbound", &destination, false);
+                log("error", &e.to_string(), None);
+            }
+        }
+    }
+
+    async fn http_session(self, local: TcpStream, addr: SocketAddr) {
+        let me = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let me = me.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.request(req, addr).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder.serve_connection(TokioIo::new(local), service).await {
+            tracing::debug!(error = %e, "outbound local HTTP connection ended with an error");
+        }
+    }
+
+    async fn request(&self, mut req: Request<Incoming>, addr: SocketAddr) -> Response<BoxBody> {
+        let started = Instant::now();
+        let trace = TraceContext::continue_or_start(
+            req.headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let trace_id = trace.trace_id_hex();
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let (source, destination) = (self.own_id(), self.destination.to_string());
+        let log = |decision: &str, reason: &str, status: u16| {
+            access_log(&AccessRecord {
+                ts: now_rfc3339(),
+                direction: "outbound",
+                protocol: "http",
+                source: &source,
+                destination: &destination,
+                decision,
+                intention: None,
+                reason,
+                trace_id: &trace_id,
+                method: Some(&method),
+                path: Some(&path),
+                status: Some(status),
+                peer_addr: addr.to_string(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                bytes_in: None,
+                bytes_out: None,
+            });
+        };
+        strip_hop_by_hop(req.headers_mut());
+        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+            req.headers_mut().insert("traceparent", v);
+        }
+        let authority = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_owned))
+            .unwrap_or_else(|| "upstream".into());
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        match format!("http://{authority}{path_and_query}").parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                log(
+                    "error",
+                    "the request cannot be forwarded (bad Host or path)",
+                    400,
+                );
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "bad Host or path"}),
+                );
+            }
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        let result = async {
+            let mut sender = self.sender().await?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| OutboundError::Http(destination.clone(), e))?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| OutboundError::Http(destination.clone(), e))
+        }
+        .await;
+        match result {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                let status = resp.status().as_u16();
+                let decision = if status == 403 {
+                    "denied_by_destination"
+                } else {
+                    "forwarded"
+                };
+                log(
+                    decision,
+                    &format!("the destination answered {status}"),
+                    status,
+                );
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                self.metrics.decided("outbound", &destination, false);
+                let why = e.to_string();
+                log("error", &why, 502);
+                json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": why, "destination": destination, "trace_id": trace_id}),
+                )
+            }
+        }
+    }
+}
