@@ -158,6 +158,7 @@ impl Upstream {
         let tls = self.connect_tls().await?;
         let addr = self.address().unwrap_or_default();
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .handshake(TokioIo::new(tls))
             .await

@@ -13,7 +13,10 @@ evidence) and exits non-zero with a message on stderr when something is wrong.
                                               spiffetls mTLS echo client, authorize_id(PEER_ID);
                                               talks, waits for its SVID to rotate, talks again
 
-The echo modes read one line from stdin before touching the Workload API, so the test can
+    workload.py http-get ADDR PEER_ID PATH    spiffetls mTLS client, authorize_id(PEER_ID), sends
+                                              one HTTP/1.1 GET and reports the status and body
+
+The echo and http-get modes read one line from stdin before touching the Workload API, so the test can
 register them with the node's launcher API first.
 """
 
@@ -178,6 +181,31 @@ def echo_client(addr, peer_id, outdir, wait_s):
         source.close()
 
 
+def http_get(addr, peer_id, path):
+    """One HTTP/1.1 request over a spiffetls connection, as a sidecar-less client would send."""
+    sys.stdin.readline()
+    source = X509Source(socket_path=socket_path(), timeout_in_seconds=30)
+    try:
+        own = str(source.get_x509_context().default_svid.spiffe_id)
+        conn = dial(addr, source, authorize_fn=authorize_id(SpiffeId(peer_id)))
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: upstream\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except Exception:  # noqa: BLE001 - the peer closing ends the response
+                break
+            if not chunk:
+                break
+            data += chunk
+        conn.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1]) if head else 0
+        print(json.dumps({"spiffe_id": own, "status": status, "body": body.decode(errors="replace")}))
+    finally:
+        source.close()
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "x509":
@@ -188,6 +216,8 @@ def main():
         echo_server(args[0], args[1], int(args[2]))
     elif mode == "echo-client":
         echo_client(args[0], args[1], args[2], float(args[3]))
+    elif mode == "http-get":
+        http_get(args[0], args[1], args[2])
     else:
         sys.exit(f"unknown mode {mode!r}")
 
