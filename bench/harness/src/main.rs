@@ -7,11 +7,13 @@
 //! agentmesh-bench mint  [--seconds S]
 //! agentmesh-bench fetch [--samples N]
 //! agentmesh-bench scale --agentmesh PATH [--entries N]
+//! agentmesh-bench propagation --agentmesh PATH [--samples N]
 //! ```
 #![forbid(unsafe_code)]
 
 mod fetch;
 mod mint;
+mod propagation;
 mod report;
 mod scale;
 
@@ -23,13 +25,15 @@ use anyhow::{Context, bail};
 const USAGE: &str = "usage:
   agentmesh-bench mint  [--seconds S]                  minting rate on one core vs the openssl floor
   agentmesh-bench fetch [--samples N]                  Workload API first-message latency
-  agentmesh-bench scale --agentmesh PATH [--entries N] node RSS and sync time with N entries";
+  agentmesh-bench scale --agentmesh PATH [--entries N] node RSS and sync time with N entries
+  agentmesh-bench propagation --agentmesh PATH [--samples N]  intention change -> proxy latency";
 
 /// A parsed command line.
 enum Command {
     Mint { seconds: f64 },
     Fetch { samples: usize },
     Scale { agentmesh: PathBuf, entries: usize },
+    Propagation { agentmesh: PathBuf, changes: usize },
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Command> {
@@ -76,6 +80,11 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             agentmesh: agentmesh.context("scale needs --agentmesh PATH (the release binary)")?,
             entries,
         },
+        "propagation" => Command::Propagation {
+            agentmesh: agentmesh
+                .context("propagation needs --agentmesh PATH (the release binary)")?,
+            changes: if samples == 2000 { 100 } else { samples },
+        },
         other => bail!("unknown benchmark {other:?}"),
     })
 }
@@ -93,6 +102,7 @@ fn main() -> ExitCode {
         Command::Mint { seconds } => mint::run(seconds),
         Command::Fetch { samples } => fetch::run(samples),
         Command::Scale { agentmesh, entries } => scale::run(&agentmesh, entries),
+        Command::Propagation { agentmesh, changes } => propagation::run(&agentmesh, changes),
     };
     match result {
         Ok(table) => {

@@ -28,13 +28,18 @@ const SPIRE_AGENT_MB: f64 = 50.0;
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        bin: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
             .args(args)
@@ -47,12 +52,12 @@ impl Proc {
         Ok(Self { name, child })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Fails if the process has already exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => bail!("the {} exited early: {status}", self.name),
@@ -87,12 +92,12 @@ impl Drop for Proc {
 
 /// Memory of a process from /proc/PID/status, in MiB.
 #[derive(Debug, Clone, Copy)]
-struct Memory {
-    rss: f64,
-    hwm: f64,
+pub(crate) struct Memory {
+    pub(crate) rss: f64,
+    pub(crate) hwm: f64,
 }
 
-fn memory(pid: u32) -> anyhow::Result<Memory> {
+pub(crate) fn memory(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb = |key: &str| -> anyhow::Result<f64> {
@@ -140,13 +145,13 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
 
 /// Runs the `agentmesh` CLI and returns its stdout.
-fn cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(bin)
         .args(args)
         .output()
@@ -162,7 +167,7 @@ fn cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, or fails after `timeout`.
-async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+pub(crate) async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -179,30 +184,30 @@ where
     }
 }
 
-struct Layout {
-    dir: PathBuf,
-    bin: PathBuf,
-    admin_socket: PathBuf,
-    listen: String,
+pub(crate) struct Layout {
+    pub(crate) dir: PathBuf,
+    pub(crate) bin: PathBuf,
+    pub(crate) admin_socket: PathBuf,
+    pub(crate) listen: String,
 }
 
 impl Layout {
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn s(&self, name: &str) -> String {
+    pub(crate) fn s(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
 
-    fn admin_args<'a>(&'a self, cmd: &[&'a str], socket: &'a str) -> Vec<&'a str> {
+    pub(crate) fn admin_args<'a>(&'a self, cmd: &[&'a str], socket: &'a str) -> Vec<&'a str> {
         let mut v = cmd.to_vec();
         v.extend(["--admin-socket", socket]);
         v
     }
 
     /// Starts `agentmesh node run` named `name` with a fresh join token.
-    fn start_node(&self, name: &'static str) -> anyhow::Result<Proc> {
+    pub(crate) fn start_node(&self, name: &'static str) -> anyhow::Result<Proc> {
         let admin = self.admin_socket.display().to_string();
         let token = cli(&self.bin, &self.admin_args(&["token", "generate"], &admin))?
             .trim()
@@ -283,7 +288,7 @@ fn my_uid() -> anyhow::Result<String> {
 }
 
 /// Whether the node has finished its first sync: the Workload API stops answering Unavailable.
-async fn node_ready(socket: &Path) -> bool {
+pub(crate) async fn node_ready(socket: &Path) -> bool {
     match fetch_x509(socket).await {
         None => false,
         Some(Ok(_)) => true,
