@@ -152,55 +152,51 @@ impl PolicySet {
         }
     }
 
-    /// Whether a connection from `source` to `destination` may be opened at all. An
-    /// intention with L7 permissions admits the connection; each request is then checked
-    /// with [`PolicySet::check_request`].
-    pub fn check_connection(&self, source: &SpiffeId, destination: &SpiffeId) -> Decision {
+    /// The L4 decision; `l7` is what an intention with L7 permissions yields, since
+    /// permissions cannot be checked without a request.
+    fn check_l4(
+        &self,
+        source: &SpiffeId,
+        destination: &SpiffeId,
+        l7: fn(&Intention) -> Decision,
+    ) -> Decision {
         match self.top(source, destination) {
             Top::None => Self::default_deny(source, destination),
             Top::Winner {
                 intention,
                 tied_with,
-            } => {
-                if intention.permissions.is_empty() || intention.action == Action::Deny {
-                    Self::whole(intention, tied_with, "the connection")
-                } else {
-                    Decision {
-                        action: Action::Allow,
-                        intention_id: Some(intention.id.clone()),
-                        reason: format!(
-                            "intention {} has L7 permissions; the connection is admitted and each request is checked",
-                            intention.id
-                        ),
-                    }
-                }
+            } if intention.permissions.is_empty() || intention.action == Action::Deny => {
+                Self::whole(intention, tied_with, "the connection")
             }
+            Top::Winner { intention, .. } => l7(intention),
         }
+    }
+
+    /// Whether a connection from `source` to `destination` may be opened at all. An
+    /// intention with L7 permissions admits the connection; each request is then checked
+    /// with [`PolicySet::check_request`].
+    pub fn check_connection(&self, source: &SpiffeId, destination: &SpiffeId) -> Decision {
+        self.check_l4(source, destination, |i| Decision {
+            action: Action::Allow,
+            intention_id: Some(i.id.clone()),
+            reason: format!(
+                "intention {} has L7 permissions; the connection is admitted and each request is checked",
+                i.id
+            ),
+        })
     }
 
     /// The decision for raw TCP, where L7 permissions cannot be checked: an intention with
     /// permissions denies.
     pub fn check_tcp(&self, source: &SpiffeId, destination: &SpiffeId) -> Decision {
-        match self.top(source, destination) {
-            Top::None => Self::default_deny(source, destination),
-            Top::Winner {
-                intention,
-                tied_with,
-            } => {
-                if intention.permissions.is_empty() || intention.action == Action::Deny {
-                    Self::whole(intention, tied_with, "the connection")
-                } else {
-                    Decision {
-                        action: Action::Deny,
-                        intention_id: Some(intention.id.clone()),
-                        reason: format!(
-                            "intention {} has L7 permissions, which need HTTP, but this is raw TCP",
-                            intention.id
-                        ),
-                    }
-                }
-            }
-        }
+        self.check_l4(source, destination, |i| Decision {
+            action: Action::Deny,
+            intention_id: Some(i.id.clone()),
+            reason: format!(
+                "intention {} has L7 permissions, which need HTTP, but this is raw TCP",
+                i.id
+            ),
+        })
     }
 
     /// The decision for one HTTP request.

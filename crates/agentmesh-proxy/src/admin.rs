@@ -1,7 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text) and `/healthz`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -78,19 +77,7 @@ impl AdminState {
 
     /// Serves until `stop` fires.
     pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.wait_for(|s| *s) => None,
-                r = listener.accept() => Some(r),
-            };
-            let tcp = match accepted {
-                None => return,
-                Some(Ok((tcp, _))) => tcp,
-                Some(Err(_)) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((tcp, _)) = crate::accept(&listener, &mut stop).await {
             let me = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -77,6 +77,28 @@ impl RunningProxy {
     }
 }
 
+/// The next accepted connection, or `None` once `stop` fires. Accept errors (such as running
+/// out of file descriptors) are logged and retried after a pause rather than ending the loop.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            r = listener.accept() => Some(r),
+        };
+        match accepted {
+            None => return None,
+            Some(Ok(a)) => return Some(a),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// How long startup waits for the first SVID.
 const IDENTITY_PATIENCE: Duration = Duration::from_secs(60);
 

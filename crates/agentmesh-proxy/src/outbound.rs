@@ -174,20 +174,7 @@ impl Upstream {
 
     /// Accepts local connections until `stop` fires.
     pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.wait_for(|s| *s) => None,
-                r = listener.accept() => Some(r),
-            };
-            let (tcp, addr) = match accepted {
-                None => return,
-                Some(Ok(a)) => a,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((tcp, addr)) = crate::accept(&listener, &mut stop).await {
             let _ = tcp.set_nodelay(true);
             let me = self.clone();
             tokio::spawn(async move {

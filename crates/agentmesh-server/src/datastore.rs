@@ -348,15 +348,7 @@ impl Datastore {
         let mut stmt = conn.prepare_cached(
             "SELECT id, source, destination, spec, created_at FROM intentions ORDER BY created_at, id",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(IntentionRow {
-                id: r.get(0)?,
-                source: r.get(1)?,
-                destination: r.get(2)?,
-                spec_json: r.get(3)?,
-                created_at: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map([], intention_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -378,15 +370,7 @@ impl Datastore {
                 "SELECT id, source, destination, spec, created_at FROM intentions
                  WHERE id = ?1 OR (?1 = '' AND source = ?2 AND destination = ?3)",
                 params![id, source, destination],
-                |r| {
-                    Ok(IntentionRow {
-                        id: r.get(0)?,
-                        source: r.get(1)?,
-                        destination: r.get(2)?,
-                        spec_json: r.get(3)?,
-                        created_at: r.get(4)?,
-                    })
-                },
+                intention_row,
             )
             .optional()?;
         if let Some(row) = &found {
@@ -597,6 +581,16 @@ impl Datastore {
             .conn()
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
+}
+
+fn intention_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntentionRow> {
+    Ok(IntentionRow {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        destination: r.get(2)?,
+        spec_json: r.get(3)?,
+        created_at: r.get(4)?,
+    })
 }
 
 fn node_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
