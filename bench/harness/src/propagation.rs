@@ -4,7 +4,7 @@
 //! the new policy revision. The reference figures are the target and the seeds'
 //! numbers for SPIRE and Consul (not measured here).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::v1::admin_client::AdminClient;
@@ -16,10 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::report::{Table, micros, quantile};
 use crate::scale::{Layout, Proc, cli, free_port, poll};
 
-const TRUST_DOMAIN: &str = "bench.example";
+pub(crate) const TRUST_DOMAIN: &str = "bench.example";
 
 /// The revision `/healthz` reports, or `None` while the proxy is not ready.
-async fn revision(admin: &str) -> Option<u64> {
+pub(crate) async fn revision(admin: &str) -> Option<u64> {
     let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
     s.write_all(b"GET /healthz HTTP/1.0\r\nHost: a\r\n\r\n")
         .await
@@ -32,7 +32,7 @@ async fn revision(admin: &str) -> Option<u64> {
     out.split("policy_revision=").nth(1)?.trim().parse().ok()
 }
 
-fn start_time(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn start_time(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("no comm in stat")? + 2..];
     after
@@ -55,73 +55,123 @@ pub fn run(bin: &Path, changes: usize) -> anyhow::Result<Table> {
         .block_on(run_async(bin, changes))
 }
 
-async fn run_async(bin: &Path, changes: usize) -> anyhow::Result<Table> {
-    let bin = bin
-        .canonicalize()
-        .with_context(|| format!("no agentmesh binary at {}", bin.display()))?;
-    let tmp = tempfile::tempdir().context("a temporary directory")?;
-    let lay = Layout {
-        dir: tmp.path().to_owned(),
-        admin_socket: tmp.path().join("admin.sock"),
-        listen: format!("127.0.0.1:{}", free_port()?),
-        bin,
-    };
-    let admin = lay.admin_socket.display().to_string();
-    let mut server = Proc::spawn(
-        "server",
-        &lay.bin,
-        &[
-            "server",
-            "run",
-            "--data-dir",
-            &lay.s("server"),
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--listen",
-            &lay.listen,
-            "--admin-socket",
-            &admin,
-        ],
-        &lay.path("server.log"),
-    )?;
-    poll(
-        "the server's admin socket",
-        Duration::from_secs(30),
-        || async {
-            let ch = agentmesh_proto::unix::connect(&lay.admin_socket)
-                .await
-                .ok()?;
-            AdminClient::new(ch)
-                .get_bundle(v1::GetBundleRequest {})
-                .await
-                .ok()
-        },
-    )
-    .await?;
-    server.check_alive()?;
-    std::fs::write(
-        lay.path("bundle.pem"),
-        cli(&lay.bin, &lay.admin_args(&["bundle", "show"], &admin))?,
-    )?;
-    let mut node = lay.start_node("node")?;
-    let mut client = AdminClient::new(agentmesh_proto::unix::connect(&lay.admin_socket).await?);
-    client
-        .create_entry(CreateEntryRequest {
-            entry: Some(v1::Entry {
-                spiffe_id: format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/b"),
-                selectors: vec!["launcher:service:b".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .context("CreateEntry for the proxy")?;
-    let node_admin = lay.path("node-admin.sock");
-    poll("the node's admin API", Duration::from_secs(30), || async {
-        agentmesh_proto::unix::connect(&node_admin).await.ok()
-    })
-    .await?;
-    node.check_alive()?;
+/// A running server and one node, with an admin client; everything stops when dropped.
+pub(crate) struct ControlPlane {
+    pub(crate) lay: Layout,
+    pub(crate) admin: AdminClient<tonic::transport::Channel>,
+    // Dropped in field order: the node before the server, then the directory.
+    _node: Proc,
+    _server: Proc,
+    _tmp: tempfile::TempDir,
+}
 
+impl ControlPlane {
+    /// Starts `agentmesh server run` and `agentmesh node run` (named `node`) from `bin` in a
+    /// fresh temporary directory, and waits until both answer.
+    pub(crate) async fn start(bin: &Path) -> anyhow::Result<Self> {
+        let bin = bin
+            .canonicalize()
+            .with_context(|| format!("no agentmesh binary at {}", bin.display()))?;
+        let tmp = tempfile::tempdir().context("a temporary directory")?;
+        let lay = Layout {
+            dir: tmp.path().to_owned(),
+            admin_socket: tmp.path().join("admin.sock"),
+            listen: format!("127.0.0.1:{}", free_port()?),
+            bin,
+        };
+        let admin_socket = lay.admin_socket.display().to_string();
+        let mut server = Proc::spawn(
+            "server",
+            &lay.bin,
+            &[
+                "server",
+                "run",
+                "--data-dir",
+                &lay.s("server"),
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--listen",
+                &lay.listen,
+                "--admin-socket",
+                &admin_socket,
+            ],
+            &lay.path("server.log"),
+        )?;
+        poll(
+            "the server's admin socket",
+            Duration::from_secs(30),
+            || async {
+                let ch = agentmesh_proto::unix::connect(&lay.admin_socket)
+                    .await
+                    .ok()?;
+                AdminClient::new(ch)
+                    .get_bundle(v1::GetBundleRequest {})
+                    .await
+                    .ok()
+            },
+        )
+        .await?;
+        server.check_alive()?;
+        std::fs::write(
+            lay.path("bundle.pem"),
+            cli(
+                &lay.bin,
+                &lay.admin_args(&["bundle", "show"], &admin_socket),
+            )?,
+        )?;
+        let mut node = lay.start_node("node")?;
+        let admin = AdminClient::new(agentmesh_proto::unix::connect(&lay.admin_socket).await?);
+        let node_admin = lay.path("node-admin.sock");
+        poll("the node's admin API", Duration::from_secs(30), || async {
+            agentmesh_proto::unix::connect(&node_admin).await.ok()
+        })
+        .await?;
+        node.check_alive()?;
+        Ok(Self {
+            lay,
+            admin,
+            _node: node,
+            _server: server,
+            _tmp: tmp,
+        })
+    }
+
+    /// The node's Workload API socket.
+    pub(crate) fn workload_socket(&self) -> PathBuf {
+        self.lay.path("node.sock")
+    }
+
+    /// Registers an entry for `spiffe_id` with `selectors`, served by every node.
+    pub(crate) async fn create_entry(
+        &mut self,
+        spiffe_id: &str,
+        selectors: &[String],
+    ) -> anyhow::Result<()> {
+        self.admin
+            .create_entry(CreateEntryRequest {
+                entry: Some(v1::Entry {
+                    spiffe_id: spiffe_id.to_owned(),
+                    selectors: selectors.to_vec(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .with_context(|| format!("CreateEntry for {spiffe_id}"))?;
+        Ok(())
+    }
+}
+
+async fn run_async(bin: &Path, changes: usize) -> anyhow::Result<Table> {
+    let mut plane = ControlPlane::start(bin).await?;
+    plane
+        .create_entry(
+            &format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/b"),
+            &["launcher:service:b".into()],
+        )
+        .await?;
+    let lay = &plane.lay;
+    let node_admin = lay.path("node-admin.sock");
+    let mut client = plane.admin.clone();
     let proxy_admin = format!("127.0.0.1:{}", free_port()?);
     let config = lay.path("proxy.toml");
     std::fs::write(

@@ -114,7 +114,7 @@ pub(crate) fn memory(pid: u32) -> anyhow::Result<Memory> {
 }
 
 /// User plus system CPU time a process has used.
-fn cpu_time(pid: u32, ticks_per_sec: f64) -> anyhow::Result<Duration> {
+pub(crate) fn cpu_time(pid: u32, ticks_per_sec: f64) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name, which ends with the last ')': state is the first.
@@ -135,7 +135,7 @@ fn cpu_time(pid: u32, ticks_per_sec: f64) -> anyhow::Result<Duration> {
     ))
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -247,7 +247,7 @@ async fn node_status(socket: &Path) -> Option<v1::NodeStatus> {
 }
 
 /// Opens a FetchX509SVID stream on the node at `socket`, with the required header.
-async fn fetch_x509(
+pub(crate) async fn fetch_x509(
     socket: &Path,
 ) -> Option<
     Result<
@@ -277,7 +277,7 @@ async fn first_svid(socket: &Path) -> bool {
 }
 
 /// This process's effective uid, from /proc.
-fn my_uid() -> anyhow::Result<String> {
+pub(crate) fn my_uid() -> anyhow::Result<String> {
     let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
     status
         .lines()

@@ -43,6 +43,9 @@ pub enum ProxyError {
     /// A listener could not be bound.
     #[error("cannot listen on {0} ({1}): {2}")]
     Listen(SocketAddr, &'static str, std::io::Error),
+    /// A data-plane worker thread could not be started.
+    #[error("cannot start a proxy worker thread: {0}")]
+    Worker(std::io::Error),
     /// A name in the config does not resolve in the proxy's trust domain.
     #[error("{0}: {1}")]
     Name(String, agentmesh_spiffe::SpiffeIdError),
@@ -74,6 +77,7 @@ impl RunningProxy {
         for t in self.tasks {
             let _ = t.await;
         }
+        telemetry::flush_access_log();
     }
 }
 
@@ -97,6 +101,79 @@ pub(crate) async fn accept(
             }
         }
     }
+}
+
+/// What one data-plane worker serves: its own [`inbound::Inbound`] and
+/// [`outbound::Upstream`]s (so its own pools) on its copies of the shared listeners.
+#[derive(Default)]
+struct WorkerPlan {
+    inbound: Vec<(inbound::Inbound, std::net::TcpListener)>,
+    upstream: Vec<(outbound::Upstream, std::net::TcpListener)>,
+}
+
+impl WorkerPlan {
+    /// Serves on a single-threaded runtime of its own until `stop` fires; open connections
+    /// end with the runtime.
+    fn run(self, stop: watch::Receiver<bool>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a proxy worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut serving = tokio::task::JoinSet::new();
+            for (inbound, listener) in self.inbound {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a proxy worker cannot use the inbound listener");
+                        continue;
+                    }
+                };
+                serving.spawn(inbound.clone().revoke_on_change(stop.clone()));
+                serving.spawn(inbound.serve(listener, stop.clone()));
+            }
+            for (upstream, listener) in self.upstream {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        serving.spawn(upstream.serve(l, stop.clone()));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a proxy worker cannot use an upstream listener");
+                    }
+                }
+            }
+            while serving.join_next().await.is_some() {}
+        });
+    }
+}
+
+/// `n` handles on one bound listener, one per worker; the kernel hands each connection to
+/// whichever worker accepts first.
+fn share(
+    listener: TcpListener,
+    n: usize,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+    let listener = listener
+        .into_std()
+        .map_err(|e| ProxyError::Listen(addr, what, e))?;
+    let mut all = Vec::with_capacity(n);
+    for _ in 1..n {
+        all.push(
+            listener
+                .try_clone()
+                .map_err(|e| ProxyError::Listen(addr, what, e))?,
+        );
+    }
+    all.push(listener);
+    Ok(all)
 }
 
 /// How long startup waits for the first SVID.
@@ -137,6 +214,12 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
     let metrics = Arc::new(telemetry::Metrics::default());
     let policy = policy::PolicyWatch::new();
 
+    // The data plane runs like Envoy's workers: one single-threaded runtime per core, each
+    // accepting from the same listeners and keeping its own connection pools, so a request
+    // and the connections it uses stay on one thread (no cross-thread wake-ups per hop).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut plans: Vec<WorkerPlan> = (0..workers).map(|_| WorkerPlan::default()).collect();
+
     let mut inbound_addr = None;
     let mut registration = None;
     if let Some(ib) = &cfg.inbound {
@@ -149,18 +232,20 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             spiffe_id: own.id.to_string(),
             address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
         });
-        let inbound = inbound::Inbound::new(
-            identity.clone(),
-            policy.clone(),
-            metrics.clone(),
-            ib.app.clone(),
-            ib.protocol,
-        );
-        tasks.push(tokio::spawn(
-            inbound.clone().revoke_on_change(stop_rx.clone()),
-        ));
-        tasks.push(tokio::spawn(inbound.serve(listener, stop_rx.clone())));
-        tracing::info!(listen = %addr, app = %ib.app, protocol = ?ib.protocol, "inbound mTLS listener ready");
+        let listener = share(listener, workers, ib.listen, "inbound")?;
+        for (plan, l) in plans.iter_mut().zip(listener) {
+            plan.inbound.push((
+                inbound::Inbound::new(
+                    identity.clone(),
+                    policy.clone(),
+                    metrics.clone(),
+                    ib.app.clone(),
+                    ib.protocol,
+                ),
+                l,
+            ));
+        }
+        tracing::info!(listen = %addr, app = %ib.app, protocol = ?ib.protocol, workers, "inbound mTLS listener ready");
     }
     let mut upstream_addrs = Vec::new();
     for u in &cfg.upstream {
@@ -172,16 +257,34 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             .local_addr()
             .map_err(|e| ProxyError::Listen(u.listen, "upstream", e))?;
         upstream_addrs.push(addr);
-        let upstream = outbound::Upstream::new(
-            dest.clone(),
-            u.address.clone(),
-            u.protocol,
-            identity.clone(),
-            policy.clone(),
-            metrics.clone(),
-        );
-        tasks.push(tokio::spawn(upstream.serve(listener, stop_rx.clone())));
-        tracing::info!(listen = %addr, destination = %dest, protocol = ?u.protocol, "upstream listener ready");
+        let listener = share(listener, workers, u.listen, "upstream")?;
+        for (plan, l) in plans.iter_mut().zip(listener) {
+            plan.upstream.push((
+                outbound::Upstream::new(
+                    dest.clone(),
+                    u.address.clone(),
+                    u.protocol,
+                    identity.clone(),
+                    policy.clone(),
+                    metrics.clone(),
+                ),
+                l,
+            ));
+        }
+        tracing::info!(listen = %addr, destination = %dest, protocol = ?u.protocol, workers, "upstream listener ready");
+    }
+    for (i, plan) in plans.into_iter().enumerate() {
+        if plan.inbound.is_empty() && plan.upstream.is_empty() {
+            continue;
+        }
+        let stop = stop_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("proxy-worker-{i}"))
+            .spawn(move || plan.run(stop))
+            .map_err(ProxyError::Worker)?;
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+        }));
     }
     tasks.push(tokio::spawn(policy.clone().run(
         socket.clone(),

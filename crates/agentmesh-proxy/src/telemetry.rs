@@ -207,14 +207,83 @@ pub fn now_rfc3339() -> String {
     }
 }
 
-/// Writes one access log line to stdout, whole.
+/// How often buffered access log lines reach stdout. Writing each line from the request path
+/// cost a syscall per request on each proxy; like Envoy's `access_log_flush_interval`, lines
+/// are batched instead, and at most this much is lost if the process is killed.
+pub const ACCESS_LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// A buffer this large is written at once rather than at the next interval.
+const ACCESS_LOG_HIGH_WATER: usize = 256 * 1024;
+
+/// Lines waiting for the flusher thread.
+struct AccessLog {
+    pending: std::sync::Mutex<Vec<u8>>,
+    full: std::sync::Condvar,
+}
+
+fn access_log_sink() -> &'static AccessLog {
+    static SINK: std::sync::OnceLock<AccessLog> = std::sync::OnceLock::new();
+    SINK.get_or_init(|| {
+        // A thread of its own, so a slow stdout never blocks a request.
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(|| {
+                loop {
+                    let sink = access_log_sink();
+                    let batch = {
+                        let pending = sink.pending.lock().unwrap_or_else(|p| p.into_inner());
+                        let (mut pending, _) = sink
+                            .full
+                            .wait_timeout_while(pending, ACCESS_LOG_FLUSH_INTERVAL, |p| {
+                                p.len() < ACCESS_LOG_HIGH_WATER
+                            })
+                            .unwrap_or_else(|p| p.into_inner());
+                        std::mem::take(&mut *pending)
+                    };
+                    write_stdout(&batch);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the access log thread; lines are written on flush only");
+        }
+        AccessLog {
+            pending: std::sync::Mutex::new(Vec::new()),
+            full: std::sync::Condvar::new(),
+        }
+    })
+}
+
+fn write_stdout(batch: &[u8]) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(batch);
+    let _ = out.flush();
+}
+
+/// Queues one access log line for stdout. Lines are never split or interleaved.
 pub fn access_log(record: &AccessRecord<'_>) {
     if let Ok(mut line) = serde_json::to_vec(record) {
         line.push(b'\n');
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&line);
-        let _ = out.flush();
+        let sink = access_log_sink();
+        let mut pending = sink.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.extend_from_slice(&line);
+        if pending.len() >= ACCESS_LOG_HIGH_WATER {
+            sink.full.notify_one();
+        }
     }
+}
+
+/// Writes every queued access log line now; called on shutdown.
+pub fn flush_access_log() {
+    let batch = {
+        let mut pending = access_log_sink()
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *pending)
+    };
+    write_stdout(&batch);
 }
 
 /// A W3C trace context (`traceparent`), version 00.
@@ -228,18 +297,36 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
+/// Random non-zero bytes for trace and span ids. They come from a per-thread pool refilled
+/// from the system RNG a few kilobytes at a time: one syscall per id would sit on every
+/// request's path.
 fn random<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    loop {
-        // The system RNG failing is not something to carry on from.
-        ring::rand::SystemRandom::new()
-            .fill(&mut b)
-            .unwrap_or_else(|_| panic!("the system random number generator failed"));
-        if b.iter().any(|x| *x != 0) {
-            return b;
-        }
+    const POOL: usize = 4096;
+    thread_local! {
+        static POOL_BYTES: std::cell::RefCell<(Vec<u8>, usize)> =
+            const { std::cell::RefCell::new((Vec::new(), 0)) };
     }
+    POOL_BYTES.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (pool, used) = &mut *guard;
+        loop {
+            if pool.len() != POOL || *used + N > POOL {
+                pool.resize(POOL, 0);
+                // The system RNG failing is not something to carry on from.
+                ring::rand::SystemRandom::new()
+                    .fill(pool)
+                    .unwrap_or_else(|_| panic!("the system random number generator failed"));
+                *used = 0;
+            }
+            let mut b = [0u8; N];
+            b.copy_from_slice(&pool[*used..*used + N]);
+            *used += N;
+            if b.iter().any(|x| *x != 0) {
+                return b;
+            }
+        }
+    })
 }
 
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {

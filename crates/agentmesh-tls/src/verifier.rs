@@ -111,11 +111,97 @@ impl From<VerifierError> for rustls::Error {
     }
 }
 
+/// How many verified chains a verifier remembers before it starts over.
+const VERIFIED_CACHE_LIMIT: usize = 1024;
+
+/// A chain that verified against this verifier's roots: its SPIFFE ID and the time window
+/// (seconds since the epoch, inclusive) in which every certificate presented with it is valid.
+struct Verified {
+    id: SpiffeId,
+    not_before: u64,
+    not_after: u64,
+}
+
+/// Chains that already verified, keyed by their exact DER bytes.
+///
+/// A peer presents the same SVID on every connection until it rotates, and checking its
+/// leaf and intermediate signatures again (two ECDSA verifies) is the largest share of a
+/// handshake's cost. Only the certificate checks are cached: the TLS CertificateVerify
+/// signature, which proves the peer holds the key, is verified on every handshake, the time
+/// window is checked on every use, and the authorizer is asked every time. The roots are
+/// fixed for a verifier (a new bundle builds a new one), so a hit means the same bytes
+/// chained to the same roots.
+#[derive(Default)]
+struct VerifiedCache {
+    chains: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Verified>>,
+}
+
+impl VerifiedCache {
+    fn key(end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(
+            end_entity.len() + intermediates.iter().map(|c| c.len() + 8).sum::<usize>() + 8,
+        );
+        // Length-prefixed, so different splits of the same bytes are different keys.
+        for cert in std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref())) {
+            key.extend_from_slice(&(cert.len() as u64).to_be_bytes());
+            key.extend_from_slice(cert);
+        }
+        key
+    }
+
+    fn get(&self, key: &[u8], now: UnixTime) -> Option<SpiffeId> {
+        let chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = chains.get(key)?;
+        let t = now.as_secs();
+        (hit.not_before <= t && t <= hit.not_after).then(|| hit.id.clone())
+    }
+
+    /// Remembers a chain that just verified. A chain whose validity cannot be read is not
+    /// remembered (it will be verified in full next time).
+    fn insert(
+        &self,
+        key: Vec<u8>,
+        id: &SpiffeId,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'_>],
+    ) {
+        let mut not_before = 0_u64;
+        let mut not_after = u64::MAX;
+        for cert in std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref())) {
+            let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+                return;
+            };
+            let validity = parsed.validity();
+            let (Ok(nb), Ok(na)) = (
+                u64::try_from(validity.not_before.timestamp()),
+                u64::try_from(validity.not_after.timestamp()),
+            ) else {
+                return;
+            };
+            not_before = not_before.max(nb);
+            not_after = not_after.min(na);
+        }
+        let mut chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
+        if chains.len() >= VERIFIED_CACHE_LIMIT {
+            chains.clear();
+        }
+        chains.insert(
+            key,
+            Verified {
+                id: id.clone(),
+                not_before,
+                not_after,
+            },
+        );
+    }
+}
+
 /// What the server and client verifiers share: the bundle, the policy and the algorithms.
 struct Core {
     roots: Vec<TrustAnchor<'static>>,
     authorizer: Arc<dyn Authorizer>,
     algorithms: WebPkiSupportedAlgorithms,
+    verified: VerifiedCache,
 }
 
 impl Core {
@@ -139,6 +225,7 @@ impl Core {
             roots,
             authorizer,
             algorithms: crate::provider().signature_verification_algorithms,
+            verified: VerifiedCache::default(),
         })
     }
 
@@ -150,6 +237,13 @@ impl Core {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<SpiffeId, VerifierError> {
+        let key = VerifiedCache::key(end_entity, intermediates);
+        if let Some(id) = self.verified.get(&key, now) {
+            self.authorizer
+                .authorize(&id)
+                .map_err(|source| VerifierError::Authorize { side, source })?;
+            return Ok(id);
+        }
         let chain = |source| VerifierError::Chain { side, source };
         let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(chain)?;
         leaf.verify_for_usage(
@@ -164,6 +258,7 @@ impl Core {
         .map_err(chain)?;
         let id = spiffe_id_from_cert(end_entity)
             .map_err(|source| VerifierError::Peer { side, source })?;
+        self.verified.insert(key, &id, end_entity, intermediates);
         self.authorizer
             .authorize(&id)
             .map_err(|source| VerifierError::Authorize { side, source })?;

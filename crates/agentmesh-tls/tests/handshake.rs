@@ -584,3 +584,81 @@ fn spiffe_id_from_cert_rules() {
         "{err}"
     );
 }
+
+/// A verifier remembers chains that verified, so a peer's SVID is not re-verified on every
+/// connection. The cache must never outlive a certificate, skip the authorizer, or admit
+/// other bytes with the same ID.
+#[test]
+fn verified_chain_cache_still_expires_and_still_asks_the_authorizer() {
+    use rustls::server::danger::ClientCertVerifier;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let ca = Ca::new("cache");
+    let creds = ca.leaf_with(&[CLIENT_ID], 41, |p| {
+        p.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2030, 1, 3);
+    });
+    let leaf = &creds.chain[0];
+    let allow = Arc::new(AtomicBool::new(true));
+    let switch = allow.clone();
+    let verifier = agentmesh_tls::SpiffeClientVerifier::new(
+        &ca.roots(),
+        agentmesh_tls::from_fn(move |peer| {
+            if switch.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(agentmesh_tls::AuthorizeError::denied(peer, "switched off"))
+            }
+        }),
+        true,
+    )
+    .unwrap();
+    // 2030-01-02T00:00:00Z, inside the window; the day after it ends; the day before it starts.
+    let at = |secs: u64| UnixTime::since_unix_epoch(Duration::from_secs(secs));
+    let (inside, after, before) = (at(1_893_542_400), at(1_893_715_200), at(1_893_369_600));
+
+    for round in 0..2 {
+        assert!(
+            verifier.verify_client_cert(leaf, &[], inside).is_ok(),
+            "round {round}"
+        );
+    }
+    allow.store(false, Ordering::SeqCst);
+    let refused = verifier
+        .verify_client_cert(leaf, &[], inside)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("switched off"), "{refused}");
+    allow.store(true, Ordering::SeqCst);
+
+    let expired = verifier.verify_client_cert(leaf, &[], after).unwrap_err();
+    assert!(
+        matches!(
+            expired,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. })
+        ),
+        "{expired:?}"
+    );
+    let early = verifier.verify_client_cert(leaf, &[], before).unwrap_err();
+    assert!(
+        matches!(
+            early,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYetContext { .. })
+        ),
+        "{early:?}"
+    );
+
+    // Same SPIFFE ID and serial from a foreign root: different bytes, verified in full.
+    let foreign = Ca::new("other").leaf_with(&[CLIENT_ID], 41, |p| {
+        p.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2030, 1, 3);
+    });
+    assert!(
+        verifier
+            .verify_client_cert(&foreign.chain[0], &[], inside)
+            .is_err()
+    );
+    // And the cached one is still fine afterwards.
+    assert!(verifier.verify_client_cert(leaf, &[], inside).is_ok());
+}

@@ -166,6 +166,8 @@ impl ProxyProc {
 
     /// Every access log line, parsed.
     fn access(&self) -> Vec<serde_json::Value> {
+        // The proxy batches access lines (ACCESS_LOG_FLUSH_INTERVAL, 100 ms); let them land.
+        std::thread::sleep(Duration::from_millis(400));
         std::fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
