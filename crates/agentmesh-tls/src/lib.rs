@@ -24,5 +24,13 @@ pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
 
 /// The one crypto provider the mesh uses, built fresh so the process default never leaks in.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // Prefer the SHA-256 suites: the handshake transcript and key schedule then hash with
+    // SHA-256, which has CPU instructions on current x86 and ARM, instead of SHA-384 in
+    // software (about a tenth of a sidecar's handshake CPU). AES-128-GCM is TLS 1.3's
+    // mandatory suite; AES-256-GCM stays available to peers that only offer it.
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    std::sync::Arc::new(provider)
 }

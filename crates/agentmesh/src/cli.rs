@@ -94,7 +94,13 @@ pub enum Command {
 /// code (0, or 2 for a denied `intention check`).
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     init_logging(cli.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Proxy(_)) {
+        // The proxy's data plane runs on worker threads of its own (one per core); this
+        // runtime only follows the Workload API, the policy stream and the admin listener.
+        builder.worker_threads(1);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
