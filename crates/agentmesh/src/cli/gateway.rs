@@ -1,0 +1,43 @@
+//! `agentmesh gateway run --config FILE`: the LLM gateway, behind its own inbound proxy.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::server::Signals;
+
+/// `agentmesh gateway ...`
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Runs the gateway described by a gateway.toml.
+    Run(GatewayRunArgs),
+}
+
+/// `agentmesh gateway run` flags.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayRunArgs {
+    /// The gateway.toml (listen, [[provider]], [[model]], [[caller]], [dlp])
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Runs `agentmesh gateway ...`.
+///
+/// # Errors
+/// A bad config or a listener that cannot be bound.
+pub async fn run(cmd: GatewayCommand) -> anyhow::Result<()> {
+    match cmd {
+        GatewayCommand::Run(args) => {
+            let cfg = agentmesh_gateway::GatewayConfig::load(&args.config)?;
+            let mut signals = Signals::new()?;
+            let gateway = agentmesh_gateway::start(cfg)
+                .await
+                .context("gateway did not start")?;
+            let signal = signals.recv().await;
+            tracing::info!(signal, "shutting down");
+            gateway.shutdown().await;
+            Ok(())
+        }
+    }
+}
