@@ -62,10 +62,12 @@ fn parse_openssl_speed(stdout: &str) -> Option<OpensslSpeed> {
     Some(OpensslSpeed { sign, verify })
 }
 
-fn openssl_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
+/// Runs `openssl speed -seconds S ALGS...` and returns its stdout.
+pub(crate) fn run_openssl_speed(seconds: f64, algorithms: &[&str]) -> anyhow::Result<String> {
     let secs = (seconds.round() as u64).max(1).to_string();
     let out = Command::new("openssl")
-        .args(["speed", "-seconds", &secs, "ecdsap256"])
+        .args(["speed", "-seconds", &secs])
+        .args(algorithms)
         .output()
         .context("running `openssl speed` (bench/run installs openssl when it is missing)")?;
     if !out.status.success() {
@@ -74,7 +76,11 @@ fn openssl_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn openssl_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
+    let stdout = run_openssl_speed(seconds, &["ecdsap256"])?;
     parse_openssl_speed(&stdout)
         .with_context(|| format!("no nistp256 line in `openssl speed` output:\n{stdout}"))
 }

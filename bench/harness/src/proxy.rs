@@ -425,24 +425,8 @@ where
 }
 
 /// Sign/s, verify/s (ECDSA P-256) and X25519 ECDH op/s from one `openssl speed` run.
-fn openssl_handshake_crypto(seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
-    let out = std::process::Command::new("openssl")
-        .args([
-            "speed",
-            "-seconds",
-            &seconds.to_string(),
-            "ecdsap256",
-            "ecdhx25519",
-        ])
-        .output()
-        .context("running `openssl speed` (bench/run installs openssl when it is missing)")?;
-    if !out.status.success() {
-        bail!(
-            "`openssl speed` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+fn openssl_handshake_crypto(seconds: f64) -> anyhow::Result<(f64, f64, f64)> {
+    let text = crate::mint::run_openssl_speed(seconds, &["ecdsap256", "ecdhx25519"])?;
     parse_handshake_crypto(&text)
         .with_context(|| format!("no nistp256 or X25519 line in `openssl speed` output:\n{text}"))
 }
@@ -558,7 +542,7 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         .iter()
         .map(|p| memory(*p))
         .collect::<Result<_, _>>()?;
-    let (sign, verify, ecdh) = openssl_handshake_crypto(2)?;
+    let (sign, verify, ecdh) = openssl_handshake_crypto(2.0)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let ceiling = handshake_ceiling(cores, sign, verify, ecdh);
     let side_ceiling = handshake_ceiling(2.0, sign, verify, ecdh);
