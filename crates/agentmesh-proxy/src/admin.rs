@@ -51,8 +51,13 @@ impl AdminState {
                         StatusCode::OK,
                         "text/plain",
                         format!(
-                            "ok {} serial={} policy_revision={}\n",
-                            id.id, id.serial, policy.revision
+                            "ok {} serial={} expires_unix={} policy_revision={}\n",
+                            id.id,
+                            id.serial,
+                            id.not_after
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            policy.revision
                         ),
                     ),
                     (None, _) => respond(

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 pub mod admin;
+pub mod agent;
+pub mod ask;
 pub mod bundle;
 pub mod entry;
 pub mod gateway;
@@ -20,6 +22,7 @@ pub mod proxy;
 pub mod server;
 pub mod svid;
 pub mod token;
+pub mod up;
 pub mod workload;
 
 /// The environment variable holding the log filter (`RUST_LOG` syntax).
@@ -89,6 +92,13 @@ pub enum Command {
     /// The LLM gateway: OpenAI and Ollama APIs, per-caller policy, DLP, audit.
     #[command(subcommand)]
     Gateway(gateway::GatewayCommand),
+    /// A built-in AI agent (planner, executor, researcher, writer, orchestrator, ...).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Starts a whole scenario: server, node, every service and its sidecar, intentions.
+    Up(up::UpArgs),
+    /// Asks the running mesh a question through its entry point.
+    Ask(ask::AskArgs),
 }
 
 /// Runs a parsed command line to completion.
@@ -119,6 +129,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Jwt(c) => jwt::run(c).await,
             Command::Proxy(c) => proxy::run(c).await,
             Command::Gateway(c) => gateway::run(c).await,
+            Command::Agent(c) => agent::run(c).await,
+            Command::Up(a) => up::run(a).await,
+            Command::Ask(a) => ask::run(a).await,
             Command::Intention(c) => return intention::run(c).await,
         }
         .map(|()| 0)

@@ -1,0 +1,184 @@
+//! Plain HTTP to the local proxy's outbound ports: the agents never see a certificate, the
+//! proxy does mTLS and the destination's proxy decides. What comes back is turned into one
+//! clear error, keeping the refusal's reason and intention when a proxy refused.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::UpstreamConfig;
+
+/// How long one call may take. Generous because a real model on CPU is slow; the gateway
+/// has its own, shorter provider timeouts and answers 502/503 before this fires.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why a call to an upstream gave no answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// Nothing listened, or the connection broke.
+    #[error("{0} is unreachable through the local proxy ({1}): {2}")]
+    Unreachable(String, String, String),
+    /// A proxy (ours or the destination's) refused by intentions.
+    #[error("{upstream} refused the call: {reason}{intention}", intention = intention.as_ref().map(|i| format!(" (intention {i})")).unwrap_or_default())]
+    Refused {
+        /// The upstream's service name.
+        upstream: String,
+        /// Why, as the deciding proxy said.
+        reason: String,
+        /// The intention that decided, if one matched.
+        intention: Option<String>,
+    },
+    /// The upstream answered with an error.
+    #[error("{upstream} answered {status}: {message}")]
+    Failed {
+        /// The upstream's service name.
+        upstream: String,
+        /// Its HTTP status.
+        status: u16,
+        /// Its error message.
+        message: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("{0} answered with a body that is not the expected JSON: {1}")]
+    BadAnswer(String, String),
+    /// No answer within [`CALL_TIMEOUT`].
+    #[error("{0} did not answer within {1} s")]
+    Timeout(String, u64),
+}
+
+impl CallError {
+    /// The refusal details, for the agent's own error answer.
+    pub fn refusal(&self) -> Option<Value> {
+        match self {
+            CallError::Refused {
+                upstream,
+                reason,
+                intention,
+            } => Some(serde_json::json!({
+                "upstream": upstream, "reason": reason, "intention": intention,
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// The message inside an error body in any of the shapes the mesh produces: the proxy's
+/// `{"error": "...", "reason": ...}`, OpenAI's `{"error": {"message": ...}}`, Ollama's
+/// `{"error": "..."}` and an agent's own.
+fn error_message(body: &Value) -> Option<String> {
+    match body.get("error")? {
+        Value::String(s) => Some(match body.get("reason").and_then(Value::as_str) {
+            Some(r) => format!("{s}: {r}"),
+            None => s.clone(),
+        }),
+        Value::Object(o) => o.get("message").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// A pooled HTTP/1.1 client for the local proxy ports.
+#[derive(Clone)]
+pub struct Upstreams {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Upstreams {
+    /// POSTs `body` as JSON to `path` on `up`, with the trace context, and returns the JSON
+    /// answer of a 2xx.
+    ///
+    /// # Errors
+    /// See [`CallError`].
+    pub async fn post_json(
+        &self,
+        up: &UpstreamConfig,
+        path: &str,
+        body: &Value,
+        traceparent: &str,
+    ) -> Result<Value, CallError> {
+        let url = format!("{}{path}", up.url.trim_end_matches('/'));
+        let req = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("traceparent", traceparent)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?;
+        let call = async {
+            let resp =
+                self.client.request(req).await.map_err(|e| {
+                    CallError::Unreachable(up.name.clone(), url.clone(), e.to_string())
+                })?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?
+                .to_bytes();
+            Ok::<_, CallError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| CallError::Timeout(up.name.clone(), CALL_TIMEOUT.as_secs()))??;
+        let json: Result<Value, _> = serde_json::from_slice(&bytes);
+        if status.is_success() {
+            return json.map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()));
+        }
+        let body = json.unwrap_or(Value::Null);
+        // A proxy's refusal names the deciding intention; keep it, it is the explanation.
+        if status == http::StatusCode::FORBIDDEN && body.get("reason").is_some() {
+            return Err(CallError::Refused {
+                upstream: up.name.clone(),
+                reason: body["reason"].as_str().unwrap_or_default().to_owned(),
+                intention: body
+                    .get("intention")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            });
+        }
+        let message = error_message(&body).unwrap_or_else(|| {
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+        });
+        Err(CallError::Failed {
+            upstream: up.name.clone(),
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_found_in_every_shape() {
+        let cases = [
+            (
+                serde_json::json!({"error": "denied by intentions", "reason": "no intention"}),
+                "denied by intentions: no intention",
+            ),
+            (
+                serde_json::json!({"error": {"message": "model not allowed", "type": "x"}}),
+                "model not allowed",
+            ),
+            (serde_json::json!({"error": "budget spent"}), "budget spent"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(error_message(&body).as_deref(), Some(want));
+        }
+        assert_eq!(error_message(&serde_json::json!({"answer": 1})), None);
+    }
+}

@@ -1,0 +1,238 @@
+//! `agent.toml`: which role, where the agent listens, and the local proxy ports it calls.
+//! Unknown keys are refused so a misspelt upstream cannot silently be missing.
+//!
+//! ```toml
+//! role = "executor"
+//! listen = "127.0.0.1:8081"          # plain HTTP, reached only through the inbound proxy
+//! model = "agentmesh-default"        # the model asked of the gateway
+//!
+//! [[upstream]]
+//! name = "gateway"                   # the service
+//! role = "gateway"                   # what it is to this agent (see Role::needs)
+//! url = "http://127.0.0.1:9002"      # the local proxy's outbound port for it
+//!
+//! [search]                           # researchers only
+//! kind = "offline"                   # offline | tavily
+//! api_key_env = "TAVILY_API_KEY"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::role::Role;
+
+/// Why an agent config is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// Malformed TOML, an unknown key or a wrongly typed value.
+    #[error("{0}: {1}")]
+    Parse(PathBuf, String),
+    /// A value is out of range or inconsistent.
+    #[error("{0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+/// Where a researcher searches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchKind {
+    /// The corpus embedded in the binary (the project's own docs); no network.
+    #[default]
+    Offline,
+    /// Tavily's search API, with a key from the environment.
+    Tavily,
+}
+
+/// `[search]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Which search tool.
+    #[serde(default)]
+    pub kind: SearchKind,
+    /// The environment variable holding the Tavily key (default `TAVILY_API_KEY`).
+    pub api_key_env: Option<String>,
+    /// Tavily's base URL (default `https://api.tavily.com`).
+    pub url: Option<String>,
+}
+
+/// One `[[upstream]]`: a service this agent calls through its local proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The service's name (for messages and the `agents` list).
+    pub name: String,
+    /// What the service is to this agent: an agent role, or `gateway`.
+    pub role: String,
+    /// The local proxy's outbound listener for it, as `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+/// The whole agent.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Which built-in agent.
+    pub role: Role,
+    /// This service's name (default: the role).
+    pub name: Option<String>,
+    /// The plain HTTP listener; loopback only, because only the inbound proxy may reach it.
+    pub listen: SocketAddr,
+    /// The model asked of the gateway.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The services it calls.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The search tool (researchers).
+    #[serde(default)]
+    pub search: SearchConfig,
+}
+
+/// The model name agents ask for unless configured otherwise; `agentmesh up` maps it to the
+/// provider chosen with `--llm`.
+pub const DEFAULT_MODEL: &str = "agentmesh-default";
+
+fn default_model() -> String {
+    DEFAULT_MODEL.into()
+}
+
+impl AgentConfig {
+    /// Reads and checks an agent.toml.
+    ///
+    /// # Errors
+    /// Unreadable, malformed or inconsistent.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks agent.toml text; `path` only names the file in errors.
+    ///
+    /// # Errors
+    /// Malformed or inconsistent.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse(path.to_owned(), crate::one_line(&e.to_string())))?;
+        cfg.validate()
+            .map_err(|e| ConfigError::Invalid(path.to_owned(), e))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "listen = {} is not a loopback address; an agent is reached only through its \
+                 inbound proxy",
+                self.listen
+            ));
+        }
+        if self.model.trim().is_empty() {
+            return Err("model is empty".into());
+        }
+        for u in &self.upstreams {
+            let rest = u.url.strip_prefix("http://").ok_or_else(|| {
+                format!(
+                    "upstream {:?}: url {:?} must be http://HOST:PORT (the local proxy's plain \
+                     listener; the proxy does the TLS)",
+                    u.name, u.url
+                )
+            })?;
+            rest.trim_end_matches('/')
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    format!(
+                        "upstream {:?}: url {:?} is not http://IP:PORT",
+                        u.name, u.url
+                    )
+                })?;
+        }
+        for need in self.role.needs() {
+            if !self.upstreams.iter().any(|u| u.role == *need) {
+                return Err(format!(
+                    "the {} needs an [[upstream]] with role = {need:?}",
+                    self.role
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.role.as_str())
+    }
+
+    /// The first upstream playing `role`.
+    pub fn upstream(&self, role: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.role == role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, String> {
+        AgentConfig::parse(text, Path::new("agent.toml")).map_err(|e| e.to_string())
+    }
+
+    const EXECUTOR: &str = r#"
+role = "executor"
+listen = "127.0.0.1:8081"
+[[upstream]]
+name = "gateway"
+role = "gateway"
+url = "http://127.0.0.1:9002"
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = parse(EXECUTOR).unwrap();
+        assert_eq!(c.role, Role::Executor);
+        assert_eq!(c.name(), "executor");
+        assert_eq!(c.model, DEFAULT_MODEL);
+        assert_eq!(c.upstream("gateway").unwrap().url, "http://127.0.0.1:9002");
+        assert_eq!(c.search.kind, SearchKind::Offline);
+    }
+
+    #[test]
+    fn bad_configs_get_one_clear_error() {
+        let cases = [
+            (
+                "role = \"boss\"\nlisten = \"127.0.0.1:1\"",
+                "unknown role \"boss\"",
+            ),
+            (
+                "role = \"planner\"\nlisten = \"127.0.0.1:1\"",
+                "the planner needs an [[upstream]] with role = \"executor\"",
+            ),
+            (
+                &EXECUTOR.replace("127.0.0.1:8081", "0.0.0.0:8081"),
+                "not a loopback address",
+            ),
+            (
+                &EXECUTOR.replace("http://127.0.0.1:9002", "https://127.0.0.1:9002"),
+                "must be http://HOST:PORT",
+            ),
+            (
+                &EXECUTOR.replace("http://127.0.0.1:9002", "http://gateway:9002"),
+                "is not http://IP:PORT",
+            ),
+            (&format!("{EXECUTOR}\ncolour = 1"), "unknown field `colour`"),
+            ("role = \"executor\"\nlisten = ", "agent.toml"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The AI agents of the three seed scenarios, as small HTTP services.
+//!
+//! Every agent serves `POST /ask {"question": "...", "context": "..."}` and answers
+//! `{"answer": "...", "agents": [...], "trace_id": "..."}`, where `agents` lists who handled
+//! the question, in order. They speak plain HTTP to their local proxy's outbound ports and
+//! never touch a certificate (seed 000): the proxies do mTLS and enforce intentions.
+//!
+//! - planner-executor (seed 000): planner → executor → gateway.
+//! - research-team (seeds 001/003): researcher (search) → writer → gateway.
+//! - threat-pipeline (seed 002): orchestrator → classifier, validator, scorer → gateway.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod role;
+pub mod search;
+pub mod trace;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use config::{AgentConfig, ConfigError};
+pub use role::Role;
+
+use crate::client::{CallError, Upstreams};
+use crate::config::SearchKind;
+use crate::search::OfflineSearch;
+use crate::trace::Trace;
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// The configured search tool cannot run.
+    #[error("search: {0}")]
+    Search(String),
+}
+
+/// The largest question (with context) an agent accepts, in bytes.
+pub const MAX_ASK_BYTES: usize = 256 * 1024;
+
+/// How many notes the researcher passes on.
+const NOTES: usize = 3;
+
+/// `POST /ask` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AskRequest {
+    /// The question (for the threat pipeline: the security event).
+    pub question: String,
+    /// What the caller adds: a task, research notes, earlier findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// `POST /ask` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AskResponse {
+    /// The answer.
+    pub answer: String,
+    /// Who handled it, in order (this agent first).
+    pub agents: Vec<String>,
+    /// The W3C trace id the question travelled under.
+    pub trace_id: String,
+    /// The model the gateway was asked for, when this agent or one after it inferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The researcher's sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<search::Hit>,
+}
+
+/// An error answer: 400 for a bad request, 502 when something downstream failed.
+struct AgentFailure {
+    status: StatusCode,
+    message: String,
+    refusal: Option<Value>,
+}
+
+impl AgentFailure {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            refusal: None,
+        }
+    }
+}
+
+impl From<CallError> for AgentFailure {
+    fn from(e: CallError) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            refusal: e.refusal(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One running agent's state.
+pub struct Agent {
+    cfg: AgentConfig,
+    upstreams: Upstreams,
+    search: Option<OfflineSearch>,
+}
+
+impl Agent {
+    /// Builds the agent described by `cfg`.
+    ///
+    /// # Errors
+    /// The search tool cannot run (tavily without its key).
+    pub fn new(cfg: AgentConfig) -> Result<Self, AgentError> {
+        let search = match (cfg.role, cfg.search.kind) {
+            (Role::Researcher, SearchKind::Offline) => Some(OfflineSearch::default()),
+            (Role::Researcher, SearchKind::Tavily) => {
+                return Err(AgentError::Search(
+                    "tavily is not available in this build; use kind = \"offline\"".into(),
+                ));
+            }
+            _ => None,
+        };
+        Ok(Self {
+            cfg,
+            upstreams: Upstreams::default(),
+            search,
+        })
+    }
+
+    /// The HTTP service: `POST /ask` and `GET /healthz`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/ask", post(ask))
+            .route("/healthz", get(healthz))
+            .with_state(self)
+    }
+
+    fn name(&self) -> String {
+        self.cfg.name().to_owned()
+    }
+
+    /// Calls the upstream playing `role` with `/ask`.
+    async fn delegate(
+        &self,
+        role: &str,
+        req: &AskRequest,
+        trace: &Trace,
+    ) -> Result<AskResponse, AgentFailure> {
+        // Config validation guarantees every role in `needs()` has an upstream.
+        let Some(up) = self.cfg.upstream(role) else {
+            return Err(AgentFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("bug: no upstream for {role}"),
+                refusal: None,
+            });
+        };
+        let body = serde_json::to_value(req).unwrap_or(Value::Null);
+        let v = self
+            .upstreams
+            .post_json(up, "/ask", &body, &trace.header())
+            .await?;
+        serde_json::from_value(v)
+            .map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()).into())
+    }
+
+    /// Asks the gateway (OpenAI chat completions) with this agent's role prompt.
+    async fn infer(&self, user: String, trace: &Trace) -> Result<String, AgentFailure> {
+        let Some(up) = self.cfg.upstream("gateway") else {
+            return Err(AgentFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: "bug: no gateway upstream".into(),
+                refusal: None,
+            });
+        };
+        let body = json!({
+            "model": self.cfg.model,
+            "messages": [
+                {"role": "system", "content": self.cfg.role.prompt()},
+                {"role": "user", "content": user},
+            ],
+        });
+        let v = self
+            .upstreams
+            .post_json(up, "/v1/chat/completions", &body, &trace.header())
+            .await?;
+        v.pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                CallError::BadAnswer(up.name.clone(), "no choices[0].message.content".into()).into()
+            })
+    }
+
+    async fn handle(&self, req: AskRequest, trace: &Trace) -> Result<AskResponse, AgentFailure> {
+        let me = self.name();
+        let answer = |answer: String, mut agents: Vec<String>, model: Option<String>| {
+            agents.insert(0, me.clone());
+            AskResponse {
+                answer,
+                agents,
+                trace_id: trace.trace_id.clone(),
+                model,
+                sources: Vec::new(),
+            }
+        };
+        let with_context = |req: &AskRequest| match &req.context {
+            Some(c) => format!("{}\n\n{c}", req.question),
+            None => req.question.clone(),
+        };
+        match self.cfg.role {
+            Role::Planner => {
+                let task = AskRequest {
+                    question: req.question.clone(),
+                    context: Some(
+                        format!(
+                            "Task from the planner: answer this question. {}",
+                            req.context.unwrap_or_default()
+                        )
+                        .trim()
+                        .to_owned(),
+                    ),
+                };
+                let r = self.delegate("executor", &task, trace).await?;
+                Ok(answer(r.answer, r.agents, r.model))
+            }
+            Role::Researcher => {
+                let hits = match &self.search {
+                    Some(s) => s.search(&req.question, NOTES).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let notes = if hits.is_empty() {
+                    "Research notes: nothing in the corpus matched.".to_owned()
+                } else {
+                    let mut n = String::from("Research notes:");
+                    for (i, h) in hits.iter().enumerate() {
+                        n.push_str(&format!(
+                            "\n[{}] {} ({}): {}",
+                            i + 1,
+                            h.title,
+                            h.source,
+                            h.snippet.replace('\n', " ")
+                        ));
+                    }
+                    n
+                };
+                let task = AskRequest {
+                    question: req.question.clone(),
+                    context: Some(notes),
+                };
+                let r = self.delegate("writer", &task, trace).await?;
+                let mut out = answer(r.answer, r.agents, r.model);
+                out.sources = hits;
+                Ok(out)
+            }
+            Role::Orchestrator => {
+                let event = req.question.clone();
+                let classified = self
+                    .delegate(
+                        "classifier",
+                        &AskRequest {
+                            question: event.clone(),
+                            context: None,
+                        },
+                        trace,
+                    )
+                    .await?;
+                let validated = self
+                    .delegate(
+                        "validator",
+                        &AskRequest {
+                            question: event.clone(),
+                            context: Some(format!("Classification: {}", classified.answer)),
+                        },
+                        trace,
+                    )
+                    .await?;
+                let scored = self
+                    .delegate(
+                        "scorer",
+                        &AskRequest {
+                            question: event,
+                            context: Some(format!(
+                                "Classification: {}\nValidation: {}",
+                                classified.answer, validated.answer
+                            )),
+                        },
+                        trace,
+                    )
+                    .await?;
+                let report = format!(
+                    "Classification: {}\nValidation: {}\nScore: {}",
+                    classified.answer, validated.answer, scored.answer
+                );
+                let mut agents = classified.agents;
+                agents.extend(validated.agents);
+                agents.extend(scored.agents);
+                Ok(answer(report, agents, scored.model))
+            }
+            Role::Executor | Role::Writer | Role::Classifier | Role::Validator | Role::Scorer => {
+                let text = self.infer(with_context(&req), trace).await?;
+                Ok(answer(
+                    text,
+                    vec!["gateway".into()],
+                    Some(self.cfg.model.clone()),
+                ))
+            }
+        }
+    }
+}
+
+async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
+    (StatusCode::OK, format!("ok {}\n", agent.cfg.role)).into_response()
+}
+
+async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
+    let trace = Trace::continue_or_start(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    let result = async {
+        if body.len() > MAX_ASK_BYTES {
+            return Err(AgentFailure::bad_request(format!(
+                "the request is {} bytes; the most an agent accepts is {MAX_ASK_BYTES}",
+                body.len()
+            )));
+        }
+        let req: AskRequest = serde_json::from_slice(&body).map_err(|e| {
+            AgentFailure::bad_request(format!(
+                "the body is not {{\"question\": \"...\"}} JSON: {e}"
+            ))
+        })?;
+        if req.question.trim().is_empty() {
+            return Err(AgentFailure::bad_request("the question is empty"));
+        }
+        agent.handle(req, &trace).await
+    }
+    .await;
+    match result {
+        Ok(a) => {
+            tracing::info!(trace_id = %a.trace_id, agents = ?a.agents, "answered");
+            json_response(StatusCode::OK, &a)
+        }
+        Err(f) => {
+            tracing::warn!(trace_id = %trace.trace_id, status = f.status.as_u16(), error = %f.message, "could not answer");
+            let mut body = json!({
+                "error": f.message,
+                "agent": agent.name(),
+                "trace_id": trace.trace_id,
+            });
+            if let Some(r) = f.refusal {
+                body["refused"] = r;
+            }
+            json_response(f.status, &body)
+        }
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
+}
+
+/// A started agent.
+pub struct RunningAgent {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// Stops serving, letting requests in flight finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `cfg.listen` and serves until shut down.
+///
+/// # Errors
+/// The listener cannot be bound, or the search tool cannot run.
+pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
+    let listen = cfg.listen;
+    let role = cfg.role;
+    let agent = Arc::new(Agent::new(cfg)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| AgentError::Listen(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AgentError::Listen(listen, e))?;
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let router = agent.router();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "the agent stopped serving");
+        }
+    });
+    tracing::info!(%role, listen = %addr, "agent ready");
+    Ok(RunningAgent { addr, stop, task })
+}
+
+/// Folds a multi-line message into one line.
+pub(crate) fn one_line(msg: &str) -> String {
+    msg.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,109 @@
+//! `agentmesh ask "question"`: asks the running mesh through its entry point and prints the
+//! answer, who handled it and the trace id.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::DEFAULT_DATA_DIR;
+use super::output::TextOrJson;
+use super::up::{MeshInfo, mesh_file, post_json};
+
+/// `agentmesh ask` flags.
+#[derive(Debug, Clone, Args)]
+pub struct AskArgs {
+    /// The question
+    pub question: String,
+    /// The data dir of the running mesh (`agentmesh up --data-dir`)
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The entry point's URL, instead of finding it through the data dir
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
+    pub output: TextOrJson,
+}
+
+/// How long a question may take; a real model on CPU is slow, and every hop has its own
+/// shorter timeouts that answer first.
+const ASK_TIMEOUT: Duration = Duration::from_secs(330);
+
+fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; bytes];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs `agentmesh ask`.
+///
+/// # Errors
+/// No running mesh, an empty question, or the mesh's error answer.
+pub async fn run(args: AskArgs) -> anyhow::Result<()> {
+    if args.question.trim().is_empty() {
+        bail!("the question is empty");
+    }
+    let url = match &args.url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let path = mesh_file(&args.data_dir);
+            let text = std::fs::read_to_string(&path).map_err(|_| {
+                anyhow!(
+                    "no running mesh in {} ({} is missing); start one with `agentmesh up`, or \
+                     give --data-dir or --url",
+                    args.data_dir.display(),
+                    path.display()
+                )
+            })?;
+            let info: MeshInfo = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not what `agentmesh up` writes", path.display()))?;
+            info.entry_url
+        }
+    };
+    // Start the trace here, so the id printed is the one every hop logs.
+    let trace_id = random_hex(16);
+    let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
+    let (status, body) = post_json(
+        &format!("{url}/ask"),
+        &json!({ "question": args.question }),
+        &[("traceparent", &traceparent)],
+        ASK_TIMEOUT,
+    )
+    .await
+    .map_err(|e| anyhow!("{e:#}; is `agentmesh up` running?"))?;
+    if status != 200 {
+        let msg = body
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| body.to_string(), str::to_owned);
+        bail!("the mesh answered {status}: {msg} (trace {trace_id})");
+    }
+    match args.output {
+        TextOrJson::Json => super::output::print_json(&body)?,
+        TextOrJson::Text => {
+            let agents = body["agents"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" → ")
+                })
+                .unwrap_or_default();
+            println!(
+                "{}\n",
+                body["answer"].as_str().unwrap_or_default().trim_end()
+            );
+            println!("handled by: {agents}");
+            println!(
+                "trace id:   {}",
+                body["trace_id"].as_str().unwrap_or(&trace_id)
+            );
+        }
+    }
+    Ok(())
+}
