@@ -1,0 +1,641 @@
+//! `agentmesh up` and `agentmesh ask` as a user runs them: `up` is a child process of the
+//! test, with its own data dir; everything it starts (server, node, agents, gateway, sidecars)
+//! is real. The refusal checks use each service's real SVID, fetched from the node by a
+//! process the test vouches for exactly as `up` vouches for its children.
+
+#[path = "support/mesh.rs"]
+mod mesh;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentmesh_proto::v1::RegisterLaunchRequest;
+use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::{BIN, PATIENCE, Proc, start_time};
+use serde_json::Value;
+use std::io::Write as _;
+use tokio::net::TcpStream;
+
+/// A running `agentmesh up`.
+struct Up {
+    proc: Option<Proc>,
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Up {
+    fn output(&self) -> String {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    fn mesh(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.data.join("mesh.json")).expect("mesh.json"),
+        )
+        .expect("mesh.json is JSON")
+    }
+
+    fn service(&self, name: &str) -> Value {
+        self.mesh()["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no service {name} in mesh.json"))
+            .clone()
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("AGENTMESH_ADMIN_SOCKET")
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run agentmesh")
+    }
+
+    fn ask(&self, question: &str) -> Value {
+        let data = self.data.to_str().expect("utf-8 path");
+        let out = self.cli(&["ask", question, "--data-dir", data, "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "ask failed: {}\nup's output:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.output()
+        );
+        serde_json::from_slice(&out.stdout).expect("ask -o json")
+    }
+
+    /// Sends SIGTERM (as Ctrl-C would, to `up` alone) and waits for it to exit.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut proc = self.proc.take().expect("running");
+        let pid = proc.0.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = proc.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "up did not stop:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Starts `agentmesh up ARGS --data-dir <tmp>` and waits until it says the mesh is up.
+fn up(args: &[&str]) -> Up {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("mesh");
+    let stdout = tmp.path().join("up.out");
+    let stderr = tmp.path().join("up.err");
+    let child = Command::new(BIN)
+        .arg("up")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("AGENTMESH_ADMIN_SOCKET")
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr"))
+        .spawn()
+        .expect("spawn agentmesh up");
+    let mut up = Up {
+        proc: Some(Proc(child)),
+        _tmp: tmp,
+        data,
+        stdout,
+        stderr,
+    };
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        if let Some(status) = up.proc.as_mut().expect("proc").0.try_wait().expect("wait") {
+            panic!("up exited with {status}:\n{}", up.output());
+        }
+        if up.output().contains("Ctrl-C stops the mesh.") {
+            return up;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up did not come up:\n{}",
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `agentmesh up ARGS` expecting it to fail before the mesh is up; returns stderr.
+fn up_fails(args: &[&str], data: &Path) -> String {
+    let out = Command::new(BIN)
+        .arg("up")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agentmesh up");
+    assert!(
+        !out.status.success(),
+        "up should have failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every process whose command line mentions `dir`.
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&needle) {
+            found.push(format!("{}: {text}", name.to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn assert_no_strays(dir: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = processes_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stray processes left behind: {left:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// === real SVIDs for the refusal checks ===
+
+/// The SVID (chain, key, bundle) of `service`, fetched over the Workload API by a child that
+/// the test registers with the node as `launcher:service:<service>`, just as `up` does.
+async fn svid_of(up: &Up, service: &str) -> (Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>) {
+    let dir = up
+        .data
+        .parent()
+        .expect("tmp")
+        .join(format!("svid-{service}"));
+    std::fs::create_dir_all(&dir).expect("svid dir");
+    // sh waits for a line on stdin, then execs the fetch in place: same pid, same start time,
+    // so the registration made in between applies to the fetch.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "read go; exec \"$0\" svid fetch --write \"$1\" --timeout 30s",
+            BIN,
+        ])
+        .arg(&dir)
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", up.data.join("node.sock").display()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let pid = child.id();
+    let mut admin = NodeAdminClient::new(
+        agentmesh_proto::unix::connect(&up.data.join("node-admin.sock"))
+            .await
+            .expect("node admin socket"),
+    );
+    admin
+        .register_launch(RegisterLaunchRequest {
+            pid,
+            start_time: start_time(pid),
+            selectors: vec![format!("launcher:service:{service}")],
+        })
+        .await
+        .expect("register the fetcher");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("release the fetcher");
+    let out = child.wait_with_output().expect("svid fetch");
+    assert!(
+        out.status.success(),
+        "svid fetch as {service} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str, label: &str| {
+        let text = std::fs::read_to_string(dir.join(f)).expect(f);
+        agentmesh_ca::pem_decode_all(&text, label).expect(f)
+    };
+    let chain = read("svid.0.pem", "CERTIFICATE");
+    let key = read("svid.0.key", "PRIVATE KEY").remove(0);
+    let bundle = read("bundle.0.pem", "CERTIFICATE");
+    (chain, key, bundle)
+}
+
+/// POST /ask to a sidecar's mTLS listener presenting `creds`: the HTTP status, or None when
+/// the connection was refused during or right after the handshake.
+async fn call_as(
+    addr: SocketAddr,
+    creds: &(Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>),
+) -> Option<(u16, String)> {
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> =
+        creds.2.iter().map(|r| r.clone().into()).collect();
+    let svid = agentmesh_tls::SvidCredentials::from_der(&creds.0, &creds.1).expect("creds");
+    let mut config =
+        agentmesh_tls::client_config(Some(&svid), &roots, agentmesh_tls::any_id(), &[])
+            .expect("client config");
+    Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("sidecar").expect("name");
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post("http://sidecar/ask")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"question":"who may call whom?"}"#,
+        )))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(60), send.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Brings up `scenario`, asks a question, then tries every ordered pair of services with the
+/// source's real SVID: each pair the intentions do not allow is refused at the destination's
+/// sidecar; each allowed pair (the control) gets through.
+async fn scenario_answers_and_refuses_what_is_not_allowed(scenario: &str, want_agents: &[&str]) {
+    let mut up = up(&["--scenario", scenario]);
+    let out = up.output();
+    assert!(
+        out.contains("✓ ask"),
+        "the self-check question failed:\n{out}"
+    );
+    assert!(
+        out.contains("✓ refused on purpose"),
+        "no refusal shown:\n{out}"
+    );
+
+    let answer = up.ask("Which identity does each service get?");
+    let agents: Vec<&str> = answer["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(agents, want_agents, "{answer}");
+    assert!(
+        answer["answer"]
+            .as_str()
+            .is_some_and(|a| a.contains("[offline]"))
+    );
+
+    let scenario_text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{scenario}.toml")),
+    )
+    .expect("scenario file");
+    let doc: toml::Table = scenario_text.parse().expect("scenario TOML");
+    let services: Vec<String> = doc["service"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name").to_owned())
+        .collect();
+    let allowed: Vec<(String, String)> = doc["intention"]
+        .as_array()
+        .expect("intentions")
+        .iter()
+        .filter(|i| i["action"].as_str() == Some("allow"))
+        .map(|i| {
+            (
+                i["source"].as_str().expect("source").to_owned(),
+                i["destination"].as_str().expect("destination").to_owned(),
+            )
+        })
+        .collect();
+    let mut refused = 0;
+    for src in &services {
+        let creds = svid_of(&up, src).await;
+        for dst in services.iter().filter(|d| *d != src) {
+            let inbound: SocketAddr = up.service(dst)["inbound"]
+                .as_str()
+                .expect("inbound")
+                .parse()
+                .expect("addr");
+            let result = call_as(inbound, &creds).await;
+            let is_allowed = allowed.contains(&(src.clone(), dst.clone()));
+            match result {
+                Some((403, body)) => {
+                    assert!(
+                        !is_allowed,
+                        "{src} → {dst} is allowed but was refused: {body}"
+                    );
+                    assert!(
+                        body.contains("denied by intentions"),
+                        "{src} → {dst}: {body}"
+                    );
+                    refused += 1;
+                }
+                None => {
+                    assert!(
+                        !is_allowed,
+                        "{src} → {dst} is allowed but the connection failed"
+                    );
+                    refused += 1;
+                }
+                Some((status, body)) => assert!(
+                    is_allowed,
+                    "{src} → {dst} is not allowed, yet the sidecar let it through ({status}): {body}"
+                ),
+            }
+        }
+    }
+    let n = services.len();
+    assert_eq!(
+        refused,
+        n * (n - 1) - allowed.len(),
+        "every other pair is refused"
+    );
+
+    let data = up.data.clone();
+    let status = up.stop();
+    assert!(
+        status.success(),
+        "up exited with {status}:\n{}",
+        up.output()
+    );
+    assert_no_strays(&data);
+}
+
+// === tests ===
+
+/// The README's first command: `up` with no flags runs planner-executor on the offline LLM,
+/// prints its status and self-check, writes `env` for the CLI, and `ask` answers with the
+/// trace id. SIGTERM stops every child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_default_scenario_and_ask_answers_with_its_trace_id() {
+    let mut up = up(&[]);
+    let out = up.output();
+    for want in [
+        "scenario planner-executor (3 services)",
+        "spiffe://agentmesh.local/ns/default/sa/planner",
+        "SVID EXPIRES",
+        "planner → executor  allow",
+        "✓ ask",
+        "answered by planner → executor → gateway",
+        "✓ refused on purpose: planner → gateway",
+        "decided by intention",
+        "planner must never reach inference directly",
+        "export AGENTMESH_ADMIN_SOCKET=",
+    ] {
+        assert!(
+            out.contains(want),
+            "{want:?} missing from up's output:\n{out}"
+        );
+    }
+
+    // `ask` in text form, as a user types it.
+    let data = up.data.to_str().expect("utf-8").to_owned();
+    let text = up.cli(&["ask", "What is an intention?", "--data-dir", &data]);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("[offline]") && text.contains("What is an intention?"),
+        "{text}"
+    );
+    assert!(
+        text.contains("handled by: planner → executor → gateway"),
+        "{text}"
+    );
+    let trace = text
+        .lines()
+        .find_map(|l| l.strip_prefix("trace id:"))
+        .expect("a trace id line")
+        .trim()
+        .to_owned();
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{trace}"
+    );
+    // The same trace id is in the sidecars' access logs: one trace across the hops.
+    std::thread::sleep(Duration::from_millis(400));
+    for log in ["executor.access.jsonl", "gateway.access.jsonl"] {
+        let text = std::fs::read_to_string(up.data.join("logs").join(log)).expect(log);
+        assert!(
+            text.contains(&trace),
+            "{log} has no line for trace {trace}:\n{text}"
+        );
+    }
+
+    // The env file makes every other command work against this mesh.
+    let env = std::fs::read_to_string(up.data.join("env")).expect("env file");
+    let admin = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export AGENTMESH_ADMIN_SOCKET="))
+        .expect("admin socket line");
+    let list = Command::new(BIN)
+        .args(["intention", "list", "-o", "json"])
+        .env("AGENTMESH_ADMIN_SOCKET", admin)
+        .output()
+        .expect("intention list");
+    let list: Value = serde_json::from_slice(&list.stdout).expect("intention list -o json");
+    assert_eq!(list["intentions"].as_array().map(Vec::len), Some(3));
+    assert!(env.contains("export SPIFFE_ENDPOINT_SOCKET=unix://"));
+
+    // A second `up` on the same data dir is refused and disturbs nothing.
+    let err = up_fails(&[], &up.data);
+    assert!(err.contains("a mesh is already running"), "{err}");
+    assert!(up.ask("still there?")["answer"].is_string());
+
+    let data = up.data.clone();
+    let status = up.stop();
+    assert!(
+        status.success(),
+        "up exited with {status}:\n{}",
+        up.output()
+    );
+    assert!(up.output().contains("stopped"));
+    assert_no_strays(&data);
+    assert!(
+        !data.join("mesh.json").exists(),
+        "mesh.json outlived the mesh"
+    );
+    // With the mesh gone, ask says so in one line.
+    let out = up.cli(&[
+        "ask",
+        "anyone?",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no running mesh"));
+}
+
+/// Seed 000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_executor_refuses_every_pair_its_intentions_do_not_allow() {
+    scenario_answers_and_refuses_what_is_not_allowed(
+        "planner-executor",
+        &["planner", "executor", "gateway"],
+    )
+    .await;
+}
+
+/// Seeds 001/003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_team_refuses_every_pair_its_intentions_do_not_allow() {
+    scenario_answers_and_refuses_what_is_not_allowed(
+        "research-team",
+        &["researcher", "writer", "gateway"],
+    )
+    .await;
+}
+
+/// Seed 002: the orchestrator's answer combines all three analysts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_pipeline_refuses_every_pair_its_intentions_do_not_allow() {
+    scenario_answers_and_refuses_what_is_not_allowed(
+        "threat-pipeline",
+        &[
+            "orchestrator",
+            "classifier",
+            "gateway",
+            "validator",
+            "gateway",
+            "scorer",
+            "gateway",
+        ],
+    )
+    .await;
+}
+
+/// Bad input to `up` gets one clear error, and nothing it started is left running: before
+/// anything starts (malformed scenario, unknown --llm, a port in use) and after the server
+/// and node are already up (a service whose program does not exist).
+#[test]
+fn bad_input_to_up_gets_one_clear_error_and_leaves_no_children() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("mesh");
+    let planner_executor = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/planner-executor.toml"),
+    )
+    .expect("scenario");
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write scenario");
+        p.to_str().expect("utf-8").to_owned()
+    };
+    let malformed = write("malformed.toml", "name = \"x\"\nentry = [\n");
+    let bad_upstream = write(
+        "bad-upstream.toml",
+        &planner_executor.replace("upstreams = [\"executor\"]", "upstreams = [\"nobody\"]"),
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let port_in_use = write(
+        "port.toml",
+        &planner_executor.replace(
+            "name = \"executor\"\nkind = \"agent\"",
+            &format!("name = \"executor\"\nkind = \"agent\"\nlisten = \"{taken_addr}\""),
+        ),
+    );
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--scenario", &malformed],
+            format!("scenario {malformed}"),
+        ),
+        (
+            vec!["--scenario", &bad_upstream],
+            "upstream \"nobody\" is not one of the services".into(),
+        ),
+        (
+            vec!["--scenario", "no-such-scenario"],
+            "no scenario \"no-such-scenario\"".into(),
+        ),
+        (
+            vec!["--llm", "claude:http://127.0.0.1:1"],
+            "unknown scheme \"claude\"".into(),
+        ),
+        (
+            vec!["--scenario", &port_in_use],
+            format!("service executor: listen address {taken_addr} is not available"),
+        ),
+    ];
+    for (args, want) in cases {
+        let err = up_fails(&args, &data);
+        assert!(err.contains(&want), "{args:?}: want {want:?} in: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert_no_strays(&data);
+    }
+
+    // A failure after children exist: the server and node are stopped again.
+    let missing_program = write(
+        "missing.toml",
+        &planner_executor.replace(
+            "name = \"executor\"\nkind = \"agent\"\nrole = \"executor\"",
+            "name = \"executor\"\nkind = \"process\"\nrole = \"executor\"\ncommand = [\"/nonexistent/agent\"]",
+        ),
+    );
+    let err = up_fails(&["--scenario", &missing_program], &data);
+    assert!(err.contains("cannot start executor"), "{err}");
+    assert!(err.contains("stopping the"), "{err}");
+    assert_no_strays(&data);
+    drop(taken);
+}
+
+/// `kill -9` of `up` itself: its children see their stdin close and stop on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_stop_when_up_is_killed_with_sigkill() {
+    let mut up = up(&[]);
+    let data = up.data.clone();
+    assert!(!processes_under(&data).is_empty());
+    up.proc.take().expect("running").kill_9();
+    assert_no_strays(&data);
+}
