@@ -639,3 +639,58 @@ async fn children_stop_when_up_is_killed_with_sigkill() {
     up.proc.take().expect("running").kill_9();
     assert_no_strays(&data);
 }
+
+/// examples/python-agent: a Flask agent with no SPIFFE code joins the planner-executor mesh
+/// as the executor (`kind = "process"`); its sidecar holds its identity, and the question
+/// goes planner → py-executor → gateway over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_joins_a_scenario_through_its_sidecar() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("examples/python-agent/scenario.toml"))
+        .expect("the example's scenario");
+    let app = root.join("examples/python-agent/app.py");
+    let text = text.replace(
+        "command = [\"python3\", \"examples/python-agent/app.py\"]",
+        &format!(
+            "command = [{:?}, {:?}]",
+            mesh::python().display().to_string(),
+            app.display().to_string()
+        ),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scenario = tmp.path().join("python.toml");
+    std::fs::write(&scenario, text).expect("write scenario");
+    let mut up = up(&["--scenario", scenario.to_str().expect("utf-8")]);
+    let out = up.output();
+    assert!(
+        out.contains("answered by planner → py-executor → gateway"),
+        "{out}"
+    );
+    assert!(
+        out.contains("✓ refused on purpose: planner → gateway"),
+        "{out}"
+    );
+
+    let answer = up.ask("What does the sidecar do for a Python agent?");
+    assert_eq!(
+        answer["agents"],
+        serde_json::json!(["planner", "py-executor", "gateway"]),
+        "{answer}"
+    );
+    let text = answer["answer"].as_str().expect("answer");
+    // The offline provider echoes what reached it: the Python agent's own role prompt.
+    assert!(
+        text.contains("[offline]") && text.contains("Python executor agent"),
+        "{text}"
+    );
+    // The gateway saw the Python agent's SPIFFE ID (from its sidecar), not the planner's.
+    std::thread::sleep(Duration::from_millis(400));
+    let audit = std::fs::read_to_string(up.data.join("logs/gateway.audit.jsonl")).expect("audit");
+    assert!(
+        audit.contains("spiffe://agentmesh.local/ns/default/sa/py-executor"),
+        "{audit}"
+    );
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
