@@ -1,7 +1,7 @@
 //! Where completions come from. `offline` is embedded and deterministic; `ollama`,
 //! `openai` (any OpenAI-compatible server) and `gemini` are HTTP(S) providers. A [`Provider`]
-//! makes one attempt; [`resilience`] adds timeouts' retries, the circuit breaker and failover
-//! across the providers a model lists.
+//! makes one attempt within its timeout; [`resilience`] adds retries, the circuit breaker and
+//! failover across the providers a model lists.
 //!
 //! Upstream calls are not streamed: the gateway runs DLP over the whole answer (a redaction
 //! can span what would be two chunks, and `block` must refuse before the first byte reaches
