@@ -8,9 +8,23 @@
 //! name = "local"
 //! kind = "offline"                   # offline | ollama | openai | gemini
 //!
+//! [[provider]]
+//! name = "cloud"
+//! kind = "openai"                    # any OpenAI-compatible server
+//! url = "https://api.openai.com/v1"  # with or without /v1 (see below)
+//! api_key_env = "OPENAI_API_KEY"     # or api_key = "..." inline
+//! model = "gpt-4o-mini"              # the provider's name for the model, if different
+//! timeout = "120s"                   # per attempt, request sent to answer read
+//! connect_timeout = "5s"
+//! retries = 2                        # extra attempts on timeout, connection error, 5xx
+//! retry_backoff = "500ms"            # exponential with full jitter, from this base ...
+//! retry_backoff_max = "8s"           # ... up to this cap
+//! circuit_failures = 5               # consecutive failures that open the circuit; 0 = never
+//! circuit_cooldown = "30s"           # open this long, then one probe (half-open)
+//!
 //! [[model]]
 //! name = "llama3.2"
-//! providers = ["local"]              # tried in order
+//! providers = ["local", "cloud"]     # tried in order; the next one when one fails
 //!
 //! [[caller]]
 //! id = "executor"                    # service name, SPIFFE ID or "*"
@@ -22,7 +36,41 @@
 //! [dlp]
 //! email = "redact"                   # redact | block | log, per kind
 //! ```
+//!
+//! ## Providers
+//!
+//! | kind | url | request | key |
+//! |---|---|---|---|
+//! | `ollama` | required, e.g. `http://127.0.0.1:11434` | `POST {url}/api/chat` | optional (`Authorization: Bearer`, for Ollama behind an authenticating proxy) |
+//! | `openai` | default `https://api.openai.com/v1` | `POST {base}/chat/completions` | `Authorization: Bearer`; default env `OPENAI_API_KEY` |
+//! | `gemini` | default `https://generativelanguage.googleapis.com` | `POST {base}/models/{model}:generateContent` | `x-goog-api-key`; default env `GEMINI_API_KEY` |
+//!
+//! For `openai` the url is what the official SDKs call the base URL: a url with a path
+//! (`https://api.openai.com/v1`, `http://localhost:11434/v1`, `https://api.groq.com/openai/v1`)
+//! is used as given, and a bare host (`https://api.openai.com`) gets `/v1` added. A url that
+//! already ends in `/chat/completions` is used as is. For `gemini` a bare host gets `/v1beta`.
+//!
+//! The key comes from `api_key` (inline) or from the variable `api_key_env` names, read once
+//! at load; with neither, from the kind's default variable. `openai` and `gemini` refuse to
+//! load without a key, except that `api_key = ""` on `openai` sends no `Authorization` header
+//! (for local servers such as vLLM or llama.cpp started without a key). Keys are never
+//! logged, never put in errors or audit lines, and `Debug` prints `<redacted>`.
+//!
+//! ## Failures
+//!
+//! Each attempt has `timeout` (default 120 s; LLM answers are slow, and local models on a CPU
+//! slower still) and `connect_timeout` (default 5 s, Envoy's). Timeouts, connection errors and
+//! 5xx are retried `retries` times (default 2, the OpenAI and Anthropic SDKs' default) after a
+//! random delay between 0 and `min(retry_backoff_max, retry_backoff * 2^n)` ("full jitter";
+//! defaults 500 ms and 8 s, the OpenAI SDK's). A 4xx or a malformed answer is not retried: the
+//! same request would fail the same way. Then the model's next provider is tried. After
+//! `circuit_failures` consecutive failed attempts (default 5, Envoy's `consecutive_5xx`) a
+//! provider is skipped for `circuit_cooldown` (default 30 s, Envoy's `base_ejection_time`);
+//! then one request probes it, and its outcome closes or reopens the circuit. A 4xx counts as
+//! the provider being alive. The caller gets 502 `provider_failed` when providers failed, or
+//! 503 `provider_unavailable` when every provider of the model was skipped by its circuit.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +108,65 @@ pub enum ProviderKind {
     Gemini,
 }
 
+impl ProviderKind {
+    /// The name used in config files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Offline => "offline",
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+
+    /// The variable a key is read from when the config names none.
+    pub fn default_key_env(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("OPENAI_API_KEY"),
+            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
+            ProviderKind::Offline | ProviderKind::Ollama => None,
+        }
+    }
+
+    /// The url used when the config gives none.
+    pub fn default_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Offline | ProviderKind::Ollama => None,
+        }
+    }
+}
+
+/// A provider API key. Its `Debug` and `Display` never show it, so it cannot leak through a
+/// log line or an error message by accident; [`ApiKey::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for the request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty (which means: send no key).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
 /// `[[provider]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,18 +175,247 @@ pub struct ProviderConfig {
     pub name: String,
     /// The implementation.
     pub kind: ProviderKind,
-    /// Base URL (not for `offline`).
+    /// Base URL (not for `offline`; `openai` and `gemini` have defaults).
     #[serde(default)]
     pub url: Option<String>,
     /// The API key, inline. Prefer `api_key_env`.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// The environment variable holding the API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// The provider's own name for the model, when it differs from the gateway's.
     #[serde(default)]
     pub model: Option<String>,
+    /// Per-attempt timeout, from sending the request to reading the whole answer.
+    #[serde(default, deserialize_with = "duration::timeout")]
+    pub timeout: Option<Duration>,
+    /// Timeout for the TCP connection (and the TLS handshake).
+    #[serde(default, deserialize_with = "duration::connect_timeout")]
+    pub connect_timeout: Option<Duration>,
+    /// Extra attempts after the first, on timeouts, connection errors and 5xx.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Base of the exponential backoff between attempts.
+    #[serde(default, deserialize_with = "duration::retry_backoff")]
+    pub retry_backoff: Option<Duration>,
+    /// Cap of the backoff.
+    #[serde(default, deserialize_with = "duration::retry_backoff_max")]
+    pub retry_backoff_max: Option<Duration>,
+    /// Consecutive failed attempts that open the circuit; 0 disables the breaker.
+    #[serde(default)]
+    pub circuit_failures: Option<u32>,
+    /// How long an open circuit skips the provider before one probe.
+    #[serde(default, deserialize_with = "duration::circuit_cooldown")]
+    pub circuit_cooldown: Option<Duration>,
+    /// The key in effect after loading: `api_key`, or read from `api_key_env` or the kind's
+    /// default variable. Not a config key.
+    #[serde(skip)]
+    pub resolved_api_key: Option<ApiKey>,
+}
+
+/// Default per-attempt timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of retries.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default backoff base.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Default backoff cap.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Default consecutive failures that open a circuit.
+pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
+/// Default time a circuit stays open.
+pub const DEFAULT_CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
+/// More retries than this only delay the failover to the next provider.
+pub const MAX_RETRIES: u32 = 10;
+
+impl ProviderConfig {
+    /// A provider of `kind` named `name` with every optional key unset.
+    pub fn new(name: impl Into<String>, kind: ProviderKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            url: None,
+            api_key: None,
+            api_key_env: None,
+            model: None,
+            timeout: None,
+            connect_timeout: None,
+            retries: None,
+            retry_backoff: None,
+            retry_backoff_max: None,
+            circuit_failures: None,
+            circuit_cooldown: None,
+            resolved_api_key: None,
+        }
+    }
+
+    /// The url in effect: the configured one, or the kind's default.
+    pub fn effective_url(&self) -> Option<&str> {
+        self.url.as_deref().or(self.kind.default_url())
+    }
+
+    fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
+        let name = &self.name;
+        if self.kind == ProviderKind::Offline {
+            return Ok(());
+        }
+        let Some(url) = self.effective_url() else {
+            return Err(format!("provider {name:?} needs url"));
+        };
+        check_url(url).map_err(|why| format!("provider {name:?}: url {url:?} {why}"))?;
+        for (key, d) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("retry_backoff_max", self.retry_backoff_max),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(format!("provider {name:?}: {key} must be longer than 0"));
+            }
+        }
+        if self.retries.is_some_and(|r| r > MAX_RETRIES) {
+            return Err(format!(
+                "provider {name:?}: retries must be at most {MAX_RETRIES}; more only delay the next provider"
+            ));
+        }
+        let backoff = self.retry_backoff.unwrap_or(DEFAULT_RETRY_BACKOFF);
+        let backoff_max = self.retry_backoff_max.unwrap_or(DEFAULT_RETRY_BACKOFF_MAX);
+        if backoff > backoff_max {
+            return Err(format!(
+                "provider {name:?}: retry_backoff ({}) is longer than retry_backoff_max ({})",
+                humantime::format_duration(backoff),
+                humantime::format_duration(backoff_max)
+            ));
+        }
+        if self.circuit_cooldown.is_some_and(|d| d.is_zero()) && self.circuit_failures != Some(0) {
+            return Err(format!(
+                "provider {name:?}: circuit_cooldown must be longer than 0 (circuit_failures = 0 disables the breaker)"
+            ));
+        }
+        self.resolved_api_key = self.resolve_key(env)?;
+        Ok(())
+    }
+
+    fn resolve_key(&self, env: &dyn Env) -> Result<Option<ApiKey>, String> {
+        let name = &self.name;
+        let kind = self.kind.as_str();
+        match (&self.api_key, &self.api_key_env) {
+            (Some(_), Some(_)) => Err(format!(
+                "provider {name:?}: set api_key or api_key_env, not both"
+            )),
+            (Some(key), None) => {
+                if key.is_empty() && self.kind != ProviderKind::Openai {
+                    return Err(format!(
+                        "provider {name:?}: api_key is empty; remove it or set the {kind} key"
+                    ));
+                }
+                Ok(Some(key.clone()))
+            }
+            (None, Some(var)) => match env.var(var).filter(|v| !v.is_empty()) {
+                Some(v) => Ok(Some(ApiKey(v))),
+                None => Err(format!(
+                    "provider {name:?}: api_key_env names {var}, which is not set or empty"
+                )),
+            },
+            (None, None) => match self.kind.default_key_env() {
+                None => Ok(None),
+                Some(var) => match env.var(var).filter(|v| !v.is_empty()) {
+                    Some(v) => Ok(Some(ApiKey(v))),
+                    None => Err(format!(
+                        "provider {name:?} ({kind}) has no API key: set {var}, or api_key_env to the variable that holds it{}",
+                        if self.kind == ProviderKind::Openai {
+                            " (api_key = \"\" for a server that needs none)"
+                        } else {
+                            ""
+                        }
+                    )),
+                },
+            },
+        }
+    }
+}
+
+/// Why a provider url is unusable, or nothing. Credentials in the url are refused so that the
+/// url can appear in messages.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "is not a URL")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("must start with http:// or https://"),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err("has no host");
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not hold credentials; use api_key or api_key_env");
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query; keys go in api_key or api_key_env");
+    }
+    Ok(())
+}
+
+/// Where `api_key_env` variables are read: the process environment, or a map in tests (so
+/// tests need not change the environment of the whole test process).
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Durations in `[[provider]]`, each naming its key in the error.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn parse<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{key} {s:?} is not a duration like 30s or 500ms: {e}"
+            ))
+        })
+    }
+
+    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        parse(d, "timeout")
+    }
+
+    pub fn connect_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        parse(d, "connect_timeout")
+    }
+
+    pub fn retry_backoff<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        parse(d, "retry_backoff")
+    }
+
+    pub fn retry_backoff_max<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        parse(d, "retry_backoff_max")
+    }
+
+    pub fn circuit_cooldown<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        parse(d, "circuit_cooldown")
+    }
 }
 
 /// `[[model]]`: a model name callers use, and the providers that serve it, in order.
@@ -163,33 +499,41 @@ impl GatewayConfig {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates `text`; `origin` names it in errors.
+    /// Parses and validates `text`; `origin` names it in errors. API keys named by
+    /// `api_key_env` are read from the process environment.
     ///
     /// # Errors
     /// Malformed or inconsistent text.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text)
+        Self::parse_with_env(text, origin, &ProcessEnv)
+    }
+
+    /// Like [`GatewayConfig::parse`], reading API keys from `env`.
+    ///
+    /// # Errors
+    /// Malformed or inconsistent text, or a key that is not set.
+    pub fn parse_with_env(text: &str, origin: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut cfg: Self = toml::from_str(text)
             .map_err(|e| ConfigError::Parse(origin.to_owned(), e.message().to_owned()))?;
-        cfg.validate()
+        cfg.validate(env)
             .map_err(|m| ConfigError::Invalid(origin.to_owned(), m))?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
         if !self.listen.ip().is_loopback() {
             return Err(format!(
                 "listen = \"{}\": the gateway trusts the caller identity its proxy adds, so it must listen on loopback only",
                 self.listen
             ));
         }
+        for p in &mut self.providers {
+            p.validate(env)?;
+        }
         let mut names = std::collections::HashSet::new();
         for p in &self.providers {
             if !names.insert(p.name.as_str()) {
                 return Err(format!("provider {:?} is defined twice", p.name));
-            }
-            if p.kind != ProviderKind::Offline && p.url.is_none() && p.kind != ProviderKind::Gemini
-            {
-                return Err(format!("provider {:?} needs url", p.name));
             }
         }
         let mut models = std::collections::HashSet::new();
@@ -249,14 +593,7 @@ impl GatewayConfig {
     pub fn offline(listen: SocketAddr, models: &[&str]) -> Self {
         Self {
             listen,
-            providers: vec![ProviderConfig {
-                name: "offline".into(),
-                kind: ProviderKind::Offline,
-                url: None,
-                api_key: None,
-                api_key_env: None,
-                model: None,
-            }],
+            providers: vec![ProviderConfig::new("offline", ProviderKind::Offline)],
             models: models
                 .iter()
                 .map(|m| ModelConfig {
@@ -332,13 +669,119 @@ card = "block"
                 "needs url",
             ),
             ("listen = [", "unclosed array"),
+            (
+                "listen = \"127.0.0.1:1\"\n[[provider]]\nname = \"p\"\nkind = \"claude\"\n",
+                "unknown variant `claude`, expected one of `offline`, `ollama`, `openai`, `gemini`",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"http://h:1\"\ntimeout = \"soon\""),
+                "timeout \"soon\" is not a duration like 30s",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"http://h:1\"\ncircuit_cooldown = 30"),
+                "invalid type: integer `30`, expected a string",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"http://h:1\"\ntimeout = \"0s\""),
+                "timeout must be longer than 0",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"http://h:1\"\nretries = 50"),
+                "retries must be at most 10",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"http://h:1\"\nretry_backoff = \"10s\""),
+                "retry_backoff (10s) is longer than retry_backoff_max (8s)",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"ftp://h:1\""),
+                "must start with http:// or https://",
+            ),
+            (
+                &provider("kind = \"ollama\"\nurl = \"https://me:pw@h\""),
+                "must not hold credentials",
+            ),
+            (
+                &provider("kind = \"gemini\"\nurl = \"https://h/?key=abc\"\napi_key = \"k\""),
+                "must not have a query",
+            ),
+            (
+                &provider("kind = \"openai\""),
+                "provider \"p\" (openai) has no API key: set OPENAI_API_KEY, or api_key_env",
+            ),
+            (
+                &provider("kind = \"gemini\""),
+                "provider \"p\" (gemini) has no API key: set GEMINI_API_KEY",
+            ),
+            (
+                &provider("kind = \"openai\"\napi_key_env = \"MY_KEY\""),
+                "api_key_env names MY_KEY, which is not set or empty",
+            ),
+            (
+                &provider("kind = \"openai\"\napi_key = \"k\"\napi_key_env = \"MY_KEY\""),
+                "set api_key or api_key_env, not both",
+            ),
+            (
+                &provider("kind = \"gemini\"\napi_key = \"\""),
+                "api_key is empty",
+            ),
         ];
+        let no_env = HashMap::new();
         for (text, want) in cases {
-            let e = GatewayConfig::parse(text, Path::new("g.toml"))
+            let e = GatewayConfig::parse_with_env(text, Path::new("g.toml"), &no_env)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(e.starts_with("g.toml"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
         }
+    }
+
+    fn provider(body: &str) -> String {
+        format!("listen = \"127.0.0.1:1\"\n[[provider]]\nname = \"p\"\n{body}\n")
+    }
+
+    #[test]
+    fn keys_come_from_the_named_or_default_variable_and_never_print() {
+        let env: HashMap<String, String> = [
+            ("OPENAI_API_KEY".to_owned(), "sk-default-secret".to_owned()),
+            ("TEAM_KEY".to_owned(), "sk-team-secret".to_owned()),
+        ]
+        .into();
+        let text = format!(
+            "{}[[provider]]\nname = \"q\"\nkind = \"openai\"\napi_key_env = \"TEAM_KEY\"\n[[provider]]\nname = \"local\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:8000/v1\"\napi_key = \"\"\n",
+            provider("kind = \"openai\"")
+        );
+        let c = GatewayConfig::parse_with_env(&text, Path::new("g.toml"), &env).unwrap();
+        let key = |i: usize| c.providers[i].resolved_api_key.as_ref().map(ApiKey::expose);
+        assert_eq!(key(0), Some("sk-default-secret"));
+        assert_eq!(key(1), Some("sk-team-secret"));
+        assert_eq!(key(2), Some(""), "an explicit empty key means: send none");
+        assert_eq!(
+            c.providers[0].effective_url(),
+            Some("https://api.openai.com/v1")
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn provider_defaults_are_envoy_and_openai_sdk_like() {
+        let c = GatewayConfig::parse_with_env(
+            &provider("kind = \"ollama\"\nurl = \"http://127.0.0.1:11434\""),
+            Path::new("g.toml"),
+            &HashMap::new(),
+        )
+        .unwrap();
+        let p = crate::provider::resilience::Policy::from_config(&c.providers[0]);
+        assert_eq!(p.timeout, Duration::from_secs(120));
+        assert_eq!(p.connect_timeout, Duration::from_secs(5));
+        assert_eq!(p.retries, 2);
+        assert_eq!(p.retry_backoff, Duration::from_millis(500));
+        assert_eq!(p.retry_backoff_max, Duration::from_secs(8));
+        assert_eq!(p.circuit_failures, 5);
+        assert_eq!(p.circuit_cooldown, Duration::from_secs(30));
+        assert!(c.providers[0].resolved_api_key.is_none());
     }
 }

@@ -5,6 +5,12 @@
 //! its per-caller policy (models, token budget, request size), runs DLP over the prompt,
 //! asks a provider, runs DLP over the answer, and writes one audit line per call. It speaks
 //! OpenAI's and Ollama's APIs, so existing clients work unchanged through the mesh.
+//!
+//! Providers are `offline`, `ollama`, `openai` (any compatible server) and `gemini`, with
+//! per-attempt timeouts, retries with backoff, failover along the model's provider list and a
+//! circuit breaker per provider; [`config`] lists the keys and their defaults, and
+//! [`provider::resilience`] the rules. A caller always gets an answer in its API's own error
+//! shape: 502 `provider_failed` or 503 `provider_unavailable` when no provider answers.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -32,7 +38,8 @@ pub use config::{ConfigError, GatewayConfig};
 use crate::api::{Answer, Api, ApiError};
 use crate::dlp::Counts;
 use crate::policy::{Caller, Policies, Refusal};
-use crate::provider::{ChatRequest, Provider};
+use crate::provider::Provider;
+use crate::provider::resilience::{self, Policy, Upstream};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +48,9 @@ pub enum GatewayError {
     /// The listener could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The TLS client settings for providers could not be built (a bug in the crypto setup).
+    #[error("cannot set up TLS for providers: {0}")]
+    Tls(rustls::Error),
 }
 
 /// The header the gateway's proxy sets with the verified caller.
@@ -60,7 +70,12 @@ pub struct AuditRecord<'a> {
     pub model: Option<&'a str>,
     /// The provider that answered.
     pub provider: Option<&'a str>,
-    /// `allow`, or the refusal code (`model_not_allowed`, `budget_exhausted`, ...).
+    /// Requests sent to providers for this call, retries and failover included.
+    pub attempts: u32,
+    /// Providers that were tried (or skipped by their circuit) and failed, in order.
+    pub failed_providers: &'a [String],
+    /// `allow`, or the refusal code (`model_not_allowed`, `budget_exhausted`,
+    /// `provider_failed`, `provider_unavailable`, ...).
     pub decision: &'a str,
     /// The HTTP status returned.
     pub status: u16,
@@ -78,13 +93,40 @@ pub struct AuditRecord<'a> {
     pub duration_ms: u64,
 }
 
-fn audit(record: &AuditRecord<'_>) {
-    use std::io::Write;
-    if let Ok(mut line) = serde_json::to_vec(record) {
-        line.push(b'\n');
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&line);
-        let _ = out.flush();
+type LineWriter = dyn Fn(&[u8]) + Send + Sync;
+
+/// Where audit lines go: one JSON object per line, to stdout unless told otherwise.
+#[derive(Clone)]
+pub struct AuditSink(Arc<LineWriter>);
+
+impl AuditSink {
+    /// Standard output, which `agentmesh gateway run` uses.
+    pub fn stdout() -> Self {
+        Self(Arc::new(|line| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line);
+            let _ = out.flush();
+        }))
+    }
+
+    /// Any writer of lines (a file, a channel, a test's buffer). `f` gets each line with
+    /// its newline.
+    pub fn new(f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn write(&self, record: &AuditRecord<'_>) {
+        if let Ok(mut line) = serde_json::to_vec(record) {
+            line.push(b'\n');
+            (self.0)(&line);
+        }
+    }
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditSink")
     }
 }
 
@@ -122,24 +164,46 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 #[derive(Debug)]
 pub struct Gateway {
     cfg: GatewayConfig,
-    providers: HashMap<String, Provider>,
+    providers: HashMap<String, Upstream>,
     policies: Policies,
+    audit: AuditSink,
 }
 
 impl Gateway {
-    /// A gateway for `cfg` (already validated).
-    pub fn new(cfg: GatewayConfig) -> Self {
+    /// A gateway for `cfg` (already validated), auditing to stdout.
+    ///
+    /// # Errors
+    /// [`GatewayError::Tls`].
+    pub fn new(cfg: GatewayConfig) -> Result<Self, GatewayError> {
+        Self::with_audit(cfg, AuditSink::stdout())
+    }
+
+    /// A gateway for `cfg` writing its audit lines to `audit`.
+    ///
+    /// # Errors
+    /// [`GatewayError::Tls`].
+    pub fn with_audit(cfg: GatewayConfig, audit: AuditSink) -> Result<Self, GatewayError> {
+        let tls = provider::client::tls_config().map_err(GatewayError::Tls)?;
         let providers = cfg
             .providers
             .iter()
-            .map(|p| (p.name.clone(), Provider::new(p)))
+            .map(|p| {
+                let up = Upstream::new(Provider::new(p, &tls), Policy::from_config(p));
+                (p.name.clone(), up)
+            })
             .collect();
         let policies = Policies::new(cfg.callers.clone());
-        Self {
+        Ok(Self {
             cfg,
             providers,
             policies,
-        }
+            audit,
+        })
+    }
+
+    /// The provider named `name`, with its policy and breaker.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.providers.get(name)
     }
 
     /// The axum router serving both APIs.
@@ -210,7 +274,7 @@ impl Gateway {
             }
             Err(e) => (e.status, e.code, error_response(api, &e)),
         };
-        audit(&AuditRecord {
+        self.audit.write(&AuditRecord {
             ts: now_rfc3339(),
             caller: rec.caller,
             api: match api {
@@ -220,6 +284,8 @@ impl Gateway {
             },
             model: rec.model.as_deref(),
             provider: rec.provider.as_deref(),
+            attempts: rec.attempts,
+            failed_providers: &rec.failed_providers,
             decision,
             status: status.as_u16(),
             prompt_tokens: rec.prompt_tokens,
@@ -277,42 +343,33 @@ impl Gateway {
             m.content = s.text;
         }
 
-        let mut last_error = None;
-        let mut answer = None;
-        for name in &model.providers {
-            let Some(p) = self.providers.get(name) else {
-                continue;
-            };
-            let req = ChatRequest {
-                model: p
-                    .model_override
-                    .clone()
-                    .unwrap_or_else(|| chat.model.clone()),
-                messages: chat.messages.clone(),
-            };
-            match p.chat(&req).await {
-                Ok(a) => {
-                    rec.provider = Some(p.name.clone());
-                    answer = Some(a);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %p.name, error = %e, "provider failed; trying the next");
-                    last_error = Some(e);
-                }
+        let upstreams: Vec<&Upstream> = model
+            .providers
+            .iter()
+            .filter_map(|name| self.providers.get(name))
+            .collect();
+        let answer = match resilience::failover(&upstreams, &chat.model, &chat.messages).await {
+            Ok(served) => {
+                rec.provider = Some(served.provider);
+                rec.attempts = served.attempts;
+                rec.failed_providers = served.failed;
+                served.response
             }
-        }
-        let Some(answer) = answer else {
-            return Err(ApiError {
-                status: StatusCode::BAD_GATEWAY,
-                message: format!(
-                    "no provider answered for model {:?}: {}",
-                    chat.model,
-                    last_error.map_or_else(|| "none configured".into(), |e| e.to_string())
-                ),
-                kind: "api_error",
-                code: "provider_failed",
-            });
+            Err(e) => {
+                rec.attempts = e.attempts();
+                rec.failed_providers = e.providers();
+                let (status, code) = if e.unavailable() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "provider_failed")
+                };
+                return Err(ApiError {
+                    status,
+                    message: e.to_string(),
+                    kind: "api_error",
+                    code,
+                });
+            }
         };
         rec.prompt_tokens = answer.prompt_tokens;
         rec.completion_tokens = answer.completion_tokens;
@@ -345,6 +402,8 @@ struct Outcome {
     caller: Option<String>,
     model: Option<String>,
     provider: Option<String>,
+    attempts: u32,
+    failed_providers: Vec<String>,
     prompt_tokens: u64,
     completion_tokens: u64,
     dlp_prompt: Counts,
@@ -490,7 +549,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
     let addr = listener
         .local_addr()
         .map_err(|e| GatewayError::Listen(listen, e))?;
-    let router = Arc::new(Gateway::new(cfg)).router();
+    let router = Arc::new(Gateway::new(cfg)?).router();
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let shutdown = async move {
