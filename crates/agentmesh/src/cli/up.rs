@@ -530,9 +530,16 @@ fn gateway_toml(p: &Planned, scenario: &Scenario, llm: &Llm, model: Option<&str>
         Llm::Openai(url) => {
             let _ = writeln!(
                 t,
-                "[[provider]]\nname = \"llm\"\nkind = \"openai\"\nurl = {}\nmodel = {}\napi_key_env = \"OPENAI_API_KEY\"",
+                "[[provider]]\nname = \"llm\"\nkind = \"openai\"\nurl = {}\nmodel = {}\n{}",
                 q(url),
-                q(model.unwrap_or("gpt-4o-mini"))
+                q(model.unwrap_or("gpt-4o-mini")),
+                // The key stays in the environment; the config names the variable. Local
+                // OpenAI-compatible servers (vLLM, llama.cpp) need none.
+                if std::env::var_os("OPENAI_API_KEY").is_some() {
+                    "api_key_env = \"OPENAI_API_KEY\""
+                } else {
+                    "api_key = \"\"  # $OPENAI_API_KEY is not set: no key is sent"
+                }
             );
         }
     }

@@ -455,7 +455,10 @@ mod tests {
                 "not a loopback address",
             ),
             (
-                good.replace("kind = \"gateway\"", "kind = \"process\""),
+                good.replace(
+                    "kind = \"gateway\"",
+                    "kind = \"process\"\nrole = \"gateway\"",
+                ),
                 "a process needs command",
             ),
         ];
