@@ -112,7 +112,13 @@ impl From<CallError> for AgentFailure {
 pub struct Agent {
     cfg: AgentConfig,
     upstreams: Upstreams,
-    search: Option<OfflineSearch>,
+    search: Option<Search>,
+}
+
+/// The researcher's search tool.
+enum Search {
+    Offline(OfflineSearch),
+    Tavily(search::TavilySearch),
 }
 
 impl Agent {
@@ -122,11 +128,23 @@ impl Agent {
     /// The search tool cannot run (tavily without its key).
     pub fn new(cfg: AgentConfig) -> Result<Self, AgentError> {
         let search = match (cfg.role, cfg.search.kind) {
-            (Role::Researcher, SearchKind::Offline) => Some(OfflineSearch::default()),
+            (Role::Researcher, SearchKind::Offline) => {
+                Some(Search::Offline(OfflineSearch::default()))
+            }
             (Role::Researcher, SearchKind::Tavily) => {
-                return Err(AgentError::Search(
-                    "tavily is not available in this build; use kind = \"offline\"".into(),
-                ));
+                let var = cfg
+                    .search
+                    .api_key_env
+                    .as_deref()
+                    .unwrap_or("TAVILY_API_KEY");
+                let key = std::env::var(var).map_err(|_| {
+                    AgentError::Search(format!(
+                        "tavily needs its API key in ${var}, which is not set"
+                    ))
+                })?;
+                let t = search::TavilySearch::new(cfg.search.url.as_deref(), key)
+                    .map_err(|e| AgentError::Search(e.to_string()))?;
+                Some(Search::Tavily(t))
             }
             _ => None,
         };
@@ -235,7 +253,16 @@ impl Agent {
             }
             Role::Researcher => {
                 let hits = match &self.search {
-                    Some(s) => s.search(&req.question, NOTES).unwrap_or_default(),
+                    Some(Search::Offline(s)) => s.search(&req.question, NOTES).unwrap_or_default(),
+                    Some(Search::Tavily(t)) => {
+                        t.search(&req.question, NOTES)
+                            .await
+                            .map_err(|e| AgentFailure {
+                                status: StatusCode::BAD_GATEWAY,
+                                message: e.to_string(),
+                                refusal: None,
+                            })?
+                    }
                     None => Vec::new(),
                 };
                 let notes = if hits.is_empty() {

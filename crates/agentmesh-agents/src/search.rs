@@ -1,8 +1,14 @@
 //! The researcher's search tool. `offline` ranks sections of a corpus embedded in the binary
 //! (the project's own README and ARCHITECTURE), so the research-team scenario works with no
-//! network and gives the same notes every time.
+//! network and gives the same notes every time. `tavily` asks Tavily's search API (seed 001's
+//! choice) with a key from the environment.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use agentmesh_gateway::provider::client::{HttpClient, tls_config};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Uri};
 
 /// One search hit.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -22,6 +28,109 @@ pub enum SearchError {
     /// The query has no words worth searching for.
     #[error("the question has no words to search for")]
     EmptyQuery,
+    /// Tavily is not usable as configured (no key, a bad URL).
+    #[error("tavily: {0}")]
+    TavilyConfig(String),
+    /// Tavily gave no usable answer.
+    #[error("tavily search failed: {0}")]
+    Tavily(String),
+}
+
+/// Tavily's search API (`POST {url}/search`, `Authorization: Bearer KEY`).
+pub struct TavilySearch {
+    client: HttpClient,
+    uri: Uri,
+    key: String,
+}
+
+impl std::fmt::Debug for TavilySearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TavilySearch")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long one search may take.
+const TAVILY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TavilySearch {
+    /// A client for `base` (default `https://api.tavily.com`) with `key`.
+    ///
+    /// # Errors
+    /// An empty key or a URL that is not http(s).
+    pub fn new(base: Option<&str>, key: String) -> Result<Self, SearchError> {
+        if key.trim().is_empty() {
+            return Err(SearchError::TavilyConfig("the API key is empty".into()));
+        }
+        let base = base
+            .unwrap_or("https://api.tavily.com")
+            .trim_end_matches('/');
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(SearchError::TavilyConfig(format!(
+                "url {base:?} is not http(s)"
+            )));
+        }
+        let uri: Uri = format!("{base}/search")
+            .parse()
+            .map_err(|e| SearchError::TavilyConfig(format!("url {base:?}: {e}")))?;
+        let tls = tls_config().map_err(|e| SearchError::TavilyConfig(e.to_string()))?;
+        Ok(Self {
+            client: HttpClient::new(tls, Duration::from_secs(5)),
+            uri,
+            key,
+        })
+    }
+
+    /// The `limit` best web results for `query`.
+    ///
+    /// # Errors
+    /// Tavily refused, failed, or answered something that is not its result shape.
+    pub async fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
+        let body = serde_json::json!({ "query": query, "max_results": limit });
+        let auth = HeaderValue::from_str(&format!("Bearer {}", self.key)).map_err(|_| {
+            SearchError::TavilyConfig("the API key is not a valid header value".into())
+        })?;
+        let call = self.client.post_json(
+            &self.uri,
+            vec![(HeaderName::from_static("authorization"), auth)],
+            Bytes::from(body.to_string()),
+        );
+        let (status, bytes) = tokio::time::timeout(TAVILY_TIMEOUT, call)
+            .await
+            .map_err(|_| SearchError::Tavily(format!("no answer within {TAVILY_TIMEOUT:?}")))?
+            .map_err(|e| SearchError::Tavily(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| SearchError::Tavily(format!("{status}: the answer is not JSON: {e}")))?;
+        if !status.is_success() {
+            let detail = v
+                .pointer("/detail/error")
+                .or_else(|| v.get("detail"))
+                .or_else(|| v.get("error"))
+                .map_or_else(|| status.to_string(), |d| d.to_string());
+            return Err(SearchError::Tavily(format!("{status}: {detail}")));
+        }
+        let results = v["results"]
+            .as_array()
+            .ok_or_else(|| SearchError::Tavily("the answer has no results list".into()))?;
+        Ok(results
+            .iter()
+            .take(limit)
+            .filter_map(|r| {
+                Some(Hit {
+                    title: r["title"].as_str()?.to_owned(),
+                    source: r["url"].as_str()?.to_owned(),
+                    snippet: r["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(SNIPPET_CHARS)
+                        .collect(),
+                })
+            })
+            .collect())
+    }
 }
 
 /// The documents the offline search knows, as (source, markdown).
