@@ -118,7 +118,7 @@ pub struct Agent {
 /// The researcher's search tool.
 enum Search {
     Offline(OfflineSearch),
-    Tavily(search::TavilySearch),
+    Tavily(Box<search::TavilySearch>),
 }
 
 impl Agent {
@@ -144,7 +144,7 @@ impl Agent {
                 })?;
                 let t = search::TavilySearch::new(cfg.search.url.as_deref(), key)
                     .map_err(|e| AgentError::Search(e.to_string()))?;
-                Some(Search::Tavily(t))
+                Some(Search::Tavily(Box::new(t)))
             }
             _ => None,
         };
