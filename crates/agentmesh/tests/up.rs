@@ -12,12 +12,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentmesh_proto::v1::RegisterLaunchRequest;
-use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh::{BIN, PATIENCE, Proc, start_time};
+use mesh::{BIN, PATIENCE, Proc, register_launch_at};
 use serde_json::Value;
 use std::io::Write as _;
 use tokio::net::TcpStream;
@@ -227,19 +225,7 @@ async fn svid_of(up: &Up, service: &str) -> (Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>
         .spawn()
         .expect("spawn sh");
     let pid = child.id();
-    let mut admin = NodeAdminClient::new(
-        agentmesh_proto::unix::connect(&up.data.join("node-admin.sock"))
-            .await
-            .expect("node admin socket"),
-    );
-    admin
-        .register_launch(RegisterLaunchRequest {
-            pid,
-            start_time: start_time(pid),
-            selectors: vec![format!("launcher:service:{service}")],
-        })
-        .await
-        .expect("register the fetcher");
+    register_launch_at(&up.data.join("node-admin.sock"), pid, service).await;
     child
         .stdin
         .take()

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::DEFAULT_DATA_DIR;
 use super::output::TextOrJson;
-use super::up::{MeshInfo, mesh_file, post_json};
+use super::up::{MeshInfo, agents_path, mesh_file, post_json};
 
 /// `agentmesh ask` flags.
 #[derive(Debug, Clone, Args)]
@@ -85,15 +85,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     match args.output {
         TextOrJson::Json => super::output::print_json(&body)?,
         TextOrJson::Text => {
-            let agents = body["agents"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" → ")
-                })
-                .unwrap_or_default();
+            let agents = agents_path(&body);
             println!(
                 "{}\n",
                 body["answer"].as_str().unwrap_or_default().trim_end()

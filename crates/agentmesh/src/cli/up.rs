@@ -370,6 +370,19 @@ pub async fn post_json(
         .map_err(|e| anyhow!("cannot reach {url}: {e}"))
 }
 
+/// An `/ask` answer's `agents` as `a → b → c`.
+pub fn agents_path(answer: &Value) -> String {
+    answer["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" → ")
+        })
+        .unwrap_or_default()
+}
+
 fn rfc3339(unix: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix as i64)
         .ok()
@@ -891,15 +904,7 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
     .await
     {
         Ok((200, v)) => {
-            let agents = v["agents"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" → ")
-                })
-                .unwrap_or_default();
+            let agents = agents_path(&v);
             let _ = writeln!(
                 out,
                 "  ✓ ask {question:?}\n      answered by {agents} (trace {})",

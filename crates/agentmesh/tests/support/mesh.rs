@@ -284,8 +284,13 @@ pub fn start_time(pid: u32) -> u64 {
 
 /// Tells the node that `pid` (a child this test started) is the launcher's `service`.
 pub async fn register_launch(mesh: &Mesh, pid: u32, service: &str) {
+    register_launch_at(&mesh.node_admin_socket(), pid, service).await;
+}
+
+/// [`register_launch`] for the node whose admin socket is `socket`.
+pub async fn register_launch_at(socket: &Path, pid: u32, service: &str) {
     let mut admin = NodeAdminClient::new(
-        agentmesh_proto::unix::connect(&mesh.node_admin_socket())
+        agentmesh_proto::unix::connect(socket)
             .await
             .expect("node admin socket"),
     );
