@@ -5,8 +5,9 @@ use std::io::Write as _;
 use std::sync::atomic::AtomicI64;
 
 use agentmesh_telemetry::{Span, attr};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -27,6 +28,46 @@ struct PeerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+/// The span exporter's counts, read at each scrape: the exporter counts on its own (it exists
+/// before and apart from any proxy), so they are reported rather than mirrored.
+#[derive(Debug)]
+struct SpanExport(fn() -> Option<agentmesh_telemetry::ExportStats>);
+
+impl Collector for SpanExport {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Nothing when export is off, so /metrics does not claim an exporter that is not there.
+        let Some(s) = (self.0)() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "agentmesh_proxy_spans_exported",
+                "Spans the OTLP collector accepted",
+                s.exported,
+            ),
+            (
+                "agentmesh_proxy_spans_dropped",
+                "Spans dropped because the export queue was full (requests never wait for export)",
+                s.dropped,
+            ),
+            (
+                "agentmesh_proxy_spans_failed",
+                "Spans lost because an export to the OTLP collector failed",
+                s.failed,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The proxy's Prometheus metrics.
@@ -80,6 +121,7 @@ impl Default for Metrics {
             "The server revision of the intentions in force (0: none received, all denied)",
             policy_revision.clone(),
         );
+        registry.register_collector(Box::new(SpanExport(agentmesh_telemetry::stats)));
         Self {
             registry,
             requests,
@@ -360,6 +402,37 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn span_export_counts_are_counters_and_absent_when_export_is_off() {
+        fn some() -> Option<agentmesh_telemetry::ExportStats> {
+            Some(agentmesh_telemetry::ExportStats {
+                exported: 7,
+                dropped: 2,
+                failed: 1,
+            })
+        }
+        fn none() -> Option<agentmesh_telemetry::ExportStats> {
+            None
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SpanExport(some)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "agentmesh_proxy_spans_exported_total 7",
+            "agentmesh_proxy_spans_dropped_total 2",
+            "agentmesh_proxy_spans_failed_total 1",
+            "# TYPE agentmesh_proxy_spans_dropped counter",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SpanExport(none)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("spans"), "{text}");
     }
 
     #[test]

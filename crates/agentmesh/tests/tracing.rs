@@ -354,6 +354,17 @@ async fn one_call_is_one_trace_from_the_callers_proxy_through_the_gateway_with_s
         "{gw:#}"
     );
 
+    // The proxy reports its exporter on /metrics: spans went out, none were dropped.
+    let (_, metrics) = executor.admin_get("/metrics").await;
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    assert!(count("agentmesh_proxy_spans_exported_total") >= 1);
+    assert_eq!(count("agentmesh_proxy_spans_dropped_total"), 0);
+
     // The audit line for the call names the same trace.
     let audit = std::fs::read_to_string(&gw_audit).unwrap_or_default();
     assert!(
