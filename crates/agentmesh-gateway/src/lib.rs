@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use agentmesh_telemetry::{Span, attr};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -87,7 +88,8 @@ pub struct AuditRecord<'a> {
     pub dlp_prompt: &'a Counts,
     /// DLP findings in the response, by kind.
     pub dlp_response: &'a Counts,
-    /// The W3C trace id, when the caller sent `traceparent`.
+    /// The W3C trace id: the caller's from `traceparent`, or a new one. The call's span is
+    /// in this trace.
     pub trace_id: Option<&'a str>,
     /// Wall time of the call.
     pub duration_ms: u64,
@@ -152,12 +154,53 @@ fn request_id() -> String {
     )
 }
 
-/// The trace id of a `traceparent` header, when well formed.
-fn trace_id(headers: &HeaderMap) -> Option<String> {
-    let tp = headers.get("traceparent")?.to_str().ok()?;
-    let id = tp.split('-').nth(1)?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
-        .then(|| id.to_owned())
+/// An API's audit name, its route and its GenAI operation name.
+fn api_names(api: Api) -> (&'static str, &'static str, &'static str) {
+    match api {
+        Api::OpenAi => ("openai", "/v1/chat/completions", "chat"),
+        Api::OllamaChat => ("ollama_chat", "/api/chat", "chat"),
+        Api::OllamaGenerate => ("ollama_generate", "/api/generate", "text_completion"),
+    }
+}
+
+/// Puts on the call's span what its audit line says (DLP as counts only, like the audit).
+fn record_span(
+    span: &mut Span,
+    rec: &Outcome,
+    api: &'static str,
+    decision: &str,
+    status: StatusCode,
+) {
+    if !span.is_recording() {
+        return;
+    }
+    if let Some(caller) = &rec.caller {
+        span.set_str(attr::SPIFFE_PEER_ID, caller);
+    }
+    span.set_str(attr::GATEWAY_API, api);
+    span.set_str(attr::DECISION, decision);
+    // Model, tokens and DLP exist once the request was parsed; before that (no identity,
+    // malformed JSON) or for a listing, they would only be zeros.
+    if let Some(model) = &rec.model {
+        span.set_str(attr::GEN_AI_REQUEST_MODEL, model);
+        if let Some(provider) = &rec.provider {
+            span.set_str(attr::GATEWAY_PROVIDER, provider);
+        }
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        span.set_int(attr::GEN_AI_INPUT_TOKENS, tokens(rec.prompt_tokens));
+        span.set_int(attr::GEN_AI_OUTPUT_TOKENS, tokens(rec.completion_tokens));
+        let total = |c: &Counts| c.values().map(|n| i64::from(*n)).sum::<i64>();
+        span.set_int(attr::DLP_PROMPT_FINDINGS, total(&rec.dlp_prompt));
+        span.set_int(attr::DLP_RESPONSE_FINDINGS, total(&rec.dlp_response));
+    }
+    span.set_http_status(status.as_u16());
+}
+
+/// A SERVER span for a call, continuing the gateway proxy's `traceparent`.
+fn call_span(headers: &HeaderMap, name: &'static str, route: &'static str) -> Span {
+    let mut span = Span::server(name, headers);
+    span.set_str(attr::HTTP_ROUTE, route);
+    span
 }
 
 /// The gateway's shared state.
@@ -248,7 +291,12 @@ impl Gateway {
 
     async fn complete(&self, api: Api, headers: &HeaderMap, body: &Bytes) -> Response {
         let started = Instant::now();
-        let trace = trace_id(headers);
+        let (api_name, route, operation) = api_names(api);
+        // Its trace id is the audit line's, so a trace and an audit line join up.
+        let mut span = call_span(headers, "gateway chat", route);
+        span.set_str(attr::HTTP_METHOD, "POST");
+        span.set_str(attr::GEN_AI_OPERATION, operation);
+        let trace = span.context().trace_id_hex();
         let mut rec = Outcome::default();
         let result = self.complete_inner(api, headers, body, &mut rec).await;
         let (status, decision, resp) = match result {
@@ -274,14 +322,11 @@ impl Gateway {
             }
             Err(e) => (e.status, e.code, error_response(api, &e)),
         };
+        record_span(&mut span, &rec, api_name, decision, status);
         self.audit.write(&AuditRecord {
             ts: now_rfc3339(),
             caller: rec.caller,
-            api: match api {
-                Api::OpenAi => "openai",
-                Api::OllamaChat => "ollama_chat",
-                Api::OllamaGenerate => "ollama_generate",
-            },
+            api: api_name,
             model: rec.model.as_deref(),
             provider: rec.provider.as_deref(),
             attempts: rec.attempts,
@@ -292,7 +337,7 @@ impl Gateway {
             completion_tokens: rec.completion_tokens,
             dlp_prompt: &rec.dlp_prompt,
             dlp_response: &rec.dlp_response,
-            trace_id: trace.as_deref(),
+            trace_id: Some(&trace),
             duration_ms: started.elapsed().as_millis() as u64,
         });
         resp
@@ -502,18 +547,46 @@ async fn ollama_generate(
     g.complete(Api::OllamaGenerate, &headers, &body).await
 }
 
+/// A model listing, with its span: who asked and what was decided.
+fn listing(
+    g: &Gateway,
+    headers: &HeaderMap,
+    route: &'static str,
+    render: impl FnOnce(&[String]) -> Response,
+    api: Api,
+) -> Response {
+    let mut span = call_span(headers, "gateway models", route);
+    let rec = Outcome {
+        caller: g.caller(headers).ok().map(|c| c.id.to_string()),
+        ..Outcome::default()
+    };
+    let (decision, status, resp) = match g.visible_models(headers) {
+        Ok(names) => ("allow", StatusCode::OK, render(&names)),
+        Err(e) => (e.code, e.status, error_response(api, &e)),
+    };
+    span.set_str(attr::HTTP_METHOD, "GET");
+    record_span(&mut span, &rec, "models", decision, status);
+    resp
+}
+
 async fn openai_models(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match g.visible_models(&headers) {
-        Ok(names) => json_ok(&api::openai_models(&names, unix_now())),
-        Err(e) => error_response(Api::OpenAi, &e),
-    }
+    listing(
+        &g,
+        &headers,
+        "/v1/models",
+        |names| json_ok(&api::openai_models(names, unix_now())),
+        Api::OpenAi,
+    )
 }
 
 async fn ollama_tags(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match g.visible_models(&headers) {
-        Ok(names) => json_ok(&api::ollama_tags(&names, &now_rfc3339())),
-        Err(e) => error_response(Api::OllamaChat, &e),
-    }
+    listing(
+        &g,
+        &headers,
+        "/api/tags",
+        |names| json_ok(&api::ollama_tags(names, &now_rfc3339())),
+        Api::OllamaChat,
+    )
 }
 
 async fn ollama_version() -> Response {

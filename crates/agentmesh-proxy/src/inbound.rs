@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use agentmesh_policy::HttpRequest;
 use agentmesh_spiffe::SpiffeId;
+use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -23,7 +24,9 @@ use crate::config::Protocol;
 use crate::http_util::{BoxBody, XFCC, json_response, strip_hop_by_hop};
 use crate::identity::{IdentityState, IdentityWatch};
 use crate::policy::PolicyWatch;
-use crate::telemetry::{AccessRecord, Metrics, TraceContext, access_log, now_rfc3339};
+use crate::telemetry::{
+    AccessRecord, Metrics, TraceContext, access_log, now_rfc3339, span_identities, span_outcome,
+};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -259,13 +262,30 @@ impl Inbound {
         addr: SocketAddr,
         started: Instant,
     ) {
-        let trace = TraceContext::continue_or_start(None);
-        let trace_id = trace.trace_id_hex();
+        // Raw TCP carries no headers, so each connection starts a trace of its own.
+        let mut span = Span::start(
+            "proxy inbound",
+            SpanKind::Server,
+            TraceContext::continue_or_start(None),
+        );
+        let trace_id = span.context().trace_id_hex();
         let policy = self.policy.current();
         let d = policy.set.check_tcp(&peer, &own.id);
         let (source, destination) = (peer.to_string(), own.id.to_string());
+        if span.is_recording() {
+            span_identities(
+                &mut span,
+                &destination,
+                &source,
+                &destination,
+                &source,
+                "tcp",
+                Some(addr),
+            );
+        }
         self.metrics.decided("inbound", &source, d.is_allowed());
-        let log = |decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
+        let log = |span: &mut Span, decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
+            span_outcome(span, decision, d.intention_id.as_deref(), reason, None);
             access_log(&AccessRecord {
                 ts: now_rfc3339(),
                 direction: "inbound",
@@ -286,7 +306,7 @@ impl Inbound {
             });
         };
         if !d.is_allowed() {
-            log("deny", &d.reason, None);
+            log(&mut span, "deny", &d.reason, None);
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             return;
         }
@@ -294,24 +314,22 @@ impl Inbound {
         let mut app = match TcpStream::connect(&self.app).await {
             Ok(a) => a,
             Err(e) => {
-                log(
-                    "allow",
-                    &format!(
-                        "{}; but the app at {} is unreachable: {e}",
-                        d.reason, self.app
-                    ),
-                    None,
+                let why = format!(
+                    "{}; but the app at {} is unreachable: {e}",
+                    d.reason, self.app
                 );
+                log(&mut span, "allow", &why, None);
+                span.set_error(&why);
                 return;
             }
         };
         let _ = app.set_nodelay(true);
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut tls, &mut app) => {
-                log("allow", &d.reason, r.ok());
+                log(&mut span, "allow", &d.reason, r.ok());
             }
             why = async { kill.wait_for(Option::is_some).await.map(|w| w.clone().unwrap_or_default()) } => {
-                log("deny", &format!("revoked: {}", why.unwrap_or_default()), None);
+                log(&mut span, "deny", &format!("revoked: {}", why.unwrap_or_default()), None);
             }
         }
     }
@@ -354,12 +372,10 @@ impl Inbound {
         let started = Instant::now();
         // Whatever a caller sent as its identity is dropped before anything looks at headers.
         req.headers_mut().remove(XFCC);
-        let trace = TraceContext::continue_or_start(
-            req.headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let trace_id = trace.trace_id_hex();
+        // The caller's span (its outbound proxy's) becomes this span's parent; the app gets
+        // a traceparent naming this span.
+        let mut span = Span::server("proxy inbound", req.headers());
+        let trace_id = span.context().trace_id_hex();
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let policy = self.policy.current();
@@ -380,8 +396,28 @@ impl Inbound {
             )
         };
         let (source, destination) = (peer.to_string(), own.id.to_string());
+        if span.is_recording() {
+            span_identities(
+                &mut span,
+                &destination,
+                &source,
+                &destination,
+                &source,
+                "http",
+                Some(addr),
+            );
+            span.set_str(attr::HTTP_METHOD, &method);
+            span.set_str(attr::URL_PATH, &path);
+        }
         self.metrics.decided("inbound", &source, d.is_allowed());
-        let log = |decision: &str, reason: &str, status: u16| {
+        let log = |span: &mut Span, decision: &str, reason: &str, status: u16| {
+            span_outcome(
+                span,
+                decision,
+                d.intention_id.as_deref(),
+                reason,
+                Some(status),
+            );
             access_log(&AccessRecord {
                 ts: now_rfc3339(),
                 direction: "inbound",
@@ -402,7 +438,7 @@ impl Inbound {
             });
         };
         if !d.is_allowed() {
-            log("deny", &d.reason, 403);
+            log(&mut span, "deny", &d.reason, 403);
             return json_response(
                 StatusCode::FORBIDDEN,
                 &serde_json::json!({
@@ -421,9 +457,7 @@ impl Inbound {
         if let Ok(v) = HeaderValue::from_str(&xfcc) {
             req.headers_mut().insert(XFCC, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
-            req.headers_mut().insert("traceparent", v);
-        }
+        span.inject(req.headers_mut());
         // HTTP/2 carries the authority in the URI; keep it as Host for the HTTP/1.1 app.
         if !req.headers().contains_key(http::header::HOST)
             && let Some(authority) = req.uri().authority()
@@ -439,7 +473,12 @@ impl Inbound {
         match format!("http://{}{}", self.app, path_and_query).parse() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
-                log("allow", "the request path cannot be forwarded", 400);
+                log(
+                    &mut span,
+                    "allow",
+                    "the request path cannot be forwarded",
+                    400,
+                );
                 return json_response(
                     StatusCode::BAD_REQUEST,
                     &serde_json::json!({"error": "bad request path"}),
@@ -450,12 +489,12 @@ impl Inbound {
         match self.app_client.request(req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
-                log("allow", &d.reason, resp.status().as_u16());
+                log(&mut span, "allow", &d.reason, resp.status().as_u16());
                 resp.map(|b| b.boxed())
             }
             Err(e) => {
                 let why = format!("the app at {} is unreachable: {e}", self.app);
-                log("allow", &why, 502);
+                log(&mut span, "allow", &why, 502);
                 json_response(
                     StatusCode::BAD_GATEWAY,
                     &serde_json::json!({"error": why, "trace_id": trace_id}),

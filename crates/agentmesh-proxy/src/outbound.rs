@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentmesh_spiffe::SpiffeId;
-use http::{HeaderValue, Request, Response, StatusCode};
+use agentmesh_telemetry::{Span, SpanKind, attr};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -20,7 +21,9 @@ use crate::config::Protocol;
 use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
 use crate::identity::IdentityWatch;
 use crate::policy::PolicyWatch;
-use crate::telemetry::{AccessRecord, Metrics, TraceContext, access_log, now_rfc3339};
+use crate::telemetry::{
+    AccessRecord, Metrics, TraceContext, access_log, now_rfc3339, span_identities, span_outcome,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -195,9 +198,26 @@ impl Upstream {
 
     async fn tcp_session(self, mut local: TcpStream, addr: SocketAddr) {
         let started = Instant::now();
-        let trace_id = TraceContext::continue_or_start(None).trace_id_hex();
+        let mut span = Span::start(
+            "proxy outbound",
+            SpanKind::Client,
+            TraceContext::continue_or_start(None),
+        );
+        let trace_id = span.context().trace_id_hex();
         let (source, destination) = (self.own_id(), self.destination.to_string());
-        let log = |decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
+        if span.is_recording() {
+            span_identities(
+                &mut span,
+                &source,
+                &source,
+                &destination,
+                &destination,
+                "tcp",
+                None,
+            );
+        }
+        let log = |span: &mut Span, decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
+            span_outcome(span, decision, None, reason, None);
             access_log(&AccessRecord {
                 ts: now_rfc3339(),
                 direction: "outbound",
@@ -221,6 +241,7 @@ impl Upstream {
             Ok(mut tls) => {
                 let r = tokio::io::copy_bidirectional(&mut local, &mut tls).await;
                 log(
+                    &mut span,
                     "forwarded",
                     "the destination decides by its intentions",
                     r.ok(),
@@ -228,7 +249,7 @@ impl Upstream {
             }
             Err(e) => {
                 self.metrics.decided("outbound", &destination, false);
-                log("error", &e.to_string(), None);
+                log(&mut span, "error", &e.to_string(), None);
             }
         }
     }
@@ -247,16 +268,32 @@ impl Upstream {
 
     async fn request(&self, mut req: Request<Incoming>, addr: SocketAddr) -> Response<BoxBody> {
         let started = Instant::now();
-        let trace = TraceContext::continue_or_start(
-            req.headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok()),
+        // The app's span (if it sent traceparent) is this span's parent; the destination's
+        // proxy gets a traceparent naming this span.
+        let mut span = Span::start(
+            "proxy outbound",
+            SpanKind::Client,
+            agentmesh_telemetry::extract(req.headers()),
         );
-        let trace_id = trace.trace_id_hex();
+        let trace_id = span.context().trace_id_hex();
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let (source, destination) = (self.own_id(), self.destination.to_string());
-        let log = |decision: &str, reason: &str, status: u16| {
+        if span.is_recording() {
+            span_identities(
+                &mut span,
+                &source,
+                &source,
+                &destination,
+                &destination,
+                "http",
+                None,
+            );
+            span.set_str(attr::HTTP_METHOD, &method);
+            span.set_str(attr::URL_PATH, &path);
+        }
+        let log = |span: &mut Span, decision: &str, reason: &str, status: u16| {
+            span_outcome(span, decision, None, reason, Some(status));
             access_log(&AccessRecord {
                 ts: now_rfc3339(),
                 direction: "outbound",
@@ -277,9 +314,7 @@ impl Upstream {
             });
         };
         strip_hop_by_hop(req.headers_mut());
-        if let Ok(v) = HeaderValue::from_str(&trace.header()) {
-            req.headers_mut().insert("traceparent", v);
-        }
+        span.inject(req.headers_mut());
         let authority = req
             .headers_mut()
             .remove(http::header::HOST)
@@ -294,6 +329,7 @@ impl Upstream {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
                 log(
+                    &mut span,
                     "error",
                     "the request cannot be forwarded (bad Host or path)",
                     400,
@@ -327,6 +363,7 @@ impl Upstream {
                     "forwarded"
                 };
                 log(
+                    &mut span,
                     decision,
                     &format!("the destination answered {status}"),
                     status,
@@ -336,7 +373,7 @@ impl Upstream {
             Err(e) => {
                 self.metrics.decided("outbound", &destination, false);
                 let why = e.to_string();
-                log("error", &why, 502);
+                log(&mut span, "error", &why, 502);
                 json_response(
                     StatusCode::BAD_GATEWAY,
                     &serde_json::json!({"error": why, "destination": destination, "trace_id": trace_id}),

@@ -1,11 +1,13 @@
-//! What the proxy tells operators: Prometheus metrics, the JSON access log, and W3C trace
-//! context.
+//! What the proxy tells operators: Prometheus metrics, the JSON access log, and the
+//! attributes of its OpenTelemetry spans (the spans themselves are `agentmesh-telemetry`'s).
 
 use std::io::Write as _;
 use std::sync::atomic::AtomicI64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use agentmesh_telemetry::{Span, attr};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -26,6 +28,46 @@ struct PeerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+/// The span exporter's counts, read at each scrape: the exporter counts on its own (it exists
+/// before and apart from any proxy), so they are reported rather than mirrored.
+#[derive(Debug)]
+struct SpanExport(fn() -> Option<agentmesh_telemetry::ExportStats>);
+
+impl Collector for SpanExport {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Nothing when export is off, so /metrics does not claim an exporter that is not there.
+        let Some(s) = (self.0)() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "agentmesh_proxy_spans_exported",
+                "Spans the OTLP collector accepted",
+                s.exported,
+            ),
+            (
+                "agentmesh_proxy_spans_dropped",
+                "Spans dropped because the export queue was full (requests never wait for export)",
+                s.dropped,
+            ),
+            (
+                "agentmesh_proxy_spans_failed",
+                "Spans lost because an export to the OTLP collector failed",
+                s.failed,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The proxy's Prometheus metrics.
@@ -79,6 +121,7 @@ impl Default for Metrics {
             "The server revision of the intentions in force (0: none received, all denied)",
             policy_revision.clone(),
         );
+        registry.register_collector(Box::new(SpanExport(agentmesh_telemetry::stats)));
         Self {
             registry,
             requests,
@@ -286,156 +329,62 @@ pub fn flush_access_log() {
     write_stdout(&batch);
 }
 
-/// A W3C trace context (`traceparent`), version 00.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    /// 16 bytes, never all zero.
-    pub trace_id: [u8; 16],
-    /// This hop's span id, 8 bytes, never all zero.
-    pub span_id: [u8; 8],
-    /// Trace flags (bit 0: sampled).
-    pub flags: u8,
+/// The W3C trace context now lives in `agentmesh-telemetry`, shared with the gateway and the
+/// AI agents; re-exported here for the proxy's existing users.
+pub use agentmesh_telemetry::TraceContext;
+
+/// What every proxy span says about the call: who is calling whom, over what, and (inbound)
+/// from which address. Only called on a recording span, so the disabled path formats nothing.
+pub(crate) fn span_identities(
+    span: &mut Span,
+    own: &str,
+    source: &str,
+    destination: &str,
+    peer: &str,
+    protocol: &'static str,
+    peer_addr: Option<std::net::SocketAddr>,
+) {
+    span.set_str(attr::SPIFFE_ID, own);
+    span.set_str(attr::SPIFFE_PEER_ID, peer);
+    span.set_str(attr::SOURCE, source);
+    span.set_str(attr::DESTINATION, destination);
+    span.set_str(attr::PROTOCOL, protocol);
+    // Outbound, the socket peer is the local app, not the span's peer (the destination), so
+    // only inbound spans carry it.
+    if let Some(a) = peer_addr {
+        span.set_str(attr::NETWORK_PEER_ADDRESS, &a.ip().to_string());
+        span.set_int(attr::NETWORK_PEER_PORT, i64::from(a.port()));
+    }
 }
 
-/// Random non-zero bytes for trace and span ids. They come from a per-thread pool refilled
-/// from the system RNG a few kilobytes at a time: one syscall per id would sit on every
-/// request's path.
-fn random<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    const POOL: usize = 4096;
-    thread_local! {
-        static POOL_BYTES: std::cell::RefCell<(Vec<u8>, usize)> =
-            const { std::cell::RefCell::new((Vec::new(), 0)) };
+/// Puts a decision on a span, next to the access log line that reports the same one, so a
+/// trace explains every allow and deny as the log does.
+pub(crate) fn span_outcome(
+    span: &mut Span,
+    decision: &str,
+    intention: Option<&str>,
+    reason: &str,
+    status: Option<u16>,
+) {
+    if !span.is_recording() {
+        return;
     }
-    POOL_BYTES.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        let (pool, used) = &mut *guard;
-        loop {
-            if pool.len() != POOL || *used + N > POOL {
-                pool.resize(POOL, 0);
-                // The system RNG failing is not something to carry on from.
-                ring::rand::SystemRandom::new()
-                    .fill(pool)
-                    .unwrap_or_else(|_| panic!("the system random number generator failed"));
-                *used = 0;
-            }
-            let mut b = [0u8; N];
-            b.copy_from_slice(&pool[*used..*used + N]);
-            *used += N;
-            if b.iter().any(|x| *x != 0) {
-                return b;
-            }
-        }
-    })
-}
-
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
+    span.set_str(attr::DECISION, decision);
+    if let Some(id) = intention {
+        span.set_str(attr::INTENTION_ID, id);
     }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    span.set_str(attr::REASON, reason);
+    if let Some(status) = status {
+        span.set_http_status(status);
     }
-    Some(out)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-impl TraceContext {
-    /// Continues the caller's trace with a new span for this hop, or starts a new trace
-    /// (sampled) when the header is missing or malformed, as the W3C spec says to.
-    pub fn continue_or_start(header: Option<&str>) -> Self {
-        let parsed = header.and_then(|h| {
-            let mut parts = h.trim().split('-');
-            let version = parts.next()?;
-            let trace = parts.next()?;
-            let parent = parts.next()?;
-            let flags = parts.next()?;
-            // Version 00 has exactly four fields; later versions may append more.
-            if version == "ff" || (version == "00" && parts.next().is_some()) {
-                return None;
-            }
-            parse_hex::<1>(version)?;
-            let trace_id = parse_hex::<16>(trace)?;
-            parse_hex::<8>(parent)?;
-            let flags = parse_hex::<1>(flags)?[0];
-            if trace_id.iter().all(|x| *x == 0) || parent.bytes().all(|x| x == b'0') {
-                return None;
-            }
-            Some((trace_id, flags))
-        });
-        match parsed {
-            Some((trace_id, flags)) => Self {
-                trace_id,
-                span_id: random(),
-                flags,
-            },
-            None => Self {
-                trace_id: random(),
-                span_id: random(),
-                flags: 1,
-            },
-        }
-    }
-
-    /// The trace id as 32 hex digits.
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
-
-    /// The `traceparent` header for the next hop.
-    pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+    if decision == "error" {
+        span.set_error(reason);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_is_continued_when_valid_and_started_otherwise() {
-        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = TraceContext::continue_or_start(Some(incoming));
-        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(
-            hex(&t.span_id),
-            "00f067aa0ba902b7",
-            "a new span for this hop"
-        );
-        assert!(
-            t.header()
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-        );
-        assert!(t.header().ends_with("-01"));
-        for bad in [
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "garbage",
-        ] {
-            let t = TraceContext::continue_or_start(Some(bad));
-            assert_ne!(
-                t.trace_id_hex(),
-                "4bf92f3577b34da6a3ce929d0e0e4736",
-                "{bad}"
-            );
-            assert_eq!(t.header().len(), 55, "{bad}");
-        }
-        let fresh = TraceContext::continue_or_start(None);
-        assert_eq!(fresh.flags, 1);
-    }
 
     #[test]
     fn metrics_render_in_prometheus_text() {
@@ -453,6 +402,37 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn span_export_counts_are_counters_and_absent_when_export_is_off() {
+        fn some() -> Option<agentmesh_telemetry::ExportStats> {
+            Some(agentmesh_telemetry::ExportStats {
+                exported: 7,
+                dropped: 2,
+                failed: 1,
+            })
+        }
+        fn none() -> Option<agentmesh_telemetry::ExportStats> {
+            None
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SpanExport(some)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "agentmesh_proxy_spans_exported_total 7",
+            "agentmesh_proxy_spans_dropped_total 2",
+            "agentmesh_proxy_spans_failed_total 1",
+            "# TYPE agentmesh_proxy_spans_dropped counter",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SpanExport(none)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("spans"), "{text}");
     }
 
     #[test]

@@ -701,15 +701,23 @@ async fn bad_handshakes_are_refused_logged_and_counted() {
         control_bytes,
         "the app received bytes from a refused client"
     );
-    let log = b.log_text();
-    let (_, metrics) = b.admin_get("/metrics").await;
-    for reason in [
+    let reasons = [
         "untrusted_certificate",
         "no_client_certificate",
         "protocol_version",
         "not_tls",
         "expired_certificate",
-    ] {
+    ];
+    // The client sees the refusal before the proxy has logged and counted it; under load
+    // (the other tests run alongside) the last one can lag, so wait for it rather than race.
+    eventually("every refused handshake is logged", || async {
+        let log = b.log_text();
+        reasons.iter().all(|r| log.contains(r))
+    })
+    .await;
+    let log = b.log_text();
+    let (_, metrics) = b.admin_get("/metrics").await;
+    for reason in reasons {
         assert!(
             log.contains(reason),
             "no log line with reason {reason}:\n{log}"

@@ -30,6 +30,8 @@ pub async fn run(cmd: GatewayCommand) -> anyhow::Result<()> {
     match cmd {
         GatewayCommand::Run(args) => {
             let cfg = agentmesh_gateway::GatewayConfig::load(&args.config)?;
+            // Before anything listens, so a bad OTEL_* variable is one error at startup.
+            let telemetry = agentmesh_telemetry::init("agentmesh-gateway")?;
             let mut signals = Signals::new()?;
             let gateway = agentmesh_gateway::start(cfg)
                 .await
@@ -37,6 +39,7 @@ pub async fn run(cmd: GatewayCommand) -> anyhow::Result<()> {
             let signal = signals.recv().await;
             tracing::info!(signal, "shutting down");
             gateway.shutdown().await;
+            telemetry.shutdown().await;
             Ok(())
         }
     }

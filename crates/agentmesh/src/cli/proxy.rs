@@ -33,6 +33,8 @@ pub async fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
             let cfg = agentmesh_proxy::ProxyConfig::load(&args.config)?;
             let env = std::env::var(WORKLOAD_SOCKET_ENV).ok();
             let socket = cfg.workload_socket(&args.config, env.as_deref())?;
+            // Before anything listens, so a bad OTEL_* variable is one error at startup.
+            let telemetry = agentmesh_telemetry::init(&format!("agentmesh-proxy/{}", cfg.service))?;
             let mut signals = Signals::new()?;
             let proxy = agentmesh_proxy::start(cfg, socket.clone())
                 .await
@@ -42,6 +44,7 @@ pub async fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
             let signal = signals.recv().await;
             tracing::info!(signal, "shutting down");
             proxy.shutdown().await;
+            telemetry.shutdown().await;
             Ok(())
         }
     }

@@ -81,6 +81,17 @@ pub async fn start_proxy(
     inbound: Option<(SocketAddr, &str)>,
     upstreams: &[UpstreamSpec<'_>],
 ) -> ProxyProc {
+    start_proxy_with_env(mesh, service, inbound, upstreams, &[]).await
+}
+
+/// [`start_proxy`] with extra environment variables (such as `OTEL_*`) for the process.
+pub async fn start_proxy_with_env(
+    mesh: &Mesh,
+    service: &str,
+    inbound: Option<(SocketAddr, &str)>,
+    upstreams: &[UpstreamSpec<'_>],
+    env: &[(&str, &str)],
+) -> ProxyProc {
     let admin = loopback_addr();
     let mut toml = format!("service = \"{service}\"\n");
     let mut inbound_addr = None;
@@ -108,6 +119,7 @@ pub async fn start_proxy(
         .command()
         .args(["proxy", "run", "--config"])
         .arg(&config)
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&access_log).expect("access log"))
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
