@@ -14,7 +14,6 @@ pub mod client;
 pub mod config;
 pub mod role;
 pub mod search;
-pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +33,7 @@ pub use role::Role;
 use crate::client::{CallError, Upstreams};
 use crate::config::SearchKind;
 use crate::search::OfflineSearch;
-use crate::trace::Trace;
+use agentmesh_telemetry::{Span, SpanKind, attr};
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +171,7 @@ impl Agent {
         &self,
         role: &str,
         req: &AskRequest,
-        trace: &Trace,
+        parent: &Span,
     ) -> Result<AskResponse, AgentFailure> {
         // Config validation guarantees every role in `needs()` has an upstream.
         let Some(up) = self.cfg.upstream(role) else {
@@ -183,16 +182,45 @@ impl Agent {
             });
         };
         let body = serde_json::to_value(req).unwrap_or(Value::Null);
-        let v = self
-            .upstreams
-            .post_json(up, "/ask", &body, &trace.header())
-            .await?;
+        let v = self.call(parent, up, "/ask", &body).await?;
         serde_json::from_value(v)
             .map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()).into())
     }
 
     /// Asks the gateway (OpenAI chat completions) with this agent's role prompt.
-    async fn infer(&self, user: String, trace: &Trace) -> Result<String, AgentFailure> {
+    /// One call through the sidecar, as a CLIENT span whose id the next hop sees as its
+    /// parent in `traceparent`.
+    async fn call(
+        &self,
+        parent: &Span,
+        up: &config::UpstreamConfig,
+        path: &'static str,
+        body: &Value,
+    ) -> Result<Value, CallError> {
+        let mut span = parent.child(format!("call {} {path}", up.name), SpanKind::Client);
+        span.set_str(attr::DESTINATION, &up.name);
+        span.set_str(attr::HTTP_METHOD, "POST");
+        span.set_str(attr::URL_PATH, path);
+        let result = self
+            .upstreams
+            .post_json(up, path, body, &span.context().header())
+            .await;
+        match &result {
+            Ok(_) => span.set_http_status(200),
+            Err(e) => {
+                if let CallError::Refused { intention, .. } = e {
+                    span.set_str(attr::DECISION, "denied_by_destination");
+                    if let Some(i) = intention {
+                        span.set_str(attr::INTENTION_ID, i);
+                    }
+                }
+                span.set_error(&e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn infer(&self, user: String, parent: &Span) -> Result<String, AgentFailure> {
         let Some(up) = self.cfg.upstream("gateway") else {
             return Err(AgentFailure {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -207,10 +235,7 @@ impl Agent {
                 {"role": "user", "content": user},
             ],
         });
-        let v = self
-            .upstreams
-            .post_json(up, "/v1/chat/completions", &body, &trace.header())
-            .await?;
+        let v = self.call(parent, up, "/v1/chat/completions", &body).await?;
         v.pointer("/choices/0/message/content")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -219,14 +244,15 @@ impl Agent {
             })
     }
 
-    async fn handle(&self, req: AskRequest, trace: &Trace) -> Result<AskResponse, AgentFailure> {
+    async fn handle(&self, req: AskRequest, trace: &Span) -> Result<AskResponse, AgentFailure> {
         let me = self.name();
+        let trace_id = trace.context().trace_id_hex();
         let answer = |answer: String, mut agents: Vec<String>, model: Option<String>| {
             agents.insert(0, me.clone());
             AskResponse {
                 answer,
                 agents,
-                trace_id: trace.trace_id.clone(),
+                trace_id: trace_id.clone(),
                 model,
                 sources: Vec::new(),
             }
@@ -350,7 +376,11 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
 }
 
 async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
-    let trace = Trace::continue_or_start(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    let mut trace = Span::server(format!("{} ask", agent.name()), &headers);
+    trace.set_str(attr::HTTP_METHOD, "POST");
+    trace.set_str(attr::HTTP_ROUTE, "/ask");
+    trace.set_str("agentmesh.agent.role", agent.cfg.role.as_str());
+    let trace_id = trace.context().trace_id_hex();
     let result = async {
         if body.len() > MAX_ASK_BYTES {
             return Err(AgentFailure::bad_request(format!(
@@ -372,14 +402,17 @@ async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
     match result {
         Ok(a) => {
             tracing::info!(trace_id = %a.trace_id, agents = ?a.agents, "answered");
+            trace.set_http_status(200);
             json_response(StatusCode::OK, &a)
         }
         Err(f) => {
-            tracing::warn!(trace_id = %trace.trace_id, status = f.status.as_u16(), error = %f.message, "could not answer");
+            tracing::warn!(%trace_id, status = f.status.as_u16(), error = %f.message, "could not answer");
+            trace.set_http_status(f.status.as_u16());
+            trace.set_error(&f.message);
             let mut body = json!({
                 "error": f.message,
                 "agent": agent.name(),
-                "trace_id": trace.trace_id,
+                "trace_id": trace_id,
             });
             if let Some(r) = f.refusal {
                 body["refused"] = r;

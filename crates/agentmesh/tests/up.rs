@@ -5,6 +5,8 @@
 
 #[path = "support/mesh.rs"]
 mod mesh;
+#[path = "support/otlp.rs"]
+mod otlp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +104,11 @@ impl Up {
 
 /// Starts `agentmesh up ARGS --data-dir <tmp>` and waits until it says the mesh is up.
 fn up(args: &[&str]) -> Up {
+    up_with_env(args, &[])
+}
+
+/// [`up`] with extra environment for `up` (and so for its children).
+fn up_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("mesh");
     let stdout = tmp.path().join("up.out");
@@ -113,6 +120,7 @@ fn up(args: &[&str]) -> Up {
         .arg(&data)
         .env_remove("AGENTMESH_ADMIN_SOCKET")
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).expect("stdout"))
         .stderr(std::fs::File::create(&stderr).expect("stderr"))
@@ -675,6 +683,79 @@ async fn a_python_agent_joins_a_scenario_through_its_sidecar() {
     assert!(
         audit.contains("spiffe://agentmesh.local/ns/default/sa/py-executor"),
         "{audit}"
+    );
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+/// One `ask` is one trace: with OTEL_EXPORTER_OTLP_ENDPOINT set for `up`, every agent, sidecar
+/// and the gateway export spans that the official `opentelemetry-proto` package decodes, and
+/// they form one chain planner → planner's sidecar → executor's sidecar → executor →
+/// executor's sidecar → gateway's sidecar → gateway, each span the parent of the next, with
+/// the callers' SPIFFE IDs on the sidecars' inbound spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ask_is_one_trace_from_the_planner_through_the_sidecars_to_the_gateway() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let receiver = otlp::Receiver::start(tmp.path());
+    let endpoint = receiver.endpoint();
+    let mut up = up_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            // Must not rename every child: each names itself.
+            ("OTEL_SERVICE_NAME", "everyone"),
+        ],
+    );
+    let answer = up.ask("Follow this question through the mesh.");
+    let trace_id = answer["trace_id"].as_str().expect("trace id").to_owned();
+    let chain = [
+        ("agentmesh-agent/planner", "SPAN_KIND_SERVER"),
+        ("agentmesh-agent/planner", "SPAN_KIND_CLIENT"),
+        ("agentmesh-proxy/planner", "SPAN_KIND_CLIENT"),
+        ("agentmesh-proxy/executor", "SPAN_KIND_SERVER"),
+        ("agentmesh-agent/executor", "SPAN_KIND_SERVER"),
+        ("agentmesh-agent/executor", "SPAN_KIND_CLIENT"),
+        ("agentmesh-proxy/executor", "SPAN_KIND_CLIENT"),
+        ("agentmesh-proxy/gateway", "SPAN_KIND_SERVER"),
+        ("agentmesh-gateway", "SPAN_KIND_SERVER"),
+    ];
+    let trace = receiver.wait_for(&trace_id, "every hop's span", |spans| {
+        chain.iter().all(|(svc, kind)| otlp::has(spans, svc, kind))
+    });
+    for pair in chain.windows(2) {
+        let (parent, child) = (
+            otlp::span(&trace, pair[0].0, pair[0].1),
+            otlp::span(&trace, pair[1].0, pair[1].1),
+        );
+        assert_eq!(
+            child["parent_span_id"], parent["span_id"],
+            "{:?} should be the child of {:?}: {trace:#?}",
+            pair[1], pair[0]
+        );
+    }
+    let attrs = |svc: &str, kind: &str| otlp::span(&trace, svc, kind)["attributes"].clone();
+    let id = |s: &str| format!("spiffe://agentmesh.local/ns/default/sa/{s}");
+    assert_eq!(
+        attrs("agentmesh-proxy/executor", "SPAN_KIND_SERVER")["spiffe.peer_id"],
+        id("planner")
+    );
+    assert_eq!(
+        attrs("agentmesh-proxy/gateway", "SPAN_KIND_SERVER")["spiffe.peer_id"],
+        id("executor")
+    );
+    assert_eq!(
+        attrs("agentmesh-proxy/gateway", "SPAN_KIND_SERVER")["agentmesh.decision"],
+        "allow"
+    );
+    assert!(
+        attrs("agentmesh-proxy/gateway", "SPAN_KIND_SERVER")["agentmesh.intention_id"].is_string(),
+        "the deciding intention is on the span"
+    );
+    assert_eq!(
+        attrs("agentmesh-gateway", "SPAN_KIND_SERVER")["gen_ai.request.model"],
+        "agentmesh-default"
     );
     let data = up.data.clone();
     assert!(up.stop().success());

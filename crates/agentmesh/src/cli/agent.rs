@@ -30,6 +30,8 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     match cmd {
         AgentCommand::Run(args) => {
             let cfg = agentmesh_agents::AgentConfig::load(&args.config)?;
+            // Before anything listens, so a bad OTEL_* variable is one error at startup.
+            let telemetry = agentmesh_telemetry::init(&format!("agentmesh-agent/{}", cfg.name()))?;
             let mut signals = Signals::new()?;
             let agent = agentmesh_agents::start(cfg)
                 .await
@@ -37,6 +39,7 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
             let signal = signals.recv().await;
             tracing::info!(signal, "shutting down");
             agent.shutdown().await;
+            telemetry.shutdown().await;
             Ok(())
         }
     }

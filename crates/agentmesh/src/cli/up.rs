@@ -288,9 +288,13 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 fn agentmesh_command() -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the agentmesh binary")?;
     let mut cmd = Command::new(exe);
-    // Children get their sockets from flags and configs, never from the caller's shell.
+    // Children get their sockets from flags and configs, never from the caller's shell; and
+    // each names itself in traces (agentmesh-proxy/NAME, agentmesh-agent/NAME, ...), so one
+    // OTEL_SERVICE_NAME from the shell must not rename them all. The other OTEL_* variables
+    // (the endpoint above all) pass through.
     cmd.env_remove(ADMIN_SOCKET_ENV)
-        .env_remove(WORKLOAD_SOCKET_ENV);
+        .env_remove(WORKLOAD_SOCKET_ENV)
+        .env_remove("OTEL_SERVICE_NAME");
     Ok(cmd)
 }
 
