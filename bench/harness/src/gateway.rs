@@ -42,6 +42,8 @@ const TARGET_P99_RATIO: f64 = 0.05;
 const LITELLM_VERSION: &str = "1.103.0";
 /// The caller the load tool names in `x-forwarded-client-cert`, as the gateway's proxy would.
 const XFCC: &str = "By=spiffe://agentmesh.local/ns/default/sa/gateway;URI=spiffe://agentmesh.local/ns/default/sa/bench";
+/// LiteLLM's own variable for its number of workers (default 1); passed through when set.
+const WORKERS_ENV: &str = "DEFAULT_NUM_WORKERS_LITELLM_PROXY";
 /// How long a gateway may take to answer its first request after it was started.
 const START_PATIENCE: Duration = Duration::from_secs(180);
 
@@ -370,6 +372,10 @@ async fn run_async(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Re
         p.check_alive()?;
     }
 
+    let workers = match std::env::var(WORKERS_ENV) {
+        Ok(n) => format!("{n} uvicorn workers, set by {WORKERS_ENV}"),
+        Err(_) => "one uvicorn worker".to_owned(),
+    };
     let mut table = Table::new(
         "gateway: agentmesh gateway vs LiteLLM proxy, each in front of the same upstream",
     );
@@ -461,12 +467,12 @@ async fn run_async(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Re
         "",
     );
     table.note(format!(
-        "One run, one upstream: the bench app answering `POST /v1/chat/completions` at once with a fixed {}-byte `chat.completion` (with usage), over HTTP/1.1 keep-alive. Each target gets the same request (one short user turn for `{MODEL}`, with `x-forwarded-client-cert: {XFCC}`): the upstream directly, `agentmesh gateway run` (release build; one `openai` provider pointed at the upstream, one model, `[[caller]] id = \"*\"`, default DLP and audit line per call, on stdout into a file) and LiteLLM {LITELLM_VERSION} (`litellm --config` with one `openai/{MODEL}` deployment with `api_base` at the upstream; its defaults otherwise, so one uvicorn worker ({peer_processes} process{} in all); offline: `LITELLM_LOCAL_MODEL_COST_MAP=True`, telemetry off, no database).",
+        "One run, one upstream: the bench app answering `POST /v1/chat/completions` at once with a fixed {}-byte `chat.completion` (with usage), over HTTP/1.1 keep-alive. Each target gets the same request (one short user turn for `{MODEL}`, with `x-forwarded-client-cert: {XFCC}`): the upstream directly, `agentmesh gateway run` (release build; one `openai` provider pointed at the upstream, one model, `[[caller]] id = \"*\"`, default DLP and audit line per call, on stdout into a file) and LiteLLM {LITELLM_VERSION} (`litellm --config` with one `openai/{MODEL}` deployment with `api_base` at the upstream; its defaults otherwise: {workers}, {peer_processes} process{} in all; offline: `LITELLM_LOCAL_MODEL_COST_MAP=True`, telemetry off, no database).",
         load::COMPLETION_LEN,
         if peer_processes == 1 { "" } else { "es" },
     ));
     table.note(format!(
-        "The agentmesh gateway is measured on its plain listener, without the inbound proxy that verifies callers' SVIDs in a mesh: the load tool sets the XFCC header that proxy would set. That is the gateway's own cost, as the anchor measures gateways; the proxy's own added latency is in the `proxy` table. Latency: {} req/s (and the anchor's {} req/s) on {CONNECTIONS} keep-alive connections on a fixed schedule for {} s per run, measured from the write of each request; added = through the gateway − direct at the same quantile; of {ROUNDS} alternating runs per target the one with the lowest p99 counts ({} samples for the agentmesh gateway at {}). A target that cannot keep up completes fewer requests than offered (the throughput row); its connections then wait for answers, so its latency does not include the queue in front of it. CPU time is read from /proc/PID/stat of the gateway and its descendants around each run; RSS sums them too.",
+        "The agentmesh gateway is measured on its plain listener, without the inbound proxy that verifies callers' SVIDs in a mesh: the load tool sets the XFCC header that proxy would set. That is the gateway's own cost, as the anchor measures gateways; the proxy's own added latency is in the `proxy` table. Latency: {} req/s (and the anchor's {} req/s) on {CONNECTIONS} keep-alive connections on a fixed schedule for {} s per run, measured from the write of each request; added = through the gateway − direct at the same quantile; of {ROUNDS} alternating runs per target the one with the lowest p99 counts ({} samples for the agentmesh gateway at {}). A target that cannot keep up completes fewer requests than offered (the throughput row); its connections then wait for answers, so its latency does not include the queue in front of it. CPU time is read from /proc/PID/stat of the gateway and its descendants around each run (10 ms ticks; it includes accepting the run's connections, so at low rates it is an upper bound) and divided by the completed requests; RSS sums the processes too.",
         count(sizes.rate),
         count(ANCHOR_RATE),
         sizes.seconds,
