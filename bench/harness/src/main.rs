@@ -170,7 +170,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                 .context("gateway needs --litellm PATH (bench/run installs litellm[proxy])")?,
             sizes: gateway::Sizes {
                 seconds: seconds.unwrap_or(5.0),
-                rate: rate.unwrap_or(100.0),
+                rate: rate.unwrap_or(50.0),
             },
         },
         "startup" => Command::Startup {
@@ -257,7 +257,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(&args("gateway --agentmesh /x --litellm /y")),
-            Ok(Command::Gateway { sizes, .. }) if sizes.rate == 100.0 && sizes.seconds == 5.0
+            Ok(Command::Gateway { sizes, .. }) if sizes.rate == 50.0 && sizes.seconds == 5.0
         ));
         assert!(matches!(
             parse(&args("proxy --agentmesh /x --envoy /y")),
