@@ -114,6 +114,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         // runtime only follows the Workload API, the policy stream and the admin listener.
         builder.worker_threads(1);
     }
+    if matches!(cli.command, Command::Gateway(_) | Command::Agent(_)) {
+        // Mostly waiting on the network; one worker saves the cross-thread wake-ups that
+        // dominated the gateway's added latency at low rates (bench/run gateway).
+        builder.worker_threads(1);
+    }
     let runtime = builder
         .enable_all()
         .build()
