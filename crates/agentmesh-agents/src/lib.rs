@@ -433,20 +433,7 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// A started agent.
-pub struct RunningAgent {
-    /// The bound address.
-    pub addr: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunningAgent {
-    /// Stops serving, letting requests in flight finish.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
+pub type RunningAgent = agentmesh_gateway::Serving;
 
 /// Binds `cfg.listen` and serves until shut down.
 ///
@@ -462,21 +449,9 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let addr = listener
         .local_addr()
         .map_err(|e| AgentError::Listen(listen, e))?;
-    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-    let router = agent.router();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the agent stopped serving");
-        }
-    });
+    let serving = agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent");
     tracing::info!(%role, listen = %addr, "agent ready");
-    Ok(RunningAgent { addr, stop, task })
+    Ok(serving)
 }
 
 /// Folds a multi-line message into one line.

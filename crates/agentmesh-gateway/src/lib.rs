@@ -594,16 +594,43 @@ async fn ollama_version() -> Response {
 }
 
 /// A running gateway.
+pub type RunningGateway = Serving;
+
+/// An axum router being served on a listener until [`Serving::shutdown`]; the gateway and
+/// the AI agents both run this way.
 #[derive(Debug)]
-pub struct RunningGateway {
+pub struct Serving {
     /// The bound address.
     pub addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl RunningGateway {
-    /// Stops serving.
+impl Serving {
+    /// Serves `router` on `listener` in a task of its own; `what` names it in the error
+    /// logged if serving stops by itself.
+    pub fn spawn(
+        listener: tokio::net::TcpListener,
+        addr: SocketAddr,
+        router: Router,
+        what: &'static str,
+    ) -> Self {
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the {what} stopped serving");
+            }
+        });
+        Self { addr, stop, task }
+    }
+
+    /// Stops serving, letting requests in flight finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -623,18 +650,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
         .local_addr()
         .map_err(|e| GatewayError::Listen(listen, e))?;
     let router = Arc::new(Gateway::new(cfg)?).router();
-    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the gateway stopped serving");
-        }
-    });
+    let serving = Serving::spawn(listener, addr, router, "gateway");
     tracing::info!(listen = %addr, "gateway ready");
-    Ok(RunningGateway { addr, stop, task })
+    Ok(serving)
 }
