@@ -374,6 +374,24 @@ pub async fn post_json(
         .map_err(|e| anyhow!("cannot reach {url}: {e}"))
 }
 
+/// How a user runs this binary again: `agentmesh` when that is what `$PATH` finds, else its
+/// full path (after `cargo run` it is in the target dir, not on `$PATH`).
+fn how_to_run_me() -> String {
+    let Ok(me) = std::env::current_exe() else {
+        return "agentmesh".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::canonicalize(dir.join("agentmesh")).ok().as_deref() == Some(me.as_path())
+        })
+    });
+    if on_path {
+        "agentmesh".into()
+    } else {
+        me.display().to_string()
+    }
+}
+
 /// An `/ask` answer's `agents` as `a → b → c`.
 pub fn agents_path(answer: &Value) -> String {
     answer["agents"]
@@ -1111,7 +1129,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .join("\n")
     );
     println!(
-        "\n  Ask:   agentmesh ask \"your question\"{}\n  Logs:  {}\n  Ctrl-C stops the mesh.",
+        "\n  Ask:   {} ask \"your question\"{}\n  Logs:  {}\n  Ctrl-C stops the mesh.",
+        how_to_run_me(),
         if args.data_dir == Path::new(DEFAULT_DATA_DIR) {
             String::new()
         } else {
