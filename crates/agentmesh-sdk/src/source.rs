@@ -34,6 +34,16 @@ pub enum SourceError {
     /// The response held no SVID.
     #[error("the workload api returned no x509-svid; is this process registered?")]
     NoSvid,
+    /// The response held SVIDs, but not for the SPIFFE ID this source was asked to follow.
+    #[error(
+        "the workload api offered [{offered}] but not {wanted}; is an entry for it registered?"
+    )]
+    NotOffered {
+        /// The ID asked for.
+        wanted: SpiffeId,
+        /// The IDs offered, comma separated.
+        offered: String,
+    },
     /// The SVID, key or bundle did not parse.
     #[error("unusable x509-svid: {0}")]
     BadSvid(String),
@@ -185,9 +195,25 @@ impl Drop for X509Source {
 
 fn parse_response(
     resp: agentmesh_proto::workload::X509svidResponse,
+    wanted: Option<&SpiffeId>,
 ) -> Result<(Svid, Vec<CertificateDer<'static>>), SourceError> {
     // A workload registered under several IDs gets several SVIDs; the first is the default.
-    let svid = resp.svids.first().ok_or(SourceError::NoSvid)?;
+    let svid = match wanted {
+        None => resp.svids.first().ok_or(SourceError::NoSvid)?,
+        Some(w) => resp
+            .svids
+            .iter()
+            .find(|s| s.spiffe_id == w.to_string())
+            .ok_or_else(|| SourceError::NotOffered {
+                wanted: w.clone(),
+                offered: resp
+                    .svids
+                    .iter()
+                    .map(|s| s.spiffe_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?,
+    };
     let bad = |e: &dyn fmt::Display| SourceError::BadSvid(e.to_string());
     let chain = agentmesh_ca::split_der_certs(&svid.x509_svid).map_err(|e| bad(&e))?;
     let parsed = Svid::from_der(&chain, &svid.x509_svid_key)?;
@@ -232,13 +258,14 @@ async fn open_stream(
 async fn next_update(
     socket: &Path,
     stream: &mut tonic::Streaming<agentmesh_proto::workload::X509svidResponse>,
+    wanted: Option<&SpiffeId>,
 ) -> Result<(Svid, Vec<CertificateDer<'static>>), SourceError> {
     let err = |reason: String| SourceError::WorkloadApi {
         socket: socket.to_owned(),
         reason,
     };
     match stream.message().await {
-        Ok(Some(resp)) => parse_response(resp),
+        Ok(Some(resp)) => parse_response(resp, wanted),
         Ok(None) => Err(err("the stream ended".into())),
         Err(s) => Err(err(format!("{:?}: {}", s.code(), s.message()))),
     }
@@ -248,12 +275,13 @@ async fn next_update(
 async fn follow(
     shared: Arc<Shared>,
     socket: PathBuf,
+    wanted: Option<SpiffeId>,
     mut stream: tonic::Streaming<agentmesh_proto::workload::X509svidResponse>,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
         loop {
-            match next_update(&socket, &mut stream).await {
+            match next_update(&socket, &mut stream, wanted.as_ref()).await {
                 Ok((svid, roots)) => {
                     delay = Duration::from_millis(100);
                     if let Err(e) = shared.apply(svid, roots) {
@@ -313,24 +341,63 @@ impl X509Source {
     /// # Ok(()) }
     /// ```
     pub async fn connect(socket: &Path, patience: Duration) -> Result<Arc<Self>, SourceError> {
+        Self::connect_as(socket, None, patience).await
+    }
+
+    /// Like [`X509Source::connect`], but follows the SVID for `wanted` when the workload is
+    /// entitled to several (`None` takes the first, the Workload API's default). Waits for
+    /// `wanted` to be offered, since a node may mint a workload's SVIDs one by one.
+    ///
+    /// # Errors
+    /// [`SourceError::Timeout`] naming the last failure (for example the IDs offered instead).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run() -> Result<(), agentmesh_sdk::SourceError> {
+    /// let me: agentmesh_sdk::SpiffeId = "spiffe://example.org/api".parse().unwrap();
+    /// let source = agentmesh_sdk::X509Source::connect_as(
+    ///     "/run/agentmesh/workload.sock".as_ref(),
+    ///     Some(&me),
+    ///     std::time::Duration::from_secs(10),
+    /// ).await?;
+    /// assert_eq!(source.current().svid.id, me);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_as(
+        socket: &Path,
+        wanted: Option<&SpiffeId>,
+        patience: Duration,
+    ) -> Result<Arc<Self>, SourceError> {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
+            let mut last_offer = None;
             let attempt = async {
                 let mut stream = open_stream(socket).await?;
-                let (svid, roots) = next_update(socket, &mut stream).await?;
-                Ok::<_, SourceError>((stream, svid, roots))
+                loop {
+                    match next_update(socket, &mut stream, wanted).await {
+                        Ok((svid, roots)) => return Ok::<_, SourceError>((stream, svid, roots)),
+                        // Not minted yet: later messages on the same stream may bring it.
+                        Err(e @ SourceError::NotOffered { .. }) => last_offer = Some(e),
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             let left = patience.saturating_sub(started.elapsed());
             let last = match tokio::time::timeout(left, attempt).await {
                 Ok(Ok((stream, svid, roots))) => {
                     let mut source = Self::from_svid(svid, roots)?;
                     let shared = Arc::clone(&source.shared);
-                    source.task = Some(tokio::spawn(follow(shared, socket.to_owned(), stream)));
+                    source.task = Some(tokio::spawn(follow(
+                        shared,
+                        socket.to_owned(),
+                        wanted.cloned(),
+                        stream,
+                    )));
                     return Ok(Arc::new(source));
                 }
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer".to_owned(),
+                Err(_) => last_offer.map_or_else(|| "no answer".to_owned(), |e| e.to_string()),
             };
             // A launcher may still be registering this workload: retry until patience runs out.
             if started.elapsed() + delay >= patience {
@@ -358,9 +425,28 @@ impl X509Source {
     /// # Ok(()) }
     /// ```
     pub async fn from_env(patience: Duration) -> Result<Arc<Self>, SourceError> {
+        Self::from_env_as(None, patience).await
+    }
+
+    /// Like [`X509Source::connect_as`], with the socket from `SPIFFE_ENDPOINT_SOCKET`.
+    ///
+    /// # Errors
+    /// As [`X509Source::from_env`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run() -> Result<(), agentmesh_sdk::SourceError> {
+    /// let me: agentmesh_sdk::SpiffeId = "spiffe://example.org/api".parse().unwrap();
+    /// let source = agentmesh_sdk::X509Source::from_env_as(Some(&me), std::time::Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_env_as(
+        wanted: Option<&SpiffeId>,
+        patience: Duration,
+    ) -> Result<Arc<Self>, SourceError> {
         let value =
             std::env::var(ENDPOINT_ENV).map_err(|_| SourceError::NoEndpoint("unset".into()))?;
-        Self::connect(&socket_from_endpoint(&value)?, patience).await
+        Self::connect_as(&socket_from_endpoint(&value)?, wanted, patience).await
     }
 
     /// A source that holds a fixed SVID and bundle and follows nothing; [`X509Source::update`]

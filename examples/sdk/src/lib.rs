@@ -1,0 +1,50 @@
+//! Run with: `cargo run -p agentmesh-sdk-example --bin service` (see README.md for the setup).
+//!
+//! The example's service: one route, `GET /hello`, that only the SPIFFE ID `allowed` may call.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_sdk::{PeerIdentity, RequireIdentity, SpiffeId, X509Source};
+use axum::Router;
+use axum::routing::get;
+
+/// How long to wait for the first SVID: a launcher may still be registering us.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The service's router: `GET /hello` admits only `allowed`, and greets it by SPIFFE ID.
+///
+/// # Examples
+/// ```
+/// let app = agentmesh_sdk_example::app("spiffe://agentmesh.local/sdk-client".parse().unwrap());
+/// # let _ = app;
+/// ```
+pub fn app(allowed: SpiffeId) -> Router {
+    Router::new().route(
+        "/hello",
+        get(|PeerIdentity(peer): PeerIdentity| async move {
+            // axum's `json` feature is off in this workspace; the body is small enough to build.
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({ "hello": peer.to_string() }).to_string(),
+            )
+        })
+        .route_layer(RequireIdentity::exact([allowed])),
+    )
+}
+
+/// The identity source for `me`, from `SPIFFE_ENDPOINT_SOCKET`.
+///
+/// # Errors
+/// No endpoint, or no SVID for `me` within [`PATIENCE`].
+///
+/// # Examples
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// let source = agentmesh_sdk_example::source("spiffe://agentmesh.local/sdk-service".parse()?).await?;
+/// # Ok(()) }
+/// ```
+pub async fn source(me: SpiffeId) -> Result<Arc<X509Source>, agentmesh_sdk::SourceError> {
+    X509Source::from_env_as(Some(&me), PATIENCE).await
+}
