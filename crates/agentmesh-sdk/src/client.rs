@@ -19,9 +19,21 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::source::X509Source;
-use crate::tls::{ALPN_HTTP, ClientTls};
+use crate::tls::{ALPN_HTTP, ClientTls, HANDSHAKE_TIMEOUT};
 
 /// Why a request could not be made.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let client = agentmesh_sdk::MtlsClient::pinned(
+///     ca.source("spiffe://example.org/cli"), "spiffe://example.org/api".parse().unwrap());
+/// let err = client.get("/relative").await.unwrap_err();
+/// assert!(matches!(err, agentmesh_sdk::ClientError::Request { .. } | agentmesh_sdk::ClientError::BadUri(_)));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -87,6 +99,16 @@ impl MtlsConnector {
 }
 
 /// One mTLS connection made by [`MtlsConnector`].
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(mut c: agentmesh_sdk::MtlsConnector) {
+/// use tower::Service;
+/// let stream: agentmesh_sdk::client::MtlsStream =
+///     c.call("https://127.0.0.1:8443".parse().unwrap()).await.unwrap();
+/// # let _ = stream;
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct MtlsStream {
     io: TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
@@ -189,17 +211,22 @@ impl tower::Service<Uri> for MtlsConnector {
                 uri: uri.to_string(),
                 reason,
             };
-            let tcp = TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            // Nodelay: request/response RPCs should not wait on Nagle.
-            let _ = tcp.set_nodelay(true);
             // The name is only SNI; the server is identified by its SPIFFE ID, not by it.
             let name = ServerName::try_from(host.clone()).map_err(|e| err(e.to_string()))?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
+            let dial = async {
+                let tcp = TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                // Nodelay: request/response RPCs should not wait on Nagle.
+                let _ = tcp.set_nodelay(true);
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| err(e.to_string()))
+            };
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial)
                 .await
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|_| err(format!("no tls handshake within {HANDSHAKE_TIMEOUT:?}")))??;
             Ok(MtlsStream {
                 io: TokioIo::new(stream),
             })

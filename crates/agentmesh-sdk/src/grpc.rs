@@ -18,9 +18,21 @@ use tonic::transport::{Channel, Endpoint};
 use crate::client::MtlsConnector;
 use crate::http::PeerIdentity;
 use crate::source::X509Source;
-use crate::tls::{ALPN_GRPC, ServerTls};
+use crate::tls::{ALPN_GRPC, HANDSHAKE_TIMEOUT, ServerTls};
 
 /// Why a gRPC connection could not be set up.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let err = agentmesh_sdk::grpc::channel(
+///     ca.source("spiffe://example.org/cli"), "not a uri", "spiffe://example.org/api".parse().unwrap(),
+/// ).await.unwrap_err();
+/// assert!(matches!(err, agentmesh_sdk::grpc::GrpcError::BadUri { .. }));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GrpcError {
@@ -62,7 +74,18 @@ pub struct GrpcPeer {
     pub remote_addr: SocketAddr,
 }
 
-/// A verified TLS connection tonic can serve.
+/// A verified TLS connection tonic can serve; [`incoming`] yields these.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(source: std::sync::Arc<agentmesh_sdk::X509Source>) {
+/// use tokio_stream::StreamExt as _;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let mut conns = agentmesh_sdk::grpc::incoming(listener, source, agentmesh_tls::any_id()).unwrap();
+/// let conn: agentmesh_sdk::grpc::GrpcConn = conns.next().await.unwrap().unwrap();
+/// # let _ = conn;
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct GrpcConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
@@ -146,10 +169,15 @@ pub fn incoming(
             };
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                let stream = match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         tracing::info!(%remote_addr, error = %e, "grpc mtls handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote_addr, "grpc mtls handshake timed out");
                         return;
                     }
                 };

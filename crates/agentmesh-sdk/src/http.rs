@@ -18,9 +18,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::source::X509Source;
-use crate::tls::{ALPN_HTTP, ServerTls};
+use crate::tls::{ALPN_HTTP, HANDSHAKE_TIMEOUT, ServerTls};
 
-/// Why serving failed, or why a request was refused.
+/// Why serving failed, or why a request was refused. As a response it is a JSON body with
+/// the reason (403 for refusals).
+///
+/// # Examples
+/// ```
+/// use axum::response::IntoResponse;
+/// let resp = agentmesh_sdk::ServeError::NoPeerIdentity.into_response();
+/// assert_eq!(resp.status(), http::StatusCode::FORBIDDEN);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
@@ -287,10 +295,15 @@ pub async fn serve_with(
         };
         let router = router.clone();
         tokio::spawn(async move {
-            let stream = match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::info!(%remote, error = %e, "mtls handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, "mtls handshake timed out");
                     return;
                 }
             };

@@ -32,9 +32,23 @@ use crate::source::{Svid, X509Source};
 
 /// A JWS longer than this is refused before decoding, so a hostile peer cannot make us
 /// base64-decode and hash arbitrarily much.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::jws::MAX_JWS_LEN, 8 * 1024 * 1024);
+/// ```
 pub const MAX_JWS_LEN: usize = 8 * 1024 * 1024;
 
 /// Why a JWS could not be made or did not verify.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let err = agentmesh_sdk::jws::verify(
+///     "not.a.jws", &ca.roots(), &"spiffe://example.org/a".parse().unwrap(), std::time::SystemTime::now(),
+/// ).unwrap_err();
+/// assert!(matches!(err, agentmesh_sdk::JwsError::Malformed(_)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwsError {
@@ -82,6 +96,16 @@ struct Header {
 }
 
 /// A JWS that verified: who signed it and what.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let jws = agentmesh_sdk::jws::sign(&ca.source("spiffe://example.org/a"), b"{}").unwrap();
+/// let ok: agentmesh_sdk::VerifiedJws = agentmesh_sdk::jws::verify(
+///     &jws, &ca.roots(), &"spiffe://example.org/a".parse().unwrap(), std::time::SystemTime::now(),
+/// ).unwrap();
+/// assert_eq!(ok.payload, b"{}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedJws {
     /// The signer's SPIFFE ID, from its verified X509-SVID.

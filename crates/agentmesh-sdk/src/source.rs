@@ -14,9 +14,20 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 
 /// The environment variable SPIFFE clients read the Workload API address from.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::source::ENDPOINT_ENV, "SPIFFE_ENDPOINT_SOCKET");
+/// ```
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 
 /// Why an identity source could not start or an update was refused.
+///
+/// # Examples
+/// ```
+/// let err = agentmesh_sdk::Svid::from_der(&[b"not der".to_vec()], b"key").unwrap_err();
+/// assert!(matches!(err, agentmesh_sdk::SourceError::BadSvid(_)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
@@ -60,6 +71,13 @@ pub enum SourceError {
 }
 
 /// One X509-SVID as the source holds it. The private key is kept but never shown.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let (svid, _) = ca.svid("spiffe://example.org/api");
+/// assert!(format!("{svid:?}").contains("<redacted>"));
+/// ```
 #[derive(Clone)]
 pub struct Svid {
     /// The SPIFFE ID in the leaf's URI SAN.
@@ -123,6 +141,14 @@ impl Svid {
 }
 
 /// One version of the workload's identity: its SVID and every trusted root.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let ctx = ca.source("spiffe://example.org/api").current();
+/// println!("{} serial {} expires {:?}", ctx.svid.id, ctx.svid.serial, ctx.svid.not_after);
+/// assert_eq!(ctx.roots_revision, 0);
+/// ```
 #[derive(Debug, Clone)]
 pub struct X509Context {
     /// The SVID this workload presents.
@@ -168,6 +194,17 @@ impl Shared {
 /// API stream in a background task and swaps each new SVID in; TLS configs made from it
 /// present the new certificate on their next handshake without being rebuilt. The task stops
 /// when the source is dropped. While the Workload API is away the last SVID stays in use.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run() -> Result<(), agentmesh_sdk::SourceError> {
+/// let source = agentmesh_sdk::X509Source::from_env(std::time::Duration::from_secs(10)).await?;
+/// let mut changes = source.watch();
+/// while changes.changed().await.is_ok() {
+///     println!("now serial {}", changes.borrow().svid.serial);
+/// }
+/// # Ok(()) }
+/// ```
 pub struct X509Source {
     shared: Arc<Shared>,
     task: Option<tokio::task::JoinHandle<()>>,

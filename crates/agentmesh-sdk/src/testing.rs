@@ -11,6 +11,13 @@ use rustls::pki_types::CertificateDer;
 use crate::source::{Svid, X509Source};
 
 /// Why the test CA failed; it only fails on bad input from the test itself.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let err = ca.svid_valid("not an id", std::time::SystemTime::now(), std::time::Duration::from_secs(60));
+/// assert!(matches!(err, Err(agentmesh_sdk::testing::TestCaError::BadId(_))));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TestCaError {

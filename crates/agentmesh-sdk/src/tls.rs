@@ -13,12 +13,42 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::source::X509Source;
 
 /// The ALPN protocols HTTP servers and clients offer: HTTP/2 first, then HTTP/1.1.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::tls::ALPN_HTTP[0], b"h2");
+/// ```
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// The ALPN protocol gRPC runs on.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::tls::ALPN_GRPC, &[b"h2"]);
+/// ```
 pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
 
+/// How long a TCP connect plus TLS handshake may take, on either side. Without it a peer that
+/// opens a connection and never finishes the handshake would hold a task forever.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::tls::HANDSHAKE_TIMEOUT.as_secs(), 10);
+/// ```
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a TLS config could not be built from the source.
+///
+/// # Examples
+/// ```
+/// use agentmesh_sdk::tls::{ServerTls, ALPN_HTTP};
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let (svid, _) = ca.svid("spiffe://example.org/api");
+/// // An empty bundle trusts nobody, so no config is built.
+/// let source = std::sync::Arc::new(agentmesh_sdk::X509Source::from_svid(svid, vec![]).unwrap());
+/// let err = ServerTls::new(source, agentmesh_tls::any_id(), ALPN_HTTP).config().unwrap_err();
+/// assert!(err.to_string().contains("no root"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsConfigError {

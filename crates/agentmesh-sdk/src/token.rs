@@ -23,12 +23,30 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 /// Tokens longer than this are refused unparsed.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::token::MAX_TOKEN_LEN, 16 * 1024);
+/// ```
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// A JWKS document larger than this is refused.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk::token::MAX_JWKS_BYTES, 1024 * 1024);
+/// ```
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-/// Why a user token was refused, one reason each.
+/// Why a user token was refused, one reason each. As a response it is a 401 with a JSON
+/// reason (503 when the JWKS itself is unavailable).
+///
+/// # Examples
+/// ```
+/// use axum::response::IntoResponse;
+/// let resp = agentmesh_sdk::TokenError::Missing.into_response();
+/// assert_eq!(resp.status(), http::StatusCode::UNAUTHORIZED);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
@@ -96,14 +114,46 @@ impl IntoResponse for TokenError {
 
 /// Where the JWKS document comes from. [`HttpJwks`] fetches a plain `http://` URL; implement
 /// this to fetch over mTLS (with [`MtlsClient`](crate::MtlsClient)) or from anywhere else.
+///
+/// # Examples
+/// ```
+/// use std::{future::Future, pin::Pin};
+/// use agentmesh_sdk::token::{JwksFetcher, TokenError};
+/// #[derive(Debug)]
+/// struct Fixed(String);
+/// impl JwksFetcher for Fixed {
+///     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send + '_>> {
+///         Box::pin(async move { Ok(self.0.clone()) })
+///     }
+///     fn url(&self) -> String { "fixed".into() }
+/// }
+/// ```
 pub trait JwksFetcher: Send + Sync + fmt::Debug {
     /// The JWKS JSON document.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use agentmesh_sdk::token::JwksFetcher;
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// let doc = issuer.fetcher().fetch().await.unwrap();
+    /// assert!(doc.contains(&issuer.kid()));
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`TokenError::Jwks`] naming the URL and the failure.
     fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send + '_>>;
 
     /// Where the document comes from, for error messages.
+    ///
+    /// # Examples
+    /// ```
+    /// use agentmesh_sdk::token::{HttpJwks, JwksFetcher};
+    /// let jwks = HttpJwks::new("http://127.0.0.1:8080/.well-known/jwks.json").unwrap();
+    /// assert_eq!(jwks.url(), "http://127.0.0.1:8080/.well-known/jwks.json");
+    /// ```
     fn url(&self) -> String;
 }
 
@@ -234,6 +284,19 @@ impl UserTokenConfig {
 }
 
 /// The claims of a verified user token.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier};
+/// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+/// let verifier = UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher());
+/// let token = issuer.mint(serde_json::json!({"sub": "alice", "aud": "api", "jti": "t1"}), 300);
+/// let claims: agentmesh_sdk::UserClaims = verifier.verify(&token).await.unwrap();
+/// assert_eq!(claims.jti.as_deref(), Some("t1"));
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserClaims {
     /// The user (`sub`).

@@ -11,6 +11,11 @@ use axum::Router;
 use axum::routing::get;
 
 /// How long to wait for the first SVID: a launcher may still be registering us.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agentmesh_sdk_example::PATIENCE.as_secs(), 30);
+/// ```
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The service's router: `GET /hello` admits only `allowed`, and greets it by SPIFFE ID.
