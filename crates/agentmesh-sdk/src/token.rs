@@ -345,7 +345,11 @@ struct Cache {
 pub struct UserTokenVerifier {
     config: UserTokenConfig,
     fetcher: Arc<dyn JwksFetcher>,
-    cache: tokio::sync::Mutex<Cache>,
+    // Read on every token; written only after a fetch, never held across an await.
+    cache: std::sync::RwLock<Cache>,
+    // Serializes fetches, so concurrent misses wait for one fetch instead of starting their
+    // own, while tokens with known keys keep verifying from `cache` meanwhile.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 fn unix_now() -> i64 {
@@ -368,7 +372,8 @@ impl UserTokenVerifier {
         Self {
             config,
             fetcher,
-            cache: tokio::sync::Mutex::new(Cache::default()),
+            cache: std::sync::RwLock::new(Cache::default()),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -538,32 +543,54 @@ impl UserTokenVerifier {
     /// The public point for `kid`, refetching the JWKS if it is unknown and the last fetch
     /// is old enough.
     async fn key_for(&self, kid: &str) -> Result<[u8; 65], TokenError> {
-        // Held across the fetch on purpose: concurrent misses then wait for one fetch
-        // instead of each starting their own.
-        let mut cache = self.cache.lock().await;
-        if let Some(jwk) = cache.jwks.as_ref().and_then(|j| j.find(kid)) {
-            return self.point(jwk);
+        if let Some(point) = self.cached(kid) {
+            return point;
         }
-        let may_fetch = cache
+        let _one_fetch = self.fetching.lock().await;
+        // Another task may have fetched while this one waited.
+        if let Some(point) = self.cached(kid) {
+            return point;
+        }
+        let may_fetch = self
+            .read_cache()
             .fetched_at
             .is_none_or(|at| at.elapsed() >= self.config.min_refetch);
         if may_fetch {
-            cache.fetched_at = Some(Instant::now());
+            self.write_cache().fetched_at = Some(Instant::now());
             let body = self.fetcher.fetch().await?;
             let jwks = Jwks::from_json(&body).map_err(|e| TokenError::Jwks {
                 url: self.fetcher.url(),
                 reason: e.to_string(),
             })?;
             tracing::debug!(url = %self.fetcher.url(), keys = jwks.keys.len(), "fetched user-token jwks");
-            cache.jwks = Some(jwks);
-            if let Some(jwk) = cache.jwks.as_ref().and_then(|j| j.find(kid)) {
-                return self.point(jwk);
+            self.write_cache().jwks = Some(jwks);
+            if let Some(point) = self.cached(kid) {
+                return point;
             }
         }
         Err(TokenError::Forged(format!(
             "key id {kid:?} is not in the issuer's jwks at {}",
             self.fetcher.url()
         )))
+    }
+
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        // A poisoned lock still holds a whole cache (writes are single assignments).
+        self.cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self, kid: &str) -> Option<Result<[u8; 65], TokenError>> {
+        let cache = self.read_cache();
+        let jwk = cache.jwks.as_ref()?.find(kid)?;
+        Some(self.point(jwk))
     }
 
     fn point(&self, jwk: &agentmesh_ca::Jwk) -> Result<[u8; 65], TokenError> {

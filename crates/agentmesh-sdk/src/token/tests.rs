@@ -185,3 +185,58 @@ async fn the_jwks_is_fetched_over_http() {
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 }
+
+/// A fetcher that answers the first fetch at once and every later one after `delay`.
+#[derive(Debug)]
+struct SlowAfterFirst {
+    inner: Arc<StaticJwks>,
+    delay: Duration,
+}
+
+impl JwksFetcher for SlowAfterFirst {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send + '_>> {
+        Box::pin(async move {
+            if self.inner.fetches() > 0 {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.inner.fetch().await
+        })
+    }
+
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_refetch_does_not_hold_up_tokens_whose_key_is_cached() {
+    let issuer = TestIssuer::new();
+    let v = Arc::new(UserTokenVerifier::new(
+        UserTokenConfig {
+            min_refetch: Duration::ZERO,
+            ..UserTokenConfig::new("api")
+        },
+        Arc::new(SlowAfterFirst {
+            inner: issuer.fetcher(),
+            delay: Duration::from_secs(3),
+        }),
+    ));
+    v.verify(&issuer.mint(good_claims(), 300)).await.unwrap();
+
+    // An unknown kid starts a slow refetch...
+    let forged = TestIssuer::new().mint(good_claims(), 300);
+    let slow = {
+        let v = Arc::clone(&v);
+        tokio::spawn(async move { v.verify(&forged).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while a token with a cached key still verifies at once.
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        v.verify(&issuer.mint(good_claims(), 300)),
+    )
+    .await
+    .expect("not blocked by the refetch")
+    .unwrap();
+    assert!(matches!(slow.await.unwrap(), Err(TokenError::Forged(_))));
+}
