@@ -39,4 +39,4 @@ pub use client::{ClientError, MtlsClient, MtlsConnector};
 pub use http::{PeerIdentity, RequireIdentity, ServeError, serve};
 pub use jws::{JwsError, VerifiedJws};
 pub use source::{SourceError, Svid, X509Source};
-pub use token::{TokenError, UserClaims, UserTokenVerifier};
+pub use token::{RequireUserToken, TokenError, UserClaims, UserTokenVerifier};

@@ -601,5 +601,130 @@ impl UserTokenVerifier {
     }
 }
 
+/// Reads the verified claims that [`RequireUserToken`] put on the request (401 if none).
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UserClaims {
+    type Rejection = TokenError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<UserClaims>()
+            .cloned()
+            .ok_or(TokenError::Missing)
+    }
+}
+
+/// A layer that verifies the `Authorization: Bearer` user token on every request it wraps,
+/// puts the [`UserClaims`] into the request, and answers anything else with a 401 and the
+/// reason (missing, malformed, forged, expired, wrong audience or issuer).
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use agentmesh_sdk::token::{RequireUserToken, UserTokenConfig, UserTokenVerifier};
+/// use agentmesh_sdk::UserClaims;
+/// use axum::{Router, routing::get};
+/// let verifier = UserTokenVerifier::from_url(
+///     UserTokenConfig::new("research-team"), "http://127.0.0.1:8080/.well-known/jwks.json").unwrap();
+/// let app: Router = Router::new().route(
+///     "/ask",
+///     get(|user: UserClaims| async move { format!("hello {}", user.sub) })
+///         .route_layer(RequireUserToken::new(Arc::new(verifier))),
+/// );
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequireUserToken {
+    verifier: Arc<UserTokenVerifier>,
+}
+
+impl RequireUserToken {
+    /// Verifies tokens with `verifier`.
+    ///
+    /// # Examples
+    /// ```
+    /// use agentmesh_sdk::token::{RequireUserToken, UserTokenConfig, UserTokenVerifier};
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// let layer = RequireUserToken::new(std::sync::Arc::new(
+    ///     UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher())));
+    /// # let _ = layer;
+    /// ```
+    pub fn new(verifier: Arc<UserTokenVerifier>) -> Self {
+        Self { verifier }
+    }
+}
+
+impl<S> tower::Layer<S> for RequireUserToken {
+    type Service = RequireUserTokenService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireUserTokenService {
+            inner,
+            verifier: Arc::clone(&self.verifier),
+        }
+    }
+}
+
+/// The service [`RequireUserToken`] wraps a route in.
+///
+/// # Examples
+/// ```
+/// use tower::Layer;
+/// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+/// let layer = agentmesh_sdk::token::RequireUserToken::new(std::sync::Arc::new(
+///     agentmesh_sdk::UserTokenVerifier::new(
+///         agentmesh_sdk::token::UserTokenConfig::new("api"), issuer.fetcher())));
+/// let svc = layer.layer(tower::service_fn(|_req: http::Request<axum::body::Body>| async {
+///     Ok::<_, std::convert::Infallible>(axum::response::Response::new(axum::body::Body::empty()))
+/// }));
+/// # let _ = svc;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequireUserTokenService<S> {
+    inner: S,
+    verifier: Arc<UserTokenVerifier>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RequireUserTokenService<S>
+where
+    S: tower::Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Call the instance that was polled ready and leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = Arc::clone(&self.verifier);
+        Box::pin(async move {
+            match verifier.verify_headers(req.headers()).await {
+                Ok(claims) => {
+                    req.extensions_mut().insert(claims);
+                    inner.call(req).await
+                }
+                Err(e) => {
+                    // The reason, never the token.
+                    tracing::info!(reason = %e, "user token refused");
+                    Ok(e.into_response())
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -240,3 +240,68 @@ async fn a_slow_refetch_does_not_hold_up_tokens_whose_key_is_cached() {
     .unwrap();
     assert!(matches!(slow.await.unwrap(), Err(TokenError::Forged(_))));
 }
+
+#[tokio::test]
+async fn the_layer_answers_401_with_the_reason_and_hands_claims_to_the_handler() {
+    use axum::routing::get;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let issuer = TestIssuer::new();
+    let app = axum::Router::new().route(
+        "/ask",
+        get(|user: UserClaims| async move { user.sub }).route_layer(RequireUserToken::new(
+            Arc::new(UserTokenVerifier::new(
+                UserTokenConfig::new("api"),
+                issuer.fetcher(),
+            )),
+        )),
+    );
+    let call = |auth: Option<String>| {
+        let app = app.clone();
+        async move {
+            let mut req = http::Request::get("/ask");
+            if let Some(a) = auth {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            let resp = app
+                .oneshot(req.body(axum::body::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let good = issuer.mint(good_claims(), 300);
+    assert_eq!(
+        call(Some(format!("Bearer {good}"))).await,
+        (StatusCode::OK, "alice".into())
+    );
+    let mut other = good_claims();
+    other["aud"] = json!("billing");
+    for (auth, want) in [
+        (None, "missing"),
+        (Some("Basic abc".to_owned()), "not a Bearer"),
+        (
+            Some(format!(
+                "Bearer {}",
+                TestIssuer::new().mint(good_claims(), 300)
+            )),
+            "forged",
+        ),
+        (
+            Some(format!("Bearer {}", issuer.mint(good_claims(), -600))),
+            "expired",
+        ),
+        (
+            Some(format!("Bearer {}", issuer.mint(other, 300))),
+            "audience",
+        ),
+    ] {
+        let (status, body) = call(auth).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert!(json["reason"].as_str().unwrap().contains(want), "{body}");
+    }
+}
