@@ -93,6 +93,10 @@ struct Header {
     kid: Option<String>,
     #[serde(default)]
     x5c: Vec<String>,
+    // RFC 7515 4.1.11: a verifier must refuse extensions it does not understand (such as
+    // RFC 7797's unencoded payload), and this one understands none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<Vec<String>>,
 }
 
 /// A JWS that verified: who signed it and what.
@@ -122,6 +126,7 @@ fn signing_input(svid: &Svid, payload_b64: &str) -> String {
         typ: Some("JOSE".into()),
         kid: Some(svid.serial.clone()),
         x5c: svid.chain.iter().map(|c| STANDARD.encode(c)).collect(),
+        crit: None,
     };
     // A struct of strings: serialization cannot fail.
     let header = serde_json::to_vec(&header).unwrap_or_default();
@@ -288,6 +293,11 @@ pub fn verify_with(
         .map_err(|e| JwsError::Malformed(format!("header is not the expected json: {e}")))?;
     if header.alg != "ES256" {
         return Err(JwsError::UnsupportedAlg(header.alg));
+    }
+    if let Some(crit) = &header.crit {
+        return Err(JwsError::Malformed(format!(
+            "header marks {crit:?} critical; no critical extensions are supported"
+        )));
     }
     if header.x5c.is_empty() {
         return Err(JwsError::MissingX5c);

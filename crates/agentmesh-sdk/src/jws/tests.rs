@@ -117,7 +117,12 @@ fn malformed_input_gets_a_specific_error_and_no_panic() {
         "{}.e30.AAAA",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","x5c":["AAAA"]}"#)
     );
+    let crit = format!(
+        "{}.e30.AAAA",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","crit":["b64"],"b64":false,"x5c":["AAAA"]}"#)
+    );
     for (input, check) in [
+        (crit.as_str(), "critical"),
         ("", "segments"),
         ("a.b", "segments"),
         ("a.b.c.d", "segments"),
