@@ -361,7 +361,7 @@ fn socket_from_endpoint(value: &str) -> Result<PathBuf, SourceError> {
 
 impl X509Source {
     /// Connects to the Workload API at `socket`, waits up to `patience` for the first SVID,
-    /// then follows the stream in the background.
+    /// then follows the stream in the background, staying with that SVID's SPIFFE ID.
     ///
     /// # Errors
     /// [`SourceError::Timeout`] naming the last failure if no usable SVID arrived in time.
@@ -423,12 +423,15 @@ impl X509Source {
             let left = patience.saturating_sub(started.elapsed());
             let last = match tokio::time::timeout(left, attempt).await {
                 Ok(Ok((stream, svid, roots))) => {
+                    // Keep following the identity we started with, even if the Workload API
+                    // later lists this workload's SVIDs in another order.
+                    let follow_id = wanted.cloned().unwrap_or_else(|| svid.id.clone());
                     let mut source = Self::from_svid(svid, roots)?;
                     let shared = Arc::clone(&source.shared);
                     source.task = Some(tokio::spawn(follow(
                         shared,
                         socket.to_owned(),
-                        wanted.cloned(),
+                        Some(follow_id),
                         stream,
                     )));
                     return Ok(Arc::new(source));
