@@ -60,14 +60,18 @@ async fn the_sdk_example_refuses_a_client_the_layer_does_not_admit_and_rotates_o
     let app = agentmesh_sdk_example::app(client_id.parse().expect("id"));
     tokio::spawn(agentmesh_sdk::serve(listener, Arc::clone(&service), app));
 
-    let admitted = MtlsClient::pinned(Arc::clone(&client), service_id.parse().expect("id"));
-    let (status, body) = get(&admitted, &url).await;
-    assert_eq!(status, http::StatusCode::OK, "{body}");
+    // The example's own client code, as the admitted client and as the intruder.
+    let server: SpiffeId = service_id.parse().expect("id");
+    let (status, body) = agentmesh_sdk_example::call(Arc::clone(&client), &url, server.clone())
+        .await
+        .expect("call as sdk-client");
+    assert_eq!(status, 200, "{body}");
     assert!(body.contains(&client_id), "{body}");
 
-    let refused = MtlsClient::pinned(Arc::clone(&intruder), service_id.parse().expect("id"));
-    let (status, body) = get(&refused, &url).await;
-    assert_eq!(status, http::StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = agentmesh_sdk_example::call(Arc::clone(&intruder), &url, server)
+        .await
+        .expect("call as sdk-intruder");
+    assert_eq!(status, 403, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("a json reason");
     let reason = json["reason"].as_str().expect("reason");
     assert!(

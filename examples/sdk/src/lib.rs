@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_sdk::{PeerIdentity, RequireIdentity, SpiffeId, X509Source};
+use agentmesh_sdk::{MtlsClient, PeerIdentity, RequireIdentity, SpiffeId, X509Source};
 use axum::Router;
 use axum::routing::get;
+use http_body_util::BodyExt as _;
 
 /// How long to wait for the first SVID: a launcher may still be registering us.
 ///
@@ -52,4 +53,32 @@ pub fn app(allowed: SpiffeId) -> Router {
 /// ```
 pub async fn source(me: SpiffeId) -> Result<Arc<X509Source>, agentmesh_sdk::SourceError> {
     X509Source::from_env_as(Some(&me), PATIENCE).await
+}
+
+/// The example client's call: GET `url` over mTLS as `source`'s identity, accepting only a
+/// server that presents `server`; returns the status and body.
+///
+/// # Errors
+/// The handshake failed (including a server that is not `server`) or the body broke off.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run(source: std::sync::Arc<agentmesh_sdk::X509Source>) -> anyhow::Result<()> {
+/// let (status, body) = agentmesh_sdk_example::call(
+///     source,
+///     "https://127.0.0.1:8443/hello",
+///     "spiffe://agentmesh.local/sdk-service".parse()?,
+/// ).await?;
+/// println!("{status} {body}");
+/// # Ok(()) }
+/// ```
+pub async fn call(
+    source: Arc<X509Source>,
+    url: &str,
+    server: SpiffeId,
+) -> anyhow::Result<(u16, String)> {
+    let resp = MtlsClient::pinned(source, server).get(url).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

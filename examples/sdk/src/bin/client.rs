@@ -4,7 +4,6 @@
 //! given server ID, and prints the status and body.
 
 use anyhow::Context as _;
-use http_body_util::BodyExt as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,13 +19,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "spiffe://agentmesh.local/sdk-client".into());
 
     let source = agentmesh_sdk_example::source(me.parse().context("client spiffe id")?).await?;
-    let client =
-        agentmesh_sdk::MtlsClient::pinned(source, server.parse().context("server spiffe id")?);
-    let resp = client.get(&url).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    println!("{status} {}", String::from_utf8_lossy(&body));
-    if !status.is_success() {
+    let (status, body) =
+        agentmesh_sdk_example::call(source, &url, server.parse().context("server spiffe id")?)
+            .await?;
+    println!("{status} {body}");
+    if !(200..300).contains(&status) {
         std::process::exit(1);
     }
     Ok(())
