@@ -1,0 +1,405 @@
+//! A throwaway CA for tests and examples (feature `testing`): real X509-SVIDs, minted in
+//! process by the same code the agentmesh server uses.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_ca::{Authority, CsrPublicKey, PrivateKey};
+use agentmesh_spiffe::{SpiffeId, TrustDomain};
+use rustls::pki_types::CertificateDer;
+
+use crate::source::{Svid, X509Source};
+
+/// Why the test CA failed; it only fails on bad input from the test itself.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let err = ca.svid_valid("not an id", std::time::SystemTime::now(), std::time::Duration::from_secs(60));
+/// assert!(matches!(err, Err(agentmesh_sdk::testing::TestCaError::BadId(_))));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestCaError {
+    /// The trust domain or SPIFFE ID did not parse.
+    #[error("bad test identity: {0}")]
+    BadId(String),
+    /// Minting failed.
+    #[error("test ca: {0}")]
+    Ca(String),
+}
+
+/// A root + intermediate CA for one trust domain.
+///
+/// # Examples
+/// ```
+/// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+/// let (svid, roots) = ca.svid("spiffe://example.org/api");
+/// assert_eq!(roots.len(), 1);
+/// assert_eq!(svid.chain.len(), 2);
+/// ```
+pub struct TestCa {
+    root: Vec<u8>,
+    authority: Authority,
+    td: TrustDomain,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("td", &self.td.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// A fresh CA for `trust_domain`; panics on a bad name, since it is for tests.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// assert_eq!(ca.roots().len(), 1);
+    /// ```
+    pub fn new(trust_domain: &str) -> Self {
+        Self::try_new(trust_domain).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`TestCa::new`], returning the error.
+    ///
+    /// # Errors
+    /// A bad trust domain name, or a minting failure.
+    ///
+    /// # Examples
+    /// ```
+    /// assert!(agentmesh_sdk::testing::TestCa::try_new("Not A Domain").is_err());
+    /// ```
+    pub fn try_new(trust_domain: &str) -> Result<Self, TestCaError> {
+        let td: TrustDomain = trust_domain
+            .parse()
+            .map_err(|e: agentmesh_spiffe::SpiffeIdError| TestCaError::BadId(e.to_string()))?;
+        let ca = |e: &dyn std::fmt::Display| TestCaError::Ca(e.to_string());
+        // Backdated so tests can mint SVIDs that already expired inside the CA's validity.
+        let now = SystemTime::now() - Duration::from_secs(2 * 86400);
+        let root_key = PrivateKey::generate().map_err(|e| ca(&e))?;
+        let root = agentmesh_ca::new_root(&td, &root_key, Duration::from_secs(10 * 86400), now)
+            .map_err(|e| ca(&e))?;
+        let int_key = PrivateKey::generate().map_err(|e| ca(&e))?;
+        let int = agentmesh_ca::new_intermediate(
+            &td,
+            &int_key,
+            Duration::from_secs(10 * 86400),
+            now,
+            &root,
+            &root_key,
+        )
+        .map_err(|e| ca(&e))?;
+        let authority = Authority::new(&td, int, int_key).map_err(|e| ca(&e))?;
+        Ok(Self {
+            root,
+            authority,
+            td,
+        })
+    }
+
+    /// The trust bundle: this CA's root.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// assert!(!ca.roots()[0].is_empty());
+    /// ```
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        vec![CertificateDer::from(self.root.clone())]
+    }
+
+    /// A fresh SVID for `id` valid for an hour, and the bundle; panics on a bad ID.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// let (svid, _) = ca.svid("spiffe://example.org/a");
+    /// assert_eq!(svid.id.path(), "/a");
+    /// ```
+    pub fn svid(&self, id: &str) -> (Svid, Vec<CertificateDer<'static>>) {
+        let svid = self
+            .svid_valid(
+                id,
+                SystemTime::now() - Duration::from_secs(60),
+                Duration::from_secs(3600),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        (svid, self.roots())
+    }
+
+    /// An SVID for `id` valid from `not_before` for `ttl` (to make expired ones).
+    ///
+    /// # Errors
+    /// A bad ID, or a minting failure.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// let old = SystemTime::now() - Duration::from_secs(7200);
+    /// let svid = ca.svid_valid("spiffe://example.org/a", old, Duration::from_secs(60)).unwrap();
+    /// assert!(svid.not_after < SystemTime::now());
+    /// ```
+    pub fn svid_valid(
+        &self,
+        id: &str,
+        not_before: SystemTime,
+        ttl: Duration,
+    ) -> Result<Svid, TestCaError> {
+        let id: SpiffeId = id
+            .parse()
+            .map_err(|e: agentmesh_spiffe::SpiffeIdError| TestCaError::BadId(e.to_string()))?;
+        let ca = |e: &dyn std::fmt::Display| TestCaError::Ca(e.to_string());
+        let key = PrivateKey::generate().map_err(|e| ca(&e))?;
+        let public = CsrPublicKey::from_spki_der(&key.public_key_der()).map_err(|e| ca(&e))?;
+        let minted = self
+            .authority
+            .mint_x509_svid(&id, &public, ttl, &[], not_before)
+            .map_err(|e| ca(&e))?;
+        Svid::from_der(&minted.chain, &key.pkcs8_der()).map_err(|e| ca(&e))
+    }
+
+    /// A source holding a fresh SVID for `id`.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// let source = ca.source("spiffe://example.org/a");
+    /// assert_eq!(source.current().roots.len(), 1);
+    /// ```
+    pub fn source(&self, id: &str) -> Arc<X509Source> {
+        let (svid, roots) = self.svid(id);
+        Arc::new(X509Source::from_svid(svid, roots).unwrap_or_else(|e| panic!("{e}")))
+    }
+}
+
+/// A stand-in for the frontend: an ES256 user-token issuer with a JWKS it can rotate.
+///
+/// # Examples
+/// ```
+/// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+/// let token = issuer.mint(serde_json::json!({"sub": "alice", "aud": "api"}), 300);
+/// assert_eq!(token.split('.').count(), 3);
+/// ```
+#[derive(Debug)]
+pub struct TestIssuer {
+    key: std::sync::Mutex<Arc<IssuerKey>>,
+    published: Arc<StaticJwks>,
+}
+
+struct IssuerKey {
+    kid: String,
+    pair: ring::signature::EcdsaKeyPair,
+    jwk: agentmesh_ca::Jwk,
+}
+
+impl std::fmt::Debug for IssuerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn issuer_key() -> Arc<IssuerKey> {
+    use ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let rng = ring::rand::SystemRandom::new();
+    let jwt = agentmesh_ca::JwtKey::generate().unwrap_or_else(|e| panic!("{e}"));
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &jwt.pkcs8_der(),
+        &rng,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(IssuerKey {
+        kid: jwt.kid().to_owned(),
+        pair,
+        jwk: jwt.public_jwk(),
+    })
+}
+
+/// A JWKS document served from memory, counting how often it is fetched.
+///
+/// # Examples
+/// ```
+/// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+/// assert_eq!(issuer.fetcher().fetches(), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct StaticJwks {
+    doc: std::sync::Mutex<String>,
+    fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl StaticJwks {
+    /// How many times the document was fetched.
+    ///
+    /// # Examples
+    /// ```
+    /// let jwks = agentmesh_sdk::testing::StaticJwks::default();
+    /// assert_eq!(jwks.fetches(), 0);
+    /// ```
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Replaces the served document (for example with garbage, to test bad answers).
+    ///
+    /// # Examples
+    /// ```
+    /// let jwks = agentmesh_sdk::testing::StaticJwks::default();
+    /// jwks.set("not json");
+    /// ```
+    pub fn set(&self, doc: &str) {
+        *self
+            .doc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = doc.to_owned();
+    }
+}
+
+impl crate::token::JwksFetcher for StaticJwks {
+    fn fetch(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<String, crate::token::TokenError>> + Send + '_>,
+    > {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let doc = self
+            .doc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Box::pin(async move { Ok(doc) })
+    }
+
+    fn url(&self) -> String {
+        "memory://test-issuer/jwks.json".to_owned()
+    }
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestIssuer {
+    /// A fresh issuer publishing one key.
+    ///
+    /// # Examples
+    /// ```
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// assert!(issuer.jwks_json().contains(&issuer.kid()));
+    /// ```
+    pub fn new() -> Self {
+        let key = issuer_key();
+        let published = Arc::new(StaticJwks::default());
+        published.set(&agentmesh_ca::Jwks::new(vec![key.jwk.clone()]).to_json());
+        Self {
+            key: std::sync::Mutex::new(key),
+            published,
+        }
+    }
+
+    fn current(&self) -> Arc<IssuerKey> {
+        Arc::clone(
+            &self
+                .key
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// The current key id.
+    ///
+    /// # Examples
+    /// ```
+    /// assert!(!agentmesh_sdk::testing::TestIssuer::new().kid().is_empty());
+    /// ```
+    pub fn kid(&self) -> String {
+        self.current().kid.clone()
+    }
+
+    /// The JWKS this issuer publishes now.
+    ///
+    /// # Examples
+    /// ```
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// assert!(issuer.jwks_json().starts_with("{\"keys\":["));
+    /// ```
+    pub fn jwks_json(&self) -> String {
+        self.published
+            .doc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The in-memory fetcher serving this issuer's JWKS.
+    ///
+    /// # Examples
+    /// ```
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// let _verifier = agentmesh_sdk::UserTokenVerifier::new(
+    ///     agentmesh_sdk::token::UserTokenConfig::new("api"), issuer.fetcher());
+    /// ```
+    pub fn fetcher(&self) -> Arc<StaticJwks> {
+        Arc::clone(&self.published)
+    }
+
+    /// Switches to a new key and publishes only it (the old one is retired).
+    ///
+    /// # Examples
+    /// ```
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// let old = issuer.kid();
+    /// issuer.rotate();
+    /// assert!(!issuer.jwks_json().contains(&old));
+    /// ```
+    pub fn rotate(&self) {
+        let key = issuer_key();
+        self.published
+            .set(&agentmesh_ca::Jwks::new(vec![key.jwk.clone()]).to_json());
+        *self
+            .key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+    }
+
+    /// Signs `claims` (ES256, header `kid`), adding `exp = now + ttl_secs` unless present.
+    ///
+    /// # Examples
+    /// ```
+    /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
+    /// let expired = issuer.mint(serde_json::json!({"sub": "a", "aud": "api"}), -600);
+    /// # let _ = expired;
+    /// ```
+    pub fn mint(&self, mut claims: serde_json::Value, ttl_secs: i64) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        if let Some(map) = claims.as_object_mut() {
+            map.entry("exp").or_insert_with(|| (now + ttl_secs).into());
+        }
+        let key = self.current();
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": key.kid});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = key
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
