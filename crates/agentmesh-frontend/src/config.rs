@@ -164,9 +164,24 @@ impl FrontendConfig {
             )));
         }
         if let Some(oidc) = &cfg.oidc {
-            if !(oidc.issuer.starts_with("https://") || oidc.issuer.starts_with("http://")) {
+            if let Some(rest) = oidc.issuer.strip_prefix("http://") {
+                // The code exchange carries the client secret and the id_token: plaintext is
+                // only acceptable when it never leaves the machine (tests, a local issuer).
+                let host = rest.split(['/', ':']).next().unwrap_or("");
+                let loopback = host == "localhost"
+                    || host == "[::1]"
+                    || host
+                        .parse::<std::net::Ipv4Addr>()
+                        .is_ok_and(|a| a.is_loopback());
+                if !loopback {
+                    return Err(invalid(format!(
+                        "oidc.issuer {:?} must be https:// (plain http only for a loopback issuer)",
+                        oidc.issuer
+                    )));
+                }
+            } else if !oidc.issuer.starts_with("https://") {
                 return Err(invalid(format!(
-                    "oidc.issuer {:?} must be an http(s) URL",
+                    "oidc.issuer {:?} must be an https:// URL",
                     oidc.issuer
                 )));
             }
@@ -259,7 +274,11 @@ mod tests {
             ),
             (
                 "[oidc]\nissuer = \"ftp://i\"\nclient_id = \"c\"",
-                "http(s) URL",
+                "must be an https:// URL",
+            ),
+            (
+                "[oidc]\nissuer = \"http://idp.example\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+                "plain http only for a loopback issuer",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();
