@@ -441,3 +441,77 @@ fn the_frontend_refuses_a_dev_login_on_a_non_loopback_address_and_a_malformed_co
         assert!(last.contains(want), "{text}: {err}");
     }
 }
+
+#[test]
+fn after_an_svid_rotation_the_jwks_keeps_the_previous_key_and_new_tokens_use_the_new_one() {
+    let mesh = Mesh::start();
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    mesh.entry(
+        FRONTEND_PATH,
+        &[&format!("unix:uid:{uid}")],
+        Some(SHORT_TTL),
+    );
+    let port = free_port();
+    let frontend = format!("http://127.0.0.1:{port}");
+    let config = mesh.dir.join("frontend.toml");
+    // No [oidc]: the dev login, which is enough to get a session here.
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nworkload_api = \"{}\"\n",
+            mesh.endpoint()
+        ),
+    )
+    .unwrap();
+    let log = mesh.dir.join("frontend.log");
+    let mut fe = Proc(
+        mesh.command()
+            .args(["frontend", "run", "--config"])
+            .arg(&config)
+            .stdout(Mesh::log_file(&log))
+            .stderr(Mesh::log_file(&log))
+            .spawn()
+            .expect("spawn agentmesh frontend run"),
+    );
+    wait_for_port(port, "the frontend", &mut fe, &log);
+    let mut b = Browser::default();
+    let page = b.get(&format!("{frontend}/login"));
+    assert!(page.body.contains("Dev login"), "{}", page.body);
+    let r = b.send("POST", &format!("{frontend}/login"), Some("name=carol"));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let kid_of = |b: &mut Browser| {
+        let t: Value = serde_json::from_str(&b.get(&format!("{frontend}/token")).body).unwrap();
+        part(t["token"].as_str().unwrap(), 0)["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = kid_of(&mut b);
+    let deadline = Instant::now() + PATIENCE;
+    let second = loop {
+        let kid = kid_of(&mut b);
+        if kid != first {
+            break kid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation in time; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let jwks: Value =
+        serde_json::from_str(&b.get(&format!("{frontend}/.well-known/jwks.json")).body).unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&first.as_str()) && kids.contains(&second.as_str()),
+        "{kids:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("DEV LOGIN"), "{text}");
+}
