@@ -235,6 +235,61 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(None)
+}
+
+/// A stand-in entry agent: answers every `POST /ask` with JSON naming the question and
+/// whether a bearer token came with it.
+fn echo_agent() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then Content-Length bytes of body.
+            let (head_end, len) = loop {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break (raw.len(), 0);
+                }
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&raw[..i]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                    break (i + 4, len);
+                }
+            };
+            while raw.len() < head_end + len {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+            let q: Value = serde_json::from_slice(&raw[head_end..]).unwrap_or(Value::Null);
+            let body = serde_json::json!({
+                "answer": format!("Paris, you asked: {}", q["question"].as_str().unwrap_or("")),
+                "bearer": head.contains("authorization: bearer "),
+                "traceparent": head.contains("traceparent: 00-"),
+            })
+            .to_string();
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+fn setup_with(upstream: Option<&str>) -> Setup {
     let module = oidc_provider_module();
     let mesh = Mesh::start();
     // Every process of this uid is the frontend: enough for a test that runs one workload.
@@ -264,8 +319,12 @@ fn setup() -> Setup {
         &config,
         format!(
             "listen = \"127.0.0.1:{fe_port}\"\nworkload_api = \"{}\"\n\
-             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n",
-            mesh.endpoint()
+             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n\
+             {}",
+            mesh.endpoint(),
+            upstream.map_or(String::new(), |u| format!(
+                "[[upstream]]\nname = \"planner\"\nurl = \"{u}\"\n"
+            )),
         ),
     )
     .unwrap();
@@ -514,4 +573,68 @@ fn after_an_svid_rotation_the_jwks_keeps_the_previous_key_and_new_tokens_use_the
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("DEV LOGIN"), "{text}");
+}
+
+fn puppeteer_module() -> PathBuf {
+    // oidc-provider/lib/index.js → node_modules, where scripts/test installs both.
+    let module = oidc_provider_module();
+    let node_modules = module.ancestors().nth(3).expect("node_modules");
+    let p = node_modules.join("puppeteer-core/lib/puppeteer/puppeteer-core.js");
+    assert!(
+        p.exists(),
+        "puppeteer-core is missing at {}; run the suite through scripts/test, which installs it \
+         into .cache/node next to oidc-provider",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn headless_chromium_logs_in_at_the_real_provider_and_asks_from_the_page() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "Chromium is missing at {chromium}; scripts/test installs it (apt-get install chromium)"
+    );
+    let agent = echo_agent();
+    let s = setup_with(Some(&agent));
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frontend-screenshots");
+    let out = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/browser_login.mjs"))
+        .arg(&s.frontend)
+        .arg(&shots)
+        .env("PUPPETEER_MODULE", puppeteer_module())
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run browser_login.mjs");
+    assert!(
+        out.status.success(),
+        "browser_login.mjs failed:\n{}\nfrontend log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&s.frontend_log).unwrap_or_default()
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let logged_in = seen["logged_in"].as_str().unwrap();
+    assert!(
+        logged_in.contains("Logged in as") && logged_in.contains("alice"),
+        "{logged_in}"
+    );
+    let answer: Value = serde_json::from_str(seen["answer"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        answer["answer"],
+        "Paris, you asked: what is the capital of France?"
+    );
+    assert_eq!(answer["bearer"], true);
+    assert_eq!(answer["traceparent"], true);
+    assert!(seen["csp"].as_str().unwrap().contains("default-src 'none'"));
+    for shot in [
+        "1-home.png",
+        "2-provider-login.png",
+        "3-logged-in.png",
+        "4-answer.png",
+    ] {
+        assert!(shots.join(shot).exists(), "screenshot {shot} missing");
+    }
 }
