@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
@@ -154,14 +154,6 @@ impl Sessions {
     /// Ends a session.
     pub fn remove(&self, id: &str) {
         self.lock().sessions.remove(id);
-    }
-
-    /// Ages every pending login by `by` (tests).
-    #[doc(hidden)]
-    pub fn age_logins(&self, by: Duration) {
-        for p in self.lock().pending.values_mut() {
-            p.started = p.started.checked_sub(by).unwrap_or(p.started);
-        }
     }
 }
 
