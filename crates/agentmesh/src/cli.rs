@@ -13,6 +13,7 @@ pub mod agent;
 pub mod ask;
 pub mod bundle;
 pub mod entry;
+pub mod frontend;
 pub mod gateway;
 pub mod intention;
 pub mod jwt;
@@ -92,6 +93,9 @@ pub enum Command {
     /// The LLM gateway: OpenAI and Ollama APIs, per-caller policy, DLP, audit.
     #[command(subcommand)]
     Gateway(gateway::GatewayCommand),
+    /// The frontend: OIDC login (or the loopback-only dev login), user tokens, JWKS, /ask.
+    #[command(subcommand)]
+    Frontend(frontend::FrontendCommand),
     /// A built-in AI agent (planner, executor, researcher, writer, orchestrator, ...).
     #[command(subcommand)]
     Agent(agent::AgentCommand),
@@ -134,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Jwt(c) => jwt::run(c).await,
             Command::Proxy(c) => proxy::run(c).await,
             Command::Gateway(c) => gateway::run(c).await,
+            Command::Frontend(c) => frontend::run(c).await,
             Command::Agent(c) => agent::run(c).await,
             Command::Up(a) => up::run(a).await,
             Command::Ask(a) => ask::run(a).await,

@@ -1,0 +1,289 @@
+//! `frontend.toml`: where the frontend listens, how it logs people in and where `/ask` goes.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"                 # default
+//! workload_api = "unix:///tmp/agentmesh/node.sock"   # default: $SPIFFE_ENDPOINT_SOCKET
+//! # public_url = "https://mesh.example.com" # default: http://<listen>; the OIDC redirect base
+//! # audience = "agentmesh.local"           # user-token aud; default: the SVID's trust domain
+//! entry = "planner"                         # which [[upstream]] /ask goes to (default: the first)
+//!
+//! [oidc]                                    # omit the whole table for the loopback-only dev login
+//! issuer = "https://accounts.example.com"   # discovery: <issuer>/.well-known/openid-configuration
+//! client_id = "agentmesh"
+//! client_secret = "..."                     # optional (public client with PKCE)
+//! auth_method = "client_secret_basic"       # or client_secret_post
+//! scopes = ["openid", "email", "profile"]   # default
+//!
+//! [[upstream]]
+//! name = "planner"
+//! url = "http://127.0.0.1:9001"              # the entry agent's local port
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a frontend.toml could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read frontend config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The TOML is malformed or has unknown keys.
+    #[error("invalid frontend config {0}: {1}")]
+    Parse(PathBuf, String),
+    /// The keys parse but do not make sense together.
+    #[error("invalid frontend config {0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic with the client id and secret (the OIDC default).
+    #[default]
+    ClientSecretBasic,
+    /// The id and secret in the form body.
+    ClientSecretPost,
+    /// A public client: only the client id, PKCE protects the code.
+    None,
+}
+
+/// The `[oidc]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL, exactly as its `iss` claim spells it.
+    pub issuer: String,
+    /// The client id registered at the issuer.
+    pub client_id: String,
+    /// The client secret, if the client is confidential.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// How to authenticate at the token endpoint.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Scopes asked for; `openid` is always included.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
+}
+
+/// One `[[upstream]]`: a named plain-HTTP URL (a local sidecar port).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The name `entry` refers to.
+    pub name: String,
+    /// `http://host:port`; `/ask` POSTs to `<url>/ask`.
+    pub url: String,
+}
+
+/// The whole frontend.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendConfig {
+    /// Where the web UI listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The Workload API socket (`unix:///path`); default `$SPIFFE_ENDPOINT_SOCKET`.
+    #[serde(default)]
+    pub workload_api: Option<String>,
+    /// The URL browsers reach the frontend at; the OIDC redirect URI is `<public_url>/callback`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The user token's `aud`; default the frontend's trust domain.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The `[[upstream]]` name `/ask` goes to; default the first.
+    #[serde(default)]
+    pub entry: Option<String>,
+    /// OIDC login; without it the frontend offers the dev login (loopback only).
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    /// Named upstreams.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl FrontendConfig {
+    /// Reads and checks a frontend.toml.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the problem.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` only names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt; one line is the contract.
+            let msg = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse(path.to_owned(), format!("{msg}{at}"))
+        })?;
+        let invalid = |m: String| ConfigError::Invalid(path.to_owned(), m);
+        for up in &cfg.upstream {
+            if !up.url.starts_with("http://") {
+                return Err(invalid(format!(
+                    "upstream {:?}: url {:?} must be http://host:port (the local sidecar port)",
+                    up.name, up.url
+                )));
+            }
+            up.url
+                .parse::<http::Uri>()
+                .map_err(|e| invalid(format!("upstream {:?}: url {:?}: {e}", up.name, up.url)))?;
+        }
+        if let Some(entry) = &cfg.entry
+            && !cfg.upstream.iter().any(|u| &u.name == entry)
+        {
+            return Err(invalid(format!(
+                "entry {entry:?} is not an [[upstream]] name"
+            )));
+        }
+        if let Some(oidc) = &cfg.oidc {
+            if let Some(rest) = oidc.issuer.strip_prefix("http://") {
+                // The code exchange carries the client secret and the id_token: plaintext is
+                // only acceptable when it never leaves the machine (tests, a local issuer).
+                let host = rest.split(['/', ':']).next().unwrap_or("");
+                let loopback = host == "localhost"
+                    || host == "[::1]"
+                    || host
+                        .parse::<std::net::Ipv4Addr>()
+                        .is_ok_and(|a| a.is_loopback());
+                if !loopback {
+                    return Err(invalid(format!(
+                        "oidc.issuer {:?} must be https:// (plain http only for a loopback issuer)",
+                        oidc.issuer
+                    )));
+                }
+            } else if !oidc.issuer.starts_with("https://") {
+                return Err(invalid(format!(
+                    "oidc.issuer {:?} must be an https:// URL",
+                    oidc.issuer
+                )));
+            }
+            if oidc.auth_method != AuthMethod::None && oidc.client_secret.is_none() {
+                return Err(invalid(
+                    "oidc.client_secret is required unless oidc.auth_method = \"none\"".into(),
+                ));
+            }
+        }
+        if let Some(url) = &cfg.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "public_url {url:?} must be an http(s) URL"
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// The base URL browsers use, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.public_url.as_deref().map_or_else(
+            || format!("http://{}", self.listen),
+            |u| u.trim_end_matches('/').to_owned(),
+        )
+    }
+
+    /// The upstream `/ask` goes to.
+    pub fn entry_upstream(&self) -> Option<&UpstreamConfig> {
+        match &self.entry {
+            Some(name) => self.upstream.iter().find(|u| &u.name == name),
+            None => self.upstream.first(),
+        }
+    }
+
+    /// The Workload API socket path, from the config or `$SPIFFE_ENDPOINT_SOCKET`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when neither names a `unix://` socket.
+    pub fn workload_socket(&self, path: &Path) -> Result<PathBuf, ConfigError> {
+        let value = self
+            .workload_api
+            .clone()
+            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    path.to_owned(),
+                    "no Workload API: set workload_api or SPIFFE_ENDPOINT_SOCKET".into(),
+                )
+            })?;
+        let stripped = value.strip_prefix("unix://").ok_or_else(|| {
+            ConfigError::Invalid(
+                path.to_owned(),
+                format!("workload_api {value:?} must be unix:///path"),
+            )
+        })?;
+        Ok(PathBuf::from(stripped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FrontendConfig, ConfigError> {
+        FrontendConfig::parse(text, Path::new("frontend.toml"))
+    }
+
+    #[test]
+    fn an_empty_config_is_a_dev_login_frontend_on_loopback() {
+        let cfg = parse("").unwrap();
+        assert!(cfg.oidc.is_none());
+        assert!(cfg.listen.ip().is_loopback());
+        assert_eq!(cfg.public_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn malformed_configs_are_one_clear_line() {
+        for (text, want) in [
+            ("listen = 5", "invalid frontend config frontend.toml"),
+            ("lisen = \"127.0.0.1:1\"", "unknown field"),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"https://x\"",
+                "must be http://",
+            ),
+            ("entry = \"b\"", "not an [[upstream]] name"),
+            (
+                "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"",
+                "client_secret is required",
+            ),
+            (
+                "[oidc]\nissuer = \"ftp://i\"\nclient_id = \"c\"",
+                "must be an https:// URL",
+            ),
+            (
+                "[oidc]\nissuer = \"http://idp.example\"\nclient_id = \"c\"\nclient_secret = \"s\"",
+                "plain http only for a loopback issuer",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The HTML pages: semantic, script-free (plain forms work by keyboard and under the strictest
+//! CSP), with the one stylesheet embedded in the binary.
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::token::User;
+
+/// Errors of this module: rendering cannot fail; the enum keeps the module's shape uniform.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PageError {
+    /// A response could not be assembled (a bug).
+    #[error("BUG: cannot build a response: {0}")]
+    BugResponse(String),
+}
+
+/// No scripts, no frames, no foreign origins: everything the pages use is same-origin CSS and
+/// forms posting to the frontend itself.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const STYLE: &str = include_str!("page/style.css");
+
+/// Adds the security headers to every response.
+pub async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The stylesheet.
+pub async fn stylesheet() -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
+        .header(header::CACHE_CONTROL, "max-age=3600")
+        .body(Body::from(STYLE))
+        .unwrap_or_default()
+}
+
+/// An HTML response.
+pub fn html(status: StatusCode, body: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Body::from(body.to_owned()))
+        .unwrap_or_default()
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn layout(title: &str, main: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{t} · agentmesh</title><link rel=\"stylesheet\" href=\"/static/style.css\">\
+         </head><body><header><p class=\"brand\"><a href=\"/\">agentmesh</a></p></header>\
+         <main>{main}</main></body></html>\n",
+        t = escape(title)
+    )
+}
+
+const DEV_BANNER: &str = "<p class=\"dev\" role=\"alert\"><strong>Dev login:</strong> no identity \
+                          provider is configured; anyone on this machine can log in as anyone. \
+                          Loopback only.</p>";
+
+/// The home page: a login link, or the question form (and the last answer).
+pub fn index(user: Option<&User>, dev: bool, answer: Option<(&str, &serde_json::Value)>) -> String {
+    let mut main = String::new();
+    if dev {
+        main.push_str(DEV_BANNER);
+    }
+    match user {
+        None => main.push_str(
+            "<h1>Ask the mesh</h1><p>Log in to ask a question.</p>\
+             <p><a class=\"button\" href=\"/login\">Log in</a></p>",
+        ),
+        Some(u) => {
+            let who = u.name.as_deref().unwrap_or(&u.sub);
+            main.push_str(&format!(
+                "<h1>Ask the mesh</h1><p>Logged in as <strong>{}</strong>{} \
+                 (<span class=\"idp\">{}</span>).</p>\
+                 <form method=\"post\" action=\"/logout\"><button type=\"submit\">Log out</button></form>\
+                 <form method=\"post\" action=\"/ask\"><label for=\"question\">Question</label>\
+                 <textarea id=\"question\" name=\"question\" rows=\"3\" required>{}</textarea>\
+                 <button type=\"submit\">Ask</button></form>",
+                escape(who),
+                u.email
+                    .as_deref()
+                    .map(|e| format!(" &lt;{}&gt;", escape(e)))
+                    .unwrap_or_default(),
+                escape(&u.idp),
+                answer.map(|(q, _)| escape(q)).unwrap_or_default(),
+            ));
+            if let Some((_, a)) = answer {
+                let pretty = serde_json::to_string_pretty(a).unwrap_or_default();
+                main.push_str(&format!(
+                    "<section aria-labelledby=\"answer-h\"><h2 id=\"answer-h\">Answer</h2>\
+                     <pre id=\"answer\">{}</pre></section>",
+                    escape(&pretty)
+                ));
+            }
+        }
+    }
+    layout("Ask", &main)
+}
+
+/// The dev login form.
+pub fn dev_login() -> String {
+    let main = format!(
+        "{DEV_BANNER}<h1>Dev login</h1><form method=\"post\" action=\"/login\">\
+         <label for=\"name\">Name</label><input id=\"name\" name=\"name\" required maxlength=\"100\" autocomplete=\"name\">\
+         <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"email\">\
+         <button type=\"submit\">Log in (dev)</button></form>"
+    );
+    layout("Dev login", &main)
+}
+
+/// A refusal page with its reason.
+pub fn error(what: &str, reason: &str) -> String {
+    let main = format!(
+        "<h1>{} refused</h1><p id=\"reason\" role=\"alert\">{}</p><p><a href=\"/\">Back</a></p>",
+        escape(&capitalize(what)),
+        escape(reason)
+    );
+    layout("Refused", &main)
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}

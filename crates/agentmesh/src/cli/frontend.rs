@@ -1,0 +1,48 @@
+//! `agentmesh frontend run --config FILE`: the entry point for humans (OIDC login, user
+//! tokens, JWKS, the ask page).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::server::Signals;
+
+/// `agentmesh frontend ...`
+#[derive(Debug, Subcommand)]
+pub enum FrontendCommand {
+    /// Runs the frontend described by a frontend.toml.
+    Run(FrontendRunArgs),
+}
+
+/// `agentmesh frontend run` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FrontendRunArgs {
+    /// The frontend.toml (listen, workload_api, [oidc], [[upstream]], entry, audience)
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Runs `agentmesh frontend ...`.
+///
+/// # Errors
+/// A bad config, no SVID, an issuer that cannot be discovered, or a listener that cannot be
+/// bound.
+pub async fn run(cmd: FrontendCommand) -> anyhow::Result<()> {
+    match cmd {
+        FrontendCommand::Run(args) => {
+            let cfg = agentmesh_frontend::FrontendConfig::load(&args.config)?;
+            let telemetry = agentmesh_telemetry::init("agentmesh-frontend")?;
+            let mut signals = Signals::new()?;
+            let frontend = agentmesh_frontend::start(cfg, &args.config)
+                .await
+                .context("frontend did not start")?;
+            println!("frontend listening on http://{}", frontend.addr);
+            let signal = signals.recv().await;
+            tracing::info!(signal, "shutting down");
+            frontend.shutdown().await;
+            telemetry.shutdown().await;
+            Ok(())
+        }
+    }
+}
