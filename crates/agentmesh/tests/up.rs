@@ -414,7 +414,8 @@ async fn up_runs_the_default_scenario_and_ask_answers_with_its_trace_id() {
     let mut up = up(&[]);
     let out = up.output();
     for want in [
-        "scenario planner-executor (3 services)",
+        "scenario planner-executor (4 services)",
+        "spiffe://agentmesh.local/ns/default/sa/frontend",
         "spiffe://agentmesh.local/ns/default/sa/planner",
         "SVID EXPIRES",
         "planner → executor  allow",
@@ -480,7 +481,7 @@ async fn up_runs_the_default_scenario_and_ask_answers_with_its_trace_id() {
         .output()
         .expect("intention list");
     let list: Value = serde_json::from_slice(&list.stdout).expect("intention list -o json");
-    assert_eq!(list["intentions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(list["intentions"].as_array().map(Vec::len), Some(4));
     assert!(env.contains("export SPIFFE_ENDPOINT_SOCKET=unix://"));
 
     // A second `up` on the same data dir is refused and disturbs nothing.
@@ -691,7 +692,8 @@ async fn a_python_agent_joins_a_scenario_through_its_sidecar() {
 
 /// One `ask` is one trace: with OTEL_EXPORTER_OTLP_ENDPOINT set for `up`, every agent, sidecar
 /// and the gateway export spans that the official `opentelemetry-proto` package decodes, and
-/// they form one chain planner → planner's sidecar → executor's sidecar → executor →
+/// they form one chain frontend's sidecar → planner's sidecar → planner → planner's sidecar →
+/// executor's sidecar → executor →
 /// executor's sidecar → gateway's sidecar → gateway, each span the parent of the next, with
 /// the callers' SPIFFE IDs on the sidecars' inbound spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,6 +713,8 @@ async fn one_ask_is_one_trace_from_the_planner_through_the_sidecars_to_the_gatew
     let answer = up.ask("Follow this question through the mesh.");
     let trace_id = answer["trace_id"].as_str().expect("trace id").to_owned();
     let chain = [
+        ("agentmesh-proxy/frontend", "SPAN_KIND_CLIENT"),
+        ("agentmesh-proxy/planner", "SPAN_KIND_SERVER"),
         ("agentmesh-agent/planner", "SPAN_KIND_SERVER"),
         ("agentmesh-agent/planner", "SPAN_KIND_CLIENT"),
         ("agentmesh-proxy/planner", "SPAN_KIND_CLIENT"),

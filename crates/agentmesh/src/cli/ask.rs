@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::DEFAULT_DATA_DIR;
 use super::output::TextOrJson;
-use super::up::{MeshInfo, agents_path, mesh_file, post_json};
+use super::up::{MeshInfo, agents_path, ask_entry, mesh_file};
 
 /// `agentmesh ask` flags.
 #[derive(Debug, Clone, Args)]
@@ -47,8 +47,8 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     if args.question.trim().is_empty() {
         bail!("the question is empty");
     }
-    let url = match &args.url {
-        Some(u) => u.trim_end_matches('/').to_owned(),
+    let (url, via_frontend) = match &args.url {
+        Some(u) => (u.trim_end_matches('/').to_owned(), false),
         None => {
             let path = mesh_file(&args.data_dir);
             let text = std::fs::read_to_string(&path).map_err(|_| {
@@ -61,16 +61,18 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
             })?;
             let info: MeshInfo = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not what `agentmesh up` writes", path.display()))?;
-            info.entry_url
+            (info.entry_url, info.entry_kind == "frontend")
         }
     };
-    // Start the trace here, so the id printed is the one every hop logs.
+    // Start the trace here, so the id printed is the one every hop logs (a frontend starts
+    // its own; the answer's trace_id is the one printed).
     let trace_id = random_hex(16);
     let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
-    let (status, body) = post_json(
-        &format!("{url}/ask"),
-        &json!({ "question": args.question }),
-        &[("traceparent", &traceparent)],
+    let (status, body) = ask_entry(
+        &url,
+        via_frontend,
+        &args.question,
+        Some(&traceparent),
         ASK_TIMEOUT,
     )
     .await

@@ -163,6 +163,9 @@ pub struct MeshInfo {
     pub entry: String,
     /// `http://127.0.0.1:PORT`, where questions go.
     pub entry_url: String,
+    /// The entry's kind: `frontend` (log in first, then `/ask`) or an agent.
+    #[serde(default)]
+    pub entry_kind: String,
     /// The pid of `agentmesh up`.
     pub pid: u32,
     /// Every service.
@@ -405,6 +408,81 @@ pub fn agents_path(answer: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Who `up`'s self-check and `agentmesh ask` log in as at a dev-login frontend.
+fn dev_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty() && u.len() <= 100)
+        .unwrap_or_else(|| "agentmesh-cli".into())
+}
+
+/// Logs in at a dev-login frontend (`POST /login`) and returns the session cookie.
+async fn frontend_session(base: &str, timeout: Duration) -> anyhow::Result<String> {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let form = format!(
+        "name={}",
+        dev_user().replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    );
+    let req = http::Request::post(format!("{base}/login"))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(Full::new(bytes::Bytes::from(form)))
+        .with_context(|| format!("invalid URL {base:?}"))?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .map_err(|_| anyhow!("no answer from {base}/login within {timeout:?}"))?
+        .map_err(|e| anyhow!("cannot reach {base}/login: {e}"))?;
+    let cookie = resp
+        .headers()
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if cookie.is_empty() {
+        bail!(
+            "the frontend at {base} gave no session ({}); it logs in with OIDC: ask from its page instead",
+            resp.status()
+        );
+    }
+    Ok(cookie)
+}
+
+/// Asks the mesh's entry: an agent's `/ask` directly, or a frontend's after a dev login.
+///
+/// # Errors
+/// Nothing answered, or the frontend would not log in.
+pub async fn ask_entry(
+    base: &str,
+    via_frontend: bool,
+    question: &str,
+    traceparent: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Value)> {
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    let cookie;
+    if via_frontend {
+        cookie = frontend_session(base, timeout).await?;
+        headers.push(("cookie", &cookie));
+    }
+    if let Some(tp) = traceparent {
+        headers.push(("traceparent", tp));
+    }
+    post_json(
+        &format!("{base}/ask"),
+        &json!({ "question": question }),
+        &headers,
+        timeout,
+    )
+    .await
+}
+
 fn rfc3339(unix: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix as i64)
         .ok()
@@ -589,6 +667,32 @@ fn gateway_toml(p: &Planned, scenario: &Scenario, llm: &Llm, model: Option<&str>
                 q(&s.name)
             );
         }
+    }
+    t
+}
+
+fn frontend_toml(p: &Planned, layout: &Layout) -> String {
+    let mut t = String::new();
+    // No [oidc]: the loopback-only dev login, labelled as such on the page and in the log.
+    let _ = writeln!(
+        t,
+        "# Written by `agentmesh up`.\nlisten = {}\nworkload_api = {}",
+        q(&p.app.to_string()),
+        q(&format!("unix://{}", layout.node_socket.display()))
+    );
+    if let Some(first) = p.spec.upstreams.first() {
+        let _ = writeln!(t, "entry = {}", q(first));
+    }
+    for dest in &p.spec.upstreams {
+        let Some(listen) = p.upstream(dest) else {
+            continue;
+        };
+        let _ = writeln!(
+            t,
+            "\n[[upstream]]\nname = {}\nurl = {}",
+            q(dest),
+            q(&format!("http://{listen}"))
+        );
     }
     t
 }
@@ -800,7 +904,13 @@ async fn start_all(
                 }
                 (cmd, None)
             }
-            ServiceKind::Frontend => unreachable!("refused when the scenario was checked"),
+            ServiceKind::Frontend => {
+                let path = layout.configs.join(format!("{stem}.frontend.toml"));
+                write_file(&path, &frontend_toml(p, layout))?;
+                let mut cmd = agentmesh_command()?;
+                cmd.args(["frontend", "run", "--config"]).arg(path);
+                (cmd, None)
+            }
         };
         let pid = sup.spawn(
             name,
@@ -917,10 +1027,12 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
         .as_ref()
         .and_then(|c| c.question.clone())
         .unwrap_or_else(|| DEFAULT_QUESTION.to_owned());
-    match post_json(
-        &format!("http://{}/ask", entry.app),
-        &json!({ "question": question }),
-        &[],
+    let via_frontend = entry.spec.kind == ServiceKind::Frontend;
+    match ask_entry(
+        &format!("http://{}", entry.app),
+        via_frontend,
+        &question,
+        None,
         Duration::from_secs(300),
     )
     .await
@@ -1082,6 +1194,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         scenario: scenario.name.clone(),
         entry: scenario.entry.clone(),
         entry_url: format!("http://{}", entry.app),
+        entry_kind: format!("{:?}", entry.spec.kind).to_lowercase(),
         pid: std::process::id(),
         services: plans
             .iter()
@@ -1128,8 +1241,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    if entry.spec.kind == ServiceKind::Frontend {
+        println!(
+            "\n  Open:  http://{}/  (the frontend; dev login, loopback only)",
+            entry.app
+        );
+    }
     println!(
-        "\n  Ask:   {} ask \"your question\"{}\n  Logs:  {}\n  Ctrl-C stops the mesh.",
+        "{}  Ask:   {} ask \"your question\"{}\n  Logs:  {}\n  Ctrl-C stops the mesh.",
+        if entry.spec.kind == ServiceKind::Frontend {
+            ""
+        } else {
+            "\n"
+        },
         how_to_run_me(),
         if args.data_dir == Path::new(DEFAULT_DATA_DIR) {
             String::new()

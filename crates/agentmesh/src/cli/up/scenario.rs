@@ -60,7 +60,8 @@ pub enum ServiceKind {
     Agent,
     /// The LLM gateway (`agentmesh gateway run`).
     Gateway,
-    /// The human entry point (arrives with the frontend issue).
+    /// The human entry point (`agentmesh frontend run`): login, user tokens, `/ask` to its
+    /// first upstream.
     Frontend,
     /// Any program (`command`), for example a Python agent; it gets its ports in the
     /// environment.
@@ -286,10 +287,11 @@ impl Scenario {
                     }
                 }
                 ServiceKind::Frontend => {
-                    return Err(format!(
-                        "{what}: kind = \"frontend\" is not available in this build yet; make \
-                         an agent the entry"
-                    ));
+                    if s.upstreams.is_empty() {
+                        return Err(format!(
+                            "{what}: the frontend needs an upstream (the agent its /ask goes to)"
+                        ));
+                    }
                 }
                 ServiceKind::Process => {
                     if s.command.is_empty() || s.command[0].trim().is_empty() {
@@ -385,6 +387,8 @@ mod tests {
             ("classifier", "gateway"),
             ("validator", "gateway"),
             ("scorer", "gateway"),
+            // Not in seed 002's matrix: the human entry point (issue 5's frontend).
+            ("frontend", "orchestrator"),
         ]
         .into_iter()
         .collect();
@@ -398,7 +402,7 @@ mod tests {
             ("name = \"x\"\nentry = ".into(), "s.toml"),
             ("name = \"x\"\nentry = \"a\"".into(), "no [[service]]"),
             (
-                good.replace("entry = \"planner\"", "entry = \"boss\""),
+                good.replace("entry = \"frontend\"", "entry = \"boss\""),
                 "entry \"boss\" is not one of the services",
             ),
             (
