@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! agentmesh-bench mint  [--seconds S]
+//! agentmesh-bench chain [--iterations N]
 //! agentmesh-bench fetch [--samples N]
 //! agentmesh-bench scale --agentmesh PATH [--entries N]
 //! agentmesh-bench propagation --agentmesh PATH [--samples N]
@@ -15,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod chain;
 mod fetch;
 mod gateway;
 mod load;
@@ -32,6 +34,7 @@ use anyhow::{Context, bail};
 
 const USAGE: &str = "usage:
   agentmesh-bench mint  [--seconds S]                  minting rate on one core vs the openssl floor
+  agentmesh-bench chain [--iterations N]               user token + 3-hop chain + response JWS verify cost
   agentmesh-bench fetch [--samples N]                  Workload API first-message latency
   agentmesh-bench scale --agentmesh PATH [--entries N] node RSS and sync time with N entries
   agentmesh-bench propagation --agentmesh PATH [--samples N]  intention change -> proxy latency
@@ -47,6 +50,9 @@ const USAGE: &str = "usage:
 enum Command {
     Mint {
         seconds: f64,
+    },
+    Chain {
+        iterations: usize,
     },
     Fetch {
         samples: usize,
@@ -90,6 +96,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut runs = 3_usize;
     let mut listen = None;
     let mut samples = 2000_usize;
+    let mut iterations = 2000_usize;
     let mut entries = 10_000_usize;
     let mut agentmesh = None;
     let mut it = rest.iter();
@@ -121,6 +128,13 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     .filter(|n| *n > 0)
                     .with_context(|| format!("invalid --samples {value:?}"))?;
             }
+            "--iterations" => {
+                iterations = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("invalid --iterations {value:?}"))?;
+            }
             "--entries" => {
                 entries = value
                     .parse()
@@ -146,6 +160,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
         "mint" => Command::Mint {
             seconds: seconds.unwrap_or(3.0),
         },
+        "chain" => Command::Chain { iterations },
         "fetch" => Command::Fetch { samples },
         "scale" => Command::Scale {
             agentmesh: agentmesh.context("scale needs --agentmesh PATH (the release binary)")?,
@@ -196,6 +211,7 @@ fn main() -> ExitCode {
     };
     let result = match cmd {
         Command::Mint { seconds } => mint::run(seconds),
+        Command::Chain { iterations } => chain::run(iterations),
         Command::Fetch { samples } => fetch::run(samples),
         Command::Scale { agentmesh, entries } => scale::run(&agentmesh, entries),
         Command::Propagation { agentmesh, changes } => propagation::run(&agentmesh, changes),
@@ -248,6 +264,14 @@ mod tests {
     fn parses_each_benchmark_and_refuses_bad_input() {
         assert!(matches!(parse(&args("mint")), Ok(Command::Mint { seconds }) if seconds == 3.0));
         assert!(matches!(
+            parse(&args("chain")),
+            Ok(Command::Chain { iterations: 2000 })
+        ));
+        assert!(matches!(
+            parse(&args("chain --iterations 7")),
+            Ok(Command::Chain { iterations: 7 })
+        ));
+        assert!(matches!(
             parse(&args("fetch --samples 10")),
             Ok(Command::Fetch { samples: 10 })
         ));
@@ -275,6 +299,7 @@ mod tests {
             "mint --seconds -1",
             "mint --seconds NaN",
             "fetch --samples 0",
+            "chain --iterations 0",
             "fetch --bogus 1",
             "proxy --agentmesh /x",
             "proxy --agentmesh /x --envoy /y --rate 0",

@@ -42,9 +42,9 @@ fn rate(seconds: f64, mut op: impl FnMut(usize)) -> f64 {
 
 /// ECDSA P-256 sign/s and verify/s as `openssl speed` reports them.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct OpensslSpeed {
-    sign: f64,
-    verify: f64,
+pub(crate) struct OpensslSpeed {
+    pub(crate) sign: f64,
+    pub(crate) verify: f64,
 }
 
 /// Operations per second when every operation is one sign plus one verify.
@@ -79,14 +79,14 @@ pub(crate) fn run_openssl_speed(seconds: f64, algorithms: &[&str]) -> anyhow::Re
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn openssl_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
+pub(crate) fn openssl_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
     let stdout = run_openssl_speed(seconds, &["ecdsap256"])?;
     parse_openssl_speed(&stdout)
         .with_context(|| format!("no nistp256 line in `openssl speed` output:\n{stdout}"))
 }
 
 /// The same floor with ring, the library agentmesh signs and verifies with.
-fn ring_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
+pub(crate) fn ring_speed(seconds: f64) -> anyhow::Result<OpensslSpeed> {
     let rng = SystemRandom::new();
     let alg = &signature::ECDSA_P256_SHA256_ASN1_SIGNING;
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng)

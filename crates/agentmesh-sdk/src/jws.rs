@@ -120,10 +120,10 @@ pub struct VerifiedJws {
     pub payload: Vec<u8>,
 }
 
-fn signing_input(svid: &Svid, payload_b64: &str) -> String {
+fn signing_input(svid: &Svid, typ: &str, payload_b64: &str) -> String {
     let header = Header {
         alg: "ES256".into(),
-        typ: Some("JOSE".into()),
+        typ: Some(typ.into()),
         kid: Some(svid.serial.clone()),
         x5c: svid.chain.iter().map(|c| STANDARD.encode(c)).collect(),
         crit: None,
@@ -159,8 +159,18 @@ fn sign_input(svid: &Svid, input: &str) -> Result<String, JwsError> {
 /// assert_eq!(ok.payload, br#"{"answer":42}"#);
 /// ```
 pub fn sign(source: &X509Source, payload: &[u8]) -> Result<String, JwsError> {
+    sign_typed(source, "JOSE", payload)
+}
+
+/// [`sign`] with another `typ` header (the delegation links use their own, so a link can
+/// never pass for a response JWS or the other way round).
+pub(crate) fn sign_typed(
+    source: &X509Source,
+    typ: &str,
+    payload: &[u8],
+) -> Result<String, JwsError> {
     let svid = source.current().svid.clone();
-    let input = signing_input(&svid, &URL_SAFE_NO_PAD.encode(payload));
+    let input = signing_input(&svid, typ, &URL_SAFE_NO_PAD.encode(payload));
     let sig = sign_input(&svid, &input)?;
     Ok(format!("{input}.{sig}"))
 }

@@ -1,6 +1,7 @@
 //! For Rust services that do mTLS themselves: a rotating identity source from the SPIFFE
 //! Workload API, rustls configs built from it, identity checks for axum and tonic, an mTLS
-//! client that pins the server's SPIFFE ID, JWS-signed responses and user-token verification.
+//! client that pins the server's SPIFFE ID, JWS-signed responses, user-token verification and
+//! the delegation chain (the user, then each agent that passed the request on, each link signed).
 //!
 //! Everything runs on one crypto backend (rustls with ring, TLS 1.3 only) and the mesh's own
 //! Workload API client, so a service using the SDK trusts exactly what the sidecar would.
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod delegation;
 pub mod grpc;
 pub mod http;
 pub mod jws;
@@ -36,6 +38,7 @@ pub mod token;
 pub use agentmesh_spiffe::{SpiffeId, TrustDomain};
 pub use agentmesh_tls::{AuthorizeError, Authorizer};
 pub use client::{ClientError, MtlsClient, MtlsConnector};
+pub use delegation::{ChainConfig, ChainError, DELEGATION_HEADER, VerifiedChain};
 pub use http::{PeerIdentity, RequireIdentity, ServeError, serve};
 pub use jws::{JwsError, VerifiedJws};
 pub use source::{SourceError, Svid, X509Source};

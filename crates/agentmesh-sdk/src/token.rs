@@ -490,54 +490,7 @@ impl UserTokenVerifier {
     }
 
     fn check_claims(&self, raw: Map<String, Value>) -> Result<UserClaims, TokenError> {
-        let now = unix_now();
-        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(0);
-        let exp = raw
-            .get("exp")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| TokenError::Malformed("claims have no numeric 'exp'".into()))?;
-        if now > exp.saturating_add(leeway) {
-            return Err(TokenError::Expired { exp });
-        }
-        if let Some(nbf) = raw.get("nbf").and_then(Value::as_i64)
-            && now.saturating_add(leeway) < nbf
-        {
-            return Err(TokenError::NotYetValid { nbf });
-        }
-        let aud: Vec<String> = match raw.get("aud") {
-            Some(Value::String(a)) => vec![a.clone()],
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
-        if !aud.contains(&self.config.audience) {
-            return Err(TokenError::WrongAudience {
-                want: self.config.audience.clone(),
-                got: aud,
-            });
-        }
-        let iss = raw.get("iss").and_then(Value::as_str).map(str::to_owned);
-        if let Some(want) = &self.config.issuer
-            && iss.as_deref() != Some(want.as_str())
-        {
-            return Err(TokenError::WrongIssuer {
-                want: want.clone(),
-                got: iss,
-            });
-        }
-        let text = |name: &str| raw.get(name).and_then(Value::as_str).map(str::to_owned);
-        let sub =
-            text("sub").ok_or_else(|| TokenError::Malformed("claims have no 'sub'".into()))?;
-        Ok(UserClaims {
-            sub,
-            email: text("email"),
-            name: text("name"),
-            jti: text("jti"),
-            exp,
-            raw,
-        })
+        check_claims(&self.config, raw, unix_now())
     }
 
     /// The public point for `kid`, refetching the JWKS if it is unknown and the last fetch
@@ -599,6 +552,61 @@ impl UserTokenVerifier {
             reason: e.to_string(),
         })
     }
+}
+
+/// The claim checks of a user token whose signature already verified: `exp`/`nbf` against
+/// `now` (unix seconds) with `config.leeway`, `aud`, `iss` if configured, and `sub`.
+pub(crate) fn check_claims(
+    config: &UserTokenConfig,
+    raw: Map<String, Value>,
+    now: i64,
+) -> Result<UserClaims, TokenError> {
+    let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(0);
+    let exp = raw
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| TokenError::Malformed("claims have no numeric 'exp'".into()))?;
+    if now > exp.saturating_add(leeway) {
+        return Err(TokenError::Expired { exp });
+    }
+    if let Some(nbf) = raw.get("nbf").and_then(Value::as_i64)
+        && now.saturating_add(leeway) < nbf
+    {
+        return Err(TokenError::NotYetValid { nbf });
+    }
+    let aud: Vec<String> = match raw.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !aud.contains(&config.audience) {
+        return Err(TokenError::WrongAudience {
+            want: config.audience.clone(),
+            got: aud,
+        });
+    }
+    let iss = raw.get("iss").and_then(Value::as_str).map(str::to_owned);
+    if let Some(want) = &config.issuer
+        && iss.as_deref() != Some(want.as_str())
+    {
+        return Err(TokenError::WrongIssuer {
+            want: want.clone(),
+            got: iss,
+        });
+    }
+    let text = |name: &str| raw.get(name).and_then(Value::as_str).map(str::to_owned);
+    let sub = text("sub").ok_or_else(|| TokenError::Malformed("claims have no 'sub'".into()))?;
+    Ok(UserClaims {
+        sub,
+        email: text("email"),
+        name: text("name"),
+        jti: text("jti"),
+        exp,
+        raw,
+    })
 }
 
 /// Reads the verified claims that [`RequireUserToken`] put on the request (401 if none).
