@@ -97,8 +97,8 @@ impl Default for Upstreams {
 }
 
 impl Upstreams {
-    /// POSTs `body` as JSON to `path` on `up`, with the trace context, and returns the JSON
-    /// answer of a 2xx.
+    /// POSTs `body` as JSON to `path` on `up`, with the trace context and `extra` headers
+    /// (the user token and the delegation chain), and returns the JSON answer of a 2xx.
     ///
     /// # Errors
     /// See [`CallError`].
@@ -108,11 +108,16 @@ impl Upstreams {
         path: &str,
         body: &Value,
         traceparent: &str,
+        extra: &[(&'static str, String)],
     ) -> Result<Value, CallError> {
         let url = format!("{}{path}", up.url.trim_end_matches('/'));
-        let req = http::Request::post(&url)
+        let mut req = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header("traceparent", traceparent)
+            .header("traceparent", traceparent);
+        for (name, value) in extra {
+            req = req.header(*name, value.as_str());
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?;
         let call = async {

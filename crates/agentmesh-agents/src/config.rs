@@ -93,6 +93,10 @@ pub struct AgentConfig {
     /// The search tool (researchers).
     #[serde(default)]
     pub search: SearchConfig,
+    /// The delegation chain: verify the user and the hops before answering, and add this
+    /// agent's link to every call it makes.
+    #[serde(default)]
+    pub delegation: Option<agentmesh_gateway::delegation::DelegationConfig>,
 }
 
 /// The model name agents ask for unless configured otherwise; `agentmesh up` maps it to the

@@ -45,6 +45,9 @@ pub enum AgentError {
     /// The configured search tool cannot run.
     #[error("search: {0}")]
     Search(String),
+    /// `[delegation]` cannot be set up (no SVID, a bad issuer).
+    #[error("{0}")]
+    Delegation(String),
 }
 
 /// The largest question (with context) an agent accepts, in bytes.
@@ -112,7 +115,12 @@ pub struct Agent {
     cfg: AgentConfig,
     upstreams: Upstreams,
     search: Option<Search>,
+    delegation: Option<agentmesh_gateway::delegation::Delegation>,
 }
+
+/// Headers every call made for one request carries: the user token and the chain with this
+/// agent's link.
+type Onward = [(&'static str, String)];
 
 /// The researcher's search tool.
 enum Search {
@@ -151,6 +159,7 @@ impl Agent {
             cfg,
             upstreams: Upstreams::default(),
             search,
+            delegation: None,
         })
     }
 
@@ -172,6 +181,7 @@ impl Agent {
         role: &str,
         req: &AskRequest,
         parent: &Span,
+        onward: &Onward,
     ) -> Result<AskResponse, AgentFailure> {
         // Config validation guarantees every role in `needs()` has an upstream.
         let Some(up) = self.cfg.upstream(role) else {
@@ -182,7 +192,7 @@ impl Agent {
             });
         };
         let body = serde_json::to_value(req).unwrap_or(Value::Null);
-        let v = self.call(parent, up, "/ask", &body).await?;
+        let v = self.call(parent, up, "/ask", &body, onward).await?;
         serde_json::from_value(v)
             .map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()).into())
     }
@@ -196,6 +206,7 @@ impl Agent {
         up: &config::UpstreamConfig,
         path: &'static str,
         body: &Value,
+        onward: &Onward,
     ) -> Result<Value, CallError> {
         let mut span = parent.child(format!("call {} {path}", up.name), SpanKind::Client);
         span.set_str(attr::DESTINATION, &up.name);
@@ -203,7 +214,7 @@ impl Agent {
         span.set_str(attr::URL_PATH, path);
         let result = self
             .upstreams
-            .post_json(up, path, body, &span.context().header())
+            .post_json(up, path, body, &span.context().header(), onward)
             .await;
         match &result {
             Ok(_) => span.set_http_status(200),
@@ -220,7 +231,12 @@ impl Agent {
         result
     }
 
-    async fn infer(&self, user: String, parent: &Span) -> Result<String, AgentFailure> {
+    async fn infer(
+        &self,
+        user: String,
+        parent: &Span,
+        onward: &Onward,
+    ) -> Result<String, AgentFailure> {
         let Some(up) = self.cfg.upstream("gateway") else {
             return Err(AgentFailure {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -235,7 +251,9 @@ impl Agent {
                 {"role": "user", "content": user},
             ],
         });
-        let v = self.call(parent, up, "/v1/chat/completions", &body).await?;
+        let v = self
+            .call(parent, up, "/v1/chat/completions", &body, onward)
+            .await?;
         v.pointer("/choices/0/message/content")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -244,7 +262,12 @@ impl Agent {
             })
     }
 
-    async fn handle(&self, req: AskRequest, trace: &Span) -> Result<AskResponse, AgentFailure> {
+    async fn handle(
+        &self,
+        req: AskRequest,
+        trace: &Span,
+        onward: &Onward,
+    ) -> Result<AskResponse, AgentFailure> {
         let me = self.name();
         let trace_id = trace.context().trace_id_hex();
         let answer = |answer: String, mut agents: Vec<String>, model: Option<String>| {
@@ -274,7 +297,7 @@ impl Agent {
                         .to_owned(),
                     ),
                 };
-                let r = self.delegate("executor", &task, trace).await?;
+                let r = self.delegate("executor", &task, trace, onward).await?;
                 Ok(answer(r.answer, r.agents, r.model))
             }
             Role::Researcher => {
@@ -310,7 +333,7 @@ impl Agent {
                     question: req.question.clone(),
                     context: Some(notes),
                 };
-                let r = self.delegate("writer", &task, trace).await?;
+                let r = self.delegate("writer", &task, trace, onward).await?;
                 let mut out = answer(r.answer, r.agents, r.model);
                 out.sources = hits;
                 Ok(out)
@@ -325,6 +348,7 @@ impl Agent {
                             context: None,
                         },
                         trace,
+                        onward,
                     )
                     .await?;
                 let validated = self
@@ -335,6 +359,7 @@ impl Agent {
                             context: Some(format!("Classification: {}", classified.answer)),
                         },
                         trace,
+                        onward,
                     )
                     .await?;
                 let scored = self
@@ -348,6 +373,7 @@ impl Agent {
                             )),
                         },
                         trace,
+                        onward,
                     )
                     .await?;
                 let report = format!(
@@ -360,7 +386,7 @@ impl Agent {
                 Ok(answer(report, agents, scored.model))
             }
             Role::Executor | Role::Writer | Role::Classifier | Role::Validator | Role::Scorer => {
-                let text = self.infer(with_context(&req), trace).await?;
+                let text = self.infer(with_context(&req), trace, onward).await?;
                 Ok(answer(
                     text,
                     vec!["gateway".into()],
@@ -396,7 +422,27 @@ async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
         if req.question.trim().is_empty() {
             return Err(AgentFailure::bad_request("the question is empty"));
         }
-        agent.handle(req, &trace).await
+        let onward = match &agent.delegation {
+            Some(d) => {
+                let peer = agentmesh_gateway::delegation::xfcc_peer(&headers);
+                match d.forward(&headers, peer.as_ref()) {
+                    Ok(Some(f)) => {
+                        trace.set_str("enduser.id", &f.chain.user.sub);
+                        f.headers
+                    }
+                    Ok(None) => Vec::new(),
+                    Err(e) => {
+                        return Err(AgentFailure {
+                            status: StatusCode::UNAUTHORIZED,
+                            message: format!("delegation chain refused: {e}"),
+                            refusal: None,
+                        });
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        agent.handle(req, &trace, &onward).await
     }
     .await;
     match result {
@@ -442,7 +488,17 @@ pub type RunningAgent = agentmesh_gateway::Serving;
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let listen = cfg.listen;
     let role = cfg.role;
-    let agent = Arc::new(Agent::new(cfg)?);
+    let delegation = match &cfg.delegation {
+        Some(d) => Some(
+            agentmesh_gateway::delegation::Delegation::connect(d)
+                .await
+                .map_err(|e| AgentError::Delegation(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut agent = Agent::new(cfg)?;
+    agent.delegation = delegation;
+    let agent = Arc::new(agent);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| AgentError::Listen(listen, e))?;

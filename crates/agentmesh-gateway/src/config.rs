@@ -481,6 +481,9 @@ pub struct GatewayConfig {
     /// DLP actions.
     #[serde(default)]
     pub dlp: DlpConfig,
+    /// The delegation chain: verify the user and the agents before answering, and audit them.
+    #[serde(default)]
+    pub delegation: Option<crate::delegation::DelegationConfig>,
 }
 
 /// The default largest request.
@@ -609,6 +612,7 @@ impl GatewayConfig {
                 max_request_bytes: None,
             }],
             dlp: DlpConfig::default(),
+            delegation: None,
         }
     }
 }

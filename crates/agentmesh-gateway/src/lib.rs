@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod config;
+pub mod delegation;
 pub mod dlp;
 pub mod policy;
 pub mod provider;
@@ -52,6 +53,9 @@ pub enum GatewayError {
     /// The TLS client settings for providers could not be built (a bug in the crypto setup).
     #[error("cannot set up TLS for providers: {0}")]
     Tls(rustls::Error),
+    /// `[delegation]` cannot be set up.
+    #[error(transparent)]
+    Delegation(#[from] delegation::DelegationError),
 }
 
 /// The header the gateway's proxy sets with the verified caller.
@@ -91,6 +95,11 @@ pub struct AuditRecord<'a> {
     /// The W3C trace id: the caller's from `traceparent`, or a new one. The call's span is
     /// in this trace.
     pub trace_id: Option<&'a str>,
+    /// The user the call is made for (the user token's `sub`), when a delegation chain came
+    /// with it and verified.
+    pub user: Option<&'a str>,
+    /// Who signed the verified chain, in order: the frontend, then each agent.
+    pub chain: &'a [String],
     /// Wall time of the call.
     pub duration_ms: u64,
 }
@@ -210,6 +219,7 @@ pub struct Gateway {
     providers: HashMap<String, Upstream>,
     policies: Policies,
     audit: AuditSink,
+    delegation: Option<delegation::Delegation>,
 }
 
 impl Gateway {
@@ -241,7 +251,14 @@ impl Gateway {
             providers,
             policies,
             audit,
+            delegation: None,
         })
+    }
+
+    /// Verifies every call's delegation chain with `d` (see [`delegation`]).
+    pub fn with_delegation(mut self, d: delegation::Delegation) -> Self {
+        self.delegation = Some(d);
+        self
     }
 
     /// The provider named `name`, with its policy and breaker.
@@ -338,6 +355,8 @@ impl Gateway {
             dlp_prompt: &rec.dlp_prompt,
             dlp_response: &rec.dlp_response,
             trace_id: Some(&trace),
+            user: rec.user.as_deref(),
+            chain: &rec.chain,
             duration_ms: started.elapsed().as_millis() as u64,
         });
         resp
@@ -352,6 +371,27 @@ impl Gateway {
     ) -> Result<(bool, Answer), ApiError> {
         let caller = self.caller(headers)?;
         rec.caller = Some(caller.id.to_string());
+        if let Some(d) = &self.delegation {
+            // The chain must end at the caller the proxy verified: nobody can present a chain
+            // that some other service was given.
+            match d.verify(headers, Some(&caller.id)) {
+                Ok(Some(chain)) => {
+                    rec.user = Some(chain.user.sub.clone());
+                    rec.chain = std::iter::once(chain.issuer.to_string())
+                        .chain(chain.hops.iter().map(ToString::to_string))
+                        .collect();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ApiError {
+                        status: StatusCode::UNAUTHORIZED,
+                        message: format!("delegation chain refused: {e}"),
+                        kind: "authentication_error",
+                        code: "invalid_delegation",
+                    });
+                }
+            }
+        }
         let policy = self.policies.resolve(&caller).map_err(refusal)?;
         if body.len() > policy.max_request_bytes {
             return Err(refusal(Refusal::TooLarge {
@@ -445,6 +485,8 @@ impl Gateway {
 #[derive(Default)]
 struct Outcome {
     caller: Option<String>,
+    user: Option<String>,
+    chain: Vec<String>,
     model: Option<String>,
     provider: Option<String>,
     attempts: u32,
@@ -649,7 +691,15 @@ pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
     let addr = listener
         .local_addr()
         .map_err(|e| GatewayError::Listen(listen, e))?;
-    let router = Arc::new(Gateway::new(cfg)?).router();
+    let delegation = match &cfg.delegation {
+        Some(d) => Some(delegation::Delegation::connect(d).await?),
+        None => None,
+    };
+    let mut gateway = Gateway::new(cfg)?;
+    if let Some(d) = delegation {
+        gateway = gateway.with_delegation(d);
+    }
+    let router = Arc::new(gateway).router();
     let serving = Serving::spawn(listener, addr, router, "gateway");
     tracing::info!(listen = %addr, "gateway ready");
     Ok(serving)

@@ -262,6 +262,24 @@ async fn call_as(
     addr: SocketAddr,
     creds: &(Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>),
 ) -> Option<(u16, String)> {
+    call_as_with(
+        addr,
+        creds,
+        "/ask",
+        r#"{"question":"who may call whom?"}"#,
+        &[],
+    )
+    .await
+}
+
+/// [`call_as`] with any path, JSON body and extra headers.
+async fn call_as_with(
+    addr: SocketAddr,
+    creds: &(Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>),
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let roots: Vec<rustls::pki_types::CertificateDer<'static>> =
         creds.2.iter().map(|r| r.clone().into()).collect();
     let svid = agentmesh_tls::SvidCredentials::from_der(&creds.0, &creds.1).expect("creds");
@@ -283,11 +301,13 @@ async fn call_as(
             .await
             .ok()?;
     tokio::spawn(conn);
-    let req = hyper::Request::post("http://sidecar/ask")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"question":"who may call whom?"}"#,
-        )))
+    let mut req = hyper::Request::post(format!("http://sidecar{path}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
         .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(60), send.send_request(req))
         .await
@@ -761,6 +781,176 @@ async fn one_ask_is_one_trace_from_the_planner_through_the_sidecars_to_the_gatew
         attrs("agentmesh-gateway", "SPAN_KIND_SERVER")["gen_ai.request.model"],
         "agentmesh-default"
     );
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+/// A user token from the running frontend: dev login, then `GET /token` with the session.
+async fn user_token(up: &Up, name: &str) -> String {
+    let frontend = up.service("frontend")["app"]
+        .as_str()
+        .expect("app")
+        .to_owned();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let login = hyper::Request::post(format!("http://{frontend}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(format!("name={name}"))))
+        .expect("login request");
+    let resp = client.request(login).await.expect("POST /login");
+    let cookie = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(
+        !cookie.is_empty(),
+        "dev login gave no session ({})",
+        resp.status()
+    );
+    let get = hyper::Request::get(format!("http://{frontend}/token"))
+        .header("cookie", cookie)
+        .body(Full::new(Bytes::new()))
+        .expect("token request");
+    let body = client
+        .request(get)
+        .await
+        .expect("GET /token")
+        .into_body()
+        .collect()
+        .await
+        .expect("token body")
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "GET /token is not JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    v["token"].as_str().expect("token").to_owned()
+}
+
+/// The delegation chain end to end: the gateway's audit line names the user and the chain
+/// frontend → planner → executor; and with the agents' real SVIDs and a real user token from
+/// the frontend, the gateway refuses a chain with a hop removed, two hops swapped, a link
+/// replayed from another request, or no user token at all, and accepts the intact chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
+    use agentmesh_sdk::delegation::{DELEGATION_HEADER, add_link};
+    let mut up = up(&[]);
+    up.ask("Whose question is this?");
+    std::thread::sleep(Duration::from_millis(400));
+    let audit = std::fs::read_to_string(up.data.join("logs/gateway.audit.jsonl")).expect("audit");
+    let last: Value = serde_json::from_str(audit.lines().last().expect("a line")).expect("JSON");
+    let id = |s: &str| format!("spiffe://agentmesh.local/ns/default/sa/{s}");
+    assert!(
+        last["user"].as_str().is_some_and(|u| u.starts_with("dev:")),
+        "{last}"
+    );
+    assert_eq!(
+        last["chain"],
+        serde_json::json!([id("frontend"), id("planner"), id("executor")]),
+        "{last}"
+    );
+
+    let source = |creds: &(Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>)| {
+        let svid = agentmesh_sdk::Svid::from_der(&creds.0, &creds.1).expect("svid");
+        let roots = creds.2.iter().map(|r| r.clone().into()).collect();
+        agentmesh_sdk::X509Source::from_svid(svid, roots).expect("source")
+    };
+    let planner_creds = svid_of(&up, "planner").await;
+    let planner = source(&planner_creds);
+    let executor_creds = svid_of(&up, "executor").await;
+    let executor = source(&executor_creds);
+    let token = user_token(&up, "alice").await;
+    let other_token = user_token(&up, "bob").await;
+    let link_p = add_link(&planner, &token, "", None).expect("planner's link");
+    let both = add_link(&executor, &token, &link_p, None).expect("executor's link");
+    let link_e = both.split('~').nth(1).expect("two links").to_owned();
+
+    let gateway: SocketAddr = up.service("gateway")["inbound"]
+        .as_str()
+        .expect("inbound")
+        .parse()
+        .expect("addr");
+    let body = r#"{"model":"agentmesh-default","messages":[{"role":"user","content":"hi"}]}"#;
+    let bearer = format!("Bearer {token}");
+    let other_bearer = format!("Bearer {other_token}");
+    let swapped = format!("{link_e}~{link_p}");
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "the intact chain",
+            vec![("authorization", &bearer), (DELEGATION_HEADER, &both)],
+            200,
+            "",
+        ),
+        (
+            "a hop removed",
+            vec![("authorization", &bearer), (DELEGATION_HEADER, &link_e)],
+            401,
+            "delegation chain refused",
+        ),
+        (
+            "two hops swapped",
+            vec![("authorization", &bearer), (DELEGATION_HEADER, &swapped)],
+            401,
+            "delegation chain refused",
+        ),
+        (
+            "links replayed with another request's token",
+            vec![("authorization", &other_bearer), (DELEGATION_HEADER, &both)],
+            401,
+            "delegation chain refused",
+        ),
+        ("no user token", vec![], 401, "delegation chain refused"),
+    ];
+    for (what, headers, want, text) in cases {
+        let (status, body) = call_as_with(
+            gateway,
+            &executor_creds,
+            "/v1/chat/completions",
+            body,
+            &headers,
+        )
+        .await
+        .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body.contains(text), "{what}: {body}");
+    }
+    // An agent checks the same way: the executor refuses the planner's call when the chain
+    // does not end at the planner (its link is missing), and takes it with the link.
+    let executor_in: SocketAddr = up.service("executor")["inbound"]
+        .as_str()
+        .expect("inbound")
+        .parse()
+        .expect("addr");
+    let ask = r#"{"question":"who is asking?"}"#;
+    let (status, body) = call_as_with(
+        executor_in,
+        &planner_creds,
+        "/ask",
+        ask,
+        &[("authorization", &bearer)],
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("delegation chain refused"), "{body}");
+    let (status, body) = call_as_with(
+        executor_in,
+        &planner_creds,
+        "/ask",
+        ask,
+        &[("authorization", &bearer), (DELEGATION_HEADER, &link_p)],
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200, "{body}");
+
     let data = up.data.clone();
     assert!(up.stop().success());
     assert_no_strays(&data);

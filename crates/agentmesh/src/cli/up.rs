@@ -671,6 +671,25 @@ fn gateway_toml(p: &Planned, scenario: &Scenario, llm: &Llm, model: Option<&str>
     t
 }
 
+/// `[delegation]` for agents and the gateway when the scenario has a frontend: each service
+/// fetches its own SVID (it is registered with the same launcher selector as its sidecar),
+/// verifies the user token and the chain of the agents before it, and signs its own link.
+fn delegation_toml(scenario: &Scenario, layout: &Layout) -> String {
+    let Some(frontend) = scenario
+        .services
+        .iter()
+        .find(|s| s.kind == ServiceKind::Frontend)
+    else {
+        return String::new();
+    };
+    format!(
+        "\n[delegation]\nworkload_api = {}\nissuer = {}\naudience = {}\nrequire = true\n",
+        q(&format!("unix://{}", layout.node_socket.display())),
+        q(&scenario.id_of(&frontend.name).to_string()),
+        q(&scenario.trust_domain)
+    )
+}
+
 fn frontend_toml(p: &Planned, layout: &Layout) -> String {
     let mut t = String::new();
     // No [oidc]: the loopback-only dev login, labelled as such on the page and in the log.
@@ -876,14 +895,20 @@ async fn start_all(
         let (app_cmd, app_stdout) = match p.spec.kind {
             ServiceKind::Agent => {
                 let path = layout.configs.join(format!("{stem}.agent.toml"));
-                write_file(&path, &agent_toml(p, scenario))?;
+                write_file(
+                    &path,
+                    &(agent_toml(p, scenario) + &delegation_toml(scenario, layout)),
+                )?;
                 let mut cmd = agentmesh_command()?;
                 cmd.args(["agent", "run", "--config"]).arg(path);
                 (cmd, None)
             }
             ServiceKind::Gateway => {
                 let path = layout.configs.join(format!("{stem}.gateway.toml"));
-                write_file(&path, &gateway_toml(p, scenario, llm, model))?;
+                write_file(
+                    &path,
+                    &(gateway_toml(p, scenario, llm, model) + &delegation_toml(scenario, layout)),
+                )?;
                 let mut cmd = agentmesh_command()?;
                 cmd.args(["gateway", "run", "--config"]).arg(path);
                 (cmd, Some(layout.logs.join(format!("{stem}.audit.jsonl"))))
