@@ -81,6 +81,11 @@ pub struct AskResponse {
     /// The researcher's sources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<search::Hit>,
+    /// One compact JWS per agent that handled the question, this agent's first: each signed
+    /// with that agent's SVID key (`x5c` = its chain) over `{"agent", "answer_sha256",
+    /// "trace_id"}`, so whoever receives the answer can check who produced it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<String>,
 }
 
 /// An error answer: 400 for a bad request, 502 when something downstream failed.
@@ -278,6 +283,7 @@ impl Agent {
                 trace_id: trace_id.clone(),
                 model,
                 sources: Vec::new(),
+                signatures: Vec::new(),
             }
         };
         let with_context = |req: &AskRequest| match &req.context {
@@ -298,7 +304,9 @@ impl Agent {
                     ),
                 };
                 let r = self.delegate("executor", &task, trace, onward).await?;
-                Ok(answer(r.answer, r.agents, r.model))
+                let mut out = answer(r.answer, r.agents, r.model);
+                out.signatures = r.signatures;
+                Ok(out)
             }
             Role::Researcher => {
                 let hits = match &self.search {
@@ -336,6 +344,7 @@ impl Agent {
                 let r = self.delegate("writer", &task, trace, onward).await?;
                 let mut out = answer(r.answer, r.agents, r.model);
                 out.sources = hits;
+                out.signatures = r.signatures;
                 Ok(out)
             }
             Role::Orchestrator => {
@@ -383,7 +392,12 @@ impl Agent {
                 let mut agents = classified.agents;
                 agents.extend(validated.agents);
                 agents.extend(scored.agents);
-                Ok(answer(report, agents, scored.model))
+                let mut signatures = classified.signatures;
+                signatures.extend(validated.signatures);
+                signatures.extend(scored.signatures);
+                let mut out = answer(report, agents, scored.model);
+                out.signatures = signatures;
+                Ok(out)
             }
             Role::Executor | Role::Writer | Role::Classifier | Role::Validator | Role::Scorer => {
                 let text = self.infer(with_context(&req), trace, onward).await?;
@@ -446,7 +460,19 @@ async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
     }
     .await;
     match result {
-        Ok(a) => {
+        Ok(mut a) => {
+            if let Some(d) = &agent.delegation {
+                let digest = ring::digest::digest(&ring::digest::SHA256, a.answer.as_bytes());
+                let payload = json!({
+                    "agent": d.me().to_string(),
+                    "answer_sha256": digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "trace_id": a.trace_id,
+                });
+                match d.sign(payload.to_string().as_bytes()) {
+                    Ok(jws) => a.signatures.insert(0, jws),
+                    Err(e) => tracing::warn!(error = %e, "could not sign the answer"),
+                }
+            }
             tracing::info!(trace_id = %a.trace_id, agents = ?a.agents, "answered");
             trace.set_http_status(200);
             json_response(StatusCode::OK, &a)

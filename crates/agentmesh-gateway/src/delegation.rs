@@ -112,6 +112,14 @@ impl Delegation {
         })
     }
 
+    /// Signs `payload` (a response) as a JWS with this service's SVID key and `x5c`.
+    ///
+    /// # Errors
+    /// The key cannot sign.
+    pub fn sign(&self, payload: &[u8]) -> Result<String, agentmesh_sdk::JwsError> {
+        agentmesh_sdk::jws::sign(&self.source, payload)
+    }
+
     /// This service's SPIFFE ID.
     pub fn me(&self) -> SpiffeId {
         self.source.current().svid.id.clone()

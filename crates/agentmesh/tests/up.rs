@@ -841,7 +841,7 @@ async fn user_token(up: &Up, name: &str) -> String {
 async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
     use agentmesh_sdk::delegation::{DELEGATION_HEADER, add_link};
     let mut up = up(&[]);
-    up.ask("Whose question is this?");
+    let answer = up.ask("Whose question is this?");
     std::thread::sleep(Duration::from_millis(400));
     let audit = std::fs::read_to_string(up.data.join("logs/gateway.audit.jsonl")).expect("audit");
     let last: Value = serde_json::from_str(audit.lines().last().expect("a line")).expect("JSON");
@@ -863,6 +863,44 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
     };
     let planner_creds = svid_of(&up, "planner").await;
     let planner = source(&planner_creds);
+
+    // Every agent signed the answer: one JWS per hop, each verified against the bundle with
+    // the signer's expected SPIFFE ID, over the answer's SHA-256 and the trace id.
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> =
+        planner_creds.2.iter().map(|r| r.clone().into()).collect();
+    let signatures = answer["signatures"].as_array().expect("signatures");
+    assert_eq!(signatures.len(), 2, "{answer}");
+    let text = answer["answer"].as_str().expect("answer");
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for (jws, who) in signatures.iter().zip(["planner", "executor"]) {
+        let expected: agentmesh_sdk::SpiffeId = id(who).parse().expect("id");
+        let v = agentmesh_sdk::jws::verify(
+            jws.as_str().expect("compact JWS"),
+            &roots,
+            &expected,
+            std::time::SystemTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("{who}'s signature: {e}"));
+        let payload: Value = serde_json::from_slice(&v.payload).expect("payload JSON");
+        assert_eq!(payload["agent"], id(who));
+        assert_eq!(payload["answer_sha256"], digest.as_str());
+        assert_eq!(payload["trace_id"], answer["trace_id"]);
+        // And not as anyone else.
+        let other: agentmesh_sdk::SpiffeId = id("gateway").parse().expect("id");
+        assert!(
+            agentmesh_sdk::jws::verify(
+                jws.as_str().expect("jws"),
+                &roots,
+                &other,
+                std::time::SystemTime::now()
+            )
+            .is_err()
+        );
+    }
     let executor_creds = svid_of(&up, "executor").await;
     let executor = source(&executor_creds);
     let token = user_token(&up, "alice").await;
