@@ -51,6 +51,9 @@ pub struct SigningKey {
     pub serial: String,
     /// When the SVID expires.
     pub not_after: SystemTime,
+    /// The trust bundle that came with the SVID (DER roots), for checking the agents'
+    /// answer signatures.
+    pub roots: Vec<Vec<u8>>,
     pair: EcdsaKeyPair,
     jwk: Value,
 }
@@ -108,6 +111,7 @@ impl SigningKey {
             chain,
             serial,
             not_after,
+            roots: Vec::new(),
             pair,
             jwk,
         })
@@ -262,7 +266,10 @@ async fn follow_once(keys: &Keys, socket: &Path) -> Result<(), IdentityError> {
                     .and_then(|svid| {
                         let chain = agentmesh_ca::split_der_certs(&svid.x509_svid)
                             .map_err(|e| IdentityError::BadSvid(e.to_string()))?;
-                        SigningKey::from_der(chain, &svid.x509_svid_key)
+                        let mut key = SigningKey::from_der(chain, &svid.x509_svid_key)?;
+                        key.roots = agentmesh_ca::split_der_certs(&svid.bundle)
+                            .map_err(|e| IdentityError::BadSvid(e.to_string()))?;
+                        Ok(key)
                     });
                 match key {
                     Ok(key) => keys.install(key),

@@ -451,6 +451,13 @@ async fn forward(fe: &Frontend, user: &User, question: &str) -> (StatusCode, Val
             } else {
                 StatusCode::BAD_GATEWAY
             };
+            let mut answer = answer;
+            if status == StatusCode::OK {
+                let verified = verify_signatures(fe, &up.name, &answer);
+                if let Some(obj) = answer.as_object_mut() {
+                    obj.insert("verified".into(), verified);
+                }
+            }
             (status, answer)
         }
         Err(e) => {
@@ -461,6 +468,69 @@ async fn forward(fe: &Frontend, user: &User, question: &str) -> (StatusCode, Val
             )
         }
     }
+}
+
+/// Checks every agent's signature on an answer (`signatures`, see agentmesh-agents): each
+/// JWS against the bundle with the signer the payload names, over this answer's SHA-256, and
+/// the first one from the entry agent itself. One `{"agent", "ok", "reason"?}` per signature;
+/// an answer without signatures gets an empty list.
+fn verify_signatures(fe: &Frontend, entry: &str, answer: &Value) -> Value {
+    use base64::Engine as _;
+    let Some(key) = fe.keys.current() else {
+        return json!([]);
+    };
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> =
+        key.roots.iter().map(|r| r.clone().into()).collect();
+    let text = answer["answer"].as_str().unwrap_or_default();
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let entry_id = agentmesh_spiffe::SpiffeId::from_service_name(key.id.trust_domain(), entry).ok();
+    let signatures = answer["signatures"].as_array().cloned().unwrap_or_default();
+    let results: Vec<Value> = signatures
+        .iter()
+        .enumerate()
+        .map(|(i, jws)| {
+            let jws = jws.as_str().unwrap_or_default();
+            // Who the payload says signed; the verification then proves it.
+            let claimed = jws
+                .split('.')
+                .nth(1)
+                .and_then(|p| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p)
+                        .ok()
+                })
+                .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+                .and_then(|p| p["agent"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let check = || -> Result<(), String> {
+                let id: agentmesh_spiffe::SpiffeId = claimed
+                    .parse()
+                    .map_err(|e| format!("the payload names no valid signer: {e}"))?;
+                if i == 0 && entry_id.as_ref().is_some_and(|e| *e != id) {
+                    return Err(format!(
+                        "the first signature is not the entry agent's ({entry})"
+                    ));
+                }
+                let v = agentmesh_sdk::jws::verify(jws, &roots, &id, SystemTime::now())
+                    .map_err(|e| e.to_string())?;
+                let payload: Value = serde_json::from_slice(&v.payload)
+                    .map_err(|e| format!("the payload is not JSON: {e}"))?;
+                if payload["answer_sha256"].as_str() != Some(digest.as_str()) {
+                    return Err("it signed a different answer".into());
+                }
+                Ok(())
+            };
+            match check() {
+                Ok(()) => json!({"agent": claimed, "ok": true}),
+                Err(reason) => json!({"agent": claimed, "ok": false, "reason": reason}),
+            }
+        })
+        .collect();
+    Value::Array(results)
 }
 
 // === startup ===

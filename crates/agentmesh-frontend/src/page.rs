@@ -123,6 +123,26 @@ pub fn index(user: Option<&User>, dev: bool, answer: Option<(&str, &serde_json::
                 answer.map(|(q, _)| escape(q)).unwrap_or_default(),
             ));
             if let Some((_, a)) = answer {
+                if let Some(list) = a["verified"].as_array().filter(|l| !l.is_empty()) {
+                    let items: String = list
+                        .iter()
+                        .map(|v| {
+                            let agent = escape(v["agent"].as_str().unwrap_or("?"));
+                            if v["ok"].as_bool() == Some(true) {
+                                format!("<li>✓ signed by {agent}</li>")
+                            } else {
+                                format!(
+                                    "<li>✗ {agent}: {}</li>",
+                                    escape(v["reason"].as_str().unwrap_or("not verified"))
+                                )
+                            }
+                        })
+                        .collect();
+                    main.push_str(&format!(
+                        "<section aria-labelledby=\"sig-h\"><h2 id=\"sig-h\">Signatures</h2>\
+                         <ul id=\"signatures\">{items}</ul></section>"
+                    ));
+                }
                 let pretty = serde_json::to_string_pretty(a).unwrap_or_default();
                 main.push_str(&format!(
                     "<section aria-labelledby=\"answer-h\"><h2 id=\"answer-h\">Answer</h2>\

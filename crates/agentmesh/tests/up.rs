@@ -870,6 +870,15 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
         planner_creds.2.iter().map(|r| r.clone().into()).collect();
     let signatures = answer["signatures"].as_array().expect("signatures");
     assert_eq!(signatures.len(), 2, "{answer}");
+    // The frontend checked them too, and says so with the answer.
+    assert_eq!(
+        answer["verified"],
+        serde_json::json!([
+            {"agent": id("planner"), "ok": true},
+            {"agent": id("executor"), "ok": true},
+        ]),
+        "{answer}"
+    );
     let text = answer["answer"].as_str().expect("answer");
     let digest: String = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
         .as_ref()
