@@ -469,6 +469,7 @@ async fn up_runs_the_default_scenario_and_ask_answers_with_its_trace_id() {
         text.contains("handled by: planner → executor → gateway"),
         "{text}"
     );
+    assert!(text.contains("signed by:  planner ✓, executor ✓"), "{text}");
     let trace = text
         .lines()
         .find_map(|l| l.strip_prefix("trace id:"))

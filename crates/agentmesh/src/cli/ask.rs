@@ -93,6 +93,25 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
                 body["answer"].as_str().unwrap_or_default().trim_end()
             );
             println!("handled by: {agents}");
+            // A frontend checks each agent's signature on the answer and says so.
+            if let Some(list) = body["verified"].as_array().filter(|l| !l.is_empty()) {
+                let marks: Vec<String> = list
+                    .iter()
+                    .map(|v| {
+                        let who = v["agent"].as_str().unwrap_or("?");
+                        let who = who.rsplit('/').next().unwrap_or(who);
+                        if v["ok"].as_bool() == Some(true) {
+                            format!("{who} ✓")
+                        } else {
+                            format!(
+                                "{who} ✗ ({})",
+                                v["reason"].as_str().unwrap_or("not verified")
+                            )
+                        }
+                    })
+                    .collect();
+                println!("signed by:  {}", marks.join(", "));
+            }
             println!(
                 "trace id:   {}",
                 body["trace_id"].as_str().unwrap_or(&trace_id)
