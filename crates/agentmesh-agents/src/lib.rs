@@ -86,6 +86,12 @@ pub struct AskResponse {
     /// "trace_id"}`, so whoever receives the answer can check who produced it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<String>,
+    /// The delegation links the request reached its last agent with (the
+    /// `x-agentmesh-delegation` value, split at `~`): the frontend verifies and shows the
+    /// chain without seeing the calls between agents. Where the request fanned out, the
+    /// last branch's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delegation: Vec<String>,
 }
 
 /// An error answer: 400 for a bad request, 502 when something downstream failed.
@@ -284,6 +290,7 @@ impl Agent {
                 model,
                 sources: Vec::new(),
                 signatures: Vec::new(),
+                delegation: Vec::new(),
             }
         };
         let with_context = |req: &AskRequest| match &req.context {
@@ -306,6 +313,7 @@ impl Agent {
                 let r = self.delegate("executor", &task, trace, onward).await?;
                 let mut out = answer(r.answer, r.agents, r.model);
                 out.signatures = r.signatures;
+                out.delegation = r.delegation;
                 Ok(out)
             }
             Role::Researcher => {
@@ -345,6 +353,7 @@ impl Agent {
                 let mut out = answer(r.answer, r.agents, r.model);
                 out.sources = hits;
                 out.signatures = r.signatures;
+                out.delegation = r.delegation;
                 Ok(out)
             }
             Role::Orchestrator => {
@@ -397,6 +406,7 @@ impl Agent {
                 signatures.extend(scored.signatures);
                 let mut out = answer(report, agents, scored.model);
                 out.signatures = signatures;
+                out.delegation = scored.delegation;
                 Ok(out)
             }
             Role::Executor | Role::Writer | Role::Classifier | Role::Validator | Role::Scorer => {
@@ -456,11 +466,27 @@ async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
             }
             None => Vec::new(),
         };
-        agent.handle(req, &trace, &onward).await
+        agent
+            .handle(req, &trace, &onward)
+            .await
+            .map(|a| (a, onward))
     }
     .await;
     match result {
-        Ok(mut a) => {
+        Ok((mut a, onward_links)) => {
+            if a.delegation.is_empty() {
+                // The last agent: the chain is the one it sent on.
+                if let Some((_, links)) = onward_links
+                    .iter()
+                    .find(|(h, _)| *h == agentmesh_sdk::DELEGATION_HEADER)
+                {
+                    a.delegation = links
+                        .split('~')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+            }
             if let Some(d) = &agent.delegation {
                 let digest = ring::digest::digest(&ring::digest::SHA256, a.answer.as_bytes());
                 let payload = json!({

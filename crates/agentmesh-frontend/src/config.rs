@@ -17,6 +17,13 @@
 //! [[upstream]]
 //! name = "planner"
 //! url = "http://127.0.0.1:9001"              # the entry agent's local port
+//!
+//! [inspector]                               # omit for no Security Inspector (/inspector 404s)
+//! server_admin_socket = "/var/lib/agentmesh/admin.sock"   # entries, intentions, checks
+//! node_admin_socket = "/var/lib/agentmesh/node-admin.sock" # node status, the SVIDs it holds
+//! [[inspector.proxy]]                       # each sidecar whose decisions are shown live
+//! name = "planner"
+//! admin = "127.0.0.1:19001"                 # its [admin] listener (loopback only)
 //! ```
 
 use std::net::SocketAddr;
@@ -85,6 +92,33 @@ pub struct UpstreamConfig {
     pub url: String,
 }
 
+/// One `[[inspector.proxy]]`: a sidecar's admin listener, whose `/decisions` the inspector
+/// follows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFeedConfig {
+    /// The service the sidecar fronts.
+    pub name: String,
+    /// Its admin listener; loopback only, because the feed is plain HTTP.
+    pub admin: SocketAddr,
+}
+
+/// The `[inspector]` table: where the Security Inspector reads the mesh from. Each part is
+/// optional; what is not configured is shown as such.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectorConfig {
+    /// The server's admin socket: entries, intentions, `intention check`.
+    #[serde(default)]
+    pub server_admin_socket: Option<PathBuf>,
+    /// The node's admin socket: its status and the SVIDs it holds.
+    #[serde(default)]
+    pub node_admin_socket: Option<PathBuf>,
+    /// Sidecars whose decisions stream into Live decisions and the request pages.
+    #[serde(default)]
+    pub proxy: Vec<ProxyFeedConfig>,
+}
+
 /// The whole frontend.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +144,9 @@ pub struct FrontendConfig {
     /// Named upstreams.
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
+    /// The Security Inspector at `/inspector`; off without this table.
+    #[serde(default)]
+    pub inspector: Option<InspectorConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -189,6 +226,17 @@ impl FrontendConfig {
                 return Err(invalid(
                     "oidc.client_secret is required unless oidc.auth_method = \"none\"".into(),
                 ));
+            }
+        }
+        if let Some(inspector) = &cfg.inspector {
+            for p in &inspector.proxy {
+                if !p.admin.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "inspector.proxy {:?}: admin {} must be a loopback address (the decision \
+                         feed is plain HTTP)",
+                        p.name, p.admin
+                    )));
+                }
             }
         }
         if let Some(url) = &cfg.public_url
@@ -280,6 +328,15 @@ mod tests {
                 "[oidc]\nissuer = \"http://idp.example\"\nclient_id = \"c\"\nclient_secret = \"s\"",
                 "plain http only for a loopback issuer",
             ),
+            (
+                "[inspector]\n[[inspector.proxy]]\nname = \"p\"\nadmin = \"10.0.0.1:1\"",
+                "must be a loopback address",
+            ),
+            (
+                "[inspector]\n[[inspector.proxy]]\nname = \"p\"\nadmin = \"nope\"",
+                "invalid frontend config frontend.toml",
+            ),
+            ("[inspector]\nnode_socket = \"/x\"", "unknown field"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");

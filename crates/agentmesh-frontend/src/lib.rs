@@ -12,12 +12,14 @@
 //! - `GET /callback` the issuer's redirect back; `POST /logout`;
 //! - `GET /token` the logged-in user's token as JSON (for CLIs and tests);
 //! - `POST /ask` `{"question"}` (JSON) or `question=` (form) to the entry upstream;
-//! - `GET /.well-known/jwks.json` and `GET /debug/jwks` (seed 003's path); `GET /healthz`.
+//! - `GET /.well-known/jwks.json` and `GET /debug/jwks` (seed 003's path); `GET /healthz`;
+//! - `GET /inspector…` the Security Inspector ([`inspector`]).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod inspector;
 pub mod oidc;
 pub mod page;
 pub mod session;
@@ -99,6 +101,8 @@ pub struct Frontend {
     http: HttpClient,
     sessions: Sessions,
     secure_cookies: bool,
+    inspector: Option<inspector::Inspector>,
+    requests: inspector::requests::Requests,
 }
 
 impl Frontend {
@@ -120,6 +124,7 @@ impl Frontend {
             None => None,
         };
         let secure_cookies = cfg.public_url().starts_with("https://");
+        let inspector = cfg.inspector.as_ref().map(inspector::Inspector::start);
         Ok(Arc::new(Self {
             cfg,
             keys,
@@ -127,6 +132,8 @@ impl Frontend {
             http,
             sessions: Sessions::default(),
             secure_cookies,
+            inspector,
+            requests: Default::default(),
         }))
     }
 
@@ -143,6 +150,11 @@ impl Frontend {
             .route("/debug/jwks", get(jwks))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/static/style.css", get(page::stylesheet))
+            .route("/static/inspector.js", get(page::inspector_script))
+            .route("/inspector", get(inspector::index))
+            .route("/inspector/check", get(inspector::check))
+            .route("/inspector/decisions/stream", get(inspector::stream))
+            .route("/inspector/requests/{trace}", get(inspector::request))
             .layer(axum::middleware::map_response(page::security_headers))
             .with_state(self.clone())
     }
@@ -180,6 +192,49 @@ impl Frontend {
         tracing::info!(sub = %user.sub, jti = %minted.jti, kid = %key.kid, "user token minted");
         Ok(minted)
     }
+
+    /// Keeps what the request page shows of one ask: the token and the chain the answer
+    /// says the request reached its last agent with, each element verified here.
+    fn record(
+        &self,
+        user: &User,
+        question: &str,
+        token: &str,
+        trace_id: &str,
+        status: StatusCode,
+        answer: &Value,
+    ) {
+        let chain = match self.keys.current() {
+            Some(key) => {
+                let roots = key.roots.iter().map(|r| r.clone().into()).collect();
+                let config = agentmesh_sdk::delegation::ChainConfig::new(
+                    roots,
+                    key.id.clone(),
+                    self.audience(&key),
+                );
+                let links: Vec<String> = answer["delegation"]
+                    .as_array()
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                inspector::requests::check_chain(token, &links, &config, SystemTime::now())
+            }
+            None => Vec::new(),
+        };
+        self.requests.push(inspector::requests::AskRecord {
+            trace_id: trace_id.to_owned(),
+            at: SystemTime::now(),
+            sub: user.sub.clone(),
+            question: question.to_owned(),
+            status: status.as_u16(),
+            answer: answer.clone(),
+            chain,
+        });
+    }
 }
 
 /// One refusal: the status, a page with the reason, and a log line with it.
@@ -202,7 +257,12 @@ async fn index(State(fe): State<Arc<Frontend>>, headers: HeaderMap) -> Response 
     let user = fe.session_user(&headers);
     page::html(
         StatusCode::OK,
-        &page::index(user.as_ref(), fe.oidc.is_none(), None),
+        &page::index(
+            user.as_ref(),
+            fe.oidc.is_none(),
+            fe.inspector.is_some(),
+            None,
+        ),
     )
 }
 
@@ -405,7 +465,12 @@ async fn ask(State(fe): State<Arc<Frontend>>, headers: HeaderMap, body: Bytes) -
     if is_form {
         page::html(
             status,
-            &page::index(Some(&user), fe.oidc.is_none(), Some((&question, &answer))),
+            &page::index(
+                Some(&user),
+                fe.oidc.is_none(),
+                fe.inspector.is_some(),
+                Some((&question, &answer)),
+            ),
         )
     } else {
         json_response(status, &answer)
@@ -425,6 +490,26 @@ async fn forward(fe: &Frontend, user: &User, question: &str) -> (StatusCode, Val
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": e})),
     };
     let trace = agentmesh_telemetry::TraceContext::start();
+    let (status, answer) = forward_with(fe, up, user, question, &minted, &trace).await;
+    fe.record(
+        user,
+        question,
+        &minted.token,
+        &trace.trace_id_hex(),
+        status,
+        &answer,
+    );
+    (status, answer)
+}
+
+async fn forward_with(
+    fe: &Frontend,
+    up: &config::UpstreamConfig,
+    user: &User,
+    question: &str,
+    minted: &token::Minted,
+    trace: &agentmesh_telemetry::TraceContext,
+) -> (StatusCode, Value) {
     let mut headers = vec![(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -1,5 +1,5 @@
-//! The HTML pages: semantic, script-free (plain forms work by keyboard and under the strictest
-//! CSP), with the one stylesheet embedded in the binary.
+//! The HTML pages: semantic, working without scripts (plain forms work by keyboard), with the
+//! stylesheet and the inspector's one script embedded in the binary and served same-origin.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -16,12 +16,15 @@ pub enum PageError {
     BugResponse(String),
 }
 
-/// No scripts, no frames, no foreign origins: everything the pages use is same-origin CSS and
-/// forms posting to the frontend itself.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// No inline script, no eval, no frames, no foreign origins: everything the pages use is
+/// same-origin CSS, the inspector's same-origin script (and its event stream), and forms
+/// posting to the frontend itself.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+                       style-src 'self'; img-src 'self'; form-action 'self'; \
+                       frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = include_str!("page/style.css");
+const INSPECTOR_JS: &str = include_str!("page/inspector.js");
 
 /// Adds the security headers to every response.
 pub async fn security_headers(mut resp: Response) -> Response {
@@ -54,6 +57,15 @@ pub async fn stylesheet() -> Response {
         .unwrap_or_default()
 }
 
+/// The inspector's script: countdowns and live decisions.
+pub async fn inspector_script() -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/javascript; charset=utf-8")
+        .header(header::CACHE_CONTROL, "max-age=3600")
+        .body(Body::from(INSPECTOR_JS))
+        .unwrap_or_default()
+}
+
 /// An HTML response.
 pub fn html(status: StatusCode, body: &str) -> Response {
     Response::builder()
@@ -80,13 +92,22 @@ pub fn escape(s: &str) -> String {
 }
 
 fn layout(title: &str, main: &str) -> String {
+    layout_with_script(title, main, None)
+}
+
+/// The page frame, with a same-origin script if the page has one.
+pub(crate) fn layout_with_script(title: &str, main: &str, script: Option<&str>) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t} · agentmesh</title><link rel=\"stylesheet\" href=\"/static/style.css\">\
-         </head><body><header><p class=\"brand\"><a href=\"/\">agentmesh</a></p></header>\
-         <main>{main}</main></body></html>\n",
-        t = escape(title)
+         <title>{t} · agentmesh</title><link rel=\"stylesheet\" href=\"/static/style.css\">{js}\
+         </head><body><a class=\"skip\" href=\"#main\">Skip to content</a>\
+         <header><p class=\"brand\"><a href=\"/\">agentmesh</a></p></header>\
+         <main id=\"main\">{main}</main></body></html>\n",
+        t = escape(title),
+        js = script
+            .map(|s| format!("<script src=\"{}\" defer></script>", escape(s)))
+            .unwrap_or_default()
     )
 }
 
@@ -95,7 +116,12 @@ const DEV_BANNER: &str = "<p class=\"dev\" role=\"alert\"><strong>Dev login:</st
                           Loopback only.</p>";
 
 /// The home page: a login link, or the question form (and the last answer).
-pub fn index(user: Option<&User>, dev: bool, answer: Option<(&str, &serde_json::Value)>) -> String {
+pub fn index(
+    user: Option<&User>,
+    dev: bool,
+    inspector: bool,
+    answer: Option<(&str, &serde_json::Value)>,
+) -> String {
     let mut main = String::new();
     if dev {
         main.push_str(DEV_BANNER);
@@ -122,7 +148,18 @@ pub fn index(user: Option<&User>, dev: bool, answer: Option<(&str, &serde_json::
                 escape(&u.idp),
                 answer.map(|(q, _)| escape(q)).unwrap_or_default(),
             ));
+            if inspector {
+                main.push_str(
+                    "<p><a id=\"inspector-link\" href=\"/inspector\">Security Inspector</a></p>",
+                );
+            }
             if let Some((_, a)) = answer {
+                if inspector && let Some(t) = a["trace_id"].as_str() {
+                    main.push_str(&format!(
+                        "<p><a id=\"request-link\" href=\"/inspector/requests/{t}\">Open this request in the inspector</a></p>",
+                        t = escape(t)
+                    ));
+                }
                 if let Some(list) = a["verified"].as_array().filter(|l| !l.is_empty()) {
                     let items: String = list
                         .iter()

@@ -627,3 +627,129 @@ fn a_rotated_key_stays_in_the_jwks_while_its_tokens_live() {
     assert_eq!(kids, [second_kid.as_str(), first_kid.as_str()]);
     assert_eq!(keys.current().unwrap().kid, second_kid);
 }
+
+// === the Security Inspector: its inputs ===
+
+/// A stand-in sidecar admin listener: `/decisions` sends a line that is not JSON, then one
+/// real access-log object, and stays open. The real proxies' feed is exercised by the
+/// Chromium test in crates/agentmesh/tests/frontend.rs; this one plays the malformed case.
+async fn stand_in_decision_feed() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let line = json!({
+                    "seq": 7, "ts": "2026-12-02T10:00:00.000Z", "direction": "inbound",
+                    "protocol": "http", "source": "spiffe://agentmesh.local/ns/default/sa/planner",
+                    "destination": "spiffe://agentmesh.local/ns/default/sa/gateway",
+                    "decision": "deny", "intention": "i-deny", "reason": "intention i-deny denies POST /v1/chat/completions",
+                    "trace_id": "0af7651916cd43dd8448eb211c80319c", "method": "POST",
+                    "path": "/v1/chat/completions", "status": 403, "peer_addr": "127.0.0.1:1", "duration_ms": 0
+                });
+                let body = format!("{{not json\n{line}\n");
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n{body}"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_inspector_refuses_strangers_and_bad_questions_with_their_reason() {
+    // Without [inspector] there is no inspector at all.
+    let off = start_frontend("listen = \"127.0.0.1:0\"").await;
+    let mut b = Browser::default();
+    let r = b.get(off, "/inspector").await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("not configured"), "{}", r.body);
+
+    let feed = stand_in_decision_feed().await;
+    let fe = start_frontend(&format!(
+        "listen = \"127.0.0.1:0\"\n[inspector]\n[[inspector.proxy]]\nname = \"gateway\"\nadmin = \"{feed}\"\n"
+    ))
+    .await;
+    let mut b = Browser::default();
+    // Not logged in: the pages send you to log in, the stream says 401.
+    let r = b.get(fe, "/inspector").await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login"));
+    assert_eq!(b.get(fe, "/inspector/decisions/stream").await.status, 401);
+    assert_eq!(b.get(fe, "/inspector/requests/abc").await.status, 303);
+
+    let r = b
+        .send(
+            fe,
+            "POST",
+            "/login",
+            Some(("application/x-www-form-urlencoded", "name=Ann")),
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    // No sockets configured: each part says so, and the page still renders.
+    let page = b.get(fe, "/inspector").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("not configured (set inspector.server_admin_socket"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<script src=\"/static/inspector.js\""));
+    // The garbage line was skipped, the real one is there with its intention.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = b.get(fe, "/inspector").await;
+        if page.body.contains("data-intention=\"i-deny\"") {
+            assert!(page.body.contains("gateway inbound"), "{}", page.body);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", page.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (query, reason) in [
+        ("source=planner", "a source and a destination are required"),
+        (
+            "source=planner&destination=gateway&method=POST",
+            "a method needs a path",
+        ),
+        (
+            &format!("source={}&destination=gateway", "a".repeat(600)),
+            "source is longer than 512 characters",
+        ),
+        (
+            "source=planner&destination=gateway",
+            "not configured (set inspector.server_admin_socket",
+        ),
+    ] {
+        let r = b.get(fe, &format!("/inspector/check?{query}")).await;
+        assert_eq!(r.status, 200, "{query}");
+        let result = r
+            .body
+            .split("id=\"check-result\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{query}: no result\n{}", r.body));
+        assert!(result.contains(reason), "{query}: {result}");
+    }
+    let r = b
+        .get(fe, "/inspector/requests/0af7651916cd43dd8448eb211c80319c")
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no request of yours"), "{}", r.body);
+    let js = b.get(fe, "/static/inspector.js").await;
+    assert_eq!(js.status, 200);
+    assert!(!js.body.contains(".innerHTML") && !js.body.contains("eval("));
+}

@@ -2,10 +2,17 @@
 //! and tools read the node's status.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
 
 use agentmesh_proto::v1::{
-    self, NodeStatus, NodeStatusRequest, RegisterLaunchRequest, RegisterLaunchResponse,
+    self, ListSvidsRequest, ListSvidsResponse, NodeStatus, NodeStatusRequest,
+    RegisterLaunchRequest, RegisterLaunchResponse, ServedSvid,
 };
 use tonic::{Request, Response, Status};
 
@@ -45,13 +52,32 @@ impl v1::node_admin_server::NodeAdmin for NodeAdminService {
         let snap = self.manager.snapshot();
         Ok(Response::new(NodeStatus {
             spiffe_id: id.to_string(),
-            expires_at: expires
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default(),
+            expires_at: unix(expires),
             server_reachable: self.manager.server_reachable(),
             entries: snap.entries.len() as u32,
             cached_svids: snap.svids.len() as u32,
         }))
+    }
+
+    async fn list_svids(
+        &self,
+        _: Request<ListSvidsRequest>,
+    ) -> Result<Response<ListSvidsResponse>, Status> {
+        let snap = self.manager.snapshot();
+        // In entry order, so every reader lists them the same way.
+        let svids = snap
+            .entries
+            .iter()
+            .filter_map(|e| snap.svids.get(&e.id))
+            .map(|s| ServedSvid {
+                entry_id: s.entry_id.clone(),
+                spiffe_id: s.spiffe_id.to_string(),
+                cert_chain: s.chain.clone(),
+                serial: s.serial.clone(),
+                not_before: unix(s.not_before),
+                not_after: unix(s.not_after),
+            })
+            .collect();
+        Ok(Response::new(ListSvidsResponse { svids }))
     }
 }

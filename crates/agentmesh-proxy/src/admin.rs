@@ -1,10 +1,14 @@
-//! The admin listener: `/metrics` (Prometheus text) and `/healthz`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, and `/decisions`: every
+//! decision this proxy makes, live, as NDJSON (the access log's objects, numbered with
+//! `seq`; `?after=N` skips what a reconnecting reader already has). The listener is for
+//! operators and the inspector on the same host, so bind it to loopback.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -25,8 +29,10 @@ pub struct AdminState {
     pub policy: Arc<PolicyWatch>,
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+type AdminBody = BoxBody<Bytes, std::convert::Infallible>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -36,8 +42,28 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 }
 
 impl AdminState {
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        match req.uri().path() {
+    fn handle(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+        self.route(req.uri())
+    }
+
+    fn route(&self, uri: &http::Uri) -> Response<AdminBody> {
+        match uri.path() {
+            "/decisions" => {
+                let after = uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
+                    .map(str::parse::<u64>);
+                match after {
+                    Some(Err(_)) => respond(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "after= must be a decision number (the `seq` of the last line read)\n"
+                            .into(),
+                    ),
+                    Some(Ok(n)) => decisions(n),
+                    None => decisions(0),
+                }
+            }
             "/metrics" => respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -75,7 +101,7 @@ impl AdminState {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "try /metrics or /healthz\n".into(),
+                "try /metrics, /healthz or /decisions\n".into(),
             ),
         }
     }
@@ -94,5 +120,74 @@ impl AdminState {
                     .await;
             });
         }
+    }
+}
+
+/// The live decision stream: what the feed still holds after `after`, then each new line.
+/// A reader that falls behind skips what it missed (the `seq` gap shows it) rather than
+/// slowing the proxy.
+fn decisions(after: u64) -> Response<AdminBody> {
+    use hyper::body::Frame;
+    let (catch_up, live) = agentmesh_telemetry::decisions::subscribe_after(after);
+    let head = futures::stream::iter(
+        catch_up
+            .into_iter()
+            .map(|l| Ok::<_, std::convert::Infallible>(Frame::data(l))),
+    );
+    let tail = futures::stream::unfold(live, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => return Some((Ok(Frame::data(line)), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let body = StreamBody::new(futures::StreamExt::chain(head, tail));
+    let mut r = Response::new(body.boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AdminState {
+        AdminState {
+            metrics: Arc::new(Metrics::default()),
+            identity: IdentityWatch::new(),
+            policy: PolicyWatch::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn decisions_stream_numbered_lines_and_refuse_a_bad_cursor() {
+        let admin = state();
+        let bad = admin.route(&"/decisions?after=yesterday".parse().unwrap());
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let body = bad.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("after= must be a decision number"));
+
+        let seq = agentmesh_telemetry::decisions::publish(br#"{"decision":"deny"}"#);
+        let ok = admin.route(&format!("/decisions?after={}", seq - 1).parse().unwrap());
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(
+            ok.headers()[http::header::CONTENT_TYPE],
+            "application/x-ndjson"
+        );
+        let mut body = ok.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(
+            first,
+            Bytes::from(format!("{{\"seq\":{seq},\"decision\":\"deny\"}}\n"))
+        );
     }
 }

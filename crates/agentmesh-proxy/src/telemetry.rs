@@ -307,6 +307,8 @@ fn write_stdout(batch: &[u8]) {
 /// Queues one access log line for stdout. Lines are never split or interleaved.
 pub fn access_log(record: &AccessRecord<'_>) {
     if let Ok(mut line) = serde_json::to_vec(record) {
+        // Live subscribers (the inspector) get it now, not at the next flush.
+        agentmesh_telemetry::decisions::publish(&line);
         line.push(b'\n');
         let sink = access_log_sink();
         let mut pending = sink.pending.lock().unwrap_or_else(|p| p.into_inner());

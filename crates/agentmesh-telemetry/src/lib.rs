@@ -60,6 +60,7 @@
 pub mod attr;
 pub mod config;
 pub mod context;
+pub mod decisions;
 pub mod export;
 pub mod otlp;
 pub mod span;

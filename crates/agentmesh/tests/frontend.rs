@@ -234,73 +234,13 @@ struct Setup {
     frontend_log: PathBuf,
 }
 
-fn setup() -> Setup {
-    setup_with(None)
-}
-
-/// A stand-in entry agent: answers every `POST /ask` with JSON naming the question and
-/// whether a bearer token came with it.
-fn echo_agent() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Read the head, then Content-Length bytes of body.
-            let (head_end, len) = loop {
-                let n = s.read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    break (raw.len(), 0);
-                }
-                raw.extend_from_slice(&buf[..n]);
-                if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&raw[..i]).to_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                    break (i + 4, len);
-                }
-            };
-            while raw.len() < head_end + len {
-                let n = s.read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                raw.extend_from_slice(&buf[..n]);
-            }
-            let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
-            let q: Value = serde_json::from_slice(&raw[head_end..]).unwrap_or(Value::Null);
-            let body = serde_json::json!({
-                "answer": format!("Paris, you asked: {}", q["question"].as_str().unwrap_or("")),
-                "bearer": head.contains("authorization: bearer "),
-                "traceparent": head.contains("traceparent: 00-"),
-            })
-            .to_string();
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    url
-}
-
-fn setup_with(upstream: Option<&str>) -> Setup {
+/// Starts the real oidc-provider on a free port for a frontend at `frontend`; returns it and
+/// its issuer URL.
+fn start_provider(dir: &Path, frontend: &str) -> (Proc, String) {
     let module = oidc_provider_module();
-    let mesh = Mesh::start();
-    // Every process of this uid is the frontend: enough for a test that runs one workload.
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    mesh.entry(FRONTEND_PATH, &[&format!("unix:uid:{uid}")], None);
-
-    let fe_port = free_port();
-    let frontend = format!("http://127.0.0.1:{fe_port}");
     let idp_port = free_port();
     let issuer = format!("http://127.0.0.1:{idp_port}");
-    let idp_log = mesh.dir.join("oidc-provider.log");
+    let idp_log = dir.join("oidc-provider.log");
     let mut idp = Proc(
         Command::new("node")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/oidc_provider.mjs"))
@@ -313,18 +253,26 @@ fn setup_with(upstream: Option<&str>) -> Setup {
             .expect("spawn node (scripts/test assumes Node 20)"),
     );
     wait_for_port(idp_port, "oidc-provider", &mut idp, &idp_log);
+    (idp, issuer)
+}
+
+fn setup() -> Setup {
+    let mesh = Mesh::start();
+    // Every process of this uid is the frontend: enough for a test that runs one workload.
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    mesh.entry(FRONTEND_PATH, &[&format!("unix:uid:{uid}")], None);
+
+    let fe_port = free_port();
+    let frontend = format!("http://127.0.0.1:{fe_port}");
+    let (idp, issuer) = start_provider(&mesh.dir, &frontend);
 
     let config = mesh.dir.join("frontend.toml");
     std::fs::write(
         &config,
         format!(
             "listen = \"127.0.0.1:{fe_port}\"\nworkload_api = \"{}\"\n\
-             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n\
-             {}",
+             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n",
             mesh.endpoint(),
-            upstream.map_or(String::new(), |u| format!(
-                "[[upstream]]\nname = \"planner\"\nurl = \"{u}\"\n"
-            )),
         ),
     )
     .unwrap();
@@ -589,52 +537,248 @@ fn puppeteer_module() -> PathBuf {
     p
 }
 
+/// A whole `agentmesh up` mesh (planner-executor, offline LLM) whose frontend logs in at the
+/// real oidc-provider, driven by headless Chromium: login, ask, the request's page with its
+/// trace, chain and JWS checks, and the Security Inspector (SPIFFE IDs as `entry list` has
+/// them, a denied call arriving live with its intention, the check form by keyboard giving
+/// `intention check`'s answer).
 #[test]
-fn headless_chromium_logs_in_at_the_real_provider_and_asks_from_the_page() {
+fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
         "Chromium is missing at {chromium}; scripts/test installs it (apt-get install chromium)"
     );
-    let agent = echo_agent();
-    let s = setup_with(Some(&agent));
+    let puppeteer = puppeteer_module();
+    let tmp = tempfile::tempdir().unwrap();
+    let fe_port = free_port();
+    let frontend = format!("http://127.0.0.1:{fe_port}");
+    let (_idp, issuer) = start_provider(tmp.path(), &frontend);
+
+    // The built-in scenario, with the frontend on a known port and logging in at the provider.
+    let scenario = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/planner-executor.toml"),
+    )
+    .unwrap()
+    .replacen(
+        "upstreams = [\"planner\"]",
+        &format!(
+            "upstreams = [\"planner\"]\nlisten = \"127.0.0.1:{fe_port}\"\n\
+             oidc = {{ issuer = \"{issuer}\", client_id = \"agentmesh\", client_secret = \"s3cret\" }}"
+        ),
+        1,
+    );
+    assert!(scenario.contains("oidc = "), "the scenario changed shape");
+    let scenario_file = tmp.path().join("oidc-mesh.toml");
+    std::fs::write(&scenario_file, scenario).unwrap();
+    let data = tmp.path().join("mesh");
+    let up_log = tmp.path().join("up.log");
+    let mut up = Proc(
+        Command::new(BIN)
+            .arg("up")
+            .arg("--scenario")
+            .arg(&scenario_file)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("AGENTMESH_ADMIN_SOCKET")
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Mesh::log_file(&up_log))
+            .stderr(Mesh::log_file(&up_log))
+            .spawn()
+            .expect("spawn agentmesh up"),
+    );
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        let out = std::fs::read_to_string(&up_log).unwrap_or_default();
+        if out.contains("Ctrl-C stops the mesh.") {
+            assert!(
+                out.contains("ask skipped: the frontend logs in with OIDC"),
+                "{out}"
+            );
+            assert!(out.contains("✓ refused on purpose"), "{out}");
+            break;
+        }
+        if let Ok(Some(status)) = up.0.try_wait() {
+            panic!("up exited with {status}:\n{out}");
+        }
+        assert!(Instant::now() < deadline, "up did not come up:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let admin = data.join("admin.sock");
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&admin)
+            .output()
+            .expect("run agentmesh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mesh_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("mesh.json")).unwrap()).unwrap();
+    let planner = mesh_json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "planner")
+        .unwrap();
+    let denied_url = format!(
+        "http://{}/v1/chat/completions",
+        planner["upstreams"]["gateway"].as_str().unwrap()
+    );
+
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frontend-screenshots");
     let out = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/browser_login.mjs"))
-        .arg(&s.frontend)
+        .arg(&frontend)
         .arg(&shots)
-        .env("PUPPETEER_MODULE", puppeteer_module())
+        .arg(&denied_url)
+        .env("PUPPETEER_MODULE", &puppeteer)
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .output()
         .expect("run browser_login.mjs");
+    let logs = || std::fs::read_to_string(data.join("logs/frontend.log")).unwrap_or_default();
     assert!(
         out.status.success(),
         "browser_login.mjs failed:\n{}\nfrontend log:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&s.frontend_log).unwrap_or_default()
+        logs()
     );
     let seen: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(
+        seen["errors"],
+        serde_json::json!([]),
+        "the pages had errors"
+    );
+
+    // Logged in at the provider, asked, answered by the agents, each signature verified.
     let logged_in = seen["logged_in"].as_str().unwrap();
     assert!(
         logged_in.contains("Logged in as") && logged_in.contains("alice"),
         "{logged_in}"
     );
+    assert!(logged_in.contains(&issuer), "{logged_in}");
     let answer: Value = serde_json::from_str(seen["answer"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        answer["answer"],
-        "Paris, you asked: what is the capital of France?"
+    assert!(
+        answer["answer"].as_str().unwrap().contains("[offline]"),
+        "{answer}"
     );
-    assert_eq!(answer["bearer"], true);
-    assert_eq!(answer["traceparent"], true);
-    assert!(seen["csp"].as_str().unwrap().contains("default-src 'none'"));
+    assert_eq!(
+        answer["agents"],
+        serde_json::json!(["planner", "executor", "gateway"])
+    );
+    let csp = seen["csp"].as_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(seen["frame"], "DENY");
+
+    // The request's page: every hop, the chain (token + planner + executor), every JWS.
+    let req = &seen["request"];
+    let trace_id = answer["trace_id"].as_str().unwrap();
+    assert!(req["url"].as_str().unwrap().ends_with(trace_id), "{req}");
+    let hops = req["trace"].as_array().unwrap();
+    assert!(hops.len() >= 6, "{req}");
+    let allowed: Vec<&Value> = hops.iter().filter(|h| h["decision"] == "allow").collect();
+    assert_eq!(
+        allowed.len(),
+        3,
+        "frontend→planner, planner→executor, executor→gateway: {req}"
+    );
+    let chain = req["chain"].as_array().unwrap();
+    assert_eq!(chain.len(), 3, "{req}");
+    assert!(chain.iter().all(|c| c["verified"] == "true"), "{req}");
+    assert!(
+        chain[0]["text"].as_str().unwrap().contains("alice"),
+        "{req}"
+    );
+    assert!(
+        chain[1]["text"].as_str().unwrap().contains("/sa/planner"),
+        "{req}"
+    );
+    assert!(
+        chain[2]["text"].as_str().unwrap().contains("/sa/executor"),
+        "{req}"
+    );
+    let jws = req["jws"].as_array().unwrap();
+    assert_eq!(jws.len(), 2, "{req}");
+    assert!(jws.iter().all(|j| j["verified"] == "true"), "{req}");
+
+    // The inspector lists exactly the SPIFFE IDs `entry list -o json` prints.
+    let entries: Value = serde_json::from_str(&cli(&["entry", "list", "-o", "json"])).unwrap();
+    let mut want: Vec<String> = entries
+        .as_array()
+        .or(entries["entries"].as_array())
+        .unwrap()
+        .iter()
+        .map(|e| e["spiffe_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut shown: Vec<String> = seen["spiffe_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    shown.sort();
+    assert_eq!(shown, want);
+    assert_ne!(seen["countdown_before"], seen["countdown_after"]);
+
+    // The denied call arrived live, with the intention that decided it.
+    let intentions: Value =
+        serde_json::from_str(&cli(&["intention", "list", "-o", "json"])).unwrap();
+    let deny = intentions["intentions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["action"] == "deny")
+        .unwrap_or_else(|| panic!("no deny intention: {intentions}"));
+    let deny_id = deny["id"].as_str().unwrap();
+    assert_eq!(seen["denied_status"], 403);
+    let live = seen["live_denied"].as_array().unwrap();
+    assert!(
+        live.iter().any(|d| d["intention"] == deny_id
+            && d["text"].as_str().unwrap().contains("planner → gateway")),
+        "{live:?}"
+    );
+
+    // The check form gives `intention check`'s answer.
+    let check = cli(&[
+        "intention",
+        "check",
+        "planner",
+        "gateway",
+        "--method",
+        "POST",
+        "--path",
+        "/v1/chat/completions",
+    ]);
+    assert!(check.contains(deny_id), "{check}");
+    assert_eq!(seen["check"]["allowed"], "false");
+    assert_eq!(seen["check"]["intention"], deny_id);
+
     for shot in [
         "1-home.png",
         "2-provider-login.png",
         "3-logged-in.png",
         "4-answer.png",
+        "5-request.png",
+        "6-inspector-live-denied.png",
+        "7-check.png",
     ] {
         assert!(shots.join(shot).exists(), "screenshot {shot} missing");
     }
+    // SIGTERM, as Ctrl-C would: up stops every child.
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.0.id().to_string()])
+        .status();
+    let _ = up.0.wait();
 }

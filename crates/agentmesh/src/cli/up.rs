@@ -690,7 +690,7 @@ fn delegation_toml(scenario: &Scenario, layout: &Layout) -> String {
     )
 }
 
-fn frontend_toml(p: &Planned, layout: &Layout) -> String {
+fn frontend_toml(p: &Planned, all: &[Planned], layout: &Layout) -> String {
     let mut t = String::new();
     // No [oidc]: the loopback-only dev login, labelled as such on the page and in the log.
     let _ = writeln!(
@@ -711,6 +711,28 @@ fn frontend_toml(p: &Planned, layout: &Layout) -> String {
             "\n[[upstream]]\nname = {}\nurl = {}",
             q(dest),
             q(&format!("http://{listen}"))
+        );
+    }
+    if let Some(oidc) = &p.spec.oidc {
+        let mut doc = toml::Table::new();
+        doc.insert("oidc".into(), toml::Value::Table(oidc.clone()));
+        // Validated with the scenario, so it serializes.
+        let _ = write!(t, "\n{}", toml::to_string(&doc).unwrap_or_default());
+    }
+    // The Security Inspector reads the control plane over its admin sockets (same user,
+    // 0600) and follows every sidecar's decisions.
+    let _ = writeln!(
+        t,
+        "\n[inspector]\nserver_admin_socket = {}\nnode_admin_socket = {}",
+        q(&layout.admin_socket.display().to_string()),
+        q(&layout.node_admin_socket.display().to_string())
+    );
+    for o in all {
+        let _ = writeln!(
+            t,
+            "\n[[inspector.proxy]]\nname = {}\nadmin = {}",
+            q(&o.spec.name),
+            q(&o.admin.to_string())
         );
     }
     t
@@ -931,7 +953,7 @@ async fn start_all(
             }
             ServiceKind::Frontend => {
                 let path = layout.configs.join(format!("{stem}.frontend.toml"));
-                write_file(&path, &frontend_toml(p, layout))?;
+                write_file(&path, &frontend_toml(p, plans, layout))?;
                 let mut cmd = agentmesh_command()?;
                 cmd.args(["frontend", "run", "--config"]).arg(path);
                 (cmd, None)
@@ -1053,35 +1075,56 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
         .and_then(|c| c.question.clone())
         .unwrap_or_else(|| DEFAULT_QUESTION.to_owned());
     let via_frontend = entry.spec.kind == ServiceKind::Frontend;
-    match ask_entry(
-        &format!("http://{}", entry.app),
-        via_frontend,
-        &question,
-        None,
-        Duration::from_secs(300),
-    )
-    .await
-    {
-        Ok((200, v)) => {
-            let agents = agents_path(&v);
-            let _ = writeln!(
-                out,
-                "  ✓ ask {question:?}\n      answered by {agents} (trace {})",
-                v["trace_id"].as_str().unwrap_or("?")
-            );
-        }
-        Ok((status, v)) => {
-            ok = false;
-            let _ = writeln!(
-                out,
-                "  ✗ ask {question:?}: {status} {}",
-                v.get("error").unwrap_or(&v)
-            );
-        }
-        Err(e) => {
-            ok = false;
-            let _ = writeln!(out, "  ✗ ask {question:?}: {e:#}");
-        }
+    let answered = if entry.spec.oidc.is_some() {
+        // Only a person can log in at an OIDC issuer; the refusal below still runs.
+        let _ = writeln!(
+            out,
+            "  - ask skipped: the frontend logs in with OIDC ({}); ask from its page",
+            entry
+                .spec
+                .oidc
+                .as_ref()
+                .and_then(|o| o.get("issuer"))
+                .and_then(|i| i.as_str())
+                .unwrap_or("?")
+        );
+        None
+    } else {
+        Some(
+            ask_entry(
+                &format!("http://{}", entry.app),
+                via_frontend,
+                &question,
+                None,
+                Duration::from_secs(300),
+            )
+            .await,
+        )
+    };
+    match answered {
+        None => {}
+        Some(answered) => match answered {
+            Ok((200, v)) => {
+                let agents = agents_path(&v);
+                let _ = writeln!(
+                    out,
+                    "  ✓ ask {question:?}\n      answered by {agents} (trace {})",
+                    v["trace_id"].as_str().unwrap_or("?")
+                );
+            }
+            Ok((status, v)) => {
+                ok = false;
+                let _ = writeln!(
+                    out,
+                    "  ✗ ask {question:?}: {status} {}",
+                    v.get("error").unwrap_or(&v)
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(out, "  ✗ ask {question:?}: {e:#}");
+            }
+        },
     }
     if let Some(c) = &scenario.self_check {
         let source = plans
@@ -1268,7 +1311,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     if entry.spec.kind == ServiceKind::Frontend {
         println!(
-            "\n  Open:  http://{}/  (the frontend; dev login, loopback only)",
+            "\n  Open:  http://{}/  (the frontend; {})\n  Inspect: http://{}/inspector  (the Security Inspector: mesh, intentions, live decisions, requests)",
+            entry.app,
+            if entry.spec.oidc.is_some() {
+                "OIDC login"
+            } else {
+                "dev login, loopback only"
+            },
             entry.app
         );
     }
@@ -1398,8 +1447,38 @@ mod tests {
                         assert!(!g.contains("id = \"planner\""), "{g}");
                     }
                 }
+                ServiceKind::Frontend => {
+                    let f = frontend_toml(p, &plans, &layout);
+                    let cfg = agentmesh_frontend::FrontendConfig::parse(&f, Path::new("f.toml"))
+                        .unwrap_or_else(|e| panic!("{e}\n{f}"));
+                    let ins = cfg.inspector.expect("[inspector]");
+                    assert_eq!(ins.proxy.len(), plans.len(), "{f}");
+                    assert_eq!(ins.server_admin_socket, Some(layout.admin_socket.clone()));
+                    assert!(cfg.oidc.is_none());
+                }
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn a_scenario_oidc_table_reaches_the_frontend_config() {
+        let text = scenario::BUILT_IN[0].1.replace(
+            "upstreams = [\"planner\"]",
+            "upstreams = [\"planner\"]\noidc = { issuer = \"http://127.0.0.1:4000\", client_id = \"agentmesh\", client_secret = \"s\" }",
+        );
+        let s = Scenario::parse(&text, "s.toml").unwrap();
+        let (plans, _) = plan(&s).unwrap();
+        let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+        let fe = plans
+            .iter()
+            .find(|p| p.spec.kind == ServiceKind::Frontend)
+            .unwrap();
+        let f = frontend_toml(fe, &plans, &layout);
+        let cfg = agentmesh_frontend::FrontendConfig::parse(&f, Path::new("f.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{f}"));
+        let oidc = cfg.oidc.expect("[oidc]");
+        assert_eq!(oidc.issuer, "http://127.0.0.1:4000");
+        assert_eq!(oidc.client_id, "agentmesh");
     }
 }

@@ -1,25 +1,43 @@
-// Headless Chromium through the whole login: the frontend's page, the real oidc-provider's
-// login and consent pages, back to the frontend, then a question asked from the page by
-// keyboard. Prints one JSON object ({"logged_in", "answer", "csp"}) and saves screenshots.
+// Headless Chromium through a whole visit, as a person makes it: the frontend's page, the
+// real oidc-provider's login and consent pages, back to the frontend, a question asked from
+// the page by keyboard, the request's page in the inspector (trace, chain, JWS checks), then
+// the inspector itself: the SPIFFE IDs it lists, a denied call showing up live, and the
+// check form driven by keyboard. Prints one JSON object and saves screenshots.
 // Run with: PUPPETEER_MODULE=.cache/node/node_modules/puppeteer-core/lib/puppeteer/puppeteer-core.js \
-//           node browser_login.mjs FRONTEND_URL SCREENSHOT_DIR
+//           node browser_login.mjs FRONTEND_URL SCREENSHOT_DIR DENIED_CALL_URL
+// DENIED_CALL_URL is a plain local sidecar port whose destination the intentions refuse; the
+// script POSTs to it once the live view is connected.
 import { pathToFileURL } from 'node:url';
 import { resolve, join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 
-const [frontend, shots] = process.argv.slice(2);
+const [frontend, shots, deniedUrl] = process.argv.slice(2);
 const { default: puppeteer } = await import(pathToFileURL(resolve(process.env.PUPPETEER_MODULE)).href);
 mkdirSync(shots, { recursive: true });
 
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run'],
 });
+const out = {};
+const errors = [];
 try {
   const page = await browser.newPage();
+  // A CSP violation or a script error on the frontend's pages is a failure, not noise (the
+  // provider's pages and the browser's own favicon fetches are not ours to judge).
+  page.on('pageerror', (e) => errors.push(`pageerror at ${page.url()}: ${e.message}`));
+  page.on('console', (m) => {
+    const text = m.text();
+    if (m.type() === 'error' && page.url().startsWith(frontend)
+        && (/Content Security Policy|Refused to/.test(text) || !/Failed to load resource/.test(text))) {
+      errors.push(`console at ${page.url()}: ${text}`);
+    }
+  });
   const home = await page.goto(`${frontend}/`);
-  const csp = home.headers()['content-security-policy'];
+  out.csp = home.headers()['content-security-policy'];
+  out.frame = home.headers()['x-frame-options'];
   await page.screenshot({ path: join(shots, '1-home.png') });
   await Promise.all([page.waitForNavigation(), page.click('a[href="/login"]')]);
   // oidc-provider's devInteractions login form.
@@ -32,16 +50,86 @@ try {
     await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
   }
   await page.waitForSelector('#question');
-  const loggedIn = await page.$eval('main', (m) => m.textContent);
+  out.logged_in = await page.$eval('main', (m) => m.textContent);
   await page.screenshot({ path: join(shots, '3-logged-in.png') });
+
   // By keyboard: type into the question, Tab to the Ask button, Enter.
   await page.focus('#question');
-  await page.keyboard.type('what is the capital of France?');
+  await page.keyboard.type('How does agentmesh decide who may call whom?');
   await page.keyboard.press('Tab');
   await Promise.all([page.waitForNavigation(), page.keyboard.press('Enter')]);
-  const answer = await page.$eval('#answer', (a) => a.textContent);
+  out.answer = await page.$eval('#answer', (a) => a.textContent);
+  out.signatures_on_answer = await page.$$eval('#signatures li', (l) => l.map((x) => x.textContent));
   await page.screenshot({ path: join(shots, '4-answer.png'), fullPage: true });
-  console.log(JSON.stringify({ logged_in: loggedIn, answer, csp }));
+
+  // The request's page.
+  await Promise.all([page.waitForNavigation(), page.click('#request-link')]);
+  // The sidecars' decisions for this trace arrive within milliseconds; reload until every
+  // hop is in (or give up and report what was there).
+  for (let i = 0; i < 50; i++) {
+    const rows = await page.$$eval('#trace tbody tr', (r) => r.length);
+    if (rows >= 6) break;
+    await new Promise((r) => setTimeout(r, 200));
+    await page.reload();
+  }
+  out.request = {
+    url: page.url(),
+    trace: await page.$$eval('#trace tbody tr', (r) => r.map((x) => ({
+      decision: x.dataset.decision, text: x.textContent,
+    }))),
+    chain: await page.$$eval('#chain > li', (l) => l.map((x) => ({
+      verified: x.dataset.verified, text: x.querySelector('p').textContent,
+    }))),
+    jws: await page.$$eval('#signatures li', (l) => l.map((x) => ({
+      verified: x.dataset.verified, text: x.textContent,
+    }))),
+  };
+  await page.screenshot({ path: join(shots, '5-request.png'), fullPage: true });
+
+  // The inspector: the SPIFFE IDs it shows, then a denied call arriving live.
+  await page.goto(`${frontend}/inspector`);
+  out.spiffe_ids = await page.$$eval('#services [data-spiffe-id]', (l) => l.map((x) => x.dataset.spiffeId));
+  out.countdown_before = await page.$eval('#services time.countdown', (t) => t.textContent);
+  await page.waitForFunction(() => document.getElementById('live-status').textContent.startsWith('live'), { timeout: 30000 });
+  const after = Number(await page.$eval('#decision-table', (t) => t.dataset.after));
+  const refused = await fetch(deniedUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'agentmesh-default', messages: [{ role: 'user', content: 'from the inspector test' }] }),
+  });
+  out.denied_status = refused.status;
+  await page.waitForFunction(
+    (after) => [...document.querySelectorAll('#decision-table tbody tr[data-decision="deny"]')]
+      .some((r) => Number(r.dataset.id) > after),
+    { timeout: 30000 }, after);
+  out.live_denied = await page.$$eval('#decision-table tbody tr[data-decision="deny"]', (rows, after) => rows
+    .filter((r) => Number(r.dataset.id) > after)
+    .map((r) => ({ intention: r.dataset.intention, text: r.textContent })), after);
+  // The countdown ticks on its own (the script), without a reload.
+  await page.waitForFunction((before) => document.querySelector('#services time.countdown').textContent !== before,
+    { timeout: 10000 }, out.countdown_before);
+  out.countdown_after = await page.$eval('#services time.countdown', (t) => t.textContent);
+  await page.screenshot({ path: join(shots, '6-inspector-live-denied.png'), fullPage: true });
+
+  // The check form, by keyboard only.
+  await page.focus('#check-source');
+  await page.keyboard.type('planner');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('gateway');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('POST');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('/v1/chat/completions');
+  await Promise.all([page.waitForNavigation(), page.keyboard.press('Enter')]);
+  out.check = await page.$eval('#check-result', (d) => ({
+    allowed: d.dataset.allowed, intention: d.dataset.intention, text: d.textContent,
+  }));
+  await page.screenshot({ path: join(shots, '7-check.png'), fullPage: true });
+  out.errors = errors;
+  console.log(JSON.stringify(out));
+} catch (e) {
+  console.error(`${e.stack}\nso far: ${JSON.stringify(out)}\nerrors: ${errors.join('\n')}`);
+  process.exitCode = 1;
 } finally {
   await browser.close();
 }

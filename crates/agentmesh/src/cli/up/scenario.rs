@@ -91,6 +91,9 @@ pub struct ServiceSpec {
     /// Processes: extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Frontends: an `[oidc]` table exactly as frontend.toml takes it (issuer, client_id,
+    /// client_secret, auth_method, scopes); without it, the loopback-only dev login.
+    pub oidc: Option<toml::Table>,
 }
 
 impl ServiceSpec {
@@ -252,6 +255,9 @@ impl Scenario {
                     return Err(format!("{what}: lists itself as an upstream"));
                 }
             }
+            if s.oidc.is_some() && s.kind != ServiceKind::Frontend {
+                return Err(format!("{what}: only a frontend logs people in (oidc)"));
+            }
             match s.kind {
                 ServiceKind::Agent => {
                     let role: Role = s
@@ -291,6 +297,25 @@ impl Scenario {
                         return Err(format!(
                             "{what}: the frontend needs an upstream (the agent its /ask goes to)"
                         ));
+                    }
+                    if let Some(oidc) = &s.oidc {
+                        // The frontend's own loader decides, so `up` refuses exactly what
+                        // the frontend would, before anything starts.
+                        let mut doc = toml::Table::new();
+                        doc.insert("oidc".into(), toml::Value::Table(oidc.clone()));
+                        let text =
+                            toml::to_string(&doc).map_err(|e| format!("{what}: oidc: {e}"))?;
+                        agentmesh_frontend::FrontendConfig::parse(
+                            &text,
+                            std::path::Path::new("oidc"),
+                        )
+                        .map_err(|e| {
+                            format!(
+                                "{what}: {}",
+                                e.to_string()
+                                    .replace("invalid frontend config oidc: ", "oidc: ")
+                            )
+                        })?;
                     }
                 }
                 ServiceKind::Process => {
@@ -412,6 +437,27 @@ mod tests {
             (
                 good.replace("role = \"planner\"", "role = \"boss\""),
                 "unknown role \"boss\"",
+            ),
+            (
+                good.replace(
+                    "upstreams = [\"planner\"]",
+                    "upstreams = [\"planner\"]\noidc = { issuer = \"http://idp.example\", client_id = \"c\", client_secret = \"s\" }",
+                ),
+                "oidc: oidc.issuer \"http://idp.example\" must be https://",
+            ),
+            (
+                good.replace(
+                    "upstreams = [\"planner\"]",
+                    "upstreams = [\"planner\"]\noidc = { issuer = \"https://idp.example\" }",
+                ),
+                "missing field `client_id`",
+            ),
+            (
+                good.replace(
+                    "role = \"planner\"",
+                    "role = \"planner\"\noidc = { issuer = \"https://i\", client_id = \"c\" }",
+                ),
+                "only a frontend logs people in",
             ),
             (
                 good.replace("upstreams = [\"gateway\"]", "upstreams = []"),

@@ -1,0 +1,555 @@
+//! The inspector's HTML: server-rendered, semantic (sections, tables with captions and
+//! headers, labelled forms), readable without the script; `inspector.js` only makes the
+//! expiry countdowns tick and appends live decisions.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentmesh_proto::v1::CheckIntentionResponse;
+use serde_json::Value;
+
+use super::feed::Decision;
+use super::mesh::{MeshError, MeshView, short};
+use super::requests::{AskRecord, ChainElement};
+use crate::page::{escape, layout_with_script};
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// `in 59m 12s` / `expired 3s ago`, as the script also writes it.
+fn remaining(unix: i64) -> String {
+    let left = unix - now_unix();
+    let fmt = |s: i64| {
+        if s >= 3600 {
+            format!("{}h {}m", s / 3600, (s % 3600) / 60)
+        } else if s >= 60 {
+            format!("{}m {}s", s / 60, s % 60)
+        } else {
+            format!("{s}s")
+        }
+    };
+    if left >= 0 {
+        format!("in {}", fmt(left))
+    } else {
+        format!("expired {} ago", fmt(-left))
+    }
+}
+
+/// A `<time>` the script counts down.
+fn countdown(unix: i64) -> String {
+    format!(
+        "<time class=\"countdown\" datetime=\"{}\" data-expires=\"{unix}\">{}</time>",
+        rfc3339(unix),
+        remaining(unix)
+    )
+}
+
+fn problem(e: &MeshError) -> String {
+    format!(
+        "<p class=\"problem\" role=\"status\">{}</p>",
+        escape(&e.to_string())
+    )
+}
+
+const NAV: &str = "<nav aria-label=\"Inspector\"><ul class=\"tabs\">\
+    <li><a href=\"/inspector#mesh\">Mesh</a></li>\
+    <li><a href=\"/inspector#intentions\">Intentions</a></li>\
+    <li><a href=\"/inspector#check\">Check</a></li>\
+    <li><a href=\"/inspector#decisions\">Live decisions</a></li>\
+    <li><a href=\"/inspector#requests\">Requests</a></li>\
+    <li><a href=\"/\">Ask</a></li></ul></nav>";
+
+/// What the check form was asked and what the server said.
+#[derive(Debug, Default)]
+pub struct CheckForm {
+    /// The fields as typed.
+    pub source: String,
+    /// The destination.
+    pub destination: String,
+    /// HTTP method (empty: the L4 decision).
+    pub method: String,
+    /// HTTP path.
+    pub path: String,
+    /// The answer, if the form was submitted.
+    pub result: Option<Result<CheckIntentionResponse, String>>,
+}
+
+fn decision_row(d: &Decision) -> String {
+    let decided_here = d.decision == "allow" || d.decision == "deny";
+    let intention = match (&d.intention, &d.intention_summary) {
+        _ if !decided_here => {
+            "<span class=\"summary\">— (the destination's sidecar decides)</span>".into()
+        }
+        (Some(id), Some(s)) => format!(
+            "<code>{}</code> <span class=\"summary\">{}</span>",
+            escape(id),
+            escape(s)
+        ),
+        (Some(id), None) => format!("<code>{}</code>", escape(id)),
+        (None, _) => "<span class=\"summary\">none (default deny)</span>".into(),
+    };
+    let request = match (&d.method, &d.path) {
+        (Some(m), Some(p)) => format!("{} {}", escape(m), escape(p)),
+        _ => "(connection)".into(),
+    };
+    format!(
+        "<tr class=\"{cls}\" data-decision=\"{dec}\" data-intention=\"{iid}\" data-id=\"{id}\">\
+         <td>{ts}</td><td>{proxy} {dir}</td><td>{src} → {dst}</td><td>{request}</td>\
+         <td><strong>{dec}</strong></td><td>{intention}</td><td>{reason}</td></tr>",
+        cls = if d.decision == "allow" {
+            "allow"
+        } else {
+            "deny"
+        },
+        dec = escape(&d.decision),
+        iid = escape(d.intention.as_deref().unwrap_or("")),
+        id = d.id,
+        ts = escape(&d.ts),
+        proxy = escape(&d.proxy),
+        dir = escape(&d.direction),
+        src = escape(&short(&d.source)),
+        dst = escape(&short(&d.destination)),
+        reason = escape(&d.reason),
+    )
+}
+
+const DECISION_HEAD: &str = "<thead><tr><th scope=\"col\">When</th><th scope=\"col\">Sidecar</th>\
+    <th scope=\"col\">Call</th><th scope=\"col\">Request</th><th scope=\"col\">Decision</th>\
+    <th scope=\"col\">Intention</th><th scope=\"col\">Reason</th></tr></thead>";
+
+/// The inspector's main page.
+pub fn inspector(
+    mesh: &MeshView,
+    check: &CheckForm,
+    decisions: &[std::sync::Arc<Decision>],
+    asks: &[std::sync::Arc<AskRecord>],
+    feeds: &[String],
+) -> String {
+    let mut m = String::new();
+    m.push_str("<h1>Security Inspector</h1>");
+    m.push_str(NAV);
+
+    // === Mesh ===
+    m.push_str("<section id=\"mesh\" aria-labelledby=\"mesh-h\"><h2 id=\"mesh-h\">Mesh</h2>");
+    m.push_str("<dl class=\"status\">");
+    match &mesh.server {
+        Ok(s) => {
+            let _ = write!(
+                m,
+                "<dt>Server</dt><dd id=\"server-status\" data-ok=\"true\">reachable · trust domain <code>{}</code> · {} entries · {} nodes</dd>",
+                escape(&s.trust_domain),
+                s.entries,
+                s.nodes
+            );
+        }
+        Err(e) => {
+            let _ = write!(
+                m,
+                "<dt>Server</dt><dd id=\"server-status\" data-ok=\"false\">{}</dd>",
+                escape(&e.to_string())
+            );
+        }
+    }
+    match &mesh.node {
+        Ok(n) => {
+            let _ = write!(
+                m,
+                "<dt>Node</dt><dd id=\"node-status\" data-ok=\"true\"><code>{}</code> · SVID expires {} · server {} · {} entries · {} SVIDs held</dd>",
+                escape(&n.spiffe_id),
+                countdown(n.expires_at),
+                if n.server_reachable {
+                    "reachable"
+                } else {
+                    "<strong>unreachable</strong> (serving from cache)"
+                },
+                n.entries,
+                n.cached_svids
+            );
+        }
+        Err(e) => {
+            let _ = write!(
+                m,
+                "<dt>Node</dt><dd id=\"node-status\" data-ok=\"false\">{}</dd>",
+                escape(&e.to_string())
+            );
+        }
+    }
+    m.push_str("</dl>");
+    if let Some(e) = &mesh.svids_error {
+        m.push_str(&problem(e));
+    }
+    match &mesh.services {
+        Ok(rows) => {
+            m.push_str(
+                "<table id=\"services\"><caption>Every registered service, with the SVID the node holds for it</caption>\
+                 <thead><tr><th scope=\"col\">Service</th><th scope=\"col\">SPIFFE ID</th><th scope=\"col\">SVID serial</th>\
+                 <th scope=\"col\">Expires</th><th scope=\"col\">Chain</th></tr></thead><tbody>",
+            );
+            for r in rows {
+                let (serial, expires, chain) = match &r.svid {
+                    Some(s) => {
+                        let chain: String = s
+                            .chain
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| {
+                                format!(
+                                    "<li>{}: {} <span class=\"serial\">serial {}</span>, expires {}</li>",
+                                    if i == 0 { "leaf" } else { "CA" },
+                                    c.spiffe_id.as_deref().map_or_else(
+                                        || "(no SPIFFE ID)".to_owned(),
+                                        |id| format!("<code>{}</code>", escape(id))
+                                    ),
+                                    escape(&c.serial),
+                                    escape(&rfc3339(c.not_after))
+                                )
+                            })
+                            .collect();
+                        (
+                            format!("<code>{}</code>", escape(&s.serial)),
+                            countdown(s.not_after),
+                            format!("<ol class=\"chain\">{chain}</ol>"),
+                        )
+                    }
+                    None => (
+                        "—".to_owned(),
+                        "no SVID held (no workload has asked)".to_owned(),
+                        String::new(),
+                    ),
+                };
+                let _ = write!(
+                    m,
+                    "<tr><th scope=\"row\">{}</th><td class=\"spiffe-id\" data-spiffe-id=\"{id}\"><code>{id}</code></td>\
+                     <td>{serial}</td><td>{expires}</td><td>{chain}</td></tr>",
+                    escape(&short(&r.spiffe_id)),
+                    id = escape(&r.spiffe_id),
+                );
+            }
+            m.push_str("</tbody></table>");
+        }
+        Err(e) => m.push_str(&problem(e)),
+    }
+    m.push_str("</section>");
+
+    // === Intentions ===
+    m.push_str(
+        "<section id=\"intentions\" aria-labelledby=\"int-h\"><h2 id=\"int-h\">Intentions</h2>\
+         <p>Everything not allowed here is denied.</p>",
+    );
+    match &mesh.intentions {
+        Ok(list) => {
+            m.push_str(
+                "<table id=\"intention-table\"><caption>Intentions, as the server holds them</caption>\
+                 <thead><tr><th scope=\"col\">ID</th><th scope=\"col\">Source</th><th scope=\"col\">Destination</th>\
+                 <th scope=\"col\">Action</th><th scope=\"col\">Permissions</th><th scope=\"col\">Description</th></tr></thead><tbody>",
+            );
+            for i in list {
+                let s = |k: &str| escape(&short(i.spec[k].as_str().unwrap_or("")));
+                let perms = match i.spec.get("permissions") {
+                    Some(Value::Array(p)) if !p.is_empty() => {
+                        format!(
+                            "<code>{}</code>",
+                            escape(&Value::Array(p.clone()).to_string())
+                        )
+                    }
+                    _ => "all requests".into(),
+                };
+                let _ = write!(
+                    m,
+                    "<tr data-intention=\"{id}\"><td><code>{id}</code></td><td>{}</td><td>{}</td><td><strong>{}</strong></td><td>{perms}</td><td>{}</td></tr>",
+                    s("source"),
+                    s("destination"),
+                    s("action"),
+                    escape(i.spec["description"].as_str().unwrap_or("")),
+                    id = escape(&i.id),
+                );
+            }
+            m.push_str("</tbody></table>");
+        }
+        Err(e) => m.push_str(&problem(e)),
+    }
+    m.push_str("</section>");
+
+    // === Check ===
+    let _ = write!(
+        m,
+        "<section id=\"check\" aria-labelledby=\"check-h\"><h2 id=\"check-h\">Can X call Y?</h2>\
+         <p>The server's own answer, the same as <code>agentmesh intention check</code>.</p>\
+         <form method=\"get\" action=\"/inspector/check\" class=\"check\">\
+         <label for=\"check-source\">Source (service name or SPIFFE ID)</label>\
+         <input id=\"check-source\" name=\"source\" required value=\"{}\">\
+         <label for=\"check-destination\">Destination</label>\
+         <input id=\"check-destination\" name=\"destination\" required value=\"{}\">\
+         <label for=\"check-method\">Method (empty: the connection)</label>\
+         <input id=\"check-method\" name=\"method\" value=\"{}\">\
+         <label for=\"check-path\">Path</label>\
+         <input id=\"check-path\" name=\"path\" value=\"{}\">\
+         <button type=\"submit\">Check</button></form>",
+        escape(&check.source),
+        escape(&check.destination),
+        escape(&check.method),
+        escape(&check.path)
+    );
+    match &check.result {
+        Some(Ok(r)) => {
+            let _ = write!(
+                m,
+                "<div id=\"check-result\" role=\"status\" data-allowed=\"{}\" data-intention=\"{}\">\
+                 <p><strong>{}</strong>: {} → {}</p><p>Intention: {}</p><p>Reason: {}</p></div>",
+                r.allowed,
+                escape(&r.intention_id),
+                if r.allowed { "ALLOW" } else { "DENY" },
+                escape(&r.source),
+                escape(&r.destination),
+                if r.intention_id.is_empty() {
+                    "none (default deny)".to_owned()
+                } else {
+                    format!("<code>{}</code>", escape(&r.intention_id))
+                },
+                escape(&r.reason)
+            );
+        }
+        Some(Err(e)) => {
+            let _ = write!(
+                m,
+                "<div id=\"check-result\" role=\"alert\" data-error=\"true\"><p>{}</p></div>",
+                escape(e)
+            );
+        }
+        None => {}
+    }
+    m.push_str("</section>");
+
+    // === Live decisions ===
+    let after = decisions.first().map_or(0, |d| d.id);
+    let _ = write!(
+        m,
+        "<section id=\"decisions\" aria-labelledby=\"dec-h\"><h2 id=\"dec-h\">Live decisions</h2>\
+         <p>Every allow and deny, streamed from the sidecars ({}), newest first. \
+         <span id=\"live-status\" role=\"status\" aria-live=\"polite\"></span></p>\
+         <table id=\"decision-table\" data-after=\"{after}\"><caption>Decisions with the intention that matched and why</caption>{DECISION_HEAD}<tbody>",
+        if feeds.is_empty() {
+            "none configured".to_owned()
+        } else {
+            escape(&feeds.join(", "))
+        }
+    );
+    for d in decisions {
+        m.push_str(&decision_row(d));
+    }
+    m.push_str("</tbody></table></section>");
+
+    // === Requests ===
+    m.push_str("<section id=\"requests\" aria-labelledby=\"req-h\"><h2 id=\"req-h\">Requests</h2>");
+    if asks.is_empty() {
+        m.push_str("<p>No questions asked yet in this session of the frontend. <a href=\"/\">Ask one</a>.</p>");
+    } else {
+        m.push_str("<ul id=\"request-list\">");
+        for a in asks {
+            let _ = write!(
+                m,
+                "<li><a href=\"/inspector/requests/{t}\">{q}</a> <code>{t}</code></li>",
+                t = escape(&a.trace_id),
+                q = escape(&a.question)
+            );
+        }
+        m.push_str("</ul>");
+    }
+    m.push_str("</section>");
+    layout_with_script("Inspector", &m, Some("/static/inspector.js"))
+}
+
+fn verdict(v: &Result<(), String>) -> (bool, String) {
+    match v {
+        Ok(()) => (true, "✓ verified".to_owned()),
+        Err(e) => (false, format!("✗ {}", escape(e))),
+    }
+}
+
+fn claims_table(v: &Value) -> String {
+    let Some(obj) = v.as_object() else {
+        return String::new();
+    };
+    let mut t = String::from("<table class=\"claims\"><tbody>");
+    for (k, v) in obj {
+        let shown = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let _ = write!(
+            t,
+            "<tr><th scope=\"row\">{}</th><td><code>{}</code></td></tr>",
+            escape(k),
+            escape(&shown)
+        );
+    }
+    t.push_str("</tbody></table>");
+    t
+}
+
+fn chain_item(i: usize, e: &ChainElement) -> String {
+    let (ok, text) = verdict(&e.verified);
+    let who = if i == 0 {
+        format!(
+            "User token for <strong>{}</strong>, issued by <code>{}</code>",
+            escape(e.decoded.claims["sub"].as_str().unwrap_or("?")),
+            escape(e.decoded.signer.as_deref().unwrap_or("?"))
+        )
+    } else {
+        format!(
+            "Hop {i}: <code>{}</code> passed it on",
+            escape(
+                e.decoded.claims["act"]["sub"]
+                    .as_str()
+                    .or(e.decoded.signer.as_deref())
+                    .unwrap_or("?")
+            )
+        )
+    };
+    format!(
+        "<li data-verified=\"{ok}\"><p>{who} — <span class=\"verdict\">{text}</span></p>\
+         <details><summary>Header and claims</summary>{}{}<p>Signer certificate serial <code>{}</code></p></details></li>",
+        claims_table(&e.decoded.header),
+        claims_table(&e.decoded.claims),
+        escape(e.decoded.signer_serial.as_deref().unwrap_or("?")),
+    )
+}
+
+/// One ask's page.
+pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
+    let mut m = String::new();
+    let _ = write!(
+        m,
+        "<h1>Request <code>{}</code></h1>{NAV}<p>Question: <q id=\"question\">{}</q></p>\
+         <p>Asked {} · answered with HTTP {} by {}</p>",
+        escape(&a.trace_id),
+        escape(&a.question),
+        escape(&rfc3339(
+            a.at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default()
+        )),
+        a.status,
+        escape(
+            &a.answer["agents"]
+                .as_array()
+                .map(|l| l
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" → "))
+                .unwrap_or_default()
+        )
+    );
+    if let Some(text) = a.answer["answer"].as_str() {
+        let _ = write!(
+            m,
+            "<section aria-labelledby=\"ans-h\"><h2 id=\"ans-h\">Answer</h2><pre id=\"answer\">{}</pre></section>",
+            escape(text)
+        );
+    } else if let Some(e) = a.answer["error"].as_str() {
+        let _ = write!(
+            m,
+            "<section aria-labelledby=\"ans-h\"><h2 id=\"ans-h\">Error</h2><p id=\"answer\" role=\"alert\">{}</p></section>",
+            escape(e)
+        );
+    }
+
+    // The trace.
+    let start = hops.first().map_or(0, |h| h.started_ms());
+    let _ = write!(
+        m,
+        "<section aria-labelledby=\"trace-h\"><h2 id=\"trace-h\">Trace</h2>\
+         <table id=\"trace\"><caption>Every hop of trace <code>{}</code>, as its sidecars decided it, in the order the calls started</caption>\
+         <thead><tr><th scope=\"col\">#</th><th scope=\"col\">Start</th><th scope=\"col\">Sidecar</th><th scope=\"col\">Call</th>\
+         <th scope=\"col\">Request</th><th scope=\"col\">Decision</th><th scope=\"col\">Intention</th><th scope=\"col\">Reason</th>\
+         <th scope=\"col\">Status</th><th scope=\"col\">Took</th></tr></thead><tbody>",
+        escape(&a.trace_id)
+    );
+    for (i, h) in hops.iter().enumerate() {
+        let _ = write!(
+            m,
+            "<tr data-decision=\"{dec}\"><td>{}</td><td>+{} ms</td><td>{} {}</td><td><code>{}</code><br>→ <code>{}</code></td><td>{} {}</td>\
+             <td><strong>{dec}</strong></td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td></tr>",
+            i + 1,
+            h.started_ms() - start,
+            escape(&h.proxy),
+            escape(&h.direction),
+            escape(&h.source),
+            escape(&h.destination),
+            escape(h.method.as_deref().unwrap_or("")),
+            escape(h.path.as_deref().unwrap_or("")),
+            match (h.decision.as_str(), &h.intention_summary, &h.intention) {
+                ("allow" | "deny", Some(s), _) => escape(s),
+                ("allow" | "deny", None, Some(i)) => escape(i),
+                ("allow" | "deny", None, None) => "none (default deny)".to_owned(),
+                _ => "—".to_owned(),
+            },
+            escape(&h.reason),
+            h.status.map(|s| s.to_string()).unwrap_or_default(),
+            h.duration_ms,
+            dec = escape(&h.decision),
+        );
+    }
+    m.push_str("</tbody></table>");
+    if hops.is_empty() {
+        m.push_str(
+            "<p role=\"status\">No sidecar has reported a decision for this trace (yet).</p>",
+        );
+    }
+    m.push_str("</section>");
+
+    // The user and the chain.
+    m.push_str(
+        "<section aria-labelledby=\"chain-h\"><h2 id=\"chain-h\">User token and delegation chain</h2>\
+         <p>Verified here against the trust bundle: the token's signer is this frontend, each link is \
+         signed by the agent it names, in order, bound to this token.</p><ol id=\"chain\">",
+    );
+    for (i, e) in a.chain.iter().enumerate() {
+        m.push_str(&chain_item(i, e));
+    }
+    m.push_str("</ol></section>");
+
+    // The answer's signatures.
+    m.push_str(
+        "<section aria-labelledby=\"jws-h\"><h2 id=\"jws-h\">Signed responses</h2><ul id=\"signatures\">",
+    );
+    let verified = a.answer["verified"].as_array().cloned().unwrap_or_default();
+    if verified.is_empty() {
+        m.push_str("<li data-verified=\"false\">✗ the answer carries no signatures</li>");
+    }
+    for v in verified {
+        let ok = v["ok"].as_bool() == Some(true);
+        let _ = write!(
+            m,
+            "<li data-verified=\"{ok}\">{} <code>{}</code>{}</li>",
+            if ok {
+                "✓ JWS verified: signed by"
+            } else {
+                "✗ JWS not verified:"
+            },
+            escape(v["agent"].as_str().unwrap_or("?")),
+            if ok {
+                String::new()
+            } else {
+                format!(" — {}", escape(v["reason"].as_str().unwrap_or("")))
+            }
+        );
+    }
+    m.push_str("</ul></section>");
+    layout_with_script("Request", &m, None)
+}

@@ -1,0 +1,80 @@
+// The Security Inspector's only script (same-origin, CSP script-src 'self'): it makes the
+// SVID expiry countdowns tick and appends decisions as the sidecars stream them. The page is
+// complete without it; nothing here uses innerHTML, so streamed text is never markup.
+'use strict';
+
+function remaining(unix) {
+  let left = unix - Math.floor(Date.now() / 1000);
+  const fmt = (s) => s >= 3600 ? `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`
+    : s >= 60 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${s}s`;
+  return left >= 0 ? `in ${fmt(left)}` : `expired ${fmt(-left)} ago`;
+}
+
+function tick() {
+  for (const t of document.querySelectorAll('time.countdown[data-expires]')) {
+    t.textContent = remaining(Number(t.dataset.expires));
+  }
+}
+
+function short(id) {
+  const m = /^spiffe:\/\/[^/]+\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(id || '');
+  if (!m) return id || '';
+  return m[1] === 'default' ? m[2] : `${m[1]}/${m[2]}`;
+}
+
+function cell(row, text, strong) {
+  const td = document.createElement('td');
+  if (strong) {
+    const s = document.createElement('strong');
+    s.textContent = text;
+    td.append(s);
+  } else {
+    td.textContent = text;
+  }
+  row.append(td);
+}
+
+function decisionRow(d) {
+  const tr = document.createElement('tr');
+  tr.className = d.decision === 'allow' ? 'allow'
+    : ['deny', 'denied_by_destination', 'error'].includes(d.decision) ? 'deny' : 'other';
+  tr.dataset.decision = d.decision;
+  tr.dataset.intention = d.intention || '';
+  tr.dataset.id = String(d.id);
+  cell(tr, d.ts);
+  cell(tr, `${d.proxy} ${d.direction}`);
+  cell(tr, `${short(d.source)} → ${short(d.destination)}`);
+  cell(tr, d.method && d.path ? `${d.method} ${d.path}` : '(connection)');
+  cell(tr, d.decision, true);
+  const decidedHere = d.decision === 'allow' || d.decision === 'deny';
+  const intention = !decidedHere ? "— (the destination's sidecar decides)"
+    : d.intention ? `${d.intention}${d.intention_summary ? ' ' + d.intention_summary : ''}`
+    : 'none (default deny)';
+  cell(tr, intention);
+  cell(tr, d.reason);
+  return tr;
+}
+
+function live() {
+  const table = document.getElementById('decision-table');
+  if (!table || !window.EventSource) return;
+  const body = table.tBodies[0];
+  const status = document.getElementById('live-status');
+  let seen = 0;
+  const source = new EventSource(`/inspector/decisions/stream?after=${table.dataset.after || 0}`);
+  source.onopen = () => { status.textContent = 'live'; };
+  source.onerror = () => { status.textContent = 'reconnecting…'; };
+  source.onmessage = (e) => {
+    let d;
+    try { d = JSON.parse(e.data); } catch { return; }
+    if (body.querySelector(`tr[data-id="${Number(d.id)}"]`)) return;
+    body.prepend(decisionRow(d));
+    while (body.rows.length > 200) body.deleteRow(-1);
+    seen += 1;
+    status.textContent = `live · ${seen} new`;
+  };
+}
+
+tick();
+setInterval(tick, 1000);
+live();
