@@ -1,6 +1,8 @@
 //! Plain HTTP to the local proxy's outbound ports: the agents never see a certificate, the
-//! proxy does mTLS and the destination's proxy decides. What comes back is turned into one
-//! clear error, keeping the refusal's reason and intention when a proxy refused.
+//! proxy does mTLS and the destination's proxy decides. An agent with `[mtls]` calls each
+//! upstream over mTLS itself instead, pinning the upstream's SPIFFE ID (the SDK's client).
+//! What comes back is turned into one clear error, keeping the refusal's reason and intention
+//! when a proxy (or an in-process intention check) refused.
 
 use std::time::Duration;
 
@@ -82,21 +84,84 @@ fn error_message(body: &Value) -> Option<String> {
     }
 }
 
-/// A pooled HTTP/1.1 client for the local proxy ports.
+/// A pooled HTTP/1.1 client for the local proxy ports, and with `[mtls]` one pinned mTLS
+/// client per upstream.
 #[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Full<Bytes>>,
+    mtls: std::collections::HashMap<String, agentmesh_sdk::MtlsClient>,
 }
 
 impl Default for Upstreams {
     fn default() -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            mtls: std::collections::HashMap::new(),
         }
     }
 }
 
 impl Upstreams {
+    /// Calls the upstream named `name` over mTLS with `client` from now on.
+    pub fn pin(&mut self, name: &str, client: agentmesh_sdk::MtlsClient) {
+        self.mtls.insert(name.to_owned(), client);
+    }
+
+    /// Sends `req` to `upstream` over its pinned mTLS client, or plainly to the local proxy.
+    async fn send(
+        &self,
+        upstream: &str,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        match self.mtls.get(upstream) {
+            Some(c) => c.request(req).await.map_err(|e| e.to_string()),
+            None => self.client.request(req).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// POSTs `body` to `path` on `up` and returns the status and body as they came; the
+    /// admin `/probe` uses it.
+    ///
+    /// # Errors
+    /// Unreachable (TLS refused included), or no answer in [`CALL_TIMEOUT`].
+    pub async fn forward(
+        &self,
+        up: &UpstreamConfig,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(http::StatusCode, Bytes), CallError> {
+        let url = format!("{}{path}", up.url.trim_end_matches('/'));
+        let req = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?;
+        self.exchange(up, &url, req).await
+    }
+
+    /// Sends `req` and collects the whole answer within [`CALL_TIMEOUT`].
+    async fn exchange(
+        &self,
+        up: &UpstreamConfig,
+        url: &str,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<(http::StatusCode, Bytes), CallError> {
+        let unreachable = |e: String| CallError::Unreachable(up.name.clone(), url.to_owned(), e);
+        let call = async {
+            let resp = self.send(&up.name, req).await.map_err(unreachable)?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, CallError>((status, bytes))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| CallError::Timeout(up.name.clone(), CALL_TIMEOUT.as_secs()))?
+    }
+
     /// POSTs `body` as JSON to `path` on `up`, with the trace context and `extra` headers
     /// (the user token and the delegation chain), and returns the JSON answer of a 2xx.
     ///
@@ -120,23 +185,7 @@ impl Upstreams {
         let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?;
-        let call = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| {
-                    CallError::Unreachable(up.name.clone(), url.clone(), e.to_string())
-                })?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?
-                .to_bytes();
-            Ok::<_, CallError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .map_err(|_| CallError::Timeout(up.name.clone(), CALL_TIMEOUT.as_secs()))??;
+        let (status, bytes) = self.exchange(up, &url, req).await?;
         let json: Result<Value, _> = serde_json::from_slice(&bytes);
         if status.is_success() {
             return json.map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()));

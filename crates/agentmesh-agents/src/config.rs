@@ -15,6 +15,25 @@
 //! kind = "offline"                   # offline | tavily
 //! api_key_env = "TAVILY_API_KEY"
 //! ```
+//!
+//! With `[mtls]` the agent has no sidecar (seed 001): it takes its SVID from the node, serves
+//! `listen` over mTLS itself, admits each request only if an intention allows it, and calls
+//! each upstream over mTLS, pinning the upstream's SPIFFE ID:
+//!
+//! ```toml
+//! role = "writer"
+//! listen = "127.0.0.1:7001"          # the mTLS listener callers reach
+//!
+//! [mtls]
+//! workload_api = "unix:///run/agentmesh/workload.sock"
+//! admin = "127.0.0.1:7002"           # plain, loopback: /healthz, /decisions, /probe/NAME/PATH
+//!
+//! [[upstream]]
+//! name = "gateway"
+//! role = "gateway"
+//! url = "https://127.0.0.1:9443"     # the upstream's mTLS listener (its sidecar's or its own)
+//! spiffe_id = "spiffe://agentmesh.local/gateway"
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,8 +89,39 @@ pub struct UpstreamConfig {
     pub name: String,
     /// What the service is to this agent: an agent role, or `gateway`.
     pub role: String,
-    /// The local proxy's outbound listener for it, as `http://127.0.0.1:PORT`.
+    /// The local proxy's outbound listener for it, as `http://127.0.0.1:PORT`; with
+    /// `[mtls]`, the upstream's own mTLS listener as `https://IP:PORT`.
     pub url: String,
+    /// With `[mtls]`: the SPIFFE ID the upstream must present (the call is refused
+    /// otherwise).
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+}
+
+/// `[mtls]`: the agent does mTLS and intentions in-process, with no sidecar.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    /// The node's Workload API, `unix:///path`.
+    pub workload_api: String,
+    /// A plain loopback listener for operators and `agentmesh up`: `/healthz`, `/decisions`
+    /// (the live feed a sidecar's admin serves) and `/probe/NAME/PATH` (POST the body to
+    /// upstream NAME over mTLS, answer what it answered).
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// The address registered in the service catalog; default `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+}
+
+impl MtlsConfig {
+    /// The socket path of `workload_api`.
+    pub fn socket(&self) -> Option<&Path> {
+        self.workload_api
+            .strip_prefix("unix://")
+            .filter(|p| p.starts_with('/'))
+            .map(Path::new)
+    }
 }
 
 /// The whole agent.toml.
@@ -83,6 +133,7 @@ pub struct AgentConfig {
     /// This service's name (default: the role).
     pub name: Option<String>,
     /// The plain HTTP listener; loopback only, because only the inbound proxy may reach it.
+    /// With `[mtls]`: the mTLS listener callers reach.
     pub listen: SocketAddr,
     /// The model asked of the gateway.
     #[serde(default = "default_model")]
@@ -97,6 +148,9 @@ pub struct AgentConfig {
     /// agent's link to every call it makes.
     #[serde(default)]
     pub delegation: Option<agentmesh_gateway::delegation::DelegationConfig>,
+    /// In-process mTLS and intentions instead of a sidecar.
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
 }
 
 /// The model name agents ask for unless configured otherwise; `agentmesh up` maps it to the
@@ -131,6 +185,9 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(m) = &self.mtls {
+            return self.validate_mtls(m);
+        }
         if !self.listen.ip().is_loopback() {
             return Err(format!(
                 "listen = {} is not a loopback address; an agent is reached only through its \
@@ -138,10 +195,14 @@ impl AgentConfig {
                 self.listen
             ));
         }
-        if self.model.trim().is_empty() {
-            return Err("model is empty".into());
-        }
         for u in &self.upstreams {
+            if u.spiffe_id.is_some() {
+                return Err(format!(
+                    "upstream {:?}: spiffe_id is for agents with [mtls]; without it the local \
+                     proxy checks who answers",
+                    u.name
+                ));
+            }
             let rest = u.url.strip_prefix("http://").ok_or_else(|| {
                 format!(
                     "upstream {:?}: url {:?} must be http://HOST:PORT (the local proxy's plain \
@@ -157,6 +218,55 @@ impl AgentConfig {
                         u.name, u.url
                     )
                 })?;
+        }
+        self.validate_common()
+    }
+
+    fn validate_mtls(&self, m: &MtlsConfig) -> Result<(), String> {
+        if m.socket().is_none() {
+            return Err(format!(
+                "[mtls] workload_api = {:?} must be unix:///absolute/path",
+                m.workload_api
+            ));
+        }
+        if let Some(admin) = m.admin
+            && !admin.ip().is_loopback()
+        {
+            return Err(format!(
+                "[mtls] admin = {admin} is not a loopback address; it answers anyone who connects"
+            ));
+        }
+        for u in &self.upstreams {
+            let rest = u.url.strip_prefix("https://").ok_or_else(|| {
+                format!(
+                    "upstream {:?}: url {:?} must be https://IP:PORT (with [mtls] the agent does \
+                     the TLS itself)",
+                    u.name, u.url
+                )
+            })?;
+            rest.trim_end_matches('/')
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    format!(
+                        "upstream {:?}: url {:?} is not https://IP:PORT",
+                        u.name, u.url
+                    )
+                })?;
+            let id = u.spiffe_id.as_deref().ok_or_else(|| {
+                format!(
+                    "upstream {:?}: with [mtls] it needs spiffe_id, the identity it must present",
+                    u.name
+                )
+            })?;
+            id.parse::<agentmesh_sdk::SpiffeId>()
+                .map_err(|e| format!("upstream {:?}: spiffe_id {id:?}: {e}", u.name))?;
+        }
+        self.validate_common()
+    }
+
+    fn validate_common(&self) -> Result<(), String> {
+        if self.model.trim().is_empty() {
+            return Err("model is empty".into());
         }
         for need in self.role.needs() {
             if !self.upstreams.iter().any(|u| u.role == *need) {
@@ -197,6 +307,29 @@ role = "gateway"
 url = "http://127.0.0.1:9002"
 "#;
 
+    const MTLS: &str = r#"
+role = "executor"
+listen = "0.0.0.0:8443"
+[[upstream]]
+name = "gateway"
+role = "gateway"
+url = "https://127.0.0.1:9443"
+spiffe_id = "spiffe://td/gateway"
+[mtls]
+workload_api = "unix:///run/w.sock"
+"#;
+
+    #[test]
+    fn an_mtls_agent_may_listen_anywhere_and_pins_its_upstreams() {
+        let c = parse(MTLS).unwrap();
+        let m = c.mtls.as_ref().unwrap();
+        assert_eq!(m.socket(), Some(Path::new("/run/w.sock")));
+        assert_eq!(
+            c.upstream("gateway").unwrap().spiffe_id.as_deref(),
+            Some("spiffe://td/gateway")
+        );
+    }
+
     #[test]
     fn a_good_config_parses_with_defaults() {
         let c = parse(EXECUTOR).unwrap();
@@ -231,6 +364,39 @@ url = "http://127.0.0.1:9002"
                 "is not http://IP:PORT",
             ),
             (&format!("{EXECUTOR}\ncolour = 1"), "unknown field `colour`"),
+            (
+                &EXECUTOR.replace("url = ", "spiffe_id = \"spiffe://td/gateway\"\nurl = "),
+                "spiffe_id is for agents with [mtls]",
+            ),
+            (
+                &format!("{EXECUTOR}\n[mtls]\nworkload_api = \"unix:///s\""),
+                "must be https://IP:PORT",
+            ),
+            (
+                &format!(
+                    "{}\n[mtls]\nworkload_api = \"unix:///s\"",
+                    EXECUTOR.replace("http://", "https://")
+                ),
+                "it needs spiffe_id",
+            ),
+            (
+                &format!(
+                    "{}\n[mtls]\nworkload_api = \"unix:///s\"",
+                    EXECUTOR.replace(
+                        "url = \"http://",
+                        "spiffe_id = \"gateway\"\nurl = \"https://"
+                    )
+                ),
+                "spiffe_id \"gateway\"",
+            ),
+            (
+                &MTLS.replace("unix:///run/w.sock", "/run/w.sock"),
+                "must be unix:///absolute/path",
+            ),
+            (
+                &format!("{MTLS}admin = \"0.0.0.0:9\"\n"),
+                "[mtls] admin = 0.0.0.0:9 is not a loopback address",
+            ),
             ("role = \"executor\"\nlisten = ", "agent.toml"),
         ];
         for (text, want) in cases {

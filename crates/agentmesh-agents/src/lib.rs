@@ -2,8 +2,10 @@
 //!
 //! Every agent serves `POST /ask {"question": "...", "context": "..."}` and answers
 //! `{"answer": "...", "agents": [...], "trace_id": "..."}`, where `agents` lists who handled
-//! the question, in order. They speak plain HTTP to their local proxy's outbound ports and
-//! never touch a certificate (seed 000): the proxies do mTLS and enforce intentions.
+//! the question, in order. By default they speak plain HTTP to their local proxy's outbound
+//! ports and never touch a certificate (seed 000): the proxies do mTLS and enforce
+//! intentions. With `[mtls]` an agent has no sidecar and does both in-process with the SDK
+//! (seed 001; see [`mtls`]).
 //!
 //! - planner-executor (seed 000): planner → executor → gateway.
 //! - research-team (seeds 001/003): researcher (search) → writer → gateway.
@@ -12,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod mtls;
 pub mod role;
 pub mod search;
 
@@ -48,6 +51,9 @@ pub enum AgentError {
     /// `[delegation]` cannot be set up (no SVID, a bad issuer).
     #[error("{0}")]
     Delegation(String),
+    /// `[mtls]` cannot be set up (no SVID from the node).
+    #[error("mtls: {0}")]
+    Mtls(#[from] mtls::MtlsError),
 }
 
 /// The largest question (with context) an agent accepts, in bytes.
@@ -425,7 +431,12 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
     (StatusCode::OK, format!("ok {}\n", agent.cfg.role)).into_response()
 }
 
-async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn ask(
+    State(agent): State<Arc<Agent>>,
+    extensions: http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut trace = Span::server(format!("{} ask", agent.name()), &headers);
     trace.set_str(attr::HTTP_METHOD, "POST");
     trace.set_str(attr::HTTP_ROUTE, "/ask");
@@ -448,7 +459,15 @@ async fn ask(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
         }
         let onward = match &agent.delegation {
             Some(d) => {
-                let peer = agentmesh_gateway::delegation::xfcc_peer(&headers);
+                // In-process mTLS: the caller is who its certificate says, and an XFCC
+                // header is just something the caller wrote. Behind a sidecar: the sidecar's.
+                let peer = if agent.cfg.mtls.is_some() {
+                    extensions
+                        .get::<agentmesh_sdk::PeerIdentity>()
+                        .map(|p| p.0.clone())
+                } else {
+                    agentmesh_gateway::delegation::xfcc_peer(&headers)
+                };
                 match d.forward(&headers, peer.as_ref()) {
                     Ok(Some(f)) => {
                         trace.set_str("enduser.id", &f.chain.user.sub);
@@ -531,12 +550,47 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// A started agent.
-pub type RunningAgent = agentmesh_gateway::Serving;
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The bound address of `listen` (plain, or mTLS with `[mtls]`).
+    pub addr: SocketAddr,
+    /// The bound admin address (`[mtls] admin`).
+    pub admin: Option<SocketAddr>,
+    plain: Option<agentmesh_gateway::Serving>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    mtls: Option<mtls::MtlsSide>,
+}
+
+impl RunningAgent {
+    /// Stops serving.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.plain {
+            p.shutdown().await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Some(m) = &self.mtls {
+            m.stop();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::Listen(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| AgentError::Listen(addr, e))?;
+    Ok((listener, bound))
+}
 
 /// Binds `cfg.listen` and serves until shut down.
 ///
 /// # Errors
-/// The listener cannot be bound, or the search tool cannot run.
+/// The listener cannot be bound, the search tool cannot run, or (with `[mtls]`) no SVID
+/// came from the node.
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let listen = cfg.listen;
     let role = cfg.role;
@@ -548,18 +602,60 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         ),
         None => None,
     };
+    let (listener, addr) = bind(listen).await?;
+    let Some(mtls_cfg) = cfg.mtls.clone() else {
+        let mut agent = Agent::new(cfg)?;
+        agent.delegation = delegation;
+        let agent = Arc::new(agent);
+        let serving = agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent");
+        tracing::info!(%role, listen = %addr, "agent ready");
+        return Ok(RunningAgent {
+            addr,
+            admin: None,
+            plain: Some(serving),
+            tasks: Vec::new(),
+            mtls: None,
+        });
+    };
+    let advertise = mtls_cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    let side = mtls::MtlsSide::connect(&mtls_cfg, advertise).await?;
     let mut agent = Agent::new(cfg)?;
     agent.delegation = delegation;
+    side.pin_upstreams(&agent.cfg, &mut agent.upstreams)?;
     let agent = Arc::new(agent);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| AgentError::Listen(listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| AgentError::Listen(listen, e))?;
-    let serving = agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent");
-    tracing::info!(%role, listen = %addr, "agent ready");
-    Ok(serving)
+    let router = side.guard(agent.clone().router());
+    let source = side.source.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        if let Err(e) = agentmesh_sdk::serve(listener, source, router).await {
+            tracing::error!(error = %e, "the agent's mTLS listener stopped");
+        }
+    })];
+    let mut admin = None;
+    if let Some(a) = mtls_cfg.admin {
+        let (l, bound) = bind(a).await?;
+        let app = mtls::admin_router(mtls::AdminState {
+            agent: agent.clone(),
+            source: side.source.clone(),
+            policy: side.policy.clone(),
+        });
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "the agent's admin listener stopped");
+            }
+        }));
+        admin = Some(bound);
+    }
+    tracing::info!(%role, listen = %addr, admin = ?admin, spiffe_id = %side.me, "agent ready (in-process mTLS)");
+    Ok(RunningAgent {
+        addr,
+        admin,
+        plain: None,
+        tasks,
+        mtls: Some(side),
+    })
 }
 
 /// Folds a multi-line message into one line.

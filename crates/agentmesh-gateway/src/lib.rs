@@ -141,7 +141,8 @@ impl std::fmt::Debug for AuditSink {
     }
 }
 
-fn now_rfc3339() -> String {
+/// The current time as RFC 3339, UTC, for audit and access-log lines.
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

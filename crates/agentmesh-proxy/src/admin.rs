@@ -48,22 +48,10 @@ impl AdminState {
 
     fn route(&self, uri: &http::Uri) -> Response<AdminBody> {
         match uri.path() {
-            "/decisions" => {
-                let after = uri
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
-                    .map(str::parse::<u64>);
-                match after {
-                    Some(Err(_)) => respond(
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        "after= must be a decision number (the `seq` of the last line read)\n"
-                            .into(),
-                    ),
-                    Some(Ok(n)) => decisions(n),
-                    None => decisions(0),
-                }
-            }
+            "/decisions" => match agentmesh_telemetry::decisions::parse_after(uri.query()) {
+                Ok(n) => decisions(n),
+                Err(e) => respond(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            },
             "/metrics" => respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -124,27 +112,12 @@ impl AdminState {
 }
 
 /// The live decision stream: what the feed still holds after `after`, then each new line.
-/// A reader that falls behind skips what it missed (the `seq` gap shows it) rather than
-/// slowing the proxy.
 fn decisions(after: u64) -> Response<AdminBody> {
     use hyper::body::Frame;
-    let (catch_up, live) = agentmesh_telemetry::decisions::subscribe_after(after);
-    let head = futures::stream::iter(
-        catch_up
-            .into_iter()
-            .map(|l| Ok::<_, std::convert::Infallible>(Frame::data(l))),
-    );
-    let tail = futures::stream::unfold(live, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(line) => return Some((Ok(Frame::data(line)), rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+    let lines = futures::StreamExt::map(agentmesh_telemetry::decisions::stream_after(after), |l| {
+        Ok::<_, std::convert::Infallible>(Frame::data(l))
     });
-    let body = StreamBody::new(futures::StreamExt::chain(head, tail));
-    let mut r = Response::new(body.boxed());
+    let mut r = Response::new(StreamBody::new(lines).boxed());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/x-ndjson"),

@@ -29,6 +29,7 @@ pub mod delegation;
 pub mod grpc;
 pub mod http;
 pub mod jws;
+pub mod policy;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -41,5 +42,6 @@ pub use client::{ClientError, MtlsClient, MtlsConnector};
 pub use delegation::{ChainConfig, ChainError, DELEGATION_HEADER, VerifiedChain};
 pub use http::{PeerIdentity, RequireIdentity, ServeError, serve};
 pub use jws::{JwsError, VerifiedJws};
+pub use policy::{PolicyWatch, RequireIntention};
 pub use source::{SourceError, Svid, X509Source};
 pub use token::{RequireUserToken, TokenError, UserClaims, UserTokenVerifier};

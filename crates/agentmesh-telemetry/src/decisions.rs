@@ -34,6 +34,9 @@ pub enum DecisionsError {
     /// A line that is not a JSON object cannot be numbered.
     #[error("a decision line must be one JSON object")]
     NotAnObject,
+    /// A reader's `?after=` is not a decision number.
+    #[error("after= must be a decision number (the `seq` of the last line read)")]
+    BadCursor,
 }
 
 struct Feed {
@@ -94,6 +97,52 @@ pub fn subscribe_after(after: u64) -> (Vec<Bytes>, broadcast::Receiver<Bytes>) {
         .map(|(_, l)| l.clone())
         .collect();
     (catch_up, f.live.subscribe())
+}
+
+/// [`subscribe_after`] as one stream: the catch-up lines, then each new line. A reader that
+/// falls behind skips what it missed (the `seq` gap shows it) rather than slowing the
+/// publisher. Every live feed (a proxy's admin `/decisions`, an SDK agent's) is this stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use agentmesh_telemetry::decisions;
+/// use futures::StreamExt as _;
+/// let seq = decisions::publish(br#"{"decision":"allow"}"#);
+/// let mut lines = Box::pin(decisions::stream_after(seq - 1));
+/// assert!(lines.next().await.unwrap().starts_with(format!("{{\"seq\":{seq},").as_bytes()));
+/// # }
+/// ```
+pub fn stream_after(after: u64) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    let (catch_up, live) = subscribe_after(after);
+    let tail = futures::stream::unfold(live, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => return Some((line, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    futures::StreamExt::chain(futures::stream::iter(catch_up), tail)
+}
+
+/// The `after=N` of a `/decisions` query string: 0 when absent.
+///
+/// # Errors
+/// [`DecisionsError::BadCursor`] when it is there but not a number.
+///
+/// ```
+/// use agentmesh_telemetry::decisions::parse_after;
+/// assert_eq!(parse_after(Some("after=7")).unwrap(), 7);
+/// assert_eq!(parse_after(None).unwrap(), 0);
+/// assert!(parse_after(Some("after=yesterday")).is_err());
+/// ```
+pub fn parse_after(query: Option<&str>) -> Result<u64, DecisionsError> {
+    match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after="))) {
+        None => Ok(0),
+        Some(n) => n.parse().map_err(|_| DecisionsError::BadCursor),
+    }
 }
 
 #[cfg(test)]

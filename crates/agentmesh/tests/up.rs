@@ -1003,3 +1003,184 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
     assert!(up.stop().success());
     assert_no_strays(&data);
 }
+
+/// Seed 001: in research-team the researcher and the writer run with no sidecar. Each gets
+/// its SVID from the node, serves mTLS itself, calls its upstream pinning the upstream's
+/// SPIFFE ID, and decides every request by the intentions it follows on the node: removing
+/// researcher → writer refuses the next ask at the writer (with the default deny's reason),
+/// putting it back lets the next one through, and each decision is on the writer's live feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_team_agents_do_mtls_in_process_and_follow_intention_changes() {
+    let mut up = up(&["--scenario", "research-team"]);
+    let out = up.output();
+    for who in ["researcher", "writer"] {
+        assert!(
+            out.contains(&format!(
+                "✓ {who:<11} spiffe://agentmesh.local/ns/default/sa/{who} (in-process mTLS"
+            )),
+            "{who} should run in-process:\n{out}"
+        );
+        assert!(
+            !up.data.join(format!("services/{who}.proxy.toml")).exists(),
+            "{who} got a sidecar config"
+        );
+        let agent_toml =
+            std::fs::read_to_string(up.data.join(format!("services/{who}.agent.toml")))
+                .expect("agent.toml");
+        assert!(agent_toml.contains("[mtls]"), "{agent_toml}");
+    }
+    // The refusal is made by the researcher itself, pinning the gateway's identity.
+    assert!(
+        out.contains(
+            "✓ refused on purpose: researcher → gateway (researcher's own in-process mTLS)"
+        ),
+        "{out}"
+    );
+    let sidecars = processes_under(&up.data)
+        .into_iter()
+        .filter(|p| p.contains("proxy run"))
+        .count();
+    assert_eq!(
+        sidecars, 2,
+        "only the frontend and the gateway have sidecars"
+    );
+
+    let answer = up.ask("Which identity does each service get?");
+    assert_eq!(
+        answer["agents"],
+        serde_json::json!(["researcher", "writer", "gateway"]),
+        "{answer}"
+    );
+    // Both in-process agents signed, and the frontend verified both.
+    assert_eq!(
+        answer["signatures"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+
+    let writer_admin: SocketAddr = up.service("writer")["admin"]
+        .as_str()
+        .expect("admin")
+        .parse()
+        .expect("addr");
+    let health = http_get_text(writer_admin, "/healthz").await;
+    assert!(
+        health.starts_with("ok spiffe://agentmesh.local/ns/default/sa/writer serial="),
+        "{health}"
+    );
+
+    // Remove researcher → writer: the writer refuses the next request itself.
+    let admin_socket = up.data.join("admin.sock");
+    let intention = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("intention")
+            .args(args)
+            .env("AGENTMESH_ADMIN_SOCKET", &admin_socket)
+            .stdin(Stdio::null())
+            .output()
+            .expect("agentmesh intention");
+        assert!(
+            out.status.success(),
+            "intention {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    intention(&["delete", "researcher", "writer"]);
+    let data = up.data.to_str().expect("utf-8").to_owned();
+    let refused = wait_for(|| {
+        let out = up.cli(&["ask", "still there?", "--data-dir", &data, "-o", "json"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (!out.status.success() && text.contains("refused the call")).then_some(text)
+    });
+    assert!(refused.contains("writer refused the call"), "{refused}");
+
+    // The writer's live feed has the deny, from the researcher, with the default deny.
+    let feed = http_get_text_until(writer_admin, "/decisions", |t| {
+        t.lines().any(|l| l.contains("\"decision\":\"deny\""))
+    })
+    .await;
+    let deny: Value = feed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|l| l["decision"] == "deny")
+        .expect("a deny line");
+    assert_eq!(
+        deny["source"], "spiffe://agentmesh.local/ns/default/sa/researcher",
+        "{deny}"
+    );
+    assert_eq!(
+        deny["destination"],
+        "spiffe://agentmesh.local/ns/default/sa/writer"
+    );
+    assert!(deny["intention"].is_null(), "the default deny: {deny}");
+    assert!(deny["seq"].as_u64().is_some(), "{deny}");
+
+    // Put it back: the next ask gets through again.
+    intention(&["create", "researcher", "writer", "--action", "allow"]);
+    let again = wait_for(|| {
+        let out = up.cli(&["ask", "back again?", "--data-dir", &data, "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("json"))
+    });
+    assert_eq!(
+        again["agents"],
+        serde_json::json!(["researcher", "writer", "gateway"]),
+        "{again}"
+    );
+
+    let status = up.stop();
+    assert!(
+        status.success(),
+        "up exited with {status}:\n{}",
+        up.output()
+    );
+}
+
+/// Polls `f` until it gives a value, for at most [`PATIENCE`].
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// GET `path` on a plain loopback admin listener; the body as text.
+async fn http_get_text(addr: SocketAddr, path: &str) -> String {
+    http_get_text_until(addr, path, |_| true).await
+}
+
+/// GET a (possibly endless) plain HTTP response and read it until `done` says enough or
+/// the server closes it; the raw body (chunk framing included, which no JSON line matches).
+async fn http_get_text_until(addr: SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect admin");
+    let head = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let body = |t: &str| t.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return body(&text),
+            Ok(Ok(n)) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        if done(&body(&text)) {
+            return body(&text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never had what was waited for: {text}"
+        );
+    }
+}

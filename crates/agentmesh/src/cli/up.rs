@@ -591,7 +591,10 @@ fn proxy_toml(p: &Planned, all: &[Planned], layout: &Layout) -> String {
     t
 }
 
-fn agent_toml(p: &Planned, scenario: &Scenario) -> String {
+fn agent_toml(p: &Planned, all: &[Planned], scenario: &Scenario, layout: &Layout) -> String {
+    if !p.spec.sidecar {
+        return in_process_agent_toml(p, all, layout);
+    }
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -620,6 +623,49 @@ fn agent_toml(p: &Planned, scenario: &Scenario) -> String {
     if let Some(kind) = &p.spec.search {
         let _ = writeln!(t, "\n[search]\nkind = {}", q(kind));
     }
+    t
+}
+
+/// An agent with no sidecar (seed 001): it serves the port a sidecar's inbound would have
+/// over mTLS itself, decides by the intentions, and calls each upstream's mTLS listener
+/// pinning its SPIFFE ID. The self-check's probe destination is an upstream like the others.
+fn in_process_agent_toml(p: &Planned, all: &[Planned], layout: &Layout) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# Written by `agentmesh up`: no sidecar, mTLS and intentions in-process.
+role = {}
+name = {}
+listen = {}
+model = {}",
+        q(p.spec.role.as_deref().unwrap_or_default()),
+        q(&p.spec.name),
+        q(&p.inbound.to_string()),
+        q(MODEL)
+    );
+    for (dest, _) in &p.upstreams {
+        let Some(o) = all.iter().find(|o| &o.spec.name == dest) else {
+            continue;
+        };
+        let plays = o.spec.plays().unwrap_or("service");
+        let _ = writeln!(
+            t,
+            "\n[[upstream]]\nname = {}\nrole = {}\nurl = {}\nspiffe_id = {}",
+            q(dest),
+            q(plays),
+            q(&format!("https://{}", o.inbound)),
+            q(&o.id)
+        );
+    }
+    if let Some(kind) = &p.spec.search {
+        let _ = writeln!(t, "\n[search]\nkind = {}", q(kind));
+    }
+    let _ = writeln!(
+        t,
+        "\n[mtls]\nworkload_api = {}\nadmin = {}",
+        q(&format!("unix://{}", layout.node_socket.display())),
+        q(&p.admin.to_string())
+    );
     t
 }
 
@@ -919,7 +965,7 @@ async fn start_all(
                 let path = layout.configs.join(format!("{stem}.agent.toml"));
                 write_file(
                     &path,
-                    &(agent_toml(p, scenario) + &delegation_toml(scenario, layout)),
+                    &(agent_toml(p, plans, scenario, layout) + &delegation_toml(scenario, layout)),
                 )?;
                 let mut cmd = agentmesh_command()?;
                 cmd.args(["agent", "run", "--config"]).arg(path);
@@ -966,6 +1012,9 @@ async fn start_all(
             app_stdout.as_deref(),
         )?;
         register_launch(&mut node, pid, name).await?;
+        if !p.spec.sidecar {
+            continue;
+        }
 
         let path = layout.configs.join(format!("{stem}.proxy.toml"));
         write_file(&path, &proxy_toml(p, plans, layout))?;
@@ -983,12 +1032,22 @@ async fn start_all(
     // --- ready: every sidecar has its SVID and the intentions, every app answers ---
     for p in plans {
         let admin_addr = p.admin;
-        wait_until(
-            &format!("{}'s sidecar to get its SVID", p.spec.name),
-            sup,
-            || async move { matches!(http_get(admin_addr, "/healthz").await, Some((200, _))) },
-        )
+        let whose = if p.spec.sidecar {
+            format!("{}'s sidecar to get its SVID", p.spec.name)
+        } else {
+            format!("{} to get its SVID and the intentions", p.spec.name)
+        };
+        wait_until(&whose, sup, || async move {
+            matches!(http_get(admin_addr, "/healthz").await, Some((200, _)))
+        })
         .await?;
+        if !p.spec.sidecar {
+            println!(
+                "  ✓ {:<11} {} (in-process mTLS {})",
+                p.spec.name, p.id, p.inbound
+            );
+            continue;
+        }
         let (app, kind) = (p.app, p.spec.kind);
         wait_until(&format!("{} to answer", p.spec.name), sup, || async move {
             match kind {
@@ -1021,15 +1080,26 @@ fn status_table(plans: &[Planned], expiries: &BTreeMap<String, u64>, started: &S
         let ups = p
             .upstreams
             .iter()
-            .map(|(d, a)| format!("{d}={a}"))
+            .map(|(d, a)| {
+                if p.spec.sidecar {
+                    format!("{d}={a}")
+                } else {
+                    format!("{d}=mTLS")
+                }
+            })
             .collect::<Vec<_>>()
             .join(" ");
+        let (app, sidecar) = if p.spec.sidecar {
+            (p.app.to_string(), p.inbound.to_string())
+        } else {
+            (format!("{} (mTLS)", p.inbound), "none".to_owned())
+        };
         rows.push([
             p.spec.name.clone(),
             p.id.clone(),
             expiry,
-            p.app.to_string(),
-            p.inbound.to_string(),
+            app,
+            sidecar,
             if ups.is_empty() { "-".into() } else { ups },
         ]);
     }
@@ -1134,6 +1204,18 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
         let port = source
             .upstream(&c.destination)
             .unwrap_or_else(|| unreachable!("planned"));
+        // An agent without a sidecar makes the call itself when its admin's probe asks.
+        let (url_base, through) = if source.spec.sidecar {
+            (
+                format!("http://{port}"),
+                format!("through {}'s sidecar", c.source),
+            )
+        } else {
+            (
+                format!("http://{}/probe/{}", source.admin, c.destination),
+                format!("{}'s own in-process mTLS", c.source),
+            )
+        };
         let to_gateway = scenario
             .service(&c.destination)
             .is_some_and(|s| s.kind == ServiceKind::Gateway);
@@ -1145,12 +1227,9 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
         } else {
             ("/ask", json!({"question": "self-check"}))
         };
-        let what = format!(
-            "{} → {} (through {}'s sidecar)",
-            c.source, c.destination, c.source
-        );
+        let what = format!("{} → {} ({through})", c.source, c.destination);
         match post_json(
-            &format!("http://{port}{path}"),
+            &format!("{url_base}{path}"),
             &body,
             &[],
             Duration::from_secs(30),
@@ -1430,7 +1509,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}\n{proxy}"));
             match p.spec.kind {
                 ServiceKind::Agent => {
-                    let a = agent_toml(p, &s);
+                    let a = agent_toml(p, &plans, &s, &layout);
                     agentmesh_agents::AgentConfig::parse(&a, Path::new("a.toml"))
                         .unwrap_or_else(|e| panic!("{e}\n{a}"));
                 }
@@ -1459,6 +1538,31 @@ mod tests {
                 _ => {}
             }
         }
+        // research-team's agents have no sidecar: their configs do the mTLS themselves, with
+        // the self-check's probe destination as one more pinned upstream.
+        let s = Scenario::resolve("research-team").unwrap();
+        let (plans, _) = plan(&s).unwrap();
+        for p in plans.iter().filter(|p| !p.spec.sidecar) {
+            let a = agent_toml(p, &plans, &s, &layout);
+            let cfg = agentmesh_agents::AgentConfig::parse(&a, Path::new("a.toml"))
+                .unwrap_or_else(|e| panic!("{e}\n{a}"));
+            assert!(cfg.mtls.is_some(), "{a}");
+            assert_eq!(cfg.listen, p.inbound);
+            assert!(
+                cfg.upstreams.iter().all(|u| u.url.starts_with("https://")
+                    && u.spiffe_id
+                        .as_deref()
+                        .is_some_and(|id| id.starts_with("spiffe://"))),
+                "{a}"
+            );
+        }
+        let researcher = plans.iter().find(|p| p.spec.name == "researcher").unwrap();
+        assert!(!researcher.spec.sidecar);
+        let a = agent_toml(researcher, &plans, &s, &layout);
+        assert!(
+            a.contains("name = \"gateway\""),
+            "the probe's upstream: {a}"
+        );
     }
 
     #[test]

@@ -94,6 +94,14 @@ pub struct ServiceSpec {
     /// Frontends: an `[oidc]` table exactly as frontend.toml takes it (issuer, client_id,
     /// client_secret, auth_method, scopes); without it, the loopback-only dev login.
     pub oidc: Option<toml::Table>,
+    /// Agents: `false` runs it with no sidecar, doing mTLS and intentions in-process with the
+    /// SDK (seed 001). Default `true`.
+    #[serde(default = "yes")]
+    pub sidecar: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ServiceSpec {
@@ -257,6 +265,13 @@ impl Scenario {
             }
             if s.oidc.is_some() && s.kind != ServiceKind::Frontend {
                 return Err(format!("{what}: only a frontend logs people in (oidc)"));
+            }
+            if !s.sidecar && s.kind != ServiceKind::Agent {
+                return Err(format!(
+                    "{what}: sidecar = false is for built-in agents, which can do mTLS \
+                     in-process; a {} always has a sidecar",
+                    format!("{:?}", s.kind).to_lowercase()
+                ));
             }
             match s.kind {
                 ServiceKind::Agent => {
@@ -451,6 +466,13 @@ mod tests {
                     "upstreams = [\"planner\"]\noidc = { issuer = \"https://idp.example\" }",
                 ),
                 "missing field `client_id`",
+            ),
+            (
+                good.replace(
+                    "upstreams = [\"planner\"]",
+                    "upstreams = [\"planner\"]\nsidecar = false",
+                ),
+                "sidecar = false is for built-in agents",
             ),
             (
                 good.replace(
