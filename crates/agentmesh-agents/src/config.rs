@@ -98,6 +98,31 @@ pub struct UpstreamConfig {
     pub spiffe_id: Option<String>,
 }
 
+impl UpstreamConfig {
+    /// `url` must be `SCHEME://IP:PORT`; `why` completes the message when the scheme is wrong.
+    fn check_url(&self, scheme: &str, why: &str) -> Result<(), String> {
+        let rest = self
+            .url
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+            .ok_or_else(|| {
+                format!(
+                    "upstream {:?}: url {:?} must be {scheme}://{why}",
+                    self.name, self.url
+                )
+            })?;
+        rest.trim_end_matches('/')
+            .parse::<SocketAddr>()
+            .map(drop)
+            .map_err(|_| {
+                format!(
+                    "upstream {:?}: url {:?} is not {scheme}://IP:PORT",
+                    self.name, self.url
+                )
+            })
+    }
+}
+
 /// `[mtls]`: the agent does mTLS and intentions in-process, with no sidecar.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,21 +228,10 @@ impl AgentConfig {
                     u.name
                 ));
             }
-            let rest = u.url.strip_prefix("http://").ok_or_else(|| {
-                format!(
-                    "upstream {:?}: url {:?} must be http://HOST:PORT (the local proxy's plain \
-                     listener; the proxy does the TLS)",
-                    u.name, u.url
-                )
-            })?;
-            rest.trim_end_matches('/')
-                .parse::<SocketAddr>()
-                .map_err(|_| {
-                    format!(
-                        "upstream {:?}: url {:?} is not http://IP:PORT",
-                        u.name, u.url
-                    )
-                })?;
+            u.check_url(
+                "http",
+                "HOST:PORT (the local proxy's plain listener; the proxy does the TLS)",
+            )?;
         }
         self.validate_common()
     }
@@ -237,21 +251,10 @@ impl AgentConfig {
             ));
         }
         for u in &self.upstreams {
-            let rest = u.url.strip_prefix("https://").ok_or_else(|| {
-                format!(
-                    "upstream {:?}: url {:?} must be https://IP:PORT (with [mtls] the agent does \
-                     the TLS itself)",
-                    u.name, u.url
-                )
-            })?;
-            rest.trim_end_matches('/')
-                .parse::<SocketAddr>()
-                .map_err(|_| {
-                    format!(
-                        "upstream {:?}: url {:?} is not https://IP:PORT",
-                        u.name, u.url
-                    )
-                })?;
+            u.check_url(
+                "https",
+                "IP:PORT (with [mtls] the agent does the TLS itself)",
+            )?;
             let id = u.spiffe_id.as_deref().ok_or_else(|| {
                 format!(
                     "upstream {:?}: with [mtls] it needs spiffe_id, the identity it must present",
