@@ -67,6 +67,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         admin_socket: dir.join("admin.sock"),
         ca: CaLifetimes::default(),
         issuance: IssuanceSettings::default(),
+        upstream: None,
     })
     .await
     .context("starting the server")?;

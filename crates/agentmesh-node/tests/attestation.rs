@@ -50,6 +50,7 @@ impl Server {
             admin_socket: dir.join("admin.sock"),
             ca: CaLifetimes::default(),
             issuance: IssuanceSettings::default(),
+            upstream: None,
         })
         .await
         .unwrap();

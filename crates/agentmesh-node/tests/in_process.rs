@@ -34,6 +34,7 @@ async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer
         admin_socket: dir.join("admin.sock"),
         ca: CaLifetimes::default(),
         issuance: IssuanceSettings::default(),
+        upstream: None,
     })
     .await
     .unwrap()

@@ -10,6 +10,7 @@ pub mod registration;
 pub mod server;
 pub mod state;
 pub mod tls_incoming;
+pub mod upstream;
 
 pub use ca::CaLifetimes;
 pub use server::{RunningServer, ServerConfig, ServerError, start};
