@@ -92,6 +92,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         trust_bundle: dir.join("bundle.pem"),
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
+        trust_domain: None,
     })
     .await
     .context("starting the node")?;

@@ -109,6 +109,7 @@ fn node_config(dir: &Path, server: &Server, token: Option<String>) -> NodeConfig
         trust_bundle: server.bundle_file(),
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
+        trust_domain: None,
     }
 }
 

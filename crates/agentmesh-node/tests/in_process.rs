@@ -52,6 +52,7 @@ async fn start_node(
         trust_bundle: dir.join("bundle.pem"),
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
+        trust_domain: None,
     })
     .await
     .unwrap()

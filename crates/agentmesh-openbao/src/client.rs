@@ -188,7 +188,9 @@ impl OpenBao {
             reason: reason.to_owned(),
         };
         let trimmed = address.trim_end_matches('/');
-        let base: Uri = trimmed.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let base: Uri = trimmed
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         match base.scheme_str() {
             Some("http" | "https") => {}
             _ => return Err(bad("the scheme must be http or https")),
@@ -197,7 +199,9 @@ impl OpenBao {
             return Err(bad("it has no host"));
         }
         if base.path() != "/" && !base.path().is_empty() {
-            return Err(bad("give only scheme, host and port; the /v1/... paths are added"));
+            return Err(bad(
+                "give only scheme, host and port; the /v1/... paths are added",
+            ));
         }
         let tls = tls_config(ca_file)?;
         let mut connector = HttpConnector::new();
@@ -331,15 +335,15 @@ impl OpenBao {
         token: &Secret,
     ) -> Result<KvSecret, OpenBaoError> {
         let api_path = format!("{mount}/data/{}", path.trim_start_matches('/'));
-        let answer = self
-            .call(Method::GET, &api_path, Some(token), None)
-            .await?;
-        let fields = answer["data"]["data"].as_object().cloned().ok_or_else(|| {
-            OpenBaoError::BadAnswer {
-                call: format!("GET /v1/{api_path}"),
-                reason: "no data.data object (is this a KV version 2 mount?)".to_owned(),
-            }
-        })?;
+        let answer = self.call(Method::GET, &api_path, Some(token), None).await?;
+        let fields =
+            answer["data"]["data"]
+                .as_object()
+                .cloned()
+                .ok_or_else(|| OpenBaoError::BadAnswer {
+                    call: format!("GET /v1/{api_path}"),
+                    reason: "no data.data object (is this a KV version 2 mount?)".to_owned(),
+                })?;
         Ok(KvSecret {
             fields,
             version: answer["data"]["metadata"]["version"].as_u64(),
@@ -438,7 +442,11 @@ fn login_from(answer: &Value, path: &str) -> Result<Login, OpenBaoError> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -457,9 +465,15 @@ fn errors_of(json: Option<&Value>, body: &[u8], status: StatusCode) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {
-        status.canonical_reason().unwrap_or("no reason given").to_owned()
+        status
+            .canonical_reason()
+            .unwrap_or("no reason given")
+            .to_owned()
     } else {
-        text.chars().take(200).collect::<String>().replace('\n', " ")
+        text.chars()
+            .take(200)
+            .collect::<String>()
+            .replace('\n', " ")
     }
 }
 
@@ -480,7 +494,8 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, OpenBaoErr
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let certs = agentmesh_ca::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
+    let certs =
+        agentmesh_ca::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
         return Err(err("no CERTIFICATE in it".to_owned()));
     }

@@ -8,5 +8,5 @@
 pub mod client;
 
 pub use client::{
-    KvSecret, Login, OpenBao, OpenBaoError, Secret, SignedIntermediate, MAX_ANSWER_BYTES,
+    KvSecret, Login, MAX_ANSWER_BYTES, OpenBao, OpenBaoError, Secret, SignedIntermediate,
 };

@@ -156,8 +156,14 @@ impl CaManager {
         upstream: bool,
         now: SystemTime,
     ) -> Result<Self, CaManagerError> {
-        let state =
-            Self::build_state(&trust_domain, &keys_dir, &datastore, lifetimes, upstream, now)?;
+        let state = Self::build_state(
+            &trust_domain,
+            &keys_dir,
+            &datastore,
+            lifetimes,
+            upstream,
+            now,
+        )?;
         let (bundle_changed, _) = watch::channel(state.sequence);
         Ok(Self {
             trust_domain,
@@ -259,7 +265,9 @@ impl CaManager {
             id: serial.clone(),
             // The upstream's own intermediates ride along after ours, so every minted chain
             // reaches the bundle root.
-            cert_der: [vec![signed.cert_der.clone()], signed.chain_tail.clone()].concat().concat(),
+            cert_der: [vec![signed.cert_der.clone()], signed.chain_tail.clone()]
+                .concat()
+                .concat(),
             key_file: format!("intermediate-{serial}.key"),
             parent,
             // OpenBao backdates notBefore; the rotation clock starts when we got it.
@@ -337,8 +345,8 @@ impl CaManager {
             let mut certs = agentmesh_ca::split_der_certs(&row.cert_der)?;
             let tail = certs.split_off(1.min(certs.len()));
             let cert = certs.pop().ok_or(CaManagerError::NoUpstreamIntermediate)?;
-            let authority = Authority::new(td, cert, Self::load_key(keys_dir, &row)?)?
-                .with_chain_tail(tail);
+            let authority =
+                Authority::new(td, cert, Self::load_key(keys_dir, &row)?)?.with_chain_tail(tail);
             (roots, authority)
         } else {
             Self::build_local(td, keys_dir, ds, lifetimes, now_t)?

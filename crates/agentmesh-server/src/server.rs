@@ -116,7 +116,11 @@ const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 /// # Errors
 /// Any [`ServerError`]; nothing keeps running after an error.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
-    let upstream = cfg.upstream.clone().map(UpstreamAuthority::new).transpose()?;
+    let upstream = cfg
+        .upstream
+        .clone()
+        .map(UpstreamAuthority::new)
+        .transpose()?;
     let db_path = cfg.data_dir.join("server.db");
     let keys_dir = cfg.data_dir.join("keys");
     // A new data dir with an upstream: have OpenBao sign first, so a bad address, role or

