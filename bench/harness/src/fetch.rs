@@ -68,6 +68,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         ca: CaLifetimes::default(),
         issuance: IssuanceSettings::default(),
         upstream: None,
+        oidc_discovery: None,
     })
     .await
     .context("starting the server")?;

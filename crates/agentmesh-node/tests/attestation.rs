@@ -51,6 +51,7 @@ impl Server {
             ca: CaLifetimes::default(),
             issuance: IssuanceSettings::default(),
             upstream: None,
+            oidc_discovery: None,
         })
         .await
         .unwrap();

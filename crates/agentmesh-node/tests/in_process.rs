@@ -35,6 +35,7 @@ async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer
         ca: CaLifetimes::default(),
         issuance: IssuanceSettings::default(),
         upstream: None,
+        oidc_discovery: None,
     })
     .await
     .unwrap()

@@ -6,6 +6,7 @@ pub mod admin_api;
 pub mod ca;
 pub mod datastore;
 pub mod node_api;
+pub mod oidc_discovery;
 pub mod registration;
 pub mod server;
 pub mod state;

@@ -16,6 +16,7 @@ use crate::admin_api::AdminService;
 use crate::ca::{CaLifetimes, CaManager, CaManagerError};
 use crate::datastore::{Datastore, DatastoreError};
 use crate::node_api::NodeApiService;
+use crate::oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
 use crate::registration::EntryLimits;
 use crate::state::{IssuanceSettings, SERVER_PATH, ServerState};
 use crate::tls_incoming::{self, SharedTlsConfig};
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub issuance: IssuanceSettings,
     /// `[upstream_authority.openbao]`: OpenBao signs the intermediate and holds the root.
     pub upstream: Option<OpenBaoUpstreamConfig>,
+    /// `[oidc_discovery]`: the JWKS and discovery document for JWT-SVID verifiers.
+    pub oidc_discovery: Option<OidcDiscoveryConfig>,
 }
 
 /// Why a server could not start.
@@ -80,6 +83,9 @@ pub enum ServerError {
     /// The upstream authority is misconfigured, unreachable or refused.
     #[error("upstream authority OpenBao: {0}")]
     Upstream(#[from] UpstreamError),
+    /// The OIDC discovery listener could not start.
+    #[error(transparent)]
+    OidcDiscovery(#[from] OidcDiscoveryError),
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -89,6 +95,8 @@ pub struct RunningServer {
     pub listen_addr: SocketAddr,
     /// The admin socket.
     pub admin_socket: PathBuf,
+    /// Where OIDC discovery listens, when configured.
+    pub oidc_discovery_addr: Option<SocketAddr>,
     /// Shared state, for in-process tests.
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
@@ -238,6 +246,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     }));
 
+    let mut oidc_discovery_addr = None;
+    if let Some(oidc) = &cfg.oidc_discovery {
+        let (addr, task) =
+            crate::oidc_discovery::start(oidc, state.clone(), stop_rx.clone()).await?;
+        oidc_discovery_addr = Some(addr);
+        tasks.push(task);
+    }
     if let Some(up) = upstream {
         tasks.push(tokio::spawn(upstream_loop(
             up,
@@ -289,6 +304,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     Ok(RunningServer {
         listen_addr,
         admin_socket: cfg.admin_socket,
+        oidc_discovery_addr,
         state,
         stop,
         tasks,

@@ -201,6 +201,28 @@ fn openbao_signs_the_intermediate_its_root_verifies_svids_and_issuance_survives_
         "the OpenBao token is in the server log"
     );
 
+    // At half of its life the intermediate is replaced through OpenBao; the bundle stays
+    // OpenBao's root, and SVIDs from the new intermediate verify against it.
+    let deadline = Instant::now() + PATIENCE;
+    let signed = "activated a new intermediate CA signed by the upstream authority";
+    while std::fs::read_to_string(mesh.server_log())
+        .unwrap_or_default()
+        .matches(signed)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the intermediate was not rotated through OpenBao"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        mesh.cli_ok(&["bundle", "show"]),
+        bundle,
+        "a rotation keeps the bundle"
+    );
+
     // OpenBao goes away. At half of the intermediate's life the server tries to rotate,
     // fails, warns with the remaining life, and keeps issuing from the current intermediate.
     bao.stop();
@@ -324,4 +346,82 @@ fn a_wrong_address_role_or_mount_or_a_malformed_table_each_get_one_clear_error()
         &format!("address = \"{}\"\n", bao.address()),
     );
     assert!(e.contains("upstream_authority.openbao.token_file"), "{e}");
+}
+
+/// Sets up OpenBao's JWT auth method against the server's OIDC discovery JWKS (`jwks_url`,
+/// so rotated JWT keys are picked up) with a role bound to `spiffe_id` and audience
+/// `openbao`.
+fn jwt_auth_against(bao: &Bao, jwks_url: &str, spiffe_id: &str, policies: &str, ttl: &str) {
+    bao.cli(&["auth", "enable", "jwt"]);
+    bao.cli(&["write", "auth/jwt/config", &format!("jwks_url={jwks_url}")]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/gateway",
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=openbao",
+        &format!("bound_subject={spiffe_id}"),
+        &format!("token_policies={policies}"),
+        &format!("token_ttl={ttl}"),
+        &format!("token_max_ttl={ttl}"),
+    ]);
+}
+
+/// A server with `[oidc_discovery]` on a free loopback port; returns the mesh and its port.
+fn mesh_with_discovery(tmp: tempfile::TempDir) -> (Mesh, u16) {
+    let port = free_port();
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[oidc_discovery]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("write config");
+    (
+        Mesh::start_in(tmp, vec!["--config".into(), config.into()]),
+        port,
+    )
+}
+
+#[test]
+fn openbao_jwt_auth_accepts_jwt_svids_checked_against_the_servers_discovery_jwks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::start(tmp.path());
+    let (mesh, port) = mesh_with_discovery(tmp);
+
+    let (status, doc) = http(port, "GET", "/.well-known/openid-configuration", None, "")
+        .expect("discovery answers");
+    assert_eq!(status, 200, "{doc}");
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("discovery JSON");
+    let jwks_uri = doc["jwks_uri"].as_str().expect("jwks_uri").to_owned();
+    assert_eq!(jwks_uri, format!("http://127.0.0.1:{port}/keys"));
+    let (status, keys) = http(port, "GET", "/keys", None, "").expect("keys answer");
+    assert_eq!(status, 200);
+    let keys: serde_json::Value = serde_json::from_str(&keys).expect("JWKS");
+    assert_eq!(keys["keys"][0]["kty"], "EC");
+
+    let id = mesh.entry(
+        "/ns/default/sa/gateway",
+        &[&format!("unix:uid:{}", my_uid())],
+        None,
+    );
+    mesh.wait_for_svid();
+    jwt_auth_against(&bao, &jwks_uri, &id, "default", "60s");
+    let jwt = mesh.cli_ok(&["jwt", "fetch", "--audience", "openbao"]);
+    let jwt = jwt.trim();
+    let body = serde_json::json!({"role": "gateway", "jwt": jwt}).to_string();
+    let (status, answer) =
+        http(bao.port, "POST", "/v1/auth/jwt/login", None, &body).expect("OpenBao answers");
+    assert_eq!(status, 200, "OpenBao refused the JWT-SVID: {answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("login JSON");
+    assert!(
+        answer["auth"]["client_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+
+    // A token for another audience is refused.
+    let other = mesh.cli_ok(&["jwt", "fetch", "--audience", "someone-else"]);
+    let body = serde_json::json!({"role": "gateway", "jwt": other.trim()}).to_string();
+    let (status, _) = http(bao.port, "POST", "/v1/auth/jwt/login", None, &body).expect("answer");
+    assert_ne!(status, 200, "OpenBao took a JWT-SVID for another audience");
 }

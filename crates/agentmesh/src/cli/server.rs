@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentmesh_server::oidc_discovery::OidcDiscoveryConfig;
 use agentmesh_server::upstream::{OpenBaoAuth, OpenBaoUpstreamConfig};
 use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
 use agentmesh_spiffe::TrustDomain;
@@ -89,6 +90,18 @@ pub struct ServerFileConfig {
     pub join_token_ttl: Option<String>,
     /// `[upstream_authority.openbao]`: OpenBao signs the intermediate (file only; no flags).
     pub upstream_authority: Option<UpstreamAuthorityFile>,
+    /// `[oidc_discovery]`: serve the JWKS and discovery document for JWT-SVID verifiers.
+    pub oidc_discovery: Option<OidcDiscoveryFile>,
+}
+
+/// `[oidc_discovery]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcDiscoveryFile {
+    /// Loopback IP:PORT (required).
+    pub listen: Option<String>,
+    /// The discovery document's issuer [default: http://<listen>].
+    pub issuer: Option<String>,
 }
 
 /// `[upstream_authority]`: which upstream signs the server's intermediate CA.
@@ -341,6 +354,29 @@ pub fn resolve(
         )?,
     };
     check_lifetimes(&ca, &issuance, upstream.is_some())?;
+    let oidc_discovery = match &file.oidc_discovery {
+        None => None,
+        Some(o) => {
+            let key = format!("oidc_discovery.listen in {file_name}");
+            let text = o
+                .listen
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("{key} is missing (e.g. \"127.0.0.1:8444\")"))?;
+            let listen: SocketAddr = text
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid {key} {text:?}: {e} (use IP:PORT)"))?;
+            if !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "invalid {key} {text:?}: OIDC discovery is plain HTTP and listens on loopback only"
+                );
+            }
+            Some(OidcDiscoveryConfig {
+                listen,
+                issuer: o.issuer.clone(),
+            })
+        }
+    };
     Ok(ServerConfig {
         data_dir,
         trust_domain,
@@ -349,6 +385,7 @@ pub fn resolve(
         ca,
         issuance,
         upstream,
+        oidc_discovery,
     })
 }
 
