@@ -187,8 +187,7 @@ impl CaManager {
         Ok(ds
             .list_ca("intermediate")?
             .into_iter()
-            .filter(|i| i.not_after > now && roots.contains(&i.parent))
-            .next_back())
+            .rfind(|i| i.not_after > now && roots.contains(&i.parent)))
     }
 
     /// Whether the datastore needs a new upstream intermediate now (none, or the newest is
@@ -357,7 +356,7 @@ impl CaManager {
     /// The self-signed root and the intermediate it signs, rotated as the module says.
     fn build_local(
         td: &TrustDomain,
-        keys_dir: &PathBuf,
+        keys_dir: &std::path::Path,
         ds: &Datastore,
         lifetimes: CaLifetimes,
         now_t: SystemTime,
@@ -382,7 +381,7 @@ impl CaManager {
             .iter()
             .find(|r| !past_fraction(r, 5, 6, now))
             .or(roots.last())
-            .ok_or_else(|| CaManagerError::MissingKey(keys_dir.clone()))?
+            .ok_or_else(|| CaManagerError::MissingKey(keys_dir.to_owned()))?
             .clone();
 
         // --- intermediate: rotate at half its life, or when the active root changed --------

@@ -186,7 +186,7 @@ impl UpstreamAuthority {
                         // OpenBao says "invalid role or secret ID" for either; a missing
                         // route means the mount is wrong.
                         let field = match source.status() {
-                            Some(403 | 404 | 405) => "approle_mount",
+                            Some(403..=405) => "approle_mount",
                             _ => "role_id",
                         };
                         Err(UpstreamError::Login { field, source })
