@@ -425,3 +425,232 @@ fn openbao_jwt_auth_accepts_jwt_svids_checked_against_the_servers_discovery_jwks
     let (status, _) = http(bao.port, "POST", "/v1/auth/jwt/login", None, &body).expect("answer");
     assert_ne!(status, 200, "OpenBao took a JWT-SVID for another audience");
 }
+
+/// A stand-in for an OpenAI-compatible provider on 127.0.0.1: no real LLM provider is
+/// reachable from the tests, so this records the `Authorization` header each call brings and
+/// answers a fixed chat completion. It checks only what the gateway sends.
+fn fake_provider() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake provider");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut auth = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if lower.starts_with("authorization:") {
+                    auth = line["authorization:".len()..].trim().to_owned();
+                }
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            record.lock().unwrap().push(auth);
+            let answer = r#"{"id":"c1","object":"chat.completion","model":"gpt-test","choices":[{"index":0,"message":{"role":"assistant","content":"hello from the stand-in"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// POST /v1/chat/completions to the gateway as its proxy would forward it (with XFCC).
+fn ask_gateway(port: u16) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         x-forwarded-client-cert: By=spiffe://{TD}/ns/default/sa/gateway;URI=spiffe://{TD}/ns/default/sa/executor\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+fn eventually_status(port: u16, want: u16, what: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = ask_gateway(port);
+        if let Some((status, body)) = &got
+            && *status == want
+        {
+            return body.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: last answer {got:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_gateway_reads_its_provider_key_from_openbao_with_its_jwt_svid_and_nowhere_else() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bao = Bao::start(tmp.path());
+    let (mesh, discovery_port) = mesh_with_discovery(tmp);
+    let key = format!("sk-test-{}", std::process::id()) + &"x".repeat(24);
+    // The dev server mounts KV v2 at secret/.
+    bao.cli(&["kv", "put", "secret/llm/openai", &format!("api_key={key}")]);
+    let policy = "path \"secret/data/llm/openai\" { capabilities = [\"read\"] }\n";
+    bao.cli_stdin(&["policy", "write", "gateway-read", "-"], Some(policy));
+    let id = mesh.entry(
+        "/ns/default/sa/gateway",
+        &[&format!("unix:uid:{}", my_uid())],
+        None,
+    );
+    mesh.wait_for_svid();
+    // A 3 s token: the gateway logs in and re-reads every 3 s.
+    jwt_auth_against(
+        &bao,
+        &format!("http://127.0.0.1:{discovery_port}/keys"),
+        &id,
+        "gateway-read",
+        "3s",
+    );
+
+    let (provider_port, seen) = fake_provider();
+    let gw_port = free_port();
+    let config = mesh.dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{gw_port}\"\n\
+             [[provider]]\nname = \"cloud\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:{provider_port}/v1\"\nretries = 0\n\
+             api_key_openbao = {{ address = \"{}\", role = \"gateway\", path = \"llm/openai\" }}\n\
+             [[model]]\nname = \"gpt-test\"\nproviders = [\"cloud\"]\n\
+             [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n",
+            bao.address()
+        ),
+    )
+    .expect("write gateway.toml");
+    let log = mesh.dir.join("gateway.log");
+    let gateway = Proc(
+        mesh.command()
+            .args(["gateway", "run", "--config"])
+            .arg(&config)
+            .stdout(std::fs::File::create(mesh.dir.join("gateway.audit")).expect("audit"))
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn agentmesh gateway run"),
+    );
+
+    let body = eventually_status(gw_port, 200, "the gateway answers with the OpenBao key");
+    assert!(body.contains("hello from the stand-in"), "{body}");
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some(format!("Bearer {key}")),
+        "the provider saw the key from OpenBao"
+    );
+
+    // The key is in no file under the test's dirs and not in the gateway's environment.
+    let environ = std::fs::read(format!("/proc/{}/environ", gateway.0.id())).expect("environ");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(&key),
+        "the key is in the gateway's environment"
+    );
+    for f in files_under(&mesh.dir) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&key),
+            "the key is in {}",
+            f.display()
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("provider key comes from OpenBao"), "{text}");
+
+    // The policy goes away: the next refresh (the token lasts 3 s) is refused, the gateway
+    // logs why, and calls for that provider get 503 with the reason.
+    bao.cli(&["policy", "delete", "gateway-read"]);
+    let body = eventually_status(gw_port, 503, "503 once OpenBao refuses");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+    let message = answer["error"]["message"]
+        .as_str()
+        .expect("a reason")
+        .to_owned();
+    assert!(message.contains("permission denied"), "{message}");
+    assert!(message.contains("cloud"), "{message}");
+    assert!(!message.contains(&key), "{message}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("refreshing the provider key from OpenBao failed"),
+        "{text}"
+    );
+
+    // Put the policy back and a later refresh serves again.
+    bao.cli_stdin(&["policy", "write", "gateway-read", "-"], Some(policy));
+    eventually_status(gw_port, 200, "200 once OpenBao allows the read again");
+    for f in files_under(&mesh.dir) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&key),
+            "the key is in {}",
+            f.display()
+        );
+    }
+    drop(gateway);
+}
+
+#[test]
+fn a_provider_key_given_in_the_config_still_works_and_the_gateway_says_where_it_came_from() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (provider_port, seen) = fake_provider();
+    let gw_port = free_port();
+    let config = tmp.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{gw_port}\"\n\
+             [[provider]]\nname = \"cloud\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:{provider_port}/v1\"\napi_key = \"sk-inline-test\"\n\
+             [[model]]\nname = \"gpt-test\"\nproviders = [\"cloud\"]\n\
+             [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n"
+        ),
+    )
+    .expect("write gateway.toml");
+    let log = tmp.path().join("gateway.log");
+    let _gateway = Proc(
+        Command::new(BIN)
+            .args(["gateway", "run", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn agentmesh gateway run"),
+    );
+    eventually_status(gw_port, 200, "the gateway answers with the configured key");
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some("Bearer sk-inline-test".to_owned())
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("provider key comes from the config file (api_key)"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-inline-test"), "the key is in the log");
+}
