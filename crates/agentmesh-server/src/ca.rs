@@ -325,7 +325,7 @@ impl CaManager {
 
     fn build_state(
         td: &TrustDomain,
-        keys_dir: &PathBuf,
+        keys_dir: &std::path::Path,
         ds: &Datastore,
         lifetimes: CaLifetimes,
         upstream: bool,
