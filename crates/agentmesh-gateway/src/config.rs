@@ -56,6 +56,13 @@
 //! (for local servers such as vLLM or llama.cpp started without a key). Keys are never
 //! logged, never put in errors or audit lines, and `Debug` prints `<redacted>`.
 //!
+//! Or the key stays out of files and the environment altogether: `api_key_openbao = {
+//! address = "http://127.0.0.1:8200", role = "gateway", path = "llm/openai" }` (see
+//! [`OpenBaoKeyConfig`] for the other keys and their defaults) reads it from OpenBao KV v2
+//! after logging in to OpenBao's JWT auth method with the gateway's JWT-SVID, keeps it in
+//! memory and re-reads it when the token's lease ends ([`crate::secret_key`]). At most one of
+//! `api_key`, `api_key_env` and `api_key_openbao` may be set.
+//!
 //! ## Failures
 //!
 //! Each attempt has `timeout` (default 120 s; LLM answers are slow, and local models on a CPU
