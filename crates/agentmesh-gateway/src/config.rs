@@ -887,6 +887,70 @@ card = "block"
     }
 
     #[test]
+    fn api_key_openbao_takes_defaults_and_refuses_mixed_or_incomplete_settings() {
+        let env: HashMap<String, String> = [(
+            "SPIFFE_ENDPOINT_SOCKET".to_owned(),
+            "unix:///run/agentmesh/node.sock".to_owned(),
+        )]
+        .into();
+        let bao = "api_key_openbao = { address = \"http://127.0.0.1:8200\", role = \"gateway\", path = \"llm/openai\" }";
+        let c = GatewayConfig::parse_with_env(
+            &provider(&format!("kind = \"openai\"\n{bao}")),
+            Path::new("g.toml"),
+            &env,
+        )
+        .unwrap();
+        let o = c.providers[0].api_key_openbao.as_ref().unwrap();
+        assert_eq!(
+            (
+                o.auth_mount.as_str(),
+                o.kv_mount.as_str(),
+                o.field.as_str(),
+                o.audience.as_str()
+            ),
+            ("jwt", "secret", "api_key", "openbao")
+        );
+        assert_eq!(
+            o.workload_socket(),
+            PathBuf::from("/run/agentmesh/node.sock")
+        );
+        assert!(c.providers[0].resolved_api_key.is_none(), "no key at load");
+
+        for (body, env, want) in [
+            (
+                format!("kind = \"openai\"\napi_key = \"k\"\n{bao}"),
+                env.clone(),
+                "set one of api_key, api_key_env and api_key_openbao",
+            ),
+            (
+                format!("kind = \"openai\"\n{bao}"),
+                HashMap::new(),
+                "$SPIFFE_ENDPOINT_SOCKET is not set",
+            ),
+            (
+                "kind = \"openai\"\napi_key_openbao = { address = \"127.0.0.1:8200\", role = \"r\", path = \"p\" }".to_owned(),
+                env.clone(),
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "kind = \"openai\"\napi_key_openbao = { address = \"http://h:1\", path = \"p\" }".to_owned(),
+                env.clone(),
+                "missing field `role`",
+            ),
+            (
+                "kind = \"openai\"\napi_key_openbao = { address = \"http://h:1\", role = \"r\", path = \"p\", secret = \"x\" }".to_owned(),
+                env.clone(),
+                "unknown field `secret`",
+            ),
+        ] {
+            let e = GatewayConfig::parse_with_env(&provider(&body), Path::new("g.toml"), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn provider_defaults_are_envoy_and_openai_sdk_like() {
         let c = GatewayConfig::parse_with_env(
             &provider("kind = \"ollama\"\nurl = \"http://127.0.0.1:11434\""),

@@ -663,6 +663,79 @@ mod tests {
     }
 
     #[test]
+    fn the_openbao_table_resolves_with_defaults_and_names_each_bad_key() {
+        let path = Path::new("/etc/agentmesh/server.toml");
+        let f = file(
+            "[upstream_authority.openbao]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"/t\"\nintermediate_ttl = \"2h\"\n\
+             [oidc_discovery]\nlisten = \"127.0.0.1:8444\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(&ServerRunArgs::default(), &f, Some(path), None).unwrap();
+        let up = cfg.upstream.unwrap();
+        assert_eq!(up.pki_mount, "pki");
+        assert_eq!(
+            up.auth,
+            OpenBaoAuth::Token {
+                token_file: PathBuf::from("/t")
+            }
+        );
+        assert_eq!(cfg.ca.intermediate, Duration::from_secs(7200));
+        assert_eq!(
+            cfg.oidc_discovery.unwrap().listen.to_string(),
+            "127.0.0.1:8444"
+        );
+
+        for (table, want) in [
+            (
+                "token_file = \"/t\"",
+                "upstream_authority.openbao.address in /etc/agentmesh/server.toml is missing",
+            ),
+            (
+                "address = \"http://h:1\"",
+                "upstream_authority.openbao.token_file",
+            ),
+            (
+                "address = \"http://h:1\"\nauth = \"kerberos\"",
+                "upstream_authority.openbao.auth",
+            ),
+            (
+                "address = \"http://h:1\"\nauth = \"approle\"\nsecret_id_file = \"/s\"",
+                "upstream_authority.openbao.role_id",
+            ),
+            (
+                "address = \"http://h:1\"\nauth = \"approle\"\nrole_id = \"r\"\nsecret_id_file = \"/s\"\ntoken_file = \"/t\"",
+                "token_file",
+            ),
+            (
+                "address = \"http://h:1\"\ntoken_file = \"/t\"\npki_mount = \"a b\"",
+                "upstream_authority.openbao.pki_mount",
+            ),
+        ] {
+            let f = file(&format!("[upstream_authority.openbao]\n{table}\n")).unwrap();
+            let e = resolve(&ServerRunArgs::default(), &f, Some(path), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        let e = file("[upstream_authority.openbao]\naddres = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("addres") && e.contains("line 2"), "{e}");
+        let e = file("[upstream_authority.vault]\naddress = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vault"), "{e}");
+        let f = file("[oidc_discovery]\nlisten = \"0.0.0.0:8444\"\n").unwrap();
+        let e = resolve(&ServerRunArgs::default(), &f, Some(path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("oidc_discovery.listen") && e.contains("loopback"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn lifetimes_that_cannot_work_together_are_refused() {
         let args = ServerRunArgs {
             default_x509_ttl: Some("13h".into()),
