@@ -623,6 +623,94 @@ mod tests {
         assert_eq!(ca.current().roots.len(), 1);
     }
 
+    /// A stand-in for what OpenBao returns: an intermediate for our key, signed by a root whose
+    /// key only the caller holds (and drops).
+    fn upstream_signed(
+        td: &TrustDomain,
+        root: &[u8],
+        root_key: &PrivateKey,
+        ttl: Duration,
+        at: SystemTime,
+    ) -> crate::upstream::SignedIntermediate {
+        let key = PrivateKey::generate().unwrap();
+        let cert = agentmesh_ca::new_intermediate(td, &key, ttl, at, root, root_key).unwrap();
+        crate::upstream::SignedIntermediate {
+            key,
+            cert_der: cert,
+            chain_tail: Vec::new(),
+            roots: vec![root.to_vec()],
+            signed_at: at,
+        }
+    }
+
+    #[test]
+    fn an_upstream_intermediate_signs_rotates_at_half_life_and_no_root_key_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let t0 = SystemTime::now();
+        let root_key = PrivateKey::generate().unwrap();
+        let root = agentmesh_ca::new_root(&td, &root_key, Duration::from_secs(3600), t0).unwrap();
+        let ds = Arc::new(Datastore::open(&dir.path().join("db")).unwrap());
+        let keys = dir.path().join("keys");
+        let lifetimes = CaLifetimes {
+            root: Duration::from_secs(7200),
+            intermediate: Duration::from_secs(100),
+        };
+        // Nothing stored yet: the CA cannot load, and signing is due.
+        assert!(matches!(
+            CaManager::load_upstream(td.clone(), keys.clone(), ds.clone(), lifetimes, t0),
+            Err(CaManagerError::NoUpstreamIntermediate)
+        ));
+        assert_eq!(CaManager::upstream_due(&ds, t0).unwrap(), (true, None));
+
+        let first = upstream_signed(&td, &root, &root_key, lifetimes.intermediate, t0);
+        CaManager::store_upstream(&ds, &keys, &first).unwrap();
+        let ca =
+            CaManager::load_upstream(td.clone(), keys.clone(), ds.clone(), lifetimes, t0).unwrap();
+        assert_eq!(
+            ca.current().roots,
+            vec![root.clone()],
+            "the bundle is the upstream root"
+        );
+        assert!(chains_to(&ca, &[root.clone()], t0));
+        let (due, left) = CaManager::upstream_due(&ds, t0 + Duration::from_secs(10)).unwrap();
+        assert!(!due);
+        assert_eq!(left, Some(Duration::from_secs(90)));
+        assert!(
+            CaManager::upstream_due(&ds, t0 + Duration::from_secs(51))
+                .unwrap()
+                .0
+        );
+
+        // The next intermediate, same root: the bundle stays, signing moves to it.
+        let at = t0 + Duration::from_secs(51);
+        let second = upstream_signed(&td, &root, &root_key, lifetimes.intermediate, at);
+        CaManager::store_upstream(&ds, &keys, &second).unwrap();
+        assert!(ca.rotate_if_due(at).unwrap());
+        assert_eq!(
+            ca.current().authority.cert_der(),
+            second.cert_der.as_slice()
+        );
+        assert_eq!(ca.current().roots, vec![root.clone()]);
+        assert!(!CaManager::upstream_due(&ds, at).unwrap().0);
+
+        // Only intermediate and JWT keys are on disk, none of them the root's.
+        let root_pub = root_key.public_key_der();
+        for f in std::fs::read_dir(&keys).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().into_owned();
+            assert!(
+                name.starts_with("intermediate-") || name.starts_with("jwt-"),
+                "{name}"
+            );
+            if name.starts_with("intermediate-") {
+                let k = agentmesh_ca::read_secret_file(&f.path()).unwrap();
+                let k = PrivateKey::from_pkcs8_der(&k).unwrap();
+                assert_ne!(k.public_key_der(), root_pub);
+            }
+        }
+    }
+
     #[test]
     fn key_files_are_0600() {
         use std::os::unix::fs::PermissionsExt;
