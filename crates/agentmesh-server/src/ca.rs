@@ -672,7 +672,7 @@ mod tests {
             vec![root.clone()],
             "the bundle is the upstream root"
         );
-        assert!(chains_to(&ca, &[root.clone()], t0));
+        assert!(chains_to(&ca, std::slice::from_ref(&root), t0));
         let (due, left) = CaManager::upstream_due(&ds, t0 + Duration::from_secs(10)).unwrap();
         assert!(!due);
         assert_eq!(left, Some(Duration::from_secs(90)));
