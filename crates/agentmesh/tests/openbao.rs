@@ -283,7 +283,7 @@ fn refused(dir: &Path, name: &str, table: &str) -> String {
 }
 
 #[test]
-fn a_wrong_address_role_or_mount_or_a_malformed_table_each_get_one_clear_error() {
+fn a_wrong_address_role_or_mount_or_a_malformed_table_each_get_one_clear_error_and_approle_works() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let bao = Bao::start(dir);
