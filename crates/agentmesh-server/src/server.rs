@@ -153,8 +153,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         Some(up) => {
             // A restart reuses a stored intermediate that still has more than half its life,
             // so the server can start while OpenBao is down.
-            if signed.is_none() && CaManager::upstream_due(&datastore, now)?.0 {
-                signed = Some(up.sign(&cfg.trust_domain, cfg.ca.intermediate).await?);
+            let (due, left) = CaManager::upstream_due(&datastore, now)?;
+            if signed.is_none() && due {
+                match up.sign(&cfg.trust_domain, cfg.ca.intermediate).await {
+                    Ok(s) => signed = Some(s),
+                    // A stored intermediate that is past half its life still signs; the
+                    // rotation loop keeps trying OpenBao.
+                    Err(e) if e.is_unreachable() && left.is_some() => {
+                        let left = humantime::format_duration(left.unwrap_or_default());
+                        tracing::warn!(error = %e, intermediate_remaining = %left, "OpenBao did not sign a new intermediate; still issuing from the current one, which expires in {left}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             if let Some(s) = &signed {
                 CaManager::store_upstream(&datastore, &keys_dir, s)?;

@@ -251,6 +251,20 @@ fn openbao_signs_the_intermediate_its_root_verifies_svids_and_issuance_survives_
         !log.contains(&token),
         "the OpenBao token is in the server log"
     );
+
+    // A restart while OpenBao is still down starts from the stored intermediate.
+    let warnings_before = log.matches("still issuing from the current one").count();
+    drop(mesh.server.take());
+    mesh.start_server();
+    assert_eq!(
+        agentmesh_ca::pem_decode_all(&mesh.cli_ok(&["bundle", "show"]), "CERTIFICATE").unwrap(),
+        agentmesh_ca::pem_decode_all(&root_pem, "CERTIFICATE").unwrap()
+    );
+    let log = std::fs::read_to_string(mesh.server_log()).unwrap_or_default();
+    assert!(
+        log.matches("still issuing from the current one").count() > warnings_before,
+        "the restarted server warns that OpenBao did not sign"
+    );
     drop(mesh.node.take());
 }
 
