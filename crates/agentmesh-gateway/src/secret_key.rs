@@ -48,6 +48,9 @@ pub enum SecretKeyError {
         /// The fields it has (names only).
         fields: Vec<String>,
     },
+    /// The refresher needs a tokio runtime, and there is none (a bug in the caller).
+    #[error("BugNoRuntime: api_key_openbao needs a tokio runtime to refresh the key in")]
+    BugNoRuntime,
 }
 
 impl SecretKeyError {
@@ -101,8 +104,10 @@ const WORKLOAD_API_PATIENCE: Duration = Duration::from_secs(10);
 /// Starts the refresher for `provider`. Needs a tokio runtime.
 ///
 /// # Errors
-/// A bad OpenBao address or CA file.
-pub fn spawn(provider: &str, cfg: &OpenBaoKeyConfig) -> Result<Arc<KeyCell>, OpenBaoError> {
+/// A bad OpenBao address or CA file, or no runtime.
+pub fn spawn(provider: &str, cfg: &OpenBaoKeyConfig) -> Result<Arc<KeyCell>, SecretKeyError> {
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|_| SecretKeyError::BugNoRuntime)?;
     let client = OpenBao::new(&cfg.address, cfg.ca_file.as_deref())?;
     let cell = Arc::new(KeyCell {
         state: RwLock::new(KeyState::Pending),
@@ -116,7 +121,7 @@ pub fn spawn(provider: &str, cfg: &OpenBaoKeyConfig) -> Result<Arc<KeyCell>, Ope
         kv = %format!("{}/{}", cfg.kv_mount, cfg.path),
         "provider key comes from OpenBao (JWT-SVID login); it is kept only in memory"
     );
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut retry = RETRY;
         loop {
             let wait = match read_once(&client, &cfg).await {
