@@ -67,6 +67,8 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         admin_socket: dir.join("admin.sock"),
         ca: CaLifetimes::default(),
         issuance: IssuanceSettings::default(),
+        upstream: None,
+        oidc_discovery: None,
     })
     .await
     .context("starting the server")?;
@@ -91,6 +93,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         trust_bundle: dir.join("bundle.pem"),
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
+        trust_domain: None,
     })
     .await
     .context("starting the node")?;

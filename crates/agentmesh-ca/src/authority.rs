@@ -377,6 +377,9 @@ pub fn new_intermediate(
 pub struct Authority {
     trust_domain: TrustDomain,
     cert_der: Vec<u8>,
+    /// CA certificates between the intermediate and the root (an upstream authority's own
+    /// intermediates), appended to every minted chain; empty when our root signs directly.
+    chain_tail: Vec<Vec<u8>>,
     issuer: Issuer<'static, KeyPair>,
     serial: String,
     not_after: SystemTime,
@@ -426,11 +429,20 @@ impl Authority {
         Ok(Self {
             trust_domain: td.clone(),
             cert_der: intermediate_cert_der,
+            chain_tail: Vec::new(),
             issuer,
             serial,
             not_after: system_time(not_after_secs),
             not_after_secs,
         })
+    }
+
+    /// Appends `certs` (DER, nearest first) to every chain this authority mints: the upstream
+    /// authority's intermediates, when the intermediate's issuer is not itself a bundle root.
+    #[must_use]
+    pub fn with_chain_tail(mut self, certs: Vec<Vec<u8>>) -> Self {
+        self.chain_tail = certs;
+        self
     }
 
     /// Mints an X.509-SVID for `id` over `public_key`, following the SPIFFE X509-SVID profile.
@@ -513,7 +525,7 @@ impl Authority {
         tracing::debug!(spiffe_id = %id, serial = %serial, "minted X509-SVID");
         Ok(X509Svid {
             spiffe_id: id.clone(),
-            chain: vec![leaf, self.cert_der.clone()],
+            chain: [vec![leaf, self.cert_der.clone()], self.chain_tail.clone()].concat(),
             serial,
             not_before: system_time(start),
             not_after: system_time(end),

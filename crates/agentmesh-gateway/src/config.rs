@@ -56,6 +56,13 @@
 //! (for local servers such as vLLM or llama.cpp started without a key). Keys are never
 //! logged, never put in errors or audit lines, and `Debug` prints `<redacted>`.
 //!
+//! Or the key stays out of files and the environment altogether: `api_key_openbao = {
+//! address = "http://127.0.0.1:8200", role = "gateway", path = "llm/openai" }` (see
+//! [`OpenBaoKeyConfig`] for the other keys and their defaults) reads it from OpenBao KV v2
+//! after logging in to OpenBao's JWT auth method with the gateway's JWT-SVID, keeps it in
+//! memory and re-reads it when the token's lease ends ([`crate::secret_key`]). At most one of
+//! `api_key`, `api_key_env` and `api_key_openbao` may be set.
+//!
 //! ## Failures
 //!
 //! Each attempt has `timeout` (default 120 s; LLM answers are slow, and local models on a CPU
@@ -184,6 +191,9 @@ pub struct ProviderConfig {
     /// The environment variable holding the API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Read the key from OpenBao KV v2 after a JWT-SVID login (see [`OpenBaoKeyConfig`]).
+    #[serde(default)]
+    pub api_key_openbao: Option<OpenBaoKeyConfig>,
     /// The provider's own name for the model, when it differs from the gateway's.
     #[serde(default)]
     pub model: Option<String>,
@@ -240,6 +250,7 @@ impl ProviderConfig {
             url: None,
             api_key: None,
             api_key_env: None,
+            api_key_openbao: None,
             model: None,
             timeout: None,
             connect_timeout: None,
@@ -298,9 +309,20 @@ impl ProviderConfig {
         Ok(())
     }
 
-    fn resolve_key(&self, env: &dyn Env) -> Result<Option<ApiKey>, String> {
-        let name = &self.name;
+    fn resolve_key(&mut self, env: &dyn Env) -> Result<Option<ApiKey>, String> {
+        let name = self.name.clone();
+        let name = &name;
         let kind = self.kind.as_str();
+        if let Some(bao) = &mut self.api_key_openbao {
+            if self.api_key.is_some() || self.api_key_env.is_some() {
+                return Err(format!(
+                    "provider {name:?}: set one of api_key, api_key_env and api_key_openbao"
+                ));
+            }
+            bao.validate(env)
+                .map_err(|why| format!("provider {name:?}: api_key_openbao: {why}"))?;
+            return Ok(None);
+        }
         match (&self.api_key, &self.api_key_env) {
             (Some(_), Some(_)) => Err(format!(
                 "provider {name:?}: set api_key or api_key_env, not both"
@@ -355,6 +377,100 @@ fn check_url(url: &str) -> Result<(), &'static str> {
         return Err("must not have a query; keys go in api_key or api_key_env");
     }
     Ok(())
+}
+
+/// `api_key_openbao = { address = "http://127.0.0.1:8200", role = "gateway", path = "llm/openai" }`
+/// on a `[[provider]]`: the key lives in OpenBao KV v2, and the gateway reads it with a token
+/// from OpenBao's JWT auth method, logging in with its own JWT-SVID.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBaoKeyConfig {
+    /// OpenBao's address, `http://host:port` or `https://…`.
+    pub address: String,
+    /// For https: the CA (PEM) to trust; otherwise the Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Where the JWT auth method is mounted [default: jwt].
+    #[serde(default = "default_auth_mount")]
+    pub auth_mount: String,
+    /// The JWT auth role to log in as.
+    pub role: String,
+    /// Where the KV v2 engine is mounted [default: secret].
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// The secret's path inside the mount, e.g. `llm/openai`.
+    pub path: String,
+    /// The field holding the key [default: api_key].
+    #[serde(default = "default_field")]
+    pub field: String,
+    /// The JWT-SVID's audience, which the role's `bound_audiences` must name [default: openbao].
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// The Workload API, `unix:///path` [default: $SPIFFE_ENDPOINT_SOCKET].
+    #[serde(default)]
+    pub workload_api: Option<String>,
+}
+
+fn default_auth_mount() -> String {
+    "jwt".to_owned()
+}
+fn default_kv_mount() -> String {
+    "secret".to_owned()
+}
+fn default_field() -> String {
+    "api_key".to_owned()
+}
+fn default_audience() -> String {
+    "openbao".to_owned()
+}
+
+impl OpenBaoKeyConfig {
+    fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
+        for (key, v) in [
+            ("address", &self.address),
+            ("role", &self.role),
+            ("path", &self.path),
+            ("auth_mount", &self.auth_mount),
+            ("kv_mount", &self.kv_mount),
+            ("field", &self.field),
+            ("audience", &self.audience),
+        ] {
+            if v.trim().is_empty() {
+                return Err(format!("{key} is empty"));
+            }
+        }
+        if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
+            return Err(format!(
+                "address {:?} is not an http:// or https:// URL",
+                self.address
+            ));
+        }
+        let socket = match self.workload_api.clone() {
+            Some(s) => s,
+            None => env.var("SPIFFE_ENDPOINT_SOCKET").filter(|s| !s.is_empty()).ok_or_else(
+                || "no workload_api and $SPIFFE_ENDPOINT_SOCKET is not set; the JWT-SVID comes from the node's Workload API".to_owned(),
+            )?,
+        };
+        if !socket
+            .strip_prefix("unix://")
+            .or_else(|| socket.strip_prefix("unix:"))
+            .is_some_and(|p| p.starts_with('/'))
+        {
+            return Err(format!("workload_api {socket:?} is not unix:///path"));
+        }
+        self.workload_api = Some(socket);
+        Ok(())
+    }
+
+    /// The Workload API socket's path (after loading, always set).
+    pub fn workload_socket(&self) -> PathBuf {
+        let s = self.workload_api.as_deref().unwrap_or_default();
+        PathBuf::from(
+            s.strip_prefix("unix://")
+                .or_else(|| s.strip_prefix("unix:"))
+                .unwrap_or(s),
+        )
+    }
 }
 
 /// Where `api_key_env` variables are read: the process environment, or a map in tests (so
@@ -768,6 +884,70 @@ card = "block"
         let debug = format!("{c:?}");
         assert!(!debug.contains("secret"), "{debug}");
         assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn api_key_openbao_takes_defaults_and_refuses_mixed_or_incomplete_settings() {
+        let env: HashMap<String, String> = [(
+            "SPIFFE_ENDPOINT_SOCKET".to_owned(),
+            "unix:///run/agentmesh/node.sock".to_owned(),
+        )]
+        .into();
+        let bao = "api_key_openbao = { address = \"http://127.0.0.1:8200\", role = \"gateway\", path = \"llm/openai\" }";
+        let c = GatewayConfig::parse_with_env(
+            &provider(&format!("kind = \"openai\"\n{bao}")),
+            Path::new("g.toml"),
+            &env,
+        )
+        .unwrap();
+        let o = c.providers[0].api_key_openbao.as_ref().unwrap();
+        assert_eq!(
+            (
+                o.auth_mount.as_str(),
+                o.kv_mount.as_str(),
+                o.field.as_str(),
+                o.audience.as_str()
+            ),
+            ("jwt", "secret", "api_key", "openbao")
+        );
+        assert_eq!(
+            o.workload_socket(),
+            PathBuf::from("/run/agentmesh/node.sock")
+        );
+        assert!(c.providers[0].resolved_api_key.is_none(), "no key at load");
+
+        for (body, env, want) in [
+            (
+                format!("kind = \"openai\"\napi_key = \"k\"\n{bao}"),
+                env.clone(),
+                "set one of api_key, api_key_env and api_key_openbao",
+            ),
+            (
+                format!("kind = \"openai\"\n{bao}"),
+                HashMap::new(),
+                "$SPIFFE_ENDPOINT_SOCKET is not set",
+            ),
+            (
+                "kind = \"openai\"\napi_key_openbao = { address = \"127.0.0.1:8200\", role = \"r\", path = \"p\" }".to_owned(),
+                env.clone(),
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "kind = \"openai\"\napi_key_openbao = { address = \"http://h:1\", path = \"p\" }".to_owned(),
+                env.clone(),
+                "missing field `role`",
+            ),
+            (
+                "kind = \"openai\"\napi_key_openbao = { address = \"http://h:1\", role = \"r\", path = \"p\", secret = \"x\" }".to_owned(),
+                env.clone(),
+                "unknown field `secret`",
+            ),
+        ] {
+            let e = GatewayConfig::parse_with_env(&provider(&body), Path::new("g.toml"), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
     }
 
     #[test]

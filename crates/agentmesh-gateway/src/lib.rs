@@ -19,6 +19,7 @@ pub mod delegation;
 pub mod dlp;
 pub mod policy;
 pub mod provider;
+pub mod secret_key;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ pub enum GatewayError {
     /// `[delegation]` cannot be set up.
     #[error(transparent)]
     Delegation(#[from] delegation::DelegationError),
+    /// A provider's `api_key_openbao` cannot be used (its address or CA file).
+    #[error("provider {0:?}: api_key_openbao: {1}")]
+    ProviderKey(String, String),
 }
 
 /// The header the gateway's proxy sets with the verified caller.
@@ -213,6 +217,25 @@ fn call_span(headers: &HeaderMap, name: &'static str, route: &'static str) -> Sp
     span
 }
 
+/// Says where a provider's key came from (never the key), so an operator can see that a key
+/// still sits in a config file or the environment.
+fn log_key_source(p: &config::ProviderConfig) {
+    if p.kind == config::ProviderKind::Offline {
+        return;
+    }
+    let source = match (&p.api_key, &p.api_key_env, &p.resolved_api_key) {
+        (Some(k), _, _) if k.is_empty() => "none (api_key = \"\")".to_owned(),
+        (Some(_), _, _) => "the config file (api_key)".to_owned(),
+        (None, Some(var), _) => format!("the environment variable {var} (api_key_env)"),
+        (None, None, Some(_)) => match p.kind.default_key_env() {
+            Some(var) => format!("the environment variable {var}"),
+            None => "the environment".to_owned(),
+        },
+        (None, None, None) => "none".to_owned(),
+    };
+    tracing::info!(provider = %p.name, key_source = %source, "provider key comes from {source}; api_key_openbao keeps it out of files and the environment");
+}
+
 /// The gateway's shared state.
 #[derive(Debug)]
 pub struct Gateway {
@@ -242,10 +265,22 @@ impl Gateway {
             .providers
             .iter()
             .map(|p| {
-                let up = Upstream::new(Provider::new(p, &tls), Policy::from_config(p));
-                (p.name.clone(), up)
+                let provider = match &p.api_key_openbao {
+                    Some(bao) => {
+                        let cell = secret_key::spawn(&p.name, bao).map_err(|e| {
+                            GatewayError::ProviderKey(p.name.clone(), e.to_string())
+                        })?;
+                        Provider::with_openbao_key(p, &tls, cell)
+                    }
+                    None => {
+                        log_key_source(p);
+                        Provider::new(p, &tls)
+                    }
+                };
+                let up = Upstream::new(provider, Policy::from_config(p));
+                Ok((p.name.clone(), up))
             })
-            .collect();
+            .collect::<Result<_, GatewayError>>()?;
         let policies = Policies::new(cfg.callers.clone());
         Ok(Self {
             cfg,

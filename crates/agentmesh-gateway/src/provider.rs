@@ -98,6 +98,14 @@ pub enum ProviderError {
         /// Its reason.
         reason: String,
     },
+    /// The provider's key is not available (OpenBao refused, or has not answered yet).
+    #[error("provider {provider:?} has no API key: {reason}")]
+    KeyUnavailable {
+        /// The provider.
+        provider: String,
+        /// Why, from the last refresh.
+        reason: String,
+    },
     /// The provider was not tried: its circuit is open after repeated failures.
     #[error(
         "provider {provider:?} skipped: circuit open after {failures} consecutive failures; {}",
@@ -130,6 +138,7 @@ impl ProviderError {
             ProviderError::Status { status, .. } => *status >= 500,
             ProviderError::Malformed { .. }
             | ProviderError::Refused { .. }
+            | ProviderError::KeyUnavailable { .. }
             | ProviderError::CircuitOpen { .. } => false,
         }
     }
@@ -143,7 +152,9 @@ impl ProviderError {
             | ProviderError::Connection { .. }
             | ProviderError::Malformed { .. } => true,
             ProviderError::Status { status, .. } => *status >= 500,
-            ProviderError::Refused { .. } | ProviderError::CircuitOpen { .. } => false,
+            ProviderError::Refused { .. }
+            | ProviderError::KeyUnavailable { .. }
+            | ProviderError::CircuitOpen { .. } => false,
         }
     }
 }
@@ -169,9 +180,27 @@ struct HttpBackend {
     kind: ProviderKind,
     /// The url with any trailing `/` removed.
     base: String,
-    key: Option<ApiKey>,
+    key: KeySource,
     timeout: Duration,
     client: HttpClient,
+}
+
+/// Where a provider's key comes from at request time.
+#[derive(Debug)]
+enum KeySource {
+    /// Loaded with the config (`api_key` or `api_key_env`), or none.
+    Fixed(Option<ApiKey>),
+    /// Read from OpenBao by a refresher (see [`crate::secret_key`]).
+    OpenBao(std::sync::Arc<crate::secret_key::KeyCell>),
+}
+
+impl KeySource {
+    fn current(&self) -> Result<Option<ApiKey>, String> {
+        match self {
+            KeySource::Fixed(k) => Ok(k.clone()),
+            KeySource::OpenBao(cell) => cell.current().map(Some),
+        }
+    }
 }
 
 /// How much of a provider's own error message goes into ours: enough to read, not a page.
@@ -187,12 +216,29 @@ pub fn estimate_tokens(text: &str) -> u64 {
 impl Provider {
     /// Builds the provider described by `cfg` (already validated), sharing `tls`.
     pub fn new(cfg: &ProviderConfig, tls: &rustls::ClientConfig) -> Self {
+        Self::with_key(
+            cfg,
+            tls,
+            KeySource::Fixed(cfg.resolved_api_key.clone().filter(|k| !k.is_empty())),
+        )
+    }
+
+    /// Builds a provider whose key a refresher reads from OpenBao into `cell`.
+    pub fn with_openbao_key(
+        cfg: &ProviderConfig,
+        tls: &rustls::ClientConfig,
+        cell: std::sync::Arc<crate::secret_key::KeyCell>,
+    ) -> Self {
+        Self::with_key(cfg, tls, KeySource::OpenBao(cell))
+    }
+
+    fn with_key(cfg: &ProviderConfig, tls: &rustls::ClientConfig, key: KeySource) -> Self {
         let backend = match (cfg.kind, cfg.effective_url()) {
             (ProviderKind::Offline, _) | (_, None) => Backend::Offline,
             (kind, Some(url)) => Backend::Http(Box::new(HttpBackend {
                 kind,
                 base: url.trim_end_matches('/').to_owned(),
-                key: cfg.resolved_api_key.clone().filter(|k| !k.is_empty()),
+                key,
                 timeout: cfg.timeout.unwrap_or(crate::config::DEFAULT_TIMEOUT),
                 client: HttpClient::new(
                     tls.clone(),
@@ -224,6 +270,12 @@ impl Provider {
             timeout,
             client,
         } = &**http;
+        let key = &key
+            .current()
+            .map_err(|reason| ProviderError::KeyUnavailable {
+                provider: self.name.clone(),
+                reason,
+            })?;
         type Parse = fn(&[u8]) -> Result<ChatResponse, Unexpected>;
         let (url, body, parse): (String, serde_json::Value, Parse) = match kind {
             ProviderKind::Ollama => (ollama::endpoint(base), ollama::body(req), ollama::parse),
@@ -318,8 +370,8 @@ impl Provider {
     /// message may quote the key it refused).
     fn scrub(&self, text: &str) -> String {
         match &self.backend {
-            Backend::Http(http) => match &http.key {
-                Some(k) if !k.is_empty() => text.replace(k.expose(), "[REDACTED:api_key]"),
+            Backend::Http(http) => match http.key.current() {
+                Ok(Some(k)) if !k.is_empty() => text.replace(k.expose(), "[REDACTED:api_key]"),
                 _ => text.to_owned(),
             },
             Backend::Offline => text.to_owned(),

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The node's admin socket (launchers register children here).
     pub admin_socket: PathBuf,
+    /// The trust domain, when the bundle's roots do not name it (an upstream CA's root, such
+    /// as OpenBao's, has no SPIFFE ID); otherwise taken from the first root that has one.
+    pub trust_domain: Option<agentmesh_spiffe::TrustDomain>,
 }
 
 /// Why a node could not start.
@@ -118,10 +121,19 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
             }
         }
     }
-    let td = agentmesh_ca::cert_spiffe_id(&roots[0])
-        .map_err(|e| NodeError::TrustBundle(cfg.trust_bundle.clone(), e.to_string()))?
-        .trust_domain()
-        .clone();
+    let td = match &cfg.trust_domain {
+        Some(td) => td.clone(),
+        None => roots
+            .iter()
+            .find_map(|r| agentmesh_ca::cert_spiffe_id(r).ok())
+            .map(|id| id.trust_domain().clone())
+            .ok_or_else(|| {
+                NodeError::TrustBundle(
+                    cfg.trust_bundle.clone(),
+                    "no root carries a SPIFFE ID (an upstream CA's root, such as OpenBao's, does not); pass --trust-domain".to_owned(),
+                )
+            })?,
+    };
     let server_id = SpiffeId::from_path(&td, "/agentmesh/server")
         .unwrap_or_else(|_| unreachable!("a constant, valid path"));
 

@@ -50,6 +50,8 @@ impl Server {
             admin_socket: dir.join("admin.sock"),
             ca: CaLifetimes::default(),
             issuance: IssuanceSettings::default(),
+            upstream: None,
+            oidc_discovery: None,
         })
         .await
         .unwrap();
@@ -108,6 +110,7 @@ fn node_config(dir: &Path, server: &Server, token: Option<String>) -> NodeConfig
         trust_bundle: server.bundle_file(),
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
+        trust_domain: None,
     }
 }
 

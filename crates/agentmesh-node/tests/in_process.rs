@@ -34,6 +34,8 @@ async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer
         admin_socket: dir.join("admin.sock"),
         ca: CaLifetimes::default(),
         issuance: IssuanceSettings::default(),
+        upstream: None,
+        oidc_discovery: None,
     })
     .await
     .unwrap()
@@ -51,6 +53,7 @@ async fn start_node(
         trust_bundle: dir.join("bundle.pem"),
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
+        trust_domain: None,
     })
     .await
     .unwrap()

@@ -39,6 +39,11 @@ pub enum CaManagerError {
         "ca key file {0} is missing; restore it from backup or move the data dir aside to start a new CA"
     )]
     MissingKey(PathBuf),
+    /// In upstream mode there is no intermediate from the upstream authority to sign with.
+    #[error(
+        "no valid intermediate from the upstream authority in the datastore; the server must reach OpenBao to get one"
+    )]
+    NoUpstreamIntermediate,
 }
 
 /// Lifetimes of the CA's keys.
@@ -81,8 +86,25 @@ pub struct CaManager {
     keys_dir: PathBuf,
     datastore: Arc<Datastore>,
     lifetimes: CaLifetimes,
+    /// Whether an upstream authority (OpenBao) signs the intermediate: then there is no local
+    /// root, and intermediates come only through [`CaManager::store_upstream`].
+    upstream: bool,
     state: RwLock<Arc<CaState>>,
     bundle_changed: watch::Sender<u64>,
+}
+
+/// The datastore kind of a root that belongs to the upstream authority (certificate only).
+const UPSTREAM_ROOT: &str = "upstream_root";
+
+fn create_keys_dir(keys_dir: &std::path::Path) -> Result<(), CaManagerError> {
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(keys_dir)
+        .map_err(|source| agentmesh_ca::KeyError::Io {
+            op: "creating",
+            path: keys_dir.to_owned(),
+            source,
+        })?;
+    Ok(())
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -108,16 +130,153 @@ impl CaManager {
         lifetimes: CaLifetimes,
         now: SystemTime,
     ) -> Result<Self, CaManagerError> {
-        let state = Self::build_state(&trust_domain, &keys_dir, &datastore, lifetimes, now)?;
+        Self::load(trust_domain, keys_dir, datastore, lifetimes, false, now)
+    }
+
+    /// Loads a CA whose intermediate an upstream authority signs. The datastore must already
+    /// hold a valid upstream intermediate ([`CaManager::store_upstream`]); no root is created.
+    ///
+    /// # Errors
+    /// [`CaManagerError::NoUpstreamIntermediate`], or as [`CaManager::load_or_init`].
+    pub fn load_upstream(
+        trust_domain: TrustDomain,
+        keys_dir: PathBuf,
+        datastore: Arc<Datastore>,
+        lifetimes: CaLifetimes,
+        now: SystemTime,
+    ) -> Result<Self, CaManagerError> {
+        Self::load(trust_domain, keys_dir, datastore, lifetimes, true, now)
+    }
+
+    fn load(
+        trust_domain: TrustDomain,
+        keys_dir: PathBuf,
+        datastore: Arc<Datastore>,
+        lifetimes: CaLifetimes,
+        upstream: bool,
+        now: SystemTime,
+    ) -> Result<Self, CaManagerError> {
+        let state = Self::build_state(
+            &trust_domain,
+            &keys_dir,
+            &datastore,
+            lifetimes,
+            upstream,
+            now,
+        )?;
         let (bundle_changed, _) = watch::channel(state.sequence);
         Ok(Self {
             trust_domain,
             keys_dir,
             datastore,
             lifetimes,
+            upstream,
             state: RwLock::new(Arc::new(state)),
             bundle_changed,
         })
+    }
+
+    /// The newest valid upstream intermediate's row, if any.
+    fn upstream_intermediate(ds: &Datastore, now: i64) -> Result<Option<CaRow>, CaManagerError> {
+        let roots: Vec<String> = ds
+            .list_ca(UPSTREAM_ROOT)?
+            .into_iter()
+            .filter(|r| r.not_after > now)
+            .map(|r| r.id)
+            .collect();
+        Ok(ds
+            .list_ca("intermediate")?
+            .into_iter()
+            .rfind(|i| i.not_after > now && roots.contains(&i.parent)))
+    }
+
+    /// Whether the datastore needs a new upstream intermediate now (none, or the newest is
+    /// past half of its life), and how long the newest one still has.
+    ///
+    /// # Errors
+    /// Datastore failures.
+    pub fn upstream_due(
+        ds: &Datastore,
+        now_t: SystemTime,
+    ) -> Result<(bool, Option<Duration>), CaManagerError> {
+        let now = unix(now_t);
+        Ok(match Self::upstream_intermediate(ds, now)? {
+            None => (true, None),
+            Some(row) => (
+                past_fraction(&row, 1, 2, now),
+                Some(Duration::from_secs((row.not_after - now).max(0) as u64)),
+            ),
+        })
+    }
+
+    /// The datastore this CA keeps its rows in.
+    pub fn datastore(&self) -> &Arc<Datastore> {
+        &self.datastore
+    }
+
+    /// Whether an upstream authority signs the intermediate.
+    pub fn is_upstream(&self) -> bool {
+        self.upstream
+    }
+
+    /// Stores an intermediate the upstream authority signed: its root(s) as bundle rows (no
+    /// key: the root key never exists here), the key file (0600), then the intermediate's row.
+    /// The key file is written before the row that names it, as everywhere in this module.
+    ///
+    /// # Errors
+    /// Key file or datastore failures.
+    pub fn store_upstream(
+        ds: &Datastore,
+        keys_dir: &std::path::Path,
+        signed: &crate::upstream::SignedIntermediate,
+    ) -> Result<(), CaManagerError> {
+        create_keys_dir(keys_dir)?;
+        let known: Vec<Vec<u8>> = ds
+            .list_ca(UPSTREAM_ROOT)?
+            .into_iter()
+            .map(|r| r.cert_der)
+            .collect();
+        let mut parent = String::new();
+        for root in &signed.roots {
+            let serial = agentmesh_ca::cert_serial_hex(root)?;
+            if parent.is_empty() {
+                parent = serial.clone();
+            }
+            if known.contains(root) {
+                continue;
+            }
+            let (not_before, not_after) = agentmesh_ca::cert_validity(root)?;
+            ds.add_ca(&CaRow {
+                kind: UPSTREAM_ROOT.into(),
+                id: serial.clone(),
+                cert_der: root.clone(),
+                key_file: String::new(),
+                parent: String::new(),
+                not_before: unix(not_before),
+                not_after: unix(not_after),
+            })?;
+            tracing::info!(serial = %serial, "the upstream authority's root joined the trust bundle");
+        }
+        let serial = agentmesh_ca::cert_serial_hex(&signed.cert_der)?;
+        let (_, not_after) = agentmesh_ca::cert_validity(&signed.cert_der)?;
+        let row = CaRow {
+            kind: "intermediate".into(),
+            id: serial.clone(),
+            // The upstream's own intermediates ride along after ours, so every minted chain
+            // reaches the bundle root.
+            cert_der: [vec![signed.cert_der.clone()], signed.chain_tail.clone()]
+                .concat()
+                .concat(),
+            key_file: format!("intermediate-{serial}.key"),
+            parent,
+            // OpenBao backdates notBefore; the rotation clock starts when we got it.
+            not_before: unix(signed.signed_at),
+            not_after: unix(not_after),
+        };
+        agentmesh_ca::write_secret_file(&keys_dir.join(&row.key_file), &signed.key.pkcs8_der())?;
+        ds.add_ca(&row)?;
+        tracing::info!(serial = %serial, root = %row.parent, "activated a new intermediate CA signed by the upstream authority");
+        Ok(())
     }
 
     /// The current signing state.
@@ -147,6 +306,7 @@ impl CaManager {
             &self.keys_dir,
             &self.datastore,
             self.lifetimes,
+            self.upstream,
             now,
         )?;
         let changed = state.authority.cert_der() != before.authority.cert_der()
@@ -165,19 +325,43 @@ impl CaManager {
 
     fn build_state(
         td: &TrustDomain,
-        keys_dir: &PathBuf,
+        keys_dir: &std::path::Path,
         ds: &Datastore,
         lifetimes: CaLifetimes,
+        upstream: bool,
         now_t: SystemTime,
     ) -> Result<CaState, CaManagerError> {
         let now = unix(now_t);
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(keys_dir)
-            .map_err(|source| agentmesh_ca::KeyError::Io {
-                op: "creating",
-                path: keys_dir.clone(),
-                source,
-            })?;
+        create_keys_dir(keys_dir)?;
+        let valid = |rows: Vec<CaRow>| -> Vec<CaRow> {
+            rows.into_iter().filter(|r| r.not_after > now).collect()
+        };
+        let (roots, authority) = if upstream {
+            // The upstream's roots are the bundle; signing keys for them do not exist here.
+            let roots = valid(ds.list_ca(UPSTREAM_ROOT)?);
+            let row = Self::upstream_intermediate(ds, now)?
+                .ok_or(CaManagerError::NoUpstreamIntermediate)?;
+            let mut certs = agentmesh_ca::split_der_certs(&row.cert_der)?;
+            let tail = certs.split_off(1.min(certs.len()));
+            let cert = certs.pop().ok_or(CaManagerError::NoUpstreamIntermediate)?;
+            let authority =
+                Authority::new(td, cert, Self::load_key(keys_dir, &row)?)?.with_chain_tail(tail);
+            (roots, authority)
+        } else {
+            Self::build_local(td, keys_dir, ds, lifetimes, now_t)?
+        };
+        Self::finish_state(keys_dir, ds, lifetimes, now_t, roots, authority)
+    }
+
+    /// The self-signed root and the intermediate it signs, rotated as the module says.
+    fn build_local(
+        td: &TrustDomain,
+        keys_dir: &std::path::Path,
+        ds: &Datastore,
+        lifetimes: CaLifetimes,
+        now_t: SystemTime,
+    ) -> Result<(Vec<CaRow>, Authority), CaManagerError> {
+        let now = unix(now_t);
 
         // --- roots: prepare the next one at 2/3 of the newest root's life -------------------
         let valid = |rows: Vec<CaRow>| -> Vec<CaRow> {
@@ -197,7 +381,7 @@ impl CaManager {
             .iter()
             .find(|r| !past_fraction(r, 5, 6, now))
             .or(roots.last())
-            .ok_or_else(|| CaManagerError::MissingKey(keys_dir.clone()))?
+            .ok_or_else(|| CaManagerError::MissingKey(keys_dir.to_owned()))?
             .clone();
 
         // --- intermediate: rotate at half its life, or when the active root changed --------
@@ -236,6 +420,22 @@ impl CaManager {
             intermediate.cert_der.clone(),
             Self::load_key(keys_dir, &intermediate)?,
         )?;
+        Ok((roots, authority))
+    }
+
+    /// The JWT keys (same rhythm in both modes) and the bundle sequence.
+    fn finish_state(
+        keys_dir: &std::path::Path,
+        ds: &Datastore,
+        lifetimes: CaLifetimes,
+        now_t: SystemTime,
+        roots: Vec<CaRow>,
+        authority: Authority,
+    ) -> Result<CaState, CaManagerError> {
+        let now = unix(now_t);
+        let valid = |rows: Vec<CaRow>| -> Vec<CaRow> {
+            rows.into_iter().filter(|r| r.not_after > now).collect()
+        };
 
         // --- JWT keys: same rhythm as the intermediate; published until they expire -------
         let mut jwt_rows = valid(ds.list_ca("jwt")?);
@@ -263,11 +463,13 @@ impl CaManager {
             jwks.keys.push(key.public_jwk());
             jwt_key = Some(key);
         }
-        let jwt_key = jwt_key.ok_or_else(|| CaManagerError::MissingKey(keys_dir.clone()))?;
+        let jwt_key = jwt_key.ok_or_else(|| CaManagerError::MissingKey(keys_dir.to_owned()))?;
 
         // Rows are never deleted, so this count only grows, and it grows exactly when a root
         // or a JWT key is added: a bundle sequence number for free.
-        let sequence = (ds.list_ca("root")?.len() + ds.list_ca("jwt")?.len()) as u64;
+        let sequence = (ds.list_ca("root")?.len()
+            + ds.list_ca(UPSTREAM_ROOT)?.len()
+            + ds.list_ca("jwt")?.len()) as u64;
         Ok(CaState {
             authority,
             roots: roots.into_iter().map(|r| r.cert_der).collect(),
@@ -419,6 +621,94 @@ mod tests {
         let at = t0 + Duration::from_secs(601);
         ca.rotate_if_due(at).unwrap();
         assert_eq!(ca.current().roots.len(), 1);
+    }
+
+    /// A stand-in for what OpenBao returns: an intermediate for our key, signed by a root whose
+    /// key only the caller holds (and drops).
+    fn upstream_signed(
+        td: &TrustDomain,
+        root: &[u8],
+        root_key: &PrivateKey,
+        ttl: Duration,
+        at: SystemTime,
+    ) -> crate::upstream::SignedIntermediate {
+        let key = PrivateKey::generate().unwrap();
+        let cert = agentmesh_ca::new_intermediate(td, &key, ttl, at, root, root_key).unwrap();
+        crate::upstream::SignedIntermediate {
+            key,
+            cert_der: cert,
+            chain_tail: Vec::new(),
+            roots: vec![root.to_vec()],
+            signed_at: at,
+        }
+    }
+
+    #[test]
+    fn an_upstream_intermediate_signs_rotates_at_half_life_and_no_root_key_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let t0 = SystemTime::now();
+        let root_key = PrivateKey::generate().unwrap();
+        let root = agentmesh_ca::new_root(&td, &root_key, Duration::from_secs(3600), t0).unwrap();
+        let ds = Arc::new(Datastore::open(&dir.path().join("db")).unwrap());
+        let keys = dir.path().join("keys");
+        let lifetimes = CaLifetimes {
+            root: Duration::from_secs(7200),
+            intermediate: Duration::from_secs(100),
+        };
+        // Nothing stored yet: the CA cannot load, and signing is due.
+        assert!(matches!(
+            CaManager::load_upstream(td.clone(), keys.clone(), ds.clone(), lifetimes, t0),
+            Err(CaManagerError::NoUpstreamIntermediate)
+        ));
+        assert_eq!(CaManager::upstream_due(&ds, t0).unwrap(), (true, None));
+
+        let first = upstream_signed(&td, &root, &root_key, lifetimes.intermediate, t0);
+        CaManager::store_upstream(&ds, &keys, &first).unwrap();
+        let ca =
+            CaManager::load_upstream(td.clone(), keys.clone(), ds.clone(), lifetimes, t0).unwrap();
+        assert_eq!(
+            ca.current().roots,
+            vec![root.clone()],
+            "the bundle is the upstream root"
+        );
+        assert!(chains_to(&ca, std::slice::from_ref(&root), t0));
+        let (due, left) = CaManager::upstream_due(&ds, t0 + Duration::from_secs(10)).unwrap();
+        assert!(!due);
+        assert_eq!(left, Some(Duration::from_secs(90)));
+        assert!(
+            CaManager::upstream_due(&ds, t0 + Duration::from_secs(51))
+                .unwrap()
+                .0
+        );
+
+        // The next intermediate, same root: the bundle stays, signing moves to it.
+        let at = t0 + Duration::from_secs(51);
+        let second = upstream_signed(&td, &root, &root_key, lifetimes.intermediate, at);
+        CaManager::store_upstream(&ds, &keys, &second).unwrap();
+        assert!(ca.rotate_if_due(at).unwrap());
+        assert_eq!(
+            ca.current().authority.cert_der(),
+            second.cert_der.as_slice()
+        );
+        assert_eq!(ca.current().roots, vec![root.clone()]);
+        assert!(!CaManager::upstream_due(&ds, at).unwrap().0);
+
+        // Only intermediate and JWT keys are on disk, none of them the root's.
+        let root_pub = root_key.public_key_der();
+        for f in std::fs::read_dir(&keys).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().into_owned();
+            assert!(
+                name.starts_with("intermediate-") || name.starts_with("jwt-"),
+                "{name}"
+            );
+            if name.starts_with("intermediate-") {
+                let k = agentmesh_ca::read_secret_file(&f.path()).unwrap();
+                let k = PrivateKey::from_pkcs8_der(&k).unwrap();
+                assert_ne!(k.public_key_der(), root_pub);
+            }
+        }
     }
 
     #[test]

@@ -6,10 +6,12 @@ pub mod admin_api;
 pub mod ca;
 pub mod datastore;
 pub mod node_api;
+pub mod oidc_discovery;
 pub mod registration;
 pub mod server;
 pub mod state;
 pub mod tls_incoming;
+pub mod upstream;
 
 pub use ca::CaLifetimes;
 pub use server::{RunningServer, ServerConfig, ServerError, start};

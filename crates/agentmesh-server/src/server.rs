@@ -16,9 +16,11 @@ use crate::admin_api::AdminService;
 use crate::ca::{CaLifetimes, CaManager, CaManagerError};
 use crate::datastore::{Datastore, DatastoreError};
 use crate::node_api::NodeApiService;
+use crate::oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
 use crate::registration::EntryLimits;
 use crate::state::{IssuanceSettings, SERVER_PATH, ServerState};
 use crate::tls_incoming::{self, SharedTlsConfig};
+use crate::upstream::{OpenBaoUpstreamConfig, UpstreamAuthority, UpstreamError};
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct ServerConfig {
     pub ca: CaLifetimes,
     /// SVID and token lifetimes.
     pub issuance: IssuanceSettings,
+    /// `[upstream_authority.openbao]`: OpenBao signs the intermediate and holds the root.
+    pub upstream: Option<OpenBaoUpstreamConfig>,
+    /// `[oidc_discovery]`: the JWKS and discovery document for JWT-SVID verifiers.
+    pub oidc_discovery: Option<OidcDiscoveryConfig>,
 }
 
 /// Why a server could not start.
@@ -74,6 +80,12 @@ pub enum ServerError {
     /// The admin socket could not be bound.
     #[error(transparent)]
     AdminSocket(#[from] agentmesh_proto::unix::UnixSocketError),
+    /// The upstream authority is misconfigured, unreachable or refused.
+    #[error("upstream authority OpenBao: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// The OIDC discovery listener could not start.
+    #[error(transparent)]
+    OidcDiscovery(#[from] OidcDiscoveryError),
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -83,6 +95,8 @@ pub struct RunningServer {
     pub listen_addr: SocketAddr,
     /// The admin socket.
     pub admin_socket: PathBuf,
+    /// Where OIDC discovery listens, when configured.
+    pub oidc_discovery_addr: Option<SocketAddr>,
     /// Shared state, for in-process tests.
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
@@ -110,16 +124,61 @@ const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 /// # Errors
 /// Any [`ServerError`]; nothing keeps running after an error.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    let upstream = cfg
+        .upstream
+        .clone()
+        .map(UpstreamAuthority::new)
+        .transpose()?;
+    let db_path = cfg.data_dir.join("server.db");
+    let keys_dir = cfg.data_dir.join("keys");
+    // A new data dir with an upstream: have OpenBao sign first, so a bad address, role or
+    // mount leaves nothing behind.
+    let mut signed = None;
+    if let Some(up) = &upstream
+        && !db_path.exists()
+    {
+        signed = Some(up.sign(&cfg.trust_domain, cfg.ca.intermediate).await?);
+    }
     create_private_dir(&cfg.data_dir)?;
-    let datastore = Arc::new(Datastore::open(&cfg.data_dir.join("server.db"))?);
+    let datastore = Arc::new(Datastore::open(&db_path)?);
     let now = SystemTime::now();
-    let ca = CaManager::load_or_init(
-        cfg.trust_domain.clone(),
-        cfg.data_dir.join("keys"),
-        datastore.clone(),
-        cfg.ca,
-        now,
-    )?;
+    let ca = match &upstream {
+        None => CaManager::load_or_init(
+            cfg.trust_domain.clone(),
+            keys_dir.clone(),
+            datastore.clone(),
+            cfg.ca,
+            now,
+        )?,
+        Some(up) => {
+            // A restart reuses a stored intermediate that still has more than half its life,
+            // so the server can start while OpenBao is down.
+            let (due, left) = CaManager::upstream_due(&datastore, now)?;
+            if signed.is_none() && due {
+                match up.sign(&cfg.trust_domain, cfg.ca.intermediate).await {
+                    Ok(s) => signed = Some(s),
+                    // A stored intermediate that is past half its life still signs; the
+                    // rotation loop keeps trying OpenBao.
+                    Err(e) if e.is_unreachable() && left.is_some() => {
+                        let left = humantime::format_duration(left.unwrap_or_default());
+                        tracing::warn!(error = %e, intermediate_remaining = %left, "OpenBao did not sign a new intermediate; still issuing from the current one, which expires in {left}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(s) = &signed {
+                CaManager::store_upstream(&datastore, &keys_dir, s)?;
+            }
+            tracing::info!(address = %up.address(), pki_mount = %up.pki_mount(), "the intermediate CA is signed by OpenBao; its root key never leaves OpenBao");
+            CaManager::load_upstream(
+                cfg.trust_domain.clone(),
+                keys_dir.clone(),
+                datastore.clone(),
+                cfg.ca,
+                now,
+            )?
+        }
+    };
     let first_root = ca.current().roots.first().cloned().unwrap_or_default();
     if let Ok(root_id) = agentmesh_ca::cert_spiffe_id(&first_root)
         && root_id.trust_domain() != &cfg.trust_domain
@@ -197,6 +256,23 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     }));
 
+    let mut oidc_discovery_addr = None;
+    if let Some(oidc) = &cfg.oidc_discovery {
+        let (addr, task) =
+            crate::oidc_discovery::start(oidc, state.clone(), stop_rx.clone()).await?;
+        oidc_discovery_addr = Some(addr);
+        tasks.push(task);
+    }
+    if let Some(up) = upstream {
+        tasks.push(tokio::spawn(upstream_loop(
+            up,
+            state.clone(),
+            keys_dir,
+            cfg.ca.intermediate,
+            stop_rx.clone(),
+        )));
+    }
+
     // Rotation: the CA's keys, the bundle the TLS listener trusts, and our own certificate.
     let loop_state = state.clone();
     let mut rx = stop_rx;
@@ -238,10 +314,64 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     Ok(RunningServer {
         listen_addr,
         admin_socket: cfg.admin_socket,
+        oidc_discovery_addr,
         state,
         stop,
         tasks,
     })
+}
+
+/// First retry after a failed upstream signing; doubles up to [`UPSTREAM_BACKOFF_MAX`].
+const UPSTREAM_BACKOFF: Duration = Duration::from_secs(1);
+const UPSTREAM_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Has OpenBao sign the next intermediate once the current one is past half its life. While
+/// OpenBao is unreachable or refuses, SVIDs keep coming from the current intermediate, and
+/// each failed try logs how long that intermediate still has; tries back off exponentially.
+async fn upstream_loop(
+    up: UpstreamAuthority,
+    state: Arc<ServerState>,
+    keys_dir: PathBuf,
+    ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = UPSTREAM_BACKOFF;
+    let mut wait = ROTATION_TICK;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = ROTATION_TICK;
+        let now = SystemTime::now();
+        let remaining = match CaManager::upstream_due(state.ca.datastore(), now) {
+            Ok((false, _)) => continue,
+            Ok((true, remaining)) => remaining.unwrap_or(Duration::ZERO),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the CA rows failed");
+                continue;
+            }
+        };
+        let result = match up.sign(state.trust_domain(), ttl).await {
+            Ok(signed) => CaManager::store_upstream(state.ca.datastore(), &keys_dir, &signed)
+                .and_then(|()| state.ca.rotate_if_due(SystemTime::now()))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(_) => backoff = UPSTREAM_BACKOFF,
+            Err(error) => {
+                let left = humantime::format_duration(Duration::from_secs(remaining.as_secs()));
+                if remaining.is_zero() {
+                    tracing::error!(%error, address = %up.address(), "OpenBao did not sign a new intermediate and the current one has expired; no SVIDs can be issued until it does");
+                } else {
+                    tracing::warn!(%error, address = %up.address(), intermediate_remaining = %left, "OpenBao did not sign a new intermediate; still issuing from the current one, which expires in {left}");
+                }
+                wait = backoff;
+                backoff = (backoff * 2).min(UPSTREAM_BACKOFF_MAX);
+            }
+        }
+    }
 }
 
 fn tls_config(

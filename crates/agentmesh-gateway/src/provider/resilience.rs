@@ -343,10 +343,12 @@ impl FailoverError {
     /// providers that were tried and failed (a 502).
     pub fn unavailable(&self) -> bool {
         !self.failures.is_empty()
-            && self
-                .failures
-                .iter()
-                .all(|f| matches!(f.error, ProviderError::CircuitOpen { .. }))
+            && self.failures.iter().all(|f| {
+                matches!(
+                    f.error,
+                    ProviderError::CircuitOpen { .. } | ProviderError::KeyUnavailable { .. }
+                )
+            })
     }
 
     /// Attempts sent, over all providers.
@@ -390,6 +392,7 @@ fn provider_of(e: &ProviderError) -> &str {
         | ProviderError::Status { provider, .. }
         | ProviderError::Malformed { provider, .. }
         | ProviderError::Refused { provider, .. }
+        | ProviderError::KeyUnavailable { provider, .. }
         | ProviderError::CircuitOpen { provider, .. } => provider,
     }
 }

@@ -42,6 +42,10 @@ pub struct NodeRunArgs {
     /// The node's admin socket, for launchers [default: <DATA_DIR>/admin.sock]
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
+    /// The trust domain, needed only when no bundle root carries a SPIFFE ID (an upstream
+    /// CA's root, such as OpenBao's) [default: from the bundle]
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: Option<String>,
 }
 
 impl NodeRunArgs {
@@ -71,6 +75,14 @@ impl NodeRunArgs {
                 .admin_socket
                 .clone()
                 .unwrap_or_else(|| default_admin_socket(&self.data_dir)),
+            trust_domain: self
+                .trust_domain
+                .as_deref()
+                .map(|td| {
+                    agentmesh_spiffe::TrustDomain::new(td)
+                        .map_err(|e| anyhow::anyhow!("invalid --trust-domain {td:?}: {e}"))
+                })
+                .transpose()?,
         })
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentmesh_server::oidc_discovery::OidcDiscoveryConfig;
+use agentmesh_server::upstream::{OpenBaoAuth, OpenBaoUpstreamConfig};
 use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
 use agentmesh_spiffe::TrustDomain;
 use anyhow::Context;
@@ -86,6 +88,126 @@ pub struct ServerFileConfig {
     pub intermediate_ttl: Option<String>,
     /// As `--join-token-ttl`.
     pub join_token_ttl: Option<String>,
+    /// `[upstream_authority.openbao]`: OpenBao signs the intermediate (file only; no flags).
+    pub upstream_authority: Option<UpstreamAuthorityFile>,
+    /// `[oidc_discovery]`: serve the JWKS and discovery document for JWT-SVID verifiers.
+    pub oidc_discovery: Option<OidcDiscoveryFile>,
+}
+
+/// `[oidc_discovery]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcDiscoveryFile {
+    /// Loopback IP:PORT (required).
+    pub listen: Option<String>,
+    /// The discovery document's issuer [default: http://<listen>].
+    pub issuer: Option<String>,
+}
+
+/// `[upstream_authority]`: which upstream signs the server's intermediate CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthorityFile {
+    /// OpenBao (or Vault) PKI.
+    pub openbao: Option<OpenBaoFile>,
+}
+
+/// `[upstream_authority.openbao]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBaoFile {
+    /// `http://127.0.0.1:8200` or `https://…` (required).
+    pub address: Option<String>,
+    /// For https: the CA file (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Where the PKI engine is mounted [default: pki].
+    pub pki_mount: Option<String>,
+    /// `token` or `approle` [default: token].
+    pub auth: Option<String>,
+    /// With `auth = "token"`: the file holding the token.
+    pub token_file: Option<PathBuf>,
+    /// With `auth = "approle"`: the role ID.
+    pub role_id: Option<String>,
+    /// With `auth = "approle"`: the file holding the secret ID.
+    pub secret_id_file: Option<PathBuf>,
+    /// With `auth = "approle"`: where AppRole is mounted [default: approle].
+    pub approle_mount: Option<String>,
+    /// The intermediate's lifetime (as `--intermediate-ttl`, which it replaces).
+    pub intermediate_ttl: Option<String>,
+}
+
+impl OpenBaoFile {
+    /// Checks the table and builds the server's upstream config; `file` is for messages.
+    fn resolve(&self, file: &str) -> anyhow::Result<OpenBaoUpstreamConfig> {
+        let key = |k: &str| format!("upstream_authority.openbao.{k} in {file}");
+        let address = self.address.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is missing (e.g. \"http://127.0.0.1:8200\")",
+                key("address")
+            )
+        })?;
+        let mount = |m: &Option<String>, k: &str, default: &str| -> anyhow::Result<String> {
+            let m = m.clone().unwrap_or_else(|| default.to_owned());
+            let m = m.trim_matches('/').to_owned();
+            if m.is_empty() || m.contains(char::is_whitespace) || m.contains("..") {
+                anyhow::bail!(
+                    "invalid {} {m:?}: give a mount path such as \"{default}\"",
+                    key(k)
+                );
+            }
+            Ok(m)
+        };
+        let pki_mount = mount(&self.pki_mount, "pki_mount", "pki")?;
+        let auth = match self.auth.as_deref().unwrap_or("token") {
+            "token" => {
+                for (k, set) in [
+                    ("role_id", self.role_id.is_some()),
+                    ("secret_id_file", self.secret_id_file.is_some()),
+                    ("approle_mount", self.approle_mount.is_some()),
+                ] {
+                    if set {
+                        anyhow::bail!("{} is only for auth = \"approle\"", key(k));
+                    }
+                }
+                OpenBaoAuth::Token {
+                    token_file: self.token_file.clone().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{} is missing (auth = \"token\" reads the token from it)",
+                            key("token_file")
+                        )
+                    })?,
+                }
+            }
+            "approle" => {
+                if self.token_file.is_some() {
+                    anyhow::bail!("{} is only for auth = \"token\"", key("token_file"));
+                }
+                OpenBaoAuth::AppRole {
+                    mount: mount(&self.approle_mount, "approle_mount", "approle")?,
+                    role_id: self
+                        .role_id
+                        .clone()
+                        .filter(|r| !r.trim().is_empty())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{} is missing (auth = \"approle\")", key("role_id"))
+                        })?,
+                    secret_id_file: self.secret_id_file.clone().ok_or_else(|| {
+                        anyhow::anyhow!("{} is missing (auth = \"approle\")", key("secret_id_file"))
+                    })?,
+                }
+            }
+            other => anyhow::bail!(
+                "invalid {} {other:?}: use \"token\" or \"approle\"",
+                key("auth")
+            ),
+        };
+        Ok(OpenBaoUpstreamConfig {
+            address,
+            ca_file: self.ca_file.clone(),
+            pki_mount,
+            auth,
+        })
+    }
 }
 
 impl ServerFileConfig {
@@ -167,6 +289,24 @@ pub fn resolve(
         let (v, from_flag) = pick(a, f, default);
         parse_duration(&source_name(flag, key, file_path, from_flag), &v)
     };
+    let file_name =
+        file_path.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    let openbao = file
+        .upstream_authority
+        .as_ref()
+        .and_then(|u| u.openbao.as_ref());
+    let upstream = openbao.map(|o| o.resolve(&file_name)).transpose()?;
+    let mut intermediate_ttl = file.intermediate_ttl.clone();
+    let mut intermediate_key = "intermediate_ttl";
+    if let Some(t) = openbao.and_then(|o| o.intermediate_ttl.clone()) {
+        if file.intermediate_ttl.is_some() || args.intermediate_ttl.is_some() {
+            anyhow::bail!(
+                "upstream_authority.openbao.intermediate_ttl in {file_name} and --intermediate-ttl (or intermediate_ttl) both set the intermediate's lifetime; keep one"
+            );
+        }
+        intermediate_ttl = Some(t);
+        intermediate_key = "upstream_authority.openbao.intermediate_ttl";
+    }
     let ca = CaLifetimes {
         root: dur(
             "--root-ttl",
@@ -177,9 +317,9 @@ pub fn resolve(
         )?,
         intermediate: dur(
             "--intermediate-ttl",
-            "intermediate_ttl",
+            intermediate_key,
             &args.intermediate_ttl,
-            &file.intermediate_ttl,
+            &intermediate_ttl,
             "24h",
         )?,
     };
@@ -213,7 +353,30 @@ pub fn resolve(
             "10m",
         )?,
     };
-    check_lifetimes(&ca, &issuance)?;
+    check_lifetimes(&ca, &issuance, upstream.is_some())?;
+    let oidc_discovery = match &file.oidc_discovery {
+        None => None,
+        Some(o) => {
+            let key = format!("oidc_discovery.listen in {file_name}");
+            let text = o
+                .listen
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("{key} is missing (e.g. \"127.0.0.1:8444\")"))?;
+            let listen: SocketAddr = text
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid {key} {text:?}: {e} (use IP:PORT)"))?;
+            if !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "invalid {key} {text:?}: OIDC discovery is plain HTTP and listens on loopback only"
+                );
+            }
+            Some(OidcDiscoveryConfig {
+                listen,
+                issuer: o.issuer.clone(),
+            })
+        }
+    };
     Ok(ServerConfig {
         data_dir,
         trust_domain,
@@ -221,6 +384,8 @@ pub fn resolve(
         admin_socket,
         ca,
         issuance,
+        upstream,
+        oidc_discovery,
     })
 }
 
@@ -235,9 +400,14 @@ fn pick(flag: &Option<String>, file: &Option<String>, default: &str) -> (String,
 
 /// Refuses lifetimes that cannot work together: an intermediate must outlive the SVIDs it
 /// signs by default, and the root must outlive the intermediate.
-fn check_lifetimes(ca: &CaLifetimes, issuance: &IssuanceSettings) -> anyhow::Result<()> {
+fn check_lifetimes(
+    ca: &CaLifetimes,
+    issuance: &IssuanceSettings,
+    upstream: bool,
+) -> anyhow::Result<()> {
     let h = |d: Duration| humantime::format_duration(d).to_string();
-    if ca.intermediate >= ca.root {
+    // With an upstream there is no local root; OpenBao caps the intermediate at its root.
+    if !upstream && ca.intermediate >= ca.root {
         anyhow::bail!(
             "--intermediate-ttl {} must be shorter than --root-ttl {}",
             h(ca.intermediate),
@@ -489,6 +659,79 @@ mod tests {
         assert!(
             err.starts_with("invalid --trust-domain \"Example.org\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_openbao_table_resolves_with_defaults_and_names_each_bad_key() {
+        let path = Path::new("/etc/agentmesh/server.toml");
+        let f = file(
+            "[upstream_authority.openbao]\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"/t\"\nintermediate_ttl = \"2h\"\n\
+             [oidc_discovery]\nlisten = \"127.0.0.1:8444\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(&ServerRunArgs::default(), &f, Some(path), None).unwrap();
+        let up = cfg.upstream.unwrap();
+        assert_eq!(up.pki_mount, "pki");
+        assert_eq!(
+            up.auth,
+            OpenBaoAuth::Token {
+                token_file: PathBuf::from("/t")
+            }
+        );
+        assert_eq!(cfg.ca.intermediate, Duration::from_secs(7200));
+        assert_eq!(
+            cfg.oidc_discovery.unwrap().listen.to_string(),
+            "127.0.0.1:8444"
+        );
+
+        for (table, want) in [
+            (
+                "token_file = \"/t\"",
+                "upstream_authority.openbao.address in /etc/agentmesh/server.toml is missing",
+            ),
+            (
+                "address = \"http://h:1\"",
+                "upstream_authority.openbao.token_file",
+            ),
+            (
+                "address = \"http://h:1\"\nauth = \"kerberos\"",
+                "upstream_authority.openbao.auth",
+            ),
+            (
+                "address = \"http://h:1\"\nauth = \"approle\"\nsecret_id_file = \"/s\"",
+                "upstream_authority.openbao.role_id",
+            ),
+            (
+                "address = \"http://h:1\"\nauth = \"approle\"\nrole_id = \"r\"\nsecret_id_file = \"/s\"\ntoken_file = \"/t\"",
+                "token_file",
+            ),
+            (
+                "address = \"http://h:1\"\ntoken_file = \"/t\"\npki_mount = \"a b\"",
+                "upstream_authority.openbao.pki_mount",
+            ),
+        ] {
+            let f = file(&format!("[upstream_authority.openbao]\n{table}\n")).unwrap();
+            let e = resolve(&ServerRunArgs::default(), &f, Some(path), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{table}: {e}");
+        }
+        let e = file("[upstream_authority.openbao]\naddres = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("addres") && e.contains("line 2"), "{e}");
+        let e = file("[upstream_authority.vault]\naddress = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vault"), "{e}");
+        let f = file("[oidc_discovery]\nlisten = \"0.0.0.0:8444\"\n").unwrap();
+        let e = resolve(&ServerRunArgs::default(), &f, Some(path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("oidc_discovery.listen") && e.contains("loopback"),
+            "{e}"
         );
     }
 

@@ -78,6 +78,10 @@ pub struct Mesh {
     pub node: Option<Proc>,
     /// Every join token handed out, so the secrets test can look for them.
     pub tokens: Vec<String>,
+    /// Extra `server run` arguments (such as `--config FILE`).
+    pub server_args: Vec<std::ffi::OsString>,
+    /// Extra `node run` arguments (such as `--trust-domain TD`).
+    pub node_args: Vec<std::ffi::OsString>,
 }
 
 pub fn wait_for_socket(path: &Path, what: &str, proc: &mut Proc, log: &Path) {
@@ -104,7 +108,11 @@ pub fn wait_for_socket(path: &Path, what: &str, proc: &mut Proc, log: &Path) {
 
 impl Mesh {
     pub fn start() -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), Vec::new())
+    }
+
+    /// A mesh in `tmp` whose server gets `server_args` too.
+    pub fn start_in(tmp: tempfile::TempDir, server_args: Vec<std::ffi::OsString>) -> Self {
         let dir = tmp.path().to_owned();
         let mut mesh = Self {
             _tmp: tmp,
@@ -113,6 +121,13 @@ impl Mesh {
             server: None,
             node: None,
             tokens: Vec::new(),
+            node_args: if server_args.is_empty() {
+                Vec::new()
+            } else {
+                // A server with an upstream CA publishes a root without a SPIFFE ID.
+                vec!["--trust-domain".into(), TD.into()]
+            },
+            server_args,
         };
         mesh.start_server();
         let token = mesh.token();
@@ -167,6 +182,7 @@ impl Mesh {
             .args(["server", "run", "--data-dir"])
             .arg(self.dir.join("server"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.server_args)
             .stdout(Stdio::null())
             .stderr(Self::log_file(&self.server_log()))
             .spawn()
@@ -197,6 +213,7 @@ impl Mesh {
         .arg(self.dir.join("node"))
         .arg("--admin-socket")
         .arg(self.node_admin_socket())
+        .args(&self.node_args)
         .stdout(Stdio::null())
         .stderr(Self::log_file(&self.node_log()));
         if let Some(t) = token {
