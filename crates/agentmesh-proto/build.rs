@@ -20,7 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto_dir.join(file).display());
     }
     // The files the Envoy protos import.
-    println!("cargo:rerun-if-changed={}", proto_dir.join("envoy").display());
-    println!("cargo:rerun-if-changed={}", proto_dir.join("google").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_dir.join("envoy").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_dir.join("google").display()
+    );
     Ok(())
 }
