@@ -36,11 +36,14 @@ use tokio::net::{TcpListener, TcpStream};
 /// machine. A hang guard, not a timing claim.
 const ROTATION_PATIENCE: Duration = Duration::from_secs(240);
 
+/// What reached an app: path and `x-forwarded-client-cert`.
+type Seen = Vec<(String, Option<String>)>;
+
 /// An app that answers every request with its path and the `x-forwarded-client-cert` it got.
 #[derive(Clone)]
 struct App {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl App {
@@ -78,7 +81,7 @@ impl App {
         app
     }
 
-    fn seen(&self) -> Vec<(String, Option<String>)> {
+    fn seen(&self) -> Seen {
         self.seen.lock().expect("lock").clone()
     }
 }
