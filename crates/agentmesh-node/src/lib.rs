@@ -36,7 +36,7 @@ pub struct NodeConfig {
     pub server: String,
     /// A one-time join token; not needed while a stored node SVID is valid.
     pub join_token: Option<String>,
-    /// Where to serve the Workload API.
+    /// Where to serve the Workload API and Envoy SDS.
     pub socket: PathBuf,
     /// PEM file with the roots to trust the server by, from `agentmesh bundle show`.
     pub trust_bundle: PathBuf,
