@@ -238,6 +238,11 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
                 "--disable-hot-restart",
                 "-l",
                 "warning",
+                // xDS (the SDS pair) needs a node id and cluster.
+                "--service-node",
+                name,
+                "--service-cluster",
+                name,
             ],
             &lay.path(&format!("{name}.log")),
         )?;
