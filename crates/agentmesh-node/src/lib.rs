@@ -1,5 +1,6 @@
 //! The node daemon: node attestation, workload attestation, SVID cache and rotation, and the
-//! SPIFFE Workload API, plus the policy relay that serves intentions to local proxies.
+//! SPIFFE Workload API and Envoy's SDS, plus the policy relay that serves intentions to local
+//! proxies.
 #![forbid(unsafe_code)]
 
 pub mod admin_api;
@@ -7,6 +8,7 @@ pub mod attestor;
 pub mod cache;
 pub mod manager;
 pub mod policy_relay;
+pub mod sds;
 pub mod server_client;
 pub mod workload_api;
 
@@ -19,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use agentmesh_proto::v1::AttestJoinTokenRequest;
 use agentmesh_proto::v1::node_admin_server::NodeAdminServer;
 use agentmesh_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use agentmesh_proto::xds::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use agentmesh_spiffe::SpiffeId;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,7 +36,7 @@ pub struct NodeConfig {
     pub server: String,
     /// A one-time join token; not needed while a stored node SVID is valid.
     pub join_token: Option<String>,
-    /// Where to serve the Workload API.
+    /// Where to serve the Workload API and Envoy SDS.
     pub socket: PathBuf,
     /// PEM file with the roots to trust the server by, from `agentmesh bundle show`.
     pub trust_bundle: PathBuf,
@@ -191,11 +194,18 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         attestor.clone(),
         stop_rx.clone(),
     ));
+    // SDS shares the Workload API socket and server (see sds.rs for why).
+    let sds = SecretDiscoveryServiceServer::new(sds::Sds::new(
+        manager.clone(),
+        attestor.clone(),
+        stop_rx.clone(),
+    ));
     let rx = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(workload_listener);
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(workload)
+            .add_service(sds)
             .add_service(proxy_api)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
@@ -215,7 +225,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
             tracing::error!(error = %e, "node admin API stopped");
         }
     }));
-    tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API");
+    tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API and SDS");
     Ok(RunningNode {
         manager,
         policy,

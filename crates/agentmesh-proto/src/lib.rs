@@ -1,4 +1,4 @@
-//! Generated gRPC code (the SPIFFE Workload API and agentmesh's own APIs), and the Unix-socket
+//! Generated gRPC code (the SPIFFE Workload API, Envoy's SDS and agentmesh's own APIs), and the Unix-socket
 //! transport that the Workload API and the admin APIs run over.
 #![forbid(unsafe_code)]
 
@@ -15,6 +15,51 @@ pub mod workload {
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/agentmesh.v1.rs"));
+}
+
+/// Envoy's Secret Discovery Service (xDS v3) and the secret types it carries: a wire-compatible
+/// subset of Envoy's protos (proto/envoy/README.md). The modules mirror the proto packages,
+/// because the generated code names other packages by relative paths.
+#[allow(missing_docs, clippy::all)]
+pub mod xds {
+    pub mod envoy {
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+                }
+            }
+        }
+        pub mod extensions {
+            pub mod transport_sockets {
+                pub mod tls {
+                    pub mod v3 {
+                        include!(concat!(
+                            env!("OUT_DIR"),
+                            "/envoy.extensions.transport_sockets.tls.v3.rs"
+                        ));
+                    }
+                }
+            }
+        }
+        pub mod service {
+            pub mod discovery {
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+                }
+            }
+            pub mod secret {
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/envoy.service.secret.v3.rs"));
+                }
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+        }
+    }
 }
 
 /// The metadata key every Workload API request must carry, with the value `true`.

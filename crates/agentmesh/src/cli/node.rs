@@ -29,7 +29,7 @@ pub struct NodeRunArgs {
     /// SVID is still valid
     #[arg(long, value_name = "TOKEN", env = JOIN_TOKEN_ENV, hide_env_values = true)]
     pub join_token: Option<String>,
-    /// Where to serve the Workload API: unix:///path, unix:/path or a path
+    /// Where to serve the Workload API and Envoy SDS: unix:///path, unix:/path or a path
     #[arg(long, value_name = "PATH", env = WORKLOAD_SOCKET_ENV)]
     pub socket: String,
     /// PEM file with the roots that the server's certificate must chain to (from `agentmesh

@@ -110,6 +110,50 @@ pub async fn start_proxy_with_env(
             "[[upstream]]\ndestination = \"{dest}\"\nlisten = \"{listen}\"\nprotocol = \"{protocol}\"\n"
         ));
     }
+    spawn_proxy(
+        mesh,
+        service,
+        toml,
+        admin,
+        inbound_addr,
+        upstream_addrs,
+        env,
+    )
+    .await
+}
+
+/// Starts a proxy from a proxy.toml body of the caller's (say, with an upstream `address`),
+/// as launcher child `service`; `[admin]` is added here. `inbound` and `upstreams` are the
+/// listeners the body declares, for the caller's convenience.
+pub async fn start_proxy_from_toml(
+    mesh: &Mesh,
+    service: &str,
+    toml: &str,
+    inbound: Option<SocketAddr>,
+    upstreams: Vec<SocketAddr>,
+) -> ProxyProc {
+    let admin = loopback_addr();
+    spawn_proxy(
+        mesh,
+        service,
+        toml.to_owned(),
+        admin,
+        inbound,
+        upstreams,
+        &[],
+    )
+    .await
+}
+
+async fn spawn_proxy(
+    mesh: &Mesh,
+    service: &str,
+    mut toml: String,
+    admin: SocketAddr,
+    inbound_addr: Option<SocketAddr>,
+    upstream_addrs: Vec<SocketAddr>,
+    env: &[(&str, &str)],
+) -> ProxyProc {
     toml.push_str(&format!("[admin]\nlisten = \"{admin}\"\n"));
     let config = mesh.dir.join(format!("proxy-{service}.toml"));
     std::fs::write(&config, toml).expect("write proxy.toml");

@@ -1,0 +1,452 @@
+//! Envoy's SDS on the node, in one process: a server and a node on loopback, the test process
+//! as the workload (attested from its peer credentials like Envoy would be), and the generated
+//! tonic client over the Workload API socket speaking xDS as Envoy does.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentmesh_proto::v1::admin_client::AdminClient;
+use agentmesh_proto::v1::{self, CreateEntryRequest, GenerateJoinTokenRequest, GetBundleRequest};
+use agentmesh_proto::xds::envoy::config::core::v3::{DataSource, data_source};
+use agentmesh_proto::xds::envoy::extensions::transport_sockets::tls::v3::{
+    Secret, SpiffeCertValidatorConfig, secret,
+};
+use agentmesh_proto::xds::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
+use agentmesh_proto::xds::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use agentmesh_proto::xds::google::rpc;
+use agentmesh_server::{CaLifetimes, IssuanceSettings, RunningServer, ServerConfig};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// How long to wait for something that must happen before calling the test hung. Not a timing
+/// claim: under load a rotation can take much longer than its TTL says.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+struct Mesh {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    server: Option<RunningServer>,
+    node: Option<agentmesh_node::RunningNode>,
+    admin: AdminClient<Channel>,
+}
+
+fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        init_logs();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let server = agentmesh_server::start(ServerConfig {
+            data_dir: dir.join("server"),
+            trust_domain: "example.org".parse().unwrap(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_socket: dir.join("admin.sock"),
+            ca: CaLifetimes::default(),
+            issuance: IssuanceSettings::default(),
+        })
+        .await
+        .unwrap();
+        let mut admin = AdminClient::new(
+            agentmesh_proto::unix::connect(&server.admin_socket)
+                .await
+                .unwrap(),
+        );
+        let bundle = admin.get_bundle(GetBundleRequest {}).await.unwrap();
+        let pem: String = bundle
+            .into_inner()
+            .x509_authorities
+            .iter()
+            .map(|r| agentmesh_ca::pem_encode("CERTIFICATE", r))
+            .collect();
+        std::fs::write(dir.join("bundle.pem"), pem).unwrap();
+        let token = admin
+            .generate_join_token(GenerateJoinTokenRequest { ttl_seconds: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let node = agentmesh_node::start(agentmesh_node::NodeConfig {
+            server: server.listen_addr.to_string(),
+            join_token: Some(token),
+            socket: dir.join("workload.sock"),
+            trust_bundle: dir.join("bundle.pem"),
+            data_dir: dir.join("node"),
+            admin_socket: dir.join("node-admin.sock"),
+        })
+        .await
+        .unwrap();
+        Self {
+            _tmp: tmp,
+            dir,
+            server: Some(server),
+            node: Some(node),
+            admin,
+        }
+    }
+
+    async fn create_entry(&mut self, path: &str, selector: String, x509_ttl: i64) {
+        self.admin
+            .create_entry(CreateEntryRequest {
+                entry: Some(v1::Entry {
+                    spiffe_id: format!("spiffe://example.org{path}"),
+                    selectors: vec![selector],
+                    x509_ttl_seconds: x509_ttl,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn sds(&self) -> SecretDiscoveryServiceClient<Channel> {
+        SecretDiscoveryServiceClient::new(
+            agentmesh_proto::unix::connect(&self.dir.join("workload.sock"))
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn shutdown(mut self) {
+        self.node.take().unwrap().shutdown().await;
+        self.server.take().unwrap().shutdown().await;
+    }
+}
+
+fn request(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.into(),
+        node: None,
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        type_url: TYPE_URL.into(),
+        response_nonce: nonce.into(),
+        error_detail: None,
+    }
+}
+
+/// An open StreamSecrets stream, driven like Envoy drives it.
+struct Stream {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Stream {
+    async fn open(
+        client: &mut SecretDiscoveryServiceClient<Channel>,
+        first: DiscoveryRequest,
+    ) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(first).await.unwrap();
+        let resp = client
+            .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        Ok(Self {
+            tx,
+            rx: resp.into_inner(),
+        })
+    }
+
+    async fn send(&self, req: DiscoveryRequest) {
+        self.tx.send(req).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
+        tokio::time::timeout(PATIENCE, self.rx.message())
+            .await
+            .expect("the node sent no SDS response (test hung)")
+            .map(|m| m.expect("the node ended the SDS stream"))
+    }
+}
+
+fn secrets(resp: &DiscoveryResponse) -> Vec<Secret> {
+    assert_eq!(resp.type_url, TYPE_URL);
+    resp.resources
+        .iter()
+        .map(|any| {
+            assert_eq!(any.type_url, TYPE_URL);
+            Secret::decode(any.value.as_slice()).unwrap()
+        })
+        .collect()
+}
+
+fn inline_text(ds: &Option<DataSource>) -> String {
+    match ds.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8(b.clone()).unwrap(),
+        other => panic!("expected inline bytes, got {other:?}"),
+    }
+}
+
+/// The SPIFFE ID and serial of a `TlsCertificate` secret (and that its key is PKCS#8 PEM).
+fn cert_of(s: &Secret) -> (String, String) {
+    let Some(secret::Type::TlsCertificate(tls)) = &s.r#type else {
+        panic!("{} is not a TLS certificate", s.name);
+    };
+    let chain =
+        agentmesh_ca::pem_decode_all(&inline_text(&tls.certificate_chain), "CERTIFICATE").unwrap();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let key = inline_text(&tls.private_key);
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 PEM");
+    (
+        agentmesh_ca::cert_spiffe_id(&chain[0]).unwrap().to_string(),
+        agentmesh_ca::cert_serial_hex(&chain[0]).unwrap(),
+    )
+}
+
+/// The trust domains of a validation-context secret, checking it names the SPIFFE validator.
+fn trust_domains_of(s: &Secret) -> Vec<String> {
+    let Some(secret::Type::ValidationContext(vc)) = &s.r#type else {
+        panic!("{} is not a validation context", s.name);
+    };
+    let custom = vc.custom_validator_config.as_ref().unwrap();
+    assert_eq!(custom.name, "envoy.tls.cert_validator.spiffe");
+    let any = custom.typed_config.as_ref().unwrap();
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+    );
+    let config = SpiffeCertValidatorConfig::decode(any.value.as_slice()).unwrap();
+    config
+        .trust_domains
+        .iter()
+        .map(|td| {
+            let roots = agentmesh_ca::pem_decode_all(&inline_text(&td.trust_bundle), "CERTIFICATE")
+                .unwrap();
+            assert!(!roots.is_empty(), "a bundle for {}", td.name);
+            td.name.clone()
+        })
+        .collect()
+}
+
+/// Opens a stream, retrying while the node is not ready or the SVID not yet minted.
+async fn first_response(
+    client: &mut SecretDiscoveryServiceClient<Channel>,
+    names: &[&str],
+) -> (Stream, DiscoveryResponse) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let attempt = async {
+            let mut s = Stream::open(client, request(names, "", "")).await?;
+            let r = s.next().await?;
+            Ok::<_, tonic::Status>((s, r))
+        };
+        match attempt.await {
+            Ok(ok) => return ok,
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    || e.code() == tonic::Code::PermissionDenied =>
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no SDS answer: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_stream_follows_xds_versions_nonces_nacks_subscriptions_and_rotation() {
+    let mut mesh = Mesh::start().await;
+    // A 4 s TTL rotates about every 2 s.
+    mesh.create_entry("/web", format!("unix:uid:{}", my_uid()), 4)
+        .await;
+    let mut client = mesh.sds().await;
+
+    // Subscribe to `default`: the caller's own SVID, under the name it asked for.
+    let (mut stream, r1) = first_response(&mut client, &["default"]).await;
+    assert!(!r1.version_info.is_empty() && !r1.nonce.is_empty());
+    let s1 = secrets(&r1);
+    assert_eq!(s1.len(), 1);
+    assert_eq!(s1[0].name, "default");
+    let (id, _) = cert_of(&s1[0]);
+    assert_eq!(id, "spiffe://example.org/web");
+
+    // ACK, then change the subscription: answered at once with both resources and a new
+    // version and nonce. (The ACK itself gets no answer: the next message is the new one.)
+    stream
+        .send(request(&["default"], &r1.version_info, &r1.nonce))
+        .await;
+    stream
+        .send(request(&["default", "ROOTCA"], &r1.version_info, &r1.nonce))
+        .await;
+    let r2 = loop {
+        // A rotation may land in between; what matters is that ROOTCA arrives.
+        let r = stream.next().await.unwrap();
+        assert_ne!(r.nonce, r1.nonce);
+        if r.resources.len() == 2 {
+            break r;
+        }
+        // A rotation of `default` alone, answered to the first subscription: ACK it.
+        stream
+            .send(request(&["default", "ROOTCA"], &r.version_info, &r.nonce))
+            .await;
+    };
+    assert_ne!(r2.version_info, r1.version_info);
+    let s2 = secrets(&r2);
+    assert_eq!(s2[0].name, "default");
+    assert_eq!(s2[1].name, "ROOTCA");
+    assert_eq!(trust_domains_of(&s2[1]), ["example.org"]);
+    let mut serial = cert_of(&s2[0]).1;
+
+    // NACK r2 (keep r1's version, r2's nonce, an error): logged, and not sent again. The next
+    // response is the rotation push, with a new serial, version and nonce.
+    let mut nack = request(&["default", "ROOTCA"], &r1.version_info, &r2.nonce);
+    nack.error_detail = Some(rpc::Status {
+        code: 3,
+        message: "test: refusing this version".into(),
+        details: vec![],
+    });
+    stream.send(nack).await;
+    let mut last = r2.clone();
+    let mut rotations = 0;
+    while rotations < 2 {
+        let r = stream.next().await.unwrap();
+        assert_ne!(r.nonce, last.nonce);
+        assert_ne!(
+            r.version_info, last.version_info,
+            "an unchanged state was resent"
+        );
+        let s = secrets(&r);
+        assert_eq!(s.len(), 2);
+        let (id, new_serial) = cert_of(&s[0]);
+        assert_eq!(id, "spiffe://example.org/web");
+        assert_ne!(new_serial, serial, "the NACKed version was resent");
+        serial = new_serial;
+        rotations += 1;
+        stream
+            .send(request(&["default", "ROOTCA"], &r.version_info, &r.nonce))
+            .await;
+        last = r;
+    }
+
+    // FetchSecrets: the same resources, once, by SPIFFE ID and ALL.
+    let fetched = client
+        .fetch_secrets(request(&["spiffe://example.org/web", "ALL"], "", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let s = secrets(&fetched);
+    assert_eq!(s[0].name, "spiffe://example.org/web");
+    assert_eq!(cert_of(&s[0]).0, "spiffe://example.org/web");
+    assert_eq!(s[1].name, "ALL");
+    assert_eq!(trust_domains_of(&s[1]), ["example.org"]);
+
+    drop(stream);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_refuses_unregistered_callers_malformed_names_and_ids_not_entitled() {
+    let mut mesh = Mesh::start().await;
+    let mut client = mesh.sds().await;
+
+    // An entry for another uid only: PermissionDenied, explained by the closest entry.
+    mesh.create_entry("/other", "unix:uid:4242424".into(), 0)
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let err = loop {
+        let e = match Stream::open(&mut client, request(&["default"], "", "")).await {
+            Ok(mut s) => s.next().await.unwrap_err(),
+            Err(e) => e,
+        };
+        if e.message().contains("closest entry") {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("no registration entry matches this process")
+            && err
+                .message()
+                .contains("needs unix:uid:4242424 (this process has unix:uid:"),
+        "{}",
+        err.message()
+    );
+
+    mesh.create_entry("/web", format!("unix:uid:{}", my_uid()), 0)
+        .await;
+    let (_ok, _) = first_response(&mut client, &["default"]).await;
+
+    // A SPIFFE ID this process is not entitled to.
+    let err = client
+        .fetch_secrets(request(&["spiffe://example.org/other"], "", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("is not entitled to spiffe://example.org/other"),
+        "{}",
+        err.message()
+    );
+    let mut s = Stream::open(
+        &mut client,
+        request(&["spiffe://example.org/other"], "", ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.next().await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+
+    // Malformed names and a foreign type: InvalidArgument, naming the problem.
+    for bad in ["rootca", "spiffe://example.org/a/../b", "web"] {
+        let err = client
+            .fetch_secrets(request(&[bad], "", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(
+            err.message().contains("malformed SDS resource name"),
+            "{}",
+            err.message()
+        );
+        let mut s = Stream::open(&mut client, request(&["default", bad], "", ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.next().await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+    let mut wrong_type = request(&["default"], "", "");
+    wrong_type.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".into();
+    let err = client.fetch_secrets(wrong_type).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Incremental SDS is not served.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DeltaDiscoveryRequest::default()).await.unwrap();
+    let err = client
+        .delta_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+
+    mesh.shutdown().await;
+}
