@@ -63,6 +63,8 @@ impl Mesh {
             admin_socket: dir.join("admin.sock"),
             ca: CaLifetimes::default(),
             issuance: IssuanceSettings::default(),
+            upstream: None,
+            oidc_discovery: None,
         })
         .await
         .unwrap();
@@ -92,6 +94,7 @@ impl Mesh {
             trust_bundle: dir.join("bundle.pem"),
             data_dir: dir.join("node"),
             admin_socket: dir.join("node-admin.sock"),
+            trust_domain: None,
         })
         .await
         .unwrap();
