@@ -354,8 +354,8 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
         .await;
     let manager = mesh.node.as_ref().unwrap().manager.clone();
     // Patience, not a speed claim: up to the limit the node mints each entry's SVID as the
-    // entries arrive (about 18 s alone in a debug build; over a minute once, with the other
-    // tests of this file and the CI machine busy).
+    // entries arrive (about 18 s alone in a debug build). This wait also caught the server
+    // marking an entry change seen before it was sent (fixed in its sync stream).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while manager.snapshot().entries.len() < others + 1 {
         assert!(

@@ -188,6 +188,11 @@ impl v1::node_api_server::NodeApi for NodeApiService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
+                // Marked seen before the read, never after: a change that lands while this
+                // snapshot is read or waits in a full channel then wakes the loop again,
+                // instead of being marked seen unsent (the node missed the last entry once).
+                entries_rx.mark_unchanged();
+                bundle_rx.mark_unchanged();
                 let msg = state
                     .datastore
                     .entries_for_node(&node)
@@ -202,8 +207,6 @@ impl v1::node_api_server::NodeApi for NodeApiService {
                 if tx.send(msg).await.is_err() {
                     return;
                 }
-                entries_rx.mark_unchanged();
-                bundle_rx.mark_unchanged();
                 tokio::select! {
                     r = entries_rx.changed() => if r.is_err() { return },
                     r = bundle_rx.changed() => if r.is_err() { return },
