@@ -18,7 +18,7 @@ pub mod mtls;
 pub mod role;
 pub mod search;
 
-use std::net::SocketAddr;
+use agentmesh_sdk::local::{LocalAddr, LocalListener};
 use std::sync::Arc;
 
 use axum::Router;
@@ -43,8 +43,8 @@ use agentmesh_telemetry::{Span, SpanKind, attr};
 #[non_exhaustive]
 pub enum AgentError {
     /// The listener could not be bound.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
+    #[error("cannot listen: {0}")]
+    Listen(agentmesh_sdk::local::LocalError),
     /// The configured search tool cannot run.
     #[error("search: {0}")]
     Search(String),
@@ -172,9 +172,10 @@ impl Agent {
             }
             _ => None,
         };
+        let upstreams = Upstreams::for_upstreams(&cfg.upstreams);
         Ok(Self {
             cfg,
-            upstreams: Upstreams::default(),
+            upstreams,
             search,
             delegation: None,
         })
@@ -461,12 +462,15 @@ async fn ask(
             Some(d) => {
                 // In-process mTLS: the caller is who its certificate says, and an XFCC
                 // header is just something the caller wrote. Behind a sidecar: the sidecar's.
+                // On a TCP listener anyone local could have written the header: no caller.
                 let peer = if agent.cfg.mtls.is_some() {
                     extensions
                         .get::<agentmesh_sdk::PeerIdentity>()
                         .map(|p| p.0.clone())
-                } else {
+                } else if agent.cfg.trusts_forwarded_identity() {
                     agentmesh_gateway::delegation::xfcc_peer(&headers)
+                } else {
+                    None
                 };
                 match d.forward(&headers, peer.as_ref()) {
                     Ok(Some(f)) => {
@@ -553,9 +557,9 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 #[derive(Debug)]
 pub struct RunningAgent {
     /// The bound address of `listen` (plain, or mTLS with `[mtls]`).
-    pub addr: SocketAddr,
+    pub addr: LocalAddr,
     /// The bound admin address (`[mtls] admin`).
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<LocalAddr>,
     plain: Option<agentmesh_gateway::Serving>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     mtls: Option<mtls::MtlsSide>,
@@ -576,13 +580,11 @@ impl RunningAgent {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+async fn bind(addr: &LocalAddr) -> Result<(LocalListener, LocalAddr), AgentError> {
+    let listener = LocalListener::bind(addr)
         .await
-        .map_err(|e| AgentError::Listen(addr, e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| AgentError::Listen(addr, e))?;
+        .map_err(AgentError::Listen)?;
+    let bound = listener.local_addr();
     Ok((listener, bound))
 }
 
@@ -592,7 +594,7 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 /// The listener cannot be bound, the search tool cannot run, or (with `[mtls]`) no SVID
 /// came from the node.
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
-    let listen = cfg.listen;
+    let listen = cfg.listen.clone();
     let role = cfg.role;
     let delegation = match &cfg.delegation {
         Some(d) => Some(
@@ -602,12 +604,15 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         ),
         None => None,
     };
-    let (listener, addr) = bind(listen).await?;
+    let (listener, addr) = bind(&listen).await?;
     let Some(mtls_cfg) = cfg.mtls.clone() else {
+        if !addr.is_unix() && delegation.is_some() {
+            tracing::warn!(listen = %addr, "the agent listens on TCP: any local process can reach it, so x-forwarded-client-cert is not trusted and a delegation chain has no verified caller; listen on unix:///path behind the sidecar");
+        }
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
         let agent = Arc::new(agent);
-        let serving = agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent");
+        let serving = agentmesh_gateway::Serving::spawn(listener, addr.clone(), agent.router(), "agent");
         tracing::info!(%role, listen = %addr, "agent ready");
         return Ok(RunningAgent {
             addr,
@@ -628,19 +633,29 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let agent = Arc::new(agent);
     let router = side.guard(agent.clone().router());
     let source = side.source.clone();
+    let LocalListener::Tcp(listener) = listener else {
+        return Err(AgentError::Listen(agentmesh_sdk::local::LocalError::Malformed(format!(
+            "{addr}: with [mtls] listen must be ip:port"
+        ))));
+    };
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = agentmesh_sdk::serve(listener, source, router).await {
             tracing::error!(error = %e, "the agent's mTLS listener stopped");
         }
     })];
     let mut admin = None;
-    if let Some(a) = mtls_cfg.admin {
+    if let Some(a) = &mtls_cfg.admin {
         let (l, bound) = bind(a).await?;
-        let app = mtls::admin_router(mtls::AdminState {
-            agent: agent.clone(),
-            source: side.source.clone(),
-            policy: side.policy.clone(),
-        });
+        // /probe calls upstreams with this agent's identity: only on a socket whose peers
+        // the kernel vouches for.
+        let app = mtls::admin_router(
+            mtls::AdminState {
+                agent: agent.clone(),
+                source: side.source.clone(),
+                policy: side.policy.clone(),
+            },
+            bound.is_unix(),
+        );
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
                 tracing::error!(error = %e, "the agent's admin listener stopped");

@@ -26,6 +26,7 @@
 //! admin = "127.0.0.1:19001"                 # its [admin] listener (loopback only)
 //! ```
 
+use agentmesh_sdk::local::LocalAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -99,8 +100,9 @@ pub struct UpstreamConfig {
 pub struct ProxyFeedConfig {
     /// The service the sidecar fronts.
     pub name: String,
-    /// Its admin listener; loopback only, because the feed is plain HTTP.
-    pub admin: SocketAddr,
+    /// Its admin listener: `unix:///path` (the feed is then readable only by this uid) or a
+    /// loopback `ip:port`.
+    pub admin: LocalAddr,
 }
 
 /// The `[inspector]` table: where the Security Inspector reads the mesh from. Each part is
@@ -183,9 +185,15 @@ impl FrontendConfig {
         })?;
         let invalid = |m: String| ConfigError::Invalid(path.to_owned(), m);
         for up in &cfg.upstream {
+            if up.url.starts_with("unix:") {
+                up.url.parse::<LocalAddr>().map_err(|e| {
+                    invalid(format!("upstream {:?}: url {:?}: {e}", up.name, up.url))
+                })?;
+                continue;
+            }
             if !up.url.starts_with("http://") {
                 return Err(invalid(format!(
-                    "upstream {:?}: url {:?} must be http://host:port (the local sidecar port)",
+                    "upstream {:?}: url {:?} must be unix:///path or http://host:port (the local sidecar port)",
                     up.name, up.url
                 )));
             }
@@ -230,7 +238,9 @@ impl FrontendConfig {
         }
         if let Some(inspector) = &cfg.inspector {
             for p in &inspector.proxy {
-                if !p.admin.ip().is_loopback() {
+                if let LocalAddr::Tcp(_) = &p.admin
+                    && !p.admin.tcp_socket_addr().is_some_and(|a| a.ip().is_loopback())
+                {
                     return Err(invalid(format!(
                         "inspector.proxy {:?}: admin {} must be a loopback address (the decision \
                          feed is plain HTTP)",

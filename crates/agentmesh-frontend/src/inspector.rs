@@ -80,7 +80,7 @@ impl Inspector {
             .map(|p| {
                 tokio::spawn(feed::follow(
                     p.name.clone(),
-                    p.admin,
+                    p.admin.clone(),
                     decisions.clone(),
                     names.clone(),
                 ))

@@ -526,7 +526,15 @@ async fn forward_with(
     let url = format!("{}/ask", up.url.trim_end_matches('/'));
     let body = Bytes::from(json!({ "question": question }).to_string());
     tracing::info!(sub = %user.sub, jti = %minted.jti, upstream = %up.name, trace_id = %trace.trace_id_hex(), "ask");
-    match fe.http.send(Method::POST, &url, headers, body).await {
+    let sent = match up.url.parse::<agentmesh_sdk::local::LocalAddr>() {
+        Ok(socket) if socket.is_unix() => {
+            fe.http
+                .send_local(&socket, Method::POST, "/ask", headers, body)
+                .await
+        }
+        _ => fe.http.send(Method::POST, &url, headers, body).await,
+    };
+    match sent {
         Ok((status, bytes)) => {
             let answer = serde_json::from_slice(&bytes).unwrap_or_else(
                 |_| json!({"error": "the upstream answered with something other than JSON", "status": status.as_u16()}),

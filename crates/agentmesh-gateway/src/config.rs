@@ -78,10 +78,10 @@
 //! 503 `provider_unavailable` when every provider of the model was skipped by its circuit.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentmesh_sdk::local::LocalAddr;
 use serde::Deserialize;
 
 use crate::dlp::DlpConfig;
@@ -583,8 +583,12 @@ mod humantime_serde_opt {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// The plain HTTP listener (loopback; the inbound proxy is its only client).
-    pub listen: SocketAddr,
+    /// The plain HTTP listener; the inbound proxy is its only client. `unix:///path`: peers
+    /// of another uid are refused, so `x-forwarded-client-cert` is the sidecar's and names
+    /// the caller. A loopback `ip:port` can be reached by any local process, which could
+    /// write that header itself, so on TCP the gateway trusts no caller identity (every
+    /// request is refused with `no_identity`).
+    pub listen: LocalAddr,
     /// Providers.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
@@ -640,9 +644,14 @@ impl GatewayConfig {
     }
 
     fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() {
+        if let LocalAddr::Tcp(_) = &self.listen
+            && !self
+                .listen
+                .tcp_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback())
+        {
             return Err(format!(
-                "listen = \"{}\": the gateway trusts the caller identity its proxy adds, so it must listen on loopback only",
+                "listen = \"{}\": the gateway serves only its own proxy, so it must listen on a unix:///path or on loopback",
                 self.listen
             ));
         }
@@ -709,9 +718,9 @@ impl GatewayConfig {
 
     /// An offline gateway that lets every caller use every model: what `up` starts with
     /// `--llm offline`.
-    pub fn offline(listen: SocketAddr, models: &[&str]) -> Self {
+    pub fn offline(listen: impl Into<LocalAddr>, models: &[&str]) -> Self {
         Self {
-            listen,
+            listen: listen.into(),
             providers: vec![ProviderConfig::new("offline", ProviderKind::Offline)],
             models: models
                 .iter()

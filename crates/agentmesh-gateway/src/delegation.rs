@@ -136,6 +136,15 @@ impl Delegation {
         headers: &HeaderMap,
         peer: Option<&SpiffeId>,
     ) -> Result<Option<VerifiedChain>, ChainError> {
+        if peer.is_none() {
+            // Without a verified caller a copied token and chain could be replayed by anyone
+            // who can reach this service; only a request with no token at all, where none is
+            // required, goes on.
+            if !self.require && bearer(headers).is_none() {
+                return Ok(None);
+            }
+            return Err(ChainError::NoVerifiedCaller);
+        }
         let ctx = self.source.current();
         let config = ChainConfig::new(
             ctx.roots.as_ref().clone(),

@@ -21,8 +21,8 @@ pub mod policy;
 pub mod provider;
 pub mod secret_key;
 
+use agentmesh_sdk::local::{LocalAddr, LocalListener, LocalPeer};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -49,8 +49,8 @@ use crate::provider::resilience::{self, Policy, Upstream};
 #[non_exhaustive]
 pub enum GatewayError {
     /// The listener could not be bound.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
+    #[error("cannot listen: {0}")]
+    Listen(agentmesh_sdk::local::LocalError),
     /// The TLS client settings for providers could not be built (a bug in the crypto setup).
     #[error("cannot set up TLS for providers: {0}")]
     Tls(rustls::Error),
@@ -317,6 +317,14 @@ impl Gateway {
     }
 
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if !self.cfg.listen.is_unix() {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: "no verified caller identity: the gateway listens on TCP, where any local process could write x-forwarded-client-cert; it trusts that header only on a unix:///path listener that only its proxy's user can reach".into(),
+                kind: "permission_error",
+                code: "no_identity",
+            });
+        }
         headers
             .get(XFCC)
             .and_then(|v| v.to_str().ok())
@@ -679,7 +687,7 @@ pub type RunningGateway = Serving;
 #[derive(Debug)]
 pub struct Serving {
     /// The bound address.
-    pub addr: SocketAddr,
+    pub addr: LocalAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -688,8 +696,8 @@ impl Serving {
     /// Serves `router` on `listener` in a task of its own; `what` names it in the error
     /// logged if serving stops by itself.
     pub fn spawn(
-        listener: tokio::net::TcpListener,
-        addr: SocketAddr,
+        listener: LocalListener,
+        addr: LocalAddr,
         router: Router,
         what: &'static str,
     ) -> Self {
@@ -698,7 +706,8 @@ impl Serving {
             let shutdown = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, router)
+            let app = router.into_make_service_with_connect_info::<LocalPeer>();
+            if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
             {
@@ -720,13 +729,13 @@ impl Serving {
 /// # Errors
 /// The listener cannot be bound.
 pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
-    let listen = cfg.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = LocalListener::bind(&cfg.listen)
         .await
-        .map_err(|e| GatewayError::Listen(listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| GatewayError::Listen(listen, e))?;
+        .map_err(GatewayError::Listen)?;
+    let addr = listener.local_addr();
+    if !addr.is_unix() {
+        tracing::warn!(listen = %addr, "the gateway listens on TCP: any local process can reach it, so x-forwarded-client-cert is not trusted and every call is refused with no_identity; listen on unix:///path behind the proxy");
+    }
     let delegation = match &cfg.delegation {
         Some(d) => Some(delegation::Delegation::connect(d).await?),
         None => None,
@@ -736,7 +745,7 @@ pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
         gateway = gateway.with_delegation(d);
     }
     let router = Arc::new(gateway).router();
-    let serving = Serving::spawn(listener, addr, router, "gateway");
     tracing::info!(listen = %addr, "gateway ready");
+    let serving = Serving::spawn(listener, addr, router, "gateway");
     Ok(serving)
 }

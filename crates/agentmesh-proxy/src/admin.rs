@@ -11,7 +11,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use agentmesh_sdk::local::LocalListener;
 use tokio::sync::watch;
 
 use crate::identity::IdentityWatch;
@@ -95,8 +95,8 @@ impl AdminState {
     }
 
     /// Serves until `stop` fires.
-    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        while let Some((tcp, _)) = crate::accept(&listener, &mut stop).await {
+    pub async fn serve(self, listener: LocalListener, mut stop: watch::Receiver<bool>) {
+        while let Some((tcp, _)) = crate::accept_local(&listener, &mut stop).await {
             let me = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use agentmesh_sdk::local::LocalAddr;
 use serde::Deserialize;
 
 /// Why a proxy config is unusable.
@@ -63,7 +64,8 @@ pub struct ProxyConfig {
 pub struct Inbound {
     /// The public mTLS listener.
     pub listen: SocketAddr,
-    /// The local app, `host:port`.
+    /// The local app: `unix:///path` (only this uid may connect; the app should check its
+    /// peers too) or `host:port` (any local user can reach the app past the proxy).
     pub app: String,
     /// `http` or `tcp` (default).
     #[serde(default)]
@@ -80,8 +82,9 @@ pub struct Inbound {
 pub struct Upstream {
     /// A service name or SPIFFE ID; the server's certificate must carry exactly this ID.
     pub destination: String,
-    /// The plain local listener the app calls.
-    pub listen: SocketAddr,
+    /// The plain local listener the app calls: `unix:///path` (created 0600; a peer of
+    /// another uid is refused) or a loopback `ip:port` (open to every local user).
+    pub listen: LocalAddr,
     /// The destination proxy's address; default from the service catalog.
     #[serde(default)]
     pub address: Option<String>,
@@ -95,8 +98,21 @@ pub struct Upstream {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Where `/metrics` and `/healthz` are served.
-    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/decisions` are served: `unix:///path` (this uid
+    /// only) or a loopback `ip:port`.
+    pub listen: LocalAddr,
+}
+
+impl Inbound {
+    /// The app's address (checked by [`ProxyConfig::parse`]).
+    ///
+    /// # Errors
+    /// A config built without `parse` whose `app` does not parse.
+    pub fn app_addr(&self) -> Result<LocalAddr, ConfigError> {
+        self.app.parse().map_err(|e| {
+            ConfigError::Invalid(PathBuf::from("proxy config"), format!("inbound.app: {e}"))
+        })
+    }
 }
 
 impl ProxyConfig {
@@ -119,21 +135,31 @@ impl ProxyConfig {
                 "nothing to do: add an [inbound] section or at least one [[upstream]]".into(),
             ));
         }
-        let mut listens: Vec<SocketAddr> = cfg.upstream.iter().map(|u| u.listen).collect();
+        let mut listens: Vec<LocalAddr> =
+            cfg.upstream.iter().map(|u| u.listen.clone()).collect();
         if let Some(i) = &cfg.inbound {
-            if i.app
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(invalid(format!("inbound.app {:?} is not host:port", i.app)));
+            if i.app.parse::<LocalAddr>().is_err() {
+                return Err(invalid(format!(
+                    "inbound.app {:?} is not host:port or unix:///path",
+                    i.app
+                )));
             }
-            listens.push(i.listen);
+            listens.push(i.listen.into());
         }
         if let Some(a) = &cfg.admin {
-            listens.push(a.listen);
+            if let Some(ip) = a.listen.tcp_socket_addr().map(|s| s.ip())
+                && !ip.is_loopback()
+            {
+                return Err(invalid(format!(
+                    "admin listen {} is not a loopback address or a unix socket",
+                    a.listen
+                )));
+            }
+            listens.push(a.listen.clone());
         }
         for (n, l) in listens.iter().enumerate() {
-            if l.port() != 0 && listens[..n].contains(l) {
+            let port_zero = l.tcp_socket_addr().is_some_and(|s| s.port() == 0);
+            if !port_zero && listens[..n].contains(l) {
                 return Err(invalid(format!("listen address {l} is used twice")));
             }
         }
@@ -145,7 +171,9 @@ impl ProxyConfig {
             )
             .map_err(|e| invalid(format!("upstream destination {:?}: {e}", u.destination)))?;
             // The upstream listener is plaintext for the local app only.
-            if !u.listen.ip().is_loopback() {
+            if let LocalAddr::Tcp(_) = &u.listen
+                && !u.listen.tcp_socket_addr().is_some_and(|s| s.ip().is_loopback())
+            {
                 return Err(invalid(format!(
                     "upstream listen {} is not a loopback address; the plain side must stay local",
                     u.listen

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentmesh_policy::HttpRequest;
+use agentmesh_sdk::local::{LocalAddr, LocalConnector, LocalStream};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -125,11 +125,11 @@ pub struct Inbound {
     identity: Arc<IdentityWatch>,
     policy: Arc<PolicyWatch>,
     metrics: Arc<Metrics>,
-    app: String,
+    app: LocalAddr,
     protocol: Protocol,
     /// Open connections, for revocation.
     pub connections: Arc<Connections>,
-    app_client: Client<HttpConnector, Incoming>,
+    app_client: Client<LocalConnector, Incoming>,
     tls: crate::identity::ConfigCache<ServerConfig>,
 }
 
@@ -139,11 +139,10 @@ impl Inbound {
         identity: Arc<IdentityWatch>,
         policy: Arc<PolicyWatch>,
         metrics: Arc<Metrics>,
-        app: String,
+        app: LocalAddr,
         protocol: Protocol,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let connector = LocalConnector::to(app.clone());
         Self {
             identity,
             policy,
@@ -311,7 +310,7 @@ impl Inbound {
             return;
         }
         let (_registered, mut kill) = self.connections.register(peer.clone(), true);
-        let mut app = match TcpStream::connect(&self.app).await {
+        let mut app = match LocalStream::connect(&self.app).await {
             Ok(a) => a,
             Err(e) => {
                 let why = format!(
@@ -323,7 +322,6 @@ impl Inbound {
                 return;
             }
         };
-        let _ = app.set_nodelay(true);
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut tls, &mut app) => {
                 log(&mut span, "allow", &d.reason, r.ok());
@@ -470,7 +468,7 @@ impl Inbound {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        match format!("http://{}{}", self.app, path_and_query).parse() {
+        match format!("{}{}", self.app.http_base(), path_and_query).parse() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
                 log(

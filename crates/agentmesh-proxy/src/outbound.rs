@@ -1,7 +1,6 @@
 //! The local side: plain listeners for the app, each sending to one destination service over
 //! mutual TLS, accepting only a server whose SVID carries exactly the destination's SPIFFE ID.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use agentmesh_sdk::local::{LocalListener, LocalPeer, LocalStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Protocol;
@@ -176,9 +176,8 @@ impl Upstream {
     }
 
     /// Accepts local connections until `stop` fires.
-    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        while let Some((tcp, addr)) = crate::accept(&listener, &mut stop).await {
-            let _ = tcp.set_nodelay(true);
+    pub async fn serve(self, listener: LocalListener, mut stop: watch::Receiver<bool>) {
+        while let Some((tcp, addr)) = crate::accept_local(&listener, &mut stop).await {
             let me = self.clone();
             tokio::spawn(async move {
                 match me.protocol {
@@ -196,7 +195,7 @@ impl Upstream {
             .unwrap_or_default()
     }
 
-    async fn tcp_session(self, mut local: TcpStream, addr: SocketAddr) {
+    async fn tcp_session(self, mut local: LocalStream, addr: LocalPeer) {
         let started = Instant::now();
         let mut span = Span::start(
             "proxy outbound",
@@ -254,11 +253,12 @@ impl Upstream {
         }
     }
 
-    async fn http_session(self, local: TcpStream, addr: SocketAddr) {
+    async fn http_session(self, local: LocalStream, addr: LocalPeer) {
         let me = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let me = me.clone();
-            async move { Ok::<_, std::convert::Infallible>(me.request(req, addr).await) }
+            let addr = addr.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.request(req, &addr).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection(TokioIo::new(local), service).await {
@@ -266,7 +266,7 @@ impl Upstream {
         }
     }
 
-    async fn request(&self, mut req: Request<Incoming>, addr: SocketAddr) -> Response<BoxBody> {
+    async fn request(&self, mut req: Request<Incoming>, addr: &LocalPeer) -> Response<BoxBody> {
         let started = Instant::now();
         // The app's span (if it sent traceparent) is this span's parent; the destination's
         // proxy gets a traceparent naming this span.

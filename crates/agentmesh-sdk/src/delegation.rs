@@ -219,6 +219,13 @@ pub enum ChainError {
     /// Adding a link failed: the SVID key cannot sign ES256, or the clock is broken.
     #[error("cannot add a delegation link: {0}")]
     Sign(String),
+    /// The request came with no caller identity anyone verified (not over mTLS, and not
+    /// through a sidecar the service can tell apart from any local process), so the chain
+    /// cannot be tied to the hop that presents it.
+    #[error(
+        "no verified caller: a delegation chain is accepted only from a peer verified by mTLS or by the service's own sidecar"
+    )]
+    NoVerifiedCaller,
 }
 
 impl IntoResponse for ChainError {

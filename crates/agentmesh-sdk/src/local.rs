@@ -288,7 +288,7 @@ impl AsyncWrite for LocalStream {
 pub enum LocalListener {
     /// A TCP listener.
     Tcp(TcpListener),
-    /// A Unix socket listener, and its path (removed again on drop).
+    /// A Unix socket listener, and its path.
     Unix(UnixListener, PathBuf),
 }
 
@@ -390,10 +390,54 @@ pub fn check_unix_peer(s: &UnixStream) -> Result<LocalPeer, String> {
     }
 }
 
-impl Drop for LocalListener {
-    fn drop(&mut self) {
-        if let LocalListener::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
+/// A [`LocalListener`] outside any runtime, so one bound socket can be handed to several
+/// single-threaded runtimes (the proxy's workers): the kernel gives each connection to
+/// whichever accepts first.
+#[derive(Debug)]
+pub enum StdLocalListener {
+    /// A TCP listener.
+    Tcp(std::net::TcpListener),
+    /// A Unix socket listener and its path.
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+impl LocalListener {
+    /// Leaves the runtime (non-blocking mode stays set).
+    ///
+    /// # Errors
+    /// The descriptor cannot be taken out of the reactor.
+    pub fn into_std(self) -> io::Result<StdLocalListener> {
+        match self {
+            LocalListener::Tcp(l) => l.into_std().map(StdLocalListener::Tcp),
+            LocalListener::Unix(l, p) => l.into_std().map(|l| StdLocalListener::Unix(l, p)),
+        }
+    }
+}
+
+impl StdLocalListener {
+    /// Another handle on the same socket.
+    ///
+    /// # Errors
+    /// Out of file descriptors.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        match self {
+            StdLocalListener::Tcp(l) => l.try_clone().map(StdLocalListener::Tcp),
+            StdLocalListener::Unix(l, p) => {
+                l.try_clone().map(|l| StdLocalListener::Unix(l, p.clone()))
+            }
+        }
+    }
+
+    /// Joins the current runtime.
+    ///
+    /// # Errors
+    /// Not called within a runtime, or the reactor refuses the descriptor.
+    pub fn into_tokio(self) -> io::Result<LocalListener> {
+        match self {
+            StdLocalListener::Tcp(l) => TcpListener::from_std(l).map(LocalListener::Tcp),
+            StdLocalListener::Unix(l, p) => {
+                UnixListener::from_std(l).map(|l| LocalListener::Unix(l, p))
+            }
         }
     }
 }
@@ -590,10 +634,5 @@ mod tests {
             LocalListener::bind(&addr).await,
             Err(LocalError::InUse(_))
         ));
-        drop(listener);
-        assert!(
-            !addr.unix_path().unwrap().exists(),
-            "the socket file goes with the listener"
-        );
     }
 }
