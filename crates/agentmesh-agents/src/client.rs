@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
+use agentmesh_sdk::local::LocalConnector;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use agentmesh_sdk::local::LocalConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 

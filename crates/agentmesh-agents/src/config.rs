@@ -259,9 +259,9 @@ impl AgentConfig {
                 ));
             }
             if u.url.starts_with("unix:") {
-                u.url.parse::<LocalAddr>().map_err(|e| {
-                    format!("upstream {:?}: url {:?}: {e}", u.name, u.url)
-                })?;
+                u.url
+                    .parse::<LocalAddr>()
+                    .map_err(|e| format!("upstream {:?}: url {:?}: {e}", u.name, u.url))?;
                 continue;
             }
             u.check_url(
@@ -288,7 +288,9 @@ impl AgentConfig {
         }
         if let Some(admin) = &m.admin
             && let LocalAddr::Tcp(_) = admin
-            && !admin.tcp_socket_addr().is_some_and(|a| a.ip().is_loopback())
+            && !admin
+                .tcp_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback())
         {
             return Err(format!(
                 "[mtls] admin = {admin} is not a loopback address; it answers anyone who connects"

@@ -612,7 +612,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
         let agent = Arc::new(agent);
-        let serving = agentmesh_gateway::Serving::spawn(listener, addr.clone(), agent.router(), "agent");
+        let serving =
+            agentmesh_gateway::Serving::spawn(listener, addr.clone(), agent.router(), "agent");
         tracing::info!(%role, listen = %addr, "agent ready");
         return Ok(RunningAgent {
             addr,
@@ -634,9 +635,11 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let router = side.guard(agent.clone().router());
     let source = side.source.clone();
     let LocalListener::Tcp(listener) = listener else {
-        return Err(AgentError::Listen(agentmesh_sdk::local::LocalError::Malformed(format!(
-            "{addr}: with [mtls] listen must be ip:port"
-        ))));
+        return Err(AgentError::Listen(
+            agentmesh_sdk::local::LocalError::Malformed(format!(
+                "{addr}: with [mtls] listen must be ip:port"
+            )),
+        ));
     };
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = agentmesh_sdk::serve(listener, source, router).await {

@@ -239,7 +239,10 @@ impl FrontendConfig {
         if let Some(inspector) = &cfg.inspector {
             for p in &inspector.proxy {
                 if let LocalAddr::Tcp(_) = &p.admin
-                    && !p.admin.tcp_socket_addr().is_some_and(|a| a.ip().is_loopback())
+                    && !p
+                        .admin
+                        .tcp_socket_addr()
+                        .is_some_and(|a| a.ip().is_loopback())
                 {
                     return Err(invalid(format!(
                         "inspector.proxy {:?}: admin {} must be a loopback address (the decision \

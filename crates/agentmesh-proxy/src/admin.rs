@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
+use agentmesh_sdk::local::LocalListener;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use agentmesh_sdk::local::LocalListener;
 use tokio::sync::watch;
 
 use crate::identity::IdentityWatch;

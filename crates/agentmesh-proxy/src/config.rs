@@ -135,8 +135,7 @@ impl ProxyConfig {
                 "nothing to do: add an [inbound] section or at least one [[upstream]]".into(),
             ));
         }
-        let mut listens: Vec<LocalAddr> =
-            cfg.upstream.iter().map(|u| u.listen.clone()).collect();
+        let mut listens: Vec<LocalAddr> = cfg.upstream.iter().map(|u| u.listen.clone()).collect();
         if let Some(i) = &cfg.inbound {
             if i.app.parse::<LocalAddr>().is_err() {
                 return Err(invalid(format!(
@@ -172,7 +171,10 @@ impl ProxyConfig {
             .map_err(|e| invalid(format!("upstream destination {:?}: {e}", u.destination)))?;
             // The upstream listener is plaintext for the local app only.
             if let LocalAddr::Tcp(_) = &u.listen
-                && !u.listen.tcp_socket_addr().is_some_and(|s| s.ip().is_loopback())
+                && !u
+                    .listen
+                    .tcp_socket_addr()
+                    .is_some_and(|s| s.ip().is_loopback())
             {
                 return Err(invalid(format!(
                     "upstream listen {} is not a loopback address; the plain side must stay local",

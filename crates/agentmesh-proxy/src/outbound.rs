@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentmesh_sdk::local::{LocalListener, LocalPeer, LocalStream};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{Request, Response, StatusCode};
@@ -13,7 +14,6 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use agentmesh_sdk::local::{LocalListener, LocalPeer, LocalStream};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
