@@ -623,10 +623,12 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         .iter()
         .find(|s| s["name"] == "planner")
         .unwrap();
+    // The planner's sidecar port for the gateway is a Unix socket (only this uid may use it).
     let denied_url = format!(
-        "http://{}/v1/chat/completions",
+        "{}#/v1/chat/completions",
         planner["upstreams"]["gateway"].as_str().unwrap()
     );
+    assert!(denied_url.starts_with("unix://"), "{denied_url}");
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frontend-screenshots");
     let out = Command::new("node")

@@ -1058,12 +1058,12 @@ async fn research_team_agents_do_mtls_in_process_and_follow_intention_changes() 
         "{answer}"
     );
 
-    let writer_admin: SocketAddr = up.service("writer")["admin"]
+    let writer_admin = up.service("writer")["admin"]
         .as_str()
         .expect("admin")
-        .parse()
-        .expect("addr");
-    let health = http_get_text(writer_admin, "/healthz").await;
+        .to_owned();
+    assert!(writer_admin.starts_with("unix://"), "{writer_admin}");
+    let health = http_get_text(&writer_admin, "/healthz").await;
     assert!(
         health.starts_with("ok spiffe://agentmesh.local/ns/default/sa/writer serial="),
         "{health}"
@@ -1099,7 +1099,7 @@ async fn research_team_agents_do_mtls_in_process_and_follow_intention_changes() 
     assert!(refused.contains("writer refused the call"), "{refused}");
 
     // The writer's live feed has the deny, from the researcher, with the default deny.
-    let feed = http_get_text_until(writer_admin, "/decisions", |t| {
+    let feed = http_get_text_until(&writer_admin, "/decisions", |t| {
         t.lines().any(|l| l.contains("\"decision\":\"deny\""))
     })
     .await;
@@ -1153,16 +1153,19 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// GET `path` on a plain loopback admin listener; the body as text.
-async fn http_get_text(addr: SocketAddr, path: &str) -> String {
+/// GET `path` on a plain admin listener (`unix:///path` or `ip:port`); the body as text.
+async fn http_get_text(addr: &str, path: &str) -> String {
     http_get_text_until(addr, path, |_| true).await
 }
 
 /// GET a (possibly endless) plain HTTP response and read it until `done` says enough or
 /// the server closes it; the raw body (chunk framing included, which no JSON line matches).
-async fn http_get_text_until(addr: SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> String {
+async fn http_get_text_until(addr: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = TcpStream::connect(addr).await.expect("connect admin");
+    let addr: agentmesh_sdk::LocalAddr = addr.parse().expect("admin address");
+    let mut tcp = agentmesh_sdk::LocalStream::connect(&addr)
+        .await
+        .expect("connect admin");
     let head = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
     tcp.write_all(head.as_bytes()).await.expect("write");
     let mut text = String::new();
@@ -1183,4 +1186,294 @@ async fn http_get_text_until(addr: SocketAddr, path: &str, done: impl Fn(&str) -
             "{path} never had what was waited for: {text}"
         );
     }
+}
+
+// === the attacker next door ===
+
+/// The uid the attacker runs as: `nobody`, another user on the same host.
+const ATTACKER_UID: &str = "65534";
+
+/// Runs `tests/py/attacker.py` as uid 65534 with `setpriv`, the Python standard library and
+/// nothing else (no certificate, no access to the data dir), one HTTP request per attempt.
+/// Returns each attempt's outcome by name.
+fn attack(attempts: &[Value]) -> std::collections::BTreeMap<String, Value> {
+    // The system interpreter: one under /root (pyenv, the test venv) is out of nobody's reach.
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "the attacker needs /usr/bin/python3 (Debian's python3)"
+    );
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={ATTACKER_UID}"),
+            &format!("--regid={ATTACKER_UID}"),
+            "--clear-groups",
+        ])
+        .arg(python)
+        .arg("-c")
+        .arg(include_str!("py/attacker.py"))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs the attacker as another uid");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(serde_json::to_string(attempts).expect("json").as_bytes())
+        .expect("send the attempts");
+    let out = child.wait_with_output().expect("the attacker ran");
+    assert!(
+        out.status.success(),
+        "the attacker script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("one JSON object per attempt");
+            (v["name"].as_str().expect("name").to_owned(), v)
+        })
+        .collect()
+}
+
+/// Every local address of `up`'s mesh that an attacker could try, with the request that
+/// would hurt most: a user token, a hand-written `x-forwarded-client-cert` naming a caller
+/// the destination trusts, and the path it serves.
+fn attempts_against(up: &Up, token: &str) -> Vec<Value> {
+    let mesh = up.mesh();
+    let services = mesh["services"].as_array().expect("services");
+    let td = "spiffe://agentmesh.local/ns/default/sa";
+    let mut attempts = Vec::new();
+    let post = |name: String, target: &str, path: &str, forged_caller: &str| {
+        serde_json::json!({
+            "name": name,
+            "target": target,
+            "path": path,
+            "headers": {
+                "authorization": format!("Bearer {token}"),
+                "x-forwarded-client-cert": format!("By={td}/gateway;URI={td}/{forged_caller}"),
+            },
+            "body": r#"{"question":"hello from next door","model":"agentmesh-default","messages":[{"role":"user","content":"hi"}]}"#,
+        })
+    };
+    for s in services {
+        let name = s["name"].as_str().expect("name");
+        let kind = s["kind"].as_str().expect("kind");
+        let path = if kind == "gateway" {
+            "/v1/chat/completions"
+        } else {
+            "/ask"
+        };
+        // Whoever calls this service legitimately, as a forged XFCC would claim.
+        let caller = services
+            .iter()
+            .filter_map(|o| o["upstreams"].as_object().map(|u| (o, u)))
+            .find(|(_, u)| u.contains_key(name))
+            .map_or("planner", |(o, _)| o["name"].as_str().expect("name"));
+        if kind != "frontend" {
+            attempts.push(post(
+                format!("{name}: app, past its sidecar"),
+                s["app"].as_str().expect("app"),
+                path,
+                caller,
+            ));
+        }
+        // The mTLS listener spoken to in plain HTTP, XFCC and all: no certificate, no answer.
+        attempts.push(post(
+            format!("{name}: mTLS listener without a certificate"),
+            s["inbound"].as_str().expect("inbound"),
+            path,
+            caller,
+        ));
+        let admin = s["admin"].as_str().expect("admin");
+        attempts.push(serde_json::json!({
+            "name": format!("{name}: admin /decisions feed"),
+            "target": admin, "path": "/decisions", "method": "GET",
+        }));
+        attempts.push(post(
+            format!("{name}: admin /probe to the gateway"),
+            admin,
+            "/probe/gateway/v1/chat/completions",
+            name,
+        ));
+        for (dest, listen) in s["upstreams"].as_object().expect("upstreams") {
+            let dest_path = if dest == "gateway" {
+                "/v1/chat/completions"
+            } else {
+                "/ask"
+            };
+            attempts.push(post(
+                format!("{name}: outbound listener to {dest}, borrowing {name}'s identity"),
+                listen.as_str().expect("listen"),
+                dest_path,
+                name,
+            ));
+        }
+    }
+    attempts
+}
+
+/// The attack that worked before app ↔ sidecar hops were authenticated, and every variant of
+/// it: as another uid with a real user token, no app answers past its sidecar, no outbound
+/// listener lends its service's identity, no admin feed or probe answers, and a forged
+/// `x-forwarded-client-cert` gets no chat completion, tool call or delegation link anywhere.
+async fn the_attacker_next_door_gets_nothing(scenario: &str) {
+    let mut up = up(&["--scenario", scenario]);
+    let token = user_token(&up, "mallory").await;
+    let attempts = attempts_against(&up, &token);
+    assert!(attempts.len() > 10, "{attempts:#?}");
+    let outcomes = attack(&attempts);
+    assert_eq!(outcomes.len(), attempts.len(), "{outcomes:#?}");
+    for (name, outcome) in &outcomes {
+        assert_ne!(
+            outcome["outcome"], "answered",
+            "hole in {scenario}: {name} answered the attacker: {outcome}"
+        );
+        // The local ones are not even reachable: the data dir is the operator's alone.
+        if !name.contains("mTLS listener") {
+            assert_eq!(
+                outcome["outcome"], "refused",
+                "{scenario}: {name}: {outcome}"
+            );
+            assert!(
+                outcome["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("Permission denied")),
+                "{scenario}: {name}: {outcome}"
+            );
+        }
+    }
+    // The control: the same script as the operator's own uid does get through a sidecar
+    // port, so "refused" above is the uid, not a broken script.
+    let mesh = up.mesh();
+    let own = mesh["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find_map(|s| {
+            s["upstreams"]
+                .as_object()
+                .and_then(|u| u.values().next().cloned())
+        })
+        .expect("some upstream");
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(include_str!("py/attacker.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(
+                serde_json::json!([{"name": "own", "target": own, "path": "/healthz", "method": "GET"}])
+                    .to_string()
+                    .as_bytes(),
+            )?;
+            c.wait_with_output()
+        })
+        .expect("run the script as the operator");
+    let own: Value = serde_json::from_slice(&out.stdout).expect("one outcome");
+    assert_eq!(own["outcome"], "answered", "{own}");
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_executor_gives_the_attacker_next_door_nothing() {
+    the_attacker_next_door_gets_nothing("planner-executor").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_team_gives_the_attacker_next_door_nothing() {
+    the_attacker_next_door_gets_nothing("research-team").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_pipeline_gives_the_attacker_next_door_nothing() {
+    the_attacker_next_door_gets_nothing("threat-pipeline").await;
+}
+
+/// File permissions are the first wall (0700 directories, 0600 sockets); the peer-credential
+/// check is the second. With the walls opened on purpose, an attacker's connection to an app,
+/// a sidecar's outbound listener or an admin socket is accepted by the kernel and then
+/// dropped unread by the process, which logs who it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_credentials_refuse_another_uid_even_when_the_socket_is_world_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut up = up(&[]);
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    // Every directory from / down to the sockets must let nobody through.
+    let mut dir = up.data.join("run/executor");
+    loop {
+        let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+        open(&dir, mode | 0o711);
+        if !dir.pop() || dir.as_os_str().is_empty() || dir == Path::new("/") {
+            break;
+        }
+    }
+    open(&up.data.join("run/planner"), 0o711);
+    let gateway_dir = up.data.join("run/gateway");
+    open(&gateway_dir, 0o711);
+    let targets = [
+        (
+            "executor app",
+            up.data.join("run/executor/app.sock"),
+            "/ask",
+        ),
+        (
+            "executor outbound to the gateway",
+            up.data.join("run/executor/to-gateway.sock"),
+            "/v1/chat/completions",
+        ),
+        (
+            "gateway app",
+            gateway_dir.join("app.sock"),
+            "/v1/chat/completions",
+        ),
+        (
+            "planner sidecar admin",
+            up.data.join("run/planner/admin.sock"),
+            "/decisions",
+        ),
+    ];
+    let mut attempts = Vec::new();
+    for (name, sock, path) in &targets {
+        open(sock, 0o666);
+        attempts.push(serde_json::json!({
+            "name": name,
+            "target": format!("unix://{}", sock.display()),
+            "path": path,
+            "headers": {"x-forwarded-client-cert": "By=spiffe://agentmesh.local/ns/default/sa/gateway;URI=spiffe://agentmesh.local/ns/default/sa/executor"},
+            "body": r#"{"question":"hi","model":"agentmesh-default","messages":[{"role":"user","content":"hi"}]}"#,
+        }));
+    }
+    let outcomes = attack(&attempts);
+    for (name, _, _) in &targets {
+        let o = &outcomes[*name];
+        assert_eq!(
+            o["outcome"], "no_answer",
+            "{name}: the kernel let nobody connect, so the process must drop it: {o}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for log in [
+        "executor.log",
+        "executor.proxy.log",
+        "gateway.log",
+        "planner.proxy.log",
+    ] {
+        let text = std::fs::read_to_string(up.data.join("logs").join(log)).unwrap_or_default();
+        assert!(
+            text.contains("local connection refused") && text.contains("uid=65534"),
+            "{log} does not name the refused uid:\n{text}"
+        );
+    }
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
 }

@@ -156,7 +156,9 @@ impl TestGateway {
     /// that lets every caller use every model; API keys are read from `env` only.
     pub fn new(providers_and_models: &str, env: &[(&str, &str)]) -> Self {
         let text = format!(
-            "listen = \"127.0.0.1:1\"\n{providers_and_models}\n[[caller]]\nid = \"*\"\nmodels = [\"*\"]\n"
+            // A socket path that is never bound: the harness serves the router itself, and a
+            // unix listen is what makes the gateway trust the XFCC its proxy would add.
+            "listen = \"unix:///nonexistent/gateway.sock\"\n{providers_and_models}\n[[caller]]\nid = \"*\"\nmodels = [\"*\"]\n"
         );
         let env: HashMap<String, String> = env
             .iter()
