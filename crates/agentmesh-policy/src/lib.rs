@@ -11,5 +11,5 @@ pub mod intention;
 pub use evaluate::{Decision, HttpRequest, PolicySet};
 pub use intention::{
     Action, HeaderMatch, HeaderMatchKind, HeaderSpec, HttpSpec, Intention, IntentionError,
-    IntentionSpec, PathMatch, Permission, PermissionSpec, Target,
+    IntentionSpec, OWNER_MAX, PathMatch, Permission, PermissionSpec, Target, scenario_owner,
 };

@@ -109,10 +109,23 @@ fn up(args: &[&str]) -> Up {
 
 /// [`up`] with extra environment for `up` (and so for its children).
 fn up_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    launch(tempfile::tempdir().expect("tempdir"), args, env)
+}
+
+impl Up {
+    /// Starts `up ARGS` again on the same data dir, after [`Up::stop`].
+    fn restart(self, args: &[&str]) -> Up {
+        assert!(self.proc.is_none(), "stop it first");
+        launch(self._tmp, args, &[])
+    }
+}
+
+/// Starts `up` with its data dir (`mesh`) and output files in `tmp`.
+fn launch(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Up {
     let data = tmp.path().join("mesh");
-    let stdout = tmp.path().join("up.out");
-    let stderr = tmp.path().join("up.err");
+    let runs = std::fs::read_dir(tmp.path()).map_or(0, Iterator::count);
+    let stdout = tmp.path().join(format!("up-{runs}.out"));
+    let stderr = tmp.path().join(format!("up-{runs}.err"));
     let child = Command::new(BIN)
         .arg("up")
         .args(args)
@@ -1376,6 +1389,109 @@ async fn the_attacker_next_door_gets_nothing(scenario: &str) {
         .expect("run the script as the operator");
     let own: Value = serde_json::from_slice(&out.stdout).expect("one outcome");
     assert_eq!(own["outcome"], "answered", "{own}");
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+/// Intentions say who owns them, and a restart of `up` on the same data dir replaces only
+/// the scenario's own: an operator's intention survives, and so does an operator's intention
+/// for a pair the scenario also names (the scenario's is then not applied, and `up` says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_up_keeps_an_operators_intentions() {
+    let mut up = up(&[]);
+    let admin = up.data.join("admin.sock");
+    let admin = admin.to_str().expect("utf-8");
+    let cli = |up: &Up, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin-socket", admin]);
+        let out = up.cli(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(
+        &up,
+        &[
+            "intention",
+            "create",
+            "executor",
+            "planner",
+            "--action",
+            "allow",
+        ],
+    );
+    let list = cli(&up, &["intention", "list"]);
+    assert!(
+        list.contains("Owner        : up:planner-executor"),
+        "{list}"
+    );
+    assert!(list.contains("Owner        : operator"), "{list}");
+    // An operator takes over one of the scenario's pairs.
+    let listed: Value =
+        serde_json::from_str(&cli(&up, &["intention", "list", "-o", "json"])).expect("json");
+    let pe = listed["intentions"]
+        .as_array()
+        .expect("intentions")
+        .iter()
+        .find(|i| i["spec"]["source"] == "planner" && i["spec"]["destination"] == "executor")
+        .expect("planner → executor")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    cli(&up, &["intention", "delete", &pe]);
+    cli(
+        &up,
+        &[
+            "intention",
+            "create",
+            "planner",
+            "executor",
+            "--action",
+            "allow",
+            "--description",
+            "the operator's own",
+        ],
+    );
+    assert!(up.stop().success());
+
+    let mut up = up.restart(&[]);
+    let out = up.output();
+    assert!(
+        out.contains("2 of an operator's kept"),
+        "the restart should keep the operator's two:
+{out}"
+    );
+    assert!(
+        out.contains("intention planner → executor of the scenario not applied"),
+        "{out}"
+    );
+    let listed: Value =
+        serde_json::from_str(&cli(&up, &["intention", "list", "-o", "json"])).expect("json");
+    let all = listed["intentions"].as_array().expect("intentions");
+    let owned_by = |owner: &str| {
+        all.iter()
+            .filter(|i| i["spec"]["owner"].as_str().unwrap_or("") == owner)
+            .count()
+    };
+    assert_eq!(owned_by(""), 2, "{listed}");
+    // planner-executor has four intentions; the operator holds one of their pairs.
+    assert_eq!(owned_by("up:planner-executor"), 3, "{listed}");
+    assert!(
+        all.iter()
+            .any(|i| i["spec"]["description"] == "the operator's own"),
+        "{listed}"
+    );
+    // And the mesh still answers through the operator's intention.
+    let answer = up.ask("Who owns this intention?");
+    assert_eq!(
+        answer["agents"],
+        serde_json::json!(["planner", "executor", "gateway"]),
+        "{answer}"
+    );
     let data = up.data.clone();
     assert!(up.stop().success());
     assert_no_strays(&data);

@@ -25,11 +25,10 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::process::Command;
 use tonic::transport::Channel;
 
 use self::scenario::{DEFAULT_QUESTION, DEFAULT_SCENARIO, Scenario, ServiceKind, ServiceSpec};
-use self::supervisor::{Supervisor, tail};
+use self::supervisor::{Recipe, Supervisor, tail};
 use super::server::Signals;
 use super::{ADMIN_SOCKET_ENV, DEFAULT_DATA_DIR, WORKLOAD_SOCKET_ENV};
 
@@ -335,9 +334,9 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn agentmesh_command() -> anyhow::Result<Command> {
+fn agentmesh_command() -> anyhow::Result<Recipe> {
     let exe = std::env::current_exe().context("cannot find the agentmesh binary")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Recipe::new(exe);
     // Children get their sockets from flags and configs, never from the caller's shell; and
     // each names itself in traces (agentmesh-proxy/NAME, agentmesh-agent/NAME, ...), so one
     // OTEL_SERVICE_NAME from the shell must not rename them all. The other OTEL_* variables
@@ -903,7 +902,7 @@ async fn start_all(
         .arg(&layout.data)
         .arg("--admin-socket")
         .arg(&layout.admin_socket);
-    sup.spawn("server", cmd, &layout.logs.join("server.log"), None)?;
+    sup.spawn("server", cmd, &layout.logs.join("server.log"), None, None)?;
     let admin_socket = layout.admin_socket.clone();
     wait_until("the server's admin socket", sup, || {
         let p = admin_socket.clone();
@@ -942,7 +941,7 @@ async fn start_all(
         .arg(&layout.node_admin_socket)
         // In the environment, not argv, so the token is not in `ps`.
         .env(super::JOIN_TOKEN_ENV, &token);
-    sup.spawn("node", cmd, &layout.logs.join("node.log"), None)?;
+    sup.spawn("node", cmd, &layout.logs.join("node.log"), None, None)?;
     let sockets = [layout.node_socket.clone(), layout.node_admin_socket.clone()];
     wait_until("the node's sockets", sup, || {
         let s = sockets.clone();
@@ -998,14 +997,22 @@ async fn start_all(
         plans.len()
     );
 
-    // --- intentions: exactly the scenario's ---
+    // --- intentions: the scenario's replace whatever `up` applied before; an operator's stay ---
     let old = admin
         .list_intentions(ListIntentionsRequest {})
         .await
         .map_err(|s| anyhow!("cannot list intentions: {}", s.message()))?
         .into_inner()
         .intentions;
+    let owner = agentmesh_policy::scenario_owner(&scenario.name);
+    let mut kept = 0;
     for i in old {
+        let applied_by_up = serde_json::from_str::<agentmesh_policy::IntentionSpec>(&i.spec_json)
+            .is_ok_and(|s| s.owner.starts_with("up:"));
+        if !applied_by_up {
+            kept += 1;
+            continue;
+        }
         admin
             .delete_intention(DeleteIntentionRequest {
                 id: i.id.clone(),
@@ -1017,20 +1024,34 @@ async fn start_all(
     }
     let mut intentions = Vec::new();
     for spec in &scenario.intentions {
-        let created = admin
+        let mut spec = spec.clone();
+        spec.owner.clone_from(&owner);
+        let created = match admin
             .create_intention(CreateIntentionRequest {
                 spec_json: spec.to_json(),
             })
             .await
-            .map_err(|s| {
-                anyhow!(
+        {
+            Ok(c) => c.into_inner(),
+            // An operator's intention for the same pair wins: it was made on purpose.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                println!(
+                    "  ! intention {} → {} of the scenario not applied: {}",
+                    spec.source,
+                    spec.destination,
+                    s.message()
+                );
+                continue;
+            }
+            Err(s) => {
+                return Err(anyhow!(
                     "cannot create intention {} → {}: {}",
                     spec.source,
                     spec.destination,
                     s.message()
-                )
-            })?
-            .into_inner();
+                ));
+            }
+        };
         intentions.push((
             created.id,
             spec.source.clone(),
@@ -1040,8 +1061,13 @@ async fn start_all(
         ));
     }
     println!(
-        "  ✓ intentions  {} applied; everything else is denied",
-        intentions.len()
+        "  ✓ intentions  {} applied ({owner}){}; everything else is denied",
+        intentions.len(),
+        if kept > 0 {
+            format!(", {kept} of an operator's kept")
+        } else {
+            String::new()
+        }
     );
 
     // --- services and sidecars ---
@@ -1070,7 +1096,7 @@ async fn start_all(
                 (cmd, Some(layout.logs.join(format!("{stem}.audit.jsonl"))))
             }
             ServiceKind::Process => {
-                let mut cmd = Command::new(&p.spec.command[0]);
+                let mut cmd = Recipe::new(&p.spec.command[0]);
                 cmd.args(&p.spec.command[1..])
                     .env("AGENTMESH_SERVICE", name)
                     .env("AGENTMESH_LISTEN", p.app.to_string())
@@ -1104,6 +1130,7 @@ async fn start_all(
             app_cmd,
             &layout.logs.join(format!("{stem}.log")),
             app_stdout.as_deref(),
+            Some(name),
         )?;
         register_launch(&mut node, pid, name).await?;
         if !p.spec.sidecar {
@@ -1119,6 +1146,7 @@ async fn start_all(
             cmd,
             &layout.logs.join(format!("{stem}.proxy.log")),
             Some(&layout.logs.join(format!("{stem}.access.jsonl"))),
+            Some(name),
         )?;
         register_launch(&mut node, pid, name).await?;
     }
@@ -1374,6 +1402,75 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
     (out, ok)
 }
 
+/// Keeps the mesh running until a signal: a child that exits is started again after its
+/// backoff while the rest keep serving; a restarted app or sidecar is registered with the
+/// node again, and a restarted node gets every registration back.
+async fn supervise(
+    sup: &mut Supervisor,
+    signals: &mut Signals,
+    layout: &Layout,
+) -> anyhow::Result<()> {
+    // Registrations the node has not taken yet (it may be restarting itself).
+    let mut pending: Vec<(u32, String)> = Vec::new();
+    loop {
+        let next = sup
+            .next_due()
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            s = signals.recv() => {
+                println!("\n{s}: stopping the mesh");
+                return Ok(());
+            }
+            exit = sup.wait_exit() => {
+                eprintln!(
+                    "  ! {} exited ({}); starting it again in {:?}; the end of {}:\n{}",
+                    exit.name,
+                    exit.status,
+                    exit.backoff,
+                    exit.log.display(),
+                    tail(&exit.log, 5)
+                );
+            }
+            () = tokio::time::sleep(next) => {}
+        }
+        for index in sup.due() {
+            match sup.restart(index) {
+                Ok(c) => {
+                    println!("  ↻ {} restarted (pid {})", c.name, c.pid);
+                    if c.name == "node" {
+                        pending = sup
+                            .registered()
+                            .filter_map(|c| Some((c.pid, c.service.clone()?)))
+                            .collect();
+                    } else if let Some(service) = &c.service {
+                        pending.push((c.pid, service.clone()));
+                    }
+                }
+                Err(e) => eprintln!("  ! {e:#}; trying again later"),
+            }
+        }
+        if !pending.is_empty()
+            && let Ok(channel) = agentmesh_proto::unix::connect(&layout.node_admin_socket).await
+        {
+            let mut node = NodeAdminClient::new(channel);
+            let mut still = Vec::new();
+            for (pid, service) in pending.drain(..) {
+                if let Err(e) = register_launch(&mut node, pid, &service).await {
+                    // A process that already exited again has nothing to register.
+                    if agentmesh_node::attestor::process_start_time(pid).is_ok() {
+                        tracing::debug!(error = %e, "registration retried later");
+                        still.push((pid, service));
+                    }
+                }
+            }
+            pending = still;
+        }
+    }
+}
+
 /// Runs `agentmesh up` until Ctrl-C.
 ///
 /// # Errors
@@ -1516,14 +1613,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         layout.logs.display()
     );
 
-    let outcome = tokio::select! {
-        s = signals.recv() => { println!("\n{s}: stopping the mesh"); Ok(()) }
-        (name, status, log) = sup.wait_exit() => Err(anyhow!(
-            "{name} exited ({status}); stopping the mesh; the end of {}:\n{}",
-            log.display(),
-            tail(&log, 15)
-        )),
-    };
+    let outcome = supervise(&mut sup, &mut signals, &layout).await;
     sup.stop_all().await;
     let _ = std::fs::remove_file(&layout.mesh_file);
     let _ = std::fs::remove_file(&layout.pid_file);
