@@ -241,7 +241,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     metrics.clone(),
                     ib.app.clone(),
                     ib.protocol,
-                ),
+                )
+                .with_normalize_options(ib.normalize_options()),
                 l,
             ));
         }
