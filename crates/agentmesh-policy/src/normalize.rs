@@ -144,6 +144,9 @@ pub fn normalize_path(path: &str, options: &NormalizeOptions) -> Result<String, 
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_normal(raw) {
+        return Ok(path.to_owned());
+    }
     // Pass 1: escapes and slashes, into bytes where `/` is always a real separator.
     let mut decoded: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -233,6 +236,26 @@ pub fn normalize_path(path: &str, options: &NormalizeOptions) -> Result<String, 
         byte: e.as_bytes().first().copied().unwrap_or_default(),
         at: e.utf8_error().valid_up_to(),
     })
+}
+
+/// Whether a path (starting with `/`) is already in normal form, so the common case costs
+/// one scan: no escapes, no backslash, no byte the slow path refuses, no empty segment except
+/// a trailing one, and no dot-segment.
+fn is_normal(raw: &[u8]) -> bool {
+    let plain = raw
+        .iter()
+        .all(|b| !matches!(b, b'%' | b'\\' | b'?' | b'#' | 0x00..=0x20 | 0x7f));
+    if !plain {
+        return false;
+    }
+    let mut segments = raw[1..].split(|b| *b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment == b"." || segment == b".." {
+            return false;
+        }
+    }
+    true
 }
 
 /// [`normalize_path`] on the path of a `path?query` string; the query is kept exactly as sent.
