@@ -74,6 +74,26 @@ pub struct Inbound {
     /// the bound listener address.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// HTTP only: what to do with a request header whose name has an underscore:
+    /// `reject_request` (default, 400), `drop_header` or `allow` (Envoy's
+    /// `headers_with_underscores_action`).
+    #[serde(default)]
+    pub headers_with_underscores_action: agentmesh_policy::HeadersWithUnderscoresAction,
+    /// HTTP only: what to do with `%2F`, `%5C` or `\` in a path: `reject_request` (default,
+    /// 400), `unescape_and_forward` or `keep_unchanged` (Envoy's
+    /// `path_with_escaped_slashes_action`).
+    #[serde(default)]
+    pub path_with_escaped_slashes_action: agentmesh_policy::EscapedSlashesAction,
+}
+
+impl Inbound {
+    /// How this listener normalises HTTP requests before deciding and forwarding them.
+    pub fn normalize_options(&self) -> agentmesh_policy::NormalizeOptions {
+        agentmesh_policy::NormalizeOptions {
+            escaped_slashes: self.path_with_escaped_slashes_action,
+            headers_with_underscores: self.headers_with_underscores_action,
+        }
+    }
 }
 
 /// `[[upstream]]`.
@@ -266,10 +286,61 @@ listen = "127.0.0.1:19001"
         .unwrap();
         assert_eq!(cfg.inbound.as_ref().unwrap().protocol, Protocol::Http);
         assert_eq!(cfg.upstream[0].protocol, Protocol::Tcp);
+        // Normalisation defaults to refusing both suspicious spellings.
+        assert_eq!(
+            cfg.inbound.as_ref().unwrap().normalize_options(),
+            agentmesh_policy::NormalizeOptions::default()
+        );
         assert_eq!(
             cfg.workload_socket(Path::new("p"), None).unwrap(),
             PathBuf::from("/tmp/agentmesh/node.sock")
         );
+    }
+
+    #[test]
+    fn normalisation_settings_take_envoys_values() {
+        use agentmesh_policy::{EscapedSlashesAction as E, HeadersWithUnderscoresAction as H};
+        let base = "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\nprotocol = \"http\"\n";
+        let cases = [
+            ("allow", "keep_unchanged", H::Allow, E::KeepUnchanged),
+            (
+                "reject_request",
+                "reject_request",
+                H::RejectRequest,
+                E::RejectRequest,
+            ),
+            (
+                "drop_header",
+                "unescape_and_forward",
+                H::DropHeader,
+                E::UnescapeAndForward,
+            ),
+        ];
+        for (h, e, want_h, want_e) in cases {
+            let cfg = parse(&format!(
+                "{base}headers_with_underscores_action = \"{h}\"\npath_with_escaped_slashes_action = \"{e}\"\n"
+            ))
+            .unwrap();
+            let opts = cfg.inbound.unwrap().normalize_options();
+            assert_eq!(
+                (opts.headers_with_underscores, opts.escaped_slashes),
+                (want_h, want_e)
+            );
+        }
+        for (text, want) in [
+            (
+                "path_with_escaped_slashes_action = \"unescape_and_redirect\"",
+                "unknown variant `unescape_and_redirect`",
+            ),
+            (
+                "headers_with_underscores_action = \"ALLOW\"",
+                "unknown variant `ALLOW`",
+            ),
+            ("normalize_path = false", "unknown field `normalize_path`"),
+        ] {
+            let err = parse(&format!("{base}{text}\n")).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

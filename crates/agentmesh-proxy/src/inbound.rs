@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentmesh_policy::HttpRequest;
+use agentmesh_policy::{HttpRequest, NormalizeOptions};
 use agentmesh_sdk::local::{LocalAddr, LocalConnector, LocalStream};
+use agentmesh_sdk::policy::{header_pairs, normalize_request};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -131,6 +132,8 @@ pub struct Inbound {
     pub connections: Arc<Connections>,
     app_client: Client<LocalConnector, Incoming>,
     tls: crate::identity::ConfigCache<ServerConfig>,
+    /// How HTTP requests are normalised before they are decided and forwarded.
+    normalize: NormalizeOptions,
 }
 
 impl Inbound {
@@ -154,7 +157,14 @@ impl Inbound {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             tls: Arc::default(),
+            normalize: NormalizeOptions::default(),
         }
+    }
+
+    /// Normalises HTTP requests with `options` (from `[inbound]`) instead of the defaults.
+    pub fn with_normalize_options(mut self, options: NormalizeOptions) -> Self {
+        self.normalize = options;
+        self
     }
 
     /// The server config for the current identity, rebuilt only when the roots or the
@@ -375,23 +385,28 @@ impl Inbound {
         let mut span = Span::server("proxy inbound", req.headers());
         let trace_id = span.context().trace_id_hex();
         let method = req.method().as_str().to_owned();
+        // Decided, logged and forwarded in the normalised form, so the rules judge the path
+        // the app will route; a request that cannot be normalised is refused here.
+        let normalized = normalize_request(&mut req, &self.normalize);
         let path = req.uri().path().to_owned();
         let policy = self.policy.current();
-        let d = {
-            let headers: Vec<(&str, &str)> = req
-                .headers()
-                .iter()
-                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
-                .collect();
-            policy.set.check_request(
+        let d = match &normalized {
+            Ok(()) => policy.set.check_request(
                 peer,
                 &own.id,
                 &HttpRequest {
                     method: &method,
                     path: &path,
-                    headers: &headers,
+                    headers: &header_pairs(req.headers()),
                 },
-            )
+            ),
+            Err(refused) => agentmesh_policy::Decision {
+                action: agentmesh_policy::Action::Deny,
+                intention_id: None,
+                reason: format!(
+                    "the request is refused before any intention is checked: {refused}"
+                ),
+            },
         };
         let (source, destination) = (peer.to_string(), own.id.to_string());
         if span.is_recording() {
@@ -435,6 +450,20 @@ impl Inbound {
                 bytes_out: None,
             });
         };
+        if normalized.is_err() {
+            log(&mut span, "deny", &d.reason, 400);
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "error": "bad request",
+                    "source": source,
+                    "destination": destination,
+                    "intention": null,
+                    "reason": d.reason,
+                    "trace_id": trace_id,
+                }),
+            );
+        }
         if !d.is_allowed() {
             log(&mut span, "deny", &d.reason, 403);
             return json_response(

@@ -296,7 +296,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     metrics.clone(),
                     ib.app_addr()?,
                     ib.protocol,
-                ),
+                )
+                .with_normalize_options(ib.normalize_options()),
                 l,
             ));
         }

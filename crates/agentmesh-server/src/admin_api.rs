@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agentmesh_policy::{HttpRequest, IntentionSpec, PolicySet};
+use agentmesh_policy::{HttpRequest, IntentionSpec, NormalizeOptions, PolicySet};
 use agentmesh_proto::v1::{
     self, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, GenerateJoinTokenRequest,
     GetBundleRequest, GetEntryRequest, JoinToken, ListEntriesRequest, ListEntriesResponse,
@@ -305,12 +305,13 @@ impl v1::admin_server::Admin for AdminService {
                     "--path {path:?} must start with '/'"
                 )));
             }
-            let headers: Vec<(&str, &str)> = req
+            let headers: Vec<(&str, &[u8])> = req
                 .headers
                 .iter()
-                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .map(|h| (h.name.as_str(), h.value.as_bytes()))
                 .collect();
-            policy.check_request(
+            // Decided as a sidecar with the default settings decides: on the normalised path.
+            policy.check_unnormalized_request(
                 &source,
                 &destination,
                 &HttpRequest {
@@ -318,6 +319,7 @@ impl v1::admin_server::Admin for AdminService {
                     path,
                     headers: &headers,
                 },
+                &NormalizeOptions::default(),
             )
         };
         Ok(Response::new(v1::CheckIntentionResponse {
