@@ -1593,3 +1593,96 @@ async fn peer_credentials_refuse_another_uid_even_when_the_socket_is_world_writa
     assert!(up.stop().success());
     assert_no_strays(&data);
 }
+
+// === up survives its children ===
+
+impl Up {
+    /// [`Up::ask`] that reports a failure instead of panicking.
+    fn try_ask(&self, question: &str) -> Result<Value, String> {
+        let data = self.data.to_str().expect("utf-8 path");
+        let out = self.cli(&["ask", question, "--data-dir", data, "-o", "json"]);
+        if out.status.success() {
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The pid of the one child whose command line contains `needle` (`node run`,
+    /// `planner.proxy.toml`, ...).
+    fn pid_of(&self, needle: &str) -> u32 {
+        let found: Vec<u32> = processes_under(&self.data)
+            .into_iter()
+            .filter(|p| p.contains(needle))
+            .filter_map(|p| p.split(':').next()?.parse().ok())
+            .collect();
+        assert_eq!(found.len(), 1, "{needle}: {found:?}");
+        found[0]
+    }
+}
+
+/// `kill -9` of each kind of child while questions keep coming: `up` starts it again, the
+/// rest of the mesh keeps serving (with the node or the server gone, the sidecars answer from
+/// what they hold), a sidecar restarted after the node's own restart gets its identity (the
+/// node got its registrations back), and the mesh answers after every kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_any_child_is_survived_and_only_in_flight_requests_fail() {
+    let mut up = up(&[]);
+    let expected = serde_json::json!(["planner", "executor", "gateway"]);
+    for (victim, needle, data_plane_keeps_serving) in [
+        ("node", "node run", true),
+        ("executor sidecar", "executor.proxy.toml", false),
+        ("server", "server run", true),
+        ("gateway", "gateway.gateway.toml", false),
+        ("planner", "planner.agent.toml", false),
+        ("frontend", "frontend.frontend.toml", false),
+    ] {
+        let before = up.pid_of(needle);
+        let killed = Command::new("kill")
+            .args(["-9", &before.to_string()])
+            .status()
+            .expect("kill -9");
+        assert!(killed.success());
+        if data_plane_keeps_serving {
+            // Nothing in the request path depends on the control plane.
+            let answer = up.try_ask("Does the mesh serve while the control plane is down?");
+            assert_eq!(
+                answer.as_ref().map(|a| a["agents"].clone()),
+                Ok(expected.clone()),
+                "with the {victim} killed: {answer:?}\n{}",
+                up.output()
+            );
+        }
+        let deadline = Instant::now() + PATIENCE * 2;
+        let mut failures = 0;
+        loop {
+            match up.try_ask("Are you back?") {
+                Ok(a) if a["agents"] == expected => break,
+                other => {
+                    failures += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "no answer since the {victim} was killed ({failures} tries): {other:?}\n{}",
+                        up.output()
+                    );
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        let after = wait_for(|| {
+            processes_under(&up.data)
+                .iter()
+                .find(|p| p.contains(needle))
+                .and_then(|p| p.split(':').next()?.parse::<u32>().ok())
+        });
+        assert_ne!(before, after, "{victim} was not started again");
+        assert!(
+            up.output().contains(&format!("↻ {victim} restarted")),
+            "{}",
+            up.output()
+        );
+    }
+    let data = up.data.clone();
+    assert!(up.stop().success(), "{}", up.output());
+    assert_no_strays(&data);
+}
