@@ -65,6 +65,8 @@ pub struct Attestation {
     pub selectors: SelectorSet,
     /// A short human summary: `pid=123 uid=1000 path=/usr/bin/python3`.
     pub summary: String,
+    /// What the kernel said about the caller.
+    pub cred: PeerCred,
 }
 
 #[derive(Debug, Clone)]
@@ -86,12 +88,18 @@ struct FileStamp {
 pub struct Attestor {
     launches: Mutex<HashMap<u32, Launch>>,
     digests: Mutex<HashMap<FileStamp, String>>,
+    denials: crate::denials::Denials,
 }
 
 impl Attestor {
     /// A new attestor with no registered launches.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Where every API that refuses an unmatched caller records why (see [`crate::denials`]).
+    pub fn denials(&self) -> &crate::denials::Denials {
+        &self.denials
     }
 
     /// Records `launcher:` selectors for a child process.
@@ -183,7 +191,11 @@ impl Attestor {
                 }
             }
         }
-        Attestation { selectors, summary }
+        Attestation {
+            selectors,
+            summary,
+            cred,
+        }
     }
 
     fn digest(&self, open_path: &Path, real_path: &Path) -> Option<String> {
