@@ -762,7 +762,9 @@ mod tests {
             spiffe_id: spiffe_id.map(str::to_owned),
         };
         assert_eq!(
-            next_hop_of(&up("classifier", None), &me).unwrap().to_string(),
+            next_hop_of(&up("classifier", None), &me)
+                .unwrap()
+                .to_string(),
             "spiffe://agentmesh.local/ns/default/sa/classifier"
         );
         assert_eq!(

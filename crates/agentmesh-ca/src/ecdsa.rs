@@ -198,7 +198,10 @@ mod tests {
         sig[63] += 1;
         assert!(!is_low_s(&sig));
         assert!(!is_low_s(&sig[..63]));
-        assert!(matches!(to_low_s(&sig[..10]), Err(EcdsaError::BadLength(10))));
+        assert!(matches!(
+            to_low_s(&sig[..10]),
+            Err(EcdsaError::BadLength(10))
+        ));
     }
 
     #[test]

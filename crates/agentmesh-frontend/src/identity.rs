@@ -300,7 +300,9 @@ mod tests {
         let ca = Authority::new(&td, int, int_key).unwrap();
         let key = PrivateKey::generate().unwrap();
         let public = CsrPublicKey::from_spki_der(&key.public_key_der()).unwrap();
-        let id = "spiffe://agentmesh.local/ns/default/sa/frontend".parse().unwrap();
+        let id = "spiffe://agentmesh.local/ns/default/sa/frontend"
+            .parse()
+            .unwrap();
         let svid = ca.mint_x509_svid(&id, &public, hour, &[], now).unwrap();
         let signing = SigningKey::from_der(svid.chain, &key.pkcs8_der()).unwrap();
         let point = signing.pair.public_key().as_ref().to_vec();

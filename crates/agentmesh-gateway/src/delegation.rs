@@ -347,7 +347,10 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let to_gateway = headers(&onward.headers_for(&id("gateway")).unwrap());
-            gateway.verify(&to_gateway, Some(&id(branch))).unwrap().unwrap();
+            gateway
+                .verify(&to_gateway, Some(&id(branch)))
+                .unwrap()
+                .unwrap();
             let again = gateway.verify(&to_gateway, Some(&id(branch))).unwrap_err();
             assert!(matches!(again, ChainError::Replayed { .. }), "{again}");
         }
@@ -369,6 +372,9 @@ mod tests {
                 Some(&id("frontend")),
             )
             .unwrap_err();
-        assert!(matches!(err, ChainError::ReplayCacheFull { max: 1 }), "{err}");
+        assert!(
+            matches!(err, ChainError::ReplayCacheFull { max: 1 }),
+            "{err}"
+        );
     }
 }

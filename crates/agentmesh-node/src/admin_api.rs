@@ -11,8 +11,8 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 use agentmesh_proto::v1::{
-    self, ListDenialsRequest, ListDenialsResponse, ListSvidsRequest, ListSvidsResponse,
-    NodeStatus, NodeStatusRequest, RegisterLaunchRequest, RegisterLaunchResponse, ServedSvid,
+    self, ListDenialsRequest, ListDenialsResponse, ListSvidsRequest, ListSvidsResponse, NodeStatus,
+    NodeStatusRequest, RegisterLaunchRequest, RegisterLaunchResponse, ServedSvid,
 };
 use tonic::{Request, Response, Status};
 

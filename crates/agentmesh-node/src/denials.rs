@@ -356,7 +356,9 @@ mod tests {
         assert_eq!(d.api, DeniedBy::Sds);
         assert_eq!((d.pid, d.uid), (Some(7), 1000));
         assert_eq!(
-            d.closest.as_ref().map(|(id, sid)| (id.as_str(), sid.to_string())),
+            d.closest
+                .as_ref()
+                .map(|(id, sid)| (id.as_str(), sid.to_string())),
             Some((
                 "e2-writer-entry",
                 "spiffe://td/ns/default/sa/writer".to_owned()
@@ -376,7 +378,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("launcher:service:writer (this process has no launcher:service selector)"),
+            text.contains(
+                "launcher:service:writer (this process has no launcher:service selector)"
+            ),
             "{text}"
         );
         // Secret-valued selectors: names only, on both sides.
@@ -434,9 +438,15 @@ mod tests {
             line.contains("closest entry spiffe://td/ns/default/sa/writer (id e2-writer-entry)"),
             "{line}"
         );
-        assert!(line.contains("unix:uid:1001 (this process has unix:uid:1000)"), "{line}");
+        assert!(
+            line.contains("unix:uid:1001 (this process has unix:uid:1000)"),
+            "{line}"
+        );
         assert!(line.contains("launcher:env:API_TOKEN=<redacted>"), "{line}");
-        assert!(!log.contains("entry-secret") && !log.contains("caller-secret"), "{log}");
+        assert!(
+            !log.contains("entry-secret") && !log.contains("caller-secret"),
+            "{log}"
+        );
     }
 
     #[test]
@@ -446,7 +456,11 @@ mod tests {
         assert!(message.contains("serves no entries"), "{message}");
         let d = denials.list(None).remove(0);
         assert!(d.closest.is_none());
-        assert!(d.explanation.contains("create one with"), "{}", d.explanation);
+        assert!(
+            d.explanation.contains("create one with"),
+            "{}",
+            d.explanation
+        );
         for _ in 0..KEEP + 10 {
             denials.refuse(DeniedBy::WorkloadApi, &caller(), &entries());
         }

@@ -209,9 +209,7 @@ fn build(
     attestor: &Attestor,
 ) -> Result<Option<(Vec<Secret>, String)>, SdsError> {
     if snap.matching(att).next().is_none() {
-        let why = attestor
-            .denials()
-            .refuse(DeniedBy::Sds, att, &snap.entries);
+        let why = attestor.denials().refuse(DeniedBy::Sds, att, &snap.entries);
         return Err(SdsError::NoEntry(why));
     }
     // Entries served on demand (past EAGER_MINT_LIMIT) are minted once someone asks.
@@ -365,7 +363,9 @@ impl StreamState {
         let Some(names) = &self.names else {
             return Ok(None);
         };
-        let Some((secrets, fingerprint)) = build(snap, &self.att, names, &self.manager, &self.attestor)? else {
+        let Some((secrets, fingerprint)) =
+            build(snap, &self.att, names, &self.manager, &self.attestor)?
+        else {
             return Ok(None);
         };
         if self.sent.as_deref() == Some(fingerprint.as_str()) {
@@ -504,7 +504,9 @@ impl SecretDiscoveryService for Sds {
         let deadline = tokio::time::Instant::now() + MINT_WAIT;
         loop {
             let snap = rx.borrow_and_update().clone();
-            if let Some((secrets, fingerprint)) = build(&snap, &att, &names, &self.manager, &self.attestor)? {
+            if let Some((secrets, fingerprint)) =
+                build(&snap, &att, &names, &self.manager, &self.attestor)?
+            {
                 return Ok(Response::new(response(
                     secrets,
                     version_of(&fingerprint),

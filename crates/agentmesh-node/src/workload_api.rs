@@ -250,11 +250,10 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
                 manager.want(snap.matching(&att).map(|e| e.id.as_str()));
                 let svids = snap.svids_for(&att);
                 if snap.matching(&att).next().is_none() {
-                    let why = attestor.denials().refuse(
-                        DeniedBy::WorkloadApiStream,
-                        &att,
-                        &snap.entries,
-                    );
+                    let why =
+                        attestor
+                            .denials()
+                            .refuse(DeniedBy::WorkloadApiStream, &att, &snap.entries);
                     return Err(Status::permission_denied(why));
                 }
                 if svids.is_empty() {

@@ -204,7 +204,9 @@ pub enum ChainError {
         next: String,
     },
     /// A link carries no `aud`: every link must name the hop it is for.
-    #[error("delegation link {index} names no next hop (aud); a link is accepted only by the hop it names")]
+    #[error(
+        "delegation link {index} names no next hop (aud); a link is accepted only by the hop it names"
+    )]
     LinkNoAudience {
         /// Its position, from 1.
         index: usize,

@@ -326,7 +326,9 @@ mod tests {
             .map(|i| format!("unix:uid:{i}"))
             .collect();
         let exactly_max: Vec<String> = many_selectors[..MAX_SELECTORS].to_vec();
-        let many_dns: Vec<String> = (0..=MAX_DNS_NAMES).map(|i| format!("h{i}.example.com")).collect();
+        let many_dns: Vec<String> = (0..=MAX_DNS_NAMES)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
         let huge_value = vec![format!("unix:path:/{}", "p".repeat(1_000_000))];
         type Check = fn(&EntryError) -> bool;
         struct Case {
@@ -345,52 +347,141 @@ mod tests {
         };
         let cases = vec![
             case("id over 2048 bytes", &long_path, &sel, &[], |e| {
-                matches!(e, EntryError::BadSpiffeId { source: SpiffeIdError::TooLong(2069), .. })
+                matches!(
+                    e,
+                    EntryError::BadSpiffeId {
+                        source: SpiffeIdError::TooLong(2069),
+                        ..
+                    }
+                )
             }),
-            case("NUL in the id", "spiffe://example.org/w\0x", &sel, &[], |e| {
-                matches!(e, EntryError::BadSpiffeId { source: SpiffeIdError::BadPathSegmentChar('\0'), .. })
-            }),
-            case("newline in the id", "spiffe://example.org/w\nx", &sel, &[], |e| {
-                matches!(e, EntryError::BadSpiffeId { source: SpiffeIdError::BadPathSegmentChar('\n'), .. })
-            }),
-            case("escape in the trust domain", "spiffe://exa\u{1b}mple.org/w", &sel, &[], |e| {
-                matches!(e, EntryError::BadSpiffeId { source: SpiffeIdError::BadTrustDomainChar('\u{1b}'), .. })
-            }),
+            case(
+                "NUL in the id",
+                "spiffe://example.org/w\0x",
+                &sel,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSpiffeId {
+                            source: SpiffeIdError::BadPathSegmentChar('\0'),
+                            ..
+                        }
+                    )
+                },
+            ),
+            case(
+                "newline in the id",
+                "spiffe://example.org/w\nx",
+                &sel,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSpiffeId {
+                            source: SpiffeIdError::BadPathSegmentChar('\n'),
+                            ..
+                        }
+                    )
+                },
+            ),
+            case(
+                "escape in the trust domain",
+                "spiffe://exa\u{1b}mple.org/w",
+                &sel,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSpiffeId {
+                            source: SpiffeIdError::BadTrustDomainChar('\u{1b}'),
+                            ..
+                        }
+                    )
+                },
+            ),
             case("too many selectors", &good_id, &many_selectors, &[], |e| {
                 matches!(e, EntryError::TooManySelectors { count: 33, max: 32 })
             }),
-            case("a selector value over 1024 bytes", &good_id, &huge_value, &[], |e| {
-                matches!(e, EntryError::BadSelector(SelectorError::TooLong { part: "value", .. }))
-            }),
-            case("NUL in a selector", &good_id, &["unix:uid:1\u{0}".to_owned()], &[], |e| {
-                matches!(e, EntryError::BadSelector(SelectorError::ControlChar { ch: '\0', .. }))
-            }),
-            case("DEL in a selector", &good_id, &["launcher:service:a\u{7f}".to_owned()], &[], |e| {
-                matches!(e, EntryError::BadSelector(SelectorError::ControlChar { ch: '\u{7f}', .. }))
-            }),
+            case(
+                "a selector value over 1024 bytes",
+                &good_id,
+                &huge_value,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSelector(SelectorError::TooLong { part: "value", .. })
+                    )
+                },
+            ),
+            case(
+                "NUL in a selector",
+                &good_id,
+                &["unix:uid:1\u{0}".to_owned()],
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSelector(SelectorError::ControlChar { ch: '\0', .. })
+                    )
+                },
+            ),
+            case(
+                "DEL in a selector",
+                &good_id,
+                &["launcher:service:a\u{7f}".to_owned()],
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSelector(SelectorError::ControlChar { ch: '\u{7f}', .. })
+                    )
+                },
+            ),
             case("too many DNS names", &good_id, &sel, &[], |e| {
                 matches!(e, EntryError::TooManyDnsNames { count: 33, max: 32 })
             }),
             case("wildcard over a TLD", &good_id, &sel, &["*.com"], |e| {
                 matches!(e, EntryError::BadWildcard(_))
             }),
-            case("bare wildcard", &good_id, &sel, &["*"], |e| matches!(e, EntryError::BadWildcard(_))),
-            case("wildcard inside a label", &good_id, &sel, &["a*.example.com"], |e| {
+            case("bare wildcard", &good_id, &sel, &["*"], |e| {
                 matches!(e, EntryError::BadWildcard(_))
             }),
-            case("wildcard not leftmost", &good_id, &sel, &["foo.*.example.com"], |e| {
-                matches!(e, EntryError::BadWildcard(_))
-            }),
-            case("double wildcard", &good_id, &sel, &["*.*.example.com"], |e| {
-                matches!(e, EntryError::BadWildcard(_))
-            }),
-            case("NUL in a DNS name", &good_id, &sel, &["a\0.example.com"], |e| {
-                matches!(e, EntryError::BadDnsName(_))
-            }),
+            case(
+                "wildcard inside a label",
+                &good_id,
+                &sel,
+                &["a*.example.com"],
+                |e| matches!(e, EntryError::BadWildcard(_)),
+            ),
+            case(
+                "wildcard not leftmost",
+                &good_id,
+                &sel,
+                &["foo.*.example.com"],
+                |e| matches!(e, EntryError::BadWildcard(_)),
+            ),
+            case(
+                "double wildcard",
+                &good_id,
+                &sel,
+                &["*.*.example.com"],
+                |e| matches!(e, EntryError::BadWildcard(_)),
+            ),
+            case(
+                "NUL in a DNS name",
+                &good_id,
+                &sel,
+                &["a\0.example.com"],
+                |e| matches!(e, EntryError::BadDnsName(_)),
+            ),
             case("trailing dot", &good_id, &sel, &["example.com."], |e| {
                 matches!(e, EntryError::BadDnsName(_))
             }),
-            case("label over 63", &good_id, &sel, &[], |e| matches!(e, EntryError::BadDnsName(_))),
+            case("label over 63", &good_id, &sel, &[], |e| {
+                matches!(e, EntryError::BadDnsName(_))
+            }),
         ];
         let long_label = format!("{}.example.com", "l".repeat(64));
         for mut c in cases {
@@ -400,7 +491,8 @@ mod tests {
             if c.what == "label over 63" {
                 c.dns = vec![long_label.clone()];
             }
-            let err = validate_entry(&td, limits, &c.id, "", &c.selectors, 0, 0, &c.dns).unwrap_err();
+            let err =
+                validate_entry(&td, limits, &c.id, "", &c.selectors, 0, 0, &c.dns).unwrap_err();
             assert!((c.want)(&err), "{}: {err:?}", c.what);
             let message = err.to_string();
             assert!(
@@ -409,7 +501,11 @@ mod tests {
                 c.what,
                 message.chars().count()
             );
-            assert!(!message.chars().any(char::is_control), "{}: {message:?}", c.what);
+            assert!(
+                !message.chars().any(char::is_control),
+                "{}: {message:?}",
+                c.what
+            );
         }
 
         // What is allowed right at the limits.
@@ -419,6 +515,11 @@ mod tests {
         };
         ok(&longest, &sel, &[]).unwrap();
         ok(&good_id, &exactly_max, &[]).unwrap();
-        ok(&good_id, &sel, &["*.example.com", "api.example.com", "localhost"]).unwrap();
+        ok(
+            &good_id,
+            &sel,
+            &["*.example.com", "api.example.com", "localhost"],
+        )
+        .unwrap();
     }
 }

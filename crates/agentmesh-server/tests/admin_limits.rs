@@ -88,7 +88,11 @@ async fn malformed_entries_are_refused_with_a_short_specific_message_and_nothing
     ];
     for (what, req, want) in cases {
         let status = admin.create_entry(req).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
         let message = status.message();
         assert!(message.contains(want), "{what}: {message}");
         // At most 200 characters of any one input value, plus the sentence around it.
@@ -97,7 +101,10 @@ async fn malformed_entries_are_refused_with_a_short_specific_message_and_nothing
             "{what}: {} characters",
             message.chars().count()
         );
-        assert!(!message.chars().any(char::is_control), "{what}: {message:?}");
+        assert!(
+            !message.chars().any(char::is_control),
+            "{what}: {message:?}"
+        );
     }
     let entries = admin
         .list_entries(ListEntriesRequest {})

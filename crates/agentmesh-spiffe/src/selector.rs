@@ -272,15 +272,41 @@ mod tests {
         let long_type = format!("{}:k:x", "t".repeat(MAX_SELECTOR_KEY_LEN + 1));
         let cases: Vec<(&str, fn(&SelectorError) -> bool)> = vec![
             (&huge, |e| {
-                matches!(e, SelectorError::TooLong { part: "value", len: 100_001, max: 1024, .. })
+                matches!(
+                    e,
+                    SelectorError::TooLong {
+                        part: "value",
+                        len: 100_001,
+                        max: 1024,
+                        ..
+                    }
+                )
             }),
-            (&long_key, |e| matches!(e, SelectorError::TooLong { part: "key", .. })),
-            (&long_type, |e| matches!(e, SelectorError::TooLong { part: "type", .. })),
+            (&long_key, |e| {
+                matches!(e, SelectorError::TooLong { part: "key", .. })
+            }),
+            (&long_type, |e| {
+                matches!(e, SelectorError::TooLong { part: "type", .. })
+            }),
             ("unix:uid:10\u{0}00", |e| {
-                matches!(e, SelectorError::ControlChar { part: "value", ch: '\0', .. })
+                matches!(
+                    e,
+                    SelectorError::ControlChar {
+                        part: "value",
+                        ch: '\0',
+                        ..
+                    }
+                )
             }),
             ("launcher:serv\nice:x", |e| {
-                matches!(e, SelectorError::ControlChar { part: "key", ch: '\n', .. })
+                matches!(
+                    e,
+                    SelectorError::ControlChar {
+                        part: "key",
+                        ch: '\n',
+                        ..
+                    }
+                )
             }),
             ("unix:path:/bin/\u{1b}[31m", |e| {
                 matches!(e, SelectorError::ControlChar { ch: '\u{1b}', .. })
@@ -289,8 +315,12 @@ mod tests {
                 matches!(e, SelectorError::ControlChar { ch: '\u{7f}', .. })
             }),
             ("unix:uid", |e| matches!(e, SelectorError::Malformed(_))),
-            ("k8s:ns:default", |e| matches!(e, SelectorError::UnknownType(..))),
-            ("unix:shoe:1", |e| matches!(e, SelectorError::UnknownKey(..))),
+            ("k8s:ns:default", |e| {
+                matches!(e, SelectorError::UnknownType(..))
+            }),
+            ("unix:shoe:1", |e| {
+                matches!(e, SelectorError::UnknownKey(..))
+            }),
         ];
         for (input, want) in cases {
             let err = input.parse::<Selector>().unwrap_err();
@@ -303,7 +333,9 @@ mod tests {
             assert!(!message.chars().any(|c| c.is_control()), "{message}");
         }
         // The unknown type of a huge selector is echoed bounded too.
-        let err = format!("{}:k:v", "t".repeat(60)).parse::<Selector>().unwrap_err();
+        let err = format!("{}:k:v", "t".repeat(60))
+            .parse::<Selector>()
+            .unwrap_err();
         assert!(matches!(err, SelectorError::UnknownType(..)), "{err}");
     }
 

@@ -569,7 +569,9 @@ fn our_links_and_tokens_are_low_s() {
         let token = mesh.token();
         let links = mesh.three_hops(&token);
         for jws in std::iter::once(token.as_str()).chain(links.split('~')) {
-            let sig = URL_SAFE_NO_PAD.decode(jws.rsplit('.').next().unwrap()).unwrap();
+            let sig = URL_SAFE_NO_PAD
+                .decode(jws.rsplit('.').next().unwrap())
+                .unwrap();
             assert!(agentmesh_ca::ecdsa::is_low_s(&sig), "{jws}");
         }
     }
@@ -623,8 +625,13 @@ fn a_fan_out_reaches_the_same_hop_along_different_paths() {
     for branch in ["classifier", "validator", "scorer"] {
         let branch_id = id(&format!("spiffe://example.org/{branch}"));
         let one = add_link(&orchestrator, &token, "", &branch_id).unwrap();
-        let two = add_link(&mesh.ca.source(&branch_id.to_string()), &token, &one, &id(GATEWAY))
-            .unwrap();
+        let two = add_link(
+            &mesh.ca.source(&branch_id.to_string()),
+            &token,
+            &one,
+            &id(GATEWAY),
+        )
+        .unwrap();
         let chain = verify_chain(&token, &two, &gateway, Some(&branch_id), now).unwrap();
         cache.admit(&chain, now).unwrap();
     }
@@ -648,7 +655,10 @@ fn the_replay_cache_forgets_expired_tokens_and_refuses_when_full() {
         matches!(err, ChainError::ReplayCacheFull { max: 2 }),
         "{err}"
     );
-    assert_eq!(err.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        err.into_response().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(cache.len(), 2, "a refused token is not remembered");
     // Within the leeway after exp the tokens are still acceptable, so still remembered.
     let at_exp = UNIX_EPOCH + Duration::from_secs(first.user.exp.unsigned_abs() + 30);
