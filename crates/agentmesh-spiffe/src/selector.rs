@@ -270,7 +270,8 @@ mod tests {
         let huge = format!("unix:path:/{}", "a".repeat(100_000));
         let long_key = format!("launcher:{}:x", "k".repeat(MAX_SELECTOR_KEY_LEN + 1));
         let long_type = format!("{}:k:x", "t".repeat(MAX_SELECTOR_KEY_LEN + 1));
-        let cases: Vec<(&str, fn(&SelectorError) -> bool)> = vec![
+        type Check = fn(&SelectorError) -> bool;
+        let cases: Vec<(&str, Check)> = vec![
             (&huge, |e| {
                 matches!(
                     e,
