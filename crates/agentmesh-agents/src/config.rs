@@ -95,7 +95,9 @@ pub struct UpstreamConfig {
     /// `https://IP:PORT`.
     pub url: String,
     /// With `[mtls]`: the SPIFFE ID the upstream must present (the call is refused
-    /// otherwise).
+    /// otherwise). Behind a sidecar (which pins the upstream itself) it is optional and only
+    /// names the next hop in this agent's delegation links; the default is the service-name
+    /// convention, `spiffe://<own trust domain>/ns/default/sa/<name>`.
     #[serde(default)]
     pub spiffe_id: Option<String>,
 }
@@ -251,12 +253,9 @@ impl AgentConfig {
             ));
         }
         for u in &self.upstreams {
-            if u.spiffe_id.is_some() {
-                return Err(format!(
-                    "upstream {:?}: spiffe_id is for agents with [mtls]; without it the local \
-                     proxy checks who answers",
-                    u.name
-                ));
+            if let Some(id) = &u.spiffe_id {
+                id.parse::<agentmesh_sdk::SpiffeId>()
+                    .map_err(|e| format!("upstream {:?}: spiffe_id {id:?}: {e}", u.name))?;
             }
             if u.url.starts_with("unix:") {
                 u.url
@@ -421,8 +420,8 @@ workload_api = "unix:///run/w.sock"
             ),
             (&format!("{EXECUTOR}\ncolour = 1"), "unknown field `colour`"),
             (
-                &EXECUTOR.replace("url = ", "spiffe_id = \"spiffe://td/gateway\"\nurl = "),
-                "spiffe_id is for agents with [mtls]",
+                &EXECUTOR.replace("url = ", "spiffe_id = \"gateway\"\nurl = "),
+                "upstream \"gateway\": spiffe_id \"gateway\"",
             ),
             (
                 &format!("{EXECUTOR}\n[mtls]\nworkload_api = \"unix:///s\""),

@@ -135,9 +135,35 @@ pub struct Agent {
     delegation: Option<agentmesh_gateway::delegation::Delegation>,
 }
 
-/// Headers every call made for one request carries: the user token and the chain with this
-/// agent's link.
-type Onward = [(&'static str, String)];
+/// What the calls made for one request need to carry the delegation chain on: every call
+/// gets the user token and the incoming links plus this agent's link addressed to that
+/// call's callee (a fan-out signs one link per callee).
+#[derive(Debug, Default)]
+struct Onward {
+    forward: Option<agentmesh_gateway::delegation::Forward>,
+    /// The links sent with the latest call: the last agent answers with them.
+    last_links: std::sync::Mutex<Option<String>>,
+}
+
+impl Onward {
+    /// The headers for one call to `next_hop` (none without a verified chain).
+    fn headers_for(
+        &self,
+        next_hop: &agentmesh_sdk::SpiffeId,
+    ) -> Result<Vec<(&'static str, String)>, agentmesh_sdk::ChainError> {
+        let Some(forward) = &self.forward else {
+            return Ok(Vec::new());
+        };
+        let headers = forward.headers_for(next_hop)?;
+        if let Some((_, links)) = headers
+            .iter()
+            .find(|(h, _)| *h == agentmesh_sdk::DELEGATION_HEADER)
+        {
+            *self.last_links.lock().unwrap_or_else(|p| p.into_inner()) = Some(links.clone());
+        }
+        Ok(headers)
+    }
+}
 
 /// The researcher's search tool.
 enum Search {
@@ -215,6 +241,19 @@ impl Agent {
             .map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()).into())
     }
 
+    /// The SPIFFE ID an upstream answers as, which this agent's delegation link names: its
+    /// `spiffe_id` if configured, else the service-name convention `up` and the intentions
+    /// use, `spiffe://<this agent's trust domain>/ns/default/sa/<name>`. A wrong guess fails
+    /// closed: the callee refuses a link addressed to someone else.
+    fn next_hop(&self, up: &config::UpstreamConfig) -> Result<agentmesh_sdk::SpiffeId, String> {
+        let me = self
+            .delegation
+            .as_ref()
+            .map(agentmesh_gateway::delegation::Delegation::me)
+            .ok_or_else(|| "bug: a delegation chain without [delegation]".to_owned())?;
+        next_hop_of(up, &me)
+    }
+
     /// Asks the gateway (OpenAI chat completions) with this agent's role prompt.
     /// One call through the sidecar, as a CLIENT span whose id the next hop sees as its
     /// parent in `traceparent`.
@@ -225,14 +264,25 @@ impl Agent {
         path: &'static str,
         body: &Value,
         onward: &Onward,
-    ) -> Result<Value, CallError> {
+    ) -> Result<Value, AgentFailure> {
+        let extra = if onward.forward.is_some() {
+            self.next_hop(up)
+                .and_then(|next| onward.headers_for(&next).map_err(|e| e.to_string()))
+                .map_err(|e| AgentFailure {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("cannot add this agent's delegation link: {e}"),
+                    refusal: None,
+                })?
+        } else {
+            Vec::new()
+        };
         let mut span = parent.child(format!("call {} {path}", up.name), SpanKind::Client);
         span.set_str(attr::DESTINATION, &up.name);
         span.set_str(attr::HTTP_METHOD, "POST");
         span.set_str(attr::URL_PATH, path);
         let result = self
             .upstreams
-            .post_json(up, path, body, &span.context().header(), onward)
+            .post_json(up, path, body, &span.context().header(), &extra)
             .await;
         match &result {
             Ok(_) => span.set_http_status(200),
@@ -246,7 +296,7 @@ impl Agent {
                 span.set_error(&e.to_string());
             }
         }
-        result
+        result.map_err(Into::into)
     }
 
     async fn infer(
@@ -458,7 +508,7 @@ async fn ask(
         if req.question.trim().is_empty() {
             return Err(AgentFailure::bad_request("the question is empty"));
         }
-        let onward = match &agent.delegation {
+        let forward = match &agent.delegation {
             Some(d) => {
                 // In-process mTLS: the caller is who its certificate says, and an XFCC
                 // header is just something the caller wrote. Behind a sidecar: the sidecar's.
@@ -475,19 +525,23 @@ async fn ask(
                 match d.forward(&headers, peer.as_ref()) {
                     Ok(Some(f)) => {
                         trace.set_str("enduser.id", &f.chain.user.sub);
-                        f.headers
+                        Some(f)
                     }
-                    Ok(None) => Vec::new(),
+                    Ok(None) => None,
                     Err(e) => {
                         return Err(AgentFailure {
-                            status: StatusCode::UNAUTHORIZED,
+                            status: chain_refusal_status(&e),
                             message: format!("delegation chain refused: {e}"),
                             refusal: None,
                         });
                     }
                 }
             }
-            None => Vec::new(),
+            None => None,
+        };
+        let onward = Onward {
+            forward,
+            last_links: std::sync::Mutex::new(None),
         };
         agent
             .handle(req, &trace, &onward)
@@ -496,13 +550,14 @@ async fn ask(
     }
     .await;
     match result {
-        Ok((mut a, onward_links)) => {
+        Ok((mut a, onward)) => {
             if a.delegation.is_empty() {
                 // The last agent: the chain is the one it sent on.
-                if let Some((_, links)) = onward_links
-                    .iter()
-                    .find(|(h, _)| *h == agentmesh_sdk::DELEGATION_HEADER)
-                {
+                let sent = onward
+                    .last_links
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(links) = sent {
                     a.delegation = links
                         .split('~')
                         .filter(|l| !l.is_empty())
@@ -540,6 +595,30 @@ async fn ask(
             }
             json_response(f.status, &body)
         }
+    }
+}
+
+/// [`Agent::next_hop`] for an agent whose own ID is `me`.
+fn next_hop_of(
+    up: &config::UpstreamConfig,
+    me: &agentmesh_sdk::SpiffeId,
+) -> Result<agentmesh_sdk::SpiffeId, String> {
+    if let Some(id) = &up.spiffe_id {
+        return id
+            .parse()
+            .map_err(|e| format!("upstream {:?}: spiffe_id {id:?}: {e}", up.name));
+    }
+    agentmesh_sdk::SpiffeId::from_service_name(me.trust_domain(), &up.name)
+        .map_err(|e| format!("upstream {:?}: no SPIFFE ID for the name: {e}", up.name))
+}
+
+/// 401 for a chain that is not good; 503 when this agent cannot remember another token
+/// (a good chain, refused only for now).
+fn chain_refusal_status(e: &agentmesh_sdk::ChainError) -> StatusCode {
+    if matches!(e, agentmesh_sdk::ChainError::ReplayCacheFull { .. }) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
     }
 }
 
@@ -683,4 +762,35 @@ pub(crate) fn one_line(msg: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_names_the_upstreams_spiffe_id_or_its_service_name_in_our_trust_domain() {
+        let me: agentmesh_sdk::SpiffeId = "spiffe://agentmesh.local/ns/default/sa/orchestrator"
+            .parse()
+            .unwrap();
+        let up = |name: &str, spiffe_id: Option<&str>| config::UpstreamConfig {
+            name: name.into(),
+            role: "classifier".into(),
+            url: "http://127.0.0.1:1".into(),
+            spiffe_id: spiffe_id.map(str::to_owned),
+        };
+        assert_eq!(
+            next_hop_of(&up("classifier", None), &me)
+                .unwrap()
+                .to_string(),
+            "spiffe://agentmesh.local/ns/default/sa/classifier"
+        );
+        assert_eq!(
+            next_hop_of(&up("c", Some("spiffe://agentmesh.local/team/c")), &me)
+                .unwrap()
+                .to_string(),
+            "spiffe://agentmesh.local/team/c"
+        );
+        assert!(next_hop_of(&up("a/b/c", None), &me).is_err());
+    }
 }

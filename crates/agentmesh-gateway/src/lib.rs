@@ -427,8 +427,14 @@ impl Gateway {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // A full replay cache refuses a good chain only for now.
+                    let full = matches!(e, agentmesh_sdk::ChainError::ReplayCacheFull { .. });
                     return Err(ApiError {
-                        status: StatusCode::UNAUTHORIZED,
+                        status: if full {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::UNAUTHORIZED
+                        },
                         message: format!("delegation chain refused: {e}"),
                         kind: "authentication_error",
                         code: "invalid_delegation",

@@ -6,6 +6,7 @@
 pub mod admin_api;
 pub mod attestor;
 pub mod cache;
+pub mod denials;
 pub mod manager;
 pub mod policy_relay;
 pub mod sds;

@@ -928,9 +928,13 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
     let executor = source(&executor_creds);
     let token = user_token(&up, "alice").await;
     let other_token = user_token(&up, "bob").await;
-    let link_p = add_link(&planner, &token, "", None).expect("planner's link");
-    let both = add_link(&executor, &token, &link_p, None).expect("executor's link");
+    let sid = |s: &str| -> agentmesh_sdk::SpiffeId { id(s).parse().expect("id") };
+    let link_p = add_link(&planner, &token, "", &sid("executor")).expect("planner's link");
+    let both = add_link(&executor, &token, &link_p, &sid("gateway")).expect("executor's link");
     let link_e = both.split('~').nth(1).expect("two links").to_owned();
+    // The executor's link addressed to someone other than the gateway.
+    let misaddressed =
+        add_link(&executor, &token, &link_p, &sid("planner")).expect("executor's link");
 
     let gateway: SocketAddr = up.service("gateway")["inbound"]
         .as_str()
@@ -948,6 +952,21 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
             vec![("authorization", &bearer), (DELEGATION_HEADER, &both)],
             200,
             "",
+        ),
+        (
+            "the intact chain again (a replay)",
+            vec![("authorization", &bearer), (DELEGATION_HEADER, &both)],
+            401,
+            "already used",
+        ),
+        (
+            "a last link addressed to another hop",
+            vec![
+                ("authorization", &bearer),
+                (DELEGATION_HEADER, &misaddressed),
+            ],
+            401,
+            "was addressed to",
         ),
         (
             "a hop removed",
@@ -990,6 +1009,10 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
         .parse()
         .expect("addr");
     let ask = r#"{"question":"who is asking?"}"#;
+    // A fresh token: the gateway already accepted `token` along planner → executor.
+    let token = user_token(&up, "carol").await;
+    let bearer = format!("Bearer {token}");
+    let link_p = add_link(&planner, &token, "", &sid("executor")).expect("planner's link");
     let (status, body) = call_as_with(
         executor_in,
         &planner_creds,

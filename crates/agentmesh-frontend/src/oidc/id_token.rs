@@ -397,6 +397,24 @@ mod tests {
     }
 
     #[test]
+    fn an_issuer_that_signs_with_a_high_s_is_accepted() {
+        // OIDC (JWA ES256) does not require low S; many IdPs emit either half of the pair.
+        let idp = Idp::new();
+        let token = idp.sign(&claims());
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let high = if agentmesh_ca::ecdsa::is_low_s(&sig) {
+            agentmesh_ca::ecdsa::mirror_s(&sig).unwrap().to_vec()
+        } else {
+            sig
+        };
+        assert!(!agentmesh_ca::ecdsa::is_low_s(&high));
+        let high_token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&high));
+        let c = verify(&high_token, &idp.jwks(), WANT, SystemTime::now()).unwrap();
+        assert_eq!(c.sub, "alice");
+    }
+
+    #[test]
     fn attacks_on_the_id_token_are_refused_with_their_reason() {
         let idp = Idp::new();
         let other = Idp::new();

@@ -1,10 +1,16 @@
-//! `agentmesh node run`: the per-host daemon.
+//! `agentmesh node run`: the per-host daemon; `agentmesh node denials`: the full explanation
+//! of the callers it refused, from its 0600 admin socket.
 
 use std::path::PathBuf;
 
 use agentmesh_node::NodeConfig;
+use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::admin::status_error;
+use super::output::{TextOrJson, print_json, rfc3339_secs};
 
 use super::server::Signals;
 use super::{JOIN_TOKEN_ENV, WORKLOAD_SOCKET_ENV, default_admin_socket, workload_socket_path};
@@ -17,6 +23,98 @@ pub const DEFAULT_NODE_DATA_DIR: &str = ".agentmesh/node";
 pub enum NodeCommand {
     /// Runs the node until SIGINT or SIGTERM.
     Run(NodeRunArgs),
+    /// Why the node refused callers: the closest entry and what it needs, which the refused
+    /// caller itself is only given a request id for (newest first).
+    Denials(NodeDenialsArgs),
+}
+
+/// `agentmesh node denials` flags.
+#[derive(Debug, Clone, Args)]
+pub struct NodeDenialsArgs {
+    /// Only the denial with this request id (from the refused caller's error message)
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+    /// The node's admin socket [default: <DATA_DIR>/admin.sock]
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// The node's data dir, used to find the admin socket
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_NODE_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: TextOrJson,
+}
+
+/// One denial as `-o json` prints it.
+#[derive(Debug, Serialize)]
+struct DenialJson {
+    request_id: String,
+    at: String,
+    api: String,
+    pid: u32,
+    uid: u32,
+    missing_kinds: Vec<String>,
+    closest_entry_id: String,
+    closest_spiffe_id: String,
+    explanation: String,
+}
+
+async fn denials(args: NodeDenialsArgs) -> anyhow::Result<()> {
+    let socket = args
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| default_admin_socket(&args.data_dir));
+    let channel = agentmesh_proto::unix::connect(&socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the node's admin socket {}: {e}; is the node running, and may this user \
+             open the socket (mode 0600)? Point at it with --admin-socket",
+            socket.display()
+        )
+    })?;
+    let denials = NodeAdminClient::new(channel)
+        .list_denials(agentmesh_proto::v1::ListDenialsRequest {
+            request_id: args.request_id.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .denials;
+    let rows: Vec<DenialJson> = denials
+        .into_iter()
+        .map(|d| DenialJson {
+            request_id: d.request_id,
+            at: rfc3339_secs(d.at),
+            api: d.api,
+            pid: d.pid,
+            uid: d.uid,
+            missing_kinds: d.missing_kinds,
+            closest_entry_id: d.closest_entry_id,
+            closest_spiffe_id: d.closest_spiffe_id,
+            explanation: d.explanation,
+        })
+        .collect();
+    match args.output {
+        TextOrJson::Json => print_json(&rows),
+        TextOrJson::Text => {
+            if rows.is_empty() {
+                println!("The node has refused no caller since it started.");
+            }
+            for d in rows {
+                println!("Request ID    : {}", d.request_id);
+                println!("At            : {}", d.at);
+                println!("API           : {}", d.api);
+                println!("Caller        : pid {} uid {}", d.pid, d.uid);
+                println!(
+                    "Closest entry : {} {}",
+                    d.closest_entry_id, d.closest_spiffe_id
+                );
+                println!("Missing kinds : {}", d.missing_kinds.join(", "));
+                println!("Explanation   : {}", d.explanation);
+                println!();
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `agentmesh node run` flags.
@@ -93,6 +191,7 @@ impl NodeRunArgs {
 /// Bad settings, or the node failing to start.
 pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
+        NodeCommand::Denials(args) => denials(args).await,
         NodeCommand::Run(args) => {
             let cfg = args.to_config()?;
             let server = cfg.server.clone();
@@ -161,6 +260,32 @@ mod tests {
         assert_eq!(cfg.admin_socket, PathBuf::from("/var/lib/am/admin.sock"));
         // The env var may be set in the test's environment; only check it is not empty.
         assert_ne!(cfg.join_token.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn denials_are_read_from_the_node_admin_socket_by_request_id() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "denials",
+            "--request-id",
+            "0123456789abcdef",
+            "--data-dir",
+            "/var/lib/am",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let crate::cli::Command::Node(NodeCommand::Denials(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.request_id.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(a.output, TextOrJson::Json);
+        assert_eq!(
+            a.admin_socket
+                .unwrap_or_else(|| default_admin_socket(&a.data_dir)),
+            PathBuf::from("/var/lib/am/admin.sock")
+        );
     }
 
     #[test]
