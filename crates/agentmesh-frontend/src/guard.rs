@@ -3,8 +3,8 @@
 //! - **`Host` allow-list** (DNS rebinding): a page on `evil.example` whose name is made to
 //!   resolve to 127.0.0.1 reaches the frontend with `Host: evil.example`, and its script is
 //!   then same-origin with everything it reads. Only the `public_url`'s host and loopback
-//!   names (`localhost`, 127.0.0.0/8, `[::1]`) on the port the frontend is bound to are
-//!   served; anything else is 421 Misdirected Request with the reason.
+//!   names (`localhost`, 127.0.0.0/8, `[::1]`) on the port the frontend is bound to (or with
+//!   no port) are served; anything else is 421 Misdirected Request with the reason.
 //! - **Origin check** (CSRF) on every state-changing request (`POST`, `PUT`, `PATCH`,
 //!   `DELETE`: login, logout, ask): its `Origin`, or its `Referer` when there is no
 //!   `Origin`, must be the frontend's own origin (the `public_url`'s, or `http://` with a
@@ -193,7 +193,9 @@ impl Allowed {
         // Without a port, a browser is using the scheme's default one.
         let public_port = port.unwrap_or_else(|| default_port(&public.scheme));
         let public = host == public.host && public_port == public.port;
-        let loopback = is_loopback_host(&host) && port.unwrap_or(80) == self.port();
+        // A loopback name without a port is no rebinding (an attacker's name is never a
+        // loopback one), and local probes write it that way (`up` sends `Host: localhost`).
+        let loopback = is_loopback_host(&host) && port.is_none_or(|p| p == self.port());
         if public || loopback {
             Ok(())
         } else {

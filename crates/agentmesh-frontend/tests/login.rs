@@ -917,6 +917,8 @@ async fn a_foreign_host_is_refused() {
         format!("127.0.0.1:{}", fe.port()),
         format!("localhost:{}", fe.port()),
         format!("[::1]:{}", fe.port()),
+        // How `up` probes /healthz.
+        "localhost".to_owned(),
     ] {
         let r = b
             .send_with(fe, "GET", "/", None, &[("Host", host.as_str())])
