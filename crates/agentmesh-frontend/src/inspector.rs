@@ -7,8 +7,8 @@
 //! `/decisions` feed ([`feed`]), and what the frontend itself saw of each ask
 //! ([`requests`]). Only a logged-in administrator sees any of it (every dev login; an OIDC
 //! user whose id_token's `admin_claim` holds one of `admin_values`), and a request page
-//! only the administrator who asked. The page works without its script; with it, countdowns tick and decisions
-//! appear live (Server-Sent Events).
+//! only the administrator who asked. The page works without its script; with it,
+//! countdowns tick and decisions appear live (Server-Sent Events).
 //!
 //! Routes (all `GET`): `/inspector`, `/inspector/check?source=&destination=&method=&path=`,
 //! `/inspector/decisions/stream?after=N` (`text/event-stream`), `/inspector/requests/{trace}`.
@@ -125,7 +125,8 @@ fn access(fe: &Frontend, headers: &HeaderMap) -> Access {
     }
 }
 
-const NOT_ADMIN: &str = "the Security Inspector is for administrators, and this login is not                          one: the frontend's [oidc] admin_claim and admin_values name who is";
+const NOT_ADMIN: &str = "the Security Inspector is for administrators, and this login is not \
+                         one: the frontend's [oidc] admin_claim and admin_values name who is";
 
 fn forbidden(sub: &str) -> Response {
     tracing::warn!(%sub, "inspector refused: not an administrator");

@@ -946,7 +946,12 @@ async fn only_oidc_users_with_the_admin_claim_may_inspect() {
     ] {
         let (status, reason) = refused(alice.get(fe, path).await).await;
         assert_eq!(status, 403, "{path}");
-        assert!(reason.contains("for administrators"), "{path}: {reason}");
+        assert!(
+            reason.contains(
+                "for administrators, and this login is not one: the frontend's [oidc] admin_claim"
+            ),
+            "{path}: {reason}"
+        );
     }
     let r = alice.get(fe, "/inspector/decisions/stream").await;
     assert_eq!(r.status, 403);

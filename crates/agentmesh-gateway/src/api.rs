@@ -435,6 +435,46 @@ mod tests {
     }
 
     #[test]
+    fn the_completion_limit_is_read_from_each_apis_own_field() {
+        for (api, body, want) in [
+            (Api::OpenAi, r#"{"max_tokens":50}"#, Some(50)),
+            (
+                Api::OpenAi,
+                r#"{"max_tokens":50,"max_completion_tokens":70}"#,
+                Some(70),
+            ),
+            (Api::OpenAi, r#"{}"#, None),
+            (
+                Api::OllamaChat,
+                r#"{"options":{"num_predict":30}}"#,
+                Some(30),
+            ),
+            (Api::OllamaChat, r#"{"options":{"num_predict":-1}}"#, None),
+            (
+                Api::OllamaGenerate,
+                r#"{"options":{"num_predict":5}}"#,
+                Some(5),
+            ),
+            (Api::OllamaGenerate, r#"{"options":{}}"#, None),
+        ] {
+            let mut v: Value = serde_json::from_str(body).unwrap();
+            v["model"] = json!("m");
+            v["messages"] = json!([{"role": "user", "content": "hi"}]);
+            v["prompt"] = json!("hi");
+            let c = parse(api, &Bytes::from(v.to_string())).unwrap();
+            assert_eq!(c.max_tokens, want, "{api:?} {body}");
+        }
+        let e = parse(
+            Api::OpenAi,
+            &Bytes::from_static(
+                br#"{"model":"m","max_tokens":-3,"messages":[{"role":"user","content":"x"}]}"#,
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
     fn streams_end_the_way_each_client_expects() {
         let a = Answer {
             id: "chatcmpl-1".into(),
