@@ -25,6 +25,7 @@
 //! [[model]]
 //! name = "llama3.2"
 //! providers = ["local", "cloud"]     # tried in order; the next one when one fails
+//! max_tokens = 4096                  # completion tokens reserved when a request names none
 //!
 //! [[caller]]
 //! id = "executor"                    # service name, SPIFFE ID or "*"
@@ -542,6 +543,11 @@ pub struct ModelConfig {
     pub name: String,
     /// Provider names; the first that answers wins.
     pub providers: Vec<String>,
+    /// The completion tokens a call is assumed to need when its request names no
+    /// `max_tokens` (or `num_predict`): its budget reservation is the prompt's bound plus
+    /// this. Default [`DEFAULT_MAX_TOKENS`].
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 /// `[[caller]]`: what one caller may do.
@@ -608,6 +614,9 @@ pub struct GatewayConfig {
 
 /// The default largest request.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// The completion tokens reserved for a call that names no limit, when its `[[model]]` sets
+/// no `max_tokens`: 4096, the output limit many hosted chat models shipped with.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The default budget window.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -672,6 +681,9 @@ impl GatewayConfig {
             if m.providers.is_empty() {
                 return Err(format!("model {:?} has no providers", m.name));
             }
+            if m.max_tokens == Some(0) {
+                return Err(format!("model {:?}: max_tokens must be at least 1", m.name));
+            }
             for p in &m.providers {
                 if !names.contains(p.as_str()) {
                     return Err(format!(
@@ -727,6 +739,7 @@ impl GatewayConfig {
                 .map(|m| ModelConfig {
                     name: (*m).into(),
                     providers: vec!["offline".into()],
+                    max_tokens: None,
                 })
                 .collect(),
             callers: vec![CallerConfig {

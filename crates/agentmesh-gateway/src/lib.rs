@@ -297,6 +297,12 @@ impl Gateway {
         self
     }
 
+    /// Where the budget of the caller whose `[[caller]]` id is `key` stands (its SPIFFE ID
+    /// for callers under `*`); none before its first call or when it has no budget.
+    pub fn budget_usage(&self, key: &str) -> Option<policy::BudgetUsage> {
+        self.policies.usage(key)
+    }
+
     /// The provider named `name`, with its policy and breaker.
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.providers.get(name)
@@ -469,14 +475,31 @@ impl Gateway {
         }
         self.policies.check_budget(&policy).map_err(refusal)?;
 
+        // Every string a provider receives is scanned: a message is its role and its text
+        // (content strings and text parts joined, tool results, Ollama's prompt and system,
+        // all already in `content` here). Fields the gateway does not forward (`name`,
+        // `tool_calls`, `images`, ...) were dropped by the parser and never leave.
         for m in &mut chat.messages {
-            let s = dlp::scan(&m.content, &self.cfg.dlp);
-            dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
-            if let Some(kind) = s.blocked {
-                return Err(dlp_blocked("request", kind));
+            for field in [&mut m.role, &mut m.content] {
+                let s = dlp::scan(field, &self.cfg.dlp);
+                dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
+                if let Some(kind) = s.blocked {
+                    return Err(dlp_blocked("request", kind));
+                }
+                *field = s.text;
             }
-            m.content = s.text;
         }
+
+        // Hold the call's worst case before any provider is asked, so concurrent calls
+        // cannot all pass a check that none of them has paid for yet.
+        let cap = chat
+            .max_tokens
+            .or(model.max_tokens)
+            .unwrap_or(config::DEFAULT_MAX_TOKENS);
+        let reservation = self
+            .policies
+            .reserve(&policy, policy::worst_case_tokens(&chat.messages, cap))
+            .map_err(refusal)?;
 
         let upstreams: Vec<&Upstream> = model
             .providers
@@ -508,8 +531,13 @@ impl Gateway {
         };
         rec.prompt_tokens = answer.prompt_tokens;
         rec.completion_tokens = answer.completion_tokens;
-        self.policies
-            .spend(&policy, answer.prompt_tokens + answer.completion_tokens);
+        // The answer is whole before the first byte goes out (streamed or not), so its real
+        // usage is known here; a DLP block below does not undo what the provider spent.
+        reservation.settle(
+            answer
+                .prompt_tokens
+                .saturating_add(answer.completion_tokens),
+        );
 
         let s = dlp::scan(&answer.content, &self.cfg.dlp);
         rec.dlp_response = s.counts;
@@ -590,7 +618,7 @@ fn refusal(r: Refusal) -> ApiError {
             "invalid_request_error",
             "request_too_large",
         ),
-        Refusal::Budget { .. } => (
+        Refusal::Budget { .. } | Refusal::BudgetReserved { .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "budget_exhausted",

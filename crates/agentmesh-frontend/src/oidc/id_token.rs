@@ -140,6 +140,8 @@ pub struct IdClaims {
     pub nonce: String,
     /// `exp`.
     pub exp: i64,
+    /// Every claim of the verified token, for the configured admin claim.
+    pub all: Map<String, Value>,
 }
 
 /// The parts of a token before its key is known: used to pick the key, never trusted.
@@ -309,6 +311,7 @@ pub fn verify(
         name: s("name").or_else(|| s("preferred_username")),
         nonce,
         exp,
+        all: t.claims.clone(),
     })
 }
 
