@@ -603,11 +603,13 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         None => None,
     };
     let (listener, addr) = bind(listen).await?;
+    let limits = cfg.limits.clone();
     let Some(mtls_cfg) = cfg.mtls.clone() else {
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
         let agent = Arc::new(agent);
-        let serving = agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent");
+        let serving =
+            agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent", limits);
         tracing::info!(%role, listen = %addr, "agent ready");
         return Ok(RunningAgent {
             addr,
@@ -628,8 +630,10 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let agent = Arc::new(agent);
     let router = side.guard(agent.clone().router());
     let source = side.source.clone();
+    let mtls_limits = limits.clone();
     let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = agentmesh_sdk::serve(listener, source, router).await {
+        if let Err(e) = agentmesh_sdk::http::serve_limited(listener, source, router, mtls_limits).await
+        {
             tracing::error!(error = %e, "the agent's mTLS listener stopped");
         }
     })];
@@ -641,11 +645,14 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
             source: side.source.clone(),
             policy: side.policy.clone(),
         });
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).await {
-                tracing::error!(error = %e, "the agent's admin listener stopped");
-            }
-        }));
+        let limits = limits.clone();
+        tasks.push(tokio::spawn(agentmesh_proto::limits::serve_tcp(
+            l,
+            agentmesh_proto::limits::TowerService(app),
+            limits,
+            "agent admin",
+            std::future::pending(),
+        )));
         admin = Some(bound);
     }
     tracing::info!(%role, listen = %addr, admin = ?admin, spiffe_id = %side.me, "agent ready (in-process mTLS)");

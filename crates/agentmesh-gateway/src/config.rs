@@ -600,6 +600,10 @@ pub struct GatewayConfig {
     /// The delegation chain: verify the user and the agents before answering, and audit them.
     #[serde(default)]
     pub delegation: Option<crate::delegation::DelegationConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts of the
+    /// listener.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// The default largest request.
@@ -640,6 +644,7 @@ impl GatewayConfig {
     }
 
     fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
+        self.limits.check().map_err(|e| e.to_string())?;
         if !self.listen.ip().is_loopback() {
             return Err(format!(
                 "listen = \"{}\": the gateway trusts the caller identity its proxy adds, so it must listen on loopback only",
@@ -729,6 +734,7 @@ impl GatewayConfig {
             }],
             dlp: DlpConfig::default(),
             delegation: None,
+            limits: agentmesh_proto::limits::ListenerLimits::default(),
         }
     }
 }

@@ -940,6 +940,9 @@ pub fn unix_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 #[cfg(test)]
 #[path = "limits/tests.rs"]
 mod tests;

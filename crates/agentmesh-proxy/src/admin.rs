@@ -9,8 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use agentmesh_proto::limits::{Caller, ConnectionLimiter, ListenerLimits, RequestBody};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -42,7 +41,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 }
 
 impl AdminState {
-    fn handle(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+    fn handle(&self, req: &Request<RequestBody>) -> Response<AdminBody> {
         self.route(req.uri())
     }
 
@@ -94,18 +93,39 @@ impl AdminState {
         }
     }
 
-    /// Serves until `stop` fires.
-    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        while let Some((tcp, _)) = crate::accept(&listener, &mut stop).await {
+    /// Serves until `stop` fires, with `limits` (the caller is the peer's address).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        limits: Arc<ListenerLimits>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let limiter = ConnectionLimiter::new(&limits);
+        while let Some((tcp, addr)) = crate::accept(&listener, &mut stop).await {
+            let on_cut = self.metrics.on_cut("admin", addr);
+            let slot = match limiter.admit_caller(Caller::Ip(addr.ip())) {
+                Ok(slot) => slot,
+                Err(cut) => {
+                    on_cut(cut);
+                    continue;
+                }
+            };
             let me = self.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let service = hyper::service::service_fn(move |req: Request<RequestBody>| {
                     let resp = me.handle(&req);
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                agentmesh_proto::limits::serve_http(
+                    tcp,
+                    service,
+                    limits,
+                    on_cut,
+                    std::future::pending(),
+                )
+                .await;
+                drop(slot);
             });
         }
     }

@@ -220,6 +220,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut plans: Vec<WorkerPlan> = (0..workers).map(|_| WorkerPlan::default()).collect();
 
+    let limits = Arc::new(cfg.limits.clone());
     let mut inbound_addr = None;
     let mut registration = None;
     if let Some(ib) = &cfg.inbound {
@@ -233,6 +234,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
         });
         let listener = share(listener, workers, ib.listen, "inbound")?;
+        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
         for (plan, l) in plans.iter_mut().zip(listener) {
             plan.inbound.push((
                 inbound::Inbound::new(
@@ -241,7 +243,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     metrics.clone(),
                     ib.app.clone(),
                     ib.protocol,
-                ),
+                )
+                .with_limits(limits.clone(), limiter.clone()),
                 l,
             ));
         }
@@ -258,6 +261,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             .map_err(|e| ProxyError::Listen(u.listen, "upstream", e))?;
         upstream_addrs.push(addr);
         let listener = share(listener, workers, u.listen, "upstream")?;
+        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
         for (plan, l) in plans.iter_mut().zip(listener) {
             plan.upstream.push((
                 outbound::Upstream::new(
@@ -267,7 +271,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     identity.clone(),
                     policy.clone(),
                     metrics.clone(),
-                ),
+                )
+                .with_limits(limits.clone(), limiter.clone()),
                 l,
             ));
         }
@@ -324,7 +329,11 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             identity: identity.clone(),
             policy: policy.clone(),
         };
-        tasks.push(tokio::spawn(state.serve(listener, stop_rx.clone())));
+        tasks.push(tokio::spawn(state.serve(
+            listener,
+            limits.clone(),
+            stop_rx.clone(),
+        )));
     }
     Ok(RunningProxy {
         inbound_addr,

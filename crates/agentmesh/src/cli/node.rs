@@ -46,6 +46,31 @@ pub struct NodeRunArgs {
     /// CA's root, such as OpenBao's) [default: from the bundle]
     #[arg(long, value_name = "TD")]
     pub trust_domain: Option<String>,
+    /// A TOML file with a `[limits]` table for the Workload API and admin sockets (the
+    /// same keys as every component's `[limits]`) [default: the built-in limits]
+    #[arg(long, value_name = "FILE")]
+    pub limits: Option<PathBuf>,
+}
+
+/// The `--limits` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    limits: agentmesh_proto::limits::ListenerLimits,
+}
+
+/// Reads and checks a `--limits` file.
+fn read_limits(path: &std::path::Path) -> anyhow::Result<agentmesh_proto::limits::ListenerLimits> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --limits {}", path.display()))?;
+    let file: LimitsFile = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("--limits {}: {}", path.display(), e.message())
+    })?;
+    file.limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("--limits {}: {e}", path.display()))?;
+    Ok(file.limits)
 }
 
 impl NodeRunArgs {
@@ -83,6 +108,12 @@ impl NodeRunArgs {
                         .map_err(|e| anyhow::anyhow!("invalid --trust-domain {td:?}: {e}"))
                 })
                 .transpose()?,
+            limits: self
+                .limits
+                .as_deref()
+                .map(read_limits)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

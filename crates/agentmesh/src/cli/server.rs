@@ -92,6 +92,8 @@ pub struct ServerFileConfig {
     pub upstream_authority: Option<UpstreamAuthorityFile>,
     /// `[oidc_discovery]`: serve the JWKS and discovery document for JWT-SVID verifiers.
     pub oidc_discovery: Option<OidcDiscoveryFile>,
+    /// `[limits]`: the node API's and the admin socket's listener limits (file only).
+    pub limits: Option<agentmesh_proto::limits::ListenerLimits>,
 }
 
 /// `[oidc_discovery]`.
@@ -377,6 +379,10 @@ pub fn resolve(
             })
         }
     };
+    let limits = file.limits.clone().unwrap_or_default();
+    limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid {e} in {file_name}"))?;
     Ok(ServerConfig {
         data_dir,
         trust_domain,
@@ -386,6 +392,7 @@ pub fn resolve(
         issuance,
         upstream,
         oidc_discovery,
+        limits,
     })
 }
 
