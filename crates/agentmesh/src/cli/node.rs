@@ -177,6 +177,37 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_limits_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("limits.toml");
+        let args = |f: &std::path::Path| {
+            parse(&[
+                "--server",
+                "127.0.0.1:8081",
+                "--socket",
+                "/tmp/node.sock",
+                "--trust-bundle",
+                "b.pem",
+                "--limits",
+                f.to_str().unwrap(),
+            ])
+        };
+        std::fs::write(&file, "[limits]\nheader_timeout = \"3s\"\n").unwrap();
+        let cfg = args(&file).to_config().unwrap();
+        assert_eq!(cfg.limits.header_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            cfg.limits.body_idle_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        std::fs::write(&file, "[limits]\nheader_timout = \"3s\"\n").unwrap();
+        let err = args(&file).to_config().unwrap_err().to_string();
+        assert!(err.contains("header_timout") && err.contains("--limits"), "{err}");
+        std::fs::write(&file, "[limits]\nmax_connections = 0\n").unwrap();
+        let err = args(&file).to_config().unwrap_err().to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
+    }
+
+    #[test]
     fn the_join_token_is_optional() {
         let a = parse(&[
             "--server",

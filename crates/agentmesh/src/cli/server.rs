@@ -596,6 +596,23 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_table_reaches_the_server_and_a_bad_value_is_named() {
+        let f = file("[limits]\nmax_connections = 10\nheader_timeout = \"4s\"\n").unwrap();
+        let cfg = resolve(&ServerRunArgs::default(), &f, None, None).unwrap();
+        assert_eq!(cfg.limits.max_connections, 10);
+        assert_eq!(cfg.limits.header_timeout, Duration::from_secs(4));
+        let cfg = resolve(&ServerRunArgs::default(), &file("").unwrap(), None, None).unwrap();
+        assert_eq!(cfg.limits, agentmesh_proto::limits::ListenerLimits::default());
+        let f = file("[limits]\nmax_header_bytes = 100\n").unwrap();
+        let err = resolve(&ServerRunArgs::default(), &f, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_header_bytes"), "{err}");
+        let err = file("[limits]\nmax_conections = 10\n").unwrap_err().to_string();
+        assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_config_key_is_named_with_the_file() {
         let err = file("data_dir = \"/x\"\ndefault_ttl = \"1h\"\n")
             .unwrap_err()
