@@ -632,7 +632,8 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let source = side.source.clone();
     let mtls_limits = limits.clone();
     let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = agentmesh_sdk::http::serve_limited(listener, source, router, mtls_limits).await
+        if let Err(e) =
+            agentmesh_sdk::http::serve_limited(listener, source, router, mtls_limits).await
         {
             tracing::error!(error = %e, "the agent's mTLS listener stopped");
         }

@@ -131,8 +131,7 @@ impl ListenerLimits {
                 return invalid(key, "must be longer than 0s");
             }
         }
-        if self.max_header_bytes < MIN_HEADER_BYTES || self.max_header_bytes > u32::MAX as usize
-        {
+        if self.max_header_bytes < MIN_HEADER_BYTES || self.max_header_bytes > u32::MAX as usize {
             return Err(LimitsError::Invalid {
                 key: "max_header_bytes",
                 why: format!(

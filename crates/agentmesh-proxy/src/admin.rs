@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
+use agentmesh_proto::limits::{Caller, ConnectionLimiter, ListenerLimits, RequestBody};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
-use agentmesh_proto::limits::{Caller, ConnectionLimiter, ListenerLimits, RequestBody};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

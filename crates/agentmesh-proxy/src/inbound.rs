@@ -274,8 +274,7 @@ impl Inbound {
             return;
         };
         if let Err(cut) = slot.identify(Caller::Spiffe(peer.to_string())) {
-            self.metrics
-                .on_cut("inbound", format!("{peer} at {addr}"))(cut);
+            self.metrics.on_cut("inbound", format!("{peer} at {addr}"))(cut);
             return;
         }
         match self.protocol {
@@ -374,9 +373,7 @@ impl Inbound {
     ) {
         let (_registered, mut kill) = self.connections.register(peer.clone(), false);
         let me = self.clone();
-        let on_cut = self
-            .metrics
-            .on_cut("inbound", format!("{peer} at {addr}"));
+        let on_cut = self.metrics.on_cut("inbound", format!("{peer} at {addr}"));
         let service = hyper::service::service_fn(move |req: Request<RequestBody>| {
             let me = me.clone();
             let peer = peer.clone();

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use agentmesh_proto::limits::{self, Caller, ConnectionLimiter, Cut, ListenerLimits, RequestBody};
 use agentmesh_spiffe::{SpiffeId, TrustDomain};
 use agentmesh_tls::{AuthorizeError, Authorizer};
 use axum::Router;
@@ -14,7 +15,6 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{Request, StatusCode};
-use agentmesh_proto::limits::{self, Caller, ConnectionLimiter, Cut, ListenerLimits, RequestBody};
 use tokio::net::TcpListener;
 
 use crate::source::X509Source;

@@ -254,11 +254,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let admin = AdminServer::new(AdminService::new(state.clone(), limits));
     let rx = stop_rx.clone();
     let admin_limits = cfg.limits.clone();
-    let incoming = agentmesh_proto::limits::unix_incoming(
-        admin_listener,
-        &cfg.limits,
-        "server admin socket",
-    );
+    let incoming =
+        agentmesh_proto::limits::unix_incoming(admin_listener, &cfg.limits, "server admin socket");
     tasks.push(tokio::spawn(async move {
         let res = agentmesh_proto::limits::grpc_server(&admin_limits)
             .add_service(admin)
@@ -272,12 +269,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut oidc_discovery_addr = None;
     if let Some(oidc) = &cfg.oidc_discovery {
         let (addr, task) =
-            crate::oidc_discovery::start(
-                oidc,
-                state.clone(),
-                cfg.limits.clone(),
-                stop_rx.clone(),
-            ).await?;
+            crate::oidc_discovery::start(oidc, state.clone(), cfg.limits.clone(), stop_rx.clone())
+                .await?;
         oidc_discovery_addr = Some(addr);
         tasks.push(task);
     }

@@ -130,9 +130,11 @@ pub fn incoming(
                     .1
                     .peer_certificates()
                     .and_then(|c| agentmesh_tls::peer_spiffe_id(c).ok());
-                let caller = spiffe_id.as_ref().map_or(Caller::Ip(remote_addr.ip()), |id| {
-                    Caller::Spiffe(id.to_string())
-                });
+                let caller = spiffe_id
+                    .as_ref()
+                    .map_or(Caller::Ip(remote_addr.ip()), |id| {
+                        Caller::Spiffe(id.to_string())
+                    });
                 if let Err(cut) = slot.identify(caller.clone()) {
                     log_cut(LISTENER, &caller, cut);
                     return;

@@ -141,7 +141,9 @@ async fn trickle_head<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> usize {
         .expect("request line");
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes()).await.is_err()
+        if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
             || s.flush().await.is_err()
         {
             return i;
@@ -149,7 +151,10 @@ async fn trickle_head<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> usize {
     }
     // Writes can succeed into a closed socket's buffer; the close shows on read.
     let rest = read_to_close(s).await;
-    assert!(!rest.contains(" 200 "), "a trickled head was answered: {rest}");
+    assert!(
+        !rest.contains(" 200 "),
+        "a trickled head was answered: {rest}"
+    );
     20
 }
 
@@ -164,9 +169,11 @@ async fn stalled_body<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> String {
 
 /// A GET with `extra` header lines on a fresh connection; the whole answer.
 async fn get<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, extra: &str) -> String {
-    s.write_all(format!("GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n{extra}\r\n").as_bytes())
-        .await
-        .expect("write");
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n{extra}\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
     s.flush().await.expect("flush");
     read_to_close(s).await
 }
@@ -236,7 +243,10 @@ async fn the_inbound_cuts_slow_heads_slow_bodies_and_floods_and_counts_them() {
 
     // A head trickled one line every 500 ms is cut at the 2 s head deadline.
     let mut c = mtls(listen, &tester_tls).await.expect("handshake");
-    assert!(trickle_head(&mut c).await < 20, "a trickled head kept its connection");
+    assert!(
+        trickle_head(&mut c).await < 20,
+        "a trickled head kept its connection"
+    );
     eventually("the trickled head is counted", || async {
         closed(&b, "inbound", "header_timeout").await >= 1
     })
@@ -291,7 +301,10 @@ async fn the_inbound_cuts_slow_heads_slow_bodies_and_floods_and_counts_them() {
     // Held ones are cut at the head deadline while the flood is still arriving, which frees
     // their places for later ones; most are refused either way, none without a limit.
     let caller = closed(&b, "inbound", "caller_limit").await - caller_cuts_before;
-    assert!(caller >= 1000, "only {caller} refused over the caller's share");
+    assert!(
+        caller >= 1000,
+        "only {caller} refused over the caller's share"
+    );
     eprintln!(
         "one caller's 2,000 stalled connections: {caller} refused over its share, {} cut at the head deadline",
         2000 - caller
@@ -320,7 +333,10 @@ async fn the_inbound_cuts_slow_heads_slow_bodies_and_floods_and_counts_them() {
     })
     .await;
     let refused = closed(&b, "inbound", "connection_limit").await - total_before;
-    assert!(refused >= 500, "only {refused} refused over the listener's total");
+    assert!(
+        refused >= 500,
+        "only {refused} refused over the listener's total"
+    );
     eprintln!(
         "2,000 silent connections: {refused} refused over the total, {} cut at the handshake deadline",
         2000 - refused
@@ -390,7 +406,10 @@ async fn the_outbound_cuts_slow_heads_and_slow_bodies_and_counts_them() {
     assert!(answer.contains("app got 0 bytes"), "{answer}");
 
     let mut c = TcpStream::connect(listen).await.expect("connect");
-    assert!(trickle_head(&mut c).await < 20, "a trickled head kept its connection");
+    assert!(
+        trickle_head(&mut c).await < 20,
+        "a trickled head kept its connection"
+    );
 
     let mut c = TcpStream::connect(listen).await.expect("connect");
     let answer = stalled_body(&mut c).await;

@@ -38,7 +38,9 @@ pub async fn trickle_head<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> usize
         .expect("request line");
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes()).await.is_err()
+        if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
             || s.flush().await.is_err()
         {
             return i;
@@ -46,7 +48,10 @@ pub async fn trickle_head<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> usize
     }
     // Writes can land in a closed socket's buffer; the close shows on read.
     let rest = read_to_close(s).await;
-    assert!(!rest.contains(" 200 "), "a trickled head was answered: {rest}");
+    assert!(
+        !rest.contains(" 200 "),
+        "a trickled head was answered: {rest}"
+    );
     20
 }
 

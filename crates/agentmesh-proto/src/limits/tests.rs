@@ -131,9 +131,11 @@ async fn read_to_close(tcp: &mut TcpStream) -> String {
 
 async fn get(addr: std::net::SocketAddr, extra: &str) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}\r\n").as_bytes())
-        .await
-        .unwrap();
+    tcp.write_all(
+        format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     read_to_close(&mut tcp).await
 }
 
@@ -141,7 +143,9 @@ async fn get(addr: std::net::SocketAddr, extra: &str) -> String {
 async fn a_head_trickled_one_line_a_second_is_cut_at_the_head_deadline() {
     let (addr, cuts) = server(small()).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     // Each line arrives well inside any per-read timeout; only a deadline on the whole head
     // stops this. Twenty lines would take 20 s.
     let mut sent = 0;
@@ -312,9 +316,13 @@ async fn hyper_bounds_every_later_head_too_and_an_idle_keep_alive_is_closed_quie
     // After a fast first request only hyper's own deadline is armed: it must bound the
     // whole second head, not each read.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     read_until(&mut tcp, "got 0 bytes").await;
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     let mut sent = 0;
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -337,7 +345,9 @@ async fn hyper_bounds_every_later_head_too_and_an_idle_keep_alive_is_closed_quie
     // A keep-alive connection that just sits idle is closed too, but that is no attack:
     // nothing more is reported.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     read_until(&mut tcp, "got 0 bytes").await;
     assert_eq!(read_to_close(&mut tcp).await, "");
     assert_eq!(*cuts.lock().unwrap(), vec![Cut::HeaderTimeout]);

@@ -64,9 +64,8 @@ struct LimitsFile {
 fn read_limits(path: &std::path::Path) -> anyhow::Result<agentmesh_proto::limits::ListenerLimits> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --limits {}", path.display()))?;
-    let file: LimitsFile = toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!("--limits {}: {}", path.display(), e.message())
-    })?;
+    let file: LimitsFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--limits {}: {}", path.display(), e.message()))?;
     file.limits
         .check()
         .map_err(|e| anyhow::anyhow!("--limits {}: {e}", path.display()))?;
@@ -201,7 +200,10 @@ mod tests {
         );
         std::fs::write(&file, "[limits]\nheader_timout = \"3s\"\n").unwrap();
         let err = args(&file).to_config().unwrap_err().to_string();
-        assert!(err.contains("header_timout") && err.contains("--limits"), "{err}");
+        assert!(
+            err.contains("header_timout") && err.contains("--limits"),
+            "{err}"
+        );
         std::fs::write(&file, "[limits]\nmax_connections = 0\n").unwrap();
         let err = args(&file).to_config().unwrap_err().to_string();
         assert!(err.contains("limits.max_connections"), "{err}");

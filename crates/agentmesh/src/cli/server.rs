@@ -602,13 +602,18 @@ mod tests {
         assert_eq!(cfg.limits.max_connections, 10);
         assert_eq!(cfg.limits.header_timeout, Duration::from_secs(4));
         let cfg = resolve(&ServerRunArgs::default(), &file("").unwrap(), None, None).unwrap();
-        assert_eq!(cfg.limits, agentmesh_proto::limits::ListenerLimits::default());
+        assert_eq!(
+            cfg.limits,
+            agentmesh_proto::limits::ListenerLimits::default()
+        );
         let f = file("[limits]\nmax_header_bytes = 100\n").unwrap();
         let err = resolve(&ServerRunArgs::default(), &f, None, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_header_bytes"), "{err}");
-        let err = file("[limits]\nmax_conections = 10\n").unwrap_err().to_string();
+        let err = file("[limits]\nmax_conections = 10\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_conections"), "{err}");
     }
 
