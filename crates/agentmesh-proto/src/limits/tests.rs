@@ -352,3 +352,44 @@ async fn hyper_bounds_every_later_head_too_and_an_idle_keep_alive_is_closed_quie
     assert_eq!(read_to_close(&mut tcp).await, "");
     assert_eq!(*cuts.lock().unwrap(), vec![Cut::HeaderTimeout]);
 }
+
+#[tokio::test]
+async fn an_http2_body_that_stops_sending_ends_its_stream_not_the_connection() {
+    let (addr, cuts) = server(small()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::StreamBody<_>,
+    >(TokioExecutor::new(), TokioIo::new(tcp))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // A body that sends one chunk and then nothing, ever.
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+        .await
+        .unwrap();
+    let stalled = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = Request::post("http://x/").body(stalled).unwrap();
+    let answer = send.send_request(req).await;
+    // The handler saw the body fail; the stream ends without the whole body being answered.
+    if let Ok(resp) = answer {
+        let body = resp.into_body().collect().await;
+        assert!(
+            body.map(|b| b.to_bytes()).ok().as_deref() != Some(&b"got 10 bytes"[..]),
+            "a stalled body was answered as complete"
+        );
+    }
+    assert_eq!(*cuts.lock().unwrap(), vec![Cut::BodyIdleTimeout]);
+    // The same connection still serves another stream.
+    let (tx2, rx2) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    drop(tx2);
+    let empty = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx2));
+    let ok = send
+        .send_request(Request::get("http://x/").body(empty).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    drop(tx);
+}
