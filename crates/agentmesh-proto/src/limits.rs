@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -235,9 +235,41 @@ impl fmt::Display for Cut {
 /// Called once for every cut connection or stream.
 pub type OnCut = Arc<dyn Fn(Cut) + Send + Sync>;
 
-/// The one log line for a cut: the listener, the peer and the limit.
+/// At most this many cut lines are logged per second (per process), so a flood of refused
+/// connections cannot flood the log too; the counters still count every cut.
+pub const CUT_LINES_PER_SECOND: u64 = 20;
+
+static CUT_LOG_SECOND: AtomicU64 = AtomicU64::new(0);
+static CUT_LOG_LINES: AtomicU64 = AtomicU64::new(0);
+static CUT_LOG_SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// The one log line for a cut: the listener, the peer and the limit. Past
+/// [`CUT_LINES_PER_SECOND`] the lines of that second are left out, and the next line says how
+/// many were.
 pub fn log_cut(listener: &str, peer: &dyn fmt::Display, cut: Cut) {
-    tracing::warn!(listener, peer = %peer, limit = cut.as_str(), "connection cut by a listener limit");
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let current = CUT_LOG_SECOND.load(Ordering::Relaxed);
+    if current != second
+        && CUT_LOG_SECOND
+            .compare_exchange(current, second, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        CUT_LOG_LINES.store(0, Ordering::Relaxed);
+        let left_out = CUT_LOG_SUPPRESSED.swap(0, Ordering::Relaxed);
+        if left_out > 0 {
+            tracing::warn!(
+                left_out,
+                "more connections were cut by listener limits than are logged (at most {CUT_LINES_PER_SECOND} lines a second); the counters have them all"
+            );
+        }
+    }
+    if CUT_LOG_LINES.fetch_add(1, Ordering::Relaxed) < CUT_LINES_PER_SECOND {
+        tracing::warn!(listener, peer = %peer, limit = cut.as_str(), "connection cut by a listener limit");
+    } else {
+        CUT_LOG_SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// An [`OnCut`] that only logs, for components without metrics.
