@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 const LIMITS: &str = "[limits]
 header_timeout = \"2s\"
 body_idle_timeout = \"1s\"
-handshake_timeout = \"2s\"
+handshake_timeout = \"6s\"
 max_headers = 20
 max_header_bytes = 8192
 max_connections_per_caller = 50
