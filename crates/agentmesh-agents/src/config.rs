@@ -203,6 +203,10 @@ pub struct AgentConfig {
     /// In-process mTLS and intentions instead of a sidecar.
     #[serde(default)]
     pub mtls: Option<MtlsConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts, for
+    /// each of the agent's listeners (plain or mTLS, and admin).
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// The model name agents ask for unless configured otherwise; `agentmesh up` maps it to the
@@ -237,6 +241,7 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.limits.check().map_err(|e| e.to_string())?;
         if let Some(m) = &self.mtls {
             return self.validate_mtls(m);
         }

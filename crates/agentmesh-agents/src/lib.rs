@@ -684,6 +684,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         None => None,
     };
     let (listener, addr) = bind(&listen).await?;
+    let limits = cfg.limits.clone();
     let Some(mtls_cfg) = cfg.mtls.clone() else {
         if !addr.is_unix() && delegation.is_some() {
             tracing::warn!(listen = %addr, "the agent listens on TCP: any local process can reach it, so x-forwarded-client-cert is not trusted and a delegation chain has no verified caller; listen on unix:///path behind the sidecar");
@@ -691,8 +692,13 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
         let agent = Arc::new(agent);
-        let serving =
-            agentmesh_gateway::Serving::spawn(listener, addr.clone(), agent.router(), "agent");
+        let serving = agentmesh_gateway::Serving::spawn(
+            listener,
+            addr.clone(),
+            agent.router(),
+            "agent",
+            limits,
+        );
         tracing::info!(%role, listen = %addr, "agent ready");
         return Ok(RunningAgent {
             addr,
@@ -720,8 +726,11 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
             )),
         ));
     };
+    let mtls_limits = limits.clone();
     let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = agentmesh_sdk::serve(listener, source, router).await {
+        if let Err(e) =
+            agentmesh_sdk::http::serve_limited(listener, source, router, mtls_limits).await
+        {
             tracing::error!(error = %e, "the agent's mTLS listener stopped");
         }
     })];
@@ -738,11 +747,14 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
             },
             bound.is_unix(),
         );
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).await {
-                tracing::error!(error = %e, "the agent's admin listener stopped");
-            }
-        }));
+        let limits = limits.clone();
+        tasks.push(tokio::spawn(agentmesh_proto::limits::serve_listener(
+            l,
+            agentmesh_proto::limits::TowerService(app),
+            limits,
+            "agent admin",
+            std::future::pending(),
+        )));
         admin = Some(bound);
     }
     tracing::info!(%role, listen = %addr, admin = ?admin, spiffe_id = %side.me, "agent ready (in-process mTLS)");

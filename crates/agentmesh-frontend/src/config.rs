@@ -181,6 +181,10 @@ pub struct FrontendConfig {
     /// The Security Inspector at `/inspector`; off without this table.
     #[serde(default)]
     pub inspector: Option<InspectorConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connections per client
+    /// address and in total, for the public listener.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 fn default_listen() -> SocketAddr {
@@ -216,6 +220,7 @@ impl FrontendConfig {
             ConfigError::Parse(path.to_owned(), format!("{msg}{at}"))
         })?;
         let invalid = |m: String| ConfigError::Invalid(path.to_owned(), m);
+        cfg.limits.check().map_err(|e| invalid(e.to_string()))?;
         for up in &cfg.upstream {
             if up.url.starts_with("unix:") {
                 up.url.parse::<LocalAddr>().map_err(|e| {

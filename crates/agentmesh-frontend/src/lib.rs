@@ -737,13 +737,16 @@ pub async fn serve(
         .map_err(|e| FrontendError::Listen(listen, e))?;
     fe.bound_to(addr);
     let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let limits = fe.cfg.limits.clone();
     let app = fe.router();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let task = tokio::spawn(agentmesh_proto::limits::serve_tcp(
+        listener,
+        agentmesh_proto::limits::TowerService(app),
+        limits,
+        "frontend",
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
     Ok((addr, stop, task))
 }

@@ -610,6 +610,10 @@ pub struct GatewayConfig {
     /// The delegation chain: verify the user and the agents before answering, and audit them.
     #[serde(default)]
     pub delegation: Option<crate::delegation::DelegationConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts of the
+    /// listener.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// The default largest request.
@@ -653,6 +657,7 @@ impl GatewayConfig {
     }
 
     fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
+        self.limits.check().map_err(|e| e.to_string())?;
         if let LocalAddr::Tcp(_) = &self.listen
             && !self
                 .listen
@@ -751,6 +756,7 @@ impl GatewayConfig {
             }],
             dlp: DlpConfig::default(),
             delegation: None,
+            limits: agentmesh_proto::limits::ListenerLimits::default(),
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod policy;
 pub mod provider;
 pub mod secret_key;
 
-use agentmesh_sdk::local::{LocalAddr, LocalListener, LocalPeer};
+use agentmesh_sdk::local::{LocalAddr, LocalListener};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -727,26 +727,28 @@ pub struct Serving {
 }
 
 impl Serving {
-    /// Serves `router` on `listener` in a task of its own; `what` names it in the error
-    /// logged if serving stops by itself.
+    /// Serves `router` on `listener` with `limits` in a task of its own; `what` names the
+    /// listener in log lines.
     pub fn spawn(
         listener: LocalListener,
         addr: LocalAddr,
         router: Router,
         what: &'static str,
+        limits: agentmesh_proto::limits::ListenerLimits,
     ) -> Self {
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            let app = router.into_make_service_with_connect_info::<LocalPeer>();
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "the {what} stopped serving");
-            }
+            agentmesh_proto::limits::serve_listener(
+                listener,
+                agentmesh_proto::limits::TowerService(router),
+                limits,
+                what,
+                shutdown,
+            )
+            .await;
         });
         Self { addr, stop, task }
     }
@@ -778,8 +780,9 @@ pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
     if let Some(d) = delegation {
         gateway = gateway.with_delegation(d);
     }
+    let limits = gateway.cfg.limits.clone();
     let router = Arc::new(gateway).router();
     tracing::info!(listen = %addr, "gateway ready");
-    let serving = Serving::spawn(listener, addr, router, "gateway");
+    let serving = Serving::spawn(listener, addr, router, "gateway", limits);
     Ok(serving)
 }

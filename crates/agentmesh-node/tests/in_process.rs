@@ -36,6 +36,7 @@ async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer
         issuance: IssuanceSettings::default(),
         upstream: None,
         oidc_discovery: None,
+        limits: Default::default(),
     })
     .await
     .unwrap()
@@ -54,6 +55,7 @@ async fn start_node(
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
         trust_domain: None,
+        limits: Default::default(),
     })
     .await
     .unwrap()

@@ -65,6 +65,7 @@ impl Mesh {
             issuance: IssuanceSettings::default(),
             upstream: None,
             oidc_discovery: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -95,6 +96,7 @@ impl Mesh {
             data_dir: dir.join("node"),
             admin_socket: dir.join("node-admin.sock"),
             trust_domain: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();

@@ -56,6 +56,10 @@ pub struct ProxyConfig {
     /// `/metrics` and `/healthz`.
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// `[limits]`: timeouts, head sizes and connection counts, applied to each listener
+    /// (inbound, every upstream, admin) separately.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// `[inbound]`.
@@ -150,6 +154,7 @@ impl ProxyConfig {
             &cfg.service,
         )
         .map_err(|e| invalid(format!("service {:?}: {e}", cfg.service)))?;
+        cfg.limits.check().map_err(|e| invalid(e.to_string()))?;
         if cfg.inbound.is_none() && cfg.upstream.is_empty() {
             return Err(invalid(
                 "nothing to do: add an [inbound] section or at least one [[upstream]]".into(),
@@ -380,6 +385,14 @@ listen = "127.0.0.1:19001"
                 "used twice",
             ),
             ("service = ", "proxy.toml"),
+            (
+                "service = \"a\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"\n[limits]\nmax_headers = 0",
+                "limits.max_headers",
+            ),
+            (
+                "service = \"a\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"\n[limits]\nheader_timeot = \"1s\"",
+                "unknown field `header_timeot`",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err().to_string();

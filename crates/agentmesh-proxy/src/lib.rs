@@ -130,6 +130,15 @@ pub(crate) async fn accept_local(
     }
 }
 
+/// The per-caller key of a local connection: the uid behind a Unix socket, the address
+/// on TCP.
+pub(crate) fn local_caller(peer: &LocalPeer) -> agentmesh_proto::limits::Caller {
+    match peer {
+        LocalPeer::Tcp(a) => agentmesh_proto::limits::Caller::Ip(a.ip()),
+        LocalPeer::Unix { uid, .. } => agentmesh_proto::limits::Caller::Uid(*uid),
+    }
+}
+
 /// What one data-plane worker serves: its own [`inbound::Inbound`] and
 /// [`outbound::Upstream`]s (so its own pools) on its copies of the shared listeners.
 #[derive(Default)]
@@ -275,6 +284,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut plans: Vec<WorkerPlan> = (0..workers).map(|_| WorkerPlan::default()).collect();
 
+    let limits = Arc::new(cfg.limits.clone());
     let mut inbound_addr = None;
     let mut registration = None;
     if let Some(ib) = &cfg.inbound {
@@ -288,6 +298,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
         });
         let listener = share(listener, workers, ib.listen, "inbound")?;
+        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
         for (plan, l) in plans.iter_mut().zip(listener) {
             plan.inbound.push((
                 inbound::Inbound::new(
@@ -297,7 +308,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     ib.app_addr()?,
                     ib.protocol,
                 )
-                .with_normalize_options(ib.normalize_options()),
+                .with_normalize_options(ib.normalize_options())
+                .with_limits(limits.clone(), limiter.clone()),
                 l,
             ));
         }
@@ -312,6 +324,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
         let addr = listener.local_addr();
         upstream_addrs.push(addr.clone());
         let listener = share_local(listener, workers, "upstream")?;
+        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
         for (plan, l) in plans.iter_mut().zip(listener) {
             plan.upstream.push((
                 outbound::Upstream::new(
@@ -321,7 +334,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     identity.clone(),
                     policy.clone(),
                     metrics.clone(),
-                ),
+                )
+                .with_limits(limits.clone(), limiter.clone()),
                 l,
             ));
         }
@@ -378,7 +392,11 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             identity: identity.clone(),
             policy: policy.clone(),
         };
-        tasks.push(tokio::spawn(state.serve(listener, stop_rx.clone())));
+        tasks.push(tokio::spawn(state.serve(
+            listener,
+            limits.clone(),
+            stop_rx.clone(),
+        )));
     }
     Ok(RunningProxy {
         inbound_addr,

@@ -442,6 +442,23 @@ impl StdLocalListener {
     }
 }
 
+impl agentmesh_proto::limits::Accept for LocalListener {
+    type Io = LocalStream;
+    type Peer = LocalPeer;
+
+    async fn accept_caller(
+        &self,
+    ) -> io::Result<(Self::Io, Self::Peer, agentmesh_proto::limits::Caller)> {
+        use agentmesh_proto::limits::Caller;
+        let (io, peer) = self.accept().await?;
+        let caller = match &peer {
+            LocalPeer::Tcp(a) => Caller::Ip(a.ip()),
+            LocalPeer::Unix { uid, .. } => Caller::Uid(*uid),
+        };
+        Ok((io, peer, caller))
+    }
+}
+
 impl axum::serve::Listener for LocalListener {
     type Io = LocalStream;
     type Addr = LocalPeer;

@@ -29,6 +29,7 @@ async fn malformed_entries_are_refused_with_a_short_specific_message_and_nothing
         issuance: IssuanceSettings::default(),
         upstream: None,
         oidc_discovery: None,
+        limits: Default::default(),
     })
     .await
     .unwrap();

@@ -136,8 +136,14 @@ async fn one_call_is_one_trace_from_the_callers_proxy_through_the_gateway_with_s
         tokio::net::UnixStream::connect(&gw_socket).await.is_ok()
     })
     .await;
-    let _gw_proxy =
-        start_proxy_to(&mesh, "gateway", Some((gw_listen.clone(), "http")), &[], &proxy_env).await;
+    let _gw_proxy = start_proxy_to(
+        &mesh,
+        "gateway",
+        Some((gw_listen.clone(), "http")),
+        &[],
+        &proxy_env,
+    )
+    .await;
     let executor =
         start_proxy_with_env(&mesh, "executor", None, &[("gateway", "http")], &proxy_env).await;
     let planner =

@@ -144,6 +144,30 @@ pub struct NodeRunArgs {
     /// CA's root, such as OpenBao's) [default: from the bundle]
     #[arg(long, value_name = "TD")]
     pub trust_domain: Option<String>,
+    /// A TOML file with a `[limits]` table for the Workload API and admin sockets (the
+    /// same keys as every component's `[limits]`) [default: the built-in limits]
+    #[arg(long, value_name = "FILE")]
+    pub limits: Option<PathBuf>,
+}
+
+/// The `--limits` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    limits: agentmesh_proto::limits::ListenerLimits,
+}
+
+/// Reads and checks a `--limits` file.
+fn read_limits(path: &std::path::Path) -> anyhow::Result<agentmesh_proto::limits::ListenerLimits> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --limits {}", path.display()))?;
+    let file: LimitsFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--limits {}: {}", path.display(), e.message()))?;
+    file.limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("--limits {}: {e}", path.display()))?;
+    Ok(file.limits)
 }
 
 impl NodeRunArgs {
@@ -181,6 +205,12 @@ impl NodeRunArgs {
                         .map_err(|e| anyhow::anyhow!("invalid --trust-domain {td:?}: {e}"))
                 })
                 .transpose()?,
+            limits: self
+                .limits
+                .as_deref()
+                .map(read_limits)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -242,6 +272,40 @@ mod tests {
             PathBuf::from(".agentmesh/node/admin.sock")
         );
         assert_eq!(cfg.join_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn limits_come_from_the_limits_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("limits.toml");
+        let args = |f: &std::path::Path| {
+            parse(&[
+                "--server",
+                "127.0.0.1:8081",
+                "--socket",
+                "/tmp/node.sock",
+                "--trust-bundle",
+                "b.pem",
+                "--limits",
+                f.to_str().unwrap(),
+            ])
+        };
+        std::fs::write(&file, "[limits]\nheader_timeout = \"3s\"\n").unwrap();
+        let cfg = args(&file).to_config().unwrap();
+        assert_eq!(cfg.limits.header_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            cfg.limits.body_idle_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        std::fs::write(&file, "[limits]\nheader_timout = \"3s\"\n").unwrap();
+        let err = args(&file).to_config().unwrap_err().to_string();
+        assert!(
+            err.contains("header_timout") && err.contains("--limits"),
+            "{err}"
+        );
+        std::fs::write(&file, "[limits]\nmax_connections = 0\n").unwrap();
+        let err = args(&file).to_config().unwrap_err().to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
     }
 
     #[test]
