@@ -413,7 +413,11 @@ workload_api = "unix:///run/w.sock"
             ),
             (
                 &EXECUTOR.replace("127.0.0.1:8081", "0.0.0.0:8081"),
-                "not a loopback address",
+                "is not a unix:///path or a loopback address",
+            ),
+            (
+                &EXECUTOR.replace("http://127.0.0.1:9002", "unix://relative/gw.sock"),
+                "neither unix:///absolute/path nor host:port",
             ),
             (
                 &EXECUTOR.replace("http://127.0.0.1:9002", "https://127.0.0.1:9002"),

@@ -424,7 +424,11 @@ mod tests {
             ("lisen = \"127.0.0.1:1\"", "unknown field"),
             (
                 "[[upstream]]\nname = \"a\"\nurl = \"https://x\"",
-                "must be http://",
+                "must be unix:///path or http://",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"unix://no/root.sock\"",
+                "neither unix:///absolute/path nor host:port",
             ),
             ("entry = \"b\"", "not an [[upstream]] name"),
             (

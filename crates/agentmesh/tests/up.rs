@@ -1460,7 +1460,14 @@ async fn a_restart_of_up_keeps_an_operators_intentions() {
         .as_array()
         .expect("intentions")
         .iter()
-        .find(|i| i["spec"]["source"] == "planner" && i["spec"]["destination"] == "executor")
+        .find(|i| {
+            // Stored resolved: service names become SPIFFE IDs.
+            let ends = |k: &str, name: &str| {
+                i[k].as_str()
+                    .is_some_and(|s| s.ends_with(&format!("/sa/{name}")))
+            };
+            ends("source", "planner") && ends("destination", "executor")
+        })
         .expect("planner → executor")["id"]
         .as_str()
         .expect("id")
@@ -1497,15 +1504,14 @@ async fn a_restart_of_up_keeps_an_operators_intentions() {
     let all = listed["intentions"].as_array().expect("intentions");
     let owned_by = |owner: &str| {
         all.iter()
-            .filter(|i| i["spec"]["owner"].as_str().unwrap_or("") == owner)
+            .filter(|i| i["owner"].as_str().unwrap_or("") == owner)
             .count()
     };
     assert_eq!(owned_by(""), 2, "{listed}");
     // planner-executor has four intentions; the operator holds one of their pairs.
     assert_eq!(owned_by("up:planner-executor"), 3, "{listed}");
     assert!(
-        all.iter()
-            .any(|i| i["spec"]["description"] == "the operator's own"),
+        all.iter().any(|i| i["description"] == "the operator's own"),
         "{listed}"
     );
     // And the mesh still answers through the operator's intention.
