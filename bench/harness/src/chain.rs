@@ -67,7 +67,7 @@ impl Request {
         let mut links = String::new();
         for (i, agent) in agents.iter().enumerate() {
             let next: SpiffeId = AGENTS.get(i + 1).copied().unwrap_or(GATEWAY).parse()?;
-            links = delegation::add_link(agent, &token, &links, Some(&next))?;
+            links = delegation::add_link(agent, &token, &links, &next)?;
         }
         // About the size of an agent's JSON answer.
         let body = serde_json::json!({"answer": "x".repeat(900), "agent": AGENTS[2]}).to_string();

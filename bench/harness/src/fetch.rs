@@ -69,6 +69,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         issuance: IssuanceSettings::default(),
         upstream: None,
         oidc_discovery: None,
+        limits: Default::default(),
     })
     .await
     .context("starting the server")?;
@@ -94,6 +95,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
         trust_domain: None,
+        limits: Default::default(),
     })
     .await
     .context("starting the node")?;

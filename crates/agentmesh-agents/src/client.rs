@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use agentmesh_sdk::local::LocalConnector;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -89,6 +90,8 @@ fn error_message(body: &Value) -> Option<String> {
 #[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// One client per upstream whose sidecar port is a Unix socket.
+    local: std::collections::HashMap<String, Client<LocalConnector, Full<Bytes>>>,
     mtls: std::collections::HashMap<String, agentmesh_sdk::MtlsClient>,
 }
 
@@ -96,12 +99,26 @@ impl Default for Upstreams {
     fn default() -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            local: std::collections::HashMap::new(),
             mtls: std::collections::HashMap::new(),
         }
     }
 }
 
 impl Upstreams {
+    /// Clients for `upstreams`: a socket client for each `unix:///path`, the shared TCP
+    /// client for the rest.
+    pub fn for_upstreams(upstreams: &[UpstreamConfig]) -> Self {
+        let mut me = Self::default();
+        for u in upstreams {
+            if let Some(addr) = u.unix_socket() {
+                me.local
+                    .insert(u.name.clone(), agentmesh_sdk::local::http_client(&addr));
+            }
+        }
+        me
+    }
+
     /// Calls the upstream named `name` over mTLS with `client` from now on.
     pub fn pin(&mut self, name: &str, client: agentmesh_sdk::MtlsClient) {
         self.mtls.insert(name.to_owned(), client);
@@ -113,7 +130,10 @@ impl Upstreams {
         upstream: &str,
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        match self.mtls.get(upstream) {
+        if let Some(c) = self.mtls.get(upstream) {
+            return c.request(req).await.map_err(|e| e.to_string());
+        }
+        match self.local.get(upstream) {
             Some(c) => c.request(req).await.map_err(|e| e.to_string()),
             None => self.client.request(req).await.map_err(|e| e.to_string()),
         }
@@ -130,7 +150,7 @@ impl Upstreams {
         path: &str,
         body: Bytes,
     ) -> Result<(http::StatusCode, Bytes), CallError> {
-        let url = format!("{}{path}", up.url.trim_end_matches('/'));
+        let url = format!("{}{path}", up.base_url());
         let req = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
@@ -175,7 +195,7 @@ impl Upstreams {
         traceparent: &str,
         extra: &[(&'static str, String)],
     ) -> Result<Value, CallError> {
-        let url = format!("{}{path}", up.url.trim_end_matches('/'));
+        let url = format!("{}{path}", up.base_url());
         let mut req = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("traceparent", traceparent);

@@ -38,6 +38,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use agentmesh_sdk::local::LocalAddr;
 use serde::Deserialize;
 
 use crate::role::Role;
@@ -89,16 +90,37 @@ pub struct UpstreamConfig {
     pub name: String,
     /// What the service is to this agent: an agent role, or `gateway`.
     pub role: String,
-    /// The local proxy's outbound listener for it, as `http://127.0.0.1:PORT`; with
-    /// `[mtls]`, the upstream's own mTLS listener as `https://IP:PORT`.
+    /// The local proxy's outbound listener for it, as `unix:///path` (only this uid may use
+    /// it) or `http://127.0.0.1:PORT`; with `[mtls]`, the upstream's own mTLS listener as
+    /// `https://IP:PORT`.
     pub url: String,
     /// With `[mtls]`: the SPIFFE ID the upstream must present (the call is refused
-    /// otherwise).
+    /// otherwise). Behind a sidecar (which pins the upstream itself) it is optional and only
+    /// names the next hop in this agent's delegation links; the default is the service-name
+    /// convention, `spiffe://<own trust domain>/ns/default/sa/<name>`.
     #[serde(default)]
     pub spiffe_id: Option<String>,
 }
 
 impl UpstreamConfig {
+    /// The sidecar's Unix socket, when `url` is `unix:///path`.
+    pub fn unix_socket(&self) -> Option<LocalAddr> {
+        if !self.url.starts_with("unix:") {
+            return None;
+        }
+        self.url.parse().ok().filter(LocalAddr::is_unix)
+    }
+
+    /// The base URL requests are built on: `http://localhost` for a Unix socket (the
+    /// connector dials the socket), the configured URL otherwise.
+    pub fn base_url(&self) -> &str {
+        if self.unix_socket().is_some() {
+            "http://localhost"
+        } else {
+            self.url.trim_end_matches('/')
+        }
+    }
+
     /// `url` must be `SCHEME://IP:PORT`; `why` completes the message when the scheme is wrong.
     fn check_url(&self, scheme: &str, why: &str) -> Result<(), String> {
         let rest = self
@@ -129,11 +151,13 @@ impl UpstreamConfig {
 pub struct MtlsConfig {
     /// The node's Workload API, `unix:///path`.
     pub workload_api: String,
-    /// A plain loopback listener for operators and `agentmesh up`: `/healthz`, `/decisions`
-    /// (the live feed a sidecar's admin serves) and `/probe/NAME/PATH` (POST the body to
-    /// upstream NAME over mTLS, answer what it answered).
+    /// A plain listener for operators and `agentmesh up`: `/healthz`, `/decisions` (the
+    /// live feed a sidecar's admin serves) and `/probe/NAME/PATH` (POST the body to upstream
+    /// NAME over mTLS with this agent's identity, answer what it answered). `/probe` lends
+    /// the agent's identity, so it is served only on a `unix:///path` socket (this uid
+    /// only); on a loopback `ip:port` the admin has no `/probe`.
     #[serde(default)]
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<LocalAddr>,
     /// The address registered in the service catalog; default `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
@@ -157,9 +181,12 @@ pub struct AgentConfig {
     pub role: Role,
     /// This service's name (default: the role).
     pub name: Option<String>,
-    /// The plain HTTP listener; loopback only, because only the inbound proxy may reach it.
-    /// With `[mtls]`: the mTLS listener callers reach.
-    pub listen: SocketAddr,
+    /// The plain HTTP listener, reached only through the inbound proxy: `unix:///path`
+    /// (peers of another uid are refused, and `x-forwarded-client-cert` is trusted because
+    /// only the sidecar's uid gets in) or a loopback `ip:port` (any local user can connect,
+    /// so the header is never trusted and delegation has no verified caller). With
+    /// `[mtls]`: the mTLS listener callers reach, `ip:port`.
+    pub listen: LocalAddr,
     /// The model asked of the gateway.
     #[serde(default = "default_model")]
     pub model: String,
@@ -176,6 +203,10 @@ pub struct AgentConfig {
     /// In-process mTLS and intentions instead of a sidecar.
     #[serde(default)]
     pub mtls: Option<MtlsConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts, for
+    /// each of the agent's listeners (plain or mTLS, and admin).
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// The model name agents ask for unless configured otherwise; `agentmesh up` maps it to the
@@ -210,27 +241,37 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.limits.check().map_err(|e| e.to_string())?;
         if let Some(m) = &self.mtls {
             return self.validate_mtls(m);
         }
-        if !self.listen.ip().is_loopback() {
+        if let LocalAddr::Tcp(_) = &self.listen
+            && !self
+                .listen
+                .tcp_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback())
+        {
             return Err(format!(
-                "listen = {} is not a loopback address; an agent is reached only through its \
-                 inbound proxy",
+                "listen = {} is not a unix:///path or a loopback address; an agent is reached \
+                 only through its inbound proxy",
                 self.listen
             ));
         }
         for u in &self.upstreams {
-            if u.spiffe_id.is_some() {
-                return Err(format!(
-                    "upstream {:?}: spiffe_id is for agents with [mtls]; without it the local \
-                     proxy checks who answers",
-                    u.name
-                ));
+            if let Some(id) = &u.spiffe_id {
+                id.parse::<agentmesh_sdk::SpiffeId>()
+                    .map_err(|e| format!("upstream {:?}: spiffe_id {id:?}: {e}", u.name))?;
+            }
+            if u.url.starts_with("unix:") {
+                u.url
+                    .parse::<LocalAddr>()
+                    .map_err(|e| format!("upstream {:?}: url {:?}: {e}", u.name, u.url))?;
+                continue;
             }
             u.check_url(
                 "http",
-                "HOST:PORT (the local proxy's plain listener; the proxy does the TLS)",
+                "HOST:PORT or unix:///path (the local proxy's plain listener; the proxy does \
+                 the TLS)",
             )?;
         }
         self.validate_common()
@@ -243,8 +284,17 @@ impl AgentConfig {
                 m.workload_api
             ));
         }
-        if let Some(admin) = m.admin
-            && !admin.ip().is_loopback()
+        if self.listen.tcp_socket_addr().is_none() {
+            return Err(format!(
+                "listen = {} must be ip:port with [mtls] (the agent's own mTLS listener)",
+                self.listen
+            ));
+        }
+        if let Some(admin) = &m.admin
+            && let LocalAddr::Tcp(_) = admin
+            && !admin
+                .tcp_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback())
         {
             return Err(format!(
                 "[mtls] admin = {admin} is not a loopback address; it answers anyone who connects"
@@ -280,6 +330,13 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether `x-forwarded-client-cert` names a caller the sidecar verified: only when the
+    /// agent listens on a Unix socket, which nobody but the sidecar's uid can reach. On TCP
+    /// any local process could have written the header.
+    pub fn trusts_forwarded_identity(&self) -> bool {
+        self.mtls.is_none() && self.listen.is_unix()
     }
 
     /// The service name.
@@ -368,8 +425,8 @@ workload_api = "unix:///run/w.sock"
             ),
             (&format!("{EXECUTOR}\ncolour = 1"), "unknown field `colour`"),
             (
-                &EXECUTOR.replace("url = ", "spiffe_id = \"spiffe://td/gateway\"\nurl = "),
-                "spiffe_id is for agents with [mtls]",
+                &EXECUTOR.replace("url = ", "spiffe_id = \"gateway\"\nurl = "),
+                "upstream \"gateway\": spiffe_id \"gateway\"",
             ),
             (
                 &format!("{EXECUTOR}\n[mtls]\nworkload_api = \"unix:///s\""),

@@ -18,7 +18,7 @@ pub mod mtls;
 pub mod role;
 pub mod search;
 
-use std::net::SocketAddr;
+use agentmesh_sdk::local::{LocalAddr, LocalListener};
 use std::sync::Arc;
 
 use axum::Router;
@@ -43,8 +43,8 @@ use agentmesh_telemetry::{Span, SpanKind, attr};
 #[non_exhaustive]
 pub enum AgentError {
     /// The listener could not be bound.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
+    #[error("cannot listen: {0}")]
+    Listen(agentmesh_sdk::local::LocalError),
     /// The configured search tool cannot run.
     #[error("search: {0}")]
     Search(String),
@@ -135,9 +135,35 @@ pub struct Agent {
     delegation: Option<agentmesh_gateway::delegation::Delegation>,
 }
 
-/// Headers every call made for one request carries: the user token and the chain with this
-/// agent's link.
-type Onward = [(&'static str, String)];
+/// What the calls made for one request need to carry the delegation chain on: every call
+/// gets the user token and the incoming links plus this agent's link addressed to that
+/// call's callee (a fan-out signs one link per callee).
+#[derive(Debug, Default)]
+struct Onward {
+    forward: Option<agentmesh_gateway::delegation::Forward>,
+    /// The links sent with the latest call: the last agent answers with them.
+    last_links: std::sync::Mutex<Option<String>>,
+}
+
+impl Onward {
+    /// The headers for one call to `next_hop` (none without a verified chain).
+    fn headers_for(
+        &self,
+        next_hop: &agentmesh_sdk::SpiffeId,
+    ) -> Result<Vec<(&'static str, String)>, agentmesh_sdk::ChainError> {
+        let Some(forward) = &self.forward else {
+            return Ok(Vec::new());
+        };
+        let headers = forward.headers_for(next_hop)?;
+        if let Some((_, links)) = headers
+            .iter()
+            .find(|(h, _)| *h == agentmesh_sdk::DELEGATION_HEADER)
+        {
+            *self.last_links.lock().unwrap_or_else(|p| p.into_inner()) = Some(links.clone());
+        }
+        Ok(headers)
+    }
+}
 
 /// The researcher's search tool.
 enum Search {
@@ -172,9 +198,10 @@ impl Agent {
             }
             _ => None,
         };
+        let upstreams = Upstreams::for_upstreams(&cfg.upstreams);
         Ok(Self {
             cfg,
-            upstreams: Upstreams::default(),
+            upstreams,
             search,
             delegation: None,
         })
@@ -214,6 +241,19 @@ impl Agent {
             .map_err(|e| CallError::BadAnswer(up.name.clone(), e.to_string()).into())
     }
 
+    /// The SPIFFE ID an upstream answers as, which this agent's delegation link names: its
+    /// `spiffe_id` if configured, else the service-name convention `up` and the intentions
+    /// use, `spiffe://<this agent's trust domain>/ns/default/sa/<name>`. A wrong guess fails
+    /// closed: the callee refuses a link addressed to someone else.
+    fn next_hop(&self, up: &config::UpstreamConfig) -> Result<agentmesh_sdk::SpiffeId, String> {
+        let me = self
+            .delegation
+            .as_ref()
+            .map(agentmesh_gateway::delegation::Delegation::me)
+            .ok_or_else(|| "bug: a delegation chain without [delegation]".to_owned())?;
+        next_hop_of(up, &me)
+    }
+
     /// Asks the gateway (OpenAI chat completions) with this agent's role prompt.
     /// One call through the sidecar, as a CLIENT span whose id the next hop sees as its
     /// parent in `traceparent`.
@@ -224,14 +264,25 @@ impl Agent {
         path: &'static str,
         body: &Value,
         onward: &Onward,
-    ) -> Result<Value, CallError> {
+    ) -> Result<Value, AgentFailure> {
+        let extra = if onward.forward.is_some() {
+            self.next_hop(up)
+                .and_then(|next| onward.headers_for(&next).map_err(|e| e.to_string()))
+                .map_err(|e| AgentFailure {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("cannot add this agent's delegation link: {e}"),
+                    refusal: None,
+                })?
+        } else {
+            Vec::new()
+        };
         let mut span = parent.child(format!("call {} {path}", up.name), SpanKind::Client);
         span.set_str(attr::DESTINATION, &up.name);
         span.set_str(attr::HTTP_METHOD, "POST");
         span.set_str(attr::URL_PATH, path);
         let result = self
             .upstreams
-            .post_json(up, path, body, &span.context().header(), onward)
+            .post_json(up, path, body, &span.context().header(), &extra)
             .await;
         match &result {
             Ok(_) => span.set_http_status(200),
@@ -245,7 +296,7 @@ impl Agent {
                 span.set_error(&e.to_string());
             }
         }
-        result
+        result.map_err(Into::into)
     }
 
     async fn infer(
@@ -457,33 +508,40 @@ async fn ask(
         if req.question.trim().is_empty() {
             return Err(AgentFailure::bad_request("the question is empty"));
         }
-        let onward = match &agent.delegation {
+        let forward = match &agent.delegation {
             Some(d) => {
                 // In-process mTLS: the caller is who its certificate says, and an XFCC
                 // header is just something the caller wrote. Behind a sidecar: the sidecar's.
+                // On a TCP listener anyone local could have written the header: no caller.
                 let peer = if agent.cfg.mtls.is_some() {
                     extensions
                         .get::<agentmesh_sdk::PeerIdentity>()
                         .map(|p| p.0.clone())
-                } else {
+                } else if agent.cfg.trusts_forwarded_identity() {
                     agentmesh_gateway::delegation::xfcc_peer(&headers)
+                } else {
+                    None
                 };
                 match d.forward(&headers, peer.as_ref()) {
                     Ok(Some(f)) => {
                         trace.set_str("enduser.id", &f.chain.user.sub);
-                        f.headers
+                        Some(f)
                     }
-                    Ok(None) => Vec::new(),
+                    Ok(None) => None,
                     Err(e) => {
                         return Err(AgentFailure {
-                            status: StatusCode::UNAUTHORIZED,
+                            status: chain_refusal_status(&e),
                             message: format!("delegation chain refused: {e}"),
                             refusal: None,
                         });
                     }
                 }
             }
-            None => Vec::new(),
+            None => None,
+        };
+        let onward = Onward {
+            forward,
+            last_links: std::sync::Mutex::new(None),
         };
         agent
             .handle(req, &trace, &onward)
@@ -492,13 +550,14 @@ async fn ask(
     }
     .await;
     match result {
-        Ok((mut a, onward_links)) => {
+        Ok((mut a, onward)) => {
             if a.delegation.is_empty() {
                 // The last agent: the chain is the one it sent on.
-                if let Some((_, links)) = onward_links
-                    .iter()
-                    .find(|(h, _)| *h == agentmesh_sdk::DELEGATION_HEADER)
-                {
+                let sent = onward
+                    .last_links
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(links) = sent {
                     a.delegation = links
                         .split('~')
                         .filter(|l| !l.is_empty())
@@ -539,6 +598,30 @@ async fn ask(
     }
 }
 
+/// [`Agent::next_hop`] for an agent whose own ID is `me`.
+fn next_hop_of(
+    up: &config::UpstreamConfig,
+    me: &agentmesh_sdk::SpiffeId,
+) -> Result<agentmesh_sdk::SpiffeId, String> {
+    if let Some(id) = &up.spiffe_id {
+        return id
+            .parse()
+            .map_err(|e| format!("upstream {:?}: spiffe_id {id:?}: {e}", up.name));
+    }
+    agentmesh_sdk::SpiffeId::from_service_name(me.trust_domain(), &up.name)
+        .map_err(|e| format!("upstream {:?}: no SPIFFE ID for the name: {e}", up.name))
+}
+
+/// 401 for a chain that is not good; 503 when this agent cannot remember another token
+/// (a good chain, refused only for now).
+fn chain_refusal_status(e: &agentmesh_sdk::ChainError) -> StatusCode {
+    if matches!(e, agentmesh_sdk::ChainError::ReplayCacheFull { .. }) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
+
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     (
@@ -553,9 +636,9 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 #[derive(Debug)]
 pub struct RunningAgent {
     /// The bound address of `listen` (plain, or mTLS with `[mtls]`).
-    pub addr: SocketAddr,
+    pub addr: LocalAddr,
     /// The bound admin address (`[mtls] admin`).
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<LocalAddr>,
     plain: Option<agentmesh_gateway::Serving>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     mtls: Option<mtls::MtlsSide>,
@@ -576,13 +659,11 @@ impl RunningAgent {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+async fn bind(addr: &LocalAddr) -> Result<(LocalListener, LocalAddr), AgentError> {
+    let listener = LocalListener::bind(addr)
         .await
-        .map_err(|e| AgentError::Listen(addr, e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| AgentError::Listen(addr, e))?;
+        .map_err(AgentError::Listen)?;
+    let bound = listener.local_addr();
     Ok((listener, bound))
 }
 
@@ -592,7 +673,7 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 /// The listener cannot be bound, the search tool cannot run, or (with `[mtls]`) no SVID
 /// came from the node.
 pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
-    let listen = cfg.listen;
+    let listen = cfg.listen.clone();
     let role = cfg.role;
     let delegation = match &cfg.delegation {
         Some(d) => Some(
@@ -602,12 +683,22 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         ),
         None => None,
     };
-    let (listener, addr) = bind(listen).await?;
+    let (listener, addr) = bind(&listen).await?;
+    let limits = cfg.limits.clone();
     let Some(mtls_cfg) = cfg.mtls.clone() else {
+        if !addr.is_unix() && delegation.is_some() {
+            tracing::warn!(listen = %addr, "the agent listens on TCP: any local process can reach it, so x-forwarded-client-cert is not trusted and a delegation chain has no verified caller; listen on unix:///path behind the sidecar");
+        }
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
         let agent = Arc::new(agent);
-        let serving = agentmesh_gateway::Serving::spawn(listener, addr, agent.router(), "agent");
+        let serving = agentmesh_gateway::Serving::spawn(
+            listener,
+            addr.clone(),
+            agent.router(),
+            "agent",
+            limits,
+        );
         tracing::info!(%role, listen = %addr, "agent ready");
         return Ok(RunningAgent {
             addr,
@@ -628,24 +719,42 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let agent = Arc::new(agent);
     let router = side.guard(agent.clone().router());
     let source = side.source.clone();
+    let LocalListener::Tcp(listener) = listener else {
+        return Err(AgentError::Listen(
+            agentmesh_sdk::local::LocalError::Malformed(format!(
+                "{addr}: with [mtls] listen must be ip:port"
+            )),
+        ));
+    };
+    let mtls_limits = limits.clone();
     let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = agentmesh_sdk::serve(listener, source, router).await {
+        if let Err(e) =
+            agentmesh_sdk::http::serve_limited(listener, source, router, mtls_limits).await
+        {
             tracing::error!(error = %e, "the agent's mTLS listener stopped");
         }
     })];
     let mut admin = None;
-    if let Some(a) = mtls_cfg.admin {
+    if let Some(a) = &mtls_cfg.admin {
         let (l, bound) = bind(a).await?;
-        let app = mtls::admin_router(mtls::AdminState {
-            agent: agent.clone(),
-            source: side.source.clone(),
-            policy: side.policy.clone(),
-        });
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).await {
-                tracing::error!(error = %e, "the agent's admin listener stopped");
-            }
-        }));
+        // /probe calls upstreams with this agent's identity: only on a socket whose peers
+        // the kernel vouches for.
+        let app = mtls::admin_router(
+            mtls::AdminState {
+                agent: agent.clone(),
+                source: side.source.clone(),
+                policy: side.policy.clone(),
+            },
+            bound.is_unix(),
+        );
+        let limits = limits.clone();
+        tasks.push(tokio::spawn(agentmesh_proto::limits::serve_listener(
+            l,
+            agentmesh_proto::limits::TowerService(app),
+            limits,
+            "agent admin",
+            std::future::pending(),
+        )));
         admin = Some(bound);
     }
     tracing::info!(%role, listen = %addr, admin = ?admin, spiffe_id = %side.me, "agent ready (in-process mTLS)");
@@ -665,4 +774,35 @@ pub(crate) fn one_line(msg: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_names_the_upstreams_spiffe_id_or_its_service_name_in_our_trust_domain() {
+        let me: agentmesh_sdk::SpiffeId = "spiffe://agentmesh.local/ns/default/sa/orchestrator"
+            .parse()
+            .unwrap();
+        let up = |name: &str, spiffe_id: Option<&str>| config::UpstreamConfig {
+            name: name.into(),
+            role: "classifier".into(),
+            url: "http://127.0.0.1:1".into(),
+            spiffe_id: spiffe_id.map(str::to_owned),
+        };
+        assert_eq!(
+            next_hop_of(&up("classifier", None), &me)
+                .unwrap()
+                .to_string(),
+            "spiffe://agentmesh.local/ns/default/sa/classifier"
+        );
+        assert_eq!(
+            next_hop_of(&up("c", Some("spiffe://agentmesh.local/team/c")), &me)
+                .unwrap()
+                .to_string(),
+            "spiffe://agentmesh.local/team/c"
+        );
+        assert!(next_hop_of(&up("a/b/c", None), &me).is_err());
+    }
 }

@@ -145,13 +145,18 @@ pub(crate) struct AdminState {
     pub policy: Arc<PolicyWatch>,
 }
 
-/// `/healthz`, `/decisions` and `/probe/NAME/PATH`.
-pub(crate) fn admin_router(state: AdminState) -> Router {
-    Router::new()
+/// `/healthz`, `/decisions` and, with `probe` (a Unix socket admin, this uid only),
+/// `/probe/NAME/PATH`.
+pub(crate) fn admin_router(state: AdminState, probe: bool) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/decisions", get(decisions))
-        .route("/probe/{name}/{*path}", post(probe))
-        .with_state(state)
+        .route("/decisions", get(decisions));
+    let router = if probe {
+        router.route("/probe/{name}/{*path}", post(probe_upstream))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 /// 200 once there is an SVID and a policy, like a sidecar's admin.
@@ -199,7 +204,7 @@ async fn decisions(uri: http::Uri) -> Response {
 
 /// POSTs the body to upstream `name` at `/PATH` over mTLS and answers what it answered: the
 /// self-check of `agentmesh up` asks an in-process agent to make a call it expects refused.
-async fn probe(
+async fn probe_upstream(
     State(s): State<AdminState>,
     Path((name, path)): Path<(String, String)>,
     body: Bytes,

@@ -353,10 +353,8 @@ pub fn sign_jwt_svid(
     let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let sig = key
-        .pair
-        .sign(&SystemRandom::new(), token.as_bytes())
-        .map_err(|_| JwtError::Key(format!("signing with key {:?} failed", key.kid)))?;
+    let sig = crate::ecdsa::sign_p256_low_s(&key.pair, token.as_bytes())
+        .map_err(|e| JwtError::Key(format!("signing with key {:?} failed: {e}", key.kid)))?;
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
     tracing::debug!(spiffe_id = %sub, kid = %key.kid, "signed JWT-SVID");

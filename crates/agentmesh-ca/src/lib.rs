@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod csr;
+pub mod ecdsa;
 pub mod jwt;
 pub mod keys;
 

@@ -13,6 +13,8 @@
 //! client_secret = "..."                     # optional (public client with PKCE)
 //! auth_method = "client_secret_basic"       # or client_secret_post
 //! scopes = ["openid", "email", "profile"]   # default
+//! admin_claim = "groups"                    # who may open the Security Inspector: users whose
+//! admin_values = ["agentmesh-admins"]       #   id_token claim holds one of these (none without)
 //!
 //! [[upstream]]
 //! name = "planner"
@@ -26,6 +28,7 @@
 //! admin = "127.0.0.1:19001"                 # its [admin] listener (loopback only)
 //! ```
 
+use agentmesh_sdk::local::LocalAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -76,6 +79,36 @@ pub struct OidcConfig {
     /// Scopes asked for; `openid` is always included.
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
+    /// The id_token claim that names who may use the Security Inspector, e.g. `groups` or
+    /// `roles` (a claim name with dots is tried as is, then as a path: `realm_access.roles`).
+    /// Without it no OIDC user is an administrator.
+    #[serde(default)]
+    pub admin_claim: Option<String>,
+    /// The values of `admin_claim` that make a user an administrator: the claim (a string or
+    /// an array of strings) must hold one of them.
+    #[serde(default)]
+    pub admin_values: Vec<String>,
+}
+
+impl OidcConfig {
+    /// Whether an id_token with `claims` makes its user an administrator.
+    pub fn grants_admin(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        use serde_json::Value;
+        let Some(name) = &self.admin_claim else {
+            return false;
+        };
+        let value = claims.get(name).or_else(|| {
+            let mut parts = name.split('.');
+            let first = claims.get(parts.next()?)?;
+            parts.try_fold(first, |v, p| v.get(p))
+        });
+        let holds = |v: &str| self.admin_values.iter().any(|a| a == v);
+        match value {
+            Some(Value::String(s)) => holds(s),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(holds),
+            _ => false,
+        }
+    }
 }
 
 fn default_scopes() -> Vec<String> {
@@ -99,8 +132,9 @@ pub struct UpstreamConfig {
 pub struct ProxyFeedConfig {
     /// The service the sidecar fronts.
     pub name: String,
-    /// Its admin listener; loopback only, because the feed is plain HTTP.
-    pub admin: SocketAddr,
+    /// Its admin listener: `unix:///path` (the feed is then readable only by this uid) or a
+    /// loopback `ip:port`.
+    pub admin: LocalAddr,
 }
 
 /// The `[inspector]` table: where the Security Inspector reads the mesh from. Each part is
@@ -147,6 +181,10 @@ pub struct FrontendConfig {
     /// The Security Inspector at `/inspector`; off without this table.
     #[serde(default)]
     pub inspector: Option<InspectorConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connections per client
+    /// address and in total, for the public listener.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 fn default_listen() -> SocketAddr {
@@ -182,10 +220,17 @@ impl FrontendConfig {
             ConfigError::Parse(path.to_owned(), format!("{msg}{at}"))
         })?;
         let invalid = |m: String| ConfigError::Invalid(path.to_owned(), m);
+        cfg.limits.check().map_err(|e| invalid(e.to_string()))?;
         for up in &cfg.upstream {
+            if up.url.starts_with("unix:") {
+                up.url.parse::<LocalAddr>().map_err(|e| {
+                    invalid(format!("upstream {:?}: url {:?}: {e}", up.name, up.url))
+                })?;
+                continue;
+            }
             if !up.url.starts_with("http://") {
                 return Err(invalid(format!(
-                    "upstream {:?}: url {:?} must be http://host:port (the local sidecar port)",
+                    "upstream {:?}: url {:?} must be unix:///path or http://host:port (the local sidecar port)",
                     up.name, up.url
                 )));
             }
@@ -222,6 +267,22 @@ impl FrontendConfig {
                     oidc.issuer
                 )));
             }
+            match (&oidc.admin_claim, oidc.admin_values.is_empty()) {
+                (Some(c), true) => {
+                    return Err(invalid(format!(
+                        "oidc.admin_claim = {c:?} needs oidc.admin_values: the values that make a user an administrator"
+                    )));
+                }
+                (None, false) => {
+                    return Err(invalid(
+                        "oidc.admin_values needs oidc.admin_claim: the id_token claim that holds them".into(),
+                    ));
+                }
+                (Some(c), false) if c.trim().is_empty() => {
+                    return Err(invalid("oidc.admin_claim must not be empty".into()));
+                }
+                _ => {}
+            }
             if oidc.auth_method != AuthMethod::None && oidc.client_secret.is_none() {
                 return Err(invalid(
                     "oidc.client_secret is required unless oidc.auth_method = \"none\"".into(),
@@ -230,7 +291,12 @@ impl FrontendConfig {
         }
         if let Some(inspector) = &cfg.inspector {
             for p in &inspector.proxy {
-                if !p.admin.ip().is_loopback() {
+                if let LocalAddr::Tcp(_) = &p.admin
+                    && !p
+                        .admin
+                        .tcp_socket_addr()
+                        .is_some_and(|a| a.ip().is_loopback())
+                {
                     return Err(invalid(format!(
                         "inspector.proxy {:?}: admin {} must be a loopback address (the decision \
                          feed is plain HTTP)",
@@ -307,6 +373,51 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_claim_is_a_string_a_list_or_a_path() {
+        let cfg = parse(
+            "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             admin_claim = \"groups\"\nadmin_values = [\"agentmesh-admins\", \"root\"]",
+        )
+        .unwrap();
+        let oidc = cfg.oidc.unwrap();
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        for (c, want) in [
+            (
+                serde_json::json!({"groups": ["staff", "agentmesh-admins"]}),
+                true,
+            ),
+            (serde_json::json!({"groups": "root"}), true),
+            (serde_json::json!({"groups": ["staff"]}), false),
+            (serde_json::json!({"groups": "agentmesh-admins-not"}), false),
+            (serde_json::json!({"groups": [["agentmesh-admins"]]}), false),
+            (serde_json::json!({"roles": ["agentmesh-admins"]}), false),
+            (serde_json::json!({}), false),
+        ] {
+            assert_eq!(oidc.grants_admin(&claims(c.clone())), want, "{c}");
+        }
+        let nested = OidcConfig {
+            admin_claim: Some("realm_access.roles".into()),
+            ..oidc.clone()
+        };
+        assert!(nested.grants_admin(&claims(
+            serde_json::json!({"realm_access": {"roles": ["root"]}})
+        )));
+        let dotted = OidcConfig {
+            admin_claim: Some("https://example.com/groups".into()),
+            ..oidc.clone()
+        };
+        assert!(dotted.grants_admin(&claims(
+            serde_json::json!({"https://example.com/groups": ["root"]})
+        )));
+        let none = OidcConfig {
+            admin_claim: None,
+            admin_values: Vec::new(),
+            ..oidc
+        };
+        assert!(!none.grants_admin(&claims(serde_json::json!({"groups": ["root"]}))));
+    }
+
+    #[test]
     fn malformed_configs_are_one_clear_line() {
         for (text, want) in [
             ("listen = 5", "invalid frontend config frontend.toml"),
@@ -337,6 +448,14 @@ mod tests {
                 "invalid frontend config frontend.toml",
             ),
             ("[inspector]\nnode_socket = \"/x\"", "unknown field"),
+            (
+                "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\nadmin_claim = \"groups\"",
+                "needs oidc.admin_values",
+            ),
+            (
+                "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\nadmin_values = [\"a\"]",
+                "needs oidc.admin_claim",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -114,6 +114,50 @@ impl HttpClient {
             .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT))?
     }
 
+    /// Sends one request over a local address (the sidecar's outbound listener, a Unix
+    /// socket) to `path`, and reads the whole answer like [`HttpClient::send`].
+    ///
+    /// # Errors
+    /// [`HttpError`].
+    pub async fn send_local(
+        &self,
+        target: &agentmesh_sdk::local::LocalAddr,
+        method: Method,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let url = format!("{}{path}", target.http_base());
+        let uri: Uri = url.parse().map_err(|_| HttpError::BadUrl(url.clone()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(
+                http::header::USER_AGENT,
+                concat!("agentmesh-frontend/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(body))
+            .map_err(|e| HttpError::Connection(format!("cannot build the request: {e}")))?;
+        req.headers_mut().extend(headers);
+        let client = agentmesh_sdk::local::http_client::<Full<Bytes>>(target);
+        let call = async {
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| HttpError::Connection(chain(&e)))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| HttpError::Connection(format!("reading the answer: {}", chain(&*e))))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, call)
+            .await
+            .map_err(|_| HttpError::Timeout(REQUEST_TIMEOUT))?
+    }
+
     /// GETs `url`.
     ///
     /// # Errors

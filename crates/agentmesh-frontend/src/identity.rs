@@ -122,9 +122,9 @@ impl SigningKey {
     /// # Errors
     /// [`IdentityError::Sign`].
     pub fn sign(&self, input: &[u8]) -> Result<Vec<u8>, IdentityError> {
-        self.pair
-            .sign(&SystemRandom::new(), input)
-            .map(|s| s.as_ref().to_vec())
+        // Low-S: a strict verifier of user tokens elsewhere accepts them.
+        agentmesh_ca::ecdsa::sign_p256_low_s(&self.pair, input)
+            .map(|s| s.to_vec())
             .map_err(|_| IdentityError::Sign(self.kid.clone()))
     }
 
@@ -278,6 +278,41 @@ async fn follow_once(keys: &Keys, socket: &Path) -> Result<(), IdentityError> {
             }
             Ok(None) => return Err(err(&"the stream ended")),
             Err(s) => return Err(err(&format!("{:?}: {}", s.code(), s.message()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_ca::{Authority, CsrPublicKey, PrivateKey, new_intermediate, new_root};
+    use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn user_token_signatures_are_low_s_and_verify() {
+        let td: agentmesh_spiffe::TrustDomain = "agentmesh.local".parse().unwrap();
+        let (now, hour) = (SystemTime::now(), Duration::from_secs(3600));
+        let root_key = PrivateKey::generate().unwrap();
+        let root = new_root(&td, &root_key, hour, now).unwrap();
+        let int_key = PrivateKey::generate().unwrap();
+        let int = new_intermediate(&td, &int_key, hour, now, &root, &root_key).unwrap();
+        let ca = Authority::new(&td, int, int_key).unwrap();
+        let key = PrivateKey::generate().unwrap();
+        let public = CsrPublicKey::from_spki_der(&key.public_key_der()).unwrap();
+        let id = "spiffe://agentmesh.local/ns/default/sa/frontend"
+            .parse()
+            .unwrap();
+        let svid = ca.mint_x509_svid(&id, &public, hour, &[], now).unwrap();
+        let signing = SigningKey::from_der(svid.chain, &key.pkcs8_der()).unwrap();
+        let point = signing.pair.public_key().as_ref().to_vec();
+        // Half of ring's raw signatures are high-S: 32 low ones in a row are not luck.
+        for i in 0..32u8 {
+            let sig = signing.sign(&[i]).unwrap();
+            assert!(agentmesh_ca::ecdsa::is_low_s(&sig));
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
+                .verify(&[i], &sig)
+                .unwrap();
         }
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! Sources: the server's and the node's admin sockets ([`mesh`]), each sidecar's admin
 //! `/decisions` feed ([`feed`]), and what the frontend itself saw of each ask
-//! ([`requests`]). Only a logged-in user sees any of it, and a request page only the user
-//! who asked. The page works without its script; with it, countdowns tick and decisions
-//! appear live (Server-Sent Events).
+//! ([`requests`]). Only a logged-in administrator sees any of it (every dev login; an OIDC
+//! user whose id_token's `admin_claim` holds one of `admin_values`), and a request page
+//! only the administrator who asked. The page works without its script; with it,
+//! countdowns tick and decisions appear live (Server-Sent Events).
 //!
 //! Routes (all `GET`): `/inspector`, `/inspector/check?source=&destination=&method=&path=`,
 //! `/inspector/decisions/stream?after=N` (`text/event-stream`), `/inspector/requests/{trace}`.
@@ -80,7 +81,7 @@ impl Inspector {
             .map(|p| {
                 tokio::spawn(feed::follow(
                     p.name.clone(),
-                    p.admin,
+                    p.admin.clone(),
                     decisions.clone(),
                     names.clone(),
                 ))
@@ -103,6 +104,42 @@ fn not_configured() -> Response {
             "the Security Inspector is not configured: add [inspector] to the frontend config",
         ),
     )
+}
+
+/// Who may see the inspector: a logged-in administrator (every dev login; an OIDC user whose
+/// id_token's `admin_claim` holds one of `admin_values`).
+enum Access {
+    /// Not logged in.
+    Anonymous,
+    /// Logged in, not an administrator.
+    NotAdmin(String),
+    /// An administrator.
+    Admin(crate::token::User),
+}
+
+fn access(fe: &Frontend, headers: &HeaderMap) -> Access {
+    match fe.session(headers) {
+        None => Access::Anonymous,
+        Some((user, true)) => Access::Admin(user),
+        Some((user, false)) => Access::NotAdmin(user.sub),
+    }
+}
+
+const NOT_ADMIN: &str = "the Security Inspector is for administrators, and this login is not \
+                         one: the frontend's [oidc] admin_claim and admin_values name who is";
+
+fn forbidden(sub: &str) -> Response {
+    tracing::warn!(%sub, "inspector refused: not an administrator");
+    page::html(StatusCode::FORBIDDEN, &page::error("inspector", NOT_ADMIN))
+}
+
+/// The page's user when an administrator, else the refusal to send.
+fn admin_page(fe: &Frontend, headers: &HeaderMap) -> Result<crate::token::User, Box<Response>> {
+    match access(fe, headers) {
+        Access::Anonymous => Err(Box::new(login_first())),
+        Access::NotAdmin(sub) => Err(Box::new(forbidden(&sub))),
+        Access::Admin(user) => Ok(user),
+    }
 }
 
 fn login_first() -> Response {
@@ -134,8 +171,9 @@ pub async fn index(State(fe): State<Arc<Frontend>>, headers: HeaderMap) -> Respo
     let Some(ins) = &fe.inspector else {
         return not_configured();
     };
-    let Some(user) = fe.session_user(&headers) else {
-        return login_first();
+    let user = match admin_page(&fe, &headers) {
+        Ok(user) => user,
+        Err(refusal) => return *refusal,
     };
     render(&fe, ins, &user.sub, view::CheckForm::default()).await
 }
@@ -164,8 +202,9 @@ pub async fn check(
     let Some(ins) = &fe.inspector else {
         return not_configured();
     };
-    let Some(user) = fe.session_user(&headers) else {
-        return login_first();
+    let user = match admin_page(&fe, &headers) {
+        Ok(user) => user,
+        Err(refusal) => return *refusal,
     };
     let mut form = view::CheckForm::default();
     let fields = (|| {
@@ -215,11 +254,19 @@ pub async fn stream(
     let Some(ins) = &fe.inspector else {
         return not_configured();
     };
-    if fe.session_user(&headers).is_none() {
-        return Response::builder()
-            .status(StatusCode::UNAUTHORIZED)
-            .body(Body::from("not logged in\n"))
-            .unwrap_or_default();
+    let refused = |status: StatusCode, reason: &str| {
+        Response::builder()
+            .status(status)
+            .body(Body::from(format!("{reason}\n")))
+            .unwrap_or_default()
+    };
+    match access(&fe, &headers) {
+        Access::Anonymous => return refused(StatusCode::UNAUTHORIZED, "not logged in"),
+        Access::NotAdmin(sub) => {
+            tracing::warn!(%sub, "inspector stream refused: not an administrator");
+            return refused(StatusCode::FORBIDDEN, NOT_ADMIN);
+        }
+        Access::Admin(_) => {}
     }
     let after = headers
         .get("last-event-id")
@@ -265,8 +312,9 @@ pub async fn request(
     let Some(ins) = &fe.inspector else {
         return not_configured();
     };
-    let Some(user) = fe.session_user(&headers) else {
-        return login_first();
+    let user = match admin_page(&fe, &headers) {
+        Ok(user) => user,
+        Err(refusal) => return *refusal,
     };
     let Some(record) = fe.requests.get(&trace_id, &user.sub) else {
         return page::html(

@@ -13,10 +13,14 @@
 //! - `GET /token` the logged-in user's token as JSON (for CLIs and tests);
 //! - `POST /ask` `{"question"}` (JSON) or `question=` (form) to the entry upstream;
 //! - `GET /.well-known/jwks.json` and `GET /debug/jwks` (seed 003's path); `GET /healthz`;
-//! - `GET /inspector…` the Security Inspector ([`inspector`]).
+//! - `GET /inspector…` the Security Inspector ([`inspector`]), for administrators only.
+//!
+//! Every request passes [`guard`] first: the `Host` allow-list (DNS rebinding) and, on
+//! state-changing requests, the same-origin check (CSRF).
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod identity;
 pub mod inspector;
@@ -103,6 +107,7 @@ pub struct Frontend {
     secure_cookies: bool,
     inspector: Option<inspector::Inspector>,
     requests: inspector::requests::Requests,
+    allowed: guard::Allowed,
 }
 
 impl Frontend {
@@ -125,6 +130,7 @@ impl Frontend {
         };
         let secure_cookies = cfg.public_url().starts_with("https://");
         let inspector = cfg.inspector.as_ref().map(inspector::Inspector::start);
+        let allowed = guard::Allowed::new(cfg.public_url.as_deref(), cfg.listen);
         Ok(Arc::new(Self {
             cfg,
             keys,
@@ -134,6 +140,7 @@ impl Frontend {
             secure_cookies,
             inspector,
             requests: Default::default(),
+            allowed,
         }))
     }
 
@@ -155,6 +162,10 @@ impl Frontend {
             .route("/inspector/check", get(inspector::check))
             .route("/inspector/decisions/stream", get(inspector::stream))
             .route("/inspector/requests/{trace}", get(inspector::request))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                guard::check,
+            ))
             .layer(axum::middleware::map_response(page::security_headers))
             .with_state(self.clone())
     }
@@ -171,8 +182,18 @@ impl Frontend {
     }
 
     fn session_user(&self, headers: &HeaderMap) -> Option<User> {
+        self.session(headers).map(|(user, _)| user)
+    }
+
+    /// The session's user and whether they may use the Security Inspector.
+    fn session(&self, headers: &HeaderMap) -> Option<(User, bool)> {
         let id = session::cookie(headers, SESSION_COOKIE)?;
-        self.sessions.user(&id)
+        self.sessions.get(&id)
+    }
+
+    /// Records the port the listener is bound to, for the `Host` and `Origin` checks.
+    pub fn bound_to(&self, addr: SocketAddr) {
+        self.allowed.bound_to(addr.port());
     }
 
     fn audience(&self, key: &SigningKey) -> String {
@@ -254,13 +275,14 @@ fn redirect(to: &str) -> Response {
 // === handlers ===
 
 async fn index(State(fe): State<Arc<Frontend>>, headers: HeaderMap) -> Response {
-    let user = fe.session_user(&headers);
+    let session = fe.session(&headers);
+    let admin = session.as_ref().is_some_and(|(_, admin)| *admin);
     page::html(
         StatusCode::OK,
         &page::index(
-            user.as_ref(),
+            session.as_ref().map(|(user, _)| user),
             fe.oidc.is_none(),
-            fe.inspector.is_some(),
+            fe.inspector.is_some() && admin,
             None,
         ),
     )
@@ -310,8 +332,10 @@ async fn dev_login(State(fe): State<Arc<Frontend>>, body: Bytes) -> Response {
         name: Some(name.to_owned()),
         idp: "dev".into(),
     };
-    tracing::warn!(sub = %user.sub, "DEV LOGIN: no identity provider checked this user");
-    let id = fe.sessions.create(user);
+    tracing::warn!(sub = %user.sub, "DEV LOGIN: no identity provider checked this user; dev logins are administrators (Security Inspector)");
+    // Loopback only and anyone may log in as anyone: nothing would be gained by withholding
+    // the inspector from a dev login.
+    let id = fe.sessions.create(user, true);
     let mut resp = redirect("/");
     resp.headers_mut().append(
         header::SET_COOKIE,
@@ -374,8 +398,9 @@ async fn callback(
         name: claims.name,
         idp: client.issuer().to_owned(),
     };
-    tracing::info!(sub = %user.sub, issuer = %user.idp, "user logged in");
-    let id = fe.sessions.create(user);
+    let admin = client.config().grants_admin(&claims.all);
+    tracing::info!(sub = %user.sub, issuer = %user.idp, admin, "user logged in");
+    let id = fe.sessions.create(user, admin);
     let mut resp = redirect("/");
     let h = resp.headers_mut();
     h.append(
@@ -437,7 +462,7 @@ async fn ask(State(fe): State<Arc<Frontend>>, headers: HeaderMap, body: Bytes) -
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let Some(user) = fe.session_user(&headers) else {
+    let Some((user, admin)) = fe.session(&headers) else {
         tracing::warn!("ask refused: not logged in");
         return if is_form {
             page::html(
@@ -468,7 +493,7 @@ async fn ask(State(fe): State<Arc<Frontend>>, headers: HeaderMap, body: Bytes) -
             &page::index(
                 Some(&user),
                 fe.oidc.is_none(),
-                fe.inspector.is_some(),
+                fe.inspector.is_some() && admin,
                 Some((&question, &answer)),
             ),
         )
@@ -526,7 +551,15 @@ async fn forward_with(
     let url = format!("{}/ask", up.url.trim_end_matches('/'));
     let body = Bytes::from(json!({ "question": question }).to_string());
     tracing::info!(sub = %user.sub, jti = %minted.jti, upstream = %up.name, trace_id = %trace.trace_id_hex(), "ask");
-    match fe.http.send(Method::POST, &url, headers, body).await {
+    let sent = match up.url.parse::<agentmesh_sdk::local::LocalAddr>() {
+        Ok(socket) if socket.is_unix() => {
+            fe.http
+                .send_local(&socket, Method::POST, "/ask", headers, body)
+                .await
+        }
+        _ => fe.http.send(Method::POST, &url, headers, body).await,
+    };
+    match sent {
         Ok((status, bytes)) => {
             let answer = serde_json::from_slice(&bytes).unwrap_or_else(
                 |_| json!({"error": "the upstream answered with something other than JSON", "status": status.as_u16()}),
@@ -702,14 +735,18 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| FrontendError::Listen(listen, e))?;
+    fe.bound_to(addr);
     let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let limits = fe.cfg.limits.clone();
     let app = fe.router();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let task = tokio::spawn(agentmesh_proto::limits::serve_tcp(
+        listener,
+        agentmesh_proto::limits::TowerService(app),
+        limits,
+        "frontend",
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
     Ok((addr, stop, task))
 }

@@ -125,6 +125,11 @@ impl Client {
         &self.cfg.issuer
     }
 
+    /// The `[oidc]` table this client was made from.
+    pub fn config(&self) -> &OidcConfig {
+        &self.cfg
+    }
+
     /// The URL `/login` redirects to.
     pub fn authorize_url(&self, state: &str, nonce: &str, verifier: &str) -> String {
         let mut scopes = self.cfg.scopes.clone();

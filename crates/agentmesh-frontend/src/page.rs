@@ -40,7 +40,10 @@ pub async fn security_headers(mut resp: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: under it a browser sends `Origin: null` on the frontend's own
+        // form posts, which the CSRF check refuses. `same-origin` still sends nothing to
+        // other sites (the issuer, links out).
+        HeaderValue::from_static("same-origin"),
     );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -112,8 +115,9 @@ pub(crate) fn layout_with_script(title: &str, main: &str, script: Option<&str>) 
 }
 
 const DEV_BANNER: &str = "<p class=\"dev\" role=\"alert\"><strong>Dev login:</strong> no identity \
-                          provider is configured; anyone on this machine can log in as anyone. \
-                          Loopback only.</p>";
+                          provider is configured; anyone on this machine can log in as anyone, \
+                          and every dev login is an administrator who may open the Security \
+                          Inspector. Loopback only.</p>";
 
 /// The home page: a login link, or the question form (and the last answer).
 pub fn index(

@@ -53,6 +53,8 @@ impl Default for Pending {
 #[derive(Debug)]
 struct Session {
     user: User,
+    /// May use the Security Inspector (decided at login).
+    admin: bool,
     expires: Instant,
 }
 
@@ -127,8 +129,8 @@ impl Sessions {
         self.lock().used_nonces.contains_key(nonce)
     }
 
-    /// A new session for `user`; returns its id.
-    pub fn create(&self, user: User) -> String {
+    /// A new session for `user`, an administrator or not; returns its id.
+    pub fn create(&self, user: User, admin: bool) -> String {
         let id = crate::oidc::random_token();
         let mut g = self.lock();
         g.sessions.retain(|_, s| s.expires > Instant::now());
@@ -136,6 +138,7 @@ impl Sessions {
             id.clone(),
             Session {
                 user,
+                admin,
                 expires: Instant::now() + SESSION_TTL,
             },
         );
@@ -144,11 +147,16 @@ impl Sessions {
 
     /// The user of a live session.
     pub fn user(&self, id: &str) -> Option<User> {
+        self.get(id).map(|(user, _)| user)
+    }
+
+    /// The user of a live session and whether they are an administrator.
+    pub fn get(&self, id: &str) -> Option<(User, bool)> {
         self.lock()
             .sessions
             .get(id)
             .filter(|s| s.expires > Instant::now())
-            .map(|s| s.user.clone())
+            .map(|s| (s.user.clone(), s.admin))
     }
 
     /// Ends a session.

@@ -198,13 +198,35 @@ impl Browser {
         path: &str,
         body: Option<(&str, &str)>,
     ) -> Resp {
+        self.send_with(addr, method, path, body, &[]).await
+    }
+
+    /// `send` with extra headers; a `Host` among them replaces the address.
+    async fn send_with(
+        &mut self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &str)>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let cookie: Vec<String> = self
             .cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let host = extra
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_owned());
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (k, v) in extra
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
         if !cookie.is_empty() {
             req.push_str(&format!("Cookie: {}\r\n", cookie.join("; ")));
         }
@@ -277,11 +299,16 @@ async fn start_frontend(toml: &str) -> SocketAddr {
 }
 
 async fn setup() -> Setup {
+    setup_with("", "").await
+}
+
+/// An OIDC frontend with `oidc_extra` lines in its `[oidc]` table and `extra` tables after.
+async fn setup_with(oidc_extra: &str, extra: &str) -> Setup {
     let idp = start_idp().await;
     let toml = format!(
         "listen = \"127.0.0.1:0\"\n\
-         [oidc]\nissuer = \"{u}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n\
-         [[upstream]]\nname = \"planner\"\nurl = \"{u}\"\n",
+         [oidc]\nissuer = \"{u}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n{oidc_extra}\n\
+         [[upstream]]\nname = \"planner\"\nurl = \"{u}\"\n{extra}",
         u = idp.url
     );
     let fe = start_frontend(&toml).await;
@@ -575,6 +602,12 @@ async fn the_dev_login_is_labelled_and_mints_a_dev_user_token() {
     let page = b.get(fe, "/login").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Dev login"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("every dev login is an administrator who may open the Security Inspector"),
+        "{}",
+        page.body
+    );
     let r = b
         .send(
             fe,
@@ -752,4 +785,217 @@ async fn the_inspector_refuses_strangers_and_bad_questions_with_their_reason() {
     let js = b.get(fe, "/static/inspector.js").await;
     assert_eq!(js.status, 200);
     assert!(!js.body.contains(".innerHTML") && !js.body.contains("eval("));
+}
+
+// === CSRF, DNS rebinding and who may inspect ===
+
+/// Logs `b` in at the stand-in issuer with `claims` changed by `edit`.
+async fn oidc_login(b: &mut Browser, s: &Setup, edit: impl Fn(&mut Value)) {
+    let q = begin(b, s.fe).await;
+    let mut claims = s.idp.claims(&q["nonce"]);
+    edit(&mut claims);
+    s.idp.will_return(s.idp.sign(&claims));
+    let r = finish(b, s.fe, &q["state"]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_cross_origin_post_is_refused_and_a_same_origin_one_works() {
+    let s = setup().await;
+    let fe = s.fe;
+    let mut b = Browser::default();
+    oidc_login(&mut b, &s, |_| {}).await;
+    let ours = format!("http://{fe}");
+    let ask = Some(("application/x-www-form-urlencoded", "question=transfer+it"));
+
+    for headers in [
+        vec![("Origin", "https://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Origin", "http://127.0.0.1:1")],
+        vec![("Referer", "https://evil.example/page")],
+    ] {
+        s.idp.last_ask.lock().unwrap().clear();
+        let r = b.send_with(fe, "POST", "/ask", ask, &headers).await;
+        let (status, reason) = refused(r).await;
+        assert_eq!(status, 403, "{headers:?}");
+        assert!(
+            reason.contains("cross-origin request refused") && reason.contains(&ours),
+            "{headers:?}: {reason}"
+        );
+        assert!(
+            s.idp.last_ask.lock().unwrap().is_empty(),
+            "{headers:?}: the question reached the agent"
+        );
+        // Logging out from another site fails too: the session lives on.
+        let r = b.send_with(fe, "POST", "/logout", None, &headers).await;
+        assert_eq!(r.status, 403, "{headers:?}");
+        assert_eq!(b.get(fe, "/token").await.status, 200, "{headers:?}");
+    }
+
+    // The browser's own form posts carry the frontend's origin (or a same-origin Referer).
+    let localhost = format!("http://localhost:{}", fe.port());
+    let page = format!("{ours}/");
+    for headers in [
+        vec![("Origin", ours.as_str())],
+        vec![("Origin", localhost.as_str())],
+        vec![("Referer", page.as_str())],
+        vec![],
+    ] {
+        let r = b.send_with(fe, "POST", "/ask", ask, &headers).await;
+        assert_eq!(r.status, 200, "{headers:?}: {}", r.body);
+        assert!(r.body.contains("you asked: transfer it"), "{}", r.body);
+    }
+    // The page asks browsers for an Origin on those posts.
+    assert_eq!(
+        b.get(fe, "/").await.header("referrer-policy"),
+        Some("same-origin")
+    );
+
+    // A login form posted from another site is refused before it logs anyone in.
+    let dev = start_frontend("listen = \"127.0.0.1:0\"").await;
+    let mut victim = Browser::default();
+    let r = victim
+        .send_with(
+            dev,
+            "POST",
+            "/login",
+            Some(("application/x-www-form-urlencoded", "name=Mallory")),
+            &[("Origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(refused(r).await.0, 403);
+    assert!(!victim.cookies.contains_key("am_session"));
+    let dev_origin = format!("http://{dev}");
+    let r = victim
+        .send_with(
+            dev,
+            "POST",
+            "/login",
+            Some(("application/x-www-form-urlencoded", "name=Bob")),
+            &[("Origin", dev_origin.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    let r = b
+        .send_with(fe, "POST", "/logout", None, &[("Origin", ours.as_str())])
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(b.get(fe, "/token").await.status, 401);
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused() {
+    let fe = start_frontend("listen = \"127.0.0.1:0\"").await;
+    let mut b = Browser::default();
+    for host in [
+        "evil.example".to_owned(),
+        format!("evil.example:{}", fe.port()),
+        format!("127.0.0.1:{}", fe.port() ^ 1),
+        "10.1.2.3".to_owned(),
+    ] {
+        for (method, path) in [("GET", "/"), ("GET", "/token"), ("POST", "/login")] {
+            let r = b
+                .send_with(
+                    fe,
+                    method,
+                    path,
+                    Some(("application/x-www-form-urlencoded", "name=Eve")),
+                    &[("Host", host.as_str())],
+                )
+                .await;
+            let (status, reason) = refused(r).await;
+            assert_eq!(status, 421, "{host} {method} {path}");
+            assert!(
+                reason.contains(&format!("host \"{host}\" is not served here"))
+                    && reason.contains("DNS rebinding"),
+                "{reason}"
+            );
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{}", fe.port()),
+        format!("localhost:{}", fe.port()),
+        format!("[::1]:{}", fe.port()),
+        // How `up` probes /healthz.
+        "localhost".to_owned(),
+    ] {
+        let r = b
+            .send_with(fe, "GET", "/", None, &[("Host", host.as_str())])
+            .await;
+        assert_eq!(r.status, 200, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn only_oidc_users_with_the_admin_claim_may_inspect() {
+    let s = setup_with(
+        "admin_claim = \"groups\"\nadmin_values = [\"agentmesh-admins\"]",
+        "[inspector]\n",
+    )
+    .await;
+    let fe = s.fe;
+
+    // Alice is in another group: 403 on every inspector page and on the stream.
+    let mut alice = Browser::default();
+    oidc_login(&mut alice, &s, |c| c["groups"] = json!(["staff"])).await;
+    for path in [
+        "/inspector",
+        "/inspector/check?source=planner&destination=gateway",
+        "/inspector/requests/0af7651916cd43dd8448eb211c80319c",
+    ] {
+        let (status, reason) = refused(alice.get(fe, path).await).await;
+        assert_eq!(status, 403, "{path}");
+        assert!(
+            reason.contains(
+                "for administrators, and this login is not one: the frontend's [oidc] admin_claim"
+            ),
+            "{path}: {reason}"
+        );
+    }
+    let r = alice.get(fe, "/inspector/decisions/stream").await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("for administrators"), "{}", r.body);
+    let home = alice.get(fe, "/").await;
+    assert!(home.body.contains("Logged in as"), "{}", home.body);
+    assert!(!home.body.contains("/inspector"), "{}", home.body);
+    // She can still ask.
+    let r = alice
+        .send(
+            fe,
+            "POST",
+            "/ask",
+            Some(("application/json", r#"{"question":"q"}"#)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // No claim at all: the same.
+    let mut carol = Browser::default();
+    oidc_login(&mut carol, &s, |_| {}).await;
+    assert_eq!(carol.get(fe, "/inspector").await.status, 403);
+
+    // Bob holds the admin group: he inspects.
+    let mut bob = Browser::default();
+    oidc_login(&mut bob, &s, |c| {
+        c["sub"] = json!("bob");
+        c["groups"] = json!(["staff", "agentmesh-admins"]);
+    })
+    .await;
+    let page = bob.get(fe, "/inspector").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(bob.get(fe, "/").await.body.contains("href=\"/inspector\""));
+    let r = bob
+        .get(fe, "/inspector/check?source=planner&destination=gateway")
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn without_an_admin_claim_no_oidc_user_may_inspect() {
+    let s = setup_with("", "[inspector]\n").await;
+    let mut b = Browser::default();
+    oidc_login(&mut b, &s, |c| c["groups"] = json!(["agentmesh-admins"])).await;
+    assert_eq!(b.get(s.fe, "/inspector").await.status, 403);
+    assert_eq!(b.get(s.fe, "/inspector/decisions/stream").await.status, 403);
 }

@@ -30,6 +30,9 @@ pub struct Chat {
     pub messages: Vec<Message>,
     /// Whether to stream the answer.
     pub stream: bool,
+    /// The most completion tokens the caller asked for: OpenAI's `max_completion_tokens` or
+    /// `max_tokens`, Ollama's `options.num_predict` (a negative one means no limit).
+    pub max_tokens: Option<u64>,
 }
 
 /// A refusal or failure, rendered in the API's error shape.
@@ -98,6 +101,22 @@ struct OpenAiChat {
     messages: Vec<OpenAiMessage>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct OllamaOptions {
+    #[serde(default)]
+    num_predict: Option<i64>,
+}
+
+impl OllamaOptions {
+    fn max_tokens(&self) -> Option<u64> {
+        self.num_predict.and_then(|n| u64::try_from(n).ok())
+    }
 }
 
 #[derive(Deserialize)]
@@ -107,6 +126,8 @@ struct OllamaChatReq {
     messages: Vec<Message>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    options: OllamaOptions,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +139,8 @@ struct OllamaGenerateReq {
     system: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    options: OllamaOptions,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -162,6 +185,7 @@ pub fn parse(api: Api, body: &Bytes) -> Result<Chat, ApiError> {
                 model: r.model,
                 messages,
                 stream: r.stream.unwrap_or(false),
+                max_tokens: r.max_completion_tokens.or(r.max_tokens),
             }
         }
         Api::OllamaChat => {
@@ -171,6 +195,7 @@ pub fn parse(api: Api, body: &Bytes) -> Result<Chat, ApiError> {
                 messages: r.messages,
                 // Ollama streams unless told not to.
                 stream: r.stream.unwrap_or(true),
+                max_tokens: r.options.max_tokens(),
             }
         }
         Api::OllamaGenerate => {
@@ -190,6 +215,7 @@ pub fn parse(api: Api, body: &Bytes) -> Result<Chat, ApiError> {
                 model: r.model,
                 messages,
                 stream: r.stream.unwrap_or(true),
+                max_tokens: r.options.max_tokens(),
             }
         }
     };
@@ -406,6 +432,46 @@ mod tests {
                 _ => assert!(shaped["error"].is_string()),
             }
         }
+    }
+
+    #[test]
+    fn the_completion_limit_is_read_from_each_apis_own_field() {
+        for (api, body, want) in [
+            (Api::OpenAi, r#"{"max_tokens":50}"#, Some(50)),
+            (
+                Api::OpenAi,
+                r#"{"max_tokens":50,"max_completion_tokens":70}"#,
+                Some(70),
+            ),
+            (Api::OpenAi, r#"{}"#, None),
+            (
+                Api::OllamaChat,
+                r#"{"options":{"num_predict":30}}"#,
+                Some(30),
+            ),
+            (Api::OllamaChat, r#"{"options":{"num_predict":-1}}"#, None),
+            (
+                Api::OllamaGenerate,
+                r#"{"options":{"num_predict":5}}"#,
+                Some(5),
+            ),
+            (Api::OllamaGenerate, r#"{"options":{}}"#, None),
+        ] {
+            let mut v: Value = serde_json::from_str(body).unwrap();
+            v["model"] = json!("m");
+            v["messages"] = json!([{"role": "user", "content": "hi"}]);
+            v["prompt"] = json!("hi");
+            let c = parse(api, &Bytes::from(v.to_string())).unwrap();
+            assert_eq!(c.max_tokens, want, "{api:?} {body}");
+        }
+        let e = parse(
+            Api::OpenAi,
+            &Bytes::from_static(
+                br#"{"model":"m","max_tokens":-3,"messages":[{"role":"user","content":"x"}]}"#,
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

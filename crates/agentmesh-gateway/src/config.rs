@@ -25,6 +25,7 @@
 //! [[model]]
 //! name = "llama3.2"
 //! providers = ["local", "cloud"]     # tried in order; the next one when one fails
+//! max_tokens = 4096                  # completion tokens reserved when a request names none
 //!
 //! [[caller]]
 //! id = "executor"                    # service name, SPIFFE ID or "*"
@@ -78,10 +79,10 @@
 //! 503 `provider_unavailable` when every provider of the model was skipped by its circuit.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentmesh_sdk::local::LocalAddr;
 use serde::Deserialize;
 
 use crate::dlp::DlpConfig;
@@ -542,6 +543,11 @@ pub struct ModelConfig {
     pub name: String,
     /// Provider names; the first that answers wins.
     pub providers: Vec<String>,
+    /// The completion tokens a call is assumed to need when its request names no
+    /// `max_tokens` (or `num_predict`): its budget reservation is the prompt's bound plus
+    /// this. Default [`DEFAULT_MAX_TOKENS`].
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 /// `[[caller]]`: what one caller may do.
@@ -583,8 +589,12 @@ mod humantime_serde_opt {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// The plain HTTP listener (loopback; the inbound proxy is its only client).
-    pub listen: SocketAddr,
+    /// The plain HTTP listener; the inbound proxy is its only client. `unix:///path`: peers
+    /// of another uid are refused, so `x-forwarded-client-cert` is the sidecar's and names
+    /// the caller. A loopback `ip:port` can be reached by any local process, which could
+    /// write that header itself, so on TCP the gateway trusts no caller identity (every
+    /// request is refused with `no_identity`).
+    pub listen: LocalAddr,
     /// Providers.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
@@ -600,10 +610,17 @@ pub struct GatewayConfig {
     /// The delegation chain: verify the user and the agents before answering, and audit them.
     #[serde(default)]
     pub delegation: Option<crate::delegation::DelegationConfig>,
+    /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts of the
+    /// listener.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// The default largest request.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// The completion tokens reserved for a call that names no limit, when its `[[model]]` sets
+/// no `max_tokens`: 4096, the output limit many hosted chat models shipped with.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The default budget window.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -640,9 +657,15 @@ impl GatewayConfig {
     }
 
     fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() {
+        self.limits.check().map_err(|e| e.to_string())?;
+        if let LocalAddr::Tcp(_) = &self.listen
+            && !self
+                .listen
+                .tcp_socket_addr()
+                .is_some_and(|a| a.ip().is_loopback())
+        {
             return Err(format!(
-                "listen = \"{}\": the gateway trusts the caller identity its proxy adds, so it must listen on loopback only",
+                "listen = \"{}\": the gateway serves only its own proxy, so it must listen on a unix:///path or on loopback",
                 self.listen
             ));
         }
@@ -662,6 +685,9 @@ impl GatewayConfig {
             }
             if m.providers.is_empty() {
                 return Err(format!("model {:?} has no providers", m.name));
+            }
+            if m.max_tokens == Some(0) {
+                return Err(format!("model {:?}: max_tokens must be at least 1", m.name));
             }
             for p in &m.providers {
                 if !names.contains(p.as_str()) {
@@ -709,15 +735,16 @@ impl GatewayConfig {
 
     /// An offline gateway that lets every caller use every model: what `up` starts with
     /// `--llm offline`.
-    pub fn offline(listen: SocketAddr, models: &[&str]) -> Self {
+    pub fn offline(listen: impl Into<LocalAddr>, models: &[&str]) -> Self {
         Self {
-            listen,
+            listen: listen.into(),
             providers: vec![ProviderConfig::new("offline", ProviderKind::Offline)],
             models: models
                 .iter()
                 .map(|m| ModelConfig {
                     name: (*m).into(),
                     providers: vec!["offline".into()],
+                    max_tokens: None,
                 })
                 .collect(),
             callers: vec![CallerConfig {
@@ -729,6 +756,7 @@ impl GatewayConfig {
             }],
             dlp: DlpConfig::default(),
             delegation: None,
+            limits: agentmesh_proto::limits::ListenerLimits::default(),
         }
     }
 }

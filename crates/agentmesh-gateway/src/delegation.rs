@@ -9,12 +9,20 @@
 //! issuer = "spiffe://agentmesh.local/ns/default/sa/frontend"   # who signs user tokens
 //! audience = "agentmesh.local"                                 # the tokens' aud
 //! require = true                                               # 401 without a valid chain
+//! replay_cache_size = 65536                                    # tokens remembered (default)
 //! ```
+//!
+//! Each service accepts a user token once per path (the `jti` and the chain's hops, see
+//! `agentmesh_sdk::delegation::ReplayCache`): a second identical request, or a captured
+//! token and chain sent again by the same caller, is a 401 `already used`. The links this
+//! service adds name the hop they go to (`aud`), one link per callee, so a link sent to the
+//! gateway is refused by any other service.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use agentmesh_sdk::delegation::ReplayCache;
 use agentmesh_sdk::{ChainConfig, ChainError, SpiffeId, VerifiedChain, X509Source};
 use http::HeaderMap;
 use serde::Deserialize;
@@ -47,10 +55,18 @@ pub struct DelegationConfig {
     /// Refuse requests without a valid user token and chain (default true).
     #[serde(default = "yes")]
     pub require: bool,
+    /// How many unexpired user tokens this service remembers to refuse a second use (default
+    /// 65,536); past it, new tokens get a 503 until old ones expire.
+    #[serde(default = "default_replay_cache_size")]
+    pub replay_cache_size: usize,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_replay_cache_size() -> usize {
+    ReplayCache::DEFAULT_MAX
 }
 
 /// How long to wait for the first SVID.
@@ -63,15 +79,46 @@ pub struct Delegation {
     audience: String,
     /// Refuse requests without a valid chain.
     pub require: bool,
+    replay: ReplayCache,
 }
 
-/// A request's verified chain and what to send on with the next call.
-#[derive(Debug, Clone)]
+/// A request's verified chain, and what this service needs to pass it on.
+#[derive(Clone)]
 pub struct Forward {
     /// The verified user and hops.
     pub chain: VerifiedChain,
-    /// `Authorization` and the delegation header, this service's link added.
-    pub headers: Vec<(&'static str, String)>,
+    token: String,
+    links: String,
+    source: Arc<X509Source>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: its `jti` is what logs carry.
+        f.debug_struct("Forward")
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forward {
+    /// `Authorization` and the delegation header for one call to `next_hop`: the incoming
+    /// links plus this service's link addressed to `next_hop`, which only it accepts. A
+    /// fan-out calls this once per callee.
+    ///
+    /// # Errors
+    /// Signing the link.
+    pub fn headers_for(
+        &self,
+        next_hop: &SpiffeId,
+    ) -> Result<Vec<(&'static str, String)>, ChainError> {
+        let links =
+            agentmesh_sdk::delegation::add_link(&self.source, &self.token, &self.links, next_hop)?;
+        Ok(vec![
+            ("authorization", format!("Bearer {}", self.token)),
+            (agentmesh_sdk::DELEGATION_HEADER, links),
+        ])
+    }
 }
 
 impl std::fmt::Debug for Delegation {
@@ -104,12 +151,19 @@ impl Delegation {
         let source = X509Source::connect(&PathBuf::from(path), SOURCE_PATIENCE)
             .await
             .map_err(|e| DelegationError::Source(e.to_string()))?;
-        Ok(Self {
+        Ok(Self::with_source(source, issuer, cfg))
+    }
+
+    /// A service's delegation state with an identity source it already has (`workload_api`
+    /// in `cfg` is not read).
+    pub fn with_source(source: Arc<X509Source>, issuer: SpiffeId, cfg: &DelegationConfig) -> Self {
+        Self {
             source,
             issuer,
             audience: cfg.audience.clone(),
             require: cfg.require,
-        })
+            replay: ReplayCache::new(cfg.replay_cache_size, ChainConfig::DEFAULT_LEEWAY),
+        }
     }
 
     /// Signs `payload` (a response) as a JWS with this service's SVID key and `x5c`.
@@ -126,16 +180,26 @@ impl Delegation {
     }
 
     /// Verifies the incoming user token and chain (the last hop must be `peer`, the caller
-    /// the sidecar verified) and returns it, or `None` when there is no token and none is
-    /// required.
+    /// the sidecar verified, and the last link must be addressed to this service), admits it
+    /// once per path, and returns it, or `None` when there is no token and none is required.
     ///
     /// # Errors
-    /// The chain does not verify, or it is missing and required.
+    /// The chain does not verify, this service already accepted the token along this path,
+    /// or it is missing and required.
     pub fn verify(
         &self,
         headers: &HeaderMap,
         peer: Option<&SpiffeId>,
     ) -> Result<Option<VerifiedChain>, ChainError> {
+        if peer.is_none() {
+            // Without a verified caller a copied token and chain could be replayed by anyone
+            // who can reach this service; only a request with no token at all, where none is
+            // required, goes on.
+            if !self.require && bearer(headers).is_none() {
+                return Ok(None);
+            }
+            return Err(ChainError::NoVerifiedCaller);
+        }
         let ctx = self.source.current();
         let config = ChainConfig::new(
             ctx.roots.as_ref().clone(),
@@ -143,8 +207,12 @@ impl Delegation {
             &self.audience,
         )
         .with_me(ctx.svid.id.clone());
-        match agentmesh_sdk::delegation::verify_headers(headers, &config, peer, SystemTime::now()) {
-            Ok(c) => Ok(Some(c)),
+        let now = SystemTime::now();
+        match agentmesh_sdk::delegation::verify_headers(headers, &config, peer, now) {
+            Ok(c) => {
+                self.replay.admit(&c, now)?;
+                Ok(Some(c))
+            }
             Err(ChainError::UserToken(agentmesh_sdk::TokenError::Missing)) if !self.require => {
                 Ok(None)
             }
@@ -152,10 +220,11 @@ impl Delegation {
         }
     }
 
-    /// Verifies the incoming chain and adds this service's link for the calls it makes.
+    /// Verifies the incoming chain and keeps what [`Forward::headers_for`] needs to add this
+    /// service's link to each call it makes.
     ///
     /// # Errors
-    /// As [`Delegation::verify`], and signing the link.
+    /// As [`Delegation::verify`].
     pub fn forward(
         &self,
         headers: &HeaderMap,
@@ -169,13 +238,11 @@ impl Delegation {
             .get(agentmesh_sdk::DELEGATION_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let links = agentmesh_sdk::delegation::add_link(&self.source, &token, links, None)?;
         Ok(Some(Forward {
             chain,
-            headers: vec![
-                ("authorization", format!("Bearer {token}")),
-                (agentmesh_sdk::DELEGATION_HEADER, links),
-            ],
+            token,
+            links: links.to_owned(),
+            source: self.source.clone(),
         }))
     }
 }
@@ -193,4 +260,130 @@ pub fn xfcc_peer(headers: &HeaderMap) -> Option<SpiffeId> {
         .and_then(|v| v.to_str().ok())
         .and_then(crate::policy::parse_xfcc)
         .map(|c| c.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_sdk::testing::{TestCa, user_token};
+
+    const TD: &str = "spiffe://example.org";
+
+    fn id(name: &str) -> SpiffeId {
+        format!("{TD}/{name}").parse().unwrap()
+    }
+
+    fn service(ca: &TestCa, name: &str, replay_cache_size: usize) -> Delegation {
+        let cfg = DelegationConfig {
+            workload_api: "unix:///unused".into(),
+            issuer: id("frontend").to_string(),
+            audience: "example.org".into(),
+            require: true,
+            replay_cache_size,
+        };
+        Delegation::with_source(ca.source(&id(name).to_string()), id("frontend"), &cfg)
+    }
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    fn token(ca: &TestCa) -> String {
+        user_token(
+            &ca.source(&id("frontend").to_string()),
+            serde_json::json!({"sub": "alice", "aud": "example.org"}),
+            300,
+        )
+    }
+
+    #[test]
+    fn a_fan_out_signs_one_link_per_callee_and_each_callee_accepts_only_its_own() {
+        let ca = TestCa::new("example.org");
+        let orchestrator = service(&ca, "orchestrator", 16);
+        let classifier = service(&ca, "classifier", 16);
+        let token = token(&ca);
+        let from_frontend = headers(&[("authorization", format!("Bearer {token}"))]);
+        let forward = orchestrator
+            .forward(&from_frontend, Some(&id("frontend")))
+            .unwrap()
+            .unwrap();
+        let to_classifier = headers(&forward.headers_for(&id("classifier")).unwrap());
+        let to_validator = headers(&forward.headers_for(&id("validator")).unwrap());
+        assert_ne!(
+            to_classifier.get(agentmesh_sdk::DELEGATION_HEADER),
+            to_validator.get(agentmesh_sdk::DELEGATION_HEADER)
+        );
+        // The validator's link is refused by the classifier: it names another hop.
+        let err = classifier
+            .verify(&to_validator, Some(&id("orchestrator")))
+            .unwrap_err();
+        assert!(
+            matches!(err, ChainError::LinkWrongAudience { index: 1, .. }),
+            "{err}"
+        );
+        let chain = classifier
+            .verify(&to_classifier, Some(&id("orchestrator")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(chain.hops, vec![id("orchestrator")]);
+        // And only once.
+        let err = classifier
+            .verify(&to_classifier, Some(&id("orchestrator")))
+            .unwrap_err();
+        assert!(matches!(err, ChainError::Replayed { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_gateway_takes_one_token_from_each_branch_once() {
+        let ca = TestCa::new("example.org");
+        let gateway = service(&ca, "gateway", 16);
+        let orchestrator = service(&ca, "orchestrator", 16);
+        let token = token(&ca);
+        let from_frontend = headers(&[("authorization", format!("Bearer {token}"))]);
+        let forward = orchestrator
+            .forward(&from_frontend, Some(&id("frontend")))
+            .unwrap()
+            .unwrap();
+        for branch in ["classifier", "validator", "scorer"] {
+            let agent = service(&ca, branch, 16);
+            let incoming = headers(&forward.headers_for(&id(branch)).unwrap());
+            let onward = agent
+                .forward(&incoming, Some(&id("orchestrator")))
+                .unwrap()
+                .unwrap();
+            let to_gateway = headers(&onward.headers_for(&id("gateway")).unwrap());
+            gateway
+                .verify(&to_gateway, Some(&id(branch)))
+                .unwrap()
+                .unwrap();
+            let again = gateway.verify(&to_gateway, Some(&id(branch))).unwrap_err();
+            assert!(matches!(again, ChainError::Replayed { .. }), "{again}");
+        }
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_new_tokens() {
+        let ca = TestCa::new("example.org");
+        let planner = service(&ca, "planner", 1);
+        planner
+            .verify(
+                &headers(&[("authorization", format!("Bearer {}", token(&ca)))]),
+                Some(&id("frontend")),
+            )
+            .unwrap();
+        let err = planner
+            .verify(
+                &headers(&[("authorization", format!("Bearer {}", token(&ca)))]),
+                Some(&id("frontend")),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, ChainError::ReplayCacheFull { max: 1 }),
+            "{err}"
+        );
+    }
 }

@@ -21,8 +21,8 @@ pub mod policy;
 pub mod provider;
 pub mod secret_key;
 
+use agentmesh_sdk::local::{LocalAddr, LocalListener};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -49,8 +49,8 @@ use crate::provider::resilience::{self, Policy, Upstream};
 #[non_exhaustive]
 pub enum GatewayError {
     /// The listener could not be bound.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
+    #[error("cannot listen: {0}")]
+    Listen(agentmesh_sdk::local::LocalError),
     /// The TLS client settings for providers could not be built (a bug in the crypto setup).
     #[error("cannot set up TLS for providers: {0}")]
     Tls(rustls::Error),
@@ -297,6 +297,12 @@ impl Gateway {
         self
     }
 
+    /// Where the budget of the caller whose `[[caller]]` id is `key` stands (its SPIFFE ID
+    /// for callers under `*`); none before its first call or when it has no budget.
+    pub fn budget_usage(&self, key: &str) -> Option<policy::BudgetUsage> {
+        self.policies.usage(key)
+    }
+
     /// The provider named `name`, with its policy and breaker.
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.providers.get(name)
@@ -317,6 +323,14 @@ impl Gateway {
     }
 
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if !self.cfg.listen.is_unix() {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: "no verified caller identity: the gateway listens on TCP, where any local process could write x-forwarded-client-cert; it trusts that header only on a unix:///path listener that only its proxy's user can reach".into(),
+                kind: "permission_error",
+                code: "no_identity",
+            });
+        }
         headers
             .get(XFCC)
             .and_then(|v| v.to_str().ok())
@@ -419,8 +433,14 @@ impl Gateway {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // A full replay cache refuses a good chain only for now.
+                    let full = matches!(e, agentmesh_sdk::ChainError::ReplayCacheFull { .. });
                     return Err(ApiError {
-                        status: StatusCode::UNAUTHORIZED,
+                        status: if full {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::UNAUTHORIZED
+                        },
                         message: format!("delegation chain refused: {e}"),
                         kind: "authentication_error",
                         code: "invalid_delegation",
@@ -455,14 +475,31 @@ impl Gateway {
         }
         self.policies.check_budget(&policy).map_err(refusal)?;
 
+        // Every string a provider receives is scanned: a message is its role and its text
+        // (content strings and text parts joined, tool results, Ollama's prompt and system,
+        // all already in `content` here). Fields the gateway does not forward (`name`,
+        // `tool_calls`, `images`, ...) were dropped by the parser and never leave.
         for m in &mut chat.messages {
-            let s = dlp::scan(&m.content, &self.cfg.dlp);
-            dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
-            if let Some(kind) = s.blocked {
-                return Err(dlp_blocked("request", kind));
+            for field in [&mut m.role, &mut m.content] {
+                let s = dlp::scan(field, &self.cfg.dlp);
+                dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
+                if let Some(kind) = s.blocked {
+                    return Err(dlp_blocked("request", kind));
+                }
+                *field = s.text;
             }
-            m.content = s.text;
         }
+
+        // Hold the call's worst case before any provider is asked, so concurrent calls
+        // cannot all pass a check that none of them has paid for yet.
+        let cap = chat
+            .max_tokens
+            .or(model.max_tokens)
+            .unwrap_or(config::DEFAULT_MAX_TOKENS);
+        let reservation = self
+            .policies
+            .reserve(&policy, policy::worst_case_tokens(&chat.messages, cap))
+            .map_err(refusal)?;
 
         let upstreams: Vec<&Upstream> = model
             .providers
@@ -494,8 +531,13 @@ impl Gateway {
         };
         rec.prompt_tokens = answer.prompt_tokens;
         rec.completion_tokens = answer.completion_tokens;
-        self.policies
-            .spend(&policy, answer.prompt_tokens + answer.completion_tokens);
+        // The answer is whole before the first byte goes out (streamed or not), so its real
+        // usage is known here; a DLP block below does not undo what the provider spent.
+        reservation.settle(
+            answer
+                .prompt_tokens
+                .saturating_add(answer.completion_tokens),
+        );
 
         let s = dlp::scan(&answer.content, &self.cfg.dlp);
         rec.dlp_response = s.counts;
@@ -576,7 +618,7 @@ fn refusal(r: Refusal) -> ApiError {
             "invalid_request_error",
             "request_too_large",
         ),
-        Refusal::Budget { .. } => (
+        Refusal::Budget { .. } | Refusal::BudgetReserved { .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "budget_exhausted",
@@ -679,31 +721,34 @@ pub type RunningGateway = Serving;
 #[derive(Debug)]
 pub struct Serving {
     /// The bound address.
-    pub addr: SocketAddr,
+    pub addr: LocalAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Serving {
-    /// Serves `router` on `listener` in a task of its own; `what` names it in the error
-    /// logged if serving stops by itself.
+    /// Serves `router` on `listener` with `limits` in a task of its own; `what` names the
+    /// listener in log lines.
     pub fn spawn(
-        listener: tokio::net::TcpListener,
-        addr: SocketAddr,
+        listener: LocalListener,
+        addr: LocalAddr,
         router: Router,
         what: &'static str,
+        limits: agentmesh_proto::limits::ListenerLimits,
     ) -> Self {
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "the {what} stopped serving");
-            }
+            agentmesh_proto::limits::serve_listener(
+                listener,
+                agentmesh_proto::limits::TowerService(router),
+                limits,
+                what,
+                shutdown,
+            )
+            .await;
         });
         Self { addr, stop, task }
     }
@@ -720,13 +765,13 @@ impl Serving {
 /// # Errors
 /// The listener cannot be bound.
 pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
-    let listen = cfg.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = LocalListener::bind(&cfg.listen)
         .await
-        .map_err(|e| GatewayError::Listen(listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| GatewayError::Listen(listen, e))?;
+        .map_err(GatewayError::Listen)?;
+    let addr = listener.local_addr();
+    if !addr.is_unix() {
+        tracing::warn!(listen = %addr, "the gateway listens on TCP: any local process can reach it, so x-forwarded-client-cert is not trusted and every call is refused with no_identity; listen on unix:///path behind the proxy");
+    }
     let delegation = match &cfg.delegation {
         Some(d) => Some(delegation::Delegation::connect(d).await?),
         None => None,
@@ -735,8 +780,9 @@ pub async fn start(cfg: GatewayConfig) -> Result<RunningGateway, GatewayError> {
     if let Some(d) = delegation {
         gateway = gateway.with_delegation(d);
     }
+    let limits = gateway.cfg.limits.clone();
     let router = Arc::new(gateway).router();
-    let serving = Serving::spawn(listener, addr, router, "gateway");
     tracing::info!(listen = %addr, "gateway ready");
+    let serving = Serving::spawn(listener, addr, router, "gateway", limits);
     Ok(serving)
 }

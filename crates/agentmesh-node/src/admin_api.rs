@@ -1,5 +1,5 @@
 //! The node's admin API (a 0600 Unix socket): launchers vouch for the children they start,
-//! and tools read the node's status.
+//! and tools read the node's status and the full explanation of each refused caller.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,8 +11,8 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 use agentmesh_proto::v1::{
-    self, ListSvidsRequest, ListSvidsResponse, NodeStatus, NodeStatusRequest,
-    RegisterLaunchRequest, RegisterLaunchResponse, ServedSvid,
+    self, ListDenialsRequest, ListDenialsResponse, ListSvidsRequest, ListSvidsResponse, NodeStatus,
+    NodeStatusRequest, RegisterLaunchRequest, RegisterLaunchResponse, ServedSvid,
 };
 use tonic::{Request, Response, Status};
 
@@ -43,7 +43,14 @@ impl v1::node_admin_server::NodeAdmin for NodeAdminService {
         self.attestor
             .register_launch(req.pid, req.start_time, &req.selectors)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(pid = req.pid, selectors = ?req.selectors, "registered a launched workload");
+        // Secret-valued selectors (key `env`) by name only.
+        let shown: Vec<String> = req
+            .selectors
+            .iter()
+            .filter_map(|s| s.parse::<agentmesh_spiffe::Selector>().ok())
+            .map(|s| crate::denials::shown(&s))
+            .collect();
+        tracing::info!(pid = req.pid, selectors = ?shown, "registered a launched workload");
         Ok(Response::new(RegisterLaunchResponse {}))
     }
 
@@ -79,5 +86,48 @@ impl v1::node_admin_server::NodeAdmin for NodeAdminService {
             })
             .collect();
         Ok(Response::new(ListSvidsResponse { svids }))
+    }
+
+    async fn list_denials(
+        &self,
+        req: Request<ListDenialsRequest>,
+    ) -> Result<Response<ListDenialsResponse>, Status> {
+        let want = req.into_inner().request_id;
+        let want = want.trim();
+        let denials = self
+            .attestor
+            .denials()
+            .list((!want.is_empty()).then_some(want));
+        if !want.is_empty() && denials.is_empty() {
+            return Err(Status::not_found(format!(
+                "no denial with request id {}; the node remembers the last {} (and logs every one)",
+                agentmesh_spiffe::echo(want),
+                crate::denials::KEEP
+            )));
+        }
+        Ok(Response::new(ListDenialsResponse {
+            denials: denials
+                .iter()
+                .map(|d| v1::Denial {
+                    request_id: d.request_id.clone(),
+                    at: unix(d.at),
+                    api: d.api.as_str().to_owned(),
+                    pid: d.pid.unwrap_or_default(),
+                    uid: d.uid,
+                    explanation: d.explanation.clone(),
+                    missing_kinds: d.missing_kinds.clone(),
+                    closest_entry_id: d
+                        .closest
+                        .as_ref()
+                        .map(|(id, _)| id.clone())
+                        .unwrap_or_default(),
+                    closest_spiffe_id: d
+                        .closest
+                        .as_ref()
+                        .map(|(_, sid)| sid.to_string())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }))
     }
 }

@@ -12,6 +12,9 @@ use std::time::SystemTime;
 
 use agentmesh_spiffe::{Selector, SelectorSet};
 
+/// The most `launcher:` selectors one process may get, as many as an entry may have.
+pub const MAX_LAUNCH_SELECTORS: usize = 32;
+
 /// Why a launch could not be registered.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -37,8 +40,16 @@ pub enum AttestError {
         actual: u64,
     },
     /// A selector a launcher may not set.
-    #[error("launchers may only register launcher:KEY:VALUE selectors, not {0:?}")]
+    #[error("launchers may only register launcher:KEY:VALUE selectors, not {}", agentmesh_spiffe::echo(.0))]
     NotALauncherSelector(String),
+    /// More selectors than [`MAX_LAUNCH_SELECTORS`] for one process.
+    #[error("a launcher may register at most {max} selectors for a process, not {count}")]
+    TooManySelectors {
+        /// How many were given.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
     /// A malformed selector.
     #[error(transparent)]
     Selector(#[from] agentmesh_spiffe::SelectorError),
@@ -65,6 +76,8 @@ pub struct Attestation {
     pub selectors: SelectorSet,
     /// A short human summary: `pid=123 uid=1000 path=/usr/bin/python3`.
     pub summary: String,
+    /// What the kernel said about the caller.
+    pub cred: PeerCred,
 }
 
 #[derive(Debug, Clone)]
@@ -86,12 +99,18 @@ struct FileStamp {
 pub struct Attestor {
     launches: Mutex<HashMap<u32, Launch>>,
     digests: Mutex<HashMap<FileStamp, String>>,
+    denials: crate::denials::Denials,
 }
 
 impl Attestor {
     /// A new attestor with no registered launches.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Where every API that refuses an unmatched caller records why (see [`crate::denials`]).
+    pub fn denials(&self) -> &crate::denials::Denials {
+        &self.denials
     }
 
     /// Records `launcher:` selectors for a child process.
@@ -104,6 +123,12 @@ impl Attestor {
         start_time: u64,
         selectors: &[String],
     ) -> Result<(), AttestError> {
+        if selectors.len() > MAX_LAUNCH_SELECTORS {
+            return Err(AttestError::TooManySelectors {
+                count: selectors.len(),
+                max: MAX_LAUNCH_SELECTORS,
+            });
+        }
         let parsed = selectors
             .iter()
             .map(|s| {
@@ -183,7 +208,11 @@ impl Attestor {
                 }
             }
         }
-        Attestation { selectors, summary }
+        Attestation {
+            selectors,
+            summary,
+            cred,
+        }
     }
 
     fn digest(&self, open_path: &Path, real_path: &Path) -> Option<String> {
@@ -328,6 +357,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, AttestError::NotALauncherSelector(_)), "{err}");
         assert!(a.register_launch(999_999_999, 1, &[]).is_err());
+        let too_many: Vec<String> = (0..=MAX_LAUNCH_SELECTORS)
+            .map(|i| format!("launcher:k{i}:v"))
+            .collect();
+        let err = a.register_launch(pid, start, &too_many).unwrap_err();
+        assert!(
+            matches!(err, AttestError::TooManySelectors { count: 33, max: 32 }),
+            "{err}"
+        );
+        let err = a
+            .register_launch(pid, start, &["launcher:service:a\u{0}".into()])
+            .unwrap_err();
+        assert!(matches!(err, AttestError::Selector(_)), "{err}");
         a.register_launch(pid, start, &["launcher:service:planner".into()])
             .unwrap();
         let att = a.attest(me());

@@ -123,52 +123,6 @@ impl Snapshot {
     }
 }
 
-/// Explains why a caller matched no entry: which entry came closest and which of its
-/// selectors the caller lacks.
-pub fn explain_no_match(att: &Attestation, entries: &[EntryInfo]) -> String {
-    let head = format!(
-        "no registration entry matches this process ({})",
-        att.summary
-    );
-    let closest = entries.iter().max_by_key(|e| {
-        let missing = e.selectors.missing_from(&att.selectors).count();
-        // Most selectors matched first; among those, fewest missing.
-        ((e.selectors.len() - missing) as i64, -(missing as i64))
-    });
-    let Some(entry) = closest else {
-        return format!(
-            "{head}: this node serves no entries; create one with `agentmesh entry create`"
-        );
-    };
-    let needs: Vec<String> = entry
-        .selectors
-        .missing_from(&att.selectors)
-        .map(|want| {
-            let have: Vec<String> = att
-                .selectors
-                .iter()
-                .filter(|s| s.kind() == want.kind() && s.key() == want.key())
-                .map(ToString::to_string)
-                .collect();
-            if have.is_empty() {
-                format!(
-                    "{want} (this process has no {}:{} selector)",
-                    want.kind(),
-                    want.key()
-                )
-            } else {
-                format!("{want} (this process has {})", have.join(", "))
-            }
-        })
-        .collect();
-    format!(
-        "{head}; closest entry {} (id {}) needs {}",
-        entry.spiffe_id,
-        entry.id,
-        needs.join(" and ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,50 +143,16 @@ mod tests {
     }
 
     #[test]
-    fn explanation_names_the_closest_entry_and_the_missing_selector() {
-        let att = Attestation {
-            selectors: set(&[
-                "unix:uid:1000",
-                "unix:gid:1000",
-                "unix:path:/usr/bin/python3",
-            ]),
-            summary: "pid=7 uid=1000 gid=1000 path=/usr/bin/python3".into(),
-        };
-        let entries = vec![
-            entry(
-                "e1",
-                "spiffe://td/ns/default/sa/reader",
-                &["unix:uid:2000", "unix:gid:2000"],
-            ),
-            entry(
-                "e2",
-                "spiffe://td/ns/default/sa/writer",
-                &["unix:uid:1001", "unix:path:/usr/bin/python3"],
-            ),
-        ];
-        let text = explain_no_match(&att, &entries);
-        assert!(
-            text.starts_with("no registration entry matches this process (pid=7"),
-            "{text}"
-        );
-        assert!(
-            text.contains("closest entry spiffe://td/ns/default/sa/writer (id e2)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("needs unix:uid:1001 (this process has unix:uid:1000)"),
-            "{text}"
-        );
-        let none = explain_no_match(&att, &[]);
-        assert!(none.contains("serves no entries"), "{none}");
-    }
-
-    #[test]
     fn expired_svids_are_never_served() {
         use std::time::Duration;
         let att = Attestation {
             selectors: set(&["unix:uid:1000"]),
             summary: "pid=7 uid=1000".into(),
+            cred: crate::attestor::PeerCred {
+                pid: Some(7),
+                uid: 1000,
+                gid: 1000,
+            },
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let svid = CachedSvid {

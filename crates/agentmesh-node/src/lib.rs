@@ -6,6 +6,7 @@
 pub mod admin_api;
 pub mod attestor;
 pub mod cache;
+pub mod denials;
 pub mod manager;
 pub mod policy_relay;
 pub mod sds;
@@ -47,6 +48,9 @@ pub struct NodeConfig {
     /// The trust domain, when the bundle's roots do not name it (an upstream CA's root, such
     /// as OpenBao's, has no SPIFFE ID); otherwise taken from the first root that has one.
     pub trust_domain: Option<agentmesh_spiffe::TrustDomain>,
+    /// The limits of the Workload API (and SDS) socket and the admin socket: the HTTP/2
+    /// preface deadline, head size, streams, and connections per uid and in total.
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// Why a node could not start.
@@ -201,9 +205,14 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         stop_rx.clone(),
     ));
     let rx = stop_rx.clone();
+    let workload_limits = cfg.limits.clone();
+    let incoming = agentmesh_proto::limits::unix_incoming(
+        workload_listener,
+        &cfg.limits,
+        "workload API socket",
+    );
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(workload_listener);
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = agentmesh_proto::limits::grpc_server(&workload_limits)
             .add_service(workload)
             .add_service(sds)
             .add_service(proxy_api)
@@ -215,9 +224,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     }));
     let admin = NodeAdminServer::new(admin_api::NodeAdminService::new(manager.clone(), attestor));
     let rx = stop_rx;
+    let admin_limits = cfg.limits.clone();
+    let incoming =
+        agentmesh_proto::limits::unix_incoming(admin_listener, &cfg.limits, "node admin socket");
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = agentmesh_proto::limits::grpc_server(&admin_limits)
             .add_service(admin)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await

@@ -120,8 +120,11 @@ impl ProxyApi {
             .map(|e| e.spiffe_id.to_string())
             .collect();
         if ids.is_empty() {
-            let why = crate::cache::explain_no_match(&att, &snap.entries);
-            tracing::warn!(reason = %why, "proxy API refused an unregistered caller");
+            let why = self.attestor.denials().refuse(
+                crate::denials::DeniedBy::ProxyApi,
+                &att,
+                &snap.entries,
+            );
             return Err(Status::permission_denied(why));
         }
         Ok(ids)

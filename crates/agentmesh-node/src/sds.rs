@@ -46,7 +46,8 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::attestor::{Attestation, Attestor};
-use crate::cache::{BundleInfo, CachedSvid, Snapshot, explain_no_match};
+use crate::cache::{BundleInfo, CachedSvid, Snapshot};
+use crate::denials::DeniedBy;
 use crate::manager::Manager;
 use crate::workload_api::peer_cred;
 
@@ -85,7 +86,8 @@ pub enum SdsError {
         /// What it asked for.
         id: SpiffeId,
     },
-    /// The caller matches no entry; the text names the closest entry and what it lacks.
+    /// The caller matches no entry; the text names the selector kinds the closest entry
+    /// needs and a request id (the full explanation is in the node log).
     #[error("{0}")]
     NoEntry(String),
     /// The node has not finished its first sync.
@@ -204,10 +206,10 @@ fn build(
     att: &Attestation,
     names: &[(String, ResourceName)],
     manager: &Manager,
+    attestor: &Attestor,
 ) -> Result<Option<(Vec<Secret>, String)>, SdsError> {
     if snap.matching(att).next().is_none() {
-        let why = explain_no_match(att, &snap.entries);
-        tracing::warn!(reason = %why, "no identity issued over SDS");
+        let why = attestor.denials().refuse(DeniedBy::Sds, att, &snap.entries);
         return Err(SdsError::NoEntry(why));
     }
     // Entries served on demand (past EAGER_MINT_LIMIT) are minted once someone asks.
@@ -352,6 +354,7 @@ struct StreamState {
     last_nonce: String,
     nonces: u64,
     manager: Arc<Manager>,
+    attestor: Arc<Attestor>,
 }
 
 impl StreamState {
@@ -360,7 +363,9 @@ impl StreamState {
         let Some(names) = &self.names else {
             return Ok(None);
         };
-        let Some((secrets, fingerprint)) = build(snap, &self.att, names, &self.manager)? else {
+        let Some((secrets, fingerprint)) =
+            build(snap, &self.att, names, &self.manager, &self.attestor)?
+        else {
             return Ok(None);
         };
         if self.sent.as_deref() == Some(fingerprint.as_str()) {
@@ -439,6 +444,7 @@ impl SecretDiscoveryService for Sds {
             last_nonce: String::new(),
             nonces: 0,
             manager: self.manager.clone(),
+            attestor: self.attestor.clone(),
         };
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -498,7 +504,9 @@ impl SecretDiscoveryService for Sds {
         let deadline = tokio::time::Instant::now() + MINT_WAIT;
         loop {
             let snap = rx.borrow_and_update().clone();
-            if let Some((secrets, fingerprint)) = build(&snap, &att, &names, &self.manager)? {
+            if let Some((secrets, fingerprint)) =
+                build(&snap, &att, &names, &self.manager, &self.attestor)?
+            {
                 return Ok(Response::new(response(
                     secrets,
                     version_of(&fingerprint),

@@ -19,7 +19,8 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::attestor::{Attestation, Attestor, PeerCred};
-use crate::cache::{CachedSvid, Snapshot, explain_no_match};
+use crate::cache::{CachedSvid, Snapshot};
+use crate::denials::DeniedBy;
 use crate::manager::Manager;
 
 /// How long a call waits for SVIDs that are being minted for a caller who has entries.
@@ -72,8 +73,10 @@ impl WorkloadApi {
         if snap.matching(att).next().is_some() {
             return Ok(());
         }
-        let why = explain_no_match(att, &snap.entries);
-        tracing::warn!(reason = %why, "no identity issued");
+        let why = self
+            .attestor
+            .denials()
+            .refuse(DeniedBy::WorkloadApi, att, &snap.entries);
         Err(Status::permission_denied(why))
     }
 
@@ -236,6 +239,7 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         let first = x509_response(&snap, &svids);
         let key = fingerprint(&snap, &svids);
         let manager = self.manager.clone();
+        let attestor = self.attestor.clone();
         Ok(Response::new(stream_updates(
             first,
             key,
@@ -246,8 +250,10 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
                 manager.want(snap.matching(&att).map(|e| e.id.as_str()));
                 let svids = snap.svids_for(&att);
                 if snap.matching(&att).next().is_none() {
-                    let why = explain_no_match(&att, &snap.entries);
-                    tracing::warn!(reason = %why, "identity withdrawn");
+                    let why =
+                        attestor
+                            .denials()
+                            .refuse(DeniedBy::WorkloadApiStream, &att, &snap.entries);
                     return Err(Status::permission_denied(why));
                 }
                 if svids.is_empty() {

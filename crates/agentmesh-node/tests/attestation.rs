@@ -52,6 +52,7 @@ impl Server {
             issuance: IssuanceSettings::default(),
             upstream: None,
             oidc_discovery: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -111,6 +112,7 @@ fn node_config(dir: &Path, server: &Server, token: Option<String>) -> NodeConfig
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
         trust_domain: None,
+        limits: Default::default(),
     }
 }
 

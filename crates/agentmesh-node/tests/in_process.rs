@@ -36,6 +36,7 @@ async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer
         issuance: IssuanceSettings::default(),
         upstream: None,
         oidc_discovery: None,
+        limits: Default::default(),
     })
     .await
     .unwrap()
@@ -54,6 +55,7 @@ async fn start_node(
         data_dir: dir.join("node"),
         admin_socket: dir.join("node-admin.sock"),
         trust_domain: None,
+        limits: Default::default(),
     })
     .await
     .unwrap()
@@ -171,7 +173,8 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
         err.message()
     );
 
-    mesh.create_entry("/wrong", &["unix:uid:4242424".into()], 0)
+    let wrong = mesh
+        .create_entry("/wrong", &["unix:uid:4242424".into()], 0)
         .await;
     let err = loop {
         let e = client
@@ -183,12 +186,57 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The caller learns the kind it lacks and a request id, nothing about the entry.
+    let message = err.message();
     assert!(
-        err.message()
-            .contains("needs unix:uid:4242424 (this process has unix:uid:"),
-        "{}",
-        err.message()
+        message.contains("the closest entry needs a unix:uid selector that this process lacks"),
+        "{message}"
     );
+    for foreign in ["4242424", "spiffe://", "/wrong", wrong.id.as_str()] {
+        assert!(!message.contains(foreign), "{foreign:?} leaked: {message}");
+    }
+    let request_id = message
+        .split("request id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a request id");
+    // The operator, on the node's 0600 admin socket, gets the whole explanation.
+    let mut node_admin = agentmesh_proto::v1::node_admin_client::NodeAdminClient::new(
+        agentmesh_proto::unix::connect(&mesh.dir.join("node-admin.sock"))
+            .await
+            .unwrap(),
+    );
+    let denials = node_admin
+        .list_denials(v1::ListDenialsRequest {
+            request_id: request_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .denials;
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    let d = &denials[0];
+    assert_eq!(d.api, "workload_api");
+    assert_eq!(d.uid, my_uid());
+    assert_eq!(d.closest_entry_id, wrong.id);
+    assert_eq!(d.closest_spiffe_id, "spiffe://example.org/wrong");
+    assert_eq!(d.missing_kinds, ["unix:uid"]);
+    assert!(
+        d.explanation.contains(&format!(
+            "closest entry spiffe://example.org/wrong (id {}) needs unix:uid:4242424 (this process has unix:uid:{})",
+            wrong.id,
+            my_uid()
+        )),
+        "{}",
+        d.explanation
+    );
+    let unknown = node_admin
+        .list_denials(v1::ListDenialsRequest {
+            request_id: "0000000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
     mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
         .await;

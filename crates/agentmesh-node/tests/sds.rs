@@ -65,6 +65,7 @@ impl Mesh {
             issuance: IssuanceSettings::default(),
             upstream: None,
             oidc_discovery: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -95,6 +96,7 @@ impl Mesh {
             data_dir: dir.join("node"),
             admin_socket: dir.join("node-admin.sock"),
             trust_domain: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -380,12 +382,19 @@ async fn sds_refuses_unregistered_callers_malformed_names_and_ids_not_entitled()
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // The kind it lacks and a request id; never the entry's ID or selector values.
     assert!(
         err.message()
             .contains("no registration entry matches this process")
             && err
                 .message()
-                .contains("needs unix:uid:4242424 (this process has unix:uid:"),
+                .contains("the closest entry needs a unix:uid selector")
+            && err.message().contains("request id "),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("4242424") && !err.message().contains("spiffe://"),
         "{}",
         err.message()
     );

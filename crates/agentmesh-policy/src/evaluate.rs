@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use agentmesh_spiffe::SpiffeId;
 
-use crate::intention::{Action, HeaderMatchKind, Intention, PathMatch, Permission};
+use crate::intention::{Action, HeaderMatch, HeaderMatchKind, Intention, PathMatch, Permission};
+use crate::normalize::{
+    HeadersWithUnderscoresAction, NormalizeOptions, header_name_has_underscore,
+    normalize_path_and_query,
+};
 
 /// What was decided, which intention decided it and why, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +50,12 @@ impl fmt::Display for Decision {
 pub struct HttpRequest<'a> {
     /// The method, any case.
     pub method: &'a str,
-    /// The path; a query string, if present, is ignored.
+    /// The path, already through [`normalize_path`](crate::normalize_path) so it is the one
+    /// the app will see; a query string, if present, is ignored.
     pub path: &'a str,
-    /// Header names (any case) and values.
-    pub headers: &'a [(&'a str, &'a str)],
+    /// Header names (any case) and raw values, one pair per field line: a repeated header
+    /// appears once per value, and values are bytes because HTTP allows non-UTF-8 ones.
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
 
 impl HttpRequest<'_> {
@@ -57,11 +63,50 @@ impl HttpRequest<'_> {
         self.path.split_once('?').map_or(self.path, |(p, _)| p)
     }
 
-    fn header(&self, lower_name: &str) -> Option<&str> {
+    fn header_values<'r>(&'r self, lower_name: &'r str) -> impl Iterator<Item = &'r [u8]> + 'r {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(lower_name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(lower_name))
             .map(|(_, v)| *v)
+    }
+}
+
+/// A header value as a rule may read it: visible ASCII, spaces and tabs. Anything else is
+/// unreadable, because apps disagree on what such bytes say (WSGI decodes them as Latin-1,
+/// most Rust and Go servers as UTF-8 or not at all), so no rule can know what the app sees.
+fn readable(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|b| matches!(b, b'\t' | 0x20..=0x7e)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// What one header criterion can be, for every way the app might read the request: from
+/// any one of its values (the first, the last, or an unreadable one read either way).
+#[derive(Debug, Clone, Copy, Default)]
+struct Outcomes {
+    can_hold: bool,
+    can_fail: bool,
+}
+
+impl Outcomes {
+    fn add(&mut self, holds: Option<bool>) {
+        match holds {
+            Some(true) => self.can_hold = true,
+            Some(false) => self.can_fail = true,
+            None => {
+                self.can_hold = true;
+                self.can_fail = true;
+            }
+        }
+    }
+
+    fn inverted(self) -> Self {
+        Self {
+            can_hold: self.can_fail,
+            can_fail: self.can_hold,
+        }
     }
 }
 
@@ -199,7 +244,61 @@ impl PolicySet {
         })
     }
 
-    /// The decision for one HTTP request.
+    /// The decision for a request as it was sent, for callers that do not forward it
+    /// (`intention check`): the request is normalised as a sidecar with `options` would
+    /// normalise it, then decided. A request the normalisation refuses is denied, with no
+    /// intention and the refusal as the reason; a path that normalises to another spelling is
+    /// decided on the normalised one, and the reason says so.
+    pub fn check_unnormalized_request(
+        &self,
+        source: &SpiffeId,
+        destination: &SpiffeId,
+        request: &HttpRequest<'_>,
+        options: &NormalizeOptions,
+    ) -> Decision {
+        let refused = |why: String| Decision {
+            action: Action::Deny,
+            intention_id: None,
+            reason: format!("the request is refused before any intention is checked: {why}"),
+        };
+        let path = match normalize_path_and_query(request.path, options) {
+            Ok(p) => p,
+            Err(e) => return refused(format!("path {:?}: {e}", request.path)),
+        };
+        let mut headers = Vec::with_capacity(request.headers.len());
+        for (name, value) in request.headers {
+            if header_name_has_underscore(name) {
+                match options.headers_with_underscores {
+                    HeadersWithUnderscoresAction::RejectRequest => {
+                        return refused(format!(
+                            "header {name:?} has an underscore, which headers_with_underscores_action = \"reject_request\" refuses"
+                        ));
+                    }
+                    HeadersWithUnderscoresAction::DropHeader => continue,
+                    HeadersWithUnderscoresAction::Allow => {}
+                }
+            }
+            headers.push((*name, *value));
+        }
+        let mut decision = self.check_request(
+            source,
+            destination,
+            &HttpRequest {
+                method: request.method,
+                path: &path,
+                headers: &headers,
+            },
+        );
+        if path != request.path {
+            decision.reason.push_str(&format!(
+                " (the path was sent as {:?} and normalised to {path:?})",
+                request.path
+            ));
+        }
+        decision
+    }
+
+    /// The decision for one HTTP request, whose path is already normalised.
     pub fn check_request(
         &self,
         source: &SpiffeId,
@@ -271,18 +370,49 @@ impl Permission {
         if !path_ok {
             return false;
         }
+        // Uncertainty about what the app reads always resolves towards refusing: an allow
+        // needs each criterion to hold however the app reads the request, a deny needs it to
+        // hold in just one reading.
         self.headers.iter().all(|h| {
-            let value = request.header(&h.name);
-            let hit = match (&h.kind, value) {
-                (_, None) => false,
-                (HeaderMatchKind::Present, Some(_)) => true,
-                (HeaderMatchKind::Exact(e), Some(v)) => v == e,
-                (HeaderMatchKind::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
-                (HeaderMatchKind::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
-                (HeaderMatchKind::Regex(r), Some(v)) => r.is_match(v),
-            };
-            hit != h.invert
+            let outcomes = h.outcomes(request);
+            match self.action {
+                Action::Allow => outcomes.can_hold && !outcomes.can_fail,
+                Action::Deny => outcomes.can_hold,
+            }
         })
+    }
+}
+
+impl HeaderMatch {
+    /// Every value of a repeated header counts: a value match (exact, prefix, suffix, regex)
+    /// holds for sure only if all values match, `present` holds for any value, readable or
+    /// not, and an unreadable value could be read as matching or not.
+    fn outcomes(&self, request: &HttpRequest<'_>) -> Outcomes {
+        let mut outcomes = Outcomes::default();
+        let mut any = false;
+        for value in request.header_values(&self.name) {
+            any = true;
+            let holds = match &self.kind {
+                HeaderMatchKind::Present => Some(true),
+                kind => readable(value).map(|v| match kind {
+                    HeaderMatchKind::Present => true,
+                    HeaderMatchKind::Exact(e) => v == e,
+                    HeaderMatchKind::Prefix(p) => v.starts_with(p.as_str()),
+                    HeaderMatchKind::Suffix(s) => v.ends_with(s.as_str()),
+                    HeaderMatchKind::Regex(r) => r.is_match(v),
+                }),
+            };
+            outcomes.add(holds);
+        }
+        if !any {
+            // Absent: nothing matches, and an inverted criterion holds (Envoy's semantics).
+            outcomes.add(Some(false));
+        }
+        if self.invert {
+            outcomes.inverted()
+        } else {
+            outcomes
+        }
     }
 }
 

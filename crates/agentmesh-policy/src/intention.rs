@@ -90,6 +90,18 @@ pub enum IntentionError {
     /// A description longer than 1024 bytes.
     #[error("description is {0} bytes; the limit is 1024")]
     DescriptionTooLong(usize),
+    /// An owner that is too long or has control characters.
+    #[error("owner must be at most {OWNER_MAX} printable characters")]
+    BadOwner,
+}
+
+/// The longest `owner` accepted.
+pub const OWNER_MAX: usize = 128;
+
+/// The owner `agentmesh up` gives the intentions it applies from scenario `name`: a restart of
+/// `up` replaces exactly those, and keeps every intention an operator made.
+pub fn scenario_owner(name: &str) -> String {
+    format!("up:{name}")
 }
 
 /// Allow or deny.
@@ -143,6 +155,10 @@ pub struct IntentionSpec {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// Who manages it: `up:SCENARIO` for the intentions `agentmesh up` applied from a
+    /// scenario ([`scenario_owner`]); empty for an operator's (the CLI, the admin API).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// One L7 permission as written.
@@ -374,6 +390,9 @@ impl IntentionSpec {
         })?;
         if self.description.len() > 1024 {
             return Err(IntentionError::DescriptionTooLong(self.description.len()));
+        }
+        if self.owner.len() > OWNER_MAX || self.owner.chars().any(char::is_control) {
+            return Err(IntentionError::BadOwner);
         }
         let permissions = self
             .permissions

@@ -2,14 +2,20 @@
 //!
 //! The crate has no networking, so the server (which validates and stores intentions), the
 //! proxy (which enforces them) and `agentmesh intention check` (which explains them) all decide
-//! with the same code. With no intentions, everything is denied.
+//! with the same code. With no intentions, everything is denied. Requests are decided in the
+//! form the app will see ([`normalize_path`]), and header rules read every value of a header.
 #![forbid(unsafe_code)]
 
 pub mod evaluate;
 pub mod intention;
+pub mod normalize;
 
 pub use evaluate::{Decision, HttpRequest, PolicySet};
 pub use intention::{
     Action, HeaderMatch, HeaderMatchKind, HeaderSpec, HttpSpec, Intention, IntentionError,
-    IntentionSpec, PathMatch, Permission, PermissionSpec, Target,
+    IntentionSpec, OWNER_MAX, PathMatch, Permission, PermissionSpec, Target, scenario_owner,
+};
+pub use normalize::{
+    EscapedSlashesAction, HeadersWithUnderscoresAction, NormalizeOptions, PathError,
+    header_name_has_underscore, normalize_path, normalize_path_and_query,
 };

@@ -1,7 +1,9 @@
 //! Generated gRPC code (the SPIFFE Workload API, Envoy's SDS and agentmesh's own APIs), and the Unix-socket
-//! transport that the Workload API and the admin APIs run over.
+//! transport that the Workload API and the admin APIs run over, and the limits every agentmesh
+//! listener applies (`limits`).
 #![forbid(unsafe_code)]
 
+pub mod limits;
 pub mod unix;
 
 /// The SPIFFE Workload API. Its proto has no package, so the paths are

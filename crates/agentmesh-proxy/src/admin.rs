@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
+use agentmesh_proto::limits::{ConnectionLimiter, ListenerLimits, RequestBody};
+use agentmesh_sdk::local::LocalListener;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::identity::IdentityWatch;
@@ -42,7 +41,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 }
 
 impl AdminState {
-    fn handle(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+    fn handle(&self, req: &Request<RequestBody>) -> Response<AdminBody> {
         self.route(req.uri())
     }
 
@@ -94,18 +93,41 @@ impl AdminState {
         }
     }
 
-    /// Serves until `stop` fires.
-    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        while let Some((tcp, _)) = crate::accept(&listener, &mut stop).await {
+    /// Serves until `stop` fires, with `limits` (the caller is the peer's uid on a Unix
+    /// socket, its address on TCP).
+    pub async fn serve(
+        self,
+        listener: LocalListener,
+        limits: Arc<ListenerLimits>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let limiter = ConnectionLimiter::new(&limits);
+        while let Some((tcp, addr)) = crate::accept_local(&listener, &mut stop).await {
+            let caller = crate::local_caller(&addr);
+            let on_cut = self.metrics.on_cut("admin", addr);
+            let slot = match limiter.admit_caller(caller) {
+                Ok(slot) => slot,
+                Err(cut) => {
+                    on_cut(cut);
+                    continue;
+                }
+            };
             let me = self.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let service = hyper::service::service_fn(move |req: Request<RequestBody>| {
                     let resp = me.handle(&req);
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                agentmesh_proto::limits::serve_http(
+                    tcp,
+                    service,
+                    limits,
+                    on_cut,
+                    std::future::pending(),
+                )
+                .await;
+                drop(slot);
             });
         }
     }

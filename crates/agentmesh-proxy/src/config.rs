@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use agentmesh_sdk::local::LocalAddr;
 use serde::Deserialize;
 
 /// Why a proxy config is unusable.
@@ -55,6 +56,10 @@ pub struct ProxyConfig {
     /// `/metrics` and `/healthz`.
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// `[limits]`: timeouts, head sizes and connection counts, applied to each listener
+    /// (inbound, every upstream, admin) separately.
+    #[serde(default)]
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// `[inbound]`.
@@ -63,7 +68,8 @@ pub struct ProxyConfig {
 pub struct Inbound {
     /// The public mTLS listener.
     pub listen: SocketAddr,
-    /// The local app, `host:port`.
+    /// The local app: `unix:///path` (only this uid may connect; the app should check its
+    /// peers too) or `host:port` (any local user can reach the app past the proxy).
     pub app: String,
     /// `http` or `tcp` (default).
     #[serde(default)]
@@ -72,6 +78,26 @@ pub struct Inbound {
     /// the bound listener address.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// HTTP only: what to do with a request header whose name has an underscore:
+    /// `reject_request` (default, 400), `drop_header` or `allow` (Envoy's
+    /// `headers_with_underscores_action`).
+    #[serde(default)]
+    pub headers_with_underscores_action: agentmesh_policy::HeadersWithUnderscoresAction,
+    /// HTTP only: what to do with `%2F`, `%5C` or `\` in a path: `reject_request` (default,
+    /// 400), `unescape_and_forward` or `keep_unchanged` (Envoy's
+    /// `path_with_escaped_slashes_action`).
+    #[serde(default)]
+    pub path_with_escaped_slashes_action: agentmesh_policy::EscapedSlashesAction,
+}
+
+impl Inbound {
+    /// How this listener normalises HTTP requests before deciding and forwarding them.
+    pub fn normalize_options(&self) -> agentmesh_policy::NormalizeOptions {
+        agentmesh_policy::NormalizeOptions {
+            escaped_slashes: self.path_with_escaped_slashes_action,
+            headers_with_underscores: self.headers_with_underscores_action,
+        }
+    }
 }
 
 /// `[[upstream]]`.
@@ -80,8 +106,9 @@ pub struct Inbound {
 pub struct Upstream {
     /// A service name or SPIFFE ID; the server's certificate must carry exactly this ID.
     pub destination: String,
-    /// The plain local listener the app calls.
-    pub listen: SocketAddr,
+    /// The plain local listener the app calls: `unix:///path` (created 0600; a peer of
+    /// another uid is refused) or a loopback `ip:port` (open to every local user).
+    pub listen: LocalAddr,
     /// The destination proxy's address; default from the service catalog.
     #[serde(default)]
     pub address: Option<String>,
@@ -95,8 +122,21 @@ pub struct Upstream {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Where `/metrics` and `/healthz` are served.
-    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/decisions` are served: `unix:///path` (this uid
+    /// only) or a loopback `ip:port`.
+    pub listen: LocalAddr,
+}
+
+impl Inbound {
+    /// The app's address (checked by [`ProxyConfig::parse`]).
+    ///
+    /// # Errors
+    /// A config built without `parse` whose `app` does not parse.
+    pub fn app_addr(&self) -> Result<LocalAddr, ConfigError> {
+        self.app.parse().map_err(|e| {
+            ConfigError::Invalid(PathBuf::from("proxy config"), format!("inbound.app: {e}"))
+        })
+    }
 }
 
 impl ProxyConfig {
@@ -114,26 +154,36 @@ impl ProxyConfig {
             &cfg.service,
         )
         .map_err(|e| invalid(format!("service {:?}: {e}", cfg.service)))?;
+        cfg.limits.check().map_err(|e| invalid(e.to_string()))?;
         if cfg.inbound.is_none() && cfg.upstream.is_empty() {
             return Err(invalid(
                 "nothing to do: add an [inbound] section or at least one [[upstream]]".into(),
             ));
         }
-        let mut listens: Vec<SocketAddr> = cfg.upstream.iter().map(|u| u.listen).collect();
+        let mut listens: Vec<LocalAddr> = cfg.upstream.iter().map(|u| u.listen.clone()).collect();
         if let Some(i) = &cfg.inbound {
-            if i.app
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(invalid(format!("inbound.app {:?} is not host:port", i.app)));
+            if i.app.parse::<LocalAddr>().is_err() {
+                return Err(invalid(format!(
+                    "inbound.app {:?} is not host:port or unix:///path",
+                    i.app
+                )));
             }
-            listens.push(i.listen);
+            listens.push(i.listen.into());
         }
         if let Some(a) = &cfg.admin {
-            listens.push(a.listen);
+            if let Some(ip) = a.listen.tcp_socket_addr().map(|s| s.ip())
+                && !ip.is_loopback()
+            {
+                return Err(invalid(format!(
+                    "admin listen {} is not a loopback address or a unix socket",
+                    a.listen
+                )));
+            }
+            listens.push(a.listen.clone());
         }
         for (n, l) in listens.iter().enumerate() {
-            if l.port() != 0 && listens[..n].contains(l) {
+            let port_zero = l.tcp_socket_addr().is_some_and(|s| s.port() == 0);
+            if !port_zero && listens[..n].contains(l) {
                 return Err(invalid(format!("listen address {l} is used twice")));
             }
         }
@@ -145,7 +195,12 @@ impl ProxyConfig {
             )
             .map_err(|e| invalid(format!("upstream destination {:?}: {e}", u.destination)))?;
             // The upstream listener is plaintext for the local app only.
-            if !u.listen.ip().is_loopback() {
+            if let LocalAddr::Tcp(_) = &u.listen
+                && !u
+                    .listen
+                    .tcp_socket_addr()
+                    .is_some_and(|s| s.ip().is_loopback())
+            {
                 return Err(invalid(format!(
                     "upstream listen {} is not a loopback address; the plain side must stay local",
                     u.listen
@@ -236,10 +291,61 @@ listen = "127.0.0.1:19001"
         .unwrap();
         assert_eq!(cfg.inbound.as_ref().unwrap().protocol, Protocol::Http);
         assert_eq!(cfg.upstream[0].protocol, Protocol::Tcp);
+        // Normalisation defaults to refusing both suspicious spellings.
+        assert_eq!(
+            cfg.inbound.as_ref().unwrap().normalize_options(),
+            agentmesh_policy::NormalizeOptions::default()
+        );
         assert_eq!(
             cfg.workload_socket(Path::new("p"), None).unwrap(),
             PathBuf::from("/tmp/agentmesh/node.sock")
         );
+    }
+
+    #[test]
+    fn normalisation_settings_take_envoys_values() {
+        use agentmesh_policy::{EscapedSlashesAction as E, HeadersWithUnderscoresAction as H};
+        let base = "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\nprotocol = \"http\"\n";
+        let cases = [
+            ("allow", "keep_unchanged", H::Allow, E::KeepUnchanged),
+            (
+                "reject_request",
+                "reject_request",
+                H::RejectRequest,
+                E::RejectRequest,
+            ),
+            (
+                "drop_header",
+                "unescape_and_forward",
+                H::DropHeader,
+                E::UnescapeAndForward,
+            ),
+        ];
+        for (h, e, want_h, want_e) in cases {
+            let cfg = parse(&format!(
+                "{base}headers_with_underscores_action = \"{h}\"\npath_with_escaped_slashes_action = \"{e}\"\n"
+            ))
+            .unwrap();
+            let opts = cfg.inbound.unwrap().normalize_options();
+            assert_eq!(
+                (opts.headers_with_underscores, opts.escaped_slashes),
+                (want_h, want_e)
+            );
+        }
+        for (text, want) in [
+            (
+                "path_with_escaped_slashes_action = \"unescape_and_redirect\"",
+                "unknown variant `unescape_and_redirect`",
+            ),
+            (
+                "headers_with_underscores_action = \"ALLOW\"",
+                "unknown variant `ALLOW`",
+            ),
+            ("normalize_path = false", "unknown field `normalize_path`"),
+        ] {
+            let err = parse(&format!("{base}{text}\n")).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]
@@ -279,6 +385,14 @@ listen = "127.0.0.1:19001"
                 "used twice",
             ),
             ("service = ", "proxy.toml"),
+            (
+                "service = \"a\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"\n[limits]\nmax_headers = 0",
+                "limits.max_headers",
+            ),
+            (
+                "service = \"a\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"\n[limits]\nheader_timeot = \"1s\"",
+                "unknown field `header_timeot`",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err().to_string();

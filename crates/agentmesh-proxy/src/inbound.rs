@@ -7,15 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentmesh_policy::HttpRequest;
+use agentmesh_policy::{HttpRequest, NormalizeOptions};
+use agentmesh_proto::limits::{
+    Caller, ConnectionLimiter, ConnectionSlot, Cut, ListenerLimits, RequestBody,
+};
+use agentmesh_sdk::local::{LocalAddr, LocalConnector, LocalStream};
+use agentmesh_sdk::policy::{header_pairs, normalize_request};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -27,9 +30,6 @@ use crate::policy::PolicyWatch;
 use crate::telemetry::{
     AccessRecord, Metrics, TraceContext, access_log, now_rfc3339, span_identities, span_outcome,
 };
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open inbound connection, tracked so an intention change can close it.
 #[derive(Debug)]
@@ -125,12 +125,16 @@ pub struct Inbound {
     identity: Arc<IdentityWatch>,
     policy: Arc<PolicyWatch>,
     metrics: Arc<Metrics>,
-    app: String,
+    app: LocalAddr,
     protocol: Protocol,
     /// Open connections, for revocation.
     pub connections: Arc<Connections>,
-    app_client: Client<HttpConnector, Incoming>,
+    app_client: Client<LocalConnector, RequestBody>,
     tls: crate::identity::ConfigCache<ServerConfig>,
+    /// How HTTP requests are normalised before they are decided and forwarded.
+    normalize: NormalizeOptions,
+    limits: Arc<ListenerLimits>,
+    limiter: Arc<ConnectionLimiter>,
 }
 
 impl Inbound {
@@ -139,11 +143,10 @@ impl Inbound {
         identity: Arc<IdentityWatch>,
         policy: Arc<PolicyWatch>,
         metrics: Arc<Metrics>,
-        app: String,
+        app: LocalAddr,
         protocol: Protocol,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let connector = LocalConnector::to(app.clone());
         Self {
             identity,
             policy,
@@ -151,11 +154,35 @@ impl Inbound {
             app,
             protocol,
             connections: Arc::default(),
+            // Below the apps' own idle keep-alive close (limits.header_timeout, 10 s by
+            // default), so a pooled connection is never reused just as the app closes it.
             app_client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build(connector),
             tls: Arc::default(),
+            normalize: NormalizeOptions::default(),
+            limits: Arc::default(),
+            limiter: ConnectionLimiter::new(&ListenerLimits::default()),
         }
+    }
+
+    /// Normalises HTTP requests with `options` (from `[inbound]`) instead of the defaults.
+    pub fn with_normalize_options(mut self, options: NormalizeOptions) -> Self {
+        self.normalize = options;
+        self
+    }
+
+    /// Applies `limits`, counting connections in `limiter` (one per listener, shared by
+    /// every worker that accepts on it).
+    #[must_use]
+    pub fn with_limits(
+        mut self,
+        limits: Arc<ListenerLimits>,
+        limiter: Arc<ConnectionLimiter>,
+    ) -> Self {
+        self.limits = limits;
+        self.limiter = limiter;
+        self
     }
 
     /// The server config for the current identity, rebuilt only when the roots or the
@@ -207,12 +234,20 @@ impl Inbound {
     /// Accepts until `stop` fires.
     pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         while let Some((tcp, addr)) = crate::accept(&listener, &mut stop).await {
+            // Before the handshake the caller is unknown: only the listener's total counts.
+            let slot = match self.limiter.admit() {
+                Ok(slot) => slot,
+                Err(cut) => {
+                    self.metrics.on_cut("inbound", addr)(cut);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(self.clone().connection(tcp, addr));
+            tokio::spawn(self.clone().connection(tcp, addr, slot));
         }
     }
 
-    async fn connection(self, tcp: TcpStream, addr: SocketAddr) {
+    async fn connection(self, tcp: TcpStream, addr: SocketAddr, mut slot: ConnectionSlot) {
         let started = Instant::now();
         let Some(own) = self.identity.current() else {
             return;
@@ -225,7 +260,7 @@ impl Inbound {
             }
         };
         let tls = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
+            self.limits.handshake_timeout,
             tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
         )
         .await
@@ -240,6 +275,7 @@ impl Inbound {
             Err(_) => {
                 tracing::warn!(peer_addr = %addr, reason = "timeout", "inbound TLS handshake timed out; nothing reached the app");
                 self.metrics.handshake_failed("timeout");
+                self.metrics.cut("inbound", Cut::HandshakeTimeout);
                 return;
             }
         };
@@ -248,10 +284,15 @@ impl Inbound {
             self.metrics.handshake_failed("no_spiffe_id");
             return;
         };
+        if let Err(cut) = slot.identify(Caller::Spiffe(peer.to_string())) {
+            self.metrics.on_cut("inbound", format!("{peer} at {addr}"))(cut);
+            return;
+        }
         match self.protocol {
             Protocol::Tcp => self.tcp_session(tls, peer, own, addr, started).await,
             Protocol::Http => self.http_session(tls, peer, own, addr).await,
         }
+        drop(slot);
     }
 
     async fn tcp_session(
@@ -311,7 +352,7 @@ impl Inbound {
             return;
         }
         let (_registered, mut kill) = self.connections.register(peer.clone(), true);
-        let mut app = match TcpStream::connect(&self.app).await {
+        let mut app = match LocalStream::connect(&self.app).await {
             Ok(a) => a,
             Err(e) => {
                 let why = format!(
@@ -323,7 +364,6 @@ impl Inbound {
                 return;
             }
         };
-        let _ = app.set_nodelay(true);
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut tls, &mut app) => {
                 log(&mut span, "allow", &d.reason, r.ok());
@@ -343,20 +383,22 @@ impl Inbound {
     ) {
         let (_registered, mut kill) = self.connections.register(peer.clone(), false);
         let me = self.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let on_cut = self.metrics.on_cut("inbound", format!("{peer} at {addr}"));
+        let service = hyper::service::service_fn(move |req: Request<RequestBody>| {
             let me = me.clone();
             let peer = peer.clone();
             let own = own.clone();
             async move { Ok::<_, std::convert::Infallible>(me.request(req, &peer, &own, addr).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        let conn = agentmesh_proto::limits::serve_http(
+            tls,
+            service,
+            self.limits.clone(),
+            on_cut,
+            std::future::pending(),
+        );
         tokio::select! {
-            r = conn => {
-                if let Err(e) = r {
-                    tracing::debug!(peer_addr = %addr, error = %e, "inbound HTTP connection ended with an error");
-                }
-            }
+            () = conn => {}
             // Dropping the connection future closes the socket and every stream on it.
             _ = kill.wait_for(Option::is_some) => {}
         }
@@ -364,7 +406,7 @@ impl Inbound {
 
     async fn request(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: &SpiffeId,
         own: &IdentityState,
         addr: SocketAddr,
@@ -377,23 +419,28 @@ impl Inbound {
         let mut span = Span::server("proxy inbound", req.headers());
         let trace_id = span.context().trace_id_hex();
         let method = req.method().as_str().to_owned();
+        // Decided, logged and forwarded in the normalised form, so the rules judge the path
+        // the app will route; a request that cannot be normalised is refused here.
+        let normalized = normalize_request(&mut req, &self.normalize);
         let path = req.uri().path().to_owned();
         let policy = self.policy.current();
-        let d = {
-            let headers: Vec<(&str, &str)> = req
-                .headers()
-                .iter()
-                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
-                .collect();
-            policy.set.check_request(
+        let d = match &normalized {
+            Ok(()) => policy.set.check_request(
                 peer,
                 &own.id,
                 &HttpRequest {
                     method: &method,
                     path: &path,
-                    headers: &headers,
+                    headers: &header_pairs(req.headers()),
                 },
-            )
+            ),
+            Err(refused) => agentmesh_policy::Decision {
+                action: agentmesh_policy::Action::Deny,
+                intention_id: None,
+                reason: format!(
+                    "the request is refused before any intention is checked: {refused}"
+                ),
+            },
         };
         let (source, destination) = (peer.to_string(), own.id.to_string());
         if span.is_recording() {
@@ -437,6 +484,20 @@ impl Inbound {
                 bytes_out: None,
             });
         };
+        if normalized.is_err() {
+            log(&mut span, "deny", &d.reason, 400);
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "error": "bad request",
+                    "source": source,
+                    "destination": destination,
+                    "intention": null,
+                    "reason": d.reason,
+                    "trace_id": trace_id,
+                }),
+            );
+        }
         if !d.is_allowed() {
             log(&mut span, "deny", &d.reason, 403);
             return json_response(
@@ -470,7 +531,7 @@ impl Inbound {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        match format!("http://{}{}", self.app, path_and_query).parse() {
+        match format!("{}{}", self.app.http_base(), path_and_query).parse() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
                 log(

@@ -19,6 +19,8 @@ pub mod policy;
 pub mod telemetry;
 
 use std::net::SocketAddr;
+
+use agentmesh_sdk::local::{LocalAddr, LocalListener, LocalPeer, LocalStream, StdLocalListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,7 +44,10 @@ pub enum ProxyError {
     Identity(#[from] identity::IdentityError),
     /// A listener could not be bound.
     #[error("cannot listen on {0} ({1}): {2}")]
-    Listen(SocketAddr, &'static str, std::io::Error),
+    Listen(String, &'static str, std::io::Error),
+    /// A local (app-side) listener could not be bound.
+    #[error("{1} listener: {0}")]
+    LocalListen(agentmesh_sdk::local::LocalError, &'static str),
     /// A data-plane worker thread could not be started.
     #[error("cannot start a proxy worker thread: {0}")]
     Worker(std::io::Error),
@@ -57,9 +62,9 @@ pub struct RunningProxy {
     /// The bound inbound listener.
     pub inbound_addr: Option<SocketAddr>,
     /// The bound upstream listeners, in config order.
-    pub upstream_addrs: Vec<SocketAddr>,
+    pub upstream_addrs: Vec<LocalAddr>,
     /// The bound admin listener.
-    pub admin_addr: Option<SocketAddr>,
+    pub admin_addr: Option<LocalAddr>,
     /// The proxy's identity.
     pub identity: Arc<identity::IdentityWatch>,
     /// The policy in force.
@@ -103,12 +108,43 @@ pub(crate) async fn accept(
     }
 }
 
+/// The next accepted local connection (a Unix socket peer has passed the uid check), or
+/// `None` once `stop` fires. Errors are logged and retried as in [`accept`].
+pub(crate) async fn accept_local(
+    listener: &LocalListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(LocalStream, LocalPeer)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            r = listener.accept() => Some(r),
+        };
+        match accepted {
+            None => return None,
+            Some(Ok(a)) => return Some(a),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The per-caller key of a local connection: the uid behind a Unix socket, the address
+/// on TCP.
+pub(crate) fn local_caller(peer: &LocalPeer) -> agentmesh_proto::limits::Caller {
+    match peer {
+        LocalPeer::Tcp(a) => agentmesh_proto::limits::Caller::Ip(a.ip()),
+        LocalPeer::Unix { uid, .. } => agentmesh_proto::limits::Caller::Uid(*uid),
+    }
+}
+
 /// What one data-plane worker serves: its own [`inbound::Inbound`] and
 /// [`outbound::Upstream`]s (so its own pools) on its copies of the shared listeners.
 #[derive(Default)]
 struct WorkerPlan {
     inbound: Vec<(inbound::Inbound, std::net::TcpListener)>,
-    upstream: Vec<(outbound::Upstream, std::net::TcpListener)>,
+    upstream: Vec<(outbound::Upstream, StdLocalListener)>,
 }
 
 impl WorkerPlan {
@@ -139,7 +175,7 @@ impl WorkerPlan {
                 serving.spawn(inbound.serve(listener, stop.clone()));
             }
             for (upstream, listener) in self.upstream {
-                match TcpListener::from_std(listener) {
+                match listener.into_tokio() {
                     Ok(l) => {
                         serving.spawn(upstream.serve(l, stop.clone()));
                     }
@@ -163,13 +199,35 @@ fn share(
 ) -> Result<Vec<std::net::TcpListener>, ProxyError> {
     let listener = listener
         .into_std()
-        .map_err(|e| ProxyError::Listen(addr, what, e))?;
+        .map_err(|e| ProxyError::Listen(addr.to_string(), what, e))?;
     let mut all = Vec::with_capacity(n);
     for _ in 1..n {
         all.push(
             listener
                 .try_clone()
-                .map_err(|e| ProxyError::Listen(addr, what, e))?,
+                .map_err(|e| ProxyError::Listen(addr.to_string(), what, e))?,
+        );
+    }
+    all.push(listener);
+    Ok(all)
+}
+
+/// [`share`] for a local (app-side) listener, TCP or Unix socket.
+fn share_local(
+    listener: LocalListener,
+    n: usize,
+    what: &'static str,
+) -> Result<Vec<StdLocalListener>, ProxyError> {
+    let addr = listener.local_addr().to_string();
+    let listener = listener
+        .into_std()
+        .map_err(|e| ProxyError::Listen(addr.clone(), what, e))?;
+    let mut all = Vec::with_capacity(n);
+    for _ in 1..n {
+        all.push(
+            listener
+                .try_clone()
+                .map_err(|e| ProxyError::Listen(addr.clone(), what, e))?,
         );
     }
     all.push(listener);
@@ -182,7 +240,13 @@ const IDENTITY_PATIENCE: Duration = Duration::from_secs(60);
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| ProxyError::Listen(addr, what, e))
+        .map_err(|e| ProxyError::Listen(addr.to_string(), what, e))
+}
+
+async fn bind_local(addr: &LocalAddr, what: &'static str) -> Result<LocalListener, ProxyError> {
+    LocalListener::bind(addr)
+        .await
+        .map_err(|e| ProxyError::LocalListen(e, what))
 }
 
 /// Starts a proxy with the Workload API at `socket`.
@@ -220,28 +284,32 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut plans: Vec<WorkerPlan> = (0..workers).map(|_| WorkerPlan::default()).collect();
 
+    let limits = Arc::new(cfg.limits.clone());
     let mut inbound_addr = None;
     let mut registration = None;
     if let Some(ib) = &cfg.inbound {
         let listener = bind(ib.listen, "inbound").await?;
         let addr = listener
             .local_addr()
-            .map_err(|e| ProxyError::Listen(ib.listen, "inbound", e))?;
+            .map_err(|e| ProxyError::Listen(ib.listen.to_string(), "inbound", e))?;
         inbound_addr = Some(addr);
         registration = Some(policy::Registration {
             spiffe_id: own.id.to_string(),
             address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
         });
         let listener = share(listener, workers, ib.listen, "inbound")?;
+        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
         for (plan, l) in plans.iter_mut().zip(listener) {
             plan.inbound.push((
                 inbound::Inbound::new(
                     identity.clone(),
                     policy.clone(),
                     metrics.clone(),
-                    ib.app.clone(),
+                    ib.app_addr()?,
                     ib.protocol,
-                ),
+                )
+                .with_normalize_options(ib.normalize_options())
+                .with_limits(limits.clone(), limiter.clone()),
                 l,
             ));
         }
@@ -252,12 +320,11 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
         let dest = SpiffeId::from_service_name(&td, &u.destination).map_err(|e| {
             ProxyError::Name(format!("upstream destination {:?}", u.destination), e)
         })?;
-        let listener = bind(u.listen, "upstream").await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ProxyError::Listen(u.listen, "upstream", e))?;
-        upstream_addrs.push(addr);
-        let listener = share(listener, workers, u.listen, "upstream")?;
+        let listener = bind_local(&u.listen, "upstream").await?;
+        let addr = listener.local_addr();
+        upstream_addrs.push(addr.clone());
+        let listener = share_local(listener, workers, "upstream")?;
+        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
         for (plan, l) in plans.iter_mut().zip(listener) {
             plan.upstream.push((
                 outbound::Upstream::new(
@@ -267,7 +334,8 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
                     identity.clone(),
                     policy.clone(),
                     metrics.clone(),
-                ),
+                )
+                .with_limits(limits.clone(), limiter.clone()),
                 l,
             ));
         }
@@ -317,14 +385,18 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
 
     let mut admin_addr = None;
     if let Some(a) = &cfg.admin {
-        let listener = bind(a.listen, "admin").await?;
-        admin_addr = listener.local_addr().ok();
+        let listener = bind_local(&a.listen, "admin").await?;
+        admin_addr = Some(listener.local_addr());
         let state = admin::AdminState {
             metrics: metrics.clone(),
             identity: identity.clone(),
             policy: policy.clone(),
         };
-        tasks.push(tokio::spawn(state.serve(listener, stop_rx.clone())));
+        tasks.push(tokio::spawn(state.serve(
+            listener,
+            limits.clone(),
+            stop_rx.clone(),
+        )));
     }
     Ok(RunningProxy {
         inbound_addr,

@@ -1,20 +1,20 @@
 //! The local side: plain listeners for the app, each sending to one destination service over
 //! mutual TLS, accepting only a server whose SVID carries exactly the destination's SPIFFE ID.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentmesh_proto::limits::{ConnectionLimiter, ListenerLimits, RequestBody};
+use agentmesh_sdk::local::{LocalListener, LocalPeer, LocalStream};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Protocol;
@@ -66,7 +66,9 @@ pub struct Upstream {
     policy: Arc<PolicyWatch>,
     metrics: Arc<Metrics>,
     tls: crate::identity::ConfigCache<ClientConfig>,
-    pool: Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>>,
+    pool: Arc<tokio::sync::Mutex<Option<SendRequest<RequestBody>>>>,
+    limits: Arc<ListenerLimits>,
+    limiter: Arc<ConnectionLimiter>,
 }
 
 impl Upstream {
@@ -88,7 +90,22 @@ impl Upstream {
             metrics,
             tls: Arc::default(),
             pool: Arc::default(),
+            limits: Arc::default(),
+            limiter: ConnectionLimiter::new(&ListenerLimits::default()),
         }
+    }
+
+    /// Applies `limits`, counting connections in `limiter` (one per listener, shared by
+    /// every worker that accepts on it). The caller is the local peer's address.
+    #[must_use]
+    pub fn with_limits(
+        mut self,
+        limits: Arc<ListenerLimits>,
+        limiter: Arc<ConnectionLimiter>,
+    ) -> Self {
+        self.limits = limits;
+        self.limiter = limiter;
+        self
     }
 
     fn client_config(&self) -> Result<Arc<ClientConfig>, OutboundError> {
@@ -151,7 +168,7 @@ impl Upstream {
 
     /// A multiplexed HTTP/2 sender to the destination, reusing the pooled connection while
     /// it is open.
-    async fn sender(&self) -> Result<SendRequest<Incoming>, OutboundError> {
+    async fn sender(&self) -> Result<SendRequest<RequestBody>, OutboundError> {
         let mut pooled = self.pool.lock().await;
         if let Some(s) = pooled.as_ref()
             && !s.is_closed()
@@ -176,15 +193,22 @@ impl Upstream {
     }
 
     /// Accepts local connections until `stop` fires.
-    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        while let Some((tcp, addr)) = crate::accept(&listener, &mut stop).await {
-            let _ = tcp.set_nodelay(true);
+    pub async fn serve(self, listener: LocalListener, mut stop: watch::Receiver<bool>) {
+        while let Some((tcp, addr)) = crate::accept_local(&listener, &mut stop).await {
+            let slot = match self.limiter.admit_caller(crate::local_caller(&addr)) {
+                Ok(slot) => slot,
+                Err(cut) => {
+                    self.metrics.on_cut("outbound", addr)(cut);
+                    continue;
+                }
+            };
             let me = self.clone();
             tokio::spawn(async move {
                 match me.protocol {
                     Protocol::Tcp => me.tcp_session(tcp, addr).await,
                     Protocol::Http => me.http_session(tcp, addr).await,
                 }
+                drop(slot);
             });
         }
     }
@@ -196,7 +220,7 @@ impl Upstream {
             .unwrap_or_default()
     }
 
-    async fn tcp_session(self, mut local: TcpStream, addr: SocketAddr) {
+    async fn tcp_session(self, mut local: LocalStream, addr: LocalPeer) {
         let started = Instant::now();
         let mut span = Span::start(
             "proxy outbound",
@@ -254,19 +278,25 @@ impl Upstream {
         }
     }
 
-    async fn http_session(self, local: TcpStream, addr: SocketAddr) {
+    async fn http_session(self, local: LocalStream, addr: LocalPeer) {
         let me = self.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let peer = addr.clone();
+        let service = hyper::service::service_fn(move |req: Request<RequestBody>| {
             let me = me.clone();
-            async move { Ok::<_, std::convert::Infallible>(me.request(req, addr).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.request(req, &peer).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        if let Err(e) = builder.serve_connection(TokioIo::new(local), service).await {
-            tracing::debug!(error = %e, "outbound local HTTP connection ended with an error");
-        }
+        agentmesh_proto::limits::serve_http(
+            local,
+            service,
+            self.limits.clone(),
+            self.metrics.on_cut("outbound", addr),
+            std::future::pending(),
+        )
+        .await;
     }
 
-    async fn request(&self, mut req: Request<Incoming>, addr: SocketAddr) -> Response<BoxBody> {
+    async fn request(&self, mut req: Request<RequestBody>, addr: &LocalPeer) -> Response<BoxBody> {
         let started = Instant::now();
         // The app's span (if it sent traceparent) is this span's parent; the destination's
         // proxy gets a traceparent naming this span.

@@ -2,7 +2,10 @@
 //! attributes of its OpenTelemetry spans (the spans themselves are `agentmesh-telemetry`'s).
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
+
+use agentmesh_proto::limits::{Cut, OnCut};
 
 use agentmesh_telemetry::{Span, attr};
 use prometheus_client::collector::Collector;
@@ -27,6 +30,12 @@ struct PeerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CutLabels {
+    listener: &'static str,
     reason: &'static str,
 }
 
@@ -78,6 +87,7 @@ pub struct Metrics {
     denials: Family<PeerLabels, Counter>,
     revocations: Family<PeerLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
+    connections_closed: Family<CutLabels, Counter>,
     cert_expiry: Gauge<i64, AtomicI64>,
     policy_revision: Gauge<i64, AtomicI64>,
 }
@@ -89,6 +99,7 @@ impl Default for Metrics {
         let denials = Family::<PeerLabels, Counter>::default();
         let revocations = Family::<PeerLabels, Counter>::default();
         let handshake_failures = Family::<ReasonLabels, Counter>::default();
+        let connections_closed = Family::<CutLabels, Counter>::default();
         let cert_expiry = Gauge::<i64, AtomicI64>::default();
         let policy_revision = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -112,6 +123,11 @@ impl Default for Metrics {
             handshake_failures.clone(),
         );
         registry.register(
+            "agentmesh_proxy_connections_closed",
+            "Connections (HTTP/2: streams) cut or refused by a listener limit, by listener (inbound, outbound, admin) and limit",
+            connections_closed.clone(),
+        );
+        registry.register(
             "agentmesh_proxy_certificate_expiry_timestamp_seconds",
             "When the proxy's current X.509-SVID expires (unix seconds)",
             cert_expiry.clone(),
@@ -128,6 +144,7 @@ impl Default for Metrics {
             denials,
             revocations,
             handshake_failures,
+            connections_closed,
             cert_expiry,
             policy_revision,
         }
@@ -167,6 +184,30 @@ impl Metrics {
         self.handshake_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts a connection or stream a listener limit cut.
+    pub fn cut(&self, listener: &'static str, cut: Cut) {
+        self.connections_closed
+            .get_or_create(&CutLabels {
+                listener,
+                reason: cut.as_str(),
+            })
+            .inc();
+    }
+
+    /// What a listener calls for each cut on a connection from `peer`: one log line and
+    /// the counter.
+    pub fn on_cut(
+        self: &Arc<Self>,
+        listener: &'static str,
+        peer: impl std::fmt::Display + Send + Sync + 'static,
+    ) -> OnCut {
+        let me = self.clone();
+        Arc::new(move |cut| {
+            agentmesh_proto::limits::log_cut(listener, &peer, cut);
+            me.cut(listener, cut);
+        })
     }
 
     /// Records the current SVID's expiry.

@@ -21,7 +21,7 @@
 //! | `act`  | `{"sub": <the signing agent's SPIFFE ID>}` |
 //! | `ujti` | the user token's `jti`: binds the link to this one request |
 //! | `prev` | base64url(SHA-256(the previous element's compact form)): the user token for the first link, link *n-1* otherwise |
-//! | `aud`  | the next hop's SPIFFE ID, when the agent knows it (optional) |
+//! | `aud`  | the next hop's SPIFFE ID (required): only that hop accepts the link |
 //! | `iat`, `exp` | now, and the user token's `exp` (a link never outlives the token) |
 //!
 //! `prev` makes the links a hash chain rooted in the user token: removing a hop or swapping
@@ -35,8 +35,10 @@
 //! the user token's `x5c` against the trust bundle, that its signer is the expected frontend,
 //! its signature, `exp`, `aud` and `iss`; then each link: well-formed, signed by a trusted SVID
 //! that is the identity it names, for the same user and token, `prev` matching, not expired,
-//! `aud` (if set) naming the next hop; and, if given, that the last hop is the verified mTLS
-//! peer, so a caller cannot present a chain someone else built. Every service holds the trust
+//! `aud` naming the next hop (for the last link: this service, [`ChainConfig::me`]); and, if
+//! given, that the last hop is the verified mTLS peer, so a caller cannot present a chain
+//! someone else built. A [`ReplayCache`] then lets each hop accept a token at most once per
+//! path (see its docs). Every service holds the trust
 //! bundle, so no JWKS fetch is needed; the JWKS path ([`UserTokenVerifier`]) remains for
 //! services that only trust the frontend's published keys.
 //!
@@ -55,9 +57,10 @@
 //! let token = user_token(&frontend, serde_json::json!({"sub": "alice", "aud": "research-team"}), 300);
 //! // The planner passes the request on to the researcher.
 //! let researcher: agentmesh_sdk::SpiffeId = "spiffe://example.org/researcher".parse().unwrap();
-//! let links = delegation::add_link(&planner, &token, "", Some(&researcher)).unwrap();
-//! // The researcher checks it.
-//! let config = ChainConfig::new(ca.roots(), "spiffe://example.org/frontend".parse().unwrap(), "research-team");
+//! let links = delegation::add_link(&planner, &token, "", &researcher).unwrap();
+//! // The researcher checks it: the link must be addressed to it.
+//! let config = ChainConfig::new(ca.roots(), "spiffe://example.org/frontend".parse().unwrap(), "research-team")
+//!     .with_me(researcher.clone());
 //! let chain = delegation::verify_chain(&token, &links, &config, None, std::time::SystemTime::now()).unwrap();
 //! assert_eq!(chain.user.sub, "alice");
 //! assert_eq!(chain.hops, vec!["spiffe://example.org/planner".parse::<agentmesh_sdk::SpiffeId>().unwrap()]);
@@ -200,6 +203,32 @@ pub enum ChainError {
         /// Who actually came next.
         next: String,
     },
+    /// A link carries no `aud`: every link must name the hop it is for.
+    #[error(
+        "delegation link {index} names no next hop (aud); a link is accepted only by the hop it names"
+    )]
+    LinkNoAudience {
+        /// Its position, from 1.
+        index: usize,
+    },
+    /// This hop already accepted this user token along this path: a replay.
+    #[error(
+        "user token {jti:?} was already used for a call from {caller} to this service; each hop accepts a token once per path"
+    )]
+    Replayed {
+        /// The user token's `jti`.
+        jti: String,
+        /// The last hop of the chain it came with.
+        caller: String,
+    },
+    /// The replay cache is full of unexpired tokens; refused rather than forgetting one.
+    #[error(
+        "this service remembers {max} unexpired user tokens already and cannot accept another until one expires"
+    )]
+    ReplayCacheFull {
+        /// The cap.
+        max: usize,
+    },
     /// A link's `exp` has passed.
     #[error("delegation link {index} expired at {exp} (unix seconds)")]
     LinkExpired {
@@ -219,12 +248,24 @@ pub enum ChainError {
     /// Adding a link failed: the SVID key cannot sign ES256, or the clock is broken.
     #[error("cannot add a delegation link: {0}")]
     Sign(String),
+    /// The request came with no caller identity anyone verified (not over mTLS, and not
+    /// through a sidecar the service can tell apart from any local process), so the chain
+    /// cannot be tied to the hop that presents it.
+    #[error(
+        "no verified caller: a delegation chain is accepted only from a peer verified by mTLS or by the service's own sidecar"
+    )]
+    NoVerifiedCaller,
 }
 
 impl IntoResponse for ChainError {
     fn into_response(self) -> Response {
         match self {
             Self::UserToken(e) => e.into_response(),
+            Self::ReplayCacheFull { .. } => crate::http::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &self.to_string(),
+            ),
             other => crate::http::json_error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -245,6 +286,8 @@ struct LinkClaims {
     act: Act,
     ujti: String,
     prev: String,
+    /// Optional only so that a link without it is named as such ([`ChainError::LinkNoAudience`])
+    /// rather than as malformed JSON; [`add_link`] always sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
     iat: i64,
@@ -324,7 +367,8 @@ fn sign_link(source: &X509Source, claims: &LinkClaims) -> Result<String, ChainEr
 /// Adds this agent's link to a request it passes on: signs a link with `source`'s SVID that
 /// follows the last of `links` (the incoming [`DELEGATION_HEADER`] value, empty at the entry
 /// agent) or, if there is none, the user token; `next_hop` is the SPIFFE ID being called,
-/// if known. Returns the new header value to send on.
+/// the only hop that will accept the link (its `aud`). Returns the new header value to send
+/// on; a fan-out adds one link per callee.
 ///
 /// The user token is only read here (for `sub`, `jti` and `exp`), not verified: verify the
 /// incoming chain with [`verify_chain`] first.
@@ -339,8 +383,10 @@ fn sign_link(source: &X509Source, claims: &LinkClaims) -> Result<String, ChainEr
 /// let ca = TestCa::new("example.org");
 /// let token = user_token(&ca.source("spiffe://example.org/frontend"),
 ///     serde_json::json!({"sub": "alice", "aud": "research-team"}), 300);
-/// let one = agentmesh_sdk::delegation::add_link(&ca.source("spiffe://example.org/planner"), &token, "", None).unwrap();
-/// let two = agentmesh_sdk::delegation::add_link(&ca.source("spiffe://example.org/researcher"), &token, &one, None).unwrap();
+/// let researcher: agentmesh_sdk::SpiffeId = "spiffe://example.org/researcher".parse().unwrap();
+/// let writer: agentmesh_sdk::SpiffeId = "spiffe://example.org/writer".parse().unwrap();
+/// let one = agentmesh_sdk::delegation::add_link(&ca.source("spiffe://example.org/planner"), &token, "", &researcher).unwrap();
+/// let two = agentmesh_sdk::delegation::add_link(&ca.source("spiffe://example.org/researcher"), &token, &one, &writer).unwrap();
 /// assert_eq!(two.split('~').count(), 2);
 /// assert!(two.starts_with(&one));
 /// ```
@@ -348,7 +394,7 @@ pub fn add_link(
     source: &X509Source,
     user_token: &str,
     links: &str,
-    next_hop: Option<&SpiffeId>,
+    next_hop: &SpiffeId,
 ) -> Result<String, ChainError> {
     add_link_at(source, user_token, links, next_hop, SystemTime::now())
 }
@@ -364,15 +410,16 @@ pub fn add_link(
 /// let ca = TestCa::new("example.org");
 /// let token = user_token(&ca.source("spiffe://example.org/frontend"),
 ///     serde_json::json!({"sub": "alice", "aud": "a"}), 300);
+/// let next: agentmesh_sdk::SpiffeId = "spiffe://example.org/executor".parse().unwrap();
 /// let link = agentmesh_sdk::delegation::add_link_at(
-///     &ca.source("spiffe://example.org/planner"), &token, "", None, std::time::SystemTime::now()).unwrap();
+///     &ca.source("spiffe://example.org/planner"), &token, "", &next, std::time::SystemTime::now()).unwrap();
 /// assert_eq!(link.split('.').count(), 3);
 /// ```
 pub fn add_link_at(
     source: &X509Source,
     user_token: &str,
     links: &str,
-    next_hop: Option<&SpiffeId>,
+    next_hop: &SpiffeId,
     now: SystemTime,
 ) -> Result<String, ChainError> {
     let user_token = user_token.trim();
@@ -392,7 +439,7 @@ pub fn add_link_at(
         },
         ujti: user.jti,
         prev: hash_of(prev),
-        aud: next_hop.map(ToString::to_string),
+        aud: Some(next_hop.to_string()),
         iat: unix(now),
         exp: user.exp,
     };
@@ -452,13 +499,19 @@ pub struct ChainConfig {
     pub issuer: SpiffeId,
     /// The audience the user token must name.
     pub audience: String,
-    /// This service's own SPIFFE ID; if set, a last link that names an `aud` must name it.
+    /// This service's own SPIFFE ID: the last link's `aud` must name it. Every hop sets it
+    /// (the gateway's and the agents' `Delegation` do); `None` is for an auditor that reads a
+    /// chain it did not receive (the inspector), which then checks every `aud` but the last
+    /// one's value.
     pub me: Option<SpiffeId>,
     /// Clock skew allowed on every `exp`.
     pub leeway: Duration,
 }
 
 impl ChainConfig {
+    /// The clock skew allowed on every `exp` unless configured otherwise.
+    pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
     /// Tokens signed by `issuer`'s SVID for `audience`, links checked against `roots`; 30 s
     /// leeway.
     ///
@@ -479,11 +532,11 @@ impl ChainConfig {
             issuer,
             audience: audience.into(),
             me: None,
-            leeway: Duration::from_secs(30),
+            leeway: Self::DEFAULT_LEEWAY,
         }
     }
 
-    /// Also requires that a last link with an `aud` names `me`.
+    /// Requires that the last link's `aud` names `me`, the service verifying the chain.
     ///
     /// # Examples
     /// ```
@@ -567,8 +620,10 @@ fn user_token_error(e: JwsError) -> ChainError {
 /// let ca = TestCa::new("example.org");
 /// let token = user_token(&ca.source("spiffe://example.org/frontend"),
 ///     serde_json::json!({"sub": "alice", "aud": "api"}), 300);
-/// let links = delegation::add_link(&ca.source("spiffe://example.org/planner"), &token, "", None).unwrap();
-/// let config = ChainConfig::new(ca.roots(), "spiffe://example.org/frontend".parse().unwrap(), "api");
+/// let me: agentmesh_sdk::SpiffeId = "spiffe://example.org/executor".parse().unwrap();
+/// let links = delegation::add_link(&ca.source("spiffe://example.org/planner"), &token, "", &me).unwrap();
+/// let config = ChainConfig::new(ca.roots(), "spiffe://example.org/frontend".parse().unwrap(), "api")
+///     .with_me(me);
 /// // Presented by someone other than the planner.
 /// let peer: agentmesh_sdk::SpiffeId = "spiffe://example.org/intruder".parse().unwrap();
 /// let err = delegation::verify_chain(&token, &links, &config, Some(&peer), std::time::SystemTime::now()).unwrap_err();
@@ -694,7 +749,9 @@ pub fn verify_chain(
     }
     // Each `aud` must name the hop that came next (or this service, for the last link).
     for (i, aud) in auds.iter().enumerate() {
-        let Some(aud) = aud else { continue };
+        let Some(aud) = aud else {
+            return Err(ChainError::LinkNoAudience { index: i + 1 });
+        };
         let next = match hops.get(i + 1) {
             Some(next) => next,
             None => match &config.me {
@@ -770,6 +827,9 @@ pub fn verify_headers(
     };
     verify_chain(token.trim(), links, config, expect_last, now)
 }
+
+mod replay;
+pub use replay::ReplayCache;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use agentmesh_proto::limits::{self, Caller, ConnectionLimiter, Cut, ListenerLimits, RequestBody};
 use agentmesh_spiffe::{SpiffeId, TrustDomain};
 use agentmesh_tls::{AuthorizeError, Authorizer};
 use axum::Router;
@@ -14,11 +15,10 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::source::X509Source;
-use crate::tls::{ALPN_HTTP, HANDSHAKE_TIMEOUT, ServerTls};
+use crate::tls::{ALPN_HTTP, ServerTls};
 
 /// Why serving failed, or why a request was refused. As a response it is a JSON body with
 /// the reason (403 for refusals).
@@ -281,11 +281,46 @@ pub async fn serve_with(
     clients: Arc<dyn Authorizer>,
     router: Router,
 ) -> Result<(), ServeError> {
+    serve_inner(listener, source, clients, router, ListenerLimits::default()).await
+}
+
+/// Like [`serve`], with the listener limits of `limits` instead of the defaults: the
+/// handshake deadline, the head deadline, the body idle timeout, head sizes, and connections
+/// per caller (its SPIFFE ID) and in total.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_limited(
+    listener: TcpListener,
+    source: Arc<X509Source>,
+    router: Router,
+    limits: ListenerLimits,
+) -> Result<(), ServeError> {
+    serve_inner(listener, source, agentmesh_tls::any_id(), router, limits).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    source: Arc<X509Source>,
+    clients: Arc<dyn Authorizer>,
+    router: Router,
+    limits: ListenerLimits,
+) -> Result<(), ServeError> {
+    let limits = Arc::new(limits);
+    let limiter = ConnectionLimiter::new(&limits);
     let tls = ServerTls::new(source, clients, ALPN_HTTP);
     // Built once up front so a source that can never serve fails here, not per connection.
     tls.config()?;
     loop {
         let (tcp, remote) = listener.accept().await.map_err(ServeError::Accept)?;
+        // The caller is known only after the handshake: until then only the total counts.
+        let mut slot = match limiter.admit() {
+            Ok(slot) => slot,
+            Err(cut) => {
+                limits::log_cut("mtls", &remote, cut);
+                continue;
+            }
+        };
         let config = match tls.config() {
             Ok(c) => c,
             Err(e) => {
@@ -294,16 +329,17 @@ pub async fn serve_with(
             }
         };
         let router = router.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+            let stream = match tokio::time::timeout(limits.handshake_timeout, accept).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::info!(%remote, error = %e, "mtls handshake refused");
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%remote, "mtls handshake timed out");
+                    limits::log_cut("mtls", &remote, Cut::HandshakeTimeout);
                     return;
                 }
             };
@@ -312,23 +348,29 @@ pub async fn serve_with(
                 tracing::warn!(%remote, "handshake finished without a client spiffe id");
                 return;
             };
-            let peer = PeerIdentity(peer);
-            let service =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    let mut router = router.clone();
-                    async move {
-                        let resp = tower::Service::call(&mut router, req).await;
-                        Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
-                    }
-                });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            let who = format!("{peer} at {remote}");
+            if let Err(cut) = slot.identify(Caller::Spiffe(peer.to_string())) {
+                limits::log_cut("mtls", &who, cut);
+                return;
             }
+            let peer = PeerIdentity(peer);
+            let service = hyper::service::service_fn(move |mut req: Request<RequestBody>| {
+                req.extensions_mut().insert(peer.clone());
+                let mut router = router.clone();
+                async move {
+                    let resp = tower::Service::call(&mut router, req).await;
+                    Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
+                }
+            });
+            limits::serve_http(
+                stream,
+                service,
+                limits,
+                limits::logging("mtls", who),
+                std::future::pending(),
+            )
+            .await;
+            drop(slot);
         });
     }
 }

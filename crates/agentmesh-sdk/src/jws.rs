@@ -137,9 +137,9 @@ fn sign_input(svid: &Svid, input: &str) -> Result<String, JwsError> {
     let rng = SystemRandom::new();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &svid.key_pkcs8, &rng)
         .map_err(|e| JwsError::Key(format!("not a p-256 pkcs#8 key ({e})")))?;
-    let sig = pair
-        .sign(&rng, input.as_bytes())
-        .map_err(|_| JwsError::Key("signing failed".into()))?;
+    // Low-S, so a strict verifier elsewhere accepts our links and signed answers.
+    let sig = agentmesh_ca::ecdsa::sign_p256_low_s(&pair, input.as_bytes())
+        .map_err(|e| JwsError::Key(e.to_string()))?;
     Ok(URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }
 

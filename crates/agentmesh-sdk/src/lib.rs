@@ -29,6 +29,7 @@ pub mod delegation;
 pub mod grpc;
 pub mod http;
 pub mod jws;
+pub mod local;
 pub mod policy;
 pub mod source;
 #[cfg(feature = "testing")]
@@ -42,6 +43,9 @@ pub use client::{ClientError, MtlsClient, MtlsConnector};
 pub use delegation::{ChainConfig, ChainError, DELEGATION_HEADER, VerifiedChain};
 pub use http::{PeerIdentity, RequireIdentity, ServeError, serve};
 pub use jws::{JwsError, VerifiedJws};
+pub use local::{
+    LocalAddr, LocalConnector, LocalListener, LocalPeer, LocalStream, StdLocalListener,
+};
 pub use policy::{PolicyWatch, RequireIntention};
 pub use source::{SourceError, Svid, X509Source};
 pub use token::{RequireUserToken, TokenError, UserClaims, UserTokenVerifier};

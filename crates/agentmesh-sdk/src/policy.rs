@@ -1,6 +1,7 @@
 //! The intentions and service catalog, followed on the node's policy relay, and
 //! [`RequireIntention`]: the same per-request decision a sidecar's inbound makes, for a
-//! service that terminates mTLS itself (seed 001: no sidecar).
+//! service that terminates mTLS itself (no sidecar), normalised exactly as a sidecar
+//! normalises ([`normalize_request`], which the sidecar calls too).
 //!
 //! Until the first snapshot arrives the set is empty, so everything is denied. When the node
 //! or the server is away, the last snapshot stays in force. The sidecar proxy uses this same
@@ -11,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_policy::{HttpRequest, IntentionSpec, PolicySet};
+use agentmesh_policy::{
+    HeadersWithUnderscoresAction, HttpRequest, IntentionSpec, NormalizeOptions, PathError,
+    PolicySet, header_name_has_underscore, normalize_path,
+};
 use agentmesh_proto::v1::proxy_api_client::ProxyApiClient;
 use agentmesh_proto::v1::{PolicySnapshot, RegisterServiceRequest, WatchPolicyRequest};
 use agentmesh_spiffe::TrustDomain;
@@ -215,6 +219,90 @@ fn workload_request<T>(message: T) -> tonic::Request<T> {
     req
 }
 
+/// Why a request is refused before any intention is checked (a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestRefused {
+    /// The path cannot be normalised, or the settings refuse its spelling.
+    #[error("path {path:?}: {error}")]
+    Path {
+        /// The path as sent.
+        path: String,
+        /// Why it is refused.
+        error: PathError,
+    },
+    /// A header name with `_` under `headers_with_underscores_action = "reject_request"`.
+    #[error(
+        "header {0:?} has an underscore, which headers_with_underscores_action = \"reject_request\" refuses"
+    )]
+    UnderscoreHeader(String),
+    /// The normalised path does not make a URI again (not expected: it only loses bytes).
+    #[error("the normalised path {0:?} cannot be forwarded")]
+    Unforwardable(String),
+}
+
+/// Puts `req` in the form it is decided on and then handled in: header names with
+/// underscores follow `options.headers_with_underscores`, and the URI's path is replaced by
+/// [`normalize_path`]'s (the query stays as sent), so the route the app matches is the path
+/// the intentions saw. The sidecar's inbound and [`RequireIntention`] both call this.
+///
+/// # Errors
+/// [`RequestRefused`]: the request must be answered 400 and go no further.
+///
+/// # Examples
+/// ```
+/// use agentmesh_policy::NormalizeOptions;
+/// let mut req = http::Request::get("/v1//x/../admin?q=%2F").body(()).unwrap();
+/// agentmesh_sdk::policy::normalize_request(&mut req, &NormalizeOptions::default()).unwrap();
+/// assert_eq!(req.uri(), "/v1/admin?q=%2F");
+/// ```
+pub fn normalize_request<B>(
+    req: &mut http::Request<B>,
+    options: &NormalizeOptions,
+) -> Result<(), RequestRefused> {
+    if options.headers_with_underscores != HeadersWithUnderscoresAction::Allow {
+        let underscored: Vec<http::HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|n| header_name_has_underscore(n.as_str()))
+            .cloned()
+            .collect();
+        if let Some(first) = underscored.first()
+            && options.headers_with_underscores == HeadersWithUnderscoresAction::RejectRequest
+        {
+            return Err(RequestRefused::UnderscoreHeader(first.to_string()));
+        }
+        for name in underscored {
+            req.headers_mut().remove(&name);
+        }
+    }
+    let sent = req.uri().path();
+    let normalized = normalize_path(sent, options).map_err(|error| RequestRefused::Path {
+        path: sent.to_owned(),
+        error,
+    })?;
+    if normalized != sent {
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        let unforwardable = || RequestRefused::Unforwardable(path_and_query.clone());
+        parts.path_and_query = Some(path_and_query.parse().map_err(|_| unforwardable())?);
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| unforwardable())?;
+    }
+    Ok(())
+}
+
+/// Every header field line as `(name, raw value)`, a repeated header once per value, which is
+/// what [`HttpRequest::headers`] wants.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect()
+}
+
 /// One decision [`RequireIntention`] made, in the shape of a sidecar's access-log object so
 /// the same readers (the inspector, `jq`) take both.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -253,7 +341,11 @@ pub type DecisionSink = Arc<dyn Fn(&DecisionRecord) + Send + Sync>;
 /// this method and path — exactly the decision the sidecar's inbound makes, from the same
 /// policy relay. A refusal is the sidecar's 403: `{"error":"denied by intentions",
 /// "source","destination","intention","reason","trace_id"}`. Before the first policy
-/// snapshot everything is refused.
+/// snapshot everything is refused. The request is first normalised with
+/// [`normalize_request`] (the sidecar's defaults unless
+/// [`with_normalize_options`](RequireIntention::with_normalize_options) says otherwise); one
+/// it refuses gets the sidecar's 400, `{"error":"bad request", "reason", …}`, and the inner
+/// service receives the normalised URI.
 ///
 /// # Examples
 /// ```
@@ -271,6 +363,7 @@ pub struct RequireIntention {
     policy: Arc<PolicyWatch>,
     me: agentmesh_spiffe::SpiffeId,
     sink: Option<DecisionSink>,
+    normalize: NormalizeOptions,
 }
 
 impl std::fmt::Debug for RequireIntention {
@@ -297,7 +390,29 @@ impl RequireIntention {
             policy,
             me,
             sink: None,
+            normalize: NormalizeOptions::default(),
         }
+    }
+
+    /// Normalises requests with `options` instead of the defaults (which are the sidecar's:
+    /// `reject_request` for both escaped slashes and underscored header names).
+    ///
+    /// # Examples
+    /// ```
+    /// use agentmesh_policy::{EscapedSlashesAction, NormalizeOptions};
+    /// let layer = agentmesh_sdk::policy::RequireIntention::new(
+    ///     agentmesh_sdk::policy::PolicyWatch::new(),
+    ///     "spiffe://example.org/writer".parse().unwrap(),
+    /// )
+    /// .with_normalize_options(NormalizeOptions {
+    ///     escaped_slashes: EscapedSlashesAction::UnescapeAndForward,
+    ///     ..NormalizeOptions::default()
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn with_normalize_options(mut self, options: NormalizeOptions) -> Self {
+        self.normalize = options;
+        self
     }
 
     /// Also reports every decision to `sink`.
@@ -369,7 +484,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         use axum::response::IntoResponse as _;
         let started = std::time::Instant::now();
         let layer = self.layer.clone();
@@ -378,21 +493,25 @@ where
             .get::<crate::PeerIdentity>()
             .map(|p| p.0.clone());
         let method = req.method().as_str().to_owned();
-        let path = req.uri().path().to_owned();
         let trace_id = trace_id_of(req.headers());
-        let (allowed, intention, reason) = match &peer {
+        let normalized = normalize_request(&mut req, &layer.normalize);
+        let path = req.uri().path().to_owned();
+        let (allowed, intention, reason, status) = match (&peer, normalized) {
             // `serve` always attaches the verified ID; without it nothing is known: refuse.
-            None => (
+            (None, _) => (
                 false,
                 None,
                 "no verified caller identity on this request".to_owned(),
+                403,
             ),
-            Some(peer) => {
-                let headers: Vec<(&str, &str)> = req
-                    .headers()
-                    .iter()
-                    .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
-                    .collect();
+            (Some(_), Err(refused)) => (
+                false,
+                None,
+                format!("the request is refused before any intention is checked: {refused}"),
+                400,
+            ),
+            (Some(peer), Ok(())) => {
+                let headers = header_pairs(req.headers());
                 let d = layer.policy.current().set.check_request(
                     peer,
                     &layer.me,
@@ -402,7 +521,12 @@ where
                         headers: &headers,
                     },
                 );
-                (d.is_allowed(), d.intention_id.clone(), d.reason.clone())
+                (
+                    d.is_allowed(),
+                    d.intention_id.clone(),
+                    d.reason.clone(),
+                    403,
+                )
             }
         };
         let record = move |decision: &'static str, status: u16| DecisionRecord {
@@ -421,12 +545,12 @@ where
         };
         let sink = self.layer.sink.clone();
         if !allowed {
-            let r = record("deny", 403);
+            let r = record("deny", status);
             if let Some(sink) = &sink {
                 sink(&r);
             }
             let body = serde_json::json!({
-                "error": "denied by intentions",
+                "error": if status == 400 { "bad request" } else { "denied by intentions" },
                 "source": r.source,
                 "destination": r.destination,
                 "intention": r.intention,
@@ -435,7 +559,7 @@ where
             });
             return Box::pin(async move {
                 Ok((
-                    http::StatusCode::FORBIDDEN,
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN),
                     [(http::header::CONTENT_TYPE, "application/json")],
                     body.to_string(),
                 )
@@ -546,5 +670,139 @@ mod tests {
                 .unwrap()
                 .contains("no verified caller")
         );
+    }
+
+    /// researcher -> writer: /admin denied, a header rule denying x-debug, anything else
+    /// allowed.
+    fn l7_snapshot() -> PolicySnapshot {
+        PolicySnapshot {
+            revision: 4,
+            intentions: vec![Intention {
+                id: "int-l7".into(),
+                spec_json: r#"{"source":"spiffe://td/researcher","destination":"spiffe://td/writer","action":"allow","permissions":[
+                    {"action":"deny","http":{"path_prefix":"/admin"}},
+                    {"action":"deny","http":{"headers":[{"name":"x-debug","present":true}]}},
+                    {"http":{"path_prefix":"/"}}
+                ]}"#.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// One request through RequireIntention in front of a handler that answers with the URI
+    /// and the header names it received; `(status, body)`.
+    async fn call_l7(
+        options: NormalizeOptions,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> (u16, String) {
+        let td: TrustDomain = "td".parse().unwrap();
+        let watch = PolicyWatch::new();
+        watch.set(PolicyState::from_snapshot(&l7_snapshot(), &td));
+        let app = Router::new()
+            .fallback(|req: http::Request<Body>| async move {
+                let names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+                format!("{} {}", req.uri(), names.join(","))
+            })
+            .layer(
+                RequireIntention::new(watch, "spiffe://td/writer".parse().unwrap())
+                    .with_normalize_options(options),
+            );
+        let mut req = http::Request::get(path).body(Body::empty()).unwrap();
+        for (n, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        req.extensions_mut().insert(crate::PeerIdentity(
+            "spiffe://td/researcher".parse().unwrap(),
+        ));
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn requests_are_decided_and_handled_in_their_normalised_form() {
+        use agentmesh_policy::EscapedSlashesAction;
+        let defaults = NormalizeOptions::default();
+        for path in [
+            "/admin",
+            "//admin",
+            "/v1/../admin",
+            "/%61dmin",
+            "/%41dmin/../admin/x",
+            "/v1/%2e%2E/admin",
+            "/V1/./../admin?x=1",
+        ] {
+            let (status, body) = call_l7(defaults, path, &[]).await;
+            assert_eq!(status, 403, "{path}: {body}");
+            assert!(
+                body.contains("permission 1 of intention int-l7"),
+                "{path}: {body}"
+            );
+        }
+        for path in [
+            "/v1%2Fadmin",
+            "/v1%5cadmin",
+            "/v1\\..\\admin",
+            "/../admin",
+            "/a%zz",
+        ] {
+            let (status, body) = call_l7(defaults, path, &[]).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert!(
+                body.contains("bad request") && body.contains("refused"),
+                "{path}: {body}"
+            );
+        }
+        // Allowed paths reach the handler normalised, the query as sent.
+        let (status, body) = call_l7(defaults, "/v1/./x//y/%7Ez?q=/../%2f", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "/v1/x/y/~z?q=/../%2f "));
+        // unescape_and_forward: the decoded slash is decided on and forwarded.
+        let decode = NormalizeOptions {
+            escaped_slashes: EscapedSlashesAction::UnescapeAndForward,
+            ..defaults
+        };
+        assert_eq!(call_l7(decode, "/v1%2F..%2Fadmin", &[]).await.0, 403);
+        let (status, body) = call_l7(decode, "/v1%2Fx%5Cy", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "/v1/x/y "));
+        let keep = NormalizeOptions {
+            escaped_slashes: EscapedSlashesAction::KeepUnchanged,
+            ..defaults
+        };
+        let (status, body) = call_l7(keep, "/v1%2fx", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "/v1%2Fx "));
+    }
+
+    #[tokio::test]
+    async fn header_names_with_underscores_follow_the_setting_and_header_values_fail_closed() {
+        let defaults = NormalizeOptions::default();
+        let underscored: &[(&str, &[u8])] = &[("x_debug", b"1"), ("x-ok", b"1")];
+        let (status, body) = call_l7(defaults, "/v1/x", underscored).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("x_debug"), "{body}");
+        let drop = NormalizeOptions {
+            headers_with_underscores: HeadersWithUnderscoresAction::DropHeader,
+            ..defaults
+        };
+        let (status, body) = call_l7(drop, "/v1/x", underscored).await;
+        assert_eq!((status, body.as_str()), (200, "/v1/x x-ok"));
+        let allow = NormalizeOptions {
+            headers_with_underscores: HeadersWithUnderscoresAction::Allow,
+            ..defaults
+        };
+        let (status, body) = call_l7(allow, "/v1/x", underscored).await;
+        assert_eq!((status, body.as_str()), (200, "/v1/x x_debug,x-ok"));
+        // The deny on x-debug holds for any value, readable or not, first or repeated.
+        for value in [&b"1"[..], b"\xff\xfe", "é".as_bytes(), b""] {
+            let (status, body) = call_l7(defaults, "/v1/x", &[("x-debug", value)]).await;
+            assert_eq!(status, 403, "{value:?}: {body}");
+        }
+        let repeated: &[(&str, &[u8])] = &[("x-ok", b"1"), ("x-debug", b"\x80"), ("x-debug", b"2")];
+        assert_eq!(call_l7(defaults, "/v1/x", repeated).await.0, 403);
     }
 }

@@ -1,16 +1,20 @@
 //! The admin API, served on a 0600 Unix socket: entries, join tokens, the bundle, nodes,
 //! intentions and the service catalog.
+//!
+//! Error messages repeat user input only through [`agentmesh_spiffe::echo`] (200 characters,
+//! then an ellipsis), and every InvalidArgument message is capped at [`MAX_STATUS_CHARS`] as
+//! a last line of defence for messages built elsewhere (the intention parser's).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agentmesh_policy::{HttpRequest, IntentionSpec, PolicySet};
+use agentmesh_policy::{HttpRequest, IntentionSpec, NormalizeOptions, PolicySet};
 use agentmesh_proto::v1::{
     self, CreateEntryRequest, DeleteEntryRequest, DeleteEntryResponse, GenerateJoinTokenRequest,
     GetBundleRequest, GetEntryRequest, JoinToken, ListEntriesRequest, ListEntriesResponse,
     ListNodesRequest, ListNodesResponse,
 };
-use agentmesh_spiffe::SpiffeId;
+use agentmesh_spiffe::{SpiffeId, echo};
 use tonic::{Request, Response, Status};
 
 use crate::ca::unix_secs;
@@ -39,6 +43,24 @@ impl AdminService {
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
+}
+
+/// The longest InvalidArgument message: a field name, a reason and one or two echoes.
+pub const MAX_STATUS_CHARS: usize = 600;
+
+/// `message` cut to [`MAX_STATUS_CHARS`] characters, with an ellipsis if it was longer.
+fn capped(message: impl std::fmt::Display) -> String {
+    let message = message.to_string();
+    if message.chars().count() <= MAX_STATUS_CHARS {
+        return message;
+    }
+    let cut: String = message.chars().take(MAX_STATUS_CHARS).collect();
+    format!("{cut}…")
+}
+
+/// InvalidArgument with a [`capped`] message.
+fn invalid(message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(capped(message))
 }
 
 /// The stored intentions as the evaluator sees them. A row that no longer validates (which
@@ -80,7 +102,7 @@ impl v1::admin_server::Admin for AdminService {
             e.jwt_ttl_seconds,
             &e.dns_names,
         )
-        .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        .map_err(invalid)?;
         let row = EntryRow {
             id: new_entry_id(),
             spiffe_id: valid.spiffe_id.to_string(),
@@ -94,10 +116,10 @@ impl v1::admin_server::Admin for AdminService {
         match self.state.datastore.create_entry(&row) {
             Ok(()) => {}
             Err(DatastoreError::DuplicateEntry(existing)) => {
-                return Err(Status::already_exists(format!(
+                return Err(Status::already_exists(capped(format!(
                     "an entry for {} with the same parent and selectors already exists (id {existing})",
                     row.spiffe_id
-                )));
+                ))));
             }
             Err(err) => return Err(internal(err)),
         }
@@ -126,7 +148,7 @@ impl v1::admin_server::Admin for AdminService {
             .get_entry(&id)
             .map_err(internal)?
             .map(|e| Response::new(entry_to_proto(e)))
-            .ok_or_else(|| Status::not_found(format!("no entry with id {id}")))
+            .ok_or_else(|| Status::not_found(format!("no entry with id {}", echo(&id))))
     }
 
     async fn delete_entry(
@@ -135,7 +157,7 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<DeleteEntryResponse>, Status> {
         let id = req.into_inner().id;
         if !self.state.datastore.delete_entry(&id).map_err(internal)? {
-            return Err(Status::not_found(format!("no entry with id {id}")));
+            return Err(Status::not_found(format!("no entry with id {}", echo(&id))));
         }
         tracing::info!(entry = %id, "deleted entry");
         self.state.notify_entries_changed();
@@ -199,7 +221,7 @@ impl v1::admin_server::Admin for AdminService {
         let td = self.state.trust_domain();
         let spec = IntentionSpec::from_json(&req.into_inner().spec_json)
             .and_then(|s| s.normalized(td))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(invalid)?;
         let row = IntentionRow {
             id: new_entry_id(),
             source: spec.source.clone(),
@@ -210,7 +232,7 @@ impl v1::admin_server::Admin for AdminService {
         match self.state.datastore.create_intention(&row) {
             Ok(()) => {}
             Err(e @ DatastoreError::DuplicateIntention { .. }) => {
-                return Err(Status::already_exists(e.to_string()));
+                return Err(Status::already_exists(capped(e)));
             }
             Err(e) => return Err(internal(e)),
         }
@@ -241,7 +263,7 @@ impl v1::admin_server::Admin for AdminService {
             }
             SpiffeId::from_service_name(td, name)
                 .map(|id| id.to_string())
-                .map_err(|e| Status::invalid_argument(format!("{what} {name:?}: {e}")))
+                .map_err(|e| invalid(format!("{what} {}: {e}", echo(name))))
         };
         let (source, destination) = if req.id.is_empty() {
             if req.source.is_empty() || req.destination.is_empty() {
@@ -263,9 +285,9 @@ impl v1::admin_server::Admin for AdminService {
             .map_err(internal)?
             .ok_or_else(|| {
                 Status::not_found(if req.id.is_empty() {
-                    format!("no intention from {source} to {destination}")
+                    capped(format!("no intention from {source} to {destination}"))
                 } else {
-                    format!("no intention with id {}", req.id)
+                    format!("no intention with id {}", echo(&req.id))
                 })
             })?;
         tracing::info!(intention = %deleted.id, source = %deleted.source, destination = %deleted.destination, "deleted intention");
@@ -283,8 +305,9 @@ impl v1::admin_server::Admin for AdminService {
         let td = self.state.trust_domain();
         let resolve = |name: &str, what: &str| {
             SpiffeId::from_service_name(td, name).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "{what} {name:?} is not a SPIFFE ID or service name: {e}"
+                invalid(format!(
+                    "{what} {} is not a SPIFFE ID or service name: {e}",
+                    echo(name)
                 ))
             })
         };
@@ -301,16 +324,18 @@ impl v1::admin_server::Admin for AdminService {
             };
             let path = if req.path.is_empty() { "/" } else { &req.path };
             if !path.starts_with('/') {
-                return Err(Status::invalid_argument(format!(
-                    "--path {path:?} must start with '/'"
+                return Err(invalid(format!(
+                    "--path {} must start with '/'",
+                    echo(path)
                 )));
             }
-            let headers: Vec<(&str, &str)> = req
+            let headers: Vec<(&str, &[u8])> = req
                 .headers
                 .iter()
-                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .map(|h| (h.name.as_str(), h.value.as_bytes()))
                 .collect();
-            policy.check_request(
+            // Decided as a sidecar with the default settings decides: on the normalised path.
+            policy.check_unnormalized_request(
                 &source,
                 &destination,
                 &HttpRequest {
@@ -318,6 +343,7 @@ impl v1::admin_server::Admin for AdminService {
                     path,
                     headers: &headers,
                 },
+                &NormalizeOptions::default(),
             )
         };
         Ok(Response::new(v1::CheckIntentionResponse {

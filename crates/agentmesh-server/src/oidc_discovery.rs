@@ -14,7 +14,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -50,6 +49,7 @@ pub enum OidcDiscoveryError {
 pub async fn start(
     cfg: &OidcDiscoveryConfig,
     state: Arc<ServerState>,
+    limits: agentmesh_proto::limits::ListenerLimits,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), OidcDiscoveryError> {
     if !cfg.listen.ip().is_loopback() {
@@ -68,26 +68,19 @@ pub async fn start(
         .trim_end_matches('/')
         .to_owned();
     tracing::info!(listen = %addr, %issuer, "serving OIDC discovery for JWT-SVIDs");
-    let task = tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                c = listener.accept() => c,
-            };
-            let Ok((stream, _)) = conn else { continue };
-            let state = state.clone();
-            let issuer = issuer.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let answer = answer(&state, &issuer, &req);
-                    async move { Ok::<_, Infallible>(answer) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+    let svc = hyper::service::service_fn(move |req| {
+        let answer = answer(&state, &issuer, &req);
+        async move { Ok::<_, Infallible>(answer) }
     });
+    let task = tokio::spawn(agentmesh_proto::limits::serve_tcp(
+        listener,
+        svc,
+        limits,
+        "OIDC discovery",
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
     Ok((addr, task))
 }
 

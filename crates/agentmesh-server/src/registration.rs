@@ -1,15 +1,29 @@
 //! Validation of registration entries before they are stored.
+//!
+//! Input limits: at most [`MAX_SELECTORS`] selectors per entry (each bounded by the selector
+//! parser: type and key 64 bytes, value 1024, no control characters), SPIFFE IDs of at most
+//! 2048 bytes (the SPIFFE ID spec's limit; control characters and NUL are not path
+//! characters), at most [`MAX_DNS_NAMES`] DNS names, each a valid hostname whose only wildcard
+//! is a whole leftmost label over at least two more labels (`*.example.com`, never
+//! `*.com`, `a*.example.com` or `foo.*.example.com`). Every message repeats user input only
+//! through [`agentmesh_spiffe::echo`] (at most 200 characters, cut with an ellipsis).
 
 use std::time::Duration;
 
-use agentmesh_spiffe::{Selector, SelectorSet, SpiffeId, TrustDomain};
+use agentmesh_spiffe::{Selector, SelectorSet, SpiffeId, TrustDomain, echo};
+
+/// The most selectors one entry may have.
+pub const MAX_SELECTORS: usize = 32;
+
+/// The most DNS names one entry may have.
+pub const MAX_DNS_NAMES: usize = 32;
 
 /// Why an entry was refused. Each message names the field and what to do.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EntryError {
     /// The SPIFFE ID is malformed.
-    #[error("invalid --spiffe-id {id:?}: {source}")]
+    #[error("invalid --spiffe-id {}: {source}", echo(.id))]
     BadSpiffeId {
         /// What was given.
         id: String,
@@ -17,13 +31,13 @@ pub enum EntryError {
         source: agentmesh_spiffe::SpiffeIdError,
     },
     /// The SPIFFE ID is in another trust domain.
-    #[error("--spiffe-id {0} is not in this server's trust domain {1}")]
+    #[error("--spiffe-id {} is not in this server's trust domain {}", echo(.0), .1)]
     ForeignTrustDomain(String, String),
     /// The SPIFFE ID is one agentmesh itself issues to its nodes and server.
-    #[error("--spiffe-id {0} is reserved: paths under /agentmesh/ belong to nodes and the server")]
+    #[error("--spiffe-id {} is reserved: paths under /agentmesh/ belong to nodes and the server", echo(.0))]
     Reserved(String),
     /// The parent ID is malformed or foreign.
-    #[error("invalid --parent-id {id:?}: {reason}")]
+    #[error("invalid --parent-id {}: {reason}", echo(.id))]
     BadParentId {
         /// What was given.
         id: String,
@@ -36,6 +50,27 @@ pub enum EntryError {
     /// A selector is malformed.
     #[error("invalid --selector: {0}")]
     BadSelector(#[from] agentmesh_spiffe::SelectorError),
+    /// More selectors than [`MAX_SELECTORS`].
+    #[error("an entry has at most {max} selectors; this one has {count}")]
+    TooManySelectors {
+        /// How many were given.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// More DNS names than [`MAX_DNS_NAMES`].
+    #[error("an entry has at most {max} --dns-name values; this one has {count}")]
+    TooManyDnsNames {
+        /// How many were given.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A wildcard DNS name where wildcards are not allowed.
+    #[error(
+        "invalid --dns-name {}: a wildcard must be the whole leftmost label over at least two more (*.example.com)", echo(.0)
+    )]
+    BadWildcard(String),
     /// A TTL out of range.
     #[error("invalid {field}: {seconds}s is outside 1s..={max}s")]
     BadTtl {
@@ -48,7 +83,7 @@ pub enum EntryError {
     },
     /// A DNS name that is not one.
     #[error(
-        "invalid --dns-name {0:?}: use letters, digits, '-' and '.' labels of 1 to 63 characters"
+        "invalid --dns-name {}: use letters, digits, '-' and '.' labels of 1 to 63 characters, at most 253 in all", echo(.0)
     )]
     BadDnsName(String),
 }
@@ -129,16 +164,27 @@ pub fn validate_entry(
     if selectors.is_empty() {
         return Err(EntryError::NoSelectors);
     }
+    // Counted before parsing, so a million selectors cost nothing.
+    if selectors.len() > MAX_SELECTORS {
+        return Err(EntryError::TooManySelectors {
+            count: selectors.len(),
+            max: MAX_SELECTORS,
+        });
+    }
     let selectors = selectors
         .iter()
         .map(|s| s.parse::<Selector>())
         .collect::<Result<SelectorSet, _>>()?;
     check_ttl("--x509-ttl", x509_ttl, limits.max_x509_ttl)?;
     check_ttl("--jwt-ttl", jwt_ttl, limits.max_jwt_ttl)?;
+    if dns_names.len() > MAX_DNS_NAMES {
+        return Err(EntryError::TooManyDnsNames {
+            count: dns_names.len(),
+            max: MAX_DNS_NAMES,
+        });
+    }
     for name in dns_names {
-        if !is_dns_name(name) {
-            return Err(EntryError::BadDnsName(name.clone()));
-        }
+        check_dns_name(name)?;
     }
     Ok(ValidEntry {
         spiffe_id: id,
@@ -162,17 +208,36 @@ fn check_ttl(field: &'static str, seconds: i64, max: Duration) -> Result<(), Ent
     }
 }
 
-fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+/// A hostname of 1-63 character labels of letters, digits and inner `-`, at most 253
+/// characters; a wildcard only as the whole leftmost label, with at least two labels after
+/// it, so it never covers a whole TLD (`*.com`) or every name (`*`).
+fn check_dns_name(name: &str) -> Result<(), EntryError> {
+    let bad = || EntryError::BadDnsName(name.to_owned());
+    if name.len() > 253 {
+        return Err(bad());
+    }
+    let (wildcard, rest) = match name.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    if rest.contains('*') || name == "*" {
+        return Err(EntryError::BadWildcard(name.to_owned()));
+    }
+    let labels: Vec<&str> = rest.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if rest.is_empty() || !labels.iter().all(label_ok) {
+        return Err(bad());
+    }
+    if wildcard && labels.len() < 2 {
+        return Err(EntryError::BadWildcard(name.to_owned()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,5 +307,219 @@ mod tests {
             let err = ok(id, parent, sel, *ttl, dns).unwrap_err();
             assert!(err.contains(want), "{id}: {err}");
         }
+    }
+
+    #[test]
+    fn each_malformed_input_gets_its_own_bounded_error() {
+        use agentmesh_spiffe::{SelectorError, SpiffeIdError};
+        let td = TrustDomain::new("example.org").unwrap();
+        let limits = EntryLimits {
+            max_x509_ttl: Duration::from_secs(3600),
+            max_jwt_ttl: Duration::from_secs(3600),
+        };
+        let good_id = "spiffe://example.org/w".to_owned();
+        let sel = vec!["unix:uid:1000".to_owned()];
+        let long_path = format!("spiffe://example.org/{}", "a".repeat(2048));
+        let longest = format!("spiffe://example.org/{}", "a".repeat(2048 - 21));
+        assert_eq!(longest.len(), 2048);
+        let many_selectors: Vec<String> = (0..=MAX_SELECTORS)
+            .map(|i| format!("unix:uid:{i}"))
+            .collect();
+        let exactly_max: Vec<String> = many_selectors[..MAX_SELECTORS].to_vec();
+        let many_dns: Vec<String> = (0..=MAX_DNS_NAMES)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
+        let huge_value = vec![format!("unix:path:/{}", "p".repeat(1_000_000))];
+        type Check = fn(&EntryError) -> bool;
+        struct Case {
+            what: &'static str,
+            id: String,
+            selectors: Vec<String>,
+            dns: Vec<String>,
+            want: Check,
+        }
+        let case = |what, id: &str, selectors: &[String], dns: &[&str], want: Check| Case {
+            what,
+            id: id.to_owned(),
+            selectors: selectors.to_vec(),
+            dns: dns.iter().map(|d| (*d).to_owned()).collect(),
+            want,
+        };
+        let cases = vec![
+            case("id over 2048 bytes", &long_path, &sel, &[], |e| {
+                matches!(
+                    e,
+                    EntryError::BadSpiffeId {
+                        source: SpiffeIdError::TooLong(2069),
+                        ..
+                    }
+                )
+            }),
+            case(
+                "NUL in the id",
+                "spiffe://example.org/w\0x",
+                &sel,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSpiffeId {
+                            source: SpiffeIdError::BadPathSegmentChar('\0'),
+                            ..
+                        }
+                    )
+                },
+            ),
+            case(
+                "newline in the id",
+                "spiffe://example.org/w\nx",
+                &sel,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSpiffeId {
+                            source: SpiffeIdError::BadPathSegmentChar('\n'),
+                            ..
+                        }
+                    )
+                },
+            ),
+            case(
+                "escape in the trust domain",
+                "spiffe://exa\u{1b}mple.org/w",
+                &sel,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSpiffeId {
+                            source: SpiffeIdError::BadTrustDomainChar('\u{1b}'),
+                            ..
+                        }
+                    )
+                },
+            ),
+            case("too many selectors", &good_id, &many_selectors, &[], |e| {
+                matches!(e, EntryError::TooManySelectors { count: 33, max: 32 })
+            }),
+            case(
+                "a selector value over 1024 bytes",
+                &good_id,
+                &huge_value,
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSelector(SelectorError::TooLong { part: "value", .. })
+                    )
+                },
+            ),
+            case(
+                "NUL in a selector",
+                &good_id,
+                &["unix:uid:1\u{0}".to_owned()],
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSelector(SelectorError::ControlChar { ch: '\0', .. })
+                    )
+                },
+            ),
+            case(
+                "DEL in a selector",
+                &good_id,
+                &["launcher:service:a\u{7f}".to_owned()],
+                &[],
+                |e| {
+                    matches!(
+                        e,
+                        EntryError::BadSelector(SelectorError::ControlChar { ch: '\u{7f}', .. })
+                    )
+                },
+            ),
+            case("too many DNS names", &good_id, &sel, &[], |e| {
+                matches!(e, EntryError::TooManyDnsNames { count: 33, max: 32 })
+            }),
+            case("wildcard over a TLD", &good_id, &sel, &["*.com"], |e| {
+                matches!(e, EntryError::BadWildcard(_))
+            }),
+            case("bare wildcard", &good_id, &sel, &["*"], |e| {
+                matches!(e, EntryError::BadWildcard(_))
+            }),
+            case(
+                "wildcard inside a label",
+                &good_id,
+                &sel,
+                &["a*.example.com"],
+                |e| matches!(e, EntryError::BadWildcard(_)),
+            ),
+            case(
+                "wildcard not leftmost",
+                &good_id,
+                &sel,
+                &["foo.*.example.com"],
+                |e| matches!(e, EntryError::BadWildcard(_)),
+            ),
+            case(
+                "double wildcard",
+                &good_id,
+                &sel,
+                &["*.*.example.com"],
+                |e| matches!(e, EntryError::BadWildcard(_)),
+            ),
+            case(
+                "NUL in a DNS name",
+                &good_id,
+                &sel,
+                &["a\0.example.com"],
+                |e| matches!(e, EntryError::BadDnsName(_)),
+            ),
+            case("trailing dot", &good_id, &sel, &["example.com."], |e| {
+                matches!(e, EntryError::BadDnsName(_))
+            }),
+            case("label over 63", &good_id, &sel, &[], |e| {
+                matches!(e, EntryError::BadDnsName(_))
+            }),
+        ];
+        let long_label = format!("{}.example.com", "l".repeat(64));
+        for mut c in cases {
+            if c.what == "too many DNS names" {
+                c.dns = many_dns.clone();
+            }
+            if c.what == "label over 63" {
+                c.dns = vec![long_label.clone()];
+            }
+            let err =
+                validate_entry(&td, limits, &c.id, "", &c.selectors, 0, 0, &c.dns).unwrap_err();
+            assert!((c.want)(&err), "{}: {err:?}", c.what);
+            let message = err.to_string();
+            assert!(
+                message.chars().count() <= 2 * agentmesh_spiffe::MAX_ECHO_CHARS + 200,
+                "{}: message of {} chars",
+                c.what,
+                message.chars().count()
+            );
+            assert!(
+                !message.chars().any(char::is_control),
+                "{}: {message:?}",
+                c.what
+            );
+        }
+
+        // What is allowed right at the limits.
+        let ok = |id: &str, sel: &[String], dns: &[&str]| {
+            let dns: Vec<String> = dns.iter().map(|d| (*d).to_owned()).collect();
+            validate_entry(&td, limits, id, "", sel, 0, 0, &dns)
+        };
+        ok(&longest, &sel, &[]).unwrap();
+        ok(&good_id, &exactly_max, &[]).unwrap();
+        ok(
+            &good_id,
+            &sel,
+            &["*.example.com", "api.example.com", "localhost"],
+        )
+        .unwrap();
     }
 }

@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub upstream: Option<OpenBaoUpstreamConfig>,
     /// `[oidc_discovery]`: the JWKS and discovery document for JWT-SVID verifiers.
     pub oidc_discovery: Option<OidcDiscoveryConfig>,
+    /// `[limits]`: the node API's handshake and preface deadlines, head size, streams, and
+    /// connections per caller (node SPIFFE ID, or address before attestation) and in total;
+    /// the admin socket's per uid.
+    pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// Why a server could not start.
@@ -223,14 +227,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let mut tasks = Vec::new();
 
-    let incoming =
-        tokio_stream::wrappers::ReceiverStream::new(tls_incoming::incoming(listener, tls.clone()));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls_incoming::incoming(
+        listener,
+        tls.clone(),
+        cfg.limits.clone(),
+    ));
     let node_api = NodeApiServer::new(NodeApiService::new(state.clone(), stop_rx.clone()))
         .max_decoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES);
     let rx = stop_rx.clone();
+    let node_api_limits = cfg.limits.clone();
     tasks.push(tokio::spawn(async move {
-        let res = tonic::transport::Server::builder()
+        let res = agentmesh_proto::limits::grpc_server(&node_api_limits)
             .add_service(node_api)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await;
@@ -245,9 +253,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let admin = AdminServer::new(AdminService::new(state.clone(), limits));
     let rx = stop_rx.clone();
+    let admin_limits = cfg.limits.clone();
+    let incoming =
+        agentmesh_proto::limits::unix_incoming(admin_listener, &cfg.limits, "server admin socket");
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
-        let res = tonic::transport::Server::builder()
+        let res = agentmesh_proto::limits::grpc_server(&admin_limits)
             .add_service(admin)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await;
@@ -259,7 +269,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut oidc_discovery_addr = None;
     if let Some(oidc) = &cfg.oidc_discovery {
         let (addr, task) =
-            crate::oidc_discovery::start(oidc, state.clone(), stop_rx.clone()).await?;
+            crate::oidc_discovery::start(oidc, state.clone(), cfg.limits.clone(), stop_rx.clone())
+                .await?;
         oidc_discovery_addr = Some(addr);
         tasks.push(task);
     }

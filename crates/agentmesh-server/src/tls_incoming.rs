@@ -15,6 +15,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use agentmesh_proto::limits::{
+    Caller, ConnectionLimiter, Cut, LimitedStream, ListenerLimits, log_cut,
+};
+
+/// Names the node API in log lines.
+const LISTENER: &str = "node API";
+
 /// Who is on the other end of a node API connection.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -24,10 +31,11 @@ pub struct PeerInfo {
     pub remote_addr: SocketAddr,
 }
 
-/// A TLS connection that tonic can serve.
+/// A TLS connection that tonic can serve; it holds its place in the listener's connection
+/// count and is cut if no HTTP/2 preface follows the handshake in time.
 #[derive(Debug)]
 pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
+    stream: LimitedStream<TlsStream<TcpStream>>,
     peer: PeerInfo,
 }
 
@@ -68,12 +76,16 @@ impl AsyncWrite for TlsConn {
 pub type SharedTlsConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
 /// Accepts TCP connections, runs each handshake on its own task (a slow client cannot stall
-/// others), and yields the finished ones.
+/// others), and yields the finished ones. `limits` bounds the handshake, the preface, and the
+/// connections of each caller (the node's SPIFFE ID, or the address of a node still
+/// attesting with a join token) and in total.
 pub fn incoming(
     listener: TcpListener,
     config: SharedTlsConfig,
+    limits: ListenerLimits,
 ) -> mpsc::Receiver<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let limiter = ConnectionLimiter::new(&limits);
     tokio::spawn(async move {
         loop {
             // Stop (and close the listening socket) as soon as the server stops taking
@@ -90,18 +102,26 @@ pub fn incoming(
                     continue;
                 }
             };
+            let mut slot = match limiter.admit() {
+                Ok(slot) => slot,
+                Err(cut) => {
+                    log_cut(LISTENER, &remote_addr, cut);
+                    continue;
+                }
+            };
             let cfg = config.read().unwrap_or_else(|e| e.into_inner()).clone();
             let conn_tx = tx.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
                 let handshake = TlsAcceptor::from(cfg).accept(tcp);
-                let stream = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                let stream = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::warn!(peer = %remote_addr, error = %e, "node API TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(peer = %remote_addr, "node API TLS handshake timed out");
+                        log_cut(LISTENER, &remote_addr, Cut::HandshakeTimeout);
                         return;
                     }
                 };
@@ -110,8 +130,18 @@ pub fn incoming(
                     .1
                     .peer_certificates()
                     .and_then(|c| agentmesh_tls::peer_spiffe_id(c).ok());
+                let caller = spiffe_id
+                    .as_ref()
+                    .map_or(Caller::Ip(remote_addr.ip()), |id| {
+                        Caller::Spiffe(id.to_string())
+                    });
+                if let Err(cut) = slot.identify(caller.clone()) {
+                    log_cut(LISTENER, &caller, cut);
+                    return;
+                }
+                let on_cut = agentmesh_proto::limits::logging(LISTENER, caller.clone());
                 let conn = TlsConn {
-                    stream,
+                    stream: LimitedStream::new(stream, slot, &limits, caller, on_cut),
                     peer: PeerInfo {
                         spiffe_id,
                         remote_addr,

@@ -45,7 +45,7 @@ pub enum SpiffeIdError {
     #[error("too long: {0} bytes (SPIFFE IDs are at most 2048 bytes, trust domains 255)")]
     TooLong(usize),
     /// A service name that is not `name` or `namespace/name`.
-    #[error("service name {0:?} is not 'name' or 'namespace/name'")]
+    #[error("service name {} is not 'name' or 'namespace/name'", crate::echo(.0))]
     BadServiceName(String),
 }
 
@@ -149,6 +149,10 @@ impl SpiffeId {
     pub fn from_path(trust_domain: &TrustDomain, path: &str) -> Result<Self, SpiffeIdError> {
         if !path.is_empty() && !path.starts_with('/') {
             return Err(SpiffeIdError::NoLeadingSlash);
+        }
+        let len = SCHEME.len() + trust_domain.as_str().len() + path.len();
+        if len > MAX_ID_LEN {
+            return Err(SpiffeIdError::TooLong(len));
         }
         validate_path(path)?;
         Ok(Self {

@@ -1,8 +1,12 @@
 //! SPIFFE IDs, trust domains, selectors and the validation rules of the SPIFFE specs.
 #![forbid(unsafe_code)]
 
+mod echo;
 mod id;
 mod selector;
 
+pub use echo::{MAX_ECHO_CHARS, echo};
 pub use id::{SpiffeId, SpiffeIdError, TrustDomain};
-pub use selector::{Selector, SelectorError, SelectorSet};
+pub use selector::{
+    MAX_SELECTOR_KEY_LEN, MAX_SELECTOR_VALUE_LEN, Selector, SelectorError, SelectorSet,
+};

@@ -23,19 +23,51 @@ const KNOWN: &[(&str, Option<&[&str]>)] = &[
     ("launcher", None),
 ];
 
-/// Why a string is not a valid `TYPE:KEY:VALUE` selector.
+/// The longest selector type or key, in bytes (launchers choose their own keys).
+pub const MAX_SELECTOR_KEY_LEN: usize = 64;
+
+/// The longest selector value, in bytes: room for any realistic executable path
+/// (`unix:path`) or digest, far below what would let one entry bloat every sync message.
+pub const MAX_SELECTOR_VALUE_LEN: usize = 1024;
+
+/// Why a string is not a valid `TYPE:KEY:VALUE` selector. The selector is repeated in the
+/// message only through [`crate::echo`], so at most 200 characters of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SelectorError {
     /// Not three colon-separated, non-empty parts.
-    #[error("selector {0:?} is not TYPE:KEY:VALUE (for example unix:uid:1000)")]
+    #[error("selector {} is not TYPE:KEY:VALUE (for example unix:uid:1000)", crate::echo(.0))]
     Malformed(String),
     /// A type that no attestor produces.
-    #[error("selector {0:?} has unknown type {1:?} (known: unix, launcher)")]
+    #[error("selector {} has unknown type {} (known: unix, launcher)", crate::echo(.0), crate::echo(.1))]
     UnknownType(String, String),
     /// A key that the type's attestor never produces.
-    #[error("selector {0:?} has unknown key {1:?} for its type (known: {2})")]
+    #[error("selector {} has unknown key {} for its type (known: {})", crate::echo(.0), crate::echo(.1), .2)]
     UnknownKey(String, String, String),
+    /// A part longer than [`MAX_SELECTOR_KEY_LEN`] (type, key) or [`MAX_SELECTOR_VALUE_LEN`]
+    /// (value).
+    #[error("selector {} has a {part} of {len} bytes; at most {max} are allowed", crate::echo(.selector))]
+    TooLong {
+        /// The selector as given.
+        selector: String,
+        /// `type`, `key` or `value`.
+        part: &'static str,
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A NUL or other control character: no attestor produces one, and it would corrupt logs
+    /// and terminals.
+    #[error("selector {} has the control character {ch:?} in its {part}; selectors are printable text", crate::echo(.selector))]
+    ControlChar {
+        /// The selector as given.
+        selector: String,
+        /// `type`, `key` or `value`.
+        part: &'static str,
+        /// The character.
+        ch: char,
+    },
 }
 
 /// One attested fact about a workload, such as `unix:uid:1000`.
@@ -50,9 +82,38 @@ impl Selector {
     /// Builds a selector from its parts, validating them.
     ///
     /// # Errors
-    /// An empty part, an unknown type or an unknown key.
+    /// An empty part, a part too long, a control character, an unknown type or an unknown
+    /// key.
     pub fn new(kind: &str, key: &str, value: &str) -> Result<Self, SelectorError> {
-        let text = format!("{kind}:{key}:{value}");
+        // Only the first bytes of a huge value are kept for the message.
+        let text = {
+            let mut end = value.len().min(4 * crate::MAX_ECHO_CHARS + 4);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{kind}:{key}:{}", &value[..end])
+        };
+        for (part, s, max) in [
+            ("type", kind, MAX_SELECTOR_KEY_LEN),
+            ("key", key, MAX_SELECTOR_KEY_LEN),
+            ("value", value, MAX_SELECTOR_VALUE_LEN),
+        ] {
+            if s.len() > max {
+                return Err(SelectorError::TooLong {
+                    selector: text,
+                    part,
+                    len: s.len(),
+                    max,
+                });
+            }
+            if let Some(ch) = s.chars().find(|c| c.is_control()) {
+                return Err(SelectorError::ControlChar {
+                    selector: text,
+                    part,
+                    ch,
+                });
+            }
+        }
         if kind.is_empty() || key.is_empty() || value.is_empty() || key.contains(':') {
             return Err(SelectorError::Malformed(text));
         }
@@ -195,9 +256,88 @@ mod tests {
         for (input, ok) in cases {
             assert_eq!(input.parse::<Selector>().is_ok(), *ok, "input {input:?}");
         }
+        let longest_value = format!("unix:path:/{}", "a".repeat(MAX_SELECTOR_VALUE_LEN - 1));
+        assert!(longest_value.parse::<Selector>().is_ok());
+        let longest_key = format!("launcher:{}:v", "k".repeat(MAX_SELECTOR_KEY_LEN));
+        assert!(longest_key.parse::<Selector>().is_ok());
         let s: Selector = "launcher:scenario:a:b".parse().unwrap();
         assert_eq!(s.value(), "a:b");
         assert_eq!(s.to_string(), "launcher:scenario:a:b");
+    }
+
+    #[test]
+    fn malformed_selectors_get_one_specific_bounded_error() {
+        let huge = format!("unix:path:/{}", "a".repeat(100_000));
+        let long_key = format!("launcher:{}:x", "k".repeat(MAX_SELECTOR_KEY_LEN + 1));
+        let long_type = format!("{}:k:x", "t".repeat(MAX_SELECTOR_KEY_LEN + 1));
+        type Check = fn(&SelectorError) -> bool;
+        let cases: Vec<(&str, Check)> = vec![
+            (&huge, |e| {
+                matches!(
+                    e,
+                    SelectorError::TooLong {
+                        part: "value",
+                        len: 100_001,
+                        max: 1024,
+                        ..
+                    }
+                )
+            }),
+            (&long_key, |e| {
+                matches!(e, SelectorError::TooLong { part: "key", .. })
+            }),
+            (&long_type, |e| {
+                matches!(e, SelectorError::TooLong { part: "type", .. })
+            }),
+            ("unix:uid:10\u{0}00", |e| {
+                matches!(
+                    e,
+                    SelectorError::ControlChar {
+                        part: "value",
+                        ch: '\0',
+                        ..
+                    }
+                )
+            }),
+            ("launcher:serv\nice:x", |e| {
+                matches!(
+                    e,
+                    SelectorError::ControlChar {
+                        part: "key",
+                        ch: '\n',
+                        ..
+                    }
+                )
+            }),
+            ("unix:path:/bin/\u{1b}[31m", |e| {
+                matches!(e, SelectorError::ControlChar { ch: '\u{1b}', .. })
+            }),
+            ("unix:path:/bin/x\u{7f}", |e| {
+                matches!(e, SelectorError::ControlChar { ch: '\u{7f}', .. })
+            }),
+            ("unix:uid", |e| matches!(e, SelectorError::Malformed(_))),
+            ("k8s:ns:default", |e| {
+                matches!(e, SelectorError::UnknownType(..))
+            }),
+            ("unix:shoe:1", |e| {
+                matches!(e, SelectorError::UnknownKey(..))
+            }),
+        ];
+        for (input, want) in cases {
+            let err = input.parse::<Selector>().unwrap_err();
+            assert!(want(&err), "{}: {err:?}", crate::echo(input));
+            let message = err.to_string();
+            assert!(
+                message.chars().count() < crate::MAX_ECHO_CHARS + 150,
+                "message too long: {message}"
+            );
+            assert!(!message.chars().any(|c| c.is_control()), "{message}");
+        }
+        // The unknown type of a huge selector is echoed bounded too.
+        let err = format!("{}:k:v", "t".repeat(60))
+            .parse::<Selector>()
+            .unwrap_err();
+        assert!(matches!(err, SelectorError::UnknownType(..)), "{err}");
     }
 
     #[test]

@@ -257,6 +257,12 @@ fn start_provider(dir: &Path, frontend: &str) -> (Proc, String) {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// A frontend at the real provider; `oidc_extra` continues its `[oidc]` table (and may add
+/// tables after it).
+fn setup_with(oidc_extra: &str) -> Setup {
     let mesh = Mesh::start();
     // Every process of this uid is the frontend: enough for a test that runs one workload.
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
@@ -271,7 +277,7 @@ fn setup() -> Setup {
         &config,
         format!(
             "listen = \"127.0.0.1:{fe_port}\"\nworkload_api = \"{}\"\n\
-             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n",
+             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n{oidc_extra}",
             mesh.endpoint(),
         ),
     )
@@ -384,6 +390,43 @@ fn a_login_at_the_real_oidc_provider_yields_a_user_token_signed_by_the_frontends
     let r = b.send("POST", &format!("{}/logout", s.frontend), None);
     assert_eq!(r.status, 303);
     assert_eq!(b.get(&format!("{}/token", s.frontend)).status, 401);
+    drop(s.mesh);
+}
+
+/// The admin claim and group `up`'s scenario and this test give the provider's users: alice is
+/// in `agentmesh-admins`, everyone else only in `staff` (see tests/js/oidc_provider.mjs).
+const ADMIN_OIDC: &str = "scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n\
+                          admin_claim = \"groups\"\nadmin_values = [\"agentmesh-admins\"]\n";
+
+#[test]
+fn at_the_real_oidc_provider_only_the_admin_group_may_inspect() {
+    let s = setup_with(&format!("{ADMIN_OIDC}[inspector]\n"));
+    let inspector = format!("{}/inspector", s.frontend);
+    let stream = format!("{}/inspector/decisions/stream", s.frontend);
+
+    let mut bob = Browser::default();
+    let callback = authenticate_at_provider(&mut bob, &s.frontend, "bob");
+    assert_eq!(bob.get(&callback).status, 303);
+    let r = bob.get(&inspector);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("for administrators"), "{}", r.body);
+    assert_eq!(bob.get(&stream).status, 403);
+    assert!(
+        !bob.get(&format!("{}/", s.frontend))
+            .body
+            .contains("/inspector")
+    );
+
+    let mut alice = Browser::default();
+    let callback = authenticate_at_provider(&mut alice, &s.frontend, "alice");
+    assert_eq!(alice.get(&callback).status, 303);
+    let r = alice.get(&inspector);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log = std::fs::read_to_string(&s.frontend_log).unwrap();
+    assert!(
+        log.contains("inspector refused: not an administrator"),
+        "{log}"
+    );
     drop(s.mesh);
 }
 
@@ -564,7 +607,9 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         "upstreams = [\"planner\"]",
         &format!(
             "upstreams = [\"planner\"]\nlisten = \"127.0.0.1:{fe_port}\"\n\
-             oidc = {{ issuer = \"{issuer}\", client_id = \"agentmesh\", client_secret = \"s3cret\" }}"
+             oidc = {{ issuer = \"{issuer}\", client_id = \"agentmesh\", client_secret = \"s3cret\", \
+             scopes = [\"openid\", \"email\", \"profile\", \"groups\"], \
+             admin_claim = \"groups\", admin_values = [\"agentmesh-admins\"] }}"
         ),
         1,
     );
@@ -623,10 +668,12 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         .iter()
         .find(|s| s["name"] == "planner")
         .unwrap();
+    // The planner's sidecar port for the gateway is a Unix socket (only this uid may use it).
     let denied_url = format!(
-        "http://{}/v1/chat/completions",
+        "{}#/v1/chat/completions",
         planner["upstreams"]["gateway"].as_str().unwrap()
     );
+    assert!(denied_url.starts_with("unix://"), "{denied_url}");
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frontend-screenshots");
     let out = Command::new("node")

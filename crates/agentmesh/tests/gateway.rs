@@ -63,7 +63,8 @@ impl GatewayProc {
     }
 }
 
-async fn start_gateway(mesh: &Mesh, listen: SocketAddr) -> GatewayProc {
+/// Starts the gateway on `listen` (`unix:///path` behind its proxy, or `ip:port`).
+async fn start_gateway(mesh: &Mesh, listen: &str) -> GatewayProc {
     let config = mesh.dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -102,7 +103,10 @@ window = "1h"
         .expect("spawn agentmesh gateway run");
     let proc = Proc(child);
     eventually("the gateway listens", || async {
-        TcpStream::connect(listen).await.is_ok()
+        match listen.strip_prefix("unix://") {
+            Some(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+            None => TcpStream::connect(listen).await.is_ok(),
+        }
     })
     .await;
     GatewayProc { _proc: proc, audit }
@@ -110,9 +114,23 @@ window = "1h"
 
 /// A raw HTTP/1.1 POST through `addr`, for bodies no client library would send.
 async fn raw_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
+    raw_post_with(addr, path, &[], body).await
+}
+
+/// [`raw_post`] with extra header lines.
+async fn raw_post_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");
@@ -141,9 +159,17 @@ async fn official_clients_work_through_the_mesh_and_refusals_use_their_error_sha
     for s in ["gateway", "executor", "spender", "planner"] {
         register(&mesh, s, None);
     }
-    let gw_listen = loopback_addr();
-    let gw = start_gateway(&mesh, gw_listen).await;
-    let _gw_proxy = start_proxy(&mesh, "gateway", Some((gw_listen, "http")), &[]).await;
+    // Behind its proxy on a Unix socket, the one listener where the gateway trusts XFCC.
+    let gw_listen = format!("unix://{}", mesh.dir.join("gateway.sock").display());
+    let gw = start_gateway(&mesh, &gw_listen).await;
+    let _gw_proxy = start_proxy_to(
+        &mesh,
+        "gateway",
+        Some((gw_listen.clone(), "http")),
+        &[],
+        &[],
+    )
+    .await;
     let executor = start_proxy(&mesh, "executor", None, &[("gateway", "http")]).await;
     let spender = start_proxy(&mesh, "spender", None, &[("gateway", "http")]).await;
     let planner = start_proxy(&mesh, "planner", None, &[("gateway", "http")]).await;
@@ -341,12 +367,13 @@ async fn official_clients_work_through_the_mesh_and_refusals_use_their_error_sha
 }
 
 /// The gateway refuses calls that did not come through its proxy (no verified identity), and
-/// a bad config is one clear error.
+/// a bad config is one clear error. On TCP even a hand-written XFCC naming a caller the
+/// policy knows gets nothing: any local process could have written it (the forged-XFCC hole).
 #[tokio::test]
 async fn no_identity_is_refused_and_bad_config_is_one_error() {
     let mesh = Mesh::start();
     let listen = loopback_addr();
-    let gw = start_gateway(&mesh, listen).await;
+    let gw = start_gateway(&mesh, &listen.to_string()).await;
     let (status, body) = raw_post(
         listen,
         "/v1/chat/completions",
@@ -362,6 +389,18 @@ async fn no_identity_is_refused_and_bad_config_is_one_error() {
         "{body}"
     );
     assert_eq!(gw.audit().last().unwrap()["decision"], "no_identity");
+    let (status, body) = raw_post_with(
+        listen,
+        "/v1/chat/completions",
+        &[(
+            "x-forwarded-client-cert",
+            "By=spiffe://agentmesh.local/ns/default/sa/gateway;URI=spiffe://agentmesh.local/ns/default/sa/executor",
+        )],
+        r#"{"model":"llama3.2","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "a forged XFCC over TCP: {body}");
+    assert_eq!(body["error"]["code"], "no_identity", "{body}");
 
     let bad = mesh.dir.join("bad.toml");
     std::fs::write(&bad, "listen = \"0.0.0.0:1\"\n").unwrap();

@@ -483,10 +483,10 @@ fn fake_provider() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 }
 
 /// POST /v1/chat/completions to the gateway as its proxy would forward it (with XFCC).
-fn ask_gateway(port: u16) -> Option<(u16, String)> {
+fn ask_gateway(socket: &std::path::Path) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(PATIENCE)).ok()?;
     write!(
         s,
@@ -507,10 +507,10 @@ fn ask_gateway(port: u16) -> Option<(u16, String)> {
     ))
 }
 
-fn eventually_status(port: u16, want: u16, what: &str) -> String {
+fn eventually_status(socket: &std::path::Path, want: u16, what: &str) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let got = ask_gateway(port);
+        let got = ask_gateway(socket);
         if let Some((status, body)) = &got
             && *status == want
         {
@@ -547,16 +547,18 @@ fn the_gateway_reads_its_provider_key_from_openbao_with_its_jwt_svid_and_nowhere
     );
 
     let (provider_port, seen) = fake_provider();
-    let gw_port = free_port();
+    // The gateway trusts XFCC only on a Unix socket (what its proxy would reach).
+    let gw_port = mesh.dir.join("gw.sock");
     let config = mesh.dir.join("gateway.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{gw_port}\"\n\
+            "listen = \"unix://{}\"\n\
              [[provider]]\nname = \"cloud\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:{provider_port}/v1\"\nretries = 0\n\
              api_key_openbao = {{ address = \"{}\", role = \"gateway\", path = \"llm/openai\" }}\n\
              [[model]]\nname = \"gpt-test\"\nproviders = [\"cloud\"]\n\
              [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n",
+            gw_port.display(),
             bao.address()
         ),
     )
@@ -572,7 +574,7 @@ fn the_gateway_reads_its_provider_key_from_openbao_with_its_jwt_svid_and_nowhere
             .expect("spawn agentmesh gateway run"),
     );
 
-    let body = eventually_status(gw_port, 200, "the gateway answers with the OpenBao key");
+    let body = eventually_status(&gw_port, 200, "the gateway answers with the OpenBao key");
     assert!(body.contains("hello from the stand-in"), "{body}");
     assert_eq!(
         seen.lock().unwrap().last().cloned(),
@@ -600,7 +602,7 @@ fn the_gateway_reads_its_provider_key_from_openbao_with_its_jwt_svid_and_nowhere
     // The policy goes away: the next refresh (the token lasts 3 s) is refused, the gateway
     // logs why, and calls for that provider get 503 with the reason.
     bao.cli(&["policy", "delete", "gateway-read"]);
-    let body = eventually_status(gw_port, 503, "503 once OpenBao refuses");
+    let body = eventually_status(&gw_port, 503, "503 once OpenBao refuses");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
     let message = answer["error"]["message"]
         .as_str()
@@ -617,7 +619,7 @@ fn the_gateway_reads_its_provider_key_from_openbao_with_its_jwt_svid_and_nowhere
 
     // Put the policy back and a later refresh serves again.
     bao.cli_stdin(&["policy", "write", "gateway-read", "-"], Some(policy));
-    eventually_status(gw_port, 200, "200 once OpenBao allows the read again");
+    eventually_status(&gw_port, 200, "200 once OpenBao allows the read again");
     for f in files_under(&mesh.dir) {
         let bytes = std::fs::read(&f).unwrap_or_default();
         assert!(
@@ -633,15 +635,16 @@ fn the_gateway_reads_its_provider_key_from_openbao_with_its_jwt_svid_and_nowhere
 fn a_provider_key_given_in_the_config_still_works_and_the_gateway_says_where_it_came_from() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (provider_port, seen) = fake_provider();
-    let gw_port = free_port();
+    let gw_port = tmp.path().join("gw.sock");
     let config = tmp.path().join("gateway.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{gw_port}\"\n\
+            "listen = \"unix://{}\"\n\
              [[provider]]\nname = \"cloud\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:{provider_port}/v1\"\napi_key = \"sk-inline-test\"\n\
              [[model]]\nname = \"gpt-test\"\nproviders = [\"cloud\"]\n\
-             [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n"
+             [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n",
+            gw_port.display()
         ),
     )
     .expect("write gateway.toml");
@@ -656,7 +659,7 @@ fn a_provider_key_given_in_the_config_still_works_and_the_gateway_says_where_it_
             .spawn()
             .expect("spawn agentmesh gateway run"),
     );
-    eventually_status(gw_port, 200, "the gateway answers with the configured key");
+    eventually_status(&gw_port, 200, "the gateway answers with the configured key");
     assert_eq!(
         seen.lock().unwrap().last().cloned(),
         Some("Bearer sk-inline-test".to_owned())

@@ -36,7 +36,7 @@ fn otel_env<'a>(endpoint: &'a str, delay_ms: &'a str) -> [(&'static str, &'a str
     ]
 }
 
-fn gateway_config(mesh: &Mesh, listen: SocketAddr) -> PathBuf {
+fn gateway_config(mesh: &Mesh, listen: &str) -> PathBuf {
     let config = mesh.dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -117,13 +117,15 @@ async fn one_call_is_one_trace_from_the_callers_proxy_through_the_gateway_with_s
     let proxy_env = otel_env(&endpoint, "100");
     let gateway_env = otel_env(&endpoint, "600000");
 
-    let gw_listen = loopback_addr();
+    // A Unix socket behind its proxy: the only listener where the gateway trusts XFCC.
+    let gw_socket = mesh.dir.join("gateway.sock");
+    let gw_listen = format!("unix://{}", gw_socket.display());
     let gw_log = mesh.dir.join("gateway.log");
     let gw_audit = mesh.dir.join("gateway.audit.jsonl");
     let mut gateway = Proc(
         mesh.command()
             .args(["gateway", "run", "--config"])
-            .arg(gateway_config(&mesh, gw_listen))
+            .arg(gateway_config(&mesh, &gw_listen))
             .envs(gateway_env)
             .stdout(std::fs::File::create(&gw_audit).expect("audit file"))
             .stderr(std::fs::File::create(&gw_log).expect("log file"))
@@ -131,11 +133,17 @@ async fn one_call_is_one_trace_from_the_callers_proxy_through_the_gateway_with_s
             .expect("spawn agentmesh gateway run"),
     );
     eventually("the gateway listens", || async {
-        TcpStream::connect(gw_listen).await.is_ok()
+        tokio::net::UnixStream::connect(&gw_socket).await.is_ok()
     })
     .await;
-    let _gw_proxy =
-        start_proxy_with_env(&mesh, "gateway", Some((gw_listen, "http")), &[], &proxy_env).await;
+    let _gw_proxy = start_proxy_to(
+        &mesh,
+        "gateway",
+        Some((gw_listen.clone(), "http")),
+        &[],
+        &proxy_env,
+    )
+    .await;
     let executor =
         start_proxy_with_env(&mesh, "executor", None, &[("gateway", "http")], &proxy_env).await;
     let planner =

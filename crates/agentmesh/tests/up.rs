@@ -109,10 +109,23 @@ fn up(args: &[&str]) -> Up {
 
 /// [`up`] with extra environment for `up` (and so for its children).
 fn up_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    launch(tempfile::tempdir().expect("tempdir"), args, env)
+}
+
+impl Up {
+    /// Starts `up ARGS` again on the same data dir, after [`Up::stop`].
+    fn restart(self, args: &[&str]) -> Up {
+        assert!(self.proc.is_none(), "stop it first");
+        launch(self._tmp, args, &[])
+    }
+}
+
+/// Starts `up` with its data dir (`mesh`) and output files in `tmp`.
+fn launch(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Up {
     let data = tmp.path().join("mesh");
-    let stdout = tmp.path().join("up.out");
-    let stderr = tmp.path().join("up.err");
+    let runs = std::fs::read_dir(tmp.path()).map_or(0, Iterator::count);
+    let stdout = tmp.path().join(format!("up-{runs}.out"));
+    let stderr = tmp.path().join(format!("up-{runs}.err"));
     let child = Command::new(BIN)
         .arg("up")
         .args(args)
@@ -915,9 +928,13 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
     let executor = source(&executor_creds);
     let token = user_token(&up, "alice").await;
     let other_token = user_token(&up, "bob").await;
-    let link_p = add_link(&planner, &token, "", None).expect("planner's link");
-    let both = add_link(&executor, &token, &link_p, None).expect("executor's link");
+    let sid = |s: &str| -> agentmesh_sdk::SpiffeId { id(s).parse().expect("id") };
+    let link_p = add_link(&planner, &token, "", &sid("executor")).expect("planner's link");
+    let both = add_link(&executor, &token, &link_p, &sid("gateway")).expect("executor's link");
     let link_e = both.split('~').nth(1).expect("two links").to_owned();
+    // The executor's link addressed to someone other than the gateway.
+    let misaddressed =
+        add_link(&executor, &token, &link_p, &sid("planner")).expect("executor's link");
 
     let gateway: SocketAddr = up.service("gateway")["inbound"]
         .as_str()
@@ -935,6 +952,21 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
             vec![("authorization", &bearer), (DELEGATION_HEADER, &both)],
             200,
             "",
+        ),
+        (
+            "the intact chain again (a replay)",
+            vec![("authorization", &bearer), (DELEGATION_HEADER, &both)],
+            401,
+            "already used",
+        ),
+        (
+            "a last link addressed to another hop",
+            vec![
+                ("authorization", &bearer),
+                (DELEGATION_HEADER, &misaddressed),
+            ],
+            401,
+            "was addressed to",
         ),
         (
             "a hop removed",
@@ -977,6 +1009,10 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
         .parse()
         .expect("addr");
     let ask = r#"{"question":"who is asking?"}"#;
+    // A fresh token: the gateway already accepted `token` along planner → executor.
+    let token = user_token(&up, "carol").await;
+    let bearer = format!("Bearer {token}");
+    let link_p = add_link(&planner, &token, "", &sid("executor")).expect("planner's link");
     let (status, body) = call_as_with(
         executor_in,
         &planner_creds,
@@ -1058,12 +1094,12 @@ async fn research_team_agents_do_mtls_in_process_and_follow_intention_changes() 
         "{answer}"
     );
 
-    let writer_admin: SocketAddr = up.service("writer")["admin"]
+    let writer_admin = up.service("writer")["admin"]
         .as_str()
         .expect("admin")
-        .parse()
-        .expect("addr");
-    let health = http_get_text(writer_admin, "/healthz").await;
+        .to_owned();
+    assert!(writer_admin.starts_with("unix://"), "{writer_admin}");
+    let health = http_get_text(&writer_admin, "/healthz").await;
     assert!(
         health.starts_with("ok spiffe://agentmesh.local/ns/default/sa/writer serial="),
         "{health}"
@@ -1099,7 +1135,7 @@ async fn research_team_agents_do_mtls_in_process_and_follow_intention_changes() 
     assert!(refused.contains("writer refused the call"), "{refused}");
 
     // The writer's live feed has the deny, from the researcher, with the default deny.
-    let feed = http_get_text_until(writer_admin, "/decisions", |t| {
+    let feed = http_get_text_until(&writer_admin, "/decisions", |t| {
         t.lines().any(|l| l.contains("\"decision\":\"deny\""))
     })
     .await;
@@ -1153,16 +1189,19 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// GET `path` on a plain loopback admin listener; the body as text.
-async fn http_get_text(addr: SocketAddr, path: &str) -> String {
+/// GET `path` on a plain admin listener (`unix:///path` or `ip:port`); the body as text.
+async fn http_get_text(addr: &str, path: &str) -> String {
     http_get_text_until(addr, path, |_| true).await
 }
 
 /// GET a (possibly endless) plain HTTP response and read it until `done` says enough or
 /// the server closes it; the raw body (chunk framing included, which no JSON line matches).
-async fn http_get_text_until(addr: SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> String {
+async fn http_get_text_until(addr: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = TcpStream::connect(addr).await.expect("connect admin");
+    let addr: agentmesh_sdk::LocalAddr = addr.parse().expect("admin address");
+    let mut tcp = agentmesh_sdk::LocalStream::connect(&addr)
+        .await
+        .expect("connect admin");
     let head = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
     tcp.write_all(head.as_bytes()).await.expect("write");
     let mut text = String::new();
@@ -1183,4 +1222,490 @@ async fn http_get_text_until(addr: SocketAddr, path: &str, done: impl Fn(&str) -
             "{path} never had what was waited for: {text}"
         );
     }
+}
+
+// === the attacker next door ===
+
+/// The uid the attacker runs as: `nobody`, another user on the same host.
+const ATTACKER_UID: &str = "65534";
+
+/// Runs `tests/py/attacker.py` as uid 65534 with `setpriv`, the Python standard library and
+/// nothing else (no certificate, no access to the data dir), one HTTP request per attempt.
+/// Returns each attempt's outcome by name.
+fn attack(attempts: &[Value]) -> std::collections::BTreeMap<String, Value> {
+    // The system interpreter: one under /root (pyenv, the test venv) is out of nobody's reach.
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "the attacker needs /usr/bin/python3 (Debian's python3)"
+    );
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={ATTACKER_UID}"),
+            &format!("--regid={ATTACKER_UID}"),
+            "--clear-groups",
+        ])
+        .arg(python)
+        .arg("-c")
+        .arg(include_str!("py/attacker.py"))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs the attacker as another uid");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(serde_json::to_string(attempts).expect("json").as_bytes())
+        .expect("send the attempts");
+    let out = child.wait_with_output().expect("the attacker ran");
+    assert!(
+        out.status.success(),
+        "the attacker script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("one JSON object per attempt");
+            (v["name"].as_str().expect("name").to_owned(), v)
+        })
+        .collect()
+}
+
+/// Every local address of `up`'s mesh that an attacker could try, with the request that
+/// would hurt most: a user token, a hand-written `x-forwarded-client-cert` naming a caller
+/// the destination trusts, and the path it serves.
+fn attempts_against(up: &Up, token: &str) -> Vec<Value> {
+    let mesh = up.mesh();
+    let services = mesh["services"].as_array().expect("services");
+    let td = "spiffe://agentmesh.local/ns/default/sa";
+    let mut attempts = Vec::new();
+    let post = |name: String, target: &str, path: &str, forged_caller: &str| {
+        serde_json::json!({
+            "name": name,
+            "target": target,
+            "path": path,
+            "headers": {
+                "authorization": format!("Bearer {token}"),
+                "x-forwarded-client-cert": format!("By={td}/gateway;URI={td}/{forged_caller}"),
+            },
+            "body": r#"{"question":"hello from next door","model":"agentmesh-default","messages":[{"role":"user","content":"hi"}]}"#,
+        })
+    };
+    for s in services {
+        let name = s["name"].as_str().expect("name");
+        let kind = s["kind"].as_str().expect("kind");
+        let path = if kind == "gateway" {
+            "/v1/chat/completions"
+        } else {
+            "/ask"
+        };
+        // Whoever calls this service legitimately, as a forged XFCC would claim.
+        let caller = services
+            .iter()
+            .filter_map(|o| o["upstreams"].as_object().map(|u| (o, u)))
+            .find(|(_, u)| u.contains_key(name))
+            .map_or("planner", |(o, _)| o["name"].as_str().expect("name"));
+        if kind != "frontend" {
+            attempts.push(post(
+                format!("{name}: app, past its sidecar"),
+                s["app"].as_str().expect("app"),
+                path,
+                caller,
+            ));
+        }
+        // The mTLS listener spoken to in plain HTTP, XFCC and all: no certificate, no answer.
+        attempts.push(post(
+            format!("{name}: mTLS listener without a certificate"),
+            s["inbound"].as_str().expect("inbound"),
+            path,
+            caller,
+        ));
+        let admin = s["admin"].as_str().expect("admin");
+        attempts.push(serde_json::json!({
+            "name": format!("{name}: admin /decisions feed"),
+            "target": admin, "path": "/decisions", "method": "GET",
+        }));
+        attempts.push(post(
+            format!("{name}: admin /probe to the gateway"),
+            admin,
+            "/probe/gateway/v1/chat/completions",
+            name,
+        ));
+        for (dest, listen) in s["upstreams"].as_object().expect("upstreams") {
+            let dest_path = if dest == "gateway" {
+                "/v1/chat/completions"
+            } else {
+                "/ask"
+            };
+            attempts.push(post(
+                format!("{name}: outbound listener to {dest}, borrowing {name}'s identity"),
+                listen.as_str().expect("listen"),
+                dest_path,
+                name,
+            ));
+        }
+    }
+    attempts
+}
+
+/// The attack that worked before app ↔ sidecar hops were authenticated, and every variant of
+/// it: as another uid with a real user token, no app answers past its sidecar, no outbound
+/// listener lends its service's identity, no admin feed or probe answers, and a forged
+/// `x-forwarded-client-cert` gets no chat completion, tool call or delegation link anywhere.
+async fn the_attacker_next_door_gets_nothing(scenario: &str) {
+    let mut up = up(&["--scenario", scenario]);
+    let token = user_token(&up, "mallory").await;
+    let attempts = attempts_against(&up, &token);
+    assert!(attempts.len() > 10, "{attempts:#?}");
+    let outcomes = attack(&attempts);
+    assert_eq!(outcomes.len(), attempts.len(), "{outcomes:#?}");
+    for (name, outcome) in &outcomes {
+        assert_ne!(
+            outcome["outcome"], "answered",
+            "hole in {scenario}: {name} answered the attacker: {outcome}"
+        );
+        // The local ones are not even reachable: the data dir is the operator's alone.
+        if !name.contains("mTLS listener") {
+            assert_eq!(
+                outcome["outcome"], "refused",
+                "{scenario}: {name}: {outcome}"
+            );
+            assert!(
+                outcome["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("Permission denied")),
+                "{scenario}: {name}: {outcome}"
+            );
+        }
+    }
+    // The control: the same script as the operator's own uid does get through a sidecar
+    // port, so "refused" above is the uid, not a broken script.
+    let mesh = up.mesh();
+    let own = mesh["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find_map(|s| {
+            s["upstreams"]
+                .as_object()
+                .and_then(|u| u.values().next().cloned())
+        })
+        .expect("some upstream");
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(include_str!("py/attacker.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(
+                serde_json::json!([{"name": "own", "target": own, "path": "/healthz", "method": "GET"}])
+                    .to_string()
+                    .as_bytes(),
+            )?;
+            c.wait_with_output()
+        })
+        .expect("run the script as the operator");
+    let own: Value = serde_json::from_slice(&out.stdout).expect("one outcome");
+    assert_eq!(own["outcome"], "answered", "{own}");
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+/// Intentions say who owns them, and a restart of `up` on the same data dir replaces only
+/// the scenario's own: an operator's intention survives, and so does an operator's intention
+/// for a pair the scenario also names (the scenario's is then not applied, and `up` says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_up_keeps_an_operators_intentions() {
+    let mut up = up(&[]);
+    let admin = up.data.join("admin.sock");
+    let admin = admin.to_str().expect("utf-8");
+    let cli = |up: &Up, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin-socket", admin]);
+        let out = up.cli(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(
+        &up,
+        &[
+            "intention",
+            "create",
+            "executor",
+            "planner",
+            "--action",
+            "allow",
+        ],
+    );
+    let list = cli(&up, &["intention", "list"]);
+    assert!(
+        list.contains("Owner        : up:planner-executor"),
+        "{list}"
+    );
+    assert!(list.contains("Owner        : operator"), "{list}");
+    // An operator takes over one of the scenario's pairs.
+    let listed: Value =
+        serde_json::from_str(&cli(&up, &["intention", "list", "-o", "json"])).expect("json");
+    let pe = listed["intentions"]
+        .as_array()
+        .expect("intentions")
+        .iter()
+        .find(|i| i["spec"]["source"] == "planner" && i["spec"]["destination"] == "executor")
+        .expect("planner → executor")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    cli(&up, &["intention", "delete", &pe]);
+    cli(
+        &up,
+        &[
+            "intention",
+            "create",
+            "planner",
+            "executor",
+            "--action",
+            "allow",
+            "--description",
+            "the operator's own",
+        ],
+    );
+    assert!(up.stop().success());
+
+    let mut up = up.restart(&[]);
+    let out = up.output();
+    assert!(
+        out.contains("2 of an operator's kept"),
+        "the restart should keep the operator's two:
+{out}"
+    );
+    assert!(
+        out.contains("intention planner → executor of the scenario not applied"),
+        "{out}"
+    );
+    let listed: Value =
+        serde_json::from_str(&cli(&up, &["intention", "list", "-o", "json"])).expect("json");
+    let all = listed["intentions"].as_array().expect("intentions");
+    let owned_by = |owner: &str| {
+        all.iter()
+            .filter(|i| i["spec"]["owner"].as_str().unwrap_or("") == owner)
+            .count()
+    };
+    assert_eq!(owned_by(""), 2, "{listed}");
+    // planner-executor has four intentions; the operator holds one of their pairs.
+    assert_eq!(owned_by("up:planner-executor"), 3, "{listed}");
+    assert!(
+        all.iter()
+            .any(|i| i["spec"]["description"] == "the operator's own"),
+        "{listed}"
+    );
+    // And the mesh still answers through the operator's intention.
+    let answer = up.ask("Who owns this intention?");
+    assert_eq!(
+        answer["agents"],
+        serde_json::json!(["planner", "executor", "gateway"]),
+        "{answer}"
+    );
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planner_executor_gives_the_attacker_next_door_nothing() {
+    the_attacker_next_door_gets_nothing("planner-executor").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_team_gives_the_attacker_next_door_nothing() {
+    the_attacker_next_door_gets_nothing("research-team").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_pipeline_gives_the_attacker_next_door_nothing() {
+    the_attacker_next_door_gets_nothing("threat-pipeline").await;
+}
+
+/// File permissions are the first wall (0700 directories, 0600 sockets); the peer-credential
+/// check is the second. With the walls opened on purpose, an attacker's connection to an app,
+/// a sidecar's outbound listener or an admin socket is accepted by the kernel and then
+/// dropped unread by the process, which logs who it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_credentials_refuse_another_uid_even_when_the_socket_is_world_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut up = up(&[]);
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    // Every directory from / down to the sockets must let nobody through.
+    let mut dir = up.data.join("run/executor");
+    loop {
+        let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+        open(&dir, mode | 0o711);
+        if !dir.pop() || dir.as_os_str().is_empty() || dir == Path::new("/") {
+            break;
+        }
+    }
+    open(&up.data.join("run/planner"), 0o711);
+    let gateway_dir = up.data.join("run/gateway");
+    open(&gateway_dir, 0o711);
+    let targets = [
+        (
+            "executor app",
+            up.data.join("run/executor/app.sock"),
+            "/ask",
+        ),
+        (
+            "executor outbound to the gateway",
+            up.data.join("run/executor/to-gateway.sock"),
+            "/v1/chat/completions",
+        ),
+        (
+            "gateway app",
+            gateway_dir.join("app.sock"),
+            "/v1/chat/completions",
+        ),
+        (
+            "planner sidecar admin",
+            up.data.join("run/planner/admin.sock"),
+            "/decisions",
+        ),
+    ];
+    let mut attempts = Vec::new();
+    for (name, sock, path) in &targets {
+        open(sock, 0o666);
+        attempts.push(serde_json::json!({
+            "name": name,
+            "target": format!("unix://{}", sock.display()),
+            "path": path,
+            "headers": {"x-forwarded-client-cert": "By=spiffe://agentmesh.local/ns/default/sa/gateway;URI=spiffe://agentmesh.local/ns/default/sa/executor"},
+            "body": r#"{"question":"hi","model":"agentmesh-default","messages":[{"role":"user","content":"hi"}]}"#,
+        }));
+    }
+    let outcomes = attack(&attempts);
+    for (name, _, _) in &targets {
+        let o = &outcomes[*name];
+        assert_eq!(
+            o["outcome"], "no_answer",
+            "{name}: the kernel let nobody connect, so the process must drop it: {o}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for log in [
+        "executor.log",
+        "executor.proxy.log",
+        "gateway.log",
+        "planner.proxy.log",
+    ] {
+        let text = std::fs::read_to_string(up.data.join("logs").join(log)).unwrap_or_default();
+        assert!(
+            text.contains("local connection refused") && text.contains("uid=65534"),
+            "{log} does not name the refused uid:\n{text}"
+        );
+    }
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
+// === up survives its children ===
+
+impl Up {
+    /// [`Up::ask`] that reports a failure instead of panicking.
+    fn try_ask(&self, question: &str) -> Result<Value, String> {
+        let data = self.data.to_str().expect("utf-8 path");
+        let out = self.cli(&["ask", question, "--data-dir", data, "-o", "json"]);
+        if out.status.success() {
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The pid of the one child whose command line contains `needle` (`node run`,
+    /// `planner.proxy.toml`, ...).
+    fn pid_of(&self, needle: &str) -> u32 {
+        let found: Vec<u32> = processes_under(&self.data)
+            .into_iter()
+            .filter(|p| p.contains(needle))
+            .filter_map(|p| p.split(':').next()?.parse().ok())
+            .collect();
+        assert_eq!(found.len(), 1, "{needle}: {found:?}");
+        found[0]
+    }
+}
+
+/// `kill -9` of each kind of child while questions keep coming: `up` starts it again, the
+/// rest of the mesh keeps serving (with the node or the server gone, the sidecars answer from
+/// what they hold), a sidecar restarted after the node's own restart gets its identity (the
+/// node got its registrations back), and the mesh answers after every kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_any_child_is_survived_and_only_in_flight_requests_fail() {
+    let mut up = up(&[]);
+    let expected = serde_json::json!(["planner", "executor", "gateway"]);
+    for (victim, needle, data_plane_keeps_serving) in [
+        ("node", "node run", true),
+        ("executor sidecar", "executor.proxy.toml", false),
+        ("server", "server run", true),
+        ("gateway", "gateway.gateway.toml", false),
+        ("planner", "planner.agent.toml", false),
+        ("frontend", "frontend.frontend.toml", false),
+    ] {
+        let before = up.pid_of(needle);
+        let killed = Command::new("kill")
+            .args(["-9", &before.to_string()])
+            .status()
+            .expect("kill -9");
+        assert!(killed.success());
+        if data_plane_keeps_serving {
+            // Nothing in the request path depends on the control plane.
+            let answer = up.try_ask("Does the mesh serve while the control plane is down?");
+            assert_eq!(
+                answer.as_ref().map(|a| a["agents"].clone()),
+                Ok(expected.clone()),
+                "with the {victim} killed: {answer:?}\n{}",
+                up.output()
+            );
+        }
+        let deadline = Instant::now() + PATIENCE * 2;
+        let mut failures = 0;
+        loop {
+            match up.try_ask("Are you back?") {
+                Ok(a) if a["agents"] == expected => break,
+                other => {
+                    failures += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "no answer since the {victim} was killed ({failures} tries): {other:?}\n{}",
+                        up.output()
+                    );
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        let after = wait_for(|| {
+            processes_under(&up.data)
+                .iter()
+                .find(|p| p.contains(needle))
+                .and_then(|p| p.split(':').next()?.parse::<u32>().ok())
+        });
+        assert_ne!(before, after, "{victim} was not started again");
+        assert!(
+            up.output().contains(&format!("↻ {victim} restarted")),
+            "{}",
+            up.output()
+        );
+    }
+    let data = up.data.clone();
+    assert!(up.stop().success(), "{}", up.output());
+    assert_no_strays(&data);
 }

@@ -283,3 +283,36 @@ fn debug_shows_only_the_kid() {
     assert!(!dbg.contains(&URL_SAFE_NO_PAD.encode(key.pkcs8_der())));
     assert!(!dbg.contains("pkcs8"));
 }
+
+fn with_signature(token: &str, sig: &[u8]) -> String {
+    let input = token.rsplit_once('.').unwrap().0;
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+fn signature_of(token: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD
+        .decode(token.rsplit('.').next().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn our_jwt_svids_are_low_s() {
+    let key = JwtKey::generate().unwrap();
+    // Half of ring's raw signatures are high-S; 32 low-S tokens in a row would be 2^-32 luck.
+    for _ in 0..32 {
+        let token = sign_jwt_svid(&key, &sub(), &aud(), HOUR, now()).unwrap();
+        assert!(crate::ecdsa::is_low_s(&signature_of(&token)));
+    }
+}
+
+#[test]
+fn a_high_s_jwt_svid_from_another_issuer_is_accepted() {
+    // SPIRE (Go's crypto/ecdsa) emits high-S signatures half the time; JOSE allows them.
+    let (_key, jwks, token) = setup();
+    let high = crate::ecdsa::mirror_s(&signature_of(&token)).unwrap();
+    assert!(!crate::ecdsa::is_low_s(&high));
+    let spire_style = with_signature(&token, &high);
+    assert_ne!(spire_style, token);
+    let claims = validate_jwt_svid(&spire_style, &jwks, "billing", now()).unwrap();
+    assert_eq!(claims.sub, sub());
+}

@@ -2,8 +2,8 @@
 //! agentmesh-proxy's admin listener) and keeps the recent ones in one log, numbered in the
 //! order they arrived, for the Live decisions table, its event stream and the request pages.
 
+use agentmesh_sdk::local::{LocalAddr, LocalStream};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,16 +25,16 @@ const MAX_LINE: usize = 64 * 1024;
 pub enum FeedError {
     /// No TCP connection.
     #[error("cannot connect to {0}: {1}")]
-    Connect(SocketAddr, std::io::Error),
+    Connect(LocalAddr, std::io::Error),
     /// HTTP failed.
     #[error("{0}: {1}")]
-    Http(SocketAddr, String),
+    Http(LocalAddr, String),
     /// The sidecar answered something else than 200.
     #[error("{0} answered {1} to /decisions")]
-    Status(SocketAddr, u16),
+    Status(LocalAddr, u16),
     /// A line without an end.
     #[error("{0} sent a decision line over {MAX_LINE} bytes")]
-    LineTooLong(SocketAddr),
+    LineTooLong(LocalAddr),
 }
 
 /// One decision, as a sidecar's access log line has it, plus where it came from.
@@ -160,14 +160,14 @@ impl DecisionLog {
 /// and asking only for what it has not seen.
 pub async fn follow(
     name: String,
-    addr: SocketAddr,
+    addr: LocalAddr,
     log: Arc<DecisionLog>,
     names: Arc<IntentionNames>,
 ) {
     let mut after = 0u64;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match follow_once(&name, addr, &mut after, &log, &names).await {
+        match follow_once(&name, &addr, &mut after, &log, &names).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::debug!(proxy = %name, error = %e, "decision feed interrupted");
@@ -180,37 +180,37 @@ pub async fn follow(
 
 async fn follow_once(
     name: &str,
-    addr: SocketAddr,
+    addr: &LocalAddr,
     after: &mut u64,
     log: &DecisionLog,
     names: &IntentionNames,
 ) -> Result<(), FeedError> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let tcp = LocalStream::connect(addr)
         .await
-        .map_err(|e| FeedError::Connect(addr, e))?;
+        .map_err(|e| FeedError::Connect(addr.clone(), e))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake::<
         _,
         http_body_util::Empty<bytes::Bytes>,
     >(hyper_util::rt::TokioIo::new(tcp))
     .await
-    .map_err(|e| FeedError::Http(addr, e.to_string()))?;
+    .map_err(|e| FeedError::Http(addr.clone(), e.to_string()))?;
     let driver = tokio::spawn(conn);
     let req = http::Request::get(format!("/decisions?after={after}"))
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, "localhost")
         .body(http_body_util::Empty::new())
-        .map_err(|e| FeedError::Http(addr, e.to_string()))?;
+        .map_err(|e| FeedError::Http(addr.clone(), e.to_string()))?;
     let result = async {
         let resp = send
             .send_request(req)
             .await
-            .map_err(|e| FeedError::Http(addr, e.to_string()))?;
+            .map_err(|e| FeedError::Http(addr.clone(), e.to_string()))?;
         if resp.status() != http::StatusCode::OK {
-            return Err(FeedError::Status(addr, resp.status().as_u16()));
+            return Err(FeedError::Status(addr.clone(), resp.status().as_u16()));
         }
         let mut body = resp.into_body();
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| FeedError::Http(addr, e.to_string()))?;
+            let frame = frame.map_err(|e| FeedError::Http(addr.clone(), e.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -232,7 +232,7 @@ async fn follow_once(
                 }
             }
             if buf.len() > MAX_LINE {
-                return Err(FeedError::LineTooLong(addr));
+                return Err(FeedError::LineTooLong(addr.clone()));
             }
         }
         Ok(())

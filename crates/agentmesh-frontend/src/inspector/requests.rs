@@ -182,13 +182,20 @@ mod tests {
             serde_json::json!({"sub": "alice", "aud": "api"}),
             300,
         );
-        let l1 = delegation::add_link(&ca.source("spiffe://example.org/planner"), &token, "", None)
-            .unwrap();
+        let executor: agentmesh_sdk::SpiffeId = "spiffe://example.org/executor".parse().unwrap();
+        let gateway: agentmesh_sdk::SpiffeId = "spiffe://example.org/gateway".parse().unwrap();
+        let l1 = delegation::add_link(
+            &ca.source("spiffe://example.org/planner"),
+            &token,
+            "",
+            &executor,
+        )
+        .unwrap();
         let l2 = delegation::add_link(
             &ca.source("spiffe://example.org/executor"),
             &token,
             &l1,
-            None,
+            &gateway,
         )
         .unwrap();
         let links: Vec<String> = l2.split('~').map(str::to_owned).collect();

@@ -140,6 +140,8 @@ pub struct IdClaims {
     pub nonce: String,
     /// `exp`.
     pub exp: i64,
+    /// Every claim of the verified token, for the configured admin claim.
+    pub all: Map<String, Value>,
 }
 
 /// The parts of a token before its key is known: used to pick the key, never trusted.
@@ -309,6 +311,7 @@ pub fn verify(
         name: s("name").or_else(|| s("preferred_username")),
         nonce,
         exp,
+        all: t.claims.clone(),
     })
 }
 
@@ -394,6 +397,24 @@ mod tests {
         let c = verify(&idp.sign(&claims()), &idp.jwks(), WANT, SystemTime::now()).unwrap();
         assert_eq!(c.sub, "alice");
         assert_eq!(c.email.as_deref(), Some("alice@example.com"));
+    }
+
+    #[test]
+    fn an_issuer_that_signs_with_a_high_s_is_accepted() {
+        // OIDC (JWA ES256) does not require low S; many IdPs emit either half of the pair.
+        let idp = Idp::new();
+        let token = idp.sign(&claims());
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let high = if agentmesh_ca::ecdsa::is_low_s(&sig) {
+            agentmesh_ca::ecdsa::mirror_s(&sig).unwrap().to_vec()
+        } else {
+            sig
+        };
+        assert!(!agentmesh_ca::ecdsa::is_low_s(&high));
+        let high_token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&high));
+        let c = verify(&high_token, &idp.jwks(), WANT, SystemTime::now()).unwrap();
+        assert_eq!(c.sub, "alice");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum Reply {
     Json(u16, String),
     /// Nothing, ever: the request is read and the answer never comes.
     Hang,
+    /// The inner reply, once the gate reads true: lets a test hold calls in flight.
+    Gated(tokio::sync::watch::Receiver<bool>, Box<Reply>),
 }
 
 /// A request the fake provider received.
@@ -122,13 +124,18 @@ async fn answer(
         let last = script.last.clone();
         script.replies.pop_front().unwrap_or(last)
     };
+    let mut reply = reply;
+    while let Reply::Gated(mut gate, inner) = reply {
+        let _ = gate.wait_for(|open| *open).await;
+        reply = *inner;
+    }
     match reply {
         Reply::Json(status, body) => Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
             .unwrap(),
-        Reply::Hang => std::future::pending().await,
+        Reply::Hang | Reply::Gated(..) => std::future::pending().await,
     }
 }
 
@@ -142,6 +149,8 @@ pub async fn closed_port_url() -> String {
 
 /// The gateway's router in-process, as its proxy would call it.
 pub struct TestGateway {
+    /// The gateway itself, for its budget accounting.
+    pub gateway: Arc<Gateway>,
     router: Router,
     audit: Arc<Mutex<Vec<u8>>>,
     /// The loaded config (for checking what `Debug` shows).
@@ -155,8 +164,19 @@ impl TestGateway {
     /// A gateway with `providers_and_models` (TOML `[[provider]]` and `[[model]]` tables)
     /// that lets every caller use every model; API keys are read from `env` only.
     pub fn new(providers_and_models: &str, env: &[(&str, &str)]) -> Self {
+        Self::with_callers(
+            providers_and_models,
+            "[[caller]]\nid = \"*\"\nmodels = [\"*\"]\n",
+            env,
+        )
+    }
+
+    /// A gateway with `providers_and_models` and the `[[caller]]` tables `callers`.
+    pub fn with_callers(providers_and_models: &str, callers: &str, env: &[(&str, &str)]) -> Self {
+        // A socket path that is never bound: the harness serves the router itself, and a
+        // unix listen is what makes the gateway trust the XFCC its proxy would add.
         let text = format!(
-            "listen = \"127.0.0.1:1\"\n{providers_and_models}\n[[caller]]\nid = \"*\"\nmodels = [\"*\"]\n"
+            "listen = \"unix:///nonexistent/gateway.sock\"\n{providers_and_models}\n{callers}"
         );
         let env: HashMap<String, String> = env
             .iter()
@@ -170,9 +190,10 @@ impl TestGateway {
             let audit = audit.clone();
             AuditSink::new(move |line| audit.lock().unwrap().extend_from_slice(line))
         };
-        let gateway = Gateway::with_audit(cfg, sink).expect("gateway");
+        let gateway = Arc::new(Gateway::with_audit(cfg, sink).expect("gateway"));
         Self {
-            router: Arc::new(gateway).router(),
+            router: gateway.clone().router(),
+            gateway,
             audit,
             config_debug,
         }
@@ -203,6 +224,27 @@ impl TestGateway {
             .find_map(|l| serde_json::from_str(l).ok())
             .unwrap_or(Value::Null);
         (status, json)
+    }
+
+    /// POSTs `body` to `path` as the verified caller; the status and the body as text (for
+    /// SSE and NDJSON streams).
+    pub async fn post_text(&self, path: &str, body: Value) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                XFCC,
+                format!("By=spiffe://agentmesh.local/ns/default/sa/gateway;URI={CALLER}"),
+            )
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The audit lines so far.

@@ -50,9 +50,9 @@ impl Mesh {
 
     /// planner → researcher → writer → gateway.
     fn three_hops(&self, token: &str) -> String {
-        let one = add_link(&self.planner, token, "", Some(&id(RESEARCHER))).unwrap();
-        let two = add_link(&self.researcher, token, &one, Some(&id(WRITER))).unwrap();
-        add_link(&self.writer, token, &two, Some(&id(GATEWAY))).unwrap()
+        let one = add_link(&self.planner, token, "", &id(RESEARCHER)).unwrap();
+        let two = add_link(&self.researcher, token, &one, &id(WRITER)).unwrap();
+        add_link(&self.writer, token, &two, &id(GATEWAY)).unwrap()
     }
 }
 
@@ -177,7 +177,7 @@ fn a_link_replayed_from_another_request_is_refused() {
         json!({"sub": "alice", "aud": "research-team", "jti": "shared"}),
         300,
     );
-    let bobs = add_link(&mesh.planner, &bob, "", None).unwrap();
+    let bobs = add_link(&mesh.planner, &bob, "", &id(RESEARCHER)).unwrap();
     let err = verify(&mesh, &alice, &bobs).unwrap_err();
     assert!(
         matches!(err, ChainError::ReplayedLink { index: 1, .. }),
@@ -200,7 +200,7 @@ fn a_link_naming_another_identity_than_its_signer_is_refused() {
             },
             ujti: user.jti,
             prev: hash_of(&token),
-            aud: None,
+            aud: Some(WRITER.into()),
             iat: unix(SystemTime::now()),
             exp: user.exp,
         },
@@ -218,7 +218,7 @@ fn a_link_from_a_foreign_ca_is_refused() {
     let mesh = Mesh::new();
     let token = mesh.token();
     let foreign = TestCa::new("example.org");
-    let link = add_link(&foreign.source(PLANNER), &token, "", None).unwrap();
+    let link = add_link(&foreign.source(PLANNER), &token, "", &id(RESEARCHER)).unwrap();
     let err = verify(&mesh, &token, &link).unwrap_err();
     assert!(
         matches!(err, ChainError::LinkUntrusted { index: 1, .. }),
@@ -230,7 +230,7 @@ fn a_link_from_a_foreign_ca_is_refused() {
 fn an_altered_link_is_refused() {
     let mesh = Mesh::new();
     let token = mesh.token();
-    let link = add_link(&mesh.planner, &token, "", None).unwrap();
+    let link = add_link(&mesh.planner, &token, "", &id(RESEARCHER)).unwrap();
     let (h, rest) = link.split_once('.').unwrap();
     let (c, s) = rest.split_once('.').unwrap();
     let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).unwrap()).unwrap();
@@ -258,7 +258,7 @@ fn an_expired_link_is_refused() {
             },
             ujti: user.jti,
             prev: hash_of(&token),
-            aud: None,
+            aud: Some(RESEARCHER.into()),
             iat: now - 600,
             exp: now - 300,
         },
@@ -276,21 +276,24 @@ fn a_link_addressed_to_someone_else_is_refused() {
     let mesh = Mesh::new();
     let token = mesh.token();
     // The planner addressed the writer, but the researcher came next.
-    let one = add_link(&mesh.planner, &token, "", Some(&id(WRITER))).unwrap();
-    let two = add_link(&mesh.researcher, &token, &one, None).unwrap();
+    let one = add_link(&mesh.planner, &token, "", &id(WRITER)).unwrap();
+    let two = add_link(&mesh.researcher, &token, &one, &id(GATEWAY)).unwrap();
     let err = verify(&mesh, &token, &two).unwrap_err();
     assert!(
         matches!(err, ChainError::LinkWrongAudience { index: 1, .. }),
         "{err}"
     );
     // The last link names the gateway, and this service is someone else.
-    let one = add_link(&mesh.planner, &token, "", Some(&id(GATEWAY))).unwrap();
+    let one = add_link(&mesh.planner, &token, "", &id(GATEWAY)).unwrap();
     let config = mesh.config().with_me(id(RESEARCHER));
     let err = verify_chain(&token, &one, &config, None, SystemTime::now()).unwrap_err();
     assert!(
         matches!(err, ChainError::LinkWrongAudience { index: 1, .. }),
         "{err}"
     );
+    // The gateway it names accepts it.
+    let config = mesh.config().with_me(id(GATEWAY));
+    verify_chain(&token, &one, &config, Some(&id(PLANNER)), SystemTime::now()).unwrap();
 }
 
 #[test]
@@ -482,22 +485,189 @@ fn a_full_chain_cannot_grow_and_links_never_outlive_the_token() {
     let token = mesh.token();
     let mut links = String::new();
     for _ in 0..MAX_LINKS {
-        links = add_link(&mesh.planner, &token, &links, None).unwrap();
+        links = add_link(&mesh.planner, &token, &links, &id(PLANNER)).unwrap();
     }
     // Sixteen links by the same agent are a valid (if odd) chain.
     assert_eq!(verify(&mesh, &token, &links).unwrap().hops.len(), MAX_LINKS);
-    let err = add_link(&mesh.planner, &token, &links, None).unwrap_err();
+    let err = add_link(&mesh.planner, &token, &links, &id(PLANNER)).unwrap_err();
     assert!(matches!(err, ChainError::TooLong { .. }), "{err}");
 
-    let link = add_link(&mesh.planner, &token, "", None).unwrap();
+    let link = add_link(&mesh.planner, &token, "", &id(RESEARCHER)).unwrap();
     let c = link.split('.').nth(1).unwrap();
     let claims: LinkClaims = decode_json(c).unwrap();
     assert_eq!(claims.exp, read_user_claims(&token).unwrap().exp);
     assert_eq!(claims.act.sub, PLANNER);
+    assert_eq!(claims.aud.as_deref(), Some(RESEARCHER));
 
     // add_link refuses what is not a user token.
     for bad in ["", "garbage", "a.b.c"] {
-        let err = add_link(&mesh.planner, bad, "", None).unwrap_err();
+        let err = add_link(&mesh.planner, bad, "", &id(RESEARCHER)).unwrap_err();
         assert!(matches!(err, ChainError::UserToken(_)), "{bad}: {err}");
     }
+}
+
+#[test]
+fn a_link_without_an_audience_is_refused() {
+    let mesh = Mesh::new();
+    let token = mesh.token();
+    let user = read_user_claims(&token).unwrap();
+    let unaddressed = sign_link(
+        &mesh.planner,
+        &LinkClaims {
+            sub: user.sub,
+            act: Act {
+                sub: PLANNER.into(),
+            },
+            ujti: user.jti,
+            prev: hash_of(&token),
+            aud: None,
+            iat: unix(SystemTime::now()),
+            exp: user.exp,
+        },
+    )
+    .unwrap();
+    for config in [mesh.config(), mesh.config().with_me(id(RESEARCHER))] {
+        let err = verify_chain(&token, &unaddressed, &config, None, SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(err, ChainError::LinkNoAudience { index: 1 }),
+            "{err}"
+        );
+    }
+    // In the middle of a chain too.
+    let two = add_link(&mesh.researcher, &token, &unaddressed, &id(WRITER)).unwrap();
+    let err = verify(&mesh, &token, &two).unwrap_err();
+    assert!(
+        matches!(err, ChainError::LinkNoAudience { index: 1 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_chain_is_accepted_only_by_the_hop_its_last_link_names() {
+    let mesh = Mesh::new();
+    let token = mesh.token();
+    let links = mesh.three_hops(&token);
+    let now = SystemTime::now();
+    // The writer's link names the gateway: the gateway accepts the chain ...
+    let gateway = mesh.config().with_me(id(GATEWAY));
+    verify_chain(&token, &links, &gateway, Some(&id(WRITER)), now).unwrap();
+    // ... and nobody else the writer could forward it to does.
+    for other in [PLANNER, RESEARCHER, "spiffe://example.org/executor"] {
+        let config = mesh.config().with_me(id(other));
+        let err = verify_chain(&token, &links, &config, Some(&id(WRITER)), now).unwrap_err();
+        assert!(
+            matches!(err, ChainError::LinkWrongAudience { index: 3, .. }),
+            "{other}: {err}"
+        );
+    }
+}
+
+#[test]
+fn our_links_and_tokens_are_low_s() {
+    let mesh = Mesh::new();
+    for _ in 0..16 {
+        let token = mesh.token();
+        let links = mesh.three_hops(&token);
+        for jws in std::iter::once(token.as_str()).chain(links.split('~')) {
+            let sig = URL_SAFE_NO_PAD
+                .decode(jws.rsplit('.').next().unwrap())
+                .unwrap();
+            assert!(agentmesh_ca::ecdsa::is_low_s(&sig), "{jws}");
+        }
+    }
+}
+
+/// The token with its signature's malleated twin `(r, n - s)`: the same claims, other bytes.
+fn malleated(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let twin = agentmesh_ca::ecdsa::mirror_s(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(twin))
+}
+
+#[test]
+fn a_hop_accepts_a_token_once_per_path() {
+    let mesh = Mesh::new();
+    let token = mesh.token();
+    let links = mesh.three_hops(&token);
+    let now = SystemTime::now();
+    let config = mesh.config().with_me(id(GATEWAY));
+    let chain = verify_chain(&token, &links, &config, Some(&id(WRITER)), now).unwrap();
+    let cache = ReplayCache::new(16, config.leeway);
+    cache.admit(&chain, now).unwrap();
+    let err = cache.admit(&chain, now).unwrap_err();
+    assert!(
+        matches!(&err, ChainError::Replayed { caller, .. } if caller == WRITER),
+        "{err}"
+    );
+    assert_eq!(cache.len(), 1);
+
+    // The malleated twin of the token verifies (ring accepts a high s) but is the same jti.
+    let twin = malleated(&token);
+    assert_ne!(twin, token);
+    let config = mesh.config().with_me(id(PLANNER));
+    let direct = verify_chain(&token, "", &config, None, now).unwrap();
+    let twin_chain = verify_chain(&twin, "", &config, None, now).unwrap();
+    cache.admit(&direct, now).unwrap();
+    let err = cache.admit(&twin_chain, now).unwrap_err();
+    assert!(matches!(err, ChainError::Replayed { .. }), "{err}");
+}
+
+#[test]
+fn a_fan_out_reaches_the_same_hop_along_different_paths() {
+    // threat-pipeline: the orchestrator calls the classifier, the validator and the scorer
+    // with one token, and each of them calls the gateway with it.
+    let mesh = Mesh::new();
+    let orchestrator = mesh.ca.source("spiffe://example.org/orchestrator");
+    let token = mesh.token();
+    let now = SystemTime::now();
+    let gateway = mesh.config().with_me(id(GATEWAY));
+    let cache = ReplayCache::new(16, gateway.leeway);
+    for branch in ["classifier", "validator", "scorer"] {
+        let branch_id = id(&format!("spiffe://example.org/{branch}"));
+        let one = add_link(&orchestrator, &token, "", &branch_id).unwrap();
+        let two = add_link(
+            &mesh.ca.source(&branch_id.to_string()),
+            &token,
+            &one,
+            &id(GATEWAY),
+        )
+        .unwrap();
+        let chain = verify_chain(&token, &two, &gateway, Some(&branch_id), now).unwrap();
+        cache.admit(&chain, now).unwrap();
+    }
+    assert_eq!(cache.len(), 3);
+}
+
+#[test]
+fn the_replay_cache_forgets_expired_tokens_and_refuses_when_full() {
+    let mesh = Mesh::new();
+    let config = mesh.config();
+    let now = SystemTime::now();
+    let chain_of = |token: &str| verify_chain(token, "", &config, None, now).unwrap();
+    let first = chain_of(&mesh.token());
+    let second = chain_of(&mesh.token());
+    let third = chain_of(&mesh.token());
+    let cache = ReplayCache::new(2, config.leeway);
+    cache.admit(&first, now).unwrap();
+    cache.admit(&second, now).unwrap();
+    let err = cache.admit(&third, now).unwrap_err();
+    assert!(
+        matches!(err, ChainError::ReplayCacheFull { max: 2 }),
+        "{err}"
+    );
+    assert_eq!(
+        err.into_response().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(cache.len(), 2, "a refused token is not remembered");
+    // Within the leeway after exp the tokens are still acceptable, so still remembered.
+    let at_exp = UNIX_EPOCH + Duration::from_secs(first.user.exp.unsigned_abs() + 30);
+    assert!(matches!(
+        cache.admit(&first, at_exp),
+        Err(ChainError::Replayed { .. })
+    ));
+    // Past it they are forgotten, which makes room.
+    let later = at_exp + Duration::from_secs(2);
+    cache.admit(&third, later).unwrap();
+    assert_eq!(cache.len(), 1);
 }

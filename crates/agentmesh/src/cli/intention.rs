@@ -233,6 +233,7 @@ pub fn spec_from_args(args: &IntentionCreateArgs) -> anyhow::Result<IntentionSpe
             action,
             permissions,
             description: args.description.clone(),
+            owner: String::new(),
         }
     };
     spec.validate(&placeholder_td(), String::new(), 0)
@@ -273,6 +274,14 @@ pub fn intention_text(i: &IntentionJson) -> String {
     if !i.spec.description.is_empty() {
         line("Description", &i.spec.description);
     }
+    line(
+        "Owner",
+        if i.spec.owner.is_empty() {
+            "operator"
+        } else {
+            &i.spec.owner
+        },
+    );
     line("Created at", &i.created_at);
     out
 }

@@ -1,10 +1,16 @@
-//! `agentmesh node run`: the per-host daemon.
+//! `agentmesh node run`: the per-host daemon; `agentmesh node denials`: the full explanation
+//! of the callers it refused, from its 0600 admin socket.
 
 use std::path::PathBuf;
 
 use agentmesh_node::NodeConfig;
+use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::admin::status_error;
+use super::output::{TextOrJson, print_json, rfc3339_secs};
 
 use super::server::Signals;
 use super::{JOIN_TOKEN_ENV, WORKLOAD_SOCKET_ENV, default_admin_socket, workload_socket_path};
@@ -17,6 +23,98 @@ pub const DEFAULT_NODE_DATA_DIR: &str = ".agentmesh/node";
 pub enum NodeCommand {
     /// Runs the node until SIGINT or SIGTERM.
     Run(NodeRunArgs),
+    /// Why the node refused callers: the closest entry and what it needs, which the refused
+    /// caller itself is only given a request id for (newest first).
+    Denials(NodeDenialsArgs),
+}
+
+/// `agentmesh node denials` flags.
+#[derive(Debug, Clone, Args)]
+pub struct NodeDenialsArgs {
+    /// Only the denial with this request id (from the refused caller's error message)
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+    /// The node's admin socket [default: <DATA_DIR>/admin.sock]
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// The node's data dir, used to find the admin socket
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_NODE_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: TextOrJson,
+}
+
+/// One denial as `-o json` prints it.
+#[derive(Debug, Serialize)]
+struct DenialJson {
+    request_id: String,
+    at: String,
+    api: String,
+    pid: u32,
+    uid: u32,
+    missing_kinds: Vec<String>,
+    closest_entry_id: String,
+    closest_spiffe_id: String,
+    explanation: String,
+}
+
+async fn denials(args: NodeDenialsArgs) -> anyhow::Result<()> {
+    let socket = args
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| default_admin_socket(&args.data_dir));
+    let channel = agentmesh_proto::unix::connect(&socket).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the node's admin socket {}: {e}; is the node running, and may this user \
+             open the socket (mode 0600)? Point at it with --admin-socket",
+            socket.display()
+        )
+    })?;
+    let denials = NodeAdminClient::new(channel)
+        .list_denials(agentmesh_proto::v1::ListDenialsRequest {
+            request_id: args.request_id.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .denials;
+    let rows: Vec<DenialJson> = denials
+        .into_iter()
+        .map(|d| DenialJson {
+            request_id: d.request_id,
+            at: rfc3339_secs(d.at),
+            api: d.api,
+            pid: d.pid,
+            uid: d.uid,
+            missing_kinds: d.missing_kinds,
+            closest_entry_id: d.closest_entry_id,
+            closest_spiffe_id: d.closest_spiffe_id,
+            explanation: d.explanation,
+        })
+        .collect();
+    match args.output {
+        TextOrJson::Json => print_json(&rows),
+        TextOrJson::Text => {
+            if rows.is_empty() {
+                println!("The node has refused no caller since it started.");
+            }
+            for d in rows {
+                println!("Request ID    : {}", d.request_id);
+                println!("At            : {}", d.at);
+                println!("API           : {}", d.api);
+                println!("Caller        : pid {} uid {}", d.pid, d.uid);
+                println!(
+                    "Closest entry : {} {}",
+                    d.closest_entry_id, d.closest_spiffe_id
+                );
+                println!("Missing kinds : {}", d.missing_kinds.join(", "));
+                println!("Explanation   : {}", d.explanation);
+                println!();
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `agentmesh node run` flags.
@@ -46,6 +144,30 @@ pub struct NodeRunArgs {
     /// CA's root, such as OpenBao's) [default: from the bundle]
     #[arg(long, value_name = "TD")]
     pub trust_domain: Option<String>,
+    /// A TOML file with a `[limits]` table for the Workload API and admin sockets (the
+    /// same keys as every component's `[limits]`) [default: the built-in limits]
+    #[arg(long, value_name = "FILE")]
+    pub limits: Option<PathBuf>,
+}
+
+/// The `--limits` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    limits: agentmesh_proto::limits::ListenerLimits,
+}
+
+/// Reads and checks a `--limits` file.
+fn read_limits(path: &std::path::Path) -> anyhow::Result<agentmesh_proto::limits::ListenerLimits> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --limits {}", path.display()))?;
+    let file: LimitsFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--limits {}: {}", path.display(), e.message()))?;
+    file.limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("--limits {}: {e}", path.display()))?;
+    Ok(file.limits)
 }
 
 impl NodeRunArgs {
@@ -83,6 +205,12 @@ impl NodeRunArgs {
                         .map_err(|e| anyhow::anyhow!("invalid --trust-domain {td:?}: {e}"))
                 })
                 .transpose()?,
+            limits: self
+                .limits
+                .as_deref()
+                .map(read_limits)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -93,6 +221,7 @@ impl NodeRunArgs {
 /// Bad settings, or the node failing to start.
 pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
+        NodeCommand::Denials(args) => denials(args).await,
         NodeCommand::Run(args) => {
             let cfg = args.to_config()?;
             let server = cfg.server.clone();
@@ -146,6 +275,40 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_limits_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("limits.toml");
+        let args = |f: &std::path::Path| {
+            parse(&[
+                "--server",
+                "127.0.0.1:8081",
+                "--socket",
+                "/tmp/node.sock",
+                "--trust-bundle",
+                "b.pem",
+                "--limits",
+                f.to_str().unwrap(),
+            ])
+        };
+        std::fs::write(&file, "[limits]\nheader_timeout = \"3s\"\n").unwrap();
+        let cfg = args(&file).to_config().unwrap();
+        assert_eq!(cfg.limits.header_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            cfg.limits.body_idle_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        std::fs::write(&file, "[limits]\nheader_timout = \"3s\"\n").unwrap();
+        let err = args(&file).to_config().unwrap_err().to_string();
+        assert!(
+            err.contains("header_timout") && err.contains("--limits"),
+            "{err}"
+        );
+        std::fs::write(&file, "[limits]\nmax_connections = 0\n").unwrap();
+        let err = args(&file).to_config().unwrap_err().to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
+    }
+
+    #[test]
     fn the_join_token_is_optional() {
         let a = parse(&[
             "--server",
@@ -161,6 +324,32 @@ mod tests {
         assert_eq!(cfg.admin_socket, PathBuf::from("/var/lib/am/admin.sock"));
         // The env var may be set in the test's environment; only check it is not empty.
         assert_ne!(cfg.join_token.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn denials_are_read_from_the_node_admin_socket_by_request_id() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "denials",
+            "--request-id",
+            "0123456789abcdef",
+            "--data-dir",
+            "/var/lib/am",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let crate::cli::Command::Node(NodeCommand::Denials(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(a.request_id.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(a.output, TextOrJson::Json);
+        assert_eq!(
+            a.admin_socket
+                .unwrap_or_else(|| default_admin_socket(&a.data_dir)),
+            PathBuf::from("/var/lib/am/admin.sock")
+        );
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct ServerFileConfig {
     pub upstream_authority: Option<UpstreamAuthorityFile>,
     /// `[oidc_discovery]`: serve the JWKS and discovery document for JWT-SVID verifiers.
     pub oidc_discovery: Option<OidcDiscoveryFile>,
+    /// `[limits]`: the node API's and the admin socket's listener limits (file only).
+    pub limits: Option<agentmesh_proto::limits::ListenerLimits>,
 }
 
 /// `[oidc_discovery]`.
@@ -377,6 +379,10 @@ pub fn resolve(
             })
         }
     };
+    let limits = file.limits.clone().unwrap_or_default();
+    limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid {e} in {file_name}"))?;
     Ok(ServerConfig {
         data_dir,
         trust_domain,
@@ -386,6 +392,7 @@ pub fn resolve(
         issuance,
         upstream,
         oidc_discovery,
+        limits,
     })
 }
 
@@ -586,6 +593,28 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(cfg.issuance.default_x509_ttl, Duration::from_secs(600));
         assert_eq!(cfg.issuance.join_token_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn the_limits_table_reaches_the_server_and_a_bad_value_is_named() {
+        let f = file("[limits]\nmax_connections = 10\nheader_timeout = \"4s\"\n").unwrap();
+        let cfg = resolve(&ServerRunArgs::default(), &f, None, None).unwrap();
+        assert_eq!(cfg.limits.max_connections, 10);
+        assert_eq!(cfg.limits.header_timeout, Duration::from_secs(4));
+        let cfg = resolve(&ServerRunArgs::default(), &file("").unwrap(), None, None).unwrap();
+        assert_eq!(
+            cfg.limits,
+            agentmesh_proto::limits::ListenerLimits::default()
+        );
+        let f = file("[limits]\nmax_header_bytes = 100\n").unwrap();
+        let err = resolve(&ServerRunArgs::default(), &f, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_header_bytes"), "{err}");
+        let err = file("[limits]\nmax_conections = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
     }
 
     #[test]

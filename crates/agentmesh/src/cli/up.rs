@@ -20,15 +20,15 @@ use agentmesh_proto::v1::{
     GenerateJoinTokenRequest, GetBundleRequest, ListEntriesRequest, ListIntentionsRequest,
     RegisterLaunchRequest,
 };
+use agentmesh_sdk::local::{LocalAddr, LocalStream};
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::process::Command;
 use tonic::transport::Channel;
 
 use self::scenario::{DEFAULT_QUESTION, DEFAULT_SCENARIO, Scenario, ServiceKind, ServiceSpec};
-use self::supervisor::{Supervisor, tail};
+use self::supervisor::{Recipe, Supervisor, tail};
 use super::server::Signals;
 use super::{ADMIN_SOCKET_ENV, DEFAULT_DATA_DIR, WORKLOAD_SOCKET_ENV};
 
@@ -118,6 +118,8 @@ pub struct Layout {
     pub data: PathBuf,
     logs: PathBuf,
     configs: PathBuf,
+    /// `<data>/run/NAME/`: each service's app, sidecar-port and admin sockets, 0700.
+    run: PathBuf,
     admin_socket: PathBuf,
     node_socket: PathBuf,
     node_admin_socket: PathBuf,
@@ -136,6 +138,7 @@ impl Layout {
         Ok(Self {
             logs: data.join("logs"),
             configs: data.join("services"),
+            run: data.join("run"),
             admin_socket: data.join(super::ADMIN_SOCKET_FILE),
             node_socket: data.join("node.sock"),
             node_admin_socket: data.join("node-admin.sock"),
@@ -194,19 +197,23 @@ pub struct ServiceInfo {
 struct Planned {
     spec: ServiceSpec,
     id: String,
-    app: SocketAddr,
+    /// Where the app listens: a Unix socket only its sidecar's user reaches, or loopback TCP
+    /// for the listeners meant for people (the frontend, an entry agent with no frontend)
+    /// and for `kind = "process"` apps, which get a port in `$PORT`.
+    app: LocalAddr,
     inbound: SocketAddr,
-    admin: SocketAddr,
+    /// The sidecar's (or in-process agent's) admin: a Unix socket.
+    admin: LocalAddr,
     /// (destination, local listener); includes the self-check's probe.
-    upstreams: Vec<(String, SocketAddr)>,
+    upstreams: Vec<(String, LocalAddr)>,
 }
 
 impl Planned {
-    fn upstream(&self, dest: &str) -> Option<SocketAddr> {
+    fn upstream(&self, dest: &str) -> Option<&LocalAddr> {
         self.upstreams
             .iter()
             .find(|(d, _)| d == dest)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 }
 
@@ -222,7 +229,17 @@ impl PortPool {
     }
 }
 
-fn plan(scenario: &Scenario) -> anyhow::Result<(Vec<Planned>, SocketAddr)> {
+/// A socket in the service's own 0700 directory under `<data>/run/`.
+fn socket_in(layout: &Layout, service: &str, file: &str) -> anyhow::Result<LocalAddr> {
+    let path = layout.run.join(service).join(file);
+    format!("unix://{}", path.display()).parse().map_err(|e| {
+        anyhow!(
+            "service {service}: {e}; choose a shorter --data-dir (Unix socket paths are limited)"
+        )
+    })
+}
+
+fn plan(scenario: &Scenario, layout: &Layout) -> anyhow::Result<(Vec<Planned>, SocketAddr)> {
     // Fixed ports first: a port in use is the most common start failure, and it must be
     // found before any child exists.
     for s in &scenario.services {
@@ -238,27 +255,43 @@ fn plan(scenario: &Scenario) -> anyhow::Result<(Vec<Planned>, SocketAddr)> {
     let mut pool = PortPool(Vec::new());
     let server = pool.take()?;
     let mut planned = Vec::new();
+    let has_frontend = scenario
+        .services
+        .iter()
+        .any(|s| s.kind == ServiceKind::Frontend);
     for s in &scenario.services {
+        // People reach the frontend (or, with no frontend, the entry agent) directly; a
+        // plain program gets a port. Every other app is reachable only by its sidecar.
+        let for_people = s.kind == ServiceKind::Frontend
+            || (!has_frontend && s.name == scenario.entry)
+            || s.kind == ServiceKind::Process;
         let app = match s.listen {
-            Some(a) => a,
-            None => pool.take()?,
+            Some(a) => LocalAddr::from(a),
+            None if for_people => LocalAddr::from(pool.take()?),
+            None => socket_in(layout, &s.name, "app.sock")?,
         };
-        let mut upstreams = Vec::new();
-        for u in &s.upstreams {
-            upstreams.push((u.clone(), pool.take()?));
-        }
+        let mut dests = s.upstreams.clone();
         if let Some(c) = &scenario.self_check
             && c.source == s.name
             && !s.upstreams.contains(&c.destination)
         {
-            upstreams.push((c.destination.clone(), pool.take()?));
+            dests.push(c.destination.clone());
+        }
+        let mut upstreams = Vec::new();
+        for d in dests {
+            let listen = if s.kind == ServiceKind::Process {
+                LocalAddr::from(pool.take()?)
+            } else {
+                socket_in(layout, &s.name, &format!("to-{}.sock", file_safe(&d)))?
+            };
+            upstreams.push((d, listen));
         }
         planned.push(Planned {
             spec: s.clone(),
             id: scenario.id_of(&s.name).to_string(),
             app,
             inbound: pool.take()?,
-            admin: pool.take()?,
+            admin: socket_in(layout, &s.name, "admin.sock")?,
             upstreams,
         });
     }
@@ -266,6 +299,19 @@ fn plan(scenario: &Scenario) -> anyhow::Result<(Vec<Planned>, SocketAddr)> {
 }
 
 // === helpers ===
+
+/// A service name as a file name (`team/planner` → `team_planner`).
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// A TOML (and JSON) string literal.
 fn q(s: &str) -> String {
@@ -288,9 +334,9 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn agentmesh_command() -> anyhow::Result<Command> {
+fn agentmesh_command() -> anyhow::Result<Recipe> {
     let exe = std::env::current_exe().context("cannot find the agentmesh binary")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Recipe::new(exe);
     // Children get their sockets from flags and configs, never from the caller's shell; and
     // each names itself in traces (agentmesh-proxy/NAME, agentmesh-agent/NAME, ...), so one
     // OTEL_SERVICE_NAME from the shell must not rename them all. The other OTEL_* variables
@@ -325,10 +371,10 @@ where
     }
 }
 
-/// A bare HTTP/1.0 GET on loopback: status and body, or None when nothing answers.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+/// A bare HTTP/1.0 GET on a local address: status and body, or None when nothing answers.
+async fn http_get(addr: &LocalAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut s = LocalStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .ok()?;
@@ -375,6 +421,37 @@ pub async fn post_json(
         .await
         .map_err(|_| anyhow!("no answer from {url} within {timeout:?}"))?
         .map_err(|e| anyhow!("cannot reach {url}: {e}"))
+}
+
+/// [`post_json`] over a local address (a sidecar's Unix socket).
+///
+/// # Errors
+/// Nothing answered, or no answer within `timeout`.
+async fn post_json_local(
+    target: &LocalAddr,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Value)> {
+    use http_body_util::{BodyExt, Full};
+    let client = agentmesh_sdk::local::http_client::<Full<bytes::Bytes>>(target);
+    let req = http::Request::post(format!("{}{path}", target.http_base()))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .with_context(|| format!("invalid path {path:?}"))?;
+    let call = async {
+        let resp = client.request(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| anyhow!("no answer from {target} within {timeout:?}"))?
+        .map_err(|e| anyhow!("cannot reach {target}: {e}"))
 }
 
 /// How a user runs this binary again: `agentmesh` when that is what `$PATH` finds, else its
@@ -617,7 +694,7 @@ fn agent_toml(p: &Planned, all: &[Planned], scenario: &Scenario, layout: &Layout
             "\n[[upstream]]\nname = {}\nrole = {}\nurl = {}",
             q(dest),
             q(plays),
-            q(&format!("http://{listen}"))
+            q(&upstream_url(listen))
         );
     }
     if let Some(kind) = &p.spec.search {
@@ -756,7 +833,7 @@ fn frontend_toml(p: &Planned, all: &[Planned], layout: &Layout) -> String {
             t,
             "\n[[upstream]]\nname = {}\nurl = {}",
             q(dest),
-            q(&format!("http://{listen}"))
+            q(&upstream_url(listen))
         );
     }
     if let Some(oidc) = &p.spec.oidc {
@@ -782,6 +859,16 @@ fn frontend_toml(p: &Planned, all: &[Planned], layout: &Layout) -> String {
         );
     }
     t
+}
+
+/// How an app names its sidecar's port for a destination: the socket itself, or an
+/// `http://` URL for a TCP port.
+fn upstream_url(listen: &LocalAddr) -> String {
+    if listen.is_unix() {
+        listen.to_string()
+    } else {
+        listen.http_base()
+    }
 }
 
 fn env_var_name(service: &str) -> String {
@@ -815,7 +902,7 @@ async fn start_all(
         .arg(&layout.data)
         .arg("--admin-socket")
         .arg(&layout.admin_socket);
-    sup.spawn("server", cmd, &layout.logs.join("server.log"), None)?;
+    sup.spawn("server", cmd, &layout.logs.join("server.log"), None, None)?;
     let admin_socket = layout.admin_socket.clone();
     wait_until("the server's admin socket", sup, || {
         let p = admin_socket.clone();
@@ -854,7 +941,7 @@ async fn start_all(
         .arg(&layout.node_admin_socket)
         // In the environment, not argv, so the token is not in `ps`.
         .env(super::JOIN_TOKEN_ENV, &token);
-    sup.spawn("node", cmd, &layout.logs.join("node.log"), None)?;
+    sup.spawn("node", cmd, &layout.logs.join("node.log"), None, None)?;
     let sockets = [layout.node_socket.clone(), layout.node_admin_socket.clone()];
     wait_until("the node's sockets", sup, || {
         let s = sockets.clone();
@@ -910,14 +997,22 @@ async fn start_all(
         plans.len()
     );
 
-    // --- intentions: exactly the scenario's ---
+    // --- intentions: the scenario's replace whatever `up` applied before; an operator's stay ---
     let old = admin
         .list_intentions(ListIntentionsRequest {})
         .await
         .map_err(|s| anyhow!("cannot list intentions: {}", s.message()))?
         .into_inner()
         .intentions;
+    let owner = agentmesh_policy::scenario_owner(&scenario.name);
+    let mut kept = 0;
     for i in old {
+        let applied_by_up = serde_json::from_str::<agentmesh_policy::IntentionSpec>(&i.spec_json)
+            .is_ok_and(|s| s.owner.starts_with("up:"));
+        if !applied_by_up {
+            kept += 1;
+            continue;
+        }
         admin
             .delete_intention(DeleteIntentionRequest {
                 id: i.id.clone(),
@@ -929,20 +1024,34 @@ async fn start_all(
     }
     let mut intentions = Vec::new();
     for spec in &scenario.intentions {
-        let created = admin
+        let mut spec = spec.clone();
+        spec.owner.clone_from(&owner);
+        let created = match admin
             .create_intention(CreateIntentionRequest {
                 spec_json: spec.to_json(),
             })
             .await
-            .map_err(|s| {
-                anyhow!(
+        {
+            Ok(c) => c.into_inner(),
+            // An operator's intention for the same pair wins: it was made on purpose.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                println!(
+                    "  ! intention {} → {} of the scenario not applied: {}",
+                    spec.source,
+                    spec.destination,
+                    s.message()
+                );
+                continue;
+            }
+            Err(s) => {
+                return Err(anyhow!(
                     "cannot create intention {} → {}: {}",
                     spec.source,
                     spec.destination,
                     s.message()
-                )
-            })?
-            .into_inner();
+                ));
+            }
+        };
         intentions.push((
             created.id,
             spec.source.clone(),
@@ -952,8 +1061,13 @@ async fn start_all(
         ));
     }
     println!(
-        "  ✓ intentions  {} applied; everything else is denied",
-        intentions.len()
+        "  ✓ intentions  {} applied ({owner}){}; everything else is denied",
+        intentions.len(),
+        if kept > 0 {
+            format!(", {kept} of an operator's kept")
+        } else {
+            String::new()
+        }
     );
 
     // --- services and sidecars ---
@@ -982,17 +1096,23 @@ async fn start_all(
                 (cmd, Some(layout.logs.join(format!("{stem}.audit.jsonl"))))
             }
             ServiceKind::Process => {
-                let mut cmd = Command::new(&p.spec.command[0]);
+                let mut cmd = Recipe::new(&p.spec.command[0]);
                 cmd.args(&p.spec.command[1..])
                     .env("AGENTMESH_SERVICE", name)
                     .env("AGENTMESH_LISTEN", p.app.to_string())
-                    .env("PORT", p.app.port().to_string())
+                    .env(
+                        "PORT",
+                        p.app
+                            .tcp_socket_addr()
+                            .map(|a| a.port().to_string())
+                            .unwrap_or_default(),
+                    )
                     .env("AGENTMESH_MODEL", MODEL)
                     .envs(&p.spec.env);
                 for (dest, listen) in &p.upstreams {
                     cmd.env(
                         format!("AGENTMESH_UPSTREAM_{}", env_var_name(dest)),
-                        format!("http://{listen}"),
+                        upstream_url(listen),
                     );
                 }
                 (cmd, None)
@@ -1010,6 +1130,7 @@ async fn start_all(
             app_cmd,
             &layout.logs.join(format!("{stem}.log")),
             app_stdout.as_deref(),
+            Some(name),
         )?;
         register_launch(&mut node, pid, name).await?;
         if !p.spec.sidecar {
@@ -1025,13 +1146,14 @@ async fn start_all(
             cmd,
             &layout.logs.join(format!("{stem}.proxy.log")),
             Some(&layout.logs.join(format!("{stem}.access.jsonl"))),
+            Some(name),
         )?;
         register_launch(&mut node, pid, name).await?;
     }
 
     // --- ready: every sidecar has its SVID and the intentions, every app answers ---
     for p in plans {
-        let admin_addr = p.admin;
+        let admin_addr = &p.admin;
         let whose = if p.spec.sidecar {
             format!("{}'s sidecar to get its SVID", p.spec.name)
         } else {
@@ -1048,10 +1170,10 @@ async fn start_all(
             );
             continue;
         }
-        let (app, kind) = (p.app, p.spec.kind);
+        let (app, kind) = (&p.app, p.spec.kind);
         wait_until(&format!("{} to answer", p.spec.name), sup, || async move {
             match kind {
-                ServiceKind::Process => tokio::net::TcpStream::connect(app).await.is_ok(),
+                ServiceKind::Process => LocalStream::connect(app).await.is_ok(),
                 _ => matches!(http_get(app, "/healthz").await, Some((200, _))),
             }
         })
@@ -1204,15 +1326,18 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
         let port = source
             .upstream(&c.destination)
             .unwrap_or_else(|| unreachable!("planned"));
-        // An agent without a sidecar makes the call itself when its admin's probe asks.
-        let (url_base, through) = if source.spec.sidecar {
+        // An agent without a sidecar makes the call itself when its admin's probe asks. Both
+        // are Unix sockets that only this user can use: the self-check has no back door.
+        let (target, prefix, through) = if source.spec.sidecar {
             (
-                format!("http://{port}"),
+                port.clone(),
+                String::new(),
                 format!("through {}'s sidecar", c.source),
             )
         } else {
             (
-                format!("http://{}/probe/{}", source.admin, c.destination),
+                source.admin.clone(),
+                format!("/probe/{}", c.destination),
                 format!("{}'s own in-process mTLS", c.source),
             )
         };
@@ -1228,10 +1353,10 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
             ("/ask", json!({"question": "self-check"}))
         };
         let what = format!("{} → {} ({through})", c.source, c.destination);
-        match post_json(
-            &format!("{url_base}{path}"),
+        match post_json_local(
+            &target,
+            &format!("{prefix}{path}"),
             &body,
-            &[],
             Duration::from_secs(30),
         )
         .await
@@ -1277,6 +1402,75 @@ async fn self_check(scenario: &Scenario, plans: &[Planned], started: &Started) -
     (out, ok)
 }
 
+/// Keeps the mesh running until a signal: a child that exits is started again after its
+/// backoff while the rest keep serving; a restarted app or sidecar is registered with the
+/// node again, and a restarted node gets every registration back.
+async fn supervise(
+    sup: &mut Supervisor,
+    signals: &mut Signals,
+    layout: &Layout,
+) -> anyhow::Result<()> {
+    // Registrations the node has not taken yet (it may be restarting itself).
+    let mut pending: Vec<(u32, String)> = Vec::new();
+    loop {
+        let next = sup
+            .next_due()
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            s = signals.recv() => {
+                println!("\n{s}: stopping the mesh");
+                return Ok(());
+            }
+            exit = sup.wait_exit() => {
+                eprintln!(
+                    "  ! {} exited ({}); starting it again in {:?}; the end of {}:\n{}",
+                    exit.name,
+                    exit.status,
+                    exit.backoff,
+                    exit.log.display(),
+                    tail(&exit.log, 5)
+                );
+            }
+            () = tokio::time::sleep(next) => {}
+        }
+        for index in sup.due() {
+            match sup.restart(index) {
+                Ok(c) => {
+                    println!("  ↻ {} restarted (pid {})", c.name, c.pid);
+                    if c.name == "node" {
+                        pending = sup
+                            .registered()
+                            .filter_map(|c| Some((c.pid, c.service.clone()?)))
+                            .collect();
+                    } else if let Some(service) = &c.service {
+                        pending.push((c.pid, service.clone()));
+                    }
+                }
+                Err(e) => eprintln!("  ! {e:#}; trying again later"),
+            }
+        }
+        if !pending.is_empty()
+            && let Ok(channel) = agentmesh_proto::unix::connect(&layout.node_admin_socket).await
+        {
+            let mut node = NodeAdminClient::new(channel);
+            let mut still = Vec::new();
+            for (pid, service) in pending.drain(..) {
+                if let Err(e) = register_launch(&mut node, pid, &service).await {
+                    // A process that already exited again has nothing to register.
+                    if agentmesh_node::attestor::process_start_time(pid).is_ok() {
+                        tracing::debug!(error = %e, "registration retried later");
+                        still.push((pid, service));
+                    }
+                }
+            }
+            pending = still;
+        }
+    }
+}
+
 /// Runs `agentmesh up` until Ctrl-C.
 ///
 /// # Errors
@@ -1286,9 +1480,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let scenario = Scenario::resolve(&args.scenario)?;
     let llm = Llm::parse(&args.llm)?;
     let layout = Layout::new(&args.data_dir)?;
-    let (plans, server_addr) = plan(&scenario)?;
-    for dir in [&layout.data, &layout.logs, &layout.configs] {
+    let (plans, server_addr) = plan(&scenario, &layout)?;
+    for dir in [&layout.data, &layout.logs, &layout.configs, &layout.run] {
         create_private_dir(dir)?;
+    }
+    for p in &plans {
+        create_private_dir(&layout.run.join(&p.spec.name))?;
     }
     check_not_running(&layout)?;
     write_file(&layout.pid_file, &format!("{}\n", std::process::id()))?;
@@ -1322,7 +1519,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let mut expiries = BTreeMap::new();
     for p in &plans {
-        if let Some((200, body)) = http_get(p.admin, "/healthz").await
+        if let Some((200, body)) = http_get(&p.admin, "/healthz").await
             && let Some(v) = body
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("expires_unix="))
@@ -1416,14 +1613,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         layout.logs.display()
     );
 
-    let outcome = tokio::select! {
-        s = signals.recv() => { println!("\n{s}: stopping the mesh"); Ok(()) }
-        (name, status, log) = sup.wait_exit() => Err(anyhow!(
-            "{name} exited ({status}); stopping the mesh; the end of {}:\n{}",
-            log.display(),
-            tail(&log, 15)
-        )),
-    };
+    let outcome = supervise(&mut sup, &mut signals, &layout).await;
     sup.stop_all().await;
     let _ = std::fs::remove_file(&layout.mesh_file);
     let _ = std::fs::remove_file(&layout.pid_file);
@@ -1462,22 +1652,64 @@ mod tests {
     #[test]
     fn every_port_in_a_plan_is_distinct() {
         let s = Scenario::resolve("threat-pipeline").unwrap();
-        let (plans, server) = plan(&s).unwrap();
-        let mut all = vec![server];
+        let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+        let (plans, server) = plan(&s, &layout).unwrap();
+        let mut all = vec![LocalAddr::from(server)];
         for p in &plans {
-            all.extend([p.app, p.inbound, p.admin]);
-            all.extend(p.upstreams.iter().map(|(_, a)| *a));
+            all.extend([p.app.clone(), p.inbound.into(), p.admin.clone()]);
+            all.extend(p.upstreams.iter().map(|(_, a)| a.clone()));
         }
         let n = all.len();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), n);
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), n);
         // The self-check's probe gets a port on the orchestrator's sidecar.
         let orch = plans
             .iter()
             .find(|p| p.spec.name == "orchestrator")
             .unwrap();
         assert!(orch.upstream("gateway").is_some());
+    }
+
+    /// The hole this layout closes: an app port on loopback TCP is reachable by every local
+    /// user past its sidecar, and a sidecar's outbound port lends its identity to anyone.
+    #[test]
+    fn only_listeners_meant_for_people_are_tcp() {
+        for name in ["planner-executor", "research-team", "threat-pipeline"] {
+            let s = Scenario::resolve(name).unwrap();
+            let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+            let (plans, _) = plan(&s, &layout).unwrap();
+            for p in &plans {
+                assert!(
+                    p.admin.is_unix(),
+                    "{name}/{}: admin {}",
+                    p.spec.name,
+                    p.admin
+                );
+                for (d, a) in &p.upstreams {
+                    assert!(a.is_unix(), "{name}/{}: upstream {d} at {a}", p.spec.name);
+                }
+                let people = p.spec.kind == ServiceKind::Frontend;
+                assert_eq!(
+                    p.app.is_unix(),
+                    !people,
+                    "{name}/{}: app {}",
+                    p.spec.name,
+                    p.app
+                );
+                if let Some(path) = p.app.unix_path() {
+                    assert!(path.starts_with(layout.run.join(&p.spec.name)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_too_long_data_dir_is_one_clear_error() {
+        let s = Scenario::resolve("planner-executor").unwrap();
+        let deep = format!("/tmp/{}", "d".repeat(100));
+        let layout = Layout::new(Path::new(&deep)).unwrap();
+        let e = plan(&s, &layout).err().unwrap().to_string();
+        assert!(e.contains("choose a shorter --data-dir"), "{e}");
     }
 
     #[test]
@@ -1489,7 +1721,8 @@ mod tests {
             &format!("name = \"planner\"\nkind = \"agent\"\nlisten = \"{addr}\""),
         );
         let s = Scenario::parse(&text, "s.toml").unwrap();
-        let e = plan(&s).err().unwrap().to_string();
+        let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+        let e = plan(&s, &layout).err().unwrap().to_string();
         assert!(
             e.contains(&format!(
                 "service planner: listen address {addr} is not available"
@@ -1501,8 +1734,8 @@ mod tests {
     #[test]
     fn generated_configs_parse_with_the_real_loaders() {
         let s = Scenario::resolve("planner-executor").unwrap();
-        let (plans, _) = plan(&s).unwrap();
         let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+        let (plans, _) = plan(&s, &layout).unwrap();
         for p in &plans {
             let proxy = proxy_toml(p, &plans, &layout);
             agentmesh_proxy::ProxyConfig::parse(Path::new("p.toml"), &proxy)
@@ -1541,13 +1774,13 @@ mod tests {
         // research-team's agents have no sidecar: their configs do the mTLS themselves, with
         // the self-check's probe destination as one more pinned upstream.
         let s = Scenario::resolve("research-team").unwrap();
-        let (plans, _) = plan(&s).unwrap();
+        let (plans, _) = plan(&s, &layout).unwrap();
         for p in plans.iter().filter(|p| !p.spec.sidecar) {
             let a = agent_toml(p, &plans, &s, &layout);
             let cfg = agentmesh_agents::AgentConfig::parse(&a, Path::new("a.toml"))
                 .unwrap_or_else(|e| panic!("{e}\n{a}"));
             assert!(cfg.mtls.is_some(), "{a}");
-            assert_eq!(cfg.listen, p.inbound);
+            assert_eq!(cfg.listen, p.inbound.into());
             assert!(
                 cfg.upstreams.iter().all(|u| u.url.starts_with("https://")
                     && u.spiffe_id
@@ -1572,8 +1805,8 @@ mod tests {
             "upstreams = [\"planner\"]\noidc = { issuer = \"http://127.0.0.1:4000\", client_id = \"agentmesh\", client_secret = \"s\" }",
         );
         let s = Scenario::parse(&text, "s.toml").unwrap();
-        let (plans, _) = plan(&s).unwrap();
         let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+        let (plans, _) = plan(&s, &layout).unwrap();
         let fe = plans
             .iter()
             .find(|p| p.spec.kind == ServiceKind::Frontend)

@@ -5,9 +5,11 @@
 // check form driven by keyboard. Prints one JSON object and saves screenshots.
 // Run with: PUPPETEER_MODULE=.cache/node/node_modules/puppeteer-core/lib/puppeteer/puppeteer-core.js \
 //           node browser_login.mjs FRONTEND_URL SCREENSHOT_DIR DENIED_CALL_URL
-// DENIED_CALL_URL is a plain local sidecar port whose destination the intentions refuse; the
-// script POSTs to it once the live view is connected.
+// DENIED_CALL_URL is a plain local sidecar port whose destination the intentions refuse
+// (`unix:///path/to-gateway.sock#/v1/chat/completions` for a sidecar's Unix socket, or an
+// http:// URL); the script POSTs to it once the live view is connected.
 import { pathToFileURL } from 'node:url';
+import { request } from 'node:http';
 import { resolve, join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 
@@ -92,12 +94,20 @@ try {
   out.countdown_before = await page.$eval('#services time.countdown', (t) => t.textContent);
   await page.waitForFunction(() => document.getElementById('live-status').textContent.startsWith('live'), { timeout: 30000 });
   const after = Number(await page.$eval('#decision-table', (t) => t.dataset.after));
-  const refused = await fetch(deniedUrl, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'agentmesh-default', messages: [{ role: 'user', content: 'from the inspector test' }] }),
-  });
-  out.denied_status = refused.status;
+  const deniedBody = JSON.stringify({ model: 'agentmesh-default', messages: [{ role: 'user', content: 'from the inspector test' }] });
+  if (deniedUrl.startsWith('unix://')) {
+    // fetch() cannot dial a Unix socket; node's http module can.
+    const [socketPath, path] = deniedUrl.slice('unix://'.length).split('#');
+    out.denied_status = await new Promise((done, fail) => {
+      const req = request({ socketPath, path, method: 'POST', headers: { 'content-type': 'application/json' } },
+        (res) => { res.resume(); done(res.statusCode); });
+      req.on('error', fail);
+      req.end(deniedBody);
+    });
+  } else {
+    const refused = await fetch(deniedUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: deniedBody });
+    out.denied_status = refused.status;
+  }
   await page.waitForFunction(
     (after) => [...document.querySelectorAll('#decision-table tbody tr[data-decision="deny"]')]
       .some((r) => Number(r.dataset.id) > after),

@@ -3,7 +3,9 @@
 //           node oidc_provider.mjs PORT REDIRECT_URI
 // One confidential client ("agentmesh" / "s3cret", client_secret_basic), PKCE required (S256),
 // devInteractions for the login and consent pages (any login name, any password), and every
-// account gets an email and a name. Binds only to 127.0.0.1; prints "ready" when listening.
+// account gets an email, a name and groups (alice alone is in agentmesh-admins, which the
+// frontend's admin_claim makes an administrator). Binds only to 127.0.0.1; prints "ready"
+// when listening.
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 
@@ -31,14 +33,17 @@ const provider = new Provider(issuer, {
   }],
   pkce: { required: () => true },
   features: { devInteractions: { enabled: true } },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  // `groups` is its own scope, as at most providers; the frontend's admin_claim reads it.
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
   // The id_token carries the claims, not only the userinfo endpoint.
   conformIdTokenClaims: false,
   async findAccount(ctx, id) {
     return {
       accountId: id,
       async claims() {
-        return { sub: id, email: `${id}@example.com`, email_verified: true, name: `${id} (test user)` };
+        // alice administers the mesh (the Security Inspector); everyone else is staff.
+        const groups = id === 'alice' ? ['agentmesh-admins', 'staff'] : ['staff'];
+        return { sub: id, email: `${id}@example.com`, email_verified: true, name: `${id} (test user)`, groups };
       },
     };
   },

@@ -92,6 +92,18 @@ pub async fn start_proxy_with_env(
     upstreams: &[UpstreamSpec<'_>],
     env: &[(&str, &str)],
 ) -> ProxyProc {
+    let inbound = inbound.map(|(a, p)| (a.to_string(), p));
+    start_proxy_to(mesh, service, inbound, upstreams, env).await
+}
+
+/// [`start_proxy`] in front of an app at any local address (`unix:///path` or `host:port`).
+pub async fn start_proxy_to(
+    mesh: &Mesh,
+    service: &str,
+    inbound: Option<(String, &str)>,
+    upstreams: &[UpstreamSpec<'_>],
+    env: &[(&str, &str)],
+) -> ProxyProc {
     let admin = loopback_addr();
     let mut toml = format!("service = \"{service}\"\n");
     let mut inbound_addr = None;
