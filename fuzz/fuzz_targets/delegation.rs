@@ -41,7 +41,7 @@ fn fixture() -> &'static Fixture {
             serde_json::json!({"sub": "alice", "aud": "fuzz"}),
             30 * 24 * 3600,
         );
-        let link = delegation::add_link(&planner, &token, "", Some(&me))
+        let link = delegation::add_link(&planner, &token, "", &me)
             .unwrap_or_else(|e| panic!("the fixture's link: {e}"));
         let issuer: SpiffeId = "spiffe://fuzz.example/frontend"
             .parse()
