@@ -220,8 +220,35 @@ impl Planned {
 /// Holds free ports until the plan is complete, so no two services get the same one.
 struct PortPool(Vec<TcpListener>);
 
+/// The lowest port the kernel hands out for outgoing connections (and for `bind(0)`).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
 impl PortPool {
+    /// A free loopback port below the ephemeral range: a port the kernel picked for
+    /// `bind(0)` is released again before the child binds it, and in between any outgoing
+    /// connection on the host may be given the same number; below the range only another
+    /// listener can take it.
     fn take(&mut self) -> anyhow::Result<SocketAddr> {
+        use std::hash::{BuildHasher, Hasher};
+        const LOWEST: u16 = 20000;
+        let ceiling = ephemeral_floor();
+        if ceiling > LOWEST + 100 {
+            let span = u64::from(ceiling - LOWEST);
+            for attempt in 0..64u64 {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(attempt);
+                let port = LOWEST + u16::try_from(h.finish() % span).unwrap_or(0);
+                if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                    self.0.push(l);
+                    return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+                }
+            }
+        }
         let l = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
         let addr = l.local_addr().context("no free loopback port")?;
         self.0.push(l);
@@ -1701,6 +1728,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn planned_ports_stay_below_the_ephemeral_range() {
+        let mut pool = PortPool(Vec::new());
+        let floor = ephemeral_floor();
+        for _ in 0..20 {
+            let port = pool.take().unwrap().port();
+            assert!(
+                port < floor,
+                "{port} is in the ephemeral range from {floor}"
+            );
+        }
+        let mut ports: Vec<u16> = pool
+            .0
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 20, "a port was handed out twice");
     }
 
     #[test]
