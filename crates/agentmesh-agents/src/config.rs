@@ -245,12 +245,7 @@ impl AgentConfig {
         if let Some(m) = &self.mtls {
             return self.validate_mtls(m);
         }
-        if let LocalAddr::Tcp(_) = &self.listen
-            && !self
-                .listen
-                .tcp_socket_addr()
-                .is_some_and(|a| a.ip().is_loopback())
-        {
+        if !self.listen.is_host_local() {
             return Err(format!(
                 "listen = {} is not a unix:///path or a loopback address; an agent is reached \
                  only through its inbound proxy",
@@ -291,10 +286,7 @@ impl AgentConfig {
             ));
         }
         if let Some(admin) = &m.admin
-            && let LocalAddr::Tcp(_) = admin
-            && !admin
-                .tcp_socket_addr()
-                .is_some_and(|a| a.ip().is_loopback())
+            && !admin.is_host_local()
         {
             return Err(format!(
                 "[mtls] admin = {admin} is not a loopback address; it answers anyone who connects"

@@ -291,12 +291,7 @@ impl FrontendConfig {
         }
         if let Some(inspector) = &cfg.inspector {
             for p in &inspector.proxy {
-                if let LocalAddr::Tcp(_) = &p.admin
-                    && !p
-                        .admin
-                        .tcp_socket_addr()
-                        .is_some_and(|a| a.ip().is_loopback())
-                {
+                if !p.admin.is_host_local() {
                     return Err(invalid(format!(
                         "inspector.proxy {:?}: admin {} must be a loopback address (the decision \
                          feed is plain HTTP)",

@@ -658,12 +658,7 @@ impl GatewayConfig {
 
     fn validate(&mut self, env: &dyn Env) -> Result<(), String> {
         self.limits.check().map_err(|e| e.to_string())?;
-        if let LocalAddr::Tcp(_) = &self.listen
-            && !self
-                .listen
-                .tcp_socket_addr()
-                .is_some_and(|a| a.ip().is_loopback())
-        {
+        if !self.listen.is_host_local() {
             return Err(format!(
                 "listen = \"{}\": the gateway serves only its own proxy, so it must listen on a unix:///path or on loopback",
                 self.listen

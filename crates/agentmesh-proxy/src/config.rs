@@ -171,9 +171,7 @@ impl ProxyConfig {
             listens.push(i.listen.into());
         }
         if let Some(a) = &cfg.admin {
-            if let Some(ip) = a.listen.tcp_socket_addr().map(|s| s.ip())
-                && !ip.is_loopback()
-            {
+            if !a.listen.is_host_local() {
                 return Err(invalid(format!(
                     "admin listen {} is not a loopback address or a unix socket",
                     a.listen
@@ -195,12 +193,7 @@ impl ProxyConfig {
             )
             .map_err(|e| invalid(format!("upstream destination {:?}: {e}", u.destination)))?;
             // The upstream listener is plaintext for the local app only.
-            if let LocalAddr::Tcp(_) = &u.listen
-                && !u
-                    .listen
-                    .tcp_socket_addr()
-                    .is_some_and(|s| s.ip().is_loopback())
-            {
+            if !u.listen.is_host_local() {
                 return Err(invalid(format!(
                     "upstream listen {} is not a loopback address; the plain side must stay local",
                     u.listen

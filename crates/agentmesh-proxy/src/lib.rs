@@ -86,16 +86,18 @@ impl RunningProxy {
     }
 }
 
-/// The next accepted connection, or `None` once `stop` fires. Accept errors (such as running
-/// out of file descriptors) are logged and retried after a pause rather than ending the loop.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+/// The next connection `next` accepts, or `None` once `stop` fires. Accept errors (such as
+/// running out of file descriptors) are logged and retried after a pause rather than ending
+/// the loop.
+async fn accept_until<T, F, Fut>(stop: &mut watch::Receiver<bool>, mut next: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => None,
-            r = listener.accept() => Some(r),
+            r = next() => Some(r),
         };
         match accepted {
             None => return None,
@@ -108,26 +110,21 @@ pub(crate) async fn accept(
     }
 }
 
+/// The next accepted TCP connection, or `None` once `stop` fires.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    accept_until(stop, || listener.accept()).await
+}
+
 /// The next accepted local connection (a Unix socket peer has passed the uid check), or
-/// `None` once `stop` fires. Errors are logged and retried as in [`accept`].
+/// `None` once `stop` fires.
 pub(crate) async fn accept_local(
     listener: &LocalListener,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<(LocalStream, LocalPeer)> {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => None,
-            r = listener.accept() => Some(r),
-        };
-        match accepted {
-            None => return None,
-            Some(Ok(a)) => return Some(a),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept_until(stop, || listener.accept()).await
 }
 
 /// The per-caller key of a local connection: the uid behind a Unix socket, the address
@@ -189,49 +186,45 @@ impl WorkerPlan {
     }
 }
 
-/// `n` handles on one bound listener, one per worker; the kernel hands each connection to
-/// whichever worker accepts first.
+/// `n` handles on one bound listener (`first` and `n - 1` clones), one per worker; the kernel
+/// hands each connection to whichever worker accepts first.
+fn clones<T>(
+    first: T,
+    n: usize,
+    try_clone: impl Fn(&T) -> std::io::Result<T>,
+) -> std::io::Result<Vec<T>> {
+    let mut all = Vec::with_capacity(n);
+    for _ in 1..n {
+        all.push(try_clone(&first)?);
+    }
+    all.push(first);
+    Ok(all)
+}
+
+/// [`clones`] of the inbound TCP listener.
 fn share(
     listener: TcpListener,
     n: usize,
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<Vec<std::net::TcpListener>, ProxyError> {
-    let listener = listener
+    listener
         .into_std()
-        .map_err(|e| ProxyError::Listen(addr.to_string(), what, e))?;
-    let mut all = Vec::with_capacity(n);
-    for _ in 1..n {
-        all.push(
-            listener
-                .try_clone()
-                .map_err(|e| ProxyError::Listen(addr.to_string(), what, e))?,
-        );
-    }
-    all.push(listener);
-    Ok(all)
+        .and_then(|l| clones(l, n, std::net::TcpListener::try_clone))
+        .map_err(|e| ProxyError::Listen(addr.to_string(), what, e))
 }
 
-/// [`share`] for a local (app-side) listener, TCP or Unix socket.
+/// [`clones`] of a local (app-side) listener, TCP or Unix socket.
 fn share_local(
     listener: LocalListener,
     n: usize,
     what: &'static str,
 ) -> Result<Vec<StdLocalListener>, ProxyError> {
     let addr = listener.local_addr().to_string();
-    let listener = listener
+    listener
         .into_std()
-        .map_err(|e| ProxyError::Listen(addr.clone(), what, e))?;
-    let mut all = Vec::with_capacity(n);
-    for _ in 1..n {
-        all.push(
-            listener
-                .try_clone()
-                .map_err(|e| ProxyError::Listen(addr.clone(), what, e))?,
-        );
-    }
-    all.push(listener);
-    Ok(all)
+        .and_then(|l| clones(l, n, StdLocalListener::try_clone))
+        .map_err(|e| ProxyError::Listen(addr, what, e))
 }
 
 /// How long startup waits for the first SVID.

@@ -66,6 +66,15 @@ impl LocalAddr {
         matches!(self, LocalAddr::Unix(_))
     }
 
+    /// Whether only this host can reach it: a Unix socket, or TCP on a loopback IP (a name
+    /// is not resolved, so it does not count).
+    pub fn is_host_local(&self) -> bool {
+        match self {
+            LocalAddr::Unix(_) => true,
+            LocalAddr::Tcp(_) => self.tcp_socket_addr().is_some_and(|a| a.ip().is_loopback()),
+        }
+    }
+
     /// The Unix socket path, if it is one.
     pub fn unix_path(&self) -> Option<&Path> {
         match self {
