@@ -260,13 +260,27 @@ fn setup() -> Setup {
     setup_with("")
 }
 
+/// Stands for the server's admin socket in `setup_with`'s `oidc_extra`.
+const SERVER_ADMIN: &str = "@SERVER_ADMIN@";
+/// Stands for the node's admin socket in `setup_with`'s `oidc_extra`.
+const NODE_ADMIN: &str = "@NODE_ADMIN@";
+
 /// A frontend at the real provider; `oidc_extra` continues its `[oidc]` table (and may add
-/// tables after it).
+/// tables after it, naming the mesh's admin sockets as [`SERVER_ADMIN`] and [`NODE_ADMIN`]).
 fn setup_with(oidc_extra: &str) -> Setup {
     let mesh = Mesh::start();
-    // Every process of this uid is the frontend: enough for a test that runs one workload.
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    mesh.entry(FRONTEND_PATH, &[&format!("unix:uid:{uid}")], None);
+    // Every process of this uid and gid is the frontend: enough for a test that runs one
+    // workload. The gid lets a test play an unregistered caller of the same uid (setpriv
+    // --regid), which can still run this test's binary and reach the node's socket.
+    let meta = std::fs::metadata("/proc/self").unwrap();
+    mesh.entry(
+        FRONTEND_PATH,
+        &[
+            &format!("unix:uid:{}", meta.uid()),
+            &format!("unix:gid:{}", meta.gid()),
+        ],
+        None,
+    );
 
     let fe_port = free_port();
     let frontend = format!("http://127.0.0.1:{fe_port}");
@@ -277,8 +291,11 @@ fn setup_with(oidc_extra: &str) -> Setup {
         &config,
         format!(
             "listen = \"127.0.0.1:{fe_port}\"\nworkload_api = \"{}\"\n\
-             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n{oidc_extra}",
+             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"agentmesh\"\nclient_secret = \"s3cret\"\n{}",
             mesh.endpoint(),
+            oidc_extra
+                .replace(SERVER_ADMIN, &mesh.admin_socket().display().to_string())
+                .replace(NODE_ADMIN, &mesh.node_admin_socket().display().to_string()),
         ),
     )
     .unwrap();
@@ -427,6 +444,72 @@ fn at_the_real_oidc_provider_only_the_admin_group_may_inspect() {
         log.contains("inspector refused: not an administrator"),
         "{log}"
     );
+    drop(s.mesh);
+}
+
+/// The node tells a refused caller only the selector kinds it lacks and a request id; the
+/// inspector (admin only) shows that request id with the full closest-entry explanation.
+#[test]
+fn the_inspector_explains_a_refusal_the_caller_saw_only_as_a_request_id() {
+    let s = setup_with(&format!(
+        "{ADMIN_OIDC}[inspector]\nserver_admin_socket = \"{SERVER_ADMIN}\"\nnode_admin_socket = \"{NODE_ADMIN}\"\n"
+    ));
+    let mut alice = Browser::default();
+    let callback = authenticate_at_provider(&mut alice, &s.frontend, "alice");
+    assert_eq!(alice.get(&callback).status, 303);
+    let before = alice.get(&format!("{}/inspector", s.frontend));
+    assert_eq!(before.status, 200, "{}", before.body);
+    assert!(
+        before.body.contains("id=\"denials-none\""),
+        "{}",
+        before.body
+    );
+
+    // Same uid, another gid: no entry matches, so the node refuses and says only what kind
+    // of selector the closest entry needs.
+    let out = Command::new("setpriv")
+        .args(["--regid", "65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .args(["svid", "fetch", "--timeout", "5s", "--socket"])
+        .arg(s.mesh.socket())
+        .output()
+        .expect("setpriv (util-linux) runs the CLI under another gid");
+    assert!(!out.status.success());
+    let told = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(told.contains("unix:gid"), "{told}");
+    assert!(
+        !told.contains(FRONTEND_PATH),
+        "the caller must not learn other entries: {told}"
+    );
+    let request_id = told
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|w| w.len() == 16)
+        .unwrap_or_else(|| panic!("no request id in {told}"))
+        .to_owned();
+
+    let page = alice.get(&format!("{}/inspector", s.frontend));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let row_start = page
+        .body
+        .find(&format!("data-request-id=\"{request_id}\""))
+        .unwrap_or_else(|| {
+            panic!(
+                "request id {request_id} not in the inspector: {}",
+                page.body
+            )
+        });
+    let row = &page.body[row_start..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.contains(FRONTEND_PATH),
+        "the closest entry is named: {row}"
+    );
+    assert!(
+        row.contains("unix:gid:65534"),
+        "the caller's own selector: {row}"
+    );
+    assert!(row.contains("unix:gid"), "{row}");
+    assert!(row.contains("workload_api"), "{row}");
     drop(s.mesh);
 }
 

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agentmesh_proto::v1::admin_client::AdminClient;
 use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
 use agentmesh_proto::v1::{
-    CheckIntentionRequest, CheckIntentionResponse, GetBundleRequest, ListEntriesRequest,
-    ListIntentionsRequest, ListNodesRequest, ListSvidsRequest, NodeStatusRequest,
+    CheckIntentionRequest, CheckIntentionResponse, GetBundleRequest, ListDenialsRequest,
+    ListEntriesRequest, ListIntentionsRequest, ListNodesRequest, ListSvidsRequest,
+    NodeStatusRequest,
 };
 use serde_json::Value;
 use tokio::sync::RwLock;
@@ -145,6 +146,30 @@ pub struct MeshView {
     pub svids_error: Option<MeshError>,
     /// The intentions.
     pub intentions: Result<Vec<IntentionRow>, MeshError>,
+    /// The node's recent refusals to issue an identity, newest first.
+    pub denials: Result<Vec<DenialRow>, MeshError>,
+}
+
+/// One caller the node refused an identity, with the full explanation that the caller itself
+/// was not given (it learns only the missing selector kinds and the request id).
+#[derive(Debug, Clone)]
+pub struct DenialRow {
+    /// The id the refused caller was given, to find this row by.
+    pub request_id: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// Which API refused: `workload_api`, `sds` or `proxy_api`.
+    pub api: String,
+    /// The caller's pid (0 when the kernel did not say).
+    pub pid: u32,
+    /// The caller's uid.
+    pub uid: u32,
+    /// The closest entry, what it needs and what the caller has (secret values left out).
+    pub explanation: String,
+    /// The selector kinds (`TYPE:KEY`) the caller was told it lacks.
+    pub missing_kinds: Vec<String>,
+    /// The closest entry's SPIFFE ID; empty when the node serves no entries.
+    pub closest_spiffe_id: String,
 }
 
 /// Where the control plane is.
@@ -275,6 +300,33 @@ impl MeshSources {
             Ok::<_, MeshError>((status, svids.svids))
         }
         .await;
+        let denials = async {
+            let mut node = self.node_admin().await?;
+            let listed = timed(
+                "node",
+                node.list_denials(ListDenialsRequest {
+                    request_id: String::new(),
+                }),
+            )
+            .await?;
+            Ok::<_, MeshError>(
+                listed
+                    .denials
+                    .into_iter()
+                    .map(|d| DenialRow {
+                        request_id: d.request_id,
+                        at: d.at,
+                        api: d.api,
+                        pid: d.pid,
+                        uid: d.uid,
+                        explanation: d.explanation,
+                        missing_kinds: d.missing_kinds,
+                        closest_spiffe_id: d.closest_spiffe_id,
+                    })
+                    .collect(),
+            )
+        }
+        .await;
         let intentions = self.intentions().await;
 
         let (svids, svids_error) = match &node {
@@ -324,6 +376,7 @@ impl MeshSources {
             services,
             svids_error,
             intentions,
+            denials,
         }
     }
 }

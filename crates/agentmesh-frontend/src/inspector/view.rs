@@ -9,7 +9,7 @@ use agentmesh_proto::v1::CheckIntentionResponse;
 use serde_json::Value;
 
 use super::feed::Decision;
-use super::mesh::{MeshError, MeshView, short};
+use super::mesh::{DenialRow, MeshError, MeshView, short};
 use super::requests::{AskRecord, ChainElement};
 use crate::page::{escape, layout_with_script};
 
@@ -67,11 +67,64 @@ fn problem(e: &MeshError) -> String {
 
 const NAV: &str = "<nav aria-label=\"Inspector\"><ul class=\"tabs\">\
     <li><a href=\"/inspector#mesh\">Mesh</a></li>\
+    <li><a href=\"/inspector#denials\">Refused identities</a></li>\
     <li><a href=\"/inspector#intentions\">Intentions</a></li>\
     <li><a href=\"/inspector#check\">Check</a></li>\
     <li><a href=\"/inspector#decisions\">Live decisions</a></li>\
     <li><a href=\"/inspector#requests\">Requests</a></li>\
     <li><a href=\"/\">Ask</a></li></ul></nav>";
+
+/// The node's refusals in full: the refused caller was told only the selector kinds it lacks
+/// and a request id, so this table (admin-only, like the whole inspector) is where an operator
+/// matches that id to the closest entry and what it needs.
+fn denials_section(denials: &Result<Vec<DenialRow>, MeshError>) -> String {
+    let mut m = String::from(
+        "<section id=\"denials\" aria-labelledby=\"den-h\"><h2 id=\"den-h\">Refused identities</h2>",
+    );
+    match denials {
+        Ok(rows) if rows.is_empty() => {
+            m.push_str(
+                "<p id=\"denials-none\">The node has refused no caller since it started.</p>",
+            );
+        }
+        Ok(rows) => {
+            m.push_str(
+                "<table id=\"node-denials\"><caption>Callers the node gave no identity, newest first; \
+                 the caller saw only the request id and the selector kinds it lacks</caption>\
+                 <thead><tr><th scope=\"col\">When</th><th scope=\"col\">Request id</th>\
+                 <th scope=\"col\">API</th><th scope=\"col\">Caller</th><th scope=\"col\">Lacks</th>\
+                 <th scope=\"col\">Closest entry</th><th scope=\"col\">Why</th></tr></thead><tbody>",
+            );
+            for d in rows {
+                let closest = if d.closest_spiffe_id.is_empty() {
+                    "none (the node serves no entries)".to_owned()
+                } else {
+                    format!("<code>{}</code>", escape(&d.closest_spiffe_id))
+                };
+                let pid = if d.pid == 0 {
+                    String::new()
+                } else {
+                    format!(" pid {}", d.pid)
+                };
+                let _ = write!(
+                    m,
+                    "<tr data-request-id=\"{id}\"><td>{when}</td><th scope=\"row\"><code>{id}</code></th>\
+                     <td>{api}</td><td>uid {uid}{pid}</td><td>{lacks}</td><td>{closest}</td><td>{why}</td></tr>",
+                    id = escape(&d.request_id),
+                    when = escape(&rfc3339(d.at)),
+                    api = escape(&d.api),
+                    uid = d.uid,
+                    lacks = escape(&d.missing_kinds.join(", ")),
+                    why = escape(&d.explanation),
+                );
+            }
+            m.push_str("</tbody></table>");
+        }
+        Err(e) => m.push_str(&problem(e)),
+    }
+    m.push_str("</section>");
+    m
+}
 
 /// What the check form was asked and what the server said.
 #[derive(Debug, Default)]
@@ -244,6 +297,7 @@ pub fn inspector(
         Err(e) => m.push_str(&problem(e)),
     }
     m.push_str("</section>");
+    m.push_str(&denials_section(&mesh.denials));
 
     // === Intentions ===
     m.push_str(
