@@ -10,6 +10,7 @@
 //! agentmesh-bench scale --agentmesh PATH [--entries N]
 //! agentmesh-bench propagation --agentmesh PATH [--samples N]
 //! agentmesh-bench proxy --agentmesh PATH --envoy PATH [--seconds S] [--rate R]
+//! agentmesh-bench proxy-ab --agentmesh PATH --baseline PATH [--label REV] [--runs N] [--seconds S] [--rate R]
 //! agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
 //! agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
 //! agentmesh-bench app --listen ADDR
@@ -23,6 +24,7 @@ mod load;
 mod mint;
 mod propagation;
 mod proxy;
+mod proxy_ab;
 mod report;
 mod scale;
 mod sds;
@@ -41,6 +43,8 @@ const USAGE: &str = "usage:
   agentmesh-bench propagation --agentmesh PATH [--samples N]  intention change -> proxy latency
   agentmesh-bench proxy --agentmesh PATH --envoy PATH [--seconds S] [--rate R]
                                                        proxy pair vs Envoy pair
+  agentmesh-bench proxy-ab --agentmesh PATH --baseline PATH [--label REV] [--runs N] [--seconds S] [--rate R]
+                                                       proxy pair of this build vs an older build's
   agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
                                                        LLM gateway vs LiteLLM proxy, added latency
   agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
@@ -72,6 +76,13 @@ enum Command {
         agentmesh: PathBuf,
         envoy: PathBuf,
         sizes: proxy::Sizes,
+    },
+    ProxyAb {
+        agentmesh: PathBuf,
+        baseline: PathBuf,
+        label: String,
+        sizes: proxy::Sizes,
+        rounds: usize,
     },
     Gateway {
         agentmesh: PathBuf,
@@ -108,6 +119,8 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut iterations = 2000_usize;
     let mut entries = 10_000_usize;
     let mut agentmesh = None;
+    let mut baseline = None;
+    let mut label = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -166,6 +179,8 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     .with_context(|| format!("invalid --rotations {value:?}"))?;
             }
             "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
+            "--baseline" => baseline = Some(PathBuf::from(value)),
+            "--label" => label = Some(value.clone()),
             "--litellm" => litellm = Some(PathBuf::from(value)),
             "--envoy" => envoy = Some(PathBuf::from(value)),
             "--listen" => listen = Some(value.clone()),
@@ -194,6 +209,17 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                 seconds: seconds.unwrap_or(5.0),
                 rate: rate.unwrap_or(1000.0),
             },
+        },
+        "proxy-ab" => Command::ProxyAb {
+            agentmesh: agentmesh.context("proxy-ab needs --agentmesh PATH (the release binary)")?,
+            baseline: baseline
+                .context("proxy-ab needs --baseline PATH (an older build's release binary)")?,
+            label: label.unwrap_or_else(|| "the baseline".to_owned()),
+            sizes: proxy::Sizes {
+                seconds: seconds.unwrap_or(5.0),
+                rate: rate.unwrap_or(1000.0),
+            },
+            rounds: runs,
         },
         "gateway" => Command::Gateway {
             agentmesh: agentmesh.context("gateway needs --agentmesh PATH (the release binary)")?,
@@ -241,6 +267,13 @@ fn main() -> ExitCode {
             envoy,
             sizes,
         } => proxy::run(&agentmesh, &envoy, sizes),
+        Command::ProxyAb {
+            agentmesh,
+            baseline,
+            label,
+            sizes,
+            rounds,
+        } => proxy_ab::run(&agentmesh, &baseline, &label, sizes, rounds),
         Command::Gateway {
             agentmesh,
             litellm,

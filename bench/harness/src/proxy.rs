@@ -82,7 +82,8 @@ fn addr() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
-async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> {
+/// The bench's two services and the one intention between them.
+pub(crate) async fn register(plane: &mut ControlPlane) -> anyhow::Result<()> {
     let uid = my_uid()?;
     for service in ["client", "app"] {
         plane
@@ -96,20 +97,43 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
         })
         .await
         .context("CreateIntention client -> app")?;
+    Ok(())
+}
 
-    let lay = &plane.lay;
-    let mut procs = Vec::new();
+/// Starts the bench app (this binary's `app` command) on a free port.
+pub(crate) fn start_app(plane: &ControlPlane) -> anyhow::Result<(SocketAddr, Proc)> {
     let app = addr()?;
     let me = std::env::current_exe().context("the bench binary's path")?;
-    procs.push(Proc::spawn(
+    let p = Proc::spawn(
         "app",
         &me,
         &["app", "--listen", &app.to_string()],
-        &lay.path("app.log"),
-    )?);
+        &plane.lay.path("app.log"),
+    )?;
+    Ok((app, p))
+}
 
-    // agentmesh: the client sidecar dials the server sidecar's address directly, as Envoy's
-    // static cluster does, so neither pair waits on a catalog.
+/// One agentmesh sidecar pair in front of `app`, both sidecars run from `bin`.
+pub(crate) struct MeshPair {
+    /// Where the load tool connects (the client sidecar's upstream listener).
+    pub(crate) client: SocketAddr,
+    /// The server sidecar's mTLS listener.
+    pub(crate) server: SocketAddr,
+    /// Client sidecar, server sidecar.
+    pub(crate) pids: [u32; 2],
+    pub(crate) procs: Vec<Proc>,
+}
+
+/// Starts an agentmesh pair from `bin` (named `tag` in its files) and waits until both
+/// sidecars answer. The client sidecar dials the server sidecar's address directly, as
+/// Envoy's static cluster does, so neither pair waits on a catalog.
+pub(crate) async fn start_pair(
+    plane: &ControlPlane,
+    bin: &Path,
+    app: SocketAddr,
+    tag: &str,
+) -> anyhow::Result<MeshPair> {
+    let lay = &plane.lay;
     let (mesh_client, mesh_server) = (addr()?, addr()?);
     let (client_admin, server_admin) = (addr()?, addr()?);
     let socket = plane.workload_socket();
@@ -121,18 +145,19 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
         "service = \"client\"\nworkload_api = \"unix://{}\"\n[[upstream]]\ndestination = \"app\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n",
         socket.display()
     );
-    let mut pids = [0_u32; 4];
+    let mut pids = [0_u32; 2];
+    let mut procs = Vec::new();
     for (i, (name, toml)) in [("mesh-client", client_toml), ("mesh-server", server_toml)]
         .into_iter()
         .enumerate()
     {
-        let path = lay.path(&format!("{name}.toml"));
+        let path = lay.path(&format!("{tag}{name}.toml"));
         std::fs::write(&path, toml)?;
         let p = Proc::spawn(
             if i == 0 { "mesh-client" } else { "mesh-server" },
-            &lay.bin,
+            bin,
             &["proxy", "run", "--config", &path.display().to_string()],
-            &lay.path(&format!("{name}.log")),
+            &lay.path(&format!("{tag}{name}.log")),
         )?;
         pids[i] = p.pid();
         procs.push(p);
@@ -146,6 +171,26 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
         )
         .await?;
     }
+    Ok(MeshPair {
+        client: mesh_client,
+        server: mesh_server,
+        pids,
+        procs,
+    })
+}
+
+async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> {
+    register(plane).await?;
+    let lay = &plane.lay;
+    let mut procs = Vec::new();
+    let (app, app_proc) = start_app(plane)?;
+    procs.push(app_proc);
+    let pair = start_pair(plane, &lay.bin, app, "").await?;
+    let (mesh_client, mesh_server) = (pair.client, pair.server);
+    let mut pids = [0_u32; 4];
+    pids[..2].copy_from_slice(&pair.pids);
+    procs.extend(pair.procs);
+    let socket = plane.workload_socket();
 
     // Envoy reads the very SVIDs the agentmesh proxies hold, from files.
     let svids = poll(
