@@ -1,7 +1,7 @@
 """A Python AI agent that joins an agentmesh scenario with no SPIFFE code of its own.
 
 Run it with `agentmesh up --scenario examples/python-agent/scenario.toml` (needs `pip install
-flask`). Like seed 000's Flask agents, it speaks plain HTTP: it serves POST /ask on the port
+flask`). Like planner-executor's agents, it speaks plain HTTP: it serves POST /ask on the port
 `up` gives it, and calls the LLM gateway through its sidecar's local port
 ($AGENTMESH_UPSTREAM_GATEWAY). The sidecar does mTLS with the agent's SPIFFE identity and the
 gateway's sidecar checks the intentions, so this file never sees a certificate.

@@ -1,18 +1,18 @@
 //! `fetch`: how long a workload waits for the first message of a new FetchX509SVID stream,
 //! served from the node's cache, against a bare gRPC round trip on the same socket.
 //!
-//! Server and node run in this process, as in `crates/agentmesh-node/tests/in_process.rs`; the
-//! benchmark process itself is the workload, registered by its uid.
+//! Server and node run in this process, the in-process mesh of `agentmesh_node::testing` that
+//! the node's tests use too; the benchmark process itself is the workload, registered by its
+//! uid.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentmesh_proto::v1::admin_client::AdminClient;
-use agentmesh_proto::v1::{self, CreateEntryRequest, GenerateJoinTokenRequest, GetBundleRequest};
+use agentmesh_node::testing::{TestMesh, with_header};
 use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use agentmesh_proto::workload::{JwtBundlesRequest, ValidateJwtsvidRequest, X509svidRequest};
-use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
+use agentmesh_server::ServerConfig;
 use anyhow::{Context, bail};
 use tonic::transport::Channel;
 
@@ -20,25 +20,6 @@ use crate::report::{Table, mean, micros, quantile, ratio};
 
 /// Samples thrown away before measuring.
 const WARMUP: usize = 200;
-
-fn my_uid() -> anyhow::Result<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self")?;
-    status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|u| u.parse().ok())
-        .context("no effective uid in /proc/self/status")
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        agentmesh_proto::WORKLOAD_API_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    req
-}
 
 /// Runs the benchmark with `samples` measured calls of each kind.
 pub fn run(samples: usize) -> anyhow::Result<Table> {
@@ -50,71 +31,21 @@ pub fn run(samples: usize) -> anyhow::Result<Table> {
     rt.block_on(run_async(samples))
 }
 
-struct Mesh {
-    _tmp: tempfile::TempDir,
-    socket: PathBuf,
-    server: agentmesh_server::RunningServer,
-    node: agentmesh_node::RunningNode,
-}
-
-async fn start_mesh() -> anyhow::Result<Mesh> {
+/// Server and node in this process, the server of trust domain `bench.example`, and this
+/// process registered as `/bench` by its uid.
+async fn start_mesh() -> anyhow::Result<TestMesh> {
     let tmp = tempfile::tempdir().context("a temporary directory")?;
-    let dir = tmp.path().to_owned();
-    let server = agentmesh_server::start(ServerConfig {
-        data_dir: dir.join("server"),
+    let config = ServerConfig {
         trust_domain: "bench.example".parse().context("the trust domain")?,
-        listen: "127.0.0.1:0".parse().context("the listen address")?,
-        admin_socket: dir.join("admin.sock"),
-        ca: CaLifetimes::default(),
-        issuance: IssuanceSettings::default(),
-        upstream: None,
-        oidc_discovery: None,
-        limits: Default::default(),
-    })
-    .await
-    .context("starting the server")?;
-    let mut admin = AdminClient::new(agentmesh_proto::unix::connect(&server.admin_socket).await?);
-    let bundle = admin.get_bundle(GetBundleRequest {}).await?.into_inner();
-    let pem: String = bundle
-        .x509_authorities
-        .iter()
-        .map(|r| agentmesh_ca::pem_encode("CERTIFICATE", r))
-        .collect();
-    std::fs::write(dir.join("bundle.pem"), pem).context("writing the bundle")?;
-    let token = admin
-        .generate_join_token(GenerateJoinTokenRequest { ttl_seconds: 0 })
-        .await?
-        .into_inner()
-        .token;
-    let socket = dir.join("workload.sock");
-    let node = agentmesh_node::start(agentmesh_node::NodeConfig {
-        server: server.listen_addr.to_string(),
-        join_token: Some(token),
-        socket: socket.clone(),
-        trust_bundle: dir.join("bundle.pem"),
-        data_dir: dir.join("node"),
-        admin_socket: dir.join("node-admin.sock"),
-        trust_domain: None,
-        limits: Default::default(),
-    })
-    .await
-    .context("starting the node")?;
-    admin
-        .create_entry(CreateEntryRequest {
-            entry: Some(v1::Entry {
-                spiffe_id: "spiffe://bench.example/bench".into(),
-                selectors: vec![format!("unix:uid:{}", my_uid()?)],
-                ..Default::default()
-            }),
-        })
+        ..ServerConfig::for_test(tmp.path())
+    };
+    let mut mesh = TestMesh::start_with(tmp, config)
+        .await
+        .context("starting the server and the node")?;
+    mesh.register_self("/bench", 0)
         .await
         .context("registering this process")?;
-    Ok(Mesh {
-        _tmp: tmp,
-        socket,
-        server,
-        node,
-    })
+    Ok(mesh)
 }
 
 async fn wait_for_svid(client: &mut SpiffeWorkloadApiClient<Channel>) -> anyhow::Result<()> {
@@ -194,7 +125,7 @@ async fn bare_round_trip(
 
 async fn run_async(samples: usize) -> anyhow::Result<Table> {
     let mesh = start_mesh().await?;
-    let mut client = connect(&mesh.socket).await?;
+    let mut client = connect(&mesh.workload_socket()).await?;
     wait_for_svid(&mut client).await?;
 
     let mut x509 = Vec::with_capacity(samples);
@@ -211,8 +142,7 @@ async fn run_async(samples: usize) -> anyhow::Result<Table> {
             bare.push(c);
         }
     }
-    mesh.node.shutdown().await;
-    mesh.server.shutdown().await;
+    mesh.shutdown().await;
 
     for v in [&mut x509, &mut bundles, &mut bare] {
         v.sort();

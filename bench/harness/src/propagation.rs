@@ -244,7 +244,7 @@ async fn run_async(bin: &Path, changes: usize) -> anyhow::Result<Table> {
     table.row(
         "p50",
         micros(p50),
-        "SPIRE entry ≈ 10 s (seed figure)",
+        "SPIRE entry ≈ 10 s (commonly quoted)",
         "n/a",
         "",
     );

@@ -22,7 +22,7 @@ const TRUST_DOMAIN: &str = "bench.example";
 const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 /// CreateEntry calls in flight at once.
 const CREATE_CONCURRENCY: usize = 16;
-/// Seed figure for a SPIRE agent's RSS, for reference only (not measured here).
+/// The commonly quoted figure for a SPIRE agent's RSS, for reference only (not measured here).
 const SPIRE_AGENT_MB: f64 = 50.0;
 /// Wait after the last change before reading memory, so it reflects a settled process.
 pub(crate) const SETTLE: Duration = Duration::from_secs(2);

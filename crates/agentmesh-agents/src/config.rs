@@ -16,7 +16,7 @@
 //! api_key_env = "TAVILY_API_KEY"
 //! ```
 //!
-//! With `[mtls]` the agent has no sidecar (seed 001): it takes its SVID from the node, serves
+//! With `[mtls]` the agent has no sidecar (as in research-team): it takes its SVID from the node, serves
 //! `listen` over mTLS itself, admits each request only if an intention allows it, and calls
 //! each upstream over mTLS, pinning the upstream's SPIFFE ID:
 //!

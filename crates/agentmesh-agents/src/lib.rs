@@ -1,15 +1,16 @@
-//! The AI agents of the three seed scenarios, as small HTTP services.
+//! The AI agents of the three scenarios (planner-executor, research-team, threat-pipeline), as
+//! small HTTP services.
 //!
 //! Every agent serves `POST /ask {"question": "...", "context": "..."}` and answers
 //! `{"answer": "...", "agents": [...], "trace_id": "..."}`, where `agents` lists who handled
 //! the question, in order. By default they speak plain HTTP to their local proxy's outbound
-//! ports and never touch a certificate (seed 000): the proxies do mTLS and enforce
+//! ports and never touch a certificate (as in planner-executor): the proxies do mTLS and enforce
 //! intentions. With `[mtls]` an agent has no sidecar and does both in-process with the SDK
-//! (seed 001; see [`mtls`]).
+//! (as in research-team; see [`mtls`]).
 //!
-//! - planner-executor (seed 000): planner → executor → gateway.
-//! - research-team (seeds 001/003): researcher (search) → writer → gateway.
-//! - threat-pipeline (seed 002): orchestrator → classifier, validator, scorer → gateway.
+//! - planner-executor: planner → executor → gateway.
+//! - research-team: researcher (search) → writer → gateway.
+//! - threat-pipeline: orchestrator → classifier, validator, scorer → gateway.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -777,32 +778,4 @@ pub(crate) fn one_line(msg: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_link_names_the_upstreams_spiffe_id_or_its_service_name_in_our_trust_domain() {
-        let me: agentmesh_sdk::SpiffeId = "spiffe://agentmesh.local/ns/default/sa/orchestrator"
-            .parse()
-            .unwrap();
-        let up = |name: &str, spiffe_id: Option<&str>| config::UpstreamConfig {
-            name: name.into(),
-            role: "classifier".into(),
-            url: "http://127.0.0.1:1".into(),
-            spiffe_id: spiffe_id.map(str::to_owned),
-        };
-        assert_eq!(
-            next_hop_of(&up("classifier", None), &me)
-                .unwrap()
-                .to_string(),
-            "spiffe://agentmesh.local/ns/default/sa/classifier"
-        );
-        assert_eq!(
-            next_hop_of(&up("c", Some("spiffe://agentmesh.local/team/c")), &me)
-                .unwrap()
-                .to_string(),
-            "spiffe://agentmesh.local/team/c"
-        );
-        assert!(next_hop_of(&up("a/b/c", None), &me).is_err());
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! An agent without a sidecar (seed 001): its SVID from the node's Workload API, its own mTLS
+//! An agent without a sidecar (as in research-team): its SVID from the node's Workload API, its own mTLS
 //! listener, the intentions from the node's policy relay enforced per request by the SDK's
 //! [`RequireIntention`], and a plain loopback admin listener with what a sidecar's admin
 //! offers (`/healthz`, `/decisions`) plus `/probe/NAME/PATH` for `agentmesh up`'s self-check.

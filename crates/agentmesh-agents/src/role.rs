@@ -11,22 +11,22 @@ pub struct UnknownRole(pub String);
 /// A built-in AI agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Seed 000: the entry point; forwards each question to the executor. It has no route to
+    /// planner-executor: the entry point; forwards each question to the executor. It has no route to
     /// the gateway, on purpose.
     Planner,
-    /// Seed 000: answers the planner's tasks with the gateway.
+    /// planner-executor: answers the planner's tasks with the gateway.
     Executor,
-    /// Seeds 001/003: searches, then hands its notes to the writer.
+    /// research-team: searches, then hands its notes to the writer.
     Researcher,
-    /// Seeds 001/003: writes the answer from the researcher's notes with the gateway.
+    /// research-team: writes the answer from the researcher's notes with the gateway.
     Writer,
-    /// Seed 002: sends a security event to the classifier, the validator and the scorer.
+    /// threat-pipeline: sends a security event to the classifier, the validator and the scorer.
     Orchestrator,
-    /// Seed 002: names the threat category.
+    /// threat-pipeline: names the threat category.
     Classifier,
-    /// Seed 002: checks the classification against the event.
+    /// threat-pipeline: checks the classification against the event.
     Validator,
-    /// Seed 002: gives the final confidence score.
+    /// threat-pipeline: gives the final confidence score.
     Scorer,
 }
 

@@ -1,7 +1,7 @@
 //! The researcher's search tool. `offline` ranks sections of a corpus embedded in the binary
 //! (the project's own README and ARCHITECTURE), so the research-team scenario works with no
-//! network and gives the same notes every time. `tavily` asks Tavily's search API (seed 001's
-//! choice) with a key from the environment.
+//! network and gives the same notes every time. `tavily` asks Tavily's search API (the search
+//! service research-team was specified with) with a key from the environment.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

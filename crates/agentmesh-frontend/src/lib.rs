@@ -1,4 +1,4 @@
-//! The frontend: the entry point for humans (seeds 001 and 003).
+//! The frontend: the entry point for humans, where a user logs in and asks the mesh.
 //!
 //! It logs people in with OIDC (authorization code + PKCE, any issuer found by discovery) or,
 //! with no issuer configured, with a "dev login" that only binds to loopback. It then speaks
@@ -12,7 +12,8 @@
 //! - `GET /callback` the issuer's redirect back; `POST /logout`;
 //! - `GET /token` the logged-in user's token as JSON (for CLIs and tests);
 //! - `POST /ask` `{"question"}` (JSON) or `question=` (form) to the entry upstream;
-//! - `GET /.well-known/jwks.json` and `GET /debug/jwks` (seed 003's path); `GET /healthz`;
+//! - `GET /.well-known/jwks.json` and `GET /debug/jwks` (the same keys at the path
+//!   verifiers were first pointed at); `GET /healthz`;
 //! - `GET /inspector…` the Security Inspector ([`inspector`]), for administrators only.
 //!
 //! Every request passes [`guard`] first: the `Host` allow-list (DNS rebinding) and, on

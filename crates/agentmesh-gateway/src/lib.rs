@@ -1,4 +1,4 @@
-//! The LLM gateway: the protected inference endpoint of seeds 000 and 002.
+//! The LLM gateway: the protected inference endpoint every scenario's agents call.
 //!
 //! It sits behind its own inbound proxy, which verifies the caller's SVID, checks intentions
 //! and adds the caller's SPIFFE ID in `x-forwarded-client-cert`. The gateway then applies

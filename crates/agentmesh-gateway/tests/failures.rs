@@ -1,4 +1,4 @@
-//! What a caller sees when providers fail (seed 002's failure table), through the gateway's
+//! What a caller sees when providers fail (threat-pipeline's failure cases: retry, timeout, failover), through the gateway's
 //! own HTTP API: retries, timeouts, failover, the circuit breaker, malformed answers and 4xx.
 //! Timeouts and backoffs are configured short so every test ends promptly; nothing asserts on
 //! wall-clock time.

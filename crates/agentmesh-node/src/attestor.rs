@@ -53,7 +53,7 @@ pub enum AttestError {
     /// A malformed selector.
     #[error(transparent)]
     Selector(#[from] agentmesh_spiffe::SelectorError),
-    /// /proc/<pid>/stat did not parse.
+    /// `/proc/<pid>/stat` did not parse.
     #[error("cannot parse /proc/{0}/stat")]
     BadStat(u32),
 }

@@ -11,6 +11,8 @@ pub mod manager;
 pub mod policy_relay;
 pub mod sds;
 pub mod server_client;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod workload_api;
 
 pub use manager::EAGER_MINT_LIMIT;

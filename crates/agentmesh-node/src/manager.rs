@@ -20,6 +20,10 @@ use tonic::transport::Channel;
 use crate::cache::{BundleInfo, CachedSvid, EntryInfo, Snapshot};
 use crate::server_client::{SharedClientConfig, client_config, describe};
 
+mod backoff;
+pub(crate) use backoff::Backoff;
+use backoff::MAX_BACKOFF;
+
 /// How many SVIDs to ask for in one call.
 const MINT_BATCH: usize = 500;
 /// Up to this many entries, the node mints an SVID for every entry it serves, so workloads
@@ -28,8 +32,6 @@ const MINT_BATCH: usize = 500;
 /// whole fleet's entries does not hold a fleet's worth of keys. SPIRE's agent does the same
 /// with its `x509_svid_cache_max_size` (default 1000).
 pub const EAGER_MINT_LIMIT: usize = 1000;
-/// The longest wait between retries while the server is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the rotation loop looks for SVIDs that are due.
 const ROTATION_TICK: Duration = Duration::from_millis(250);
 
@@ -789,54 +791,5 @@ fn leaf_dns_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Exponential backoff with jitter, capped at [`MAX_BACKOFF`].
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub(crate) fn next(&mut self) -> Duration {
-        let base = Duration::from_millis(200) * 2u32.saturating_pow(self.attempt.min(10));
-        self.attempt += 1;
-        let capped = base.min(MAX_BACKOFF);
-        capped.mul_f64(0.5 + random_fraction() * 0.5)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rotation_is_at_half_life_with_ten_percent_jitter() {
-        let nb = UNIX_EPOCH + Duration::from_secs(1000);
-        let na = nb + Duration::from_secs(100);
-        let mut seen = Vec::new();
-        for _ in 0..200 {
-            let at = rotation_time(nb, na)
-                .duration_since(nb)
-                .unwrap()
-                .as_secs_f64();
-            assert!((40.0..=60.0).contains(&at), "{at}");
-            seen.push(at);
-        }
-        // Jitter really varies the time.
-        seen.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        assert!(seen[199] - seen[0] > 5.0);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff::default();
-        let waits: Vec<Duration> = (0..12).map(|_| b.next()).collect();
-        assert!(waits.iter().all(|w| *w <= MAX_BACKOFF));
-        assert!(waits[11] >= MAX_BACKOFF / 2);
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(200));
-    }
-}
+mod tests;

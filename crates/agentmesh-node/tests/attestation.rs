@@ -8,123 +8,31 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use agentmesh_node::manager::NodeSvid;
+use agentmesh_node::testing::init_logs;
 use agentmesh_node::{NodeConfig, NodeError, RunningNode};
-use agentmesh_proto::v1::admin_client::AdminClient;
 use agentmesh_proto::v1::node_api_client::NodeApiClient;
-use agentmesh_proto::v1::{
-    GenerateJoinTokenRequest, GetBundleRequest, RenewNodeSvidRequest, SyncEntriesRequest,
-};
+use agentmesh_proto::v1::{RenewNodeSvidRequest, SyncEntriesRequest};
 use agentmesh_proto::workload::X509svidRequest;
 use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use agentmesh_server::{CaLifetimes, IssuanceSettings, RunningServer, ServerConfig};
+use agentmesh_server::testing::TestServer;
 use agentmesh_spiffe::SpiffeId;
 use tonic::transport::Channel;
 
-/// Node and server logs in the test output (shown for failing tests); `RUST_LOG` filters.
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
+/// A server under `dir`, with node and server logs in the test output.
+async fn start_server(dir: &Path) -> TestServer {
+    init_logs();
+    TestServer::start(dir).await.unwrap()
 }
 
-/// One server with its own data dir, admin socket and bundle file, under `dir`.
-struct Server {
-    dir: PathBuf,
-    running: Option<RunningServer>,
-    admin: AdminClient<Channel>,
-    /// The server's roots, DER, as `agentmesh bundle show` gives them.
-    roots: Vec<Vec<u8>>,
-}
-
-impl Server {
-    async fn start(dir: &Path) -> Self {
-        init_logs();
-        let running = agentmesh_server::start(ServerConfig {
-            data_dir: dir.join("server"),
-            trust_domain: "example.org".parse().unwrap(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_socket: dir.join("admin.sock"),
-            ca: CaLifetimes::default(),
-            issuance: IssuanceSettings::default(),
-            upstream: None,
-            oidc_discovery: None,
-            limits: Default::default(),
-        })
-        .await
-        .unwrap();
-        let mut admin = AdminClient::new(
-            agentmesh_proto::unix::connect(&running.admin_socket)
-                .await
-                .unwrap(),
-        );
-        let roots = admin
-            .get_bundle(GetBundleRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .x509_authorities;
-        let pem: String = roots
-            .iter()
-            .map(|r| agentmesh_ca::pem_encode("CERTIFICATE", r))
-            .collect();
-        std::fs::write(dir.join("bundle.pem"), pem).unwrap();
-        Self {
-            dir: dir.to_owned(),
-            running: Some(running),
-            admin,
-            roots,
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.running.as_ref().unwrap().listen_addr
-    }
-
-    fn bundle_file(&self) -> PathBuf {
-        self.dir.join("bundle.pem")
-    }
-
-    async fn token(&mut self, ttl_seconds: i64) -> String {
-        self.admin
-            .generate_join_token(GenerateJoinTokenRequest { ttl_seconds })
-            .await
-            .unwrap()
-            .into_inner()
-            .token
-    }
-
-    async fn shutdown(mut self) {
-        self.running.take().unwrap().shutdown().await;
-    }
-}
-
-/// A node's config: its data dir and sockets all under `dir`, which nothing else uses.
-fn node_config(dir: &Path, server: &Server, token: Option<String>) -> NodeConfig {
-    NodeConfig {
-        server: server.addr().to_string(),
-        join_token: token,
-        socket: dir.join("workload.sock"),
-        trust_bundle: server.bundle_file(),
-        data_dir: dir.join("node"),
-        admin_socket: dir.join("node-admin.sock"),
-        trust_domain: None,
-        limits: Default::default(),
-    }
-}
-
-async fn start_node(dir: &Path, server: &Server, token: Option<String>) -> RunningNode {
-    agentmesh_node::start(node_config(dir, server, token))
+async fn start_node(dir: &Path, server: &TestServer, token: Option<String>) -> RunningNode {
+    agentmesh_node::start(NodeConfig::for_test(dir, server, token))
         .await
         .unwrap()
 }
 
 /// Starts a node that must be refused, and returns the server's reason.
-async fn refused(dir: &Path, server: &Server, token: String) -> String {
-    match agentmesh_node::start(node_config(dir, server, Some(token))).await {
+async fn refused(dir: &Path, server: &TestServer, token: String) -> String {
+    match agentmesh_node::start(NodeConfig::for_test(dir, server, Some(token))).await {
         Err(NodeError::AttestationRefused(msg)) => msg,
         Err(other) => panic!("expected AttestationRefused, got {other}"),
         Ok(node) => {
@@ -162,10 +70,10 @@ fn forged_token() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_are_refused_when_reused_expired_or_forged() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&tmp.path().join("a")).await;
+    let mut server = start_server(&tmp.path().join("a")).await;
 
     // A fresh token admits a node, which stores its SVID.
-    let token = server.token(0).await;
+    let token = server.token(0).await.unwrap();
     let first_dir = tmp.path().join("n1");
     let first = start_node(&first_dir, &server, Some(token.clone())).await;
     assert!(NodeSvid::path(&first_dir.join("node")).exists());
@@ -192,7 +100,7 @@ async fn join_tokens_are_refused_when_reused_expired_or_forged() {
     assert_left_nothing(&reused_dir);
 
     // A token past its TTL: refused as expired, and not as unknown.
-    let short = server.token(1).await;
+    let short = server.token(1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let expired_dir = tmp.path().join("n3");
     let msg = refused(&expired_dir, &server, short).await;
@@ -201,7 +109,7 @@ async fn join_tokens_are_refused_when_reused_expired_or_forged() {
 
     // A token of the right shape that the server never issued.
     let forged = forged_token();
-    assert_eq!(forged.len(), server.token(0).await.len());
+    assert_eq!(forged.len(), server.token(0).await.unwrap().len());
     let forged_dir = tmp.path().join("n4");
     let msg = refused(&forged_dir, &server, forged).await;
     assert!(msg.contains("never issued"), "{msg}");
@@ -236,7 +144,7 @@ fn stored_node_svid(data_dir: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
 
 /// A node API client of `server` that trusts its roots, pins its SPIFFE ID, and presents
 /// `chain` + `key` as the client certificate: what a node's manager builds.
-fn node_api_as(server: &Server, chain: &[Vec<u8>], key: &[u8]) -> NodeApiClient<Channel> {
+fn node_api_as(server: &TestServer, chain: &[Vec<u8>], key: &[u8]) -> NodeApiClient<Channel> {
     let creds = agentmesh_tls::SvidCredentials::from_der(chain, key).unwrap();
     let cert = Arc::new(agentmesh_tls::RotatingCert::new(&creds).unwrap());
     let server_id: SpiffeId = "spiffe://example.org/agentmesh/server".parse().unwrap();
@@ -282,13 +190,13 @@ fn is_tls_refusal(status: &tonic::Status) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Server::start(&tmp.path().join("a")).await;
-    let mut b = Server::start(&tmp.path().join("b")).await;
+    let mut a = start_server(&tmp.path().join("a")).await;
+    let mut b = start_server(&tmp.path().join("b")).await;
     assert_ne!(a.roots, b.roots, "two servers, two CAs");
 
     // A node attested to B, then stopped: its SVID is valid, but B's.
     let b_node_dir = tmp.path().join("node-of-b");
-    let token = b.token(0).await;
+    let token = b.token(0).await.unwrap();
     let node = start_node(&b_node_dir, &b, Some(token)).await;
     let b_node_id = node.manager.node_identity().0;
     node.shutdown().await;
@@ -300,7 +208,7 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
 
     // Control: a node attested to A, in the same harness, is served by A ...
     let a_node_dir = tmp.path().join("node-of-a");
-    let token = a.token(0).await;
+    let token = a.token(0).await.unwrap();
     let node = start_node(&a_node_dir, &a, Some(token)).await;
     node.shutdown().await;
     let (a_chain, a_key) = stored_node_svid(&a_node_dir.join("node"));
@@ -343,7 +251,7 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     // stored SVID does not chain to A's roots, so it is not used: a token is asked for, and
     // the stored file is left as it was.
     let before = std::fs::read(NodeSvid::path(&b_node_dir.join("node"))).unwrap();
-    let err = agentmesh_node::start(node_config(&b_node_dir, &a, None))
+    let err = agentmesh_node::start(NodeConfig::for_test(&b_node_dir, &a, None))
         .await
         .expect_err("a node started on A with B's node SVID");
     assert!(matches!(err, NodeError::NeedJoinToken(_)), "{err}");
@@ -435,8 +343,8 @@ fn holds_private_key(path: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_keys_on_disk_are_0600_in_0700_data_dirs() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = Server::start(tmp.path()).await;
-    let token = server.token(0).await;
+    let mut server = start_server(tmp.path()).await;
+    let token = server.token(0).await.unwrap();
     let node = start_node(tmp.path(), &server, Some(token)).await;
 
     let server_dir = tmp.path().join("server");

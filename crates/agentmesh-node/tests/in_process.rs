@@ -2,151 +2,16 @@
 //! process itself as the workload. The Workload API is exercised with the generated client
 //! and with the `spiffe` crate's `X509Source`, a client no one here wrote.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use agentmesh_proto::v1::admin_client::AdminClient;
-use agentmesh_proto::v1::{self, CreateEntryRequest, GenerateJoinTokenRequest, GetBundleRequest};
-use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use agentmesh_node::testing::{TestMesh, my_uid, with_header};
+use agentmesh_proto::v1;
 use agentmesh_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
-use agentmesh_server::{CaLifetimes, IssuanceSettings, RunningServer, ServerConfig};
-use tonic::transport::Channel;
-
-struct Mesh {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    server: Option<RunningServer>,
-    node: Option<agentmesh_node::RunningNode>,
-    admin: AdminClient<Channel>,
-}
-
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-async fn start_server(dir: &Path, listen: std::net::SocketAddr) -> RunningServer {
-    agentmesh_server::start(ServerConfig {
-        data_dir: dir.join("server"),
-        trust_domain: "example.org".parse().unwrap(),
-        listen,
-        admin_socket: dir.join("admin.sock"),
-        ca: CaLifetimes::default(),
-        issuance: IssuanceSettings::default(),
-        upstream: None,
-        oidc_discovery: None,
-        limits: Default::default(),
-    })
-    .await
-    .unwrap()
-}
-
-async fn start_node(
-    dir: &Path,
-    server: std::net::SocketAddr,
-    token: Option<String>,
-) -> agentmesh_node::RunningNode {
-    agentmesh_node::start(agentmesh_node::NodeConfig {
-        server: server.to_string(),
-        join_token: token,
-        socket: dir.join("workload.sock"),
-        trust_bundle: dir.join("bundle.pem"),
-        data_dir: dir.join("node"),
-        admin_socket: dir.join("node-admin.sock"),
-        trust_domain: None,
-        limits: Default::default(),
-    })
-    .await
-    .unwrap()
-}
-
-/// Node and server logs in the test output (shown for failing tests); `RUST_LOG` filters.
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-impl Mesh {
-    async fn start() -> Self {
-        init_logs();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let server = start_server(&dir, "127.0.0.1:0".parse().unwrap()).await;
-        let mut admin = AdminClient::new(
-            agentmesh_proto::unix::connect(&server.admin_socket)
-                .await
-                .unwrap(),
-        );
-        let bundle = admin
-            .get_bundle(GetBundleRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let pem: String = bundle
-            .x509_authorities
-            .iter()
-            .map(|r| agentmesh_ca::pem_encode("CERTIFICATE", r))
-            .collect();
-        std::fs::write(dir.join("bundle.pem"), pem).unwrap();
-        let token = admin
-            .generate_join_token(GenerateJoinTokenRequest { ttl_seconds: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
-        let node = start_node(&dir, server.listen_addr, Some(token)).await;
-        Self {
-            _dir: tmp,
-            dir,
-            server: Some(server),
-            node: Some(node),
-            admin,
-        }
-    }
-
-    async fn create_entry(&mut self, path: &str, selectors: &[String], x509_ttl: i64) -> v1::Entry {
-        self.admin
-            .create_entry(CreateEntryRequest {
-                entry: Some(v1::Entry {
-                    spiffe_id: format!("spiffe://example.org{path}"),
-                    selectors: selectors.to_vec(),
-                    x509_ttl_seconds: x509_ttl,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn workload_client(&self) -> SpiffeWorkloadApiClient<Channel> {
-        SpiffeWorkloadApiClient::new(
-            agentmesh_proto::unix::connect(&self.dir.join("workload.sock"))
-                .await
-                .unwrap(),
-        )
-    }
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        agentmesh_proto::WORKLOAD_API_HEADER,
-        "true".parse().unwrap(),
-    );
-    req
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why() {
-    let mut mesh = Mesh::start().await;
-    let mut client = mesh.workload_client().await;
+    let mut mesh = TestMesh::start().await.unwrap();
+    let mut client = mesh.workload_client().await.unwrap();
 
     // No header: InvalidArgument, whatever else.
     let err = client
@@ -175,7 +40,8 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
 
     let wrong = mesh
         .create_entry("/wrong", &["unix:uid:4242424".into()], 0)
-        .await;
+        .await
+        .unwrap();
     let err = loop {
         let e = client
             .fetch_x509svid(with_header(X509svidRequest {}))
@@ -202,7 +68,7 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
         .expect("a request id");
     // The operator, on the node's 0600 admin socket, gets the whole explanation.
     let mut node_admin = agentmesh_proto::v1::node_admin_client::NodeAdminClient::new(
-        agentmesh_proto::unix::connect(&mesh.dir.join("node-admin.sock"))
+        agentmesh_proto::unix::connect(&mesh.node_admin_socket())
             .await
             .unwrap(),
     );
@@ -238,8 +104,7 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
-    mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
-        .await;
+    mesh.register_self("/me", 0).await.unwrap();
     let resp = loop {
         match client.fetch_x509svid(with_header(X509svidRequest {})).await {
             Ok(r) => break r.into_inner().message().await.unwrap().unwrap(),
@@ -277,8 +142,7 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
         .unwrap_err();
     assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
 
-    mesh.node.take().unwrap().shutdown().await;
-    mesh.server.take().unwrap().shutdown().await;
+    mesh.shutdown().await;
 }
 
 fn serial_of(svid: &spiffe::X509Svid) -> String {
@@ -290,10 +154,9 @@ fn serial_of(svid: &spiffe::X509Svid) -> String {
 /// down, and sees rotation resume when the server comes back on the same data dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spiffe_crate_sees_rotation_and_survives_a_server_outage() {
-    let mut mesh = Mesh::start().await;
-    mesh.create_entry("/rotating", &[format!("unix:uid:{}", my_uid())], 4)
-        .await;
-    let endpoint = format!("unix://{}", mesh.dir.join("workload.sock").display());
+    let mut mesh = TestMesh::start().await.unwrap();
+    mesh.register_self("/rotating", 4).await.unwrap();
+    let endpoint = format!("unix://{}", mesh.workload_socket().display());
     let source = loop {
         match spiffe::X509Source::builder()
             .endpoint(&endpoint)
@@ -326,9 +189,8 @@ async fn the_spiffe_crate_sees_rotation_and_survives_a_server_outage() {
     };
 
     // Server down: the node keeps serving what it has to new clients.
-    let addr = mesh.server.as_ref().unwrap().listen_addr;
-    mesh.server.take().unwrap().shutdown().await;
-    let mut client = mesh.workload_client().await;
+    mesh.server.stop().await;
+    let mut client = mesh.workload_client().await.unwrap();
     let resp = client
         .fetch_x509svid(with_header(X509svidRequest {}))
         .await
@@ -341,7 +203,7 @@ async fn the_spiffe_crate_sees_rotation_and_survives_a_server_outage() {
     assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/rotating");
 
     // Server back (same data dir, same port): rotation resumes on the same open stream.
-    mesh.server = Some(start_server(&mesh.dir, addr).await);
+    mesh.server.restart().await.unwrap();
     let seen = serial_of(&source.svid().unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -355,20 +217,16 @@ async fn the_spiffe_crate_sees_rotation_and_survives_a_server_outage() {
         }
     }
     source.shutdown().await;
-    mesh.node.take().unwrap().shutdown().await;
-    mesh.server.take().unwrap().shutdown().await;
+    mesh.shutdown().await;
 }
 
 /// A restarted node reuses its stored node SVID: no token, and workloads get SVIDs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_needs_no_new_token() {
-    let mut mesh = Mesh::start().await;
-    mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
-        .await;
-    let addr = mesh.server.as_ref().unwrap().listen_addr;
-    mesh.node.take().unwrap().shutdown().await;
-    mesh.node = Some(start_node(&mesh.dir, addr, None).await);
-    let mut client = mesh.workload_client().await;
+    let mut mesh = TestMesh::start().await.unwrap();
+    mesh.register_self("/me", 0).await.unwrap();
+    mesh.restart_node().await.unwrap();
+    let mut client = mesh.workload_client().await.unwrap();
     let resp = loop {
         match client.fetch_x509svid(with_header(X509svidRequest {})).await {
             Ok(r) => break r.into_inner().message().await.unwrap().unwrap(),
@@ -380,15 +238,14 @@ async fn a_restarted_node_needs_no_new_token() {
     };
     assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/me");
     let _ = SystemTime::now();
-    mesh.node.take().unwrap().shutdown().await;
-    mesh.server.take().unwrap().shutdown().await;
+    mesh.shutdown().await;
 }
 
 /// Above `EAGER_MINT_LIMIT` entries the node mints only what workloads ask for: nothing is
 /// cached after the sync, a fetch gets its SVID on demand, and only that one is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn above_the_eager_limit_svids_are_minted_on_demand() {
-    let mut mesh = Mesh::start().await;
+    let mut mesh = TestMesh::start().await.unwrap();
     let others = agentmesh_node::EAGER_MINT_LIMIT;
     for i in 0..others {
         mesh.create_entry(
@@ -396,11 +253,11 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
             &[format!("unix:uid:{}", 100_000 + i)],
             0,
         )
-        .await;
+        .await
+        .unwrap();
     }
-    mesh.create_entry("/me", &[format!("unix:uid:{}", my_uid())], 0)
-        .await;
-    let manager = mesh.node.as_ref().unwrap().manager.clone();
+    mesh.register_self("/me", 0).await.unwrap();
+    let manager = mesh.node().manager.clone();
     // Patience, not a speed claim: up to the limit the node mints each entry's SVID as the
     // entries arrive (about 18 s alone in a debug build). This wait also caught the server
     // marking an entry change seen before it was sent (fixed in its sync stream).
@@ -420,7 +277,7 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
         manager.snapshot().svids.len()
     );
 
-    let mut client = mesh.workload_client().await;
+    let mut client = mesh.workload_client().await.unwrap();
     let resp = client
         .fetch_x509svid(with_header(X509svidRequest {}))
         .await
@@ -432,6 +289,5 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
         .unwrap();
     assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/me");
     assert_eq!(manager.snapshot().svids.len(), 1);
-    mesh.node.take().unwrap().shutdown().await;
-    mesh.server.take().unwrap().shutdown().await;
+    mesh.shutdown().await;
 }

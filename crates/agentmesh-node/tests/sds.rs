@@ -2,11 +2,9 @@
 //! as the workload (attested from its peer credentials like Envoy would be), and the generated
 //! tonic client over the Workload API socket speaking xDS as Envoy does.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use agentmesh_proto::v1::admin_client::AdminClient;
-use agentmesh_proto::v1::{self, CreateEntryRequest, GenerateJoinTokenRequest, GetBundleRequest};
+use agentmesh_node::testing::TestMesh;
 use agentmesh_proto::xds::envoy::config::core::v3::{DataSource, data_source};
 use agentmesh_proto::xds::envoy::extensions::transport_sockets::tls::v3::{
     Secret, SpiffeCertValidatorConfig, secret,
@@ -16,7 +14,6 @@ use agentmesh_proto::xds::envoy::service::discovery::v3::{
 };
 use agentmesh_proto::xds::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use agentmesh_proto::xds::google::rpc;
-use agentmesh_server::{CaLifetimes, IssuanceSettings, RunningServer, ServerConfig};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -27,114 +24,13 @@ const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.t
 /// claim: under load a rotation can take much longer than its TTL says.
 const PATIENCE: Duration = Duration::from_secs(120);
 
-struct Mesh {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    server: Option<RunningServer>,
-    node: Option<agentmesh_node::RunningNode>,
-    admin: AdminClient<Channel>,
-}
-
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-impl Mesh {
-    async fn start() -> Self {
-        init_logs();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let server = agentmesh_server::start(ServerConfig {
-            data_dir: dir.join("server"),
-            trust_domain: "example.org".parse().unwrap(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_socket: dir.join("admin.sock"),
-            ca: CaLifetimes::default(),
-            issuance: IssuanceSettings::default(),
-            upstream: None,
-            oidc_discovery: None,
-            limits: Default::default(),
-        })
-        .await
-        .unwrap();
-        let mut admin = AdminClient::new(
-            agentmesh_proto::unix::connect(&server.admin_socket)
-                .await
-                .unwrap(),
-        );
-        let bundle = admin.get_bundle(GetBundleRequest {}).await.unwrap();
-        let pem: String = bundle
-            .into_inner()
-            .x509_authorities
-            .iter()
-            .map(|r| agentmesh_ca::pem_encode("CERTIFICATE", r))
-            .collect();
-        std::fs::write(dir.join("bundle.pem"), pem).unwrap();
-        let token = admin
-            .generate_join_token(GenerateJoinTokenRequest { ttl_seconds: 0 })
+/// A Secret Discovery Service client on the mesh's Workload API socket, as Envoy connects.
+async fn sds(mesh: &TestMesh) -> SecretDiscoveryServiceClient<Channel> {
+    SecretDiscoveryServiceClient::new(
+        agentmesh_proto::unix::connect(&mesh.workload_socket())
             .await
-            .unwrap()
-            .into_inner()
-            .token;
-        let node = agentmesh_node::start(agentmesh_node::NodeConfig {
-            server: server.listen_addr.to_string(),
-            join_token: Some(token),
-            socket: dir.join("workload.sock"),
-            trust_bundle: dir.join("bundle.pem"),
-            data_dir: dir.join("node"),
-            admin_socket: dir.join("node-admin.sock"),
-            trust_domain: None,
-            limits: Default::default(),
-        })
-        .await
-        .unwrap();
-        Self {
-            _tmp: tmp,
-            dir,
-            server: Some(server),
-            node: Some(node),
-            admin,
-        }
-    }
-
-    async fn create_entry(&mut self, path: &str, selector: String, x509_ttl: i64) {
-        self.admin
-            .create_entry(CreateEntryRequest {
-                entry: Some(v1::Entry {
-                    spiffe_id: format!("spiffe://example.org{path}"),
-                    selectors: vec![selector],
-                    x509_ttl_seconds: x509_ttl,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn sds(&self) -> SecretDiscoveryServiceClient<Channel> {
-        SecretDiscoveryServiceClient::new(
-            agentmesh_proto::unix::connect(&self.dir.join("workload.sock"))
-                .await
-                .unwrap(),
-        )
-    }
-
-    async fn shutdown(mut self) {
-        self.node.take().unwrap().shutdown().await;
-        self.server.take().unwrap().shutdown().await;
-    }
+            .unwrap(),
+    )
 }
 
 fn request(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -272,11 +168,10 @@ async fn first_response(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sds_stream_follows_xds_versions_nonces_nacks_subscriptions_and_rotation() {
-    let mut mesh = Mesh::start().await;
+    let mut mesh = TestMesh::start().await.unwrap();
     // A 4 s TTL rotates about every 2 s.
-    mesh.create_entry("/web", format!("unix:uid:{}", my_uid()), 4)
-        .await;
-    let mut client = mesh.sds().await;
+    mesh.register_self("/web", 4).await.unwrap();
+    let mut client = sds(&mesh).await;
 
     // Subscribe to `default`: the caller's own SVID, under the name it asked for.
     let (mut stream, r1) = first_response(&mut client, &["default"]).await;
@@ -363,12 +258,13 @@ async fn sds_stream_follows_xds_versions_nonces_nacks_subscriptions_and_rotation
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sds_refuses_unregistered_callers_malformed_names_and_ids_not_entitled() {
-    let mut mesh = Mesh::start().await;
-    let mut client = mesh.sds().await;
+    let mut mesh = TestMesh::start().await.unwrap();
+    let mut client = sds(&mesh).await;
 
     // An entry for another uid only: PermissionDenied, explained by the closest entry.
-    mesh.create_entry("/other", "unix:uid:4242424".into(), 0)
-        .await;
+    mesh.create_entry("/other", &["unix:uid:4242424".into()], 0)
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let err = loop {
         let e = match Stream::open(&mut client, request(&["default"], "", "")).await {
@@ -399,8 +295,7 @@ async fn sds_refuses_unregistered_callers_malformed_names_and_ids_not_entitled()
         err.message()
     );
 
-    mesh.create_entry("/web", format!("unix:uid:{}", my_uid()), 0)
-        .await;
+    mesh.register_self("/web", 0).await.unwrap();
     let (_ok, _) = first_response(&mut client, &["default"]).await;
 
     // A SPIFFE ID this process is not entitled to.

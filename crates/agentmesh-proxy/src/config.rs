@@ -1,5 +1,5 @@
-//! `proxy.toml`: DESIGN.md's starting format, extended (never renamed). Unknown keys are
-//! refused, so a misspelt key cannot silently leave a listener unprotected.
+//! `proxy.toml`: the sidecar's first config format, only ever extended (no key renamed, so
+//! old files keep working). Unknown keys are refused, so a misspelt key cannot silently leave a listener unprotected.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

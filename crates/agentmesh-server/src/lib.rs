@@ -10,6 +10,8 @@ pub mod oidc_discovery;
 pub mod registration;
 pub mod server;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls_incoming;
 pub mod upstream;
 

@@ -24,7 +24,7 @@ use crate::state::ServerState;
 pub struct OidcDiscoveryConfig {
     /// Where to listen; must be loopback.
     pub listen: SocketAddr,
-    /// The `issuer` in the discovery document [default: `http://<listen>`].
+    /// The `issuer` in the discovery document (default `http://<listen>`).
     pub issuer: Option<String>,
 }
 

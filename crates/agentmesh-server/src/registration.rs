@@ -309,6 +309,9 @@ mod tests {
         }
     }
 
+    // One piece: the cases are one table of every malformed input and its own message, then
+    // the inputs right at the limits that must pass; split, the two halves would not be seen
+    // against each other.
     #[test]
     fn each_malformed_input_gets_its_own_bounded_error() {
         use agentmesh_spiffe::{SelectorError, SpiffeIdError};

@@ -4,7 +4,7 @@
 
 use agentmesh_proto::v1::admin_client::AdminClient;
 use agentmesh_proto::v1::{self, CreateEntryRequest, ListEntriesRequest};
-use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
+use agentmesh_server::ServerConfig;
 
 fn entry(spiffe_id: &str, selectors: Vec<String>, dns_names: Vec<String>) -> CreateEntryRequest {
     CreateEntryRequest {
@@ -20,19 +20,9 @@ fn entry(spiffe_id: &str, selectors: Vec<String>, dns_names: Vec<String>) -> Cre
 #[tokio::test]
 async fn malformed_entries_are_refused_with_a_short_specific_message_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let server = agentmesh_server::start(ServerConfig {
-        data_dir: dir.path().join("server"),
-        trust_domain: "example.org".parse().unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_socket: dir.path().join("admin.sock"),
-        ca: CaLifetimes::default(),
-        issuance: IssuanceSettings::default(),
-        upstream: None,
-        oidc_discovery: None,
-        limits: Default::default(),
-    })
-    .await
-    .unwrap();
+    let server = agentmesh_server::start(ServerConfig::for_test(dir.path()))
+        .await
+        .unwrap();
     let mut admin = AdminClient::new(
         agentmesh_proto::unix::connect(&server.admin_socket)
             .await

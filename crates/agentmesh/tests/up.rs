@@ -547,7 +547,7 @@ async fn up_runs_the_default_scenario_and_ask_answers_with_its_trace_id() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no running mesh"));
 }
 
-/// Seed 000.
+/// planner-executor: planner → executor → gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planner_executor_refuses_every_pair_its_intentions_do_not_allow() {
     scenario_answers_and_refuses_what_is_not_allowed(
@@ -557,7 +557,7 @@ async fn planner_executor_refuses_every_pair_its_intentions_do_not_allow() {
     .await;
 }
 
-/// Seeds 001/003.
+/// research-team: researcher → writer → gateway, with no sidecars.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn research_team_refuses_every_pair_its_intentions_do_not_allow() {
     scenario_answers_and_refuses_what_is_not_allowed(
@@ -567,7 +567,7 @@ async fn research_team_refuses_every_pair_its_intentions_do_not_allow() {
     .await;
 }
 
-/// Seed 002: the orchestrator's answer combines all three analysts.
+/// threat-pipeline: the orchestrator's answer combines all three analysts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_pipeline_refuses_every_pair_its_intentions_do_not_allow() {
     scenario_answers_and_refuses_what_is_not_allowed(
@@ -1040,7 +1040,7 @@ async fn the_delegation_chain_is_audited_and_a_broken_chain_is_refused() {
     assert_no_strays(&data);
 }
 
-/// Seed 001: in research-team the researcher and the writer run with no sidecar. Each gets
+/// In research-team the researcher and the writer run with no sidecar. Each gets
 /// its SVID from the node, serves mTLS itself, calls its upstream pinning the upstream's
 /// SPIFFE ID, and decides every request by the intentions it follows on the node: removing
 /// researcher → writer refuses the next ask at the writer (with the default deny's reason),

@@ -1,5 +1,5 @@
-//! What happens when providers fail (seed 002's "Gateway unavailable → retry logic" and
-//! "Gemini API error → fallback"): each attempt is bounded by the provider's timeout;
+//! What happens when providers fail (threat-pipeline's "gateway unavailable: retry" and
+//! "provider API error: fall back"): each attempt is bounded by the provider's timeout;
 //! timeouts, connection errors and 5xx are retried with exponential backoff and full jitter;
 //! then the model's next provider is tried. A circuit breaker per provider stops sending to one
 //! that keeps failing: after `circuit_failures` consecutive failed attempts it is skipped for

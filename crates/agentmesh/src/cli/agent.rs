@@ -17,6 +17,9 @@ pub enum AgentCommand {
 /// `agentmesh agent run` flags.
 #[derive(Debug, Clone, Args)]
 pub struct AgentRunArgs {
+    // clap prints this doc comment as the flag's --help, where the table names read best in
+    // TOML's own brackets; rustdoc would take them for links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// The agent.toml (role, listen, model, [[upstream]], [search])
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,

@@ -18,6 +18,9 @@ pub enum FrontendCommand {
 /// `agentmesh frontend run` flags.
 #[derive(Debug, Clone, Args)]
 pub struct FrontendRunArgs {
+    // clap prints this doc comment as the flag's --help, where the table names read best in
+    // TOML's own brackets; rustdoc would take them for links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// The frontend.toml (listen, workload_api, [oidc], [[upstream]], entry, audience)
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,

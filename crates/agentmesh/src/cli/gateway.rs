@@ -17,6 +17,9 @@ pub enum GatewayCommand {
 /// `agentmesh gateway run` flags.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayRunArgs {
+    // clap prints this doc comment as the flag's --help, where the table names read best in
+    // TOML's own brackets; rustdoc would take them for links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// The gateway.toml (listen, [[provider]], [[model]], [[caller]], [dlp])
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,

@@ -18,6 +18,9 @@ pub enum ProxyCommand {
 /// `agentmesh proxy run` flags.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyRunArgs {
+    // clap prints this doc comment as the flag's --help, where the table names read best in
+    // TOML's own brackets; rustdoc would take them for links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// The proxy.toml (service, [inbound], [[upstream]], [admin])
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,

@@ -102,7 +102,7 @@ pub struct ServerFileConfig {
 pub struct OidcDiscoveryFile {
     /// Loopback IP:PORT (required).
     pub listen: Option<String>,
-    /// The discovery document's issuer [default: http://<listen>].
+    /// The discovery document's issuer (default `http://<listen>`).
     pub issuer: Option<String>,
 }
 
