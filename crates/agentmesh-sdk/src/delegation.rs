@@ -830,6 +830,7 @@ pub fn verify_headers(
 
 mod replay;
 pub use replay::ReplayCache;
+pub mod service;
 
 #[cfg(test)]
 mod tests;
