@@ -199,7 +199,7 @@ pub struct AgentConfig {
     /// The delegation chain: verify the user and the hops before answering, and add this
     /// agent's link to every call it makes.
     #[serde(default)]
-    pub delegation: Option<agentmesh_gateway::delegation::DelegationConfig>,
+    pub delegation: Option<agentmesh_sdk::delegation::service::DelegationConfig>,
     /// In-process mTLS and intentions instead of a sidecar.
     #[serde(default)]
     pub mtls: Option<MtlsConfig>,

@@ -133,7 +133,7 @@ pub struct Agent {
     cfg: AgentConfig,
     upstreams: Upstreams,
     search: Option<Search>,
-    delegation: Option<agentmesh_gateway::delegation::Delegation>,
+    delegation: Option<agentmesh_sdk::delegation::service::Delegation>,
 }
 
 /// What the calls made for one request need to carry the delegation chain on: every call
@@ -141,7 +141,7 @@ pub struct Agent {
 /// call's callee (a fan-out signs one link per callee).
 #[derive(Debug, Default)]
 struct Onward {
-    forward: Option<agentmesh_gateway::delegation::Forward>,
+    forward: Option<agentmesh_sdk::delegation::service::Forward>,
     /// The links sent with the latest call: the last agent answers with them.
     last_links: std::sync::Mutex<Option<String>>,
 }
@@ -250,7 +250,7 @@ impl Agent {
         let me = self
             .delegation
             .as_ref()
-            .map(agentmesh_gateway::delegation::Delegation::me)
+            .map(agentmesh_sdk::delegation::service::Delegation::me)
             .ok_or_else(|| "bug: a delegation chain without [delegation]".to_owned())?;
         next_hop_of(up, &me)
     }
@@ -519,7 +519,7 @@ async fn ask(
                         .get::<agentmesh_sdk::PeerIdentity>()
                         .map(|p| p.0.clone())
                 } else if agent.cfg.trusts_forwarded_identity() {
-                    agentmesh_gateway::delegation::xfcc_peer(&headers)
+                    agentmesh_sdk::xfcc::peer(&headers)
                 } else {
                     None
                 };
@@ -640,7 +640,7 @@ pub struct RunningAgent {
     pub addr: LocalAddr,
     /// The bound admin address (`[mtls] admin`).
     pub admin: Option<LocalAddr>,
-    plain: Option<agentmesh_gateway::Serving>,
+    plain: Option<agentmesh_sdk::http::Serving>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     mtls: Option<mtls::MtlsSide>,
 }
@@ -678,7 +678,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let role = cfg.role;
     let delegation = match &cfg.delegation {
         Some(d) => Some(
-            agentmesh_gateway::delegation::Delegation::connect(d)
+            agentmesh_sdk::delegation::service::Delegation::connect(d)
                 .await
                 .map_err(|e| AgentError::Delegation(e.to_string()))?,
         ),
@@ -693,7 +693,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
         let agent = Arc::new(agent);
-        let serving = agentmesh_gateway::Serving::spawn(
+        let serving = agentmesh_sdk::http::Serving::spawn(
             listener,
             addr.clone(),
             agent.router(),

@@ -125,7 +125,7 @@ impl MtlsSide {
 /// One decision as a sidecar's access-log line (stdout) and on the live feed.
 pub(crate) fn log_decision(d: &DecisionRecord) {
     let mut line = serde_json::json!({
-        "ts": agentmesh_gateway::now_rfc3339(),
+        "ts": agentmesh_telemetry::clock::now_rfc3339(),
     });
     if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
         (line.as_object_mut(), serde_json::to_value(d))

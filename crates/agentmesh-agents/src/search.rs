@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use agentmesh_gateway::provider::client::{HttpClient, tls_config};
+use agentmesh_proto::https::{ClientSettings, HttpClient, webpki_tls};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 
@@ -52,6 +52,9 @@ impl std::fmt::Debug for TavilySearch {
     }
 }
 
+/// The largest answer read from Tavily; a page of results is a few KiB.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long one search may take.
 const TAVILY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,9 +78,19 @@ impl TavilySearch {
         let uri: Uri = format!("{base}/search")
             .parse()
             .map_err(|e| SearchError::TavilyConfig(format!("url {base:?}: {e}")))?;
-        let tls = tls_config().map_err(|e| SearchError::TavilyConfig(e.to_string()))?;
+        let tls = webpki_tls().map_err(|e| SearchError::TavilyConfig(e.to_string()))?;
+        let settings = ClientSettings {
+            http2: true,
+            nodelay: true,
+            pool_idle: Some(Duration::from_secs(30)),
+            ..ClientSettings::new(
+                concat!("agentmesh-agents/", env!("CARGO_PKG_VERSION")),
+                Duration::from_secs(5),
+                MAX_ANSWER_BYTES,
+            )
+        };
         Ok(Self {
-            client: HttpClient::new(tls, Duration::from_secs(5)),
+            client: HttpClient::new(tls, settings),
             uri,
             key,
         })

@@ -7,8 +7,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _};
 
 /// Why a key could not be made, loaded or stored.
@@ -48,27 +46,9 @@ pub enum KeyError {
     /// The secret file path has no file name (such as `/` or `..`).
     #[error("secret file path {0} has no file name")]
     NoFileName(PathBuf),
-    /// A PEM block's body is not valid base64.
-    #[error("PEM block '{label}' has malformed base64: {source}")]
-    PemBase64 {
-        /// The PEM label being decoded.
-        label: String,
-        /// The decoder's complaint.
-        #[source]
-        source: base64::DecodeError,
-    },
-    /// A `BEGIN` line without its `END` line.
-    #[error("PEM block '{label}' has a BEGIN line but no matching END line")]
-    PemUnterminated {
-        /// The PEM label being decoded.
-        label: String,
-    },
-    /// No block with the wanted label was found.
-    #[error("no '-----BEGIN {label}-----' block found in the PEM text")]
-    PemNoBlocks {
-        /// The PEM label that was looked for.
-        label: String,
-    },
+    /// A PEM text could not be decoded.
+    #[error(transparent)]
+    Pem(#[from] agentmesh_tls::pem::PemError),
 }
 
 /// An ECDSA P-256 private key, usable by rcgen to sign certificates and CSRs.
@@ -236,79 +216,11 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     Ok(buf)
 }
 
-/// Encodes DER as a PEM block with 64-character lines and a trailing newline.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    // Base64 output is ASCII, so splitting by bytes never cuts a character.
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    out
-}
-
-/// Decodes every PEM block labelled `label`, in order, skipping blocks with other labels.
-///
-/// # Errors
-/// [`KeyError::PemNoBlocks`] if there is none, [`KeyError::PemBase64`] for a malformed body,
-/// [`KeyError::PemUnterminated`] for a block without its END line.
-pub fn pem_decode_all(text: &str, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut blocks = Vec::new();
-    let mut body: Option<String> = None;
-    for line in text.lines() {
-        let line = line.trim();
-        match body.as_mut() {
-            None => {
-                if line == begin {
-                    body = Some(String::new());
-                }
-            }
-            Some(b) => {
-                if line == end {
-                    let der =
-                        STANDARD
-                            .decode(b.as_bytes())
-                            .map_err(|source| KeyError::PemBase64 {
-                                label: label.to_owned(),
-                                source,
-                            })?;
-                    blocks.push(der);
-                    body = None;
-                } else if line.starts_with("-----") {
-                    return Err(KeyError::PemUnterminated {
-                        label: label.to_owned(),
-                    });
-                } else {
-                    b.push_str(line);
-                }
-            }
-        }
-    }
-    if body.is_some() {
-        return Err(KeyError::PemUnterminated {
-            label: label.to_owned(),
-        });
-    }
-    if blocks.is_empty() {
-        return Err(KeyError::PemNoBlocks {
-            label: label.to_owned(),
-        });
-    }
-    Ok(blocks)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
 
     #[test]
     fn key_round_trips_through_pkcs8() {
@@ -380,44 +292,5 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(msg.contains("key.der") && msg.contains("0644"), "{msg}");
-    }
-
-    #[test]
-    fn pem_round_trip_multiple_blocks() {
-        let a: Vec<u8> = (0..=255u8).collect();
-        let b = vec![1u8, 2, 3];
-        let text = format!(
-            "junk\n{}{}{}",
-            pem_encode("CERTIFICATE", &a),
-            pem_encode("PRIVATE KEY", b"skip me"),
-            pem_encode("CERTIFICATE", &b)
-        );
-        assert!(
-            text.lines()
-                .all(|l| l.len() <= 64 || l.starts_with("-----"))
-        );
-        assert_eq!(pem_decode_all(&text, "CERTIFICATE").unwrap(), vec![a, b]);
-        assert_eq!(
-            pem_decode_all(&text, "PRIVATE KEY").unwrap(),
-            vec![b"skip me".to_vec()]
-        );
-    }
-
-    #[test]
-    fn pem_errors() {
-        assert!(matches!(
-            pem_decode_all("nothing here", "CERTIFICATE"),
-            Err(KeyError::PemNoBlocks { .. })
-        ));
-        let bad = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            pem_decode_all(bad, "CERTIFICATE"),
-            Err(KeyError::PemBase64 { .. })
-        ));
-        let open = "-----BEGIN CERTIFICATE-----\nAAAA\n";
-        assert!(matches!(
-            pem_decode_all(open, "CERTIFICATE"),
-            Err(KeyError::PemUnterminated { .. })
-        ));
     }
 }

@@ -609,7 +609,7 @@ pub struct GatewayConfig {
     pub dlp: DlpConfig,
     /// The delegation chain: verify the user and the agents before answering, and audit them.
     #[serde(default)]
-    pub delegation: Option<crate::delegation::DelegationConfig>,
+    pub delegation: Option<agentmesh_sdk::delegation::service::DelegationConfig>,
     /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts of the
     /// listener.
     #[serde(default)]

@@ -15,17 +15,19 @@
 
 pub mod api;
 pub mod config;
-pub mod delegation;
 pub mod dlp;
 pub mod policy;
 pub mod provider;
 pub mod secret_key;
 
-use agentmesh_sdk::local::{LocalAddr, LocalListener};
+use agentmesh_sdk::delegation::service as delegation;
+use agentmesh_sdk::http::Serving;
+use agentmesh_sdk::local::LocalListener;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use agentmesh_telemetry::clock::now_rfc3339;
 use agentmesh_telemetry::{Span, attr};
 use axum::Router;
 use axum::body::Body;
@@ -62,8 +64,7 @@ pub enum GatewayError {
     ProviderKey(String, String),
 }
 
-/// The header the gateway's proxy sets with the verified caller.
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub use agentmesh_sdk::xfcc::XFCC;
 
 /// One audit line: who called, which model, how many tokens, what DLP found (counts only),
 /// the decision and the trace.
@@ -143,13 +144,6 @@ impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AuditSink")
     }
-}
-
-/// The current time as RFC 3339, UTC, for audit and access-log lines.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn unix_now() -> u64 {
@@ -260,7 +254,7 @@ impl Gateway {
     /// # Errors
     /// [`GatewayError::Tls`].
     pub fn with_audit(cfg: GatewayConfig, audit: AuditSink) -> Result<Self, GatewayError> {
-        let tls = provider::client::tls_config().map_err(GatewayError::Tls)?;
+        let tls = agentmesh_proto::https::webpki_tls().map_err(GatewayError::Tls)?;
         let providers = cfg
             .providers
             .iter()
@@ -715,50 +709,6 @@ async fn ollama_version() -> Response {
 
 /// A running gateway.
 pub type RunningGateway = Serving;
-
-/// An axum router being served on a listener until [`Serving::shutdown`]; the gateway and
-/// the AI agents both run this way.
-#[derive(Debug)]
-pub struct Serving {
-    /// The bound address.
-    pub addr: LocalAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Serving {
-    /// Serves `router` on `listener` with `limits` in a task of its own; `what` names the
-    /// listener in log lines.
-    pub fn spawn(
-        listener: LocalListener,
-        addr: LocalAddr,
-        router: Router,
-        what: &'static str,
-        limits: agentmesh_proto::limits::ListenerLimits,
-    ) -> Self {
-        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            agentmesh_proto::limits::serve_listener(
-                listener,
-                agentmesh_proto::limits::TowerService(router),
-                limits,
-                what,
-                shutdown,
-            )
-            .await;
-        });
-        Self { addr, stop, task }
-    }
-
-    /// Stops serving, letting requests in flight finish.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
 
 /// Binds `cfg.listen` and serves until shut down.
 ///

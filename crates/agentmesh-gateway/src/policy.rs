@@ -36,32 +36,7 @@ pub fn worst_case_tokens(messages: &[Message], max_completion: u64) -> u64 {
         .saturating_add(max_completion)
 }
 
-/// The identity the gateway's proxy verified, from Envoy's XFCC format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The caller's SPIFFE ID (`URI=`).
-    pub id: SpiffeId,
-    /// The proxy's own ID (`By=`), whose trust domain resolves service names.
-    pub by: Option<SpiffeId>,
-}
-
-/// Reads the last element of an `x-forwarded-client-cert` value: the one the gateway's own
-/// proxy added (any earlier ones were stripped by it, but the last is the nearest hop).
-pub fn parse_xfcc(value: &str) -> Option<Caller> {
-    let element = value.rsplit(',').next()?;
-    let mut uri = None;
-    let mut by = None;
-    for pair in element.split(';') {
-        let (k, v) = pair.split_once('=')?;
-        let v = v.trim().trim_matches('"');
-        match k.trim().to_ascii_lowercase().as_str() {
-            "uri" => uri = v.parse::<SpiffeId>().ok(),
-            "by" => by = v.parse::<SpiffeId>().ok(),
-            _ => {}
-        }
-    }
-    Some(Caller { id: uri?, by })
-}
+pub use agentmesh_sdk::xfcc::{Caller, parse_xfcc};
 
 /// Why a call is refused before it reaches a provider.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -388,20 +363,6 @@ mod tests {
             tokens_per_window: budget,
             window: None,
             max_request_bytes: Some(100),
-        }
-    }
-
-    #[test]
-    fn xfcc_is_read_from_the_nearest_element() {
-        let c = parse_xfcc(
-            "By=spiffe://td/ns/default/sa/gateway;URI=spiffe://td/ns/default/sa/executor",
-        )
-        .unwrap();
-        assert_eq!(c.id.to_string(), "spiffe://td/ns/default/sa/executor");
-        let c = parse_xfcc("URI=spiffe://x/evil,By=spiffe://td/g;URI=\"spiffe://td/a\"").unwrap();
-        assert_eq!(c.id.to_string(), "spiffe://td/a");
-        for bad in ["", "URI=", "URI=https://x", "garbage", "By=spiffe://td/g"] {
-            assert!(parse_xfcc(bad).is_none(), "{bad:?}");
         }
     }
 

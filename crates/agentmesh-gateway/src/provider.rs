@@ -7,7 +7,6 @@
 //! can span what would be two chunks, and `block` must refuse before the first byte reaches
 //! the caller), then renders SSE or NDJSON to its own clients from the full text.
 
-pub mod client;
 pub mod gemini;
 pub mod ollama;
 pub mod openai;
@@ -19,7 +18,33 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 
 use crate::config::{ApiKey, ProviderConfig, ProviderKind};
-use crate::provider::client::{HttpClient, HttpError};
+use agentmesh_proto::https::{ClientSettings, HttpClient, HttpError};
+
+/// The largest answer read from a provider. A chat completion is a few KiB; this bounds the
+/// memory a broken or hostile upstream can make the gateway use.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long an idle pooled connection is kept. Providers close idle connections after about
+/// a minute; closing ours first avoids sending on a connection the far side is closing.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// One pooled client per provider, since the connect timeout is per provider; HTTP/2 when the
+/// server offers it. The provider's own timeout bounds each attempt ([`Provider::chat`]).
+fn client_settings(cfg: &ProviderConfig) -> ClientSettings {
+    let connect = cfg
+        .connect_timeout
+        .unwrap_or(crate::config::DEFAULT_CONNECT_TIMEOUT);
+    ClientSettings {
+        http2: true,
+        nodelay: true,
+        pool_idle: Some(POOL_IDLE),
+        ..ClientSettings::new(
+            concat!("agentmesh-gateway/", env!("CARGO_PKG_VERSION")),
+            connect,
+            MAX_ANSWER_BYTES,
+        )
+    }
+}
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -240,11 +265,7 @@ impl Provider {
                 base: url.trim_end_matches('/').to_owned(),
                 key,
                 timeout: cfg.timeout.unwrap_or(crate::config::DEFAULT_TIMEOUT),
-                client: HttpClient::new(
-                    tls.clone(),
-                    cfg.connect_timeout
-                        .unwrap_or(crate::config::DEFAULT_CONNECT_TIMEOUT),
-                ),
+                client: HttpClient::new(tls.clone(), client_settings(cfg)),
             })),
         };
         Self {
@@ -327,7 +348,7 @@ impl Provider {
                     detail: self.scrub(&detail),
                 });
             }
-            Ok(Err(e @ HttpError::TooLarge(_))) => {
+            Ok(Err(e)) => {
                 return Err(ProviderError::Malformed {
                     provider: self.name.clone(),
                     detail: e.to_string(),

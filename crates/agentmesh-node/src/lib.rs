@@ -118,7 +118,8 @@ const ATTEST_PATIENCE: Duration = Duration::from_secs(15);
 /// # Errors
 /// Any [`NodeError`]; nothing keeps running after an error.
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
-    create_private_dir(&cfg.data_dir)?;
+    agentmesh_proto::unix::create_private_dir(&cfg.data_dir)
+        .map_err(|e| NodeError::DataDir(cfg.data_dir.clone(), e))?;
     let mut roots = read_roots(&cfg.trust_bundle)?;
     // A bundle stored by an earlier run may know roots the operator's file does not yet.
     if let Ok(text) = std::fs::read_to_string(cfg.data_dir.join("bundle.pem"))
@@ -306,21 +307,4 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, NodeError> {
         return Err(err("holds no CERTIFICATE blocks".into()));
     }
     Ok(roots)
-}
-
-/// Creates `dir` owner-only, and tightens it if it already exists with looser permissions:
-/// it holds the node's private key.
-fn create_private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |e| NodeError::DataDir(dir.to_owned(), e);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let meta = std::fs::metadata(dir).map_err(err)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
 }

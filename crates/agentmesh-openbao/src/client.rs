@@ -5,16 +5,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_proto::https::{self, ClientSettings, HttpClient, HttpError};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 
 /// The largest answer read from OpenBao; real answers are a few KiB.
@@ -46,14 +41,15 @@ pub enum OpenBaoError {
         reason: String,
     },
     /// Nothing answered, or the connection broke, or the call timed out.
-    #[error("OpenBao at {address} is unreachable ({call}): {reason}")]
+    #[error("OpenBao at {address} is unreachable ({call}): {source}")]
     Unreachable {
         /// The base address.
         address: String,
         /// Which call, such as `POST /v1/pki/root/sign-intermediate`.
         call: String,
         /// The connection error.
-        reason: String,
+        #[source]
+        source: HttpError,
     },
     /// OpenBao answered with an error status.
     #[error("OpenBao refused {call} with {status}: {errors}")]
@@ -165,7 +161,7 @@ impl fmt::Debug for KvSecret {
 pub struct OpenBao {
     address: String,
     base: Uri,
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpClient,
 }
 
 impl fmt::Debug for OpenBao {
@@ -203,23 +199,19 @@ impl OpenBao {
                 "give only scheme, host and port; the /v1/... paths are added",
             ));
         }
-        let tls = tls_config(ca_file)?;
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https);
+        let settings = ClientSettings {
+            timeout: Some(CALL_TIMEOUT),
+            pool_idle: Some(Duration::from_secs(30)),
+            ..ClientSettings::new(
+                concat!("agentmesh/", env!("CARGO_PKG_VERSION")),
+                CONNECT_TIMEOUT,
+                MAX_ANSWER_BYTES,
+            )
+        };
         Ok(Self {
             address: trimmed.to_owned(),
             base,
-            http,
+            http: HttpClient::new(tls_config(ca_file)?, settings),
         })
     }
 
@@ -359,11 +351,6 @@ impl OpenBao {
         body: Option<Value>,
     ) -> Result<Value, OpenBaoError> {
         let call = format!("{method} /v1/{path}");
-        let unreachable = |reason: String| OpenBaoError::Unreachable {
-            address: self.address.clone(),
-            call: call.clone(),
-            reason,
-        };
         let uri = format!("{}/v1/{path}", self.address)
             .parse::<Uri>()
             .map_err(|e| OpenBaoError::BadAddress {
@@ -371,44 +358,31 @@ impl OpenBao {
                 reason: format!("path {path:?}: {e}"),
             })?;
         debug_assert_eq!(uri.scheme(), self.base.scheme());
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("agentmesh/", env!("CARGO_PKG_VERSION")),
-            );
+        let unreachable = |source| OpenBaoError::Unreachable {
+            address: self.address.clone(),
+            call: call.clone(),
+            source,
+        };
+        let json_type = HeaderValue::from_static("application/json");
+        let mut headers = vec![(http::header::ACCEPT, json_type.clone())];
         if let Some(t) = token {
-            req = req.header("X-Vault-Token", t.expose());
+            let mut value = HeaderValue::from_str(t.expose()).map_err(|e| {
+                unreachable(HttpError::Connection(format!(
+                    "cannot build the request: {e}"
+                )))
+            })?;
+            value.set_sensitive(true);
+            headers.push((HeaderName::from_static("x-vault-token"), value));
         }
         let body = match body {
             Some(v) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(v.to_string()))
+                headers.push((http::header::CONTENT_TYPE, json_type));
+                Bytes::from(v.to_string())
             }
-            None => Full::new(Bytes::new()),
+            None => Bytes::new(),
         };
-        let req = req
-            .body(body)
-            .map_err(|e| unreachable(format!("cannot build the request: {e}")))?;
-        let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| unreachable(chain(&e)))?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok::<_, OpenBaoError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))??;
+        let req = https::build(method, uri, headers, body).map_err(unreachable)?;
+        let (status, bytes) = self.http.send(req).await.map_err(unreachable)?;
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         if !status.is_success() {
             return Err(OpenBaoError::Refused {
@@ -478,16 +452,11 @@ fn errors_of(json: Option<&Value>, body: &[u8], status: StatusCode) -> String {
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, OpenBaoError> {
-    use hyper_rustls::ConfigBuilderExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| OpenBaoError::CaFile {
+    let Some(path) = ca_file else {
+        return https::webpki_tls().map_err(|e| OpenBaoError::CaFile {
             path: PathBuf::new(),
             reason: format!("TLS setup: {e}"),
-        })?;
-    let Some(path) = ca_file else {
-        return Ok(builder.with_webpki_roots().with_no_client_auth());
+        });
     };
     let err = |reason: String| OpenBaoError::CaFile {
         path: path.to_owned(),
@@ -495,32 +464,11 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, OpenBaoErr
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let certs =
-        agentmesh_ca::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
+        agentmesh_tls::pem::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
         return Err(err("no CERTIFICATE in it".to_owned()));
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(c))
-            .map_err(|e| err(e.to_string()))?;
-    }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// An error and its causes on one line (hyper's top-level message says little alone).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    https::tls_with_roots(certs).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

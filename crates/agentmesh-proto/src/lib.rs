@@ -1,8 +1,9 @@
 //! Generated gRPC code (the SPIFFE Workload API, Envoy's SDS and agentmesh's own APIs), and the Unix-socket
 //! transport that the Workload API and the admin APIs run over, and the limits every agentmesh
-//! listener applies (`limits`).
+//! listener applies (`limits`), and the one HTTPS client for calls that leave the mesh (`https`).
 #![forbid(unsafe_code)]
 
+pub mod https;
 pub mod limits;
 pub mod unix;
 

@@ -64,3 +64,21 @@ pub async fn connect(path: &Path) -> Result<Channel, UnixSocketError> {
             UnixSocketError::Connect(path.to_owned(), detail)
         })
 }
+
+/// Creates `dir` (and its parents) owner-only, and tightens it if it already exists with
+/// looser permissions: such directories hold private keys and the sockets beside them.
+///
+/// # Errors
+/// Creating the directory or setting its mode failed.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

@@ -28,7 +28,7 @@ use crate::http_util::{BoxBody, XFCC, json_response, strip_hop_by_hop};
 use crate::identity::{IdentityState, IdentityWatch};
 use crate::policy::PolicyWatch;
 use crate::telemetry::{
-    AccessRecord, Metrics, TraceContext, access_log, now_rfc3339, span_identities, span_outcome,
+    AccessRecord, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
 
 /// An open inbound connection, tracked so an intention change can close it.
@@ -328,7 +328,7 @@ impl Inbound {
         let log = |span: &mut Span, decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
             span_outcome(span, decision, d.intention_id.as_deref(), reason, None);
             access_log(&AccessRecord {
-                ts: now_rfc3339(),
+                ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
                 direction: "inbound",
                 protocol: "tcp",
                 source: &source,
@@ -466,7 +466,7 @@ impl Inbound {
                 Some(status),
             );
             access_log(&AccessRecord {
-                ts: now_rfc3339(),
+                ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
                 direction: "inbound",
                 protocol: "http",
                 source: &source,

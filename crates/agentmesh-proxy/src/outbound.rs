@@ -22,7 +22,7 @@ use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
 use crate::identity::IdentityWatch;
 use crate::policy::PolicyWatch;
 use crate::telemetry::{
-    AccessRecord, Metrics, TraceContext, access_log, now_rfc3339, span_identities, span_outcome,
+    AccessRecord, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -243,7 +243,7 @@ impl Upstream {
         let log = |span: &mut Span, decision: &str, reason: &str, bytes: Option<(u64, u64)>| {
             span_outcome(span, decision, None, reason, None);
             access_log(&AccessRecord {
-                ts: now_rfc3339(),
+                ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
                 direction: "outbound",
                 protocol: "tcp",
                 source: &source,
@@ -325,7 +325,7 @@ impl Upstream {
         let log = |span: &mut Span, decision: &str, reason: &str, status: u16| {
             span_outcome(span, decision, None, reason, Some(status));
             access_log(&AccessRecord {
-                ts: now_rfc3339(),
+                ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
                 direction: "outbound",
                 protocol: "http",
                 source: &source,

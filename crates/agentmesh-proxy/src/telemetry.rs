@@ -272,25 +272,6 @@ pub struct AccessRecord<'a> {
     pub bytes_out: Option<u64>,
 }
 
-/// The current time as RFC 3339 with milliseconds.
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let ms = now.millisecond();
-    let base = now
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
-    // 2026-11-23T10:00:00Z -> 2026-11-23T10:00:00.123Z
-    match base.strip_suffix('Z') {
-        Some(stem) => format!("{stem}.{ms:03}Z"),
-        None => base,
-    }
-}
-
 /// How often buffered access log lines reach stdout. Writing each line from the request path
 /// cost a syscall per request on each proxy; like Envoy's `access_log_flush_interval`, lines
 /// are batched instead, and at most this much is lost if the process is killed.
@@ -480,7 +461,7 @@ mod tests {
 
     #[test]
     fn timestamps_have_milliseconds() {
-        let ts = now_rfc3339();
+        let ts = agentmesh_telemetry::clock::now_rfc3339_millis();
         assert_eq!(ts.len(), 24, "{ts}");
         assert!(ts.ends_with('Z'));
     }

@@ -737,6 +737,7 @@ pub fn verify_headers(
 mod replay;
 mod verify;
 pub use replay::ReplayCache;
+pub mod service;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use http::request::Parts;
 use http::{Request, StatusCode};
 use tokio::net::TcpListener;
 
+use crate::local::{LocalAddr, LocalListener};
 use crate::source::X509Source;
 use crate::tls::{ALPN_HTTP, ServerTls};
 
@@ -372,6 +373,50 @@ async fn serve_inner(
             .await;
             drop(slot);
         });
+    }
+}
+
+/// An axum router being served on a listener until [`Serving::shutdown`]; the gateway and
+/// the AI agents both run this way, plain HTTP behind their sidecar.
+#[derive(Debug)]
+pub struct Serving {
+    /// The bound address.
+    pub addr: LocalAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Serves `router` on `listener` with `limits` in a task of its own; `what` names the
+    /// listener in log lines.
+    pub fn spawn(
+        listener: LocalListener,
+        addr: LocalAddr,
+        router: Router,
+        what: &'static str,
+        limits: ListenerLimits,
+    ) -> Self {
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            limits::serve_listener(
+                listener,
+                limits::TowerService(router),
+                limits,
+                what,
+                shutdown,
+            )
+            .await;
+        });
+        Self { addr, stop, task }
+    }
+
+    /// Stops serving, letting requests in flight finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 }
 

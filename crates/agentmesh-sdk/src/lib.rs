@@ -36,6 +36,7 @@ pub mod source;
 pub mod testing;
 pub mod tls;
 pub mod token;
+pub mod xfcc;
 
 pub use agentmesh_spiffe::{SpiffeId, TrustDomain};
 pub use agentmesh_tls::{AuthorizeError, Authorizer};

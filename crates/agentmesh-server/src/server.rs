@@ -143,7 +143,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     {
         signed = Some(up.sign(&cfg.trust_domain, cfg.ca.intermediate).await?);
     }
-    create_private_dir(&cfg.data_dir)?;
+    agentmesh_proto::unix::create_private_dir(&cfg.data_dir)
+        .map_err(|e| ServerError::DataDir(cfg.data_dir.clone(), e))?;
     let datastore = Arc::new(Datastore::open(&db_path)?);
     let now = SystemTime::now();
     let ca = match &upstream {
@@ -424,19 +425,4 @@ fn mint_server_svid(
     let lifetime = svid.not_after.duration_since(now).unwrap_or(Duration::ZERO);
     let creds = SvidCredentials::from_der(&svid.chain, &key.pkcs8_der())?;
     Ok((creds, now + lifetime / 2))
-}
-
-fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |e| ServerError::DataDir(dir.to_owned(), e);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let meta = std::fs::metadata(dir).map_err(err)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
 }

@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attr;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod decisions;

@@ -11,6 +11,7 @@ pub mod authorize;
 pub mod config;
 pub mod credentials;
 pub mod peer;
+pub mod pem;
 pub mod verifier;
 
 pub use authorize::{AuthorizeError, Authorizer, any_id, exact, from_fn, member_of};

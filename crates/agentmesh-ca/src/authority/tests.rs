@@ -8,7 +8,8 @@ use x509_parser::prelude::FromDer;
 
 use super::*;
 use crate::csr::CsrPublicKey;
-use crate::keys::{PrivateKey, pem_encode};
+use crate::keys::PrivateKey;
+use crate::pem_encode;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);

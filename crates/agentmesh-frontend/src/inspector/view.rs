@@ -21,13 +21,7 @@ fn now_unix() -> i64 {
 }
 
 fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    agentmesh_telemetry::clock::rfc3339_secs(unix).unwrap_or_default()
 }
 
 /// `in 59m 12s` / `expired 3s ago`, as the script also writes it.

@@ -1,11 +1,9 @@
 //! Output formats and the helpers that render times, JSON and certificates.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// `-o text|json`, for commands that show records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -19,20 +17,10 @@ pub enum TextOrJson {
 
 /// Renders unix seconds as RFC 3339 in UTC, e.g. `2025-01-02T03:04:05Z`.
 pub fn rfc3339_secs(secs: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| secs.to_string())
+    agentmesh_telemetry::clock::rfc3339_secs(secs).unwrap_or_else(|| secs.to_string())
 }
 
-/// Renders a system time as RFC 3339 in UTC, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    rfc3339_secs(secs)
-}
+pub use agentmesh_telemetry::clock::rfc3339;
 
 /// Renders a TTL in seconds the way humans write it (`1h`, `5m`, `90s`); zero means the
 /// server's default.
@@ -73,6 +61,7 @@ pub fn certs_pem(certs: &[Vec<u8>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn times_render_as_rfc3339_utc() {

@@ -346,11 +346,7 @@ fn q(s: &str) -> String {
 }
 
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    agentmesh_proto::unix::create_private_dir(path)
         .with_context(|| format!("cannot create {}", path.display()))
 }
 

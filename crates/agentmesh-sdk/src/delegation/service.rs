@@ -1,7 +1,7 @@
 //! `[delegation]` for the gateway and the agents: where the service gets its own SVID (to
 //! sign its link and to read the trust bundle), whose user tokens it accepts, and whether a
 //! request without a verified user and chain is refused. The chain itself is
-//! `agentmesh_sdk::delegation`.
+//! [`crate::delegation`].
 //!
 //! ```toml
 //! [delegation]
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Each service accepts a user token once per path (the `jti` and the chain's hops, see
-//! `agentmesh_sdk::delegation::ReplayCache`): a second identical request, or a captured
+//! [`ReplayCache`]): a second identical request, or a captured
 //! token and chain sent again by the same caller, is a 401 `already used`. The links this
 //! service adds name the hop they go to (`aud`), one link per callee, so a link sent to the
 //! gateway is refused by any other service.
@@ -22,8 +22,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agentmesh_sdk::delegation::ReplayCache;
-use agentmesh_sdk::{ChainConfig, ChainError, SpiffeId, VerifiedChain, X509Source};
+use agentmesh_spiffe::SpiffeIdError;
+
+use crate::delegation::ReplayCache;
+use crate::source::SourceError;
+use crate::{ChainConfig, ChainError, SpiffeId, VerifiedChain, X509Source};
 use http::HeaderMap;
 use serde::Deserialize;
 
@@ -36,10 +39,10 @@ pub enum DelegationError {
     BadSocket(String),
     /// `issuer` is not a SPIFFE ID.
     #[error("[delegation] issuer {0:?}: {1}")]
-    BadIssuer(String, String),
+    BadIssuer(String, #[source] SpiffeIdError),
     /// No SVID from the Workload API in time.
     #[error("[delegation] no SVID from the Workload API: {0}")]
-    Source(String),
+    Source(#[source] SourceError),
 }
 
 /// `[delegation]` as written.
@@ -112,11 +115,10 @@ impl Forward {
         &self,
         next_hop: &SpiffeId,
     ) -> Result<Vec<(&'static str, String)>, ChainError> {
-        let links =
-            agentmesh_sdk::delegation::add_link(&self.source, &self.token, &self.links, next_hop)?;
+        let links = crate::delegation::add_link(&self.source, &self.token, &self.links, next_hop)?;
         Ok(vec![
             ("authorization", format!("Bearer {}", self.token)),
-            (agentmesh_sdk::DELEGATION_HEADER, links),
+            (crate::DELEGATION_HEADER, links),
         ])
     }
 }
@@ -142,15 +144,13 @@ impl Delegation {
             .strip_prefix("unix://")
             .filter(|p| p.starts_with('/'))
             .ok_or_else(|| DelegationError::BadSocket(cfg.workload_api.clone()))?;
-        let issuer: SpiffeId =
-            cfg.issuer
-                .parse()
-                .map_err(|e: agentmesh_spiffe::SpiffeIdError| {
-                    DelegationError::BadIssuer(cfg.issuer.clone(), e.to_string())
-                })?;
+        let issuer: SpiffeId = cfg
+            .issuer
+            .parse()
+            .map_err(|e| DelegationError::BadIssuer(cfg.issuer.clone(), e))?;
         let source = X509Source::connect(&PathBuf::from(path), SOURCE_PATIENCE)
             .await
-            .map_err(|e| DelegationError::Source(e.to_string()))?;
+            .map_err(DelegationError::Source)?;
         Ok(Self::with_source(source, issuer, cfg))
     }
 
@@ -170,8 +170,8 @@ impl Delegation {
     ///
     /// # Errors
     /// The key cannot sign.
-    pub fn sign(&self, payload: &[u8]) -> Result<String, agentmesh_sdk::JwsError> {
-        agentmesh_sdk::jws::sign(&self.source, payload)
+    pub fn sign(&self, payload: &[u8]) -> Result<String, crate::JwsError> {
+        crate::jws::sign(&self.source, payload)
     }
 
     /// This service's SPIFFE ID.
@@ -208,14 +208,12 @@ impl Delegation {
         )
         .with_me(ctx.svid.id.clone());
         let now = SystemTime::now();
-        match agentmesh_sdk::delegation::verify_headers(headers, &config, peer, now) {
+        match crate::delegation::verify_headers(headers, &config, peer, now) {
             Ok(c) => {
                 self.replay.admit(&c, now)?;
                 Ok(Some(c))
             }
-            Err(ChainError::UserToken(agentmesh_sdk::TokenError::Missing)) if !self.require => {
-                Ok(None)
-            }
+            Err(ChainError::UserToken(crate::TokenError::Missing)) if !self.require => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -235,7 +233,7 @@ impl Delegation {
         };
         let token = bearer(headers).unwrap_or_default().to_owned();
         let links = headers
-            .get(agentmesh_sdk::DELEGATION_HEADER)
+            .get(crate::DELEGATION_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         Ok(Some(Forward {
@@ -253,19 +251,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .or_else(|| v.strip_prefix("bearer "))
 }
 
-/// The caller's SPIFFE ID from the sidecar's `x-forwarded-client-cert`.
-pub fn xfcc_peer(headers: &HeaderMap) -> Option<SpiffeId> {
-    headers
-        .get(crate::XFCC)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::policy::parse_xfcc)
-        .map(|c| c.id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentmesh_sdk::testing::{TestCa, user_token};
+    use crate::testing::{TestCa, user_token};
 
     const TD: &str = "spiffe://example.org";
 
@@ -314,8 +303,8 @@ mod tests {
         let to_classifier = headers(&forward.headers_for(&id("classifier")).unwrap());
         let to_validator = headers(&forward.headers_for(&id("validator")).unwrap());
         assert_ne!(
-            to_classifier.get(agentmesh_sdk::DELEGATION_HEADER),
-            to_validator.get(agentmesh_sdk::DELEGATION_HEADER)
+            to_classifier.get(crate::DELEGATION_HEADER),
+            to_validator.get(crate::DELEGATION_HEADER)
         );
         // The validator's link is refused by the classifier: it names another hop.
         let err = classifier
