@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use agentmesh_sdk::delegation::ReplayCache;
 use agentmesh_sdk::{ChainConfig, ChainError, SpiffeId, VerifiedChain, X509Source};
 use http::HeaderMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why delegation cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum DelegationError {
 }
 
 /// `[delegation]` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegationConfig {
     /// The Workload API (`unix:///path`).
