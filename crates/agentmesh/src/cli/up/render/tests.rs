@@ -210,3 +210,46 @@ fn a_scenario_oidc_table_reaches_the_frontend_config() {
     assert_eq!(oidc.issuer, "http://127.0.0.1:4000");
     assert_eq!(oidc.client_id, "agentmesh");
 }
+
+/// The hand-written halves of the configs' serde (durations, `[limits]`) write what the
+/// loaders read back, for values `up` itself leaves at their defaults.
+#[test]
+fn durations_and_limits_round_trip_through_the_loaders() {
+    let s = Scenario::resolve("planner-executor").unwrap();
+    let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+    let plan = Plan::new(&s, &layout).unwrap();
+    let gw = plan
+        .services
+        .iter()
+        .find(|p| p.spec.kind == ServiceKind::Gateway)
+        .unwrap();
+    let llm = Llm::Ollama("http://127.0.0.1:11434".into());
+    let mut cfg = gateway(gw, &s, &llm, None, &layout, false);
+    let provider = &mut cfg.providers[0];
+    provider.timeout = Some(Duration::from_millis(1500));
+    provider.connect_timeout = Some(Duration::from_millis(250));
+    provider.retry_backoff = Some(Duration::from_millis(100));
+    provider.retry_backoff_max = Some(Duration::from_secs(3));
+    provider.circuit_cooldown = Some(Duration::from_secs(90));
+    cfg.callers[0].window = Some(Duration::from_secs(86_400));
+    cfg.limits.header_timeout = Duration::from_millis(2500);
+    cfg.limits.max_headers = 50;
+    let text = to_toml(WRITTEN_BY, &cfg).unwrap();
+    let loaded = GatewayConfig::parse_with_env(&text, Path::new("g.toml"), &HashMap::new())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_round_trip("gateway", &text, &cfg, &loaded);
+    assert_eq!(
+        loaded.providers[0].timeout,
+        Some(Duration::from_millis(1500))
+    );
+    assert_eq!(loaded.callers[0].window, Some(Duration::from_secs(86_400)));
+    assert_eq!(loaded.limits, cfg.limits);
+
+    let mut cfg = proxy(gw, &plan, &layout);
+    cfg.limits.body_idle_timeout = Duration::from_secs(5);
+    let text = to_toml(WRITTEN_BY, &cfg).unwrap();
+    let loaded =
+        ProxyConfig::parse(Path::new("p.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_round_trip("proxy", &text, &cfg, &loaded);
+    assert_eq!(loaded.limits, cfg.limits);
+}
