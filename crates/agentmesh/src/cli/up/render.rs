@@ -77,6 +77,14 @@ pub fn app_config(
     Ok(Some(AppConfig { kind, text }))
 }
 
+/// The sidecar's config file ([`proxy`]) as written.
+///
+/// # Errors
+/// As [`to_toml`].
+pub fn sidecar_config(p: &Planned, plan: &Plan, layout: &Layout) -> anyhow::Result<String> {
+    to_toml(WRITTEN_BY, &proxy(p, plan, layout))
+}
+
 /// `note` (comment lines), then `cfg` as TOML.
 ///
 /// # Errors

@@ -197,9 +197,9 @@ pub fn write_mesh_files(
         &serde_json::to_string_pretty(&info).context("mesh.json")?,
     )?;
     let env = format!(
-        "export {ADMIN_SOCKET_ENV}={}\nexport {WORKLOAD_SOCKET_ENV}=unix://{}\n",
+        "export {ADMIN_SOCKET_ENV}={}\nexport {WORKLOAD_SOCKET_ENV}={}\n",
         layout.admin_socket.display(),
-        layout.node_socket.display()
+        layout.workload_api()
     );
     write_file(&layout.env_file, &env)?;
     Ok(env)

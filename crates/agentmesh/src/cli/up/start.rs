@@ -167,10 +167,7 @@ async fn start_node(
             .await
             .context("cannot reach the node's admin socket")?,
     );
-    println!(
-        "  ✓ node        Workload API at unix://{}",
-        layout.node_socket.display()
-    );
+    println!("  ✓ node        Workload API at {}", layout.workload_api());
     Ok(node)
 }
 
@@ -333,13 +330,7 @@ async fn start_service(
     }
 
     let path = layout.config_file(&stem, "proxy");
-    write_file(
-        &path,
-        &render::to_toml(
-            "# Written by `agentmesh up`.",
-            &render::proxy(p, plan, layout),
-        )?,
-    )?;
+    write_file(&path, &render::sidecar_config(p, plan, layout)?)?;
     let mut cmd = agentmesh_command()?;
     cmd.args(["proxy", "run", "--config"]).arg(path);
     let pid = sup.spawn(

@@ -339,14 +339,7 @@ impl Supervisor {
 /// Keeps the mesh running until a signal: a child that exits is started again after its
 /// backoff while the rest keep serving; a restarted app or sidecar is registered with the
 /// node again, and a restarted node gets every registration back.
-///
-/// # Errors
-/// None yet; the signature leaves room for a failure that should end `up`.
-pub async fn keep_running(
-    sup: &mut Supervisor,
-    signals: &mut Signals,
-    layout: &Layout,
-) -> anyhow::Result<()> {
+pub async fn keep_running(sup: &mut Supervisor, signals: &mut Signals, layout: &Layout) {
     // Registrations the node has not taken yet (it may be restarting itself).
     let mut pending: Vec<(u32, String)> = Vec::new();
     loop {
@@ -359,7 +352,7 @@ pub async fn keep_running(
         tokio::select! {
             s = signals.recv() => {
                 println!("\n{s}: stopping the mesh");
-                return Ok(());
+                return;
             }
             exit = sup.wait_exit() => {
                 eprintln!(
