@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use agentmesh_sdk::local::LocalAddr;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::role::Role;
 
@@ -59,7 +59,7 @@ pub enum ConfigError {
 }
 
 /// Where a researcher searches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchKind {
     /// The corpus embedded in the binary (the project's own docs); no network.
@@ -70,7 +70,7 @@ pub enum SearchKind {
 }
 
 /// `[search]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchConfig {
     /// Which search tool.
@@ -83,7 +83,7 @@ pub struct SearchConfig {
 }
 
 /// One `[[upstream]]`: a service this agent calls through its local proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The service's name (for messages and the `agents` list).
@@ -146,7 +146,7 @@ impl UpstreamConfig {
 }
 
 /// `[mtls]`: the agent does mTLS and intentions in-process, with no sidecar.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MtlsConfig {
     /// The node's Workload API, `unix:///path`.
@@ -174,7 +174,7 @@ impl MtlsConfig {
 }
 
 /// The whole agent.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Which built-in agent.
@@ -194,7 +194,7 @@ pub struct AgentConfig {
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
     /// The search tool (researchers).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub search: SearchConfig,
     /// The delegation chain: verify the user and the hops before answering, and add this
     /// agent's link to every call it makes.
@@ -205,13 +205,22 @@ pub struct AgentConfig {
     pub mtls: Option<MtlsConfig>,
     /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts, for
     /// each of the agent's listeners (plain or mTLS, and admin).
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "agentmesh_proto::limits::ListenerLimits::is_default"
+    )]
     pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// The model name agents ask for unless configured otherwise; `agentmesh up` maps it to the
 /// provider chosen with `--llm`.
 pub const DEFAULT_MODEL: &str = "agentmesh-default";
+
+/// Whether `v` is its type's default, so a written config leaves the key to the component's
+/// own default instead of pinning today's.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
 
 fn default_model() -> String {
     DEFAULT_MODEL.into()

@@ -32,7 +32,7 @@ use agentmesh_sdk::local::LocalAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a frontend.toml could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum ConfigError {
 }
 
 /// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// HTTP Basic with the client id and secret (the OIDC default).
@@ -63,7 +63,7 @@ pub enum AuthMethod {
 }
 
 /// The `[oidc]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     /// The issuer URL, exactly as its `iss` claim spells it.
@@ -116,7 +116,7 @@ fn default_scopes() -> Vec<String> {
 }
 
 /// One `[[upstream]]`: a named plain-HTTP URL (a local sidecar port).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The name `entry` refers to.
@@ -127,7 +127,7 @@ pub struct UpstreamConfig {
 
 /// One `[[inspector.proxy]]`: a sidecar's admin listener, whose `/decisions` the inspector
 /// follows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyFeedConfig {
     /// The service the sidecar fronts.
@@ -139,7 +139,7 @@ pub struct ProxyFeedConfig {
 
 /// The `[inspector]` table: where the Security Inspector reads the mesh from. Each part is
 /// optional; what is not configured is shown as such.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InspectorConfig {
     /// The server's admin socket: entries, intentions, `intention check`.
@@ -154,7 +154,7 @@ pub struct InspectorConfig {
 }
 
 /// The whole frontend.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrontendConfig {
     /// Where the web UI listens.
@@ -183,7 +183,10 @@ pub struct FrontendConfig {
     pub inspector: Option<InspectorConfig>,
     /// `[limits]`: head deadline, body idle timeout, head sizes and connections per client
     /// address and in total, for the public listener.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "agentmesh_proto::limits::ListenerLimits::is_default"
+    )]
     pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 

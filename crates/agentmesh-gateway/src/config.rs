@@ -83,7 +83,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentmesh_sdk::local::LocalAddr;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dlp::DlpConfig;
 
@@ -103,7 +103,7 @@ pub enum ConfigError {
 }
 
 /// Which provider implementation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// The embedded, deterministic provider: no network, says it is offline.
@@ -148,7 +148,7 @@ impl ProviderKind {
 
 /// A provider API key. Its `Debug` and `Display` never show it, so it cannot leak through a
 /// log line or an error message by accident; [`ApiKey::expose`] is the one way to read it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct ApiKey(String);
 
@@ -176,7 +176,7 @@ impl std::fmt::Debug for ApiKey {
 }
 
 /// `[[provider]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// How models refer to it.
@@ -199,25 +199,45 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub model: Option<String>,
     /// Per-attempt timeout, from sending the request to reading the whole answer.
-    #[serde(default, deserialize_with = "duration::timeout")]
+    #[serde(
+        default,
+        deserialize_with = "duration::timeout",
+        serialize_with = "duration::write"
+    )]
     pub timeout: Option<Duration>,
     /// Timeout for the TCP connection (and the TLS handshake).
-    #[serde(default, deserialize_with = "duration::connect_timeout")]
+    #[serde(
+        default,
+        deserialize_with = "duration::connect_timeout",
+        serialize_with = "duration::write"
+    )]
     pub connect_timeout: Option<Duration>,
     /// Extra attempts after the first, on timeouts, connection errors and 5xx.
     #[serde(default)]
     pub retries: Option<u32>,
     /// Base of the exponential backoff between attempts.
-    #[serde(default, deserialize_with = "duration::retry_backoff")]
+    #[serde(
+        default,
+        deserialize_with = "duration::retry_backoff",
+        serialize_with = "duration::write"
+    )]
     pub retry_backoff: Option<Duration>,
     /// Cap of the backoff.
-    #[serde(default, deserialize_with = "duration::retry_backoff_max")]
+    #[serde(
+        default,
+        deserialize_with = "duration::retry_backoff_max",
+        serialize_with = "duration::write"
+    )]
     pub retry_backoff_max: Option<Duration>,
     /// Consecutive failed attempts that open the circuit; 0 disables the breaker.
     #[serde(default)]
     pub circuit_failures: Option<u32>,
     /// How long an open circuit skips the provider before one probe.
-    #[serde(default, deserialize_with = "duration::circuit_cooldown")]
+    #[serde(
+        default,
+        deserialize_with = "duration::circuit_cooldown",
+        serialize_with = "duration::write"
+    )]
     pub circuit_cooldown: Option<Duration>,
     /// The key in effect after loading: `api_key`, or read from `api_key_env` or the kind's
     /// default variable. Not a config key.
@@ -383,7 +403,7 @@ fn check_url(url: &str) -> Result<(), &'static str> {
 /// `api_key_openbao = { address = "http://127.0.0.1:8200", role = "gateway", path = "llm/openai" }`
 /// on a `[[provider]]`: the key lives in OpenBao KV v2, and the gateway reads it with a token
 /// from OpenBao's JWT auth method, logging in with its own JWT-SVID.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenBaoKeyConfig {
     /// OpenBao's address, `http://host:port` or `https://…`.
@@ -501,7 +521,13 @@ impl Env for HashMap<String, String> {
 mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// The form `parse` reads back, so a written config loads to the same durations.
+    pub fn write<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| humantime::format_duration(d).to_string())
+            .serialize(s)
+    }
 
     fn parse<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
@@ -536,7 +562,7 @@ mod duration {
 }
 
 /// `[[model]]`: a model name callers use, and the providers that serve it, in order.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name in API requests.
@@ -551,7 +577,7 @@ pub struct ModelConfig {
 }
 
 /// `[[caller]]`: what one caller may do.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerConfig {
     /// A service name, a SPIFFE ID, or `*` for any caller without an entry of its own.
@@ -569,10 +595,20 @@ pub struct CallerConfig {
     pub max_request_bytes: Option<usize>,
 }
 
+/// Whether `v` is its type's default, so a written config leaves the key to the component's
+/// own default instead of pinning today's.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 mod humantime_serde_opt {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        super::duration::write(d, s)
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
@@ -586,7 +622,7 @@ mod humantime_serde_opt {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// The plain HTTP listener; the inbound proxy is its only client. `unix:///path`: peers
@@ -605,14 +641,17 @@ pub struct GatewayConfig {
     #[serde(default, rename = "caller")]
     pub callers: Vec<CallerConfig>,
     /// DLP actions.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub dlp: DlpConfig,
     /// The delegation chain: verify the user and the agents before answering, and audit them.
     #[serde(default)]
     pub delegation: Option<agentmesh_sdk::delegation::service::DelegationConfig>,
     /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts of the
     /// listener.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "agentmesh_proto::limits::ListenerLimits::is_default"
+    )]
     pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 

@@ -201,7 +201,7 @@ pub enum Action {
 }
 
 /// `[dlp]` in gateway.toml: the action per kind. Every kind defaults to `redact`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlpConfig {
     /// E-mail addresses.

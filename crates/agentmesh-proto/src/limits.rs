@@ -23,7 +23,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{Notify, mpsc};
@@ -55,22 +55,22 @@ pub enum LimitsError {
 
 /// The `[limits]` table of a component's config. Every key is optional; unknown keys are
 /// refused. Durations are written like `10s` or `500ms`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerLimits {
     /// The whole request head (request line and every header) must arrive within this, counted
     /// from when the server starts waiting for it, however slowly it trickles in; a new
     /// connection must also deliver its first request (HTTP/2 and gRPC: its preface) by then.
     /// Default 10 s. An idle HTTP/1.1 keep-alive connection is closed after it too.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub header_timeout: Duration,
     /// A request body that sends nothing for this long is cut (HTTP/1.1: the connection;
     /// HTTP/2: the stream). gRPC listeners ping idle connections at this interval instead.
     /// Default 30 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub body_idle_timeout: Duration,
     /// The TLS handshake must finish within this. Default 10 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub handshake_timeout: Duration,
     /// The largest request head, in bytes (HTTP/1.1: the read buffer, at least 8192;
     /// HTTP/2 and gRPC: `SETTINGS_MAX_HEADER_LIST_SIZE`). Larger heads get 431.
@@ -110,7 +110,17 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// The form [`duration`] reads back, so a written config loads to the same limits.
+fn write_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
 impl ListenerLimits {
+    /// Whether every limit is the default, so a written config can leave `[limits]` out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// Checks that every value can be applied.
     ///
     /// # Errors

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use agentmesh_sdk::local::LocalAddr;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a proxy config is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum ConfigError {
 }
 
 /// What the inbound listener carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Raw TCP under L4 intentions (Consul's default too).
@@ -39,7 +39,7 @@ pub enum Protocol {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The service this proxy fronts; a name (`executor`, `team/executor`) or a SPIFFE ID.
@@ -58,12 +58,15 @@ pub struct ProxyConfig {
     pub admin: Option<Admin>,
     /// `[limits]`: timeouts, head sizes and connection counts, applied to each listener
     /// (inbound, every upstream, admin) separately.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "agentmesh_proto::limits::ListenerLimits::is_default"
+    )]
     pub limits: agentmesh_proto::limits::ListenerLimits,
 }
 
 /// `[inbound]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inbound {
     /// The public mTLS listener.
@@ -81,12 +84,12 @@ pub struct Inbound {
     /// HTTP only: what to do with a request header whose name has an underscore:
     /// `reject_request` (default, 400), `drop_header` or `allow` (Envoy's
     /// `headers_with_underscores_action`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub headers_with_underscores_action: agentmesh_policy::HeadersWithUnderscoresAction,
     /// HTTP only: what to do with `%2F`, `%5C` or `\` in a path: `reject_request` (default,
     /// 400), `unescape_and_forward` or `keep_unchanged` (Envoy's
     /// `path_with_escaped_slashes_action`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub path_with_escaped_slashes_action: agentmesh_policy::EscapedSlashesAction,
 }
 
@@ -101,7 +104,7 @@ impl Inbound {
 }
 
 /// `[[upstream]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// A service name or SPIFFE ID; the server's certificate must carry exactly this ID.
@@ -119,7 +122,7 @@ pub struct Upstream {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Where `/metrics`, `/healthz` and `/decisions` are served: `unix:///path` (this uid
@@ -245,6 +248,12 @@ impl ProxyConfig {
         }
         Ok(PathBuf::from(path))
     }
+}
+
+/// Whether `v` is its type's default, so a written config leaves the key to the component's
+/// own default instead of pinning today's.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn one_line(s: &str) -> String {

@@ -28,7 +28,7 @@ use crate::delegation::ReplayCache;
 use crate::source::SourceError;
 use crate::{ChainConfig, ChainError, SpiffeId, VerifiedChain, X509Source};
 use http::HeaderMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why delegation cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum DelegationError {
 }
 
 /// `[delegation]` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegationConfig {
     /// The Workload API (`unix:///path`).

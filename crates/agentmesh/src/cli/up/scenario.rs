@@ -1,6 +1,7 @@
 //! Scenario files: which services a mesh runs, how they call each other, and the intentions
-//! that allow it. The three seed scenarios live in `examples/*.toml` and are embedded here, so
-//! `agentmesh up --scenario research-team` works from any directory.
+//! that allow it. The built-in scenarios (planner-executor, research-team, threat-pipeline) live
+//! in `examples/*.toml` and are embedded here, so `agentmesh up --scenario research-team` works
+//! from any directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -95,7 +96,7 @@ pub struct ServiceSpec {
     /// client_secret, auth_method, scopes); without it, the loopback-only dev login.
     pub oidc: Option<toml::Table>,
     /// Agents: `false` runs it with no sidecar, doing mTLS and intentions in-process with the
-    /// SDK (seed 001). Default `true`.
+    /// SDK, as research-team's researcher does. Default `true`.
     #[serde(default = "yes")]
     pub sidecar: bool,
 }
@@ -246,107 +247,94 @@ impl Scenario {
             return Err(format!("entry {:?} is not one of the services", self.entry));
         }
         for s in &self.services {
-            let what = format!("service {:?}", s.name);
-            if let Some(l) = s.listen
-                && !l.ip().is_loopback()
-            {
+            self.validate_service(s, &names)?;
+        }
+        self.validate_intentions(&td, &names)?;
+        self.validate_self_check(&td, &names)
+    }
+
+    /// What holds for every kind of service, then what its kind needs.
+    fn validate_service(&self, s: &ServiceSpec, names: &BTreeSet<&str>) -> Result<(), String> {
+        let what = format!("service {:?}", s.name);
+        if let Some(l) = s.listen
+            && !l.ip().is_loopback()
+        {
+            return Err(format!(
+                "{what}: listen = {l} is not a loopback address; apps are reached only \
+                 through their sidecar"
+            ));
+        }
+        for u in &s.upstreams {
+            if !names.contains(u.as_str()) {
+                return Err(format!("{what}: upstream {u:?} is not one of the services"));
+            }
+            if u == &s.name {
+                return Err(format!("{what}: lists itself as an upstream"));
+            }
+        }
+        if s.oidc.is_some() && s.kind != ServiceKind::Frontend {
+            return Err(format!("{what}: only a frontend logs people in (oidc)"));
+        }
+        if !s.sidecar && s.kind != ServiceKind::Agent {
+            return Err(format!(
+                "{what}: sidecar = false is for built-in agents, which can do mTLS \
+                 in-process; a {} always has a sidecar",
+                format!("{:?}", s.kind).to_lowercase()
+            ));
+        }
+        match s.kind {
+            ServiceKind::Agent => self.validate_agent(s, &what)?,
+            ServiceKind::Gateway => {
+                if !s.upstreams.is_empty() {
+                    return Err(format!("{what}: the gateway calls providers, not services"));
+                }
+            }
+            ServiceKind::Frontend => validate_frontend(s, &what)?,
+            ServiceKind::Process => {
+                if s.command.is_empty() || s.command[0].trim().is_empty() {
+                    return Err(format!(
+                        "{what}: a process needs command = [\"program\", ...]"
+                    ));
+                }
+            }
+        }
+        if s.kind != ServiceKind::Process && (!s.command.is_empty() || !s.env.is_empty()) {
+            return Err(format!(
+                "{what}: command and env are for kind = \"process\""
+            ));
+        }
+        Ok(())
+    }
+
+    /// A known role, an upstream for everything the role needs, and a search it can use.
+    fn validate_agent(&self, s: &ServiceSpec, what: &str) -> Result<(), String> {
+        let role: Role = s
+            .role
+            .as_deref()
+            .ok_or_else(|| format!("{what}: an agent needs role = \"...\""))?
+            .parse()
+            .map_err(|e| format!("{what}: {e}"))?;
+        for need in role.needs() {
+            let found = s
+                .upstreams
+                .iter()
+                .any(|u| self.service(u).and_then(ServiceSpec::plays) == Some(need));
+            if !found {
                 return Err(format!(
-                    "{what}: listen = {l} is not a loopback address; apps are reached only \
-                     through their sidecar"
-                ));
-            }
-            for u in &s.upstreams {
-                if !names.contains(u.as_str()) {
-                    return Err(format!("{what}: upstream {u:?} is not one of the services"));
-                }
-                if u == &s.name {
-                    return Err(format!("{what}: lists itself as an upstream"));
-                }
-            }
-            if s.oidc.is_some() && s.kind != ServiceKind::Frontend {
-                return Err(format!("{what}: only a frontend logs people in (oidc)"));
-            }
-            if !s.sidecar && s.kind != ServiceKind::Agent {
-                return Err(format!(
-                    "{what}: sidecar = false is for built-in agents, which can do mTLS \
-                     in-process; a {} always has a sidecar",
-                    format!("{:?}", s.kind).to_lowercase()
-                ));
-            }
-            match s.kind {
-                ServiceKind::Agent => {
-                    let role: Role = s
-                        .role
-                        .as_deref()
-                        .ok_or_else(|| format!("{what}: an agent needs role = \"...\""))?
-                        .parse()
-                        .map_err(|e| format!("{what}: {e}"))?;
-                    for need in role.needs() {
-                        let found = s
-                            .upstreams
-                            .iter()
-                            .any(|u| self.service(u).and_then(ServiceSpec::plays) == Some(need));
-                        if !found {
-                            return Err(format!(
-                                "{what}: the {role} needs an upstream that is a {need}"
-                            ));
-                        }
-                    }
-                    match s.search.as_deref() {
-                        None | Some("offline") => {}
-                        Some("tavily") if role == Role::Researcher => {}
-                        Some(other) => {
-                            return Err(format!(
-                                "{what}: search = {other:?} (use \"offline\" or \"tavily\", researchers only)"
-                            ));
-                        }
-                    }
-                }
-                ServiceKind::Gateway => {
-                    if !s.upstreams.is_empty() {
-                        return Err(format!("{what}: the gateway calls providers, not services"));
-                    }
-                }
-                ServiceKind::Frontend => {
-                    if s.upstreams.is_empty() {
-                        return Err(format!(
-                            "{what}: the frontend needs an upstream (the agent its /ask goes to)"
-                        ));
-                    }
-                    if let Some(oidc) = &s.oidc {
-                        // The frontend's own loader decides, so `up` refuses exactly what
-                        // the frontend would, before anything starts.
-                        let mut doc = toml::Table::new();
-                        doc.insert("oidc".into(), toml::Value::Table(oidc.clone()));
-                        let text =
-                            toml::to_string(&doc).map_err(|e| format!("{what}: oidc: {e}"))?;
-                        agentmesh_frontend::FrontendConfig::parse(
-                            &text,
-                            std::path::Path::new("oidc"),
-                        )
-                        .map_err(|e| {
-                            format!(
-                                "{what}: {}",
-                                e.to_string()
-                                    .replace("invalid frontend config oidc: ", "oidc: ")
-                            )
-                        })?;
-                    }
-                }
-                ServiceKind::Process => {
-                    if s.command.is_empty() || s.command[0].trim().is_empty() {
-                        return Err(format!(
-                            "{what}: a process needs command = [\"program\", ...]"
-                        ));
-                    }
-                }
-            }
-            if s.kind != ServiceKind::Process && (!s.command.is_empty() || !s.env.is_empty()) {
-                return Err(format!(
-                    "{what}: command and env are for kind = \"process\""
+                    "{what}: the {role} needs an upstream that is a {need}"
                 ));
             }
         }
+        match s.search.as_deref() {
+            None | Some("offline") => Ok(()),
+            Some("tavily") if role == Role::Researcher => Ok(()),
+            Some(other) => Err(format!(
+                "{what}: search = {other:?} (use \"offline\" or \"tavily\", researchers only)"
+            )),
+        }
+    }
+
+    fn validate_intentions(&self, td: &TrustDomain, names: &BTreeSet<&str>) -> Result<(), String> {
         for (i, spec) in self.intentions.iter().enumerate() {
             let what = format!(
                 "intention {} ({} → {})",
@@ -354,7 +342,7 @@ impl Scenario {
                 spec.source,
                 spec.destination
             );
-            spec.validate(&td, String::new(), 0)
+            spec.validate(td, String::new(), 0)
                 .map_err(|e| format!("{what}: {e}"))?;
             for end in [&spec.source, &spec.destination] {
                 if end != "*" && !end.starts_with("spiffe://") && !names.contains(end.as_str()) {
@@ -362,32 +350,64 @@ impl Scenario {
                 }
             }
         }
-        if let Some(c) = &self.self_check {
-            for end in [&c.source, &c.destination] {
-                if !names.contains(end.as_str()) {
-                    return Err(format!("[self_check]: {end:?} is not one of the services"));
-                }
+        Ok(())
+    }
+
+    /// The self-check shows a refusal, so its pair must be one the intentions deny.
+    fn validate_self_check(&self, td: &TrustDomain, names: &BTreeSet<&str>) -> Result<(), String> {
+        let Some(c) = &self.self_check else {
+            return Ok(());
+        };
+        for end in [&c.source, &c.destination] {
+            if !names.contains(end.as_str()) {
+                return Err(format!("[self_check]: {end:?} is not one of the services"));
             }
-            let allowed = self
-                .intentions
-                .iter()
-                .filter_map(|spec| spec.validate(&td, String::new(), 0).ok())
-                .collect::<Vec<_>>();
-            let set = agentmesh_policy::PolicySet::new(allowed);
-            let (src, dst) = (
-                SpiffeId::from_service_name(&td, &c.source).map_err(|e| e.to_string())?,
-                SpiffeId::from_service_name(&td, &c.destination).map_err(|e| e.to_string())?,
-            );
-            if set.check_connection(&src, &dst).is_allowed() {
-                return Err(format!(
-                    "[self_check]: {} → {} is allowed by the intentions; the self-check shows a \
-                     refusal, so name a pair that is denied",
-                    c.source, c.destination
-                ));
-            }
+        }
+        let allowed = self
+            .intentions
+            .iter()
+            .filter_map(|spec| spec.validate(td, String::new(), 0).ok())
+            .collect::<Vec<_>>();
+        let set = agentmesh_policy::PolicySet::new(allowed);
+        let (src, dst) = (
+            SpiffeId::from_service_name(td, &c.source).map_err(|e| e.to_string())?,
+            SpiffeId::from_service_name(td, &c.destination).map_err(|e| e.to_string())?,
+        );
+        if set.check_connection(&src, &dst).is_allowed() {
+            return Err(format!(
+                "[self_check]: {} → {} is allowed by the intentions; the self-check shows a \
+                 refusal, so name a pair that is denied",
+                c.source, c.destination
+            ));
         }
         Ok(())
     }
+}
+
+/// A frontend needs an entry, and its `[oidc]` is judged by the frontend's own loader, so
+/// `up` refuses exactly what the frontend would, before anything starts.
+fn validate_frontend(s: &ServiceSpec, what: &str) -> Result<(), String> {
+    if s.upstreams.is_empty() {
+        return Err(format!(
+            "{what}: the frontend needs an upstream (the agent its /ask goes to)"
+        ));
+    }
+    let Some(oidc) = &s.oidc else {
+        return Ok(());
+    };
+    let mut doc = toml::Table::new();
+    doc.insert("oidc".into(), toml::Value::Table(oidc.clone()));
+    let text = toml::to_string(&doc).map_err(|e| format!("{what}: oidc: {e}"))?;
+    agentmesh_frontend::FrontendConfig::parse(&text, std::path::Path::new("oidc")).map_err(
+        |e| {
+            format!(
+                "{what}: {}",
+                e.to_string()
+                    .replace("invalid frontend config oidc: ", "oidc: ")
+            )
+        },
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -410,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn threat_pipeline_intentions_are_exactly_seed_002s_matrix() {
+    fn threat_pipeline_intentions_allow_exactly_the_pipelines_calls() {
         let s = Scenario::resolve("threat-pipeline").unwrap();
         let mut allowed = BTreeSet::new();
         for a in &s.services {
@@ -427,7 +447,7 @@ mod tests {
             ("classifier", "gateway"),
             ("validator", "gateway"),
             ("scorer", "gateway"),
-            // Not in seed 002's matrix: the human entry point (issue 5's frontend).
+            // Besides the pipeline itself: the human entry point, the frontend.
             ("frontend", "orchestrator"),
         ]
         .into_iter()

@@ -12,10 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use agentmesh_proto::v1::node_admin_client::NodeAdminClient;
 use anyhow::Context;
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::cli::server::STOP_WITH_STDIN_ENV;
+use super::layout::Layout;
+use super::start::register_launch;
+use crate::cli::server::{STOP_WITH_STDIN_ENV, Signals};
 
 /// How to start a child, kept so that it can be started again the same way.
 #[derive(Debug, Clone)]
@@ -330,5 +333,70 @@ impl Supervisor {
     /// How many children there are.
     pub fn len(&self) -> usize {
         self.children.len()
+    }
+}
+
+/// Keeps the mesh running until a signal: a child that exits is started again after its
+/// backoff while the rest keep serving; a restarted app or sidecar is registered with the
+/// node again, and a restarted node gets every registration back.
+pub async fn keep_running(sup: &mut Supervisor, signals: &mut Signals, layout: &Layout) {
+    // Registrations the node has not taken yet (it may be restarting itself).
+    let mut pending: Vec<(u32, String)> = Vec::new();
+    loop {
+        let next = sup
+            .next_due()
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            s = signals.recv() => {
+                println!("\n{s}: stopping the mesh");
+                return;
+            }
+            exit = sup.wait_exit() => {
+                eprintln!(
+                    "  ! {} exited ({}); starting it again in {:?}; the end of {}:\n{}",
+                    exit.name,
+                    exit.status,
+                    exit.backoff,
+                    exit.log.display(),
+                    tail(&exit.log, 5)
+                );
+            }
+            () = tokio::time::sleep(next) => {}
+        }
+        for index in sup.due() {
+            match sup.restart(index) {
+                Ok(c) => {
+                    println!("  ↻ {} restarted (pid {})", c.name, c.pid);
+                    if c.name == "node" {
+                        pending = sup
+                            .registered()
+                            .filter_map(|c| Some((c.pid, c.service.clone()?)))
+                            .collect();
+                    } else if let Some(service) = &c.service {
+                        pending.push((c.pid, service.clone()));
+                    }
+                }
+                Err(e) => eprintln!("  ! {e:#}; trying again later"),
+            }
+        }
+        if !pending.is_empty()
+            && let Ok(channel) = agentmesh_proto::unix::connect(&layout.node_admin_socket).await
+        {
+            let mut node = NodeAdminClient::new(channel);
+            let mut still = Vec::new();
+            for (pid, service) in pending.drain(..) {
+                if let Err(e) = register_launch(&mut node, pid, &service).await {
+                    // A process that already exited again has nothing to register.
+                    if agentmesh_node::attestor::process_start_time(pid).is_ok() {
+                        tracing::debug!(error = %e, "registration retried later");
+                        still.push((pid, service));
+                    }
+                }
+            }
+            pending = still;
+        }
     }
 }
