@@ -9,7 +9,7 @@ use agentmesh_proto::v1::CheckIntentionResponse;
 use serde_json::Value;
 
 use super::feed::Decision;
-use super::mesh::{DenialRow, MeshError, MeshView, short};
+use super::mesh::{DenialRow, IntentionRow, MeshError, MeshView, ServiceRow, short};
 use super::requests::{AskRecord, ChainElement};
 use crate::page::{escape, layout_with_script};
 
@@ -178,7 +178,7 @@ const DECISION_HEAD: &str = "<thead><tr><th scope=\"col\">When</th><th scope=\"c
     <th scope=\"col\">Call</th><th scope=\"col\">Request</th><th scope=\"col\">Decision</th>\
     <th scope=\"col\">Intention</th><th scope=\"col\">Reason</th></tr></thead>";
 
-/// The inspector's main page.
+/// The inspector's main page: one section after another, in the order the tabs name them.
 pub fn inspector(
     mesh: &MeshView,
     check: &CheckForm,
@@ -189,8 +189,18 @@ pub fn inspector(
     let mut m = String::new();
     m.push_str("<h1>Security Inspector</h1>");
     m.push_str(NAV);
+    m.push_str(&mesh_section(mesh));
+    m.push_str(&denials_section(&mesh.denials));
+    m.push_str(&intentions_section(&mesh.intentions));
+    m.push_str(&check_section(check));
+    m.push_str(&decisions_section(decisions, feeds));
+    m.push_str(&requests_section(asks));
+    layout_with_script("Inspector", &m, Some("/static/inspector.js"))
+}
 
-    // === Mesh ===
+/// Whether the server and the node answer, and every service with the SVID the node holds.
+fn mesh_section(mesh: &MeshView) -> String {
+    let mut m = String::new();
     m.push_str("<section id=\"mesh\" aria-labelledby=\"mesh-h\"><h2 id=\"mesh-h\">Mesh</h2>");
     m.push_str("<dl class=\"status\">");
     match &mesh.server {
@@ -239,7 +249,14 @@ pub fn inspector(
     if let Some(e) = &mesh.svids_error {
         m.push_str(&problem(e));
     }
-    match &mesh.services {
+    m.push_str(&services_table(&mesh.services));
+    m.push_str("</section>");
+    m
+}
+
+fn services_table(services: &Result<Vec<ServiceRow>, MeshError>) -> String {
+    let mut m = String::new();
+    match services {
         Ok(rows) => {
             m.push_str(
                 "<table id=\"services\"><caption>Every registered service, with the SVID the node holds for it</caption>\
@@ -290,15 +307,16 @@ pub fn inspector(
         }
         Err(e) => m.push_str(&problem(e)),
     }
-    m.push_str("</section>");
-    m.push_str(&denials_section(&mesh.denials));
+    m
+}
 
-    // === Intentions ===
+fn intentions_section(intentions: &Result<Vec<IntentionRow>, MeshError>) -> String {
+    let mut m = String::new();
     m.push_str(
         "<section id=\"intentions\" aria-labelledby=\"int-h\"><h2 id=\"int-h\">Intentions</h2>\
          <p>Everything not allowed here is denied.</p>",
     );
-    match &mesh.intentions {
+    match intentions {
         Ok(list) => {
             m.push_str(
                 "<table id=\"intention-table\"><caption>Intentions, as the server holds them</caption>\
@@ -331,8 +349,12 @@ pub fn inspector(
         Err(e) => m.push_str(&problem(e)),
     }
     m.push_str("</section>");
+    m
+}
 
-    // === Check ===
+/// The form, refilled with what was typed, and the server's answer to it if it was submitted.
+fn check_section(check: &CheckForm) -> String {
+    let mut m = String::new();
     let _ = write!(
         m,
         "<section id=\"check\" aria-labelledby=\"check-h\"><h2 id=\"check-h\">Can X call Y?</h2>\
@@ -381,8 +403,13 @@ pub fn inspector(
         None => {}
     }
     m.push_str("</section>");
+    m
+}
 
-    // === Live decisions ===
+/// The decisions known when the page was rendered; `data-after` tells the script where the
+/// live stream must take over so no decision shows twice.
+fn decisions_section(decisions: &[std::sync::Arc<Decision>], feeds: &[String]) -> String {
+    let mut m = String::new();
     let after = decisions.first().map_or(0, |d| d.id);
     let _ = write!(
         m,
@@ -400,8 +427,11 @@ pub fn inspector(
         m.push_str(&decision_row(d));
     }
     m.push_str("</tbody></table></section>");
+    m
+}
 
-    // === Requests ===
+fn requests_section(asks: &[std::sync::Arc<AskRecord>]) -> String {
+    let mut m = String::new();
     m.push_str("<section id=\"requests\" aria-labelledby=\"req-h\"><h2 id=\"req-h\">Requests</h2>");
     if asks.is_empty() {
         m.push_str("<p>No questions asked yet in this session of the frontend. <a href=\"/\">Ask one</a>.</p>");
@@ -418,7 +448,7 @@ pub fn inspector(
         m.push_str("</ul>");
     }
     m.push_str("</section>");
-    layout_with_script("Inspector", &m, Some("/static/inspector.js"))
+    m
 }
 
 fn verdict(v: &Result<(), String>) -> (bool, String) {
@@ -477,8 +507,16 @@ fn chain_item(i: usize, e: &ChainElement) -> String {
     )
 }
 
-/// One ask's page.
+/// One ask's page: what was asked and answered, then the evidence for it.
 pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
+    let mut m = request_summary(a);
+    m.push_str(&trace_section(&a.trace_id, hops));
+    m.push_str(&chain_section(&a.chain));
+    m.push_str(&signatures_section(&a.answer));
+    layout_with_script("Request", &m, None)
+}
+
+fn request_summary(a: &AskRecord) -> String {
     let mut m = String::new();
     let _ = write!(
         m,
@@ -516,8 +554,11 @@ pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
             escape(e)
         );
     }
+    m
+}
 
-    // The trace.
+fn trace_section(trace_id: &str, hops: &[std::sync::Arc<Decision>]) -> String {
+    let mut m = String::new();
     let start = hops.first().map_or(0, |h| h.started_ms());
     let _ = write!(
         m,
@@ -526,7 +567,7 @@ pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
          <thead><tr><th scope=\"col\">#</th><th scope=\"col\">Start</th><th scope=\"col\">Sidecar</th><th scope=\"col\">Call</th>\
          <th scope=\"col\">Request</th><th scope=\"col\">Decision</th><th scope=\"col\">Intention</th><th scope=\"col\">Reason</th>\
          <th scope=\"col\">Status</th><th scope=\"col\">Took</th></tr></thead><tbody>",
-        escape(&a.trace_id)
+        escape(trace_id)
     );
     for (i, h) in hops.iter().enumerate() {
         let _ = write!(
@@ -560,23 +601,31 @@ pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
         );
     }
     m.push_str("</section>");
+    m
+}
 
-    // The user and the chain.
+fn chain_section(chain: &[ChainElement]) -> String {
+    let mut m = String::new();
     m.push_str(
         "<section aria-labelledby=\"chain-h\"><h2 id=\"chain-h\">User token and delegation chain</h2>\
          <p>Verified here against the trust bundle: the token's signer is this frontend, each link is \
          signed by the agent it names, in order, bound to this token.</p><ol id=\"chain\">",
     );
-    for (i, e) in a.chain.iter().enumerate() {
+    for (i, e) in chain.iter().enumerate() {
         m.push_str(&chain_item(i, e));
     }
     m.push_str("</ol></section>");
+    m
+}
 
-    // The answer's signatures.
+/// Each agent's JWS over its part of the answer; none at all is shown as a failure, since an
+/// unsigned answer cannot be attributed.
+fn signatures_section(answer: &Value) -> String {
+    let mut m = String::new();
     m.push_str(
         "<section aria-labelledby=\"jws-h\"><h2 id=\"jws-h\">Signed responses</h2><ul id=\"signatures\">",
     );
-    let verified = a.answer["verified"].as_array().cloned().unwrap_or_default();
+    let verified = answer["verified"].as_array().cloned().unwrap_or_default();
     if verified.is_empty() {
         m.push_str("<li data-verified=\"false\">✗ the answer carries no signatures</li>");
     }
@@ -599,5 +648,5 @@ pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
         );
     }
     m.push_str("</ul></section>");
-    layout_with_script("Request", &m, None)
+    m
 }
