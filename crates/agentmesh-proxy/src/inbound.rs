@@ -12,7 +12,7 @@ use agentmesh_proto::limits::{
     Caller, ConnectionLimiter, ConnectionSlot, Cut, ListenerLimits, RequestBody,
 };
 use agentmesh_sdk::local::{LocalAddr, LocalConnector, LocalStream};
-use agentmesh_sdk::policy::{header_pairs, normalize_request};
+use agentmesh_sdk::policy::{RequestRefused, header_pairs, normalize_request};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -423,25 +423,7 @@ impl Inbound {
         // the app will route; a request that cannot be normalised is refused here.
         let normalized = normalize_request(&mut req, &self.normalize);
         let path = req.uri().path().to_owned();
-        let policy = self.policy.current();
-        let d = match &normalized {
-            Ok(()) => policy.set.check_request(
-                peer,
-                &own.id,
-                &HttpRequest {
-                    method: &method,
-                    path: &path,
-                    headers: &header_pairs(req.headers()),
-                },
-            ),
-            Err(refused) => agentmesh_policy::Decision {
-                action: agentmesh_policy::Action::Deny,
-                intention_id: None,
-                reason: format!(
-                    "the request is refused before any intention is checked: {refused}"
-                ),
-            },
-        };
+        let d = self.decide(&req, &normalized, peer, own, &method, &path);
         let (source, destination) = (peer.to_string(), own.id.to_string());
         if span.is_recording() {
             span_identities(
@@ -457,62 +439,90 @@ impl Inbound {
             span.set_str(attr::URL_PATH, &path);
         }
         self.metrics.decided("inbound", &source, d.is_allowed());
-        let log = |span: &mut Span, decision: &str, reason: &str, status: u16| {
-            span_outcome(
-                span,
-                decision,
-                d.intention_id.as_deref(),
-                reason,
-                Some(status),
-            );
-            access_log(&AccessRecord {
-                ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
-                direction: "inbound",
-                protocol: "http",
-                source: &source,
-                destination: &destination,
-                decision,
-                intention: d.intention_id.as_deref(),
-                reason,
-                trace_id: &trace_id,
-                method: Some(&method),
-                path: Some(&path),
-                status: Some(status),
-                peer_addr: addr.to_string(),
-                duration_ms: started.elapsed().as_millis() as u64,
-                bytes_in: None,
-                bytes_out: None,
-            });
+        let record = InboundRecord {
+            started,
+            addr,
+            intention: d.intention_id.as_deref(),
+            source: &source,
+            destination: &destination,
+            trace_id: &trace_id,
+            method: &method,
+            path: &path,
         };
-        if normalized.is_err() {
-            log(&mut span, "deny", &d.reason, 400);
+        if let Some(refused) = refusal(normalized.is_err(), &d, &record, &mut span) {
+            return refused;
+        }
+        if !self.address_to_app(&mut req, peer, own, &span) {
+            record.log(
+                &mut span,
+                "allow",
+                "the request path cannot be forwarded",
+                400,
+            );
             return json_response(
                 StatusCode::BAD_REQUEST,
-                &serde_json::json!({
-                    "error": "bad request",
-                    "source": source,
-                    "destination": destination,
-                    "intention": null,
-                    "reason": d.reason,
-                    "trace_id": trace_id,
-                }),
+                &serde_json::json!({"error": "bad request path"}),
             );
         }
-        if !d.is_allowed() {
-            log(&mut span, "deny", &d.reason, 403);
-            return json_response(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({
-                    "error": "denied by intentions",
-                    "source": source,
-                    "destination": destination,
-                    "intention": d.intention_id,
-                    "reason": d.reason,
-                    "trace_id": trace_id,
-                }),
-            );
+        match self.app_client.request(req).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                let why = format!("the app at {} is unreachable: {e}", self.app);
+                record.log(&mut span, "allow", &why, 502);
+                json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": why, "trace_id": trace_id}),
+                )
+            }
         }
+    }
 
+    /// The intentions' answer for this request; one that could not be normalised is denied
+    /// without consulting them, since the rules would judge a path the app never sees.
+    fn decide(
+        &self,
+        req: &Request<RequestBody>,
+        normalized: &Result<(), RequestRefused>,
+        peer: &SpiffeId,
+        own: &IdentityState,
+        method: &str,
+        path: &str,
+    ) -> agentmesh_policy::Decision {
+        let policy = self.policy.current();
+        match normalized {
+            Ok(()) => policy.set.check_request(
+                peer,
+                &own.id,
+                &HttpRequest {
+                    method,
+                    path,
+                    headers: &header_pairs(req.headers()),
+                },
+            ),
+            Err(refused) => agentmesh_policy::Decision {
+                action: agentmesh_policy::Action::Deny,
+                intention_id: None,
+                reason: format!(
+                    "the request is refused before any intention is checked: {refused}"
+                ),
+            },
+        }
+    }
+
+    /// Rewrites an allowed request for the plain-HTTP/1.1 app: hop-by-hop headers go, the
+    /// verified caller goes in as XFCC, the trace context and Host are set, and the URI points
+    /// at the app. False if the path cannot form a URI (the request is then not forwarded).
+    fn address_to_app(
+        &self,
+        req: &mut Request<RequestBody>,
+        peer: &SpiffeId,
+        own: &IdentityState,
+        span: &Span,
+    ) -> bool {
         strip_hop_by_hop(req.headers_mut());
         let xfcc = format!("By={};URI={}", own.id, peer);
         if let Ok(v) = HeaderValue::from_str(&xfcc) {
@@ -533,36 +543,81 @@ impl Inbound {
             .to_owned();
         match format!("{}{}", self.app.http_base(), path_and_query).parse() {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => {
-                log(
-                    &mut span,
-                    "allow",
-                    "the request path cannot be forwarded",
-                    400,
-                );
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"error": "bad request path"}),
-                );
-            }
+            Err(_) => return false,
         }
         *req.version_mut() = http::Version::HTTP_11;
-        match self.app_client.request(req).await {
-            Ok(mut resp) => {
-                strip_hop_by_hop(resp.headers_mut());
-                log(&mut span, "allow", &d.reason, resp.status().as_u16());
-                resp.map(|b| b.boxed())
-            }
-            Err(e) => {
-                let why = format!("the app at {} is unreachable: {e}", self.app);
-                log(&mut span, "allow", &why, 502);
-                json_response(
-                    StatusCode::BAD_GATEWAY,
-                    &serde_json::json!({"error": why, "trace_id": trace_id}),
-                )
-            }
-        }
+        true
     }
+}
+
+/// What the span outcome and access-log line of one inbound request share, whichever way
+/// the request ends; borrowed, so the hot path allocates nothing more for it.
+struct InboundRecord<'a> {
+    started: Instant,
+    addr: SocketAddr,
+    intention: Option<&'a str>,
+    source: &'a str,
+    destination: &'a str,
+    trace_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+}
+
+impl InboundRecord<'_> {
+    fn log(&self, span: &mut Span, decision: &str, reason: &str, status: u16) {
+        span_outcome(span, decision, self.intention, reason, Some(status));
+        access_log(&AccessRecord {
+            ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
+            direction: "inbound",
+            protocol: "http",
+            source: self.source,
+            destination: self.destination,
+            decision,
+            intention: self.intention,
+            reason,
+            trace_id: self.trace_id,
+            method: Some(self.method),
+            path: Some(self.path),
+            status: Some(status),
+            peer_addr: self.addr.to_string(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            bytes_in: None,
+            bytes_out: None,
+        });
+    }
+}
+
+/// The logged answer to a request that never reaches the app: 400 if it could not be
+/// normalised, 403 if no intention allows it; `None` if it may go on.
+fn refusal(
+    unnormalized: bool,
+    d: &agentmesh_policy::Decision,
+    record: &InboundRecord<'_>,
+    span: &mut Span,
+) -> Option<Response<BoxBody>> {
+    let (status, error, intention) = if unnormalized {
+        (StatusCode::BAD_REQUEST, "bad request", None)
+    } else if !d.is_allowed() {
+        (
+            StatusCode::FORBIDDEN,
+            "denied by intentions",
+            d.intention_id.as_deref(),
+        )
+    } else {
+        return None;
+    };
+    record.log(span, "deny", &d.reason, status.as_u16());
+    Some(json_response(
+        status,
+        &serde_json::json!({
+            "error": error,
+            "source": record.source,
+            "destination": record.destination,
+            "intention": intention,
+            "reason": d.reason,
+            "trace_id": record.trace_id,
+        }),
+    ))
 }
 
 /// A short, stable name for why a handshake failed, for the metric label and the log.
