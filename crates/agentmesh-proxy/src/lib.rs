@@ -276,64 +276,149 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
     // and the connections it uses stay on one thread (no cross-thread wake-ups per hop).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut plans: Vec<WorkerPlan> = (0..workers).map(|_| WorkerPlan::default()).collect();
-
-    let limits = Arc::new(cfg.limits.clone());
+    let handlers = Handlers {
+        identity: &identity,
+        policy: &policy,
+        metrics: &metrics,
+        limits: Arc::new(cfg.limits.clone()),
+        workers,
+    };
     let mut inbound_addr = None;
     let mut registration = None;
     if let Some(ib) = &cfg.inbound {
-        let listener = bind(ib.listen, "inbound").await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ProxyError::Listen(ib.listen.to_string(), "inbound", e))?;
+        let (addr, registered) = plan_inbound(ib, &own.id, &handlers, &mut plans).await?;
         inbound_addr = Some(addr);
-        registration = Some(policy::Registration {
-            spiffe_id: own.id.to_string(),
-            address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
-        });
-        let listener = share(listener, workers, ib.listen, "inbound")?;
-        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
-        for (plan, l) in plans.iter_mut().zip(listener) {
-            plan.inbound.push((
-                inbound::Inbound::new(
-                    identity.clone(),
-                    policy.clone(),
-                    metrics.clone(),
-                    ib.app_addr()?,
-                    ib.protocol,
-                )
-                .with_normalize_options(ib.normalize_options())
-                .with_limits(limits.clone(), limiter.clone()),
-                l,
-            ));
-        }
-        tracing::info!(listen = %addr, app = %ib.app, protocol = ?ib.protocol, workers, "inbound mTLS listener ready");
+        registration = Some(registered);
     }
     let mut upstream_addrs = Vec::new();
     for u in &cfg.upstream {
-        let dest = SpiffeId::from_service_name(&td, &u.destination).map_err(|e| {
-            ProxyError::Name(format!("upstream destination {:?}", u.destination), e)
-        })?;
-        let listener = bind_local(&u.listen, "upstream").await?;
-        let addr = listener.local_addr();
-        upstream_addrs.push(addr.clone());
-        let listener = share_local(listener, workers, "upstream")?;
-        let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&limits);
-        for (plan, l) in plans.iter_mut().zip(listener) {
-            plan.upstream.push((
-                outbound::Upstream::new(
-                    dest.clone(),
-                    u.address.clone(),
-                    u.protocol,
-                    identity.clone(),
-                    policy.clone(),
-                    metrics.clone(),
-                )
-                .with_limits(limits.clone(), limiter.clone()),
-                l,
-            ));
-        }
-        tracing::info!(listen = %addr, destination = %dest, protocol = ?u.protocol, workers, "upstream listener ready");
+        upstream_addrs.push(plan_upstream(u, &td, &handlers, &mut plans).await?);
     }
+    spawn_workers(plans, &stop_rx, &mut tasks)?;
+    tasks.push(tokio::spawn(policy.clone().run(
+        socket.clone(),
+        td,
+        registration,
+        stop_rx.clone(),
+    )));
+    tasks.push(keep_cert_expiry_current(
+        metrics.clone(),
+        &identity,
+        stop_rx.clone(),
+    ));
+
+    let mut admin_addr = None;
+    if let Some(a) = &cfg.admin {
+        let listener = bind_local(&a.listen, "admin").await?;
+        admin_addr = Some(listener.local_addr());
+        let state = admin::AdminState {
+            metrics: metrics.clone(),
+            identity: identity.clone(),
+            policy: policy.clone(),
+        };
+        tasks.push(tokio::spawn(state.serve(
+            listener,
+            handlers.limits.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    Ok(RunningProxy {
+        inbound_addr,
+        upstream_addrs,
+        admin_addr,
+        identity,
+        policy,
+        metrics,
+        stop,
+        tasks,
+    })
+}
+
+/// What every worker's listener handlers share.
+struct Handlers<'a> {
+    identity: &'a Arc<identity::IdentityWatch>,
+    policy: &'a Arc<policy::PolicyWatch>,
+    metrics: &'a Arc<telemetry::Metrics>,
+    limits: Arc<agentmesh_proto::limits::ListenerLimits>,
+    workers: usize,
+}
+
+/// Binds the inbound mTLS listener and gives every worker a handler on it. Returns the bound
+/// address and the registration that tells the server where this service is reached.
+async fn plan_inbound(
+    ib: &config::Inbound,
+    own: &SpiffeId,
+    h: &Handlers<'_>,
+    plans: &mut [WorkerPlan],
+) -> Result<(SocketAddr, policy::Registration), ProxyError> {
+    let listener = bind(ib.listen, "inbound").await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ProxyError::Listen(ib.listen.to_string(), "inbound", e))?;
+    let registration = policy::Registration {
+        spiffe_id: own.to_string(),
+        address: ib.advertise.clone().unwrap_or_else(|| addr.to_string()),
+    };
+    let listener = share(listener, h.workers, ib.listen, "inbound")?;
+    // One limiter for all workers: the limits are the listener's, not each thread's.
+    let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&h.limits);
+    for (plan, l) in plans.iter_mut().zip(listener) {
+        plan.inbound.push((
+            inbound::Inbound::new(
+                h.identity.clone(),
+                h.policy.clone(),
+                h.metrics.clone(),
+                ib.app_addr()?,
+                ib.protocol,
+            )
+            .with_normalize_options(ib.normalize_options())
+            .with_limits(h.limits.clone(), limiter.clone()),
+            l,
+        ));
+    }
+    tracing::info!(listen = %addr, app = %ib.app, protocol = ?ib.protocol, workers = h.workers, "inbound mTLS listener ready");
+    Ok((addr, registration))
+}
+
+/// Binds one upstream's app-side listener and gives every worker a handler on it. Returns the
+/// bound address.
+async fn plan_upstream(
+    u: &config::Upstream,
+    td: &agentmesh_spiffe::TrustDomain,
+    h: &Handlers<'_>,
+    plans: &mut [WorkerPlan],
+) -> Result<LocalAddr, ProxyError> {
+    let dest = SpiffeId::from_service_name(td, &u.destination)
+        .map_err(|e| ProxyError::Name(format!("upstream destination {:?}", u.destination), e))?;
+    let listener = bind_local(&u.listen, "upstream").await?;
+    let addr = listener.local_addr();
+    let listener = share_local(listener, h.workers, "upstream")?;
+    let limiter = agentmesh_proto::limits::ConnectionLimiter::new(&h.limits);
+    for (plan, l) in plans.iter_mut().zip(listener) {
+        plan.upstream.push((
+            outbound::Upstream::new(
+                dest.clone(),
+                u.address.clone(),
+                u.protocol,
+                h.identity.clone(),
+                h.policy.clone(),
+                h.metrics.clone(),
+            )
+            .with_limits(h.limits.clone(), limiter.clone()),
+            l,
+        ));
+    }
+    tracing::info!(listen = %addr, destination = %dest, protocol = ?u.protocol, workers = h.workers, "upstream listener ready");
+    Ok(addr)
+}
+
+/// Starts a thread for every worker with something to serve; each is joined by a task in
+/// `tasks`, so [`RunningProxy`] waits for them like for its other tasks.
+fn spawn_workers(
+    plans: Vec<WorkerPlan>,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), ProxyError> {
     for (i, plan) in plans.into_iter().enumerate() {
         if plan.inbound.is_empty() && plan.upstream.is_empty() {
             continue;
@@ -347,58 +432,29 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
             let _ = thread.join();
         }));
     }
-    tasks.push(tokio::spawn(policy.clone().run(
-        socket.clone(),
-        td,
-        registration,
-        stop_rx.clone(),
-    )));
+    Ok(())
+}
 
-    // Keep the certificate expiry gauge current.
-    {
-        let metrics = metrics.clone();
-        let mut rx = identity.subscribe();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                if let Some(id) = rx.borrow_and_update().clone() {
-                    let secs = id
-                        .not_after
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
-                    metrics.set_cert_expiry(secs);
-                }
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    r = rx.changed() => if r.is_err() { return },
-                }
+/// Keeps the certificate expiry gauge at the current SVID's `not_after` until `stop`.
+fn keep_cert_expiry_current(
+    metrics: Arc<telemetry::Metrics>,
+    identity: &identity::IdentityWatch,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let mut rx = identity.subscribe();
+    tokio::spawn(async move {
+        loop {
+            if let Some(id) = rx.borrow_and_update().clone() {
+                let secs = id
+                    .not_after
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                metrics.set_cert_expiry(secs);
             }
-        }));
-    }
-
-    let mut admin_addr = None;
-    if let Some(a) = &cfg.admin {
-        let listener = bind_local(&a.listen, "admin").await?;
-        admin_addr = Some(listener.local_addr());
-        let state = admin::AdminState {
-            metrics: metrics.clone(),
-            identity: identity.clone(),
-            policy: policy.clone(),
-        };
-        tasks.push(tokio::spawn(state.serve(
-            listener,
-            limits.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    Ok(RunningProxy {
-        inbound_addr,
-        upstream_addrs,
-        admin_addr,
-        identity,
-        policy,
-        metrics,
-        stop,
-        tasks,
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
     })
 }
