@@ -415,33 +415,7 @@ impl Gateway {
     ) -> Result<(bool, Answer), ApiError> {
         let caller = self.caller(headers)?;
         rec.caller = Some(caller.id.to_string());
-        if let Some(d) = &self.delegation {
-            // The chain must end at the caller the proxy verified: nobody can present a chain
-            // that some other service was given.
-            match d.verify(headers, Some(&caller.id)) {
-                Ok(Some(chain)) => {
-                    rec.user = Some(chain.user.sub.clone());
-                    rec.chain = std::iter::once(chain.issuer.to_string())
-                        .chain(chain.hops.iter().map(ToString::to_string))
-                        .collect();
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // A full replay cache refuses a good chain only for now.
-                    let full = matches!(e, agentmesh_sdk::ChainError::ReplayCacheFull { .. });
-                    return Err(ApiError {
-                        status: if full {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        } else {
-                            StatusCode::UNAUTHORIZED
-                        },
-                        message: format!("delegation chain refused: {e}"),
-                        kind: "authentication_error",
-                        code: "invalid_delegation",
-                    });
-                }
-            }
-        }
+        self.verify_delegation(headers, &caller, rec)?;
         let policy = self.policies.resolve(&caller).map_err(refusal)?;
         if body.len() > policy.max_request_bytes {
             return Err(refusal(Refusal::TooLarge {
@@ -473,16 +447,7 @@ impl Gateway {
         // (content strings and text parts joined, tool results, Ollama's prompt and system,
         // all already in `content` here). Fields the gateway does not forward (`name`,
         // `tool_calls`, `images`, ...) were dropped by the parser and never leave.
-        for m in &mut chat.messages {
-            for field in [&mut m.role, &mut m.content] {
-                let s = dlp::scan(field, &self.cfg.dlp);
-                dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
-                if let Some(kind) = s.blocked {
-                    return Err(dlp_blocked("request", kind));
-                }
-                *field = s.text;
-            }
-        }
+        self.scan_prompt(&mut chat, rec)?;
 
         // Hold the call's worst case before any provider is asked, so concurrent calls
         // cannot all pass a check that none of them has paid for yet.
@@ -495,34 +460,7 @@ impl Gateway {
             .reserve(&policy, policy::worst_case_tokens(&chat.messages, cap))
             .map_err(refusal)?;
 
-        let upstreams: Vec<&Upstream> = model
-            .providers
-            .iter()
-            .filter_map(|name| self.providers.get(name))
-            .collect();
-        let answer = match resilience::failover(&upstreams, &chat.model, &chat.messages).await {
-            Ok(served) => {
-                rec.provider = Some(served.provider);
-                rec.attempts = served.attempts;
-                rec.failed_providers = served.failed;
-                served.response
-            }
-            Err(e) => {
-                rec.attempts = e.attempts();
-                rec.failed_providers = e.providers();
-                let (status, code) = if e.unavailable() {
-                    (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "provider_failed")
-                };
-                return Err(ApiError {
-                    status,
-                    message: e.to_string(),
-                    kind: "api_error",
-                    code,
-                });
-            }
-        };
+        let answer = self.ask_providers(model, &chat, rec).await?;
         rec.prompt_tokens = answer.prompt_tokens;
         rec.completion_tokens = answer.completion_tokens;
         // The answer is whole before the first byte goes out (streamed or not), so its real
@@ -550,6 +488,98 @@ impl Gateway {
                 created_at: now_rfc3339(),
             },
         ))
+    }
+
+    /// Records the user and the hops of a delegation chain, if the caller sent one.
+    fn verify_delegation(
+        &self,
+        headers: &HeaderMap,
+        caller: &Caller,
+        rec: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let Some(d) = &self.delegation else {
+            return Ok(());
+        };
+        // The chain must end at the caller the proxy verified: nobody can present a chain
+        // that some other service was given.
+        match d.verify(headers, Some(&caller.id)) {
+            Ok(Some(chain)) => {
+                rec.user = Some(chain.user.sub.clone());
+                rec.chain = std::iter::once(chain.issuer.to_string())
+                    .chain(chain.hops.iter().map(ToString::to_string))
+                    .collect();
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                // A full replay cache refuses a good chain only for now.
+                let full = matches!(e, agentmesh_sdk::ChainError::ReplayCacheFull { .. });
+                Err(ApiError {
+                    status: if full {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    },
+                    message: format!("delegation chain refused: {e}"),
+                    kind: "authentication_error",
+                    code: "invalid_delegation",
+                })
+            }
+        }
+    }
+
+    /// Redacts the prompt in place, counting what was found; a blocking finding refuses
+    /// the call before any provider sees it.
+    fn scan_prompt(&self, chat: &mut api::Chat, rec: &mut Outcome) -> Result<(), ApiError> {
+        for m in &mut chat.messages {
+            for field in [&mut m.role, &mut m.content] {
+                let s = dlp::scan(field, &self.cfg.dlp);
+                dlp::add_counts(&mut rec.dlp_prompt, &s.counts);
+                if let Some(kind) = s.blocked {
+                    return Err(dlp_blocked("request", kind));
+                }
+                *field = s.text;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first answer from the model's providers, in their configured order, recording
+    /// which answered and which failed.
+    async fn ask_providers(
+        &self,
+        model: &config::ModelConfig,
+        chat: &api::Chat,
+        rec: &mut Outcome,
+    ) -> Result<provider::ChatResponse, ApiError> {
+        let upstreams: Vec<&Upstream> = model
+            .providers
+            .iter()
+            .filter_map(|name| self.providers.get(name))
+            .collect();
+        match resilience::failover(&upstreams, &chat.model, &chat.messages).await {
+            Ok(served) => {
+                rec.provider = Some(served.provider);
+                rec.attempts = served.attempts;
+                rec.failed_providers = served.failed;
+                Ok(served.response)
+            }
+            Err(e) => {
+                rec.attempts = e.attempts();
+                rec.failed_providers = e.providers();
+                let (status, code) = if e.unavailable() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "provider_failed")
+                };
+                Err(ApiError {
+                    status,
+                    message: e.to_string(),
+                    kind: "api_error",
+                    code,
+                })
+            }
+        }
     }
 }
 
