@@ -303,141 +303,153 @@ fn print_intention(i: Intention, output: TextOrJson) -> anyhow::Result<()> {
 /// Bad arguments, no server, or the server refusing.
 pub async fn run(cmd: IntentionCommand) -> anyhow::Result<i32> {
     match cmd {
-        IntentionCommand::Create(args) => {
-            let spec = spec_from_args(&args)?;
-            let mut client = args.admin.connect().await?;
-            let created = client
-                .create_intention(CreateIntentionRequest {
-                    spec_json: spec.to_json(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_intention(created, args.output)?;
-        }
-        IntentionCommand::List(args) => {
-            let mut client = args.admin.connect().await?;
-            let list = client
-                .list_intentions(ListIntentionsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .intentions
-                .into_iter()
-                .map(IntentionJson::try_from)
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            match args.output {
-                TextOrJson::Json => {
-                    #[derive(Serialize)]
-                    struct ListJson {
-                        intentions: Vec<IntentionJson>,
-                    }
-                    print_json(&ListJson { intentions: list })?;
-                }
-                TextOrJson::Text => {
-                    let n = list.len();
-                    println!(
-                        "Found {n} {}{}",
-                        if n == 1 { "intention" } else { "intentions" },
-                        if n == 0 {
-                            " (everything is denied)"
-                        } else {
-                            ""
-                        }
-                    );
-                    for i in &list {
-                        print!("\n{}", intention_text(i));
-                    }
-                }
+        IntentionCommand::Create(args) => create(args).await?,
+        IntentionCommand::List(args) => list(args).await?,
+        IntentionCommand::Delete(args) => delete(args).await?,
+        IntentionCommand::Check(args) => return check(args).await,
+    }
+    Ok(0)
+}
+
+async fn create(args: IntentionCreateArgs) -> anyhow::Result<()> {
+    let spec = spec_from_args(&args)?;
+    let mut client = args.admin.connect().await?;
+    let created = client
+        .create_intention(CreateIntentionRequest {
+            spec_json: spec.to_json(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_intention(created, args.output)?;
+    Ok(())
+}
+
+async fn list(args: IntentionListArgs) -> anyhow::Result<()> {
+    let mut client = args.admin.connect().await?;
+    let list = client
+        .list_intentions(ListIntentionsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .intentions
+        .into_iter()
+        .map(IntentionJson::try_from)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match args.output {
+        TextOrJson::Json => {
+            #[derive(Serialize)]
+            struct ListJson {
+                intentions: Vec<IntentionJson>,
             }
+            print_json(&ListJson { intentions: list })?;
         }
-        IntentionCommand::Delete(args) => {
-            let req = match &args.destination {
-                Some(dst) => DeleteIntentionRequest {
-                    id: String::new(),
-                    source: args.id_or_source.clone(),
-                    destination: dst.clone(),
-                },
-                None => DeleteIntentionRequest {
-                    id: args.id_or_source.clone(),
-                    ..Default::default()
-                },
-            };
-            let mut client = args.admin.connect().await?;
-            let deleted = client
-                .delete_intention(req)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .deleted
-                .unwrap_or_default();
-            match args.output {
-                TextOrJson::Text => println!("Deleted intention {}", deleted.id),
-                TextOrJson::Json => print_json(&IntentionJson::try_from(deleted)?)?,
-            }
-        }
-        IntentionCommand::Check(args) => {
-            let headers = args
-                .headers
-                .iter()
-                .map(|h| match h.split_once('=') {
-                    Some((n, v)) if !n.trim().is_empty() => Ok(HttpHeader {
-                        name: n.trim().to_owned(),
-                        value: v.to_owned(),
-                    }),
-                    _ => Err(anyhow::anyhow!(
-                        "invalid --header {h:?}: expected NAME=VALUE"
-                    )),
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            if let Some(p) = &args.path
-                && !p.starts_with('/')
-            {
-                anyhow::bail!("invalid --path {p:?}: must start with '/'");
-            }
-            let mut client = args.admin.connect().await?;
-            let r = client
-                .check_intention(CheckIntentionRequest {
-                    source: args.source.clone(),
-                    destination: args.destination.clone(),
-                    method: args.method.clone().unwrap_or_default(),
-                    path: args.path.clone().unwrap_or_default(),
-                    headers,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let json = CheckJson {
-                source: r.source,
-                destination: r.destination,
-                decision: if r.allowed {
-                    Action::Allow
+        TextOrJson::Text => {
+            let n = list.len();
+            println!(
+                "Found {n} {}{}",
+                if n == 1 { "intention" } else { "intentions" },
+                if n == 0 {
+                    " (everything is denied)"
                 } else {
-                    Action::Deny
-                },
-                intention_id: (!r.intention_id.is_empty()).then_some(r.intention_id),
-                reason: r.reason,
-            };
-            match args.output {
-                TextOrJson::Json => print_json(&json)?,
-                TextOrJson::Text => {
-                    println!("{}", if r.allowed { "Allowed" } else { "Denied" });
-                    println!("{:<12}: {}", "Source", json.source);
-                    println!("{:<12}: {}", "Destination", json.destination);
-                    println!(
-                        "{:<12}: {}",
-                        "Intention",
-                        json.intention_id
-                            .as_deref()
-                            .unwrap_or("(none: default deny)")
-                    );
-                    println!("{:<12}: {}", "Reason", json.reason);
+                    ""
                 }
-            }
-            if !r.allowed {
-                return Ok(DENIED_EXIT_CODE);
+            );
+            for i in &list {
+                print!("\n{}", intention_text(i));
             }
         }
     }
-    Ok(0)
+    Ok(())
+}
+
+/// Deletes by ID, or by the source and destination pair when both are given.
+async fn delete(args: IntentionDeleteArgs) -> anyhow::Result<()> {
+    let req = match &args.destination {
+        Some(dst) => DeleteIntentionRequest {
+            id: String::new(),
+            source: args.id_or_source.clone(),
+            destination: dst.clone(),
+        },
+        None => DeleteIntentionRequest {
+            id: args.id_or_source.clone(),
+            ..Default::default()
+        },
+    };
+    let mut client = args.admin.connect().await?;
+    let deleted = client
+        .delete_intention(req)
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .deleted
+        .unwrap_or_default();
+    match args.output {
+        TextOrJson::Text => println!("Deleted intention {}", deleted.id),
+        TextOrJson::Json => print_json(&IntentionJson::try_from(deleted)?)?,
+    }
+    Ok(())
+}
+
+/// Asks the server for its decision; a deny exits [`DENIED_EXIT_CODE`] so scripts can
+/// branch on the answer without parsing it.
+async fn check(args: IntentionCheckArgs) -> anyhow::Result<i32> {
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| match h.split_once('=') {
+            Some((n, v)) if !n.trim().is_empty() => Ok(HttpHeader {
+                name: n.trim().to_owned(),
+                value: v.to_owned(),
+            }),
+            _ => Err(anyhow::anyhow!(
+                "invalid --header {h:?}: expected NAME=VALUE"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(p) = &args.path
+        && !p.starts_with('/')
+    {
+        anyhow::bail!("invalid --path {p:?}: must start with '/'");
+    }
+    let mut client = args.admin.connect().await?;
+    let r = client
+        .check_intention(CheckIntentionRequest {
+            source: args.source.clone(),
+            destination: args.destination.clone(),
+            method: args.method.clone().unwrap_or_default(),
+            path: args.path.clone().unwrap_or_default(),
+            headers,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let json = CheckJson {
+        source: r.source,
+        destination: r.destination,
+        decision: if r.allowed {
+            Action::Allow
+        } else {
+            Action::Deny
+        },
+        intention_id: (!r.intention_id.is_empty()).then_some(r.intention_id),
+        reason: r.reason,
+    };
+    match args.output {
+        TextOrJson::Json => print_json(&json)?,
+        TextOrJson::Text => {
+            println!("{}", if r.allowed { "Allowed" } else { "Denied" });
+            println!("{:<12}: {}", "Source", json.source);
+            println!("{:<12}: {}", "Destination", json.destination);
+            println!(
+                "{:<12}: {}",
+                "Intention",
+                json.intention_id
+                    .as_deref()
+                    .unwrap_or("(none: default deny)")
+            );
+            println!("{:<12}: {}", "Reason", json.reason);
+        }
+    }
+    Ok(if r.allowed { 0 } else { DENIED_EXIT_CODE })
 }
