@@ -287,10 +287,6 @@ pub fn resolve(
         .or(env_admin_socket)
         .unwrap_or_else(|| default_admin_socket(&data_dir));
 
-    let dur = |flag: &str, key: &str, a: &Option<String>, f: &Option<String>, default: &str| {
-        let (v, from_flag) = pick(a, f, default);
-        parse_duration(&source_name(flag, key, file_path, from_flag), &v)
-    };
     let file_name =
         file_path.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
     let openbao = file
@@ -298,6 +294,39 @@ pub fn resolve(
         .as_ref()
         .and_then(|u| u.openbao.as_ref());
     let upstream = openbao.map(|o| o.resolve(&file_name)).transpose()?;
+    let (ca, issuance) = lifetimes(args, file, file_path, &file_name, openbao)?;
+    check_lifetimes(&ca, &issuance, upstream.is_some())?;
+    let oidc_discovery = oidc_discovery(file, &file_name)?;
+    let limits = file.limits.clone().unwrap_or_default();
+    limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid {e} in {file_name}"))?;
+    Ok(ServerConfig {
+        data_dir,
+        trust_domain,
+        listen,
+        admin_socket,
+        ca,
+        issuance,
+        upstream,
+        oidc_discovery,
+        limits,
+    })
+}
+
+/// The CA's lifetimes and those of what it issues. OpenBao's block may set the intermediate's
+/// lifetime in place of `intermediate_ttl`, but not alongside it: which should win is a guess.
+fn lifetimes(
+    args: &ServerRunArgs,
+    file: &ServerFileConfig,
+    file_path: Option<&Path>,
+    file_name: &str,
+    openbao: Option<&OpenBaoFile>,
+) -> anyhow::Result<(CaLifetimes, IssuanceSettings)> {
+    let dur = |flag: &str, key: &str, a: &Option<String>, f: &Option<String>, default: &str| {
+        let (v, from_flag) = pick(a, f, default);
+        parse_duration(&source_name(flag, key, file_path, from_flag), &v)
+    };
     let mut intermediate_ttl = file.intermediate_ttl.clone();
     let mut intermediate_key = "intermediate_ttl";
     if let Some(t) = openbao.and_then(|o| o.intermediate_ttl.clone()) {
@@ -355,45 +384,36 @@ pub fn resolve(
             "10m",
         )?,
     };
-    check_lifetimes(&ca, &issuance, upstream.is_some())?;
-    let oidc_discovery = match &file.oidc_discovery {
-        None => None,
-        Some(o) => {
-            let key = format!("oidc_discovery.listen in {file_name}");
-            let text = o
-                .listen
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("{key} is missing (e.g. \"127.0.0.1:8444\")"))?;
-            let listen: SocketAddr = text
-                .trim()
-                .parse()
-                .map_err(|e| anyhow::anyhow!("invalid {key} {text:?}: {e} (use IP:PORT)"))?;
-            if !listen.ip().is_loopback() {
-                anyhow::bail!(
-                    "invalid {key} {text:?}: OIDC discovery is plain HTTP and listens on loopback only"
-                );
-            }
-            Some(OidcDiscoveryConfig {
-                listen,
-                issuer: o.issuer.clone(),
-            })
-        }
+    Ok((ca, issuance))
+}
+
+/// The OIDC discovery listener, if the file asks for one; it must be on loopback, since it
+/// serves plain HTTP.
+fn oidc_discovery(
+    file: &ServerFileConfig,
+    file_name: &str,
+) -> anyhow::Result<Option<OidcDiscoveryConfig>> {
+    let Some(o) = &file.oidc_discovery else {
+        return Ok(None);
     };
-    let limits = file.limits.clone().unwrap_or_default();
-    limits
-        .check()
-        .map_err(|e| anyhow::anyhow!("invalid {e} in {file_name}"))?;
-    Ok(ServerConfig {
-        data_dir,
-        trust_domain,
+    let key = format!("oidc_discovery.listen in {file_name}");
+    let text = o
+        .listen
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{key} is missing (e.g. \"127.0.0.1:8444\")"))?;
+    let listen: SocketAddr = text
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid {key} {text:?}: {e} (use IP:PORT)"))?;
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "invalid {key} {text:?}: OIDC discovery is plain HTTP and listens on loopback only"
+        );
+    }
+    Ok(Some(OidcDiscoveryConfig {
         listen,
-        admin_socket,
-        ca,
-        issuance,
-        upstream,
-        oidc_discovery,
-        limits,
-    })
+        issuer: o.issuer.clone(),
+    }))
 }
 
 /// The flag's value, else the file's, else the default; and whether the flag supplied it.
