@@ -102,6 +102,19 @@ pub enum ConfigError {
     Invalid(PathBuf, String),
 }
 
+impl From<agentmesh_proto::config::LoadError> for ConfigError {
+    fn from(e: agentmesh_proto::config::LoadError) -> Self {
+        match e {
+            agentmesh_proto::config::LoadError::Read { path, source } => Self::Read(path, source),
+            agentmesh_proto::config::LoadError::Parse { path, message } => {
+                Self::Parse(path, message)
+            }
+            // LoadError is non_exhaustive; a new kind still names its file.
+            other => Self::Parse(PathBuf::new(), other.to_string()),
+        }
+    }
+}
+
 /// Which provider implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -669,8 +682,7 @@ impl GatewayConfig {
     /// # Errors
     /// Unreadable, malformed or inconsistent files.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let text = agentmesh_proto::config::read(path)?;
         Self::parse(&text, path)
     }
 
@@ -688,8 +700,7 @@ impl GatewayConfig {
     /// # Errors
     /// Malformed or inconsistent text, or a key that is not set.
     pub fn parse_with_env(text: &str, origin: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
-        let mut cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(origin.to_owned(), e.message().to_owned()))?;
+        let mut cfg: Self = agentmesh_proto::config::parse_toml(text, origin)?;
         cfg.validate(env)
             .map_err(|m| ConfigError::Invalid(origin.to_owned(), m))?;
         Ok(cfg)
