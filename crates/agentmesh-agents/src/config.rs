@@ -58,6 +58,19 @@ pub enum ConfigError {
     Invalid(PathBuf, String),
 }
 
+impl From<agentmesh_proto::config::LoadError> for ConfigError {
+    fn from(e: agentmesh_proto::config::LoadError) -> Self {
+        match e {
+            agentmesh_proto::config::LoadError::Read { path, source } => Self::Read(path, source),
+            agentmesh_proto::config::LoadError::Parse { path, message } => {
+                Self::Parse(path, message)
+            }
+            // LoadError is non_exhaustive; a new kind still names its file.
+            other => Self::Parse(PathBuf::new(), other.to_string()),
+        }
+    }
+}
+
 /// Where a researcher searches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -232,8 +245,7 @@ impl AgentConfig {
     /// # Errors
     /// Unreadable, malformed or inconsistent.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let text = agentmesh_proto::config::read(path)?;
         Self::parse(&text, path)
     }
 
@@ -242,8 +254,7 @@ impl AgentConfig {
     /// # Errors
     /// Malformed or inconsistent.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(path.to_owned(), crate::one_line(&e.to_string())))?;
+        let cfg: Self = agentmesh_proto::config::parse_toml(text, path)?;
         cfg.validate()
             .map_err(|e| ConfigError::Invalid(path.to_owned(), e))?;
         Ok(cfg)

@@ -622,14 +622,5 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     })
 }
 
-/// Folds a multi-line message into one line.
-pub(crate) fn one_line(msg: &str) -> String {
-    msg.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests;

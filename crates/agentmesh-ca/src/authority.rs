@@ -1,10 +1,11 @@
-//! The certificate authority: root and intermediate CA certificates, X.509-SVID minting and
-//! chain verification.
+//! The certificate authority: root and intermediate CA certificates and X.509-SVID minting.
+//! Reading and verifying certificates lives in [`agentmesh_tls::x509`].
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmesh_spiffe::{SpiffeId, TrustDomain};
+use agentmesh_tls::x509::{CertError, parse_cert, serial_hex, spiffe_id_of, system_time};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -12,9 +13,6 @@ use rcgen::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::FromDer;
 
 use crate::csr::CsrPublicKey;
 use crate::keys::PrivateKey;
@@ -31,14 +29,6 @@ pub enum CaError {
         /// rcgen's complaint.
         #[source]
         source: rcgen::Error,
-    },
-    /// A certificate could not be parsed.
-    #[error("{what} is not a valid DER X.509 certificate: {reason}")]
-    ParseCert {
-        /// Which certificate, such as "intermediate certificate" or `chain[1]`.
-        what: String,
-        /// The parser's complaint.
-        reason: String,
     },
     /// A TTL of zero (or under one second) was asked for.
     #[error("TTL for the {what} must be at least one second")]
@@ -67,9 +57,6 @@ pub enum CaError {
         /// Which CA.
         what: &'static str,
     },
-    /// A certificate that must be a CA is not one.
-    #[error("{0} is not a CA certificate (basicConstraints CA:true missing)")]
-    NotCa(String),
     /// A certificate names a different trust domain than expected.
     #[error("{what} has SPIFFE ID {id}, which is not in trust domain {trust_domain}")]
     TrustDomainMismatch {
@@ -80,6 +67,9 @@ pub enum CaError {
         /// The expected trust domain.
         trust_domain: String,
     },
+    /// A certificate could not be read (see [`CertError`]).
+    #[error(transparent)]
+    Cert(#[from] CertError),
     /// A DNS name that cannot go in a SAN.
     #[error("DNS SAN {0:?} is not a valid DNS name")]
     BadDnsName(String),
@@ -169,14 +159,6 @@ fn odt(secs: i64, orig: SystemTime) -> Result<OffsetDateTime, CaError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| CaError::BadTime(orig))
 }
 
-fn system_time(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
-}
-
 fn ttl_secs(ttl: Duration, what: &'static str) -> Result<i64, CaError> {
     match i64::try_from(ttl.as_secs()) {
         Ok(0) => Err(CaError::ZeroTtl { what }),
@@ -208,69 +190,6 @@ fn uri_san(uri: String) -> Result<SanType, CaError> {
             what: "URI SAN",
             source: e,
         })
-}
-
-fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, CaError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| CaError::ParseCert {
-        what: what.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if !rest.is_empty() {
-        return Err(CaError::ParseCert {
-            what: what.to_owned(),
-            reason: format!("{} trailing bytes", rest.len()),
-        });
-    }
-    Ok(cert)
-}
-
-fn validity_of(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
-    let v = cert.validity();
-    (
-        system_time(v.not_before.timestamp()),
-        system_time(v.not_after.timestamp()),
-    )
-}
-
-fn serial_hex(cert: &X509Certificate<'_>) -> String {
-    cert.serial
-        .to_bytes_be()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn spiffe_id_of(cert: &X509Certificate<'_>, what: &str) -> Result<SpiffeId, CaError> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| CaError::ParseCert {
-            what: what.to_owned(),
-            reason: format!("subjectAltName: {e}"),
-        })?
-        .ok_or_else(|| CaError::NoUriSan(what.to_owned()))?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris.as_slice() {
-        [] => Err(CaError::NoUriSan(what.to_owned())),
-        [uri] => uri
-            .parse::<SpiffeId>()
-            .map_err(|source| CaError::BadSpiffeId {
-                what: what.to_owned(),
-                uri: (*uri).to_owned(),
-                source,
-            }),
-        many => Err(CaError::MultipleUriSans {
-            what: what.to_owned(),
-            count: many.len(),
-        }),
-    }
 }
 
 fn ca_name(kind: &str, td: &TrustDomain) -> DistinguishedName {
@@ -315,7 +234,7 @@ pub fn new_root(
 ///
 /// # Errors
 /// [`CaError::KeyMismatch`] if `root_key` is not the root's key, [`CaError::IssuerExpired`] if
-/// the root has expired, [`CaError::ParseCert`], [`CaError::ZeroTtl`] or [`CaError::Sign`].
+/// the root has expired, [`CaError::Cert`], [`CaError::ZeroTtl`] or [`CaError::Sign`].
 pub fn new_intermediate(
     td: &TrustDomain,
     key: &PrivateKey,
@@ -329,7 +248,7 @@ pub fn new_intermediate(
         return Err(CaError::KeyMismatch { what: "root CA" });
     }
     if !root.is_ca() {
-        return Err(CaError::NotCa("root CA certificate".to_owned()));
+        return Err(CertError::NotCa("root CA certificate".to_owned()).into());
     }
     let start = unix_secs(now)?;
     let root_end = root.validity().not_after.timestamp();
@@ -390,7 +309,7 @@ impl Authority {
     /// Builds the signer from an intermediate certificate and its key.
     ///
     /// # Errors
-    /// [`CaError::ParseCert`], [`CaError::NotCa`], [`CaError::KeyMismatch`] if the key is not
+    /// [`CaError::Cert`] (unparseable, not a CA), [`CaError::KeyMismatch`] if the key is not
     /// the certificate's, [`CaError::TrustDomainMismatch`] if the certificate is for another
     /// trust domain.
     pub fn new(
@@ -401,7 +320,7 @@ impl Authority {
         let what = "intermediate CA certificate";
         let cert = parse_cert(&intermediate_cert_der, what)?;
         if !cert.is_ca() {
-            return Err(CaError::NotCa(what.to_owned()));
+            return Err(CertError::NotCa(what.to_owned()).into());
         }
         if cert.public_key().raw != intermediate_key.public_key_der().as_slice() {
             return Err(CaError::KeyMismatch {
@@ -570,185 +489,6 @@ fn is_dns_name(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
-}
-
-/// Splits concatenated DER certificates (the Workload API's `x509_svid` and `bundle` fields)
-/// into one buffer per certificate.
-///
-/// # Errors
-/// [`CaError::ParseCert`] naming the first certificate (1-based) that is not valid DER.
-pub fn split_der_certs(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, CaError> {
-    let mut certs = Vec::new();
-    while !bytes.is_empty() {
-        let (rest, _) =
-            x509_parser::parse_x509_certificate(bytes).map_err(|e| CaError::ParseCert {
-                what: format!("certificate #{}", certs.len() + 1),
-                reason: e.to_string(),
-            })?;
-        let used = bytes.len() - rest.len();
-        certs.push(bytes[..used].to_vec());
-        bytes = rest;
-    }
-    Ok(certs)
-}
-
-/// The validity window `(notBefore, notAfter)` of a DER certificate.
-///
-/// # Errors
-/// [`CaError::ParseCert`].
-pub fn cert_validity(der: &[u8]) -> Result<(SystemTime, SystemTime), CaError> {
-    Ok(validity_of(&parse_cert(der, "certificate")?))
-}
-
-/// The serial number of a DER certificate, lowercase hex without separators.
-///
-/// # Errors
-/// [`CaError::ParseCert`].
-pub fn cert_serial_hex(der: &[u8]) -> Result<String, CaError> {
-    Ok(serial_hex(&parse_cert(der, "certificate")?))
-}
-
-/// The SPIFFE ID in a DER certificate's single URI SAN.
-///
-/// # Errors
-/// [`CaError::NoUriSan`], [`CaError::MultipleUriSans`], [`CaError::BadSpiffeId`] or
-/// [`CaError::ParseCert`].
-pub fn cert_spiffe_id(der: &[u8]) -> Result<SpiffeId, CaError> {
-    spiffe_id_of(&parse_cert(der, "certificate")?, "certificate")
-}
-
-/// Verifies an X.509-SVID chain (leaf first, then intermediates) against trusted roots at
-/// `now`, and returns the leaf's SPIFFE ID.
-///
-/// Checks every signature up to one of `roots`, every validity window (roots included), that
-/// issuers are CAs allowed to sign certificates within their path length, that the leaf is not
-/// a CA, and that no certificate carries a critical extension this code does not understand.
-/// A copy of the root at the end of the chain is tolerated.
-///
-/// # Errors
-/// The first check that fails, naming the certificate by its position (`chain[i]`).
-pub fn verify_chain(
-    chain: &[Vec<u8>],
-    roots: &[Vec<u8>],
-    now: SystemTime,
-) -> Result<SpiffeId, CaError> {
-    if chain.is_empty() {
-        return Err(CaError::EmptyChain);
-    }
-    // A trailing root copy adds nothing: trust comes from `roots`, not from the chain.
-    let chain: &[Vec<u8>] = match chain.split_last() {
-        Some((last, rest)) if !rest.is_empty() && roots.contains(last) => rest,
-        _ => chain,
-    };
-    let parsed = chain
-        .iter()
-        .enumerate()
-        .map(|(i, der)| parse_cert(der, &format!("chain[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    for (i, cert) in parsed.iter().enumerate() {
-        let what = format!("chain[{i}]");
-        check_common(cert, &what, now)?;
-        if i == 0 {
-            if cert.is_ca() {
-                return Err(CaError::Profile {
-                    what,
-                    reason: "leaf X509-SVID must not be a CA (basicConstraints CA:true)".into(),
-                });
-            }
-            if let Ok(Some(ku)) = cert.key_usage()
-                && (ku.value.key_cert_sign() || ku.value.crl_sign())
-            {
-                return Err(CaError::Profile {
-                    what,
-                    reason: "leaf X509-SVID must not have keyCertSign or cRLSign".into(),
-                });
-            }
-        } else {
-            // i - 1 CA certificates sit between this issuer and the leaf.
-            check_issuer(cert, &what, i - 1)?;
-        }
-        if let Some(issuer) = parsed.get(i + 1) {
-            cert.verify_signature(Some(issuer.public_key()))
-                .map_err(|_| CaError::BadChainSignature {
-                    what: what.clone(),
-                    issuer: format!("chain[{}]", i + 1),
-                })?;
-        }
-    }
-
-    let top_index = parsed.len() - 1;
-    let top = &parsed[top_index];
-    let mut anchor = None;
-    for (r, root_der) in roots.iter().enumerate() {
-        let root = parse_cert(root_der, &format!("roots[{r}]"))?;
-        if top.verify_signature(Some(root.public_key())).is_ok() {
-            anchor = Some((r, root));
-            break;
-        }
-    }
-    let Some((r, root)) = anchor else {
-        return Err(CaError::UntrustedRoot(
-            format!("chain[{top_index}]"),
-            roots.len(),
-        ));
-    };
-    let what = format!("roots[{r}]");
-    check_common(&root, &what, now)?;
-    check_issuer(&root, &what, top_index)?;
-
-    spiffe_id_of(&parsed[0], "chain[0] (leaf)")
-}
-
-fn check_common(cert: &X509Certificate<'_>, what: &str, now: SystemTime) -> Result<(), CaError> {
-    let (not_before, not_after) = validity_of(cert);
-    if now < not_before || now > not_after {
-        return Err(CaError::NotValidNow {
-            what: what.to_owned(),
-            now,
-            not_before,
-            not_after,
-        });
-    }
-    if let Some(ext) = cert.extensions().iter().find(|e| {
-        e.critical
-            && matches!(
-                e.parsed_extension(),
-                ParsedExtension::UnsupportedExtension { .. }
-            )
-    }) {
-        return Err(CaError::Profile {
-            what: what.to_owned(),
-            reason: format!("unknown critical extension {}", ext.oid),
-        });
-    }
-    Ok(())
-}
-
-fn check_issuer(cert: &X509Certificate<'_>, what: &str, cas_below: usize) -> Result<(), CaError> {
-    let bc = cert
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .filter(|bc| bc.value.ca)
-        .ok_or_else(|| CaError::NotCa(what.to_owned()))?;
-    if let Some(max) = bc.value.path_len_constraint
-        && usize::try_from(max).is_ok_and(|max| cas_below > max)
-    {
-        return Err(CaError::Profile {
-            what: what.to_owned(),
-            reason: format!("pathLenConstraint {max} but {cas_below} CAs below it"),
-        });
-    }
-    if let Ok(Some(ku)) = cert.key_usage()
-        && !ku.value.key_cert_sign()
-    {
-        return Err(CaError::Profile {
-            what: what.to_owned(),
-            reason: "CA certificate lacks keyCertSign".into(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,15 +3,17 @@
 
 pub mod authority;
 pub mod csr;
-pub mod ecdsa;
 pub mod jwt;
 pub mod keys;
 
+// Signing normalisation moved to agentmesh-tls with certificate reading; kept at its old path.
+pub use agentmesh_tls::ecdsa;
 pub use agentmesh_tls::pem::{pem_decode_all, pem_encode};
-pub use authority::{
-    Authority, CaError, X509Svid, cert_serial_hex, cert_spiffe_id, cert_validity, new_intermediate,
-    new_root, split_der_certs, verify_chain,
+// Certificate reading moved to agentmesh-tls; re-exported so the CA's callers keep one import.
+pub use agentmesh_tls::x509::{
+    CertError, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs, verify_chain,
 };
+pub use authority::{Authority, CaError, X509Svid, new_intermediate, new_root};
 pub use csr::{CsrError, CsrPublicKey, build_csr, verify_csr};
 pub use jwt::{
     Jwk, Jwks, JwtClaims, JwtError, JwtKey, peek_claims, sign_jwt_svid, validate_jwt_svid,

@@ -49,6 +49,19 @@ pub enum ConfigError {
     Invalid(PathBuf, String),
 }
 
+impl From<agentmesh_proto::config::LoadError> for ConfigError {
+    fn from(e: agentmesh_proto::config::LoadError) -> Self {
+        match e {
+            agentmesh_proto::config::LoadError::Read { path, source } => Self::Read(path, source),
+            agentmesh_proto::config::LoadError::Parse { path, message } => {
+                Self::Parse(path, message)
+            }
+            // LoadError is non_exhaustive; a new kind still names its file.
+            other => Self::Parse(PathBuf::new(), other.to_string()),
+        }
+    }
+}
+
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,8 +213,7 @@ impl FrontendConfig {
     /// # Errors
     /// [`ConfigError`] naming the file and the problem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let text = agentmesh_proto::config::read(path)?;
         Self::parse(&text, path)
     }
 
@@ -210,18 +222,7 @@ impl FrontendConfig {
     /// # Errors
     /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text).map_err(|e| {
-            // toml's message spans several lines with a source excerpt; one line is the contract.
-            let msg = e.message().to_owned();
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigError::Parse(path.to_owned(), format!("{msg}{at}"))
-        })?;
+        let cfg: Self = agentmesh_proto::config::parse_toml(text, path)?;
         let invalid = |m: String| ConfigError::Invalid(path.to_owned(), m);
         cfg.limits.check().map_err(|e| invalid(e.to_string()))?;
         for up in &cfg.upstream {

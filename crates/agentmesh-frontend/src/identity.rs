@@ -77,9 +77,9 @@ impl SigningKey {
     pub fn from_der(chain: Vec<Vec<u8>>, pkcs8: &[u8]) -> Result<Self, IdentityError> {
         let bad = |e: &dyn std::fmt::Display| IdentityError::BadSvid(e.to_string());
         let leaf = chain.first().ok_or_else(|| bad(&"empty chain"))?;
-        let id = agentmesh_ca::cert_spiffe_id(leaf).map_err(|e| bad(&e))?;
-        let serial = agentmesh_ca::cert_serial_hex(leaf).map_err(|e| bad(&e))?;
-        let (_, not_after) = agentmesh_ca::cert_validity(leaf).map_err(|e| bad(&e))?;
+        let id = agentmesh_tls::cert_spiffe_id(leaf).map_err(|e| bad(&e))?;
+        let serial = agentmesh_tls::cert_serial_hex(leaf).map_err(|e| bad(&e))?;
+        let (_, not_after) = agentmesh_tls::cert_validity(leaf).map_err(|e| bad(&e))?;
         let pair = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
             pkcs8,
@@ -123,7 +123,7 @@ impl SigningKey {
     /// [`IdentityError::Sign`].
     pub fn sign(&self, input: &[u8]) -> Result<Vec<u8>, IdentityError> {
         // Low-S: a strict verifier of user tokens elsewhere accepts them.
-        agentmesh_ca::ecdsa::sign_p256_low_s(&self.pair, input)
+        agentmesh_tls::ecdsa::sign_p256_low_s(&self.pair, input)
             .map(|s| s.to_vec())
             .map_err(|_| IdentityError::Sign(self.kid.clone()))
     }
@@ -264,10 +264,10 @@ async fn follow_once(keys: &Keys, socket: &Path) -> Result<(), IdentityError> {
                     .first()
                     .ok_or(IdentityError::NoSvid)
                     .and_then(|svid| {
-                        let chain = agentmesh_ca::split_der_certs(&svid.x509_svid)
+                        let chain = agentmesh_tls::split_der_certs(&svid.x509_svid)
                             .map_err(|e| IdentityError::BadSvid(e.to_string()))?;
                         let mut key = SigningKey::from_der(chain, &svid.x509_svid_key)?;
-                        key.roots = agentmesh_ca::split_der_certs(&svid.bundle)
+                        key.roots = agentmesh_tls::split_der_certs(&svid.bundle)
                             .map_err(|e| IdentityError::BadSvid(e.to_string()))?;
                         Ok(key)
                     });
@@ -309,7 +309,7 @@ mod tests {
         // Half of ring's raw signatures are high-S: 32 low ones in a row are not luck.
         for i in 0..32u8 {
             let sig = signing.sign(&[i]).unwrap();
-            assert!(agentmesh_ca::ecdsa::is_low_s(&sig));
+            assert!(agentmesh_tls::ecdsa::is_low_s(&sig));
             UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
                 .verify(&[i], &sig)
                 .unwrap();

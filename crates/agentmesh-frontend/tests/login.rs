@@ -416,7 +416,7 @@ async fn a_login_mints_a_user_token_signed_by_the_frontends_svid() {
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
     let leaf = STANDARD.decode(header["x5c"][0].as_str().unwrap()).unwrap();
     assert_eq!(
-        agentmesh_ca::cert_spiffe_id(&leaf).unwrap().to_string(),
+        agentmesh_tls::cert_spiffe_id(&leaf).unwrap().to_string(),
         FRONTEND_ID
     );
     for path in ["/.well-known/jwks.json", "/debug/jwks"] {

@@ -87,6 +87,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dlp::DlpConfig;
 
+mod durations;
+use durations::{duration, humantime_serde_opt};
+
 /// Why a gateway config is unusable.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -100,6 +103,19 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("{0}: {1}")]
     Invalid(PathBuf, String),
+}
+
+impl From<agentmesh_proto::config::LoadError> for ConfigError {
+    fn from(e: agentmesh_proto::config::LoadError) -> Self {
+        match e {
+            agentmesh_proto::config::LoadError::Read { path, source } => Self::Read(path, source),
+            agentmesh_proto::config::LoadError::Parse { path, message } => {
+                Self::Parse(path, message)
+            }
+            // LoadError is non_exhaustive; a new kind still names its file.
+            other => Self::Parse(PathBuf::new(), other.to_string()),
+        }
+    }
 }
 
 /// Which provider implementation.
@@ -517,50 +533,6 @@ impl Env for HashMap<String, String> {
     }
 }
 
-/// Durations in `[[provider]]`, each naming its key in the error.
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    /// The form `parse` reads back, so a written config loads to the same durations.
-    pub fn write<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        d.map(|d| humantime::format_duration(d).to_string())
-            .serialize(s)
-    }
-
-    fn parse<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{key} {s:?} is not a duration like 30s or 500ms: {e}"
-            ))
-        })
-    }
-
-    pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        parse(d, "timeout")
-    }
-
-    pub fn connect_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        parse(d, "connect_timeout")
-    }
-
-    pub fn retry_backoff<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        parse(d, "retry_backoff")
-    }
-
-    pub fn retry_backoff_max<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        parse(d, "retry_backoff_max")
-    }
-
-    pub fn circuit_cooldown<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        parse(d, "circuit_cooldown")
-    }
-}
-
 /// `[[model]]`: a model name callers use, and the providers that serve it, in order.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -599,26 +571,6 @@ pub struct CallerConfig {
 /// own default instead of pinning today's.
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
-}
-
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        super::duration::write(d, s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| {
-            humantime::parse_duration(&s).map_err(|e| {
-                serde::de::Error::custom(format!("window {s:?} is not a duration like 1h: {e}"))
-            })
-        })
-        .transpose()
-    }
 }
 
 /// The whole file.
@@ -669,8 +621,7 @@ impl GatewayConfig {
     /// # Errors
     /// Unreadable, malformed or inconsistent files.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let text = agentmesh_proto::config::read(path)?;
         Self::parse(&text, path)
     }
 
@@ -688,8 +639,7 @@ impl GatewayConfig {
     /// # Errors
     /// Malformed or inconsistent text, or a key that is not set.
     pub fn parse_with_env(text: &str, origin: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
-        let mut cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(origin.to_owned(), e.message().to_owned()))?;
+        let mut cfg: Self = agentmesh_proto::config::parse_toml(text, origin)?;
         cfg.validate(env)
             .map_err(|m| ConfigError::Invalid(origin.to_owned(), m))?;
         Ok(cfg)

@@ -135,7 +135,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         Some(td) => td.clone(),
         None => roots
             .iter()
-            .find_map(|r| agentmesh_ca::cert_spiffe_id(r).ok())
+            .find_map(|r| agentmesh_tls::cert_spiffe_id(r).ok())
             .map(|id| id.trust_domain().clone())
             .ok_or_else(|| {
                 NodeError::TrustBundle(
@@ -293,7 +293,7 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, NodeError> {
         agentmesh_ca::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
     let now = SystemTime::now();
     for r in &roots {
-        agentmesh_ca::cert_validity(r)
+        agentmesh_tls::cert_validity(r)
             .map_err(|e| err(format!("not a certificate: {e}")))
             .and_then(|(_, na)| {
                 if na <= now {

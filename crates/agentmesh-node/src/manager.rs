@@ -50,7 +50,7 @@ pub enum ManagerError {
     Csr(#[from] agentmesh_ca::CsrError),
     /// What the server sent does not verify.
     #[error("the server sent an SVID that does not verify: {0}")]
-    BadSvid(#[from] agentmesh_ca::CaError),
+    BadSvid(#[from] agentmesh_tls::CertError),
     /// TLS setup failed.
     #[error("tls: {0}")]
     Tls(#[from] agentmesh_tls::TlsError),
@@ -114,9 +114,9 @@ impl NodeSvid {
         let chain = pem_decode_all(&text, "CERTIFICATE").ok()?;
         let key_pkcs8 = pem_decode_all(&text, "PRIVATE KEY").ok()?.pop()?;
         let now = SystemTime::now();
-        match agentmesh_ca::verify_chain(&chain, roots, now) {
+        match agentmesh_tls::verify_chain(&chain, roots, now) {
             Ok(spiffe_id) => {
-                let (not_before, not_after) = agentmesh_ca::cert_validity(&chain[0]).ok()?;
+                let (not_before, not_after) = agentmesh_tls::cert_validity(&chain[0]).ok()?;
                 Some(Self {
                     spiffe_id,
                     chain,
@@ -164,9 +164,9 @@ impl NodeSvid {
         key: &PrivateKey,
         roots: &[Vec<u8>],
     ) -> Result<Self, ManagerError> {
-        let spiffe_id = agentmesh_ca::verify_chain(&resp.cert_chain, roots, SystemTime::now())?;
+        let spiffe_id = agentmesh_tls::verify_chain(&resp.cert_chain, roots, SystemTime::now())?;
         check_leaf_key(&resp.cert_chain, key)?;
-        let (not_before, not_after) = agentmesh_ca::cert_validity(&resp.cert_chain[0])?;
+        let (not_before, not_after) = agentmesh_tls::cert_validity(&resp.cert_chain[0])?;
         Ok(Self {
             spiffe_id,
             chain: resp.cert_chain,
@@ -749,7 +749,7 @@ fn verify_minted(
     key: &PrivateKey,
     roots: &[Vec<u8>],
 ) -> Result<CachedSvid, ManagerError> {
-    let spiffe_id = agentmesh_ca::verify_chain(&r.cert_chain, roots, SystemTime::now())?;
+    let spiffe_id = agentmesh_tls::verify_chain(&r.cert_chain, roots, SystemTime::now())?;
     if spiffe_id.to_string() != r.spiffe_id {
         return Err(ManagerError::Server(format!(
             "asked for {}, got {spiffe_id}",
@@ -758,12 +758,12 @@ fn verify_minted(
     }
     check_leaf_key(&r.cert_chain, key)?;
     let leaf = &r.cert_chain[0];
-    let (not_before, not_after) = agentmesh_ca::cert_validity(leaf)?;
+    let (not_before, not_after) = agentmesh_tls::cert_validity(leaf)?;
     let dns_names = leaf_dns_names(leaf);
     Ok(CachedSvid {
         entry_id: r.entry_id.clone(),
         spiffe_id,
-        serial: agentmesh_ca::cert_serial_hex(leaf)?,
+        serial: agentmesh_tls::cert_serial_hex(leaf)?,
         chain: r.cert_chain.clone(),
         key_pkcs8: key.pkcs8_der(),
         not_before,

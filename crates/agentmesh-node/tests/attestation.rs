@@ -202,7 +202,7 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     node.shutdown().await;
     let (b_chain, b_key) = stored_node_svid(&b_node_dir.join("node"));
     assert_eq!(
-        agentmesh_ca::verify_chain(&b_chain, &b.roots, SystemTime::now()).unwrap(),
+        agentmesh_tls::verify_chain(&b_chain, &b.roots, SystemTime::now()).unwrap(),
         b_node_id
     );
 

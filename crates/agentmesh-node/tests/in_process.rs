@@ -146,7 +146,7 @@ async fn a_registered_process_gets_its_svid_and_an_unregistered_one_is_told_why(
 }
 
 fn serial_of(svid: &spiffe::X509Svid) -> String {
-    agentmesh_ca::cert_serial_hex(svid.leaf().as_bytes()).unwrap()
+    agentmesh_tls::cert_serial_hex(svid.leaf().as_bytes()).unwrap()
 }
 
 /// The `spiffe` crate's sources, which no one here wrote, against an in-process node: the

@@ -107,8 +107,10 @@ fn cert_of(s: &Secret) -> (String, String) {
     let key = inline_text(&tls.private_key);
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 PEM");
     (
-        agentmesh_ca::cert_spiffe_id(&chain[0]).unwrap().to_string(),
-        agentmesh_ca::cert_serial_hex(&chain[0]).unwrap(),
+        agentmesh_tls::cert_spiffe_id(&chain[0])
+            .unwrap()
+            .to_string(),
+        agentmesh_tls::cert_serial_hex(&chain[0]).unwrap(),
     )
 }
 

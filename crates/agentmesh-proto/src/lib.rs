@@ -3,6 +3,7 @@
 //! listener applies (`limits`), and the one HTTPS client for calls that leave the mesh (`https`).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod https;
 pub mod limits;
 pub mod unix;

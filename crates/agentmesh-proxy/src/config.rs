@@ -27,6 +27,19 @@ pub enum ConfigError {
     NoWorkloadApi(PathBuf),
 }
 
+impl From<agentmesh_proto::config::LoadError> for ConfigError {
+    fn from(e: agentmesh_proto::config::LoadError) -> Self {
+        match e {
+            agentmesh_proto::config::LoadError::Read { path, source } => Self::Read(path, source),
+            agentmesh_proto::config::LoadError::Parse { path, message } => {
+                Self::Parse(path, message)
+            }
+            // LoadError is non_exhaustive; a new kind still names its file.
+            other => Self::Parse(PathBuf::new(), other.to_string()),
+        }
+    }
+}
+
 /// What the inbound listener carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -148,8 +161,7 @@ impl ProxyConfig {
     /// # Errors
     /// Malformed TOML, unknown keys, or inconsistent values.
     pub fn parse(origin: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(origin.to_owned(), one_line(&e.to_string())))?;
+        let cfg: Self = agentmesh_proto::config::parse_toml(text, origin)?;
         let invalid = |m: String| ConfigError::Invalid(origin.to_owned(), m);
         agentmesh_spiffe::SpiffeId::from_service_name(
             &agentmesh_spiffe::TrustDomain::new("placeholder.local")
@@ -211,8 +223,7 @@ impl ProxyConfig {
     /// # Errors
     /// As [`ProxyConfig::parse`], or the file cannot be read.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let text = agentmesh_proto::config::read(path)?;
         Self::parse(path, &text)
     }
 
@@ -254,14 +265,6 @@ impl ProxyConfig {
 /// own default instead of pinning today's.
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
-}
-
-fn one_line(s: &str) -> String {
-    s.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

@@ -102,14 +102,14 @@ impl IdentityWatch {
     ) -> Result<(), IdentityError> {
         let svid = choose(&resp.svids, service).ok_or(IdentityError::NoSvid)?;
         let bad = |e: &dyn std::fmt::Display| IdentityError::BadSvid(e.to_string());
-        let chain = agentmesh_ca::split_der_certs(&svid.x509_svid).map_err(|e| bad(&e))?;
+        let chain = agentmesh_tls::split_der_certs(&svid.x509_svid).map_err(|e| bad(&e))?;
         let id: SpiffeId = svid.spiffe_id.parse().map_err(|e| bad(&e))?;
         let creds = SvidCredentials::from_der(&chain, &svid.x509_svid_key).map_err(|e| bad(&e))?;
-        let (_, not_after) = agentmesh_ca::cert_validity(&chain[0]).map_err(|e| bad(&e))?;
-        let serial = agentmesh_ca::cert_serial_hex(&chain[0]).map_err(|e| bad(&e))?;
-        let mut roots = agentmesh_ca::split_der_certs(&svid.bundle).map_err(|e| bad(&e))?;
+        let (_, not_after) = agentmesh_tls::cert_validity(&chain[0]).map_err(|e| bad(&e))?;
+        let serial = agentmesh_tls::cert_serial_hex(&chain[0]).map_err(|e| bad(&e))?;
+        let mut roots = agentmesh_tls::split_der_certs(&svid.bundle).map_err(|e| bad(&e))?;
         for der in resp.federated_bundles.values() {
-            roots.extend(agentmesh_ca::split_der_certs(der).map_err(|e| bad(&e))?);
+            roots.extend(agentmesh_tls::split_der_certs(der).map_err(|e| bad(&e))?);
         }
         let roots: Vec<CertificateDer<'static>> =
             roots.into_iter().map(CertificateDer::from).collect();

@@ -144,7 +144,7 @@ impl MtlsStream {
     /// ```
     pub fn peer_serial(&self) -> Option<String> {
         let leaf = self.io.inner().get_ref().1.peer_certificates()?.first()?;
-        agentmesh_ca::cert_serial_hex(leaf).ok()
+        agentmesh_tls::cert_serial_hex(leaf).ok()
     }
 }
 

@@ -138,7 +138,7 @@ fn sign_input(svid: &Svid, input: &str) -> Result<String, JwsError> {
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &svid.key_pkcs8, &rng)
         .map_err(|e| JwsError::Key(format!("not a p-256 pkcs#8 key ({e})")))?;
     // Low-S, so a strict verifier elsewhere accepts our links and signed answers.
-    let sig = agentmesh_ca::ecdsa::sign_p256_low_s(&pair, input.as_bytes())
+    let sig = agentmesh_tls::ecdsa::sign_p256_low_s(&pair, input.as_bytes())
         .map_err(|e| JwsError::Key(e.to_string()))?;
     Ok(URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }
@@ -319,15 +319,15 @@ pub fn verify_with(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| JwsError::Malformed(format!("x5c entry is not base64: {e}")))?;
     let leaf = &chain[0];
-    let serial = agentmesh_ca::cert_serial_hex(leaf)
+    let serial = agentmesh_tls::cert_serial_hex(leaf)
         .map_err(|e| JwsError::Malformed(format!("x5c leaf: {e}")))?;
-    let (not_before, not_after) = agentmesh_ca::cert_validity(leaf)
+    let (not_before, not_after) = agentmesh_tls::cert_validity(leaf)
         .map_err(|e| JwsError::Malformed(format!("x5c leaf: {e}")))?;
     if now < not_before || now > not_after {
         return Err(JwsError::SignerExpired { serial });
     }
     let roots: Vec<Vec<u8>> = roots.iter().map(|r| r.to_vec()).collect();
-    let signer = agentmesh_ca::verify_chain(&chain, &roots, now)
+    let signer = agentmesh_tls::verify_chain(&chain, &roots, now)
         .map_err(|e| JwsError::UntrustedChain(e.to_string()))?;
     signers.authorize(&signer).map_err(JwsError::WrongSigner)?;
 

@@ -122,8 +122,8 @@ impl Svid {
         let creds = SvidCredentials::from_der(chain, pkcs8_key).map_err(|e| bad(&e))?;
         let leaf = &chain[0];
         let id = agentmesh_tls::spiffe_id_from_cert(leaf).map_err(|e| bad(&e))?;
-        let (_, not_after) = agentmesh_ca::cert_validity(leaf).map_err(|e| bad(&e))?;
-        let serial = agentmesh_ca::cert_serial_hex(leaf).map_err(|e| bad(&e))?;
+        let (_, not_after) = agentmesh_tls::cert_validity(leaf).map_err(|e| bad(&e))?;
+        let serial = agentmesh_tls::cert_serial_hex(leaf).map_err(|e| bad(&e))?;
         Ok(Self {
             id,
             chain: creds.chain,
@@ -252,11 +252,11 @@ fn parse_response(
             })?,
     };
     let bad = |e: &dyn fmt::Display| SourceError::BadSvid(e.to_string());
-    let chain = agentmesh_ca::split_der_certs(&svid.x509_svid).map_err(|e| bad(&e))?;
+    let chain = agentmesh_tls::split_der_certs(&svid.x509_svid).map_err(|e| bad(&e))?;
     let parsed = Svid::from_der(&chain, &svid.x509_svid_key)?;
-    let mut roots = agentmesh_ca::split_der_certs(&svid.bundle).map_err(|e| bad(&e))?;
+    let mut roots = agentmesh_tls::split_der_certs(&svid.bundle).map_err(|e| bad(&e))?;
     for der in resp.federated_bundles.values() {
-        roots.extend(agentmesh_ca::split_der_certs(der).map_err(|e| bad(&e))?);
+        roots.extend(agentmesh_tls::split_der_certs(der).map_err(|e| bad(&e))?);
     }
     Ok((
         parsed,

@@ -396,7 +396,7 @@ impl TestIssuer {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let sig = agentmesh_ca::ecdsa::sign_p256_low_s(&key.pair, input.as_bytes())
+        let sig = agentmesh_tls::ecdsa::sign_p256_low_s(&key.pair, input.as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }

@@ -22,9 +22,12 @@ pub enum CaManagerError {
     /// The datastore failed.
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
-    /// Minting or parsing failed.
+    /// Minting failed.
     #[error("ca: {0}")]
     Ca(#[from] agentmesh_ca::CaError),
+    /// A stored certificate could not be read; same prefix as before the parsing moved out.
+    #[error("ca: {0}")]
+    Cert(#[from] agentmesh_tls::CertError),
     /// A key could not be generated, read or written.
     #[error("ca key: {0}")]
     Key(#[from] agentmesh_ca::KeyError),
@@ -238,14 +241,14 @@ impl CaManager {
             .collect();
         let mut parent = String::new();
         for root in &signed.roots {
-            let serial = agentmesh_ca::cert_serial_hex(root)?;
+            let serial = agentmesh_tls::cert_serial_hex(root)?;
             if parent.is_empty() {
                 parent = serial.clone();
             }
             if known.contains(root) {
                 continue;
             }
-            let (not_before, not_after) = agentmesh_ca::cert_validity(root)?;
+            let (not_before, not_after) = agentmesh_tls::cert_validity(root)?;
             ds.add_ca(&CaRow {
                 kind: UPSTREAM_ROOT.into(),
                 id: serial.clone(),
@@ -257,8 +260,8 @@ impl CaManager {
             })?;
             tracing::info!(serial = %serial, "the upstream authority's root joined the trust bundle");
         }
-        let serial = agentmesh_ca::cert_serial_hex(&signed.cert_der)?;
-        let (_, not_after) = agentmesh_ca::cert_validity(&signed.cert_der)?;
+        let serial = agentmesh_tls::cert_serial_hex(&signed.cert_der)?;
+        let (_, not_after) = agentmesh_tls::cert_validity(&signed.cert_der)?;
         let row = CaRow {
             kind: "intermediate".into(),
             id: serial.clone(),
@@ -341,7 +344,7 @@ impl CaManager {
             let roots = valid(ds.list_ca(UPSTREAM_ROOT)?);
             let row = Self::upstream_intermediate(ds, now)?
                 .ok_or(CaManagerError::NoUpstreamIntermediate)?;
-            let mut certs = agentmesh_ca::split_der_certs(&row.cert_der)?;
+            let mut certs = agentmesh_tls::split_der_certs(&row.cert_der)?;
             let tail = certs.split_off(1.min(certs.len()));
             let cert = certs.pop().ok_or(CaManagerError::NoUpstreamIntermediate)?;
             let authority =
@@ -487,8 +490,8 @@ impl CaManager {
         key_der: Vec<u8>,
         parent: &str,
     ) -> Result<CaRow, CaManagerError> {
-        let serial = agentmesh_ca::cert_serial_hex(cert)?;
-        let (not_before, not_after) = agentmesh_ca::cert_validity(cert)?;
+        let serial = agentmesh_tls::cert_serial_hex(cert)?;
+        let (not_before, not_after) = agentmesh_tls::cert_validity(cert)?;
         let row = CaRow {
             kind: kind.into(),
             id: serial.clone(),
@@ -564,7 +567,7 @@ mod tests {
         assert_eq!(first.roots, second.roots);
         // ... and an SVID from the old intermediate still verifies while it is valid.
         let at = t0 + Duration::from_secs(52);
-        agentmesh_ca::verify_chain(&old_svid.chain, &second.roots, at).unwrap();
+        agentmesh_tls::verify_chain(&old_svid.chain, &second.roots, at).unwrap();
 
         // A restart loads the same state instead of making a new CA.
         drop(ca);
@@ -585,7 +588,7 @@ mod tests {
             .authority
             .mint_x509_svid(&id, &pk, Duration::from_secs(5), &[], at)
             .unwrap();
-        agentmesh_ca::verify_chain(&svid.chain, roots, at).is_ok()
+        agentmesh_tls::verify_chain(&svid.chain, roots, at).is_ok()
     }
 
     #[test]

@@ -185,7 +185,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     };
     let first_root = ca.current().roots.first().cloned().unwrap_or_default();
-    if let Ok(root_id) = agentmesh_ca::cert_spiffe_id(&first_root)
+    if let Ok(root_id) = agentmesh_tls::cert_spiffe_id(&first_root)
         && root_id.trust_domain() != &cfg.trust_domain
     {
         return Err(ServerError::TrustDomainMismatch {

@@ -339,7 +339,7 @@ fn check_signed(
     let probe = authority
         .mint_x509_svid(&probe_id, &pk, Duration::from_secs(60), &[], now)
         .map_err(|e| bad(e.to_string()))?;
-    agentmesh_ca::verify_chain(&probe.chain, &roots, now).map_err(|e| {
+    agentmesh_tls::verify_chain(&probe.chain, &roots, now).map_err(|e| {
         bad(format!(
             "a test SVID does not verify up to OpenBao's root: {e}"
         ))

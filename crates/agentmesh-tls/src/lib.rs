@@ -10,9 +10,11 @@
 pub mod authorize;
 pub mod config;
 pub mod credentials;
+pub mod ecdsa;
 pub mod peer;
 pub mod pem;
 pub mod verifier;
+pub mod x509;
 
 pub use authorize::{AuthorizeError, Authorizer, any_id, exact, from_fn, member_of};
 pub use config::{
@@ -22,6 +24,9 @@ pub use config::{
 pub use credentials::{CredentialsError, SvidCredentials};
 pub use peer::{PeerError, peer_identity, peer_spiffe_id, spiffe_id_from_cert};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
+pub use x509::{
+    CertError, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs, verify_chain,
+};
 
 /// The one crypto provider the mesh uses, built fresh so the process default never leaks in.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

@@ -134,7 +134,7 @@ fn assert_conformant(chain: &[Vec<u8>], want_id: &str, ttl: Duration) {
 }
 
 fn serial(der: &[u8]) -> String {
-    agentmesh_ca::cert_serial_hex(der).expect("serial")
+    agentmesh_tls::cert_serial_hex(der).expect("serial")
 }
 
 // === tests ===
@@ -393,7 +393,7 @@ async fn with_the_server_killed_workloads_still_fetch_and_rotation_resumes() {
             .expect("source alive");
         let svid = source.svid().expect("svid");
         let (not_before, _) =
-            agentmesh_ca::cert_validity(svid.leaf().as_bytes()).expect("validity");
+            agentmesh_tls::cert_validity(svid.leaf().as_bytes()).expect("validity");
         // notBefore has one-second precision.
         if not_before + Duration::from_secs(1) >= restarted_at {
             assert_eq!(svid.spiffe_id().to_string(), id);

@@ -87,9 +87,9 @@ async fn own_svids(mesh: &Mesh, want: usize) -> Vec<(String, Vec<Vec<u8>>, Vec<u
                 .map(|s| {
                     (
                         s.spiffe_id.clone(),
-                        agentmesh_ca::split_der_certs(&s.x509_svid).expect("chain"),
+                        agentmesh_tls::split_der_certs(&s.x509_svid).expect("chain"),
                         s.x509_svid_key.clone(),
-                        agentmesh_ca::split_der_certs(&s.bundle).expect("bundle"),
+                        agentmesh_tls::split_der_certs(&s.bundle).expect("bundle"),
                     )
                 })
                 .collect();

@@ -580,8 +580,8 @@ async fn own_svid(mesh: &Mesh) -> (Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>) {
             && let Ok(Some(msg)) = resp.into_inner().message().await
             && let Some(s) = msg.svids.first()
         {
-            let chain = agentmesh_ca::split_der_certs(&s.x509_svid).expect("chain");
-            let bundle = agentmesh_ca::split_der_certs(&s.bundle).expect("bundle");
+            let chain = agentmesh_tls::split_der_certs(&s.x509_svid).expect("chain");
+            let bundle = agentmesh_tls::split_der_certs(&s.bundle).expect("bundle");
             return (chain, s.x509_svid_key.clone(), bundle);
         }
         assert!(Instant::now() < deadline, "the test process got no SVID");

@@ -10,6 +10,7 @@ use super::*;
 use crate::csr::CsrPublicKey;
 use crate::keys::PrivateKey;
 use crate::pem_encode;
+use agentmesh_tls::x509::{cert_serial_hex, cert_spiffe_id, cert_validity, verify_chain};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -336,17 +337,17 @@ fn verify_chain_refuses_bad_chains() {
     // A chain from another root.
     let other = ca_with(30 * DAY, now);
     let err = verify_chain(&svid.chain, std::slice::from_ref(&other.root_der), now).unwrap_err();
-    assert!(matches!(err, CaError::UntrustedRoot(..)), "{err}");
+    assert!(matches!(err, CertError::UntrustedRoot(..)), "{err}");
 
     // Expired leaf.
     let err = verify_chain(&svid.chain, roots, now + 2 * HOUR).unwrap_err();
     assert!(
-        matches!(&err, CaError::NotValidNow { what, .. } if what == "chain[0]"),
+        matches!(&err, CertError::NotValidNow { what, .. } if what == "chain[0]"),
         "{err}"
     );
     // Not yet valid.
     let err = verify_chain(&svid.chain, roots, now - HOUR).unwrap_err();
-    assert!(matches!(err, CaError::NotValidNow { .. }), "{err}");
+    assert!(matches!(err, CertError::NotValidNow { .. }), "{err}");
 
     // A leaf signed by a different intermediate of the same root.
     let key_b = PrivateKey::generate().unwrap();
@@ -358,19 +359,19 @@ fn verify_chain_refuses_bad_chains() {
     verify_chain(&svid_b.chain, roots, now).unwrap();
     let spliced = vec![svid_b.chain[0].clone(), svid.chain[1].clone()];
     let err = verify_chain(&spliced, roots, now).unwrap_err();
-    assert!(matches!(err, CaError::BadChainSignature { .. }), "{err}");
+    assert!(matches!(err, CertError::BadChainSignature { .. }), "{err}");
 
     // A CA certificate presented as the leaf.
     let err = verify_chain(std::slice::from_ref(&ca.inter_der), roots, now).unwrap_err();
-    assert!(matches!(err, CaError::Profile { .. }), "{err}");
+    assert!(matches!(err, CertError::Profile { .. }), "{err}");
 
     assert!(matches!(
         verify_chain(&[], roots, now),
-        Err(CaError::EmptyChain)
+        Err(CertError::EmptyChain)
     ));
     assert!(matches!(
         verify_chain(&[b"junk".to_vec()], roots, now),
-        Err(CaError::ParseCert { .. })
+        Err(CertError::ParseCert { .. })
     ));
 }
 
@@ -381,7 +382,7 @@ fn cert_spiffe_id_needs_exactly_one_uri_san() {
     let none = params.self_signed(&key).unwrap();
     assert!(matches!(
         cert_spiffe_id(none.der()),
-        Err(CaError::NoUriSan(_))
+        Err(CertError::NoUriSan(_))
     ));
     params.subject_alt_names = vec![
         uri_san("spiffe://agentmesh.test/a".into()).unwrap(),
@@ -390,13 +391,13 @@ fn cert_spiffe_id_needs_exactly_one_uri_san() {
     let two = params.self_signed(&key).unwrap();
     assert!(matches!(
         cert_spiffe_id(two.der()),
-        Err(CaError::MultipleUriSans { count: 2, .. })
+        Err(CertError::MultipleUriSans { count: 2, .. })
     ));
     params.subject_alt_names = vec![uri_san("https://example.test/".into()).unwrap()];
     let bad = params.self_signed(&key).unwrap();
     assert!(matches!(
         cert_spiffe_id(bad.der()),
-        Err(CaError::BadSpiffeId { .. })
+        Err(CertError::BadSpiffeId { .. })
     ));
 }
 

@@ -189,11 +189,11 @@ fn unix_secs(t: SystemTime) -> i64 {
 
 fn summarize(der: &[u8]) -> CertSummary {
     CertSummary {
-        spiffe_id: agentmesh_ca::cert_spiffe_id(der)
+        spiffe_id: agentmesh_tls::cert_spiffe_id(der)
             .ok()
             .map(|i| i.to_string()),
-        serial: agentmesh_ca::cert_serial_hex(der).unwrap_or_default(),
-        not_after: agentmesh_ca::cert_validity(der)
+        serial: agentmesh_tls::cert_serial_hex(der).unwrap_or_default(),
+        not_after: agentmesh_tls::cert_validity(der)
             .map(|(_, na)| unix_secs(na))
             .unwrap_or_default(),
     }

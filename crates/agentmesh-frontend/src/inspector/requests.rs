@@ -66,11 +66,11 @@ pub fn decode(jws: &str) -> Result<Decoded, RequestError> {
         claims,
         signer: leaf
             .as_deref()
-            .and_then(|d| agentmesh_ca::cert_spiffe_id(d).ok())
+            .and_then(|d| agentmesh_tls::cert_spiffe_id(d).ok())
             .map(|i| i.to_string()),
         signer_serial: leaf
             .as_deref()
-            .and_then(|d| agentmesh_ca::cert_serial_hex(d).ok()),
+            .and_then(|d| agentmesh_tls::cert_serial_hex(d).ok()),
     })
 }
 

@@ -406,12 +406,12 @@ mod tests {
         let token = idp.sign(&claims());
         let (input, sig) = token.rsplit_once('.').unwrap();
         let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
-        let high = if agentmesh_ca::ecdsa::is_low_s(&sig) {
-            agentmesh_ca::ecdsa::mirror_s(&sig).unwrap().to_vec()
+        let high = if agentmesh_tls::ecdsa::is_low_s(&sig) {
+            agentmesh_tls::ecdsa::mirror_s(&sig).unwrap().to_vec()
         } else {
             sig
         };
-        assert!(!agentmesh_ca::ecdsa::is_low_s(&high));
+        assert!(!agentmesh_tls::ecdsa::is_low_s(&high));
         let high_token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&high));
         let c = verify(&high_token, &idp.jwks(), WANT, SystemTime::now()).unwrap();
         assert_eq!(c.sub, "alice");

@@ -572,7 +572,7 @@ fn our_links_and_tokens_are_low_s() {
             let sig = URL_SAFE_NO_PAD
                 .decode(jws.rsplit('.').next().unwrap())
                 .unwrap();
-            assert!(agentmesh_ca::ecdsa::is_low_s(&sig), "{jws}");
+            assert!(agentmesh_tls::ecdsa::is_low_s(&sig), "{jws}");
         }
     }
 }
@@ -580,7 +580,7 @@ fn our_links_and_tokens_are_low_s() {
 /// The token with its signature's malleated twin `(r, n - s)`: the same claims, other bytes.
 fn malleated(token: &str) -> String {
     let (input, sig) = token.rsplit_once('.').unwrap();
-    let twin = agentmesh_ca::ecdsa::mirror_s(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+    let twin = agentmesh_tls::ecdsa::mirror_s(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(twin))
 }
 

@@ -17,8 +17,8 @@
 //! let rng = SystemRandom::new();
 //! let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
 //! let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap();
-//! let sig = agentmesh_ca::ecdsa::sign_p256_low_s(&pair, b"hello").unwrap();
-//! assert!(agentmesh_ca::ecdsa::is_low_s(&sig));
+//! let sig = agentmesh_tls::ecdsa::sign_p256_low_s(&pair, b"hello").unwrap();
+//! assert!(agentmesh_tls::ecdsa::is_low_s(&sig));
 //! UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pair.public_key().as_ref())
 //!     .verify(b"hello", &sig).unwrap();
 //! ```
@@ -87,7 +87,7 @@ fn s_of(sig: &[u8]) -> Result<[u8; 32], EcdsaError> {
 /// ```
 /// let mut sig = [0u8; 64];
 /// sig[63] = 1;
-/// assert!(agentmesh_ca::ecdsa::is_low_s(&sig));
+/// assert!(agentmesh_tls::ecdsa::is_low_s(&sig));
 /// ```
 pub fn is_low_s(sig: &[u8]) -> bool {
     // Big-endian byte arrays of equal length compare like the numbers they hold.
@@ -104,9 +104,9 @@ pub fn is_low_s(sig: &[u8]) -> bool {
 /// ```
 /// let mut sig = [0u8; 64];
 /// sig[63] = 1;
-/// let twin = agentmesh_ca::ecdsa::mirror_s(&sig).unwrap();
-/// assert!(!agentmesh_ca::ecdsa::is_low_s(&twin));
-/// assert_eq!(agentmesh_ca::ecdsa::mirror_s(&twin).unwrap(), sig);
+/// let twin = agentmesh_tls::ecdsa::mirror_s(&sig).unwrap();
+/// assert!(!agentmesh_tls::ecdsa::is_low_s(&twin));
+/// assert_eq!(agentmesh_tls::ecdsa::mirror_s(&twin).unwrap(), sig);
 /// ```
 pub fn mirror_s(sig: &[u8]) -> Result<[u8; P256_FIXED_SIGNATURE_LEN], EcdsaError> {
     let s = s_of(sig)?;
@@ -124,9 +124,9 @@ pub fn mirror_s(sig: &[u8]) -> Result<[u8; P256_FIXED_SIGNATURE_LEN], EcdsaError
 /// # Examples
 /// ```
 /// let mut high = [0u8; 64];
-/// high[32..].copy_from_slice(&agentmesh_ca::ecdsa::P256_ORDER);
+/// high[32..].copy_from_slice(&agentmesh_tls::ecdsa::P256_ORDER);
 /// high[63] -= 1; // s = n - 1
-/// let low = agentmesh_ca::ecdsa::to_low_s(&high).unwrap();
+/// let low = agentmesh_tls::ecdsa::to_low_s(&high).unwrap();
 /// assert_eq!(low[63], 1);
 /// ```
 pub fn to_low_s(sig: &[u8]) -> Result<[u8; P256_FIXED_SIGNATURE_LEN], EcdsaError> {
