@@ -120,50 +120,7 @@ const ATTEST_PATIENCE: Duration = Duration::from_secs(15);
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     agentmesh_proto::unix::create_private_dir(&cfg.data_dir)
         .map_err(|e| NodeError::DataDir(cfg.data_dir.clone(), e))?;
-    let mut roots = read_roots(&cfg.trust_bundle)?;
-    // A bundle stored by an earlier run may know roots the operator's file does not yet.
-    if let Ok(text) = std::fs::read_to_string(cfg.data_dir.join("bundle.pem"))
-        && let Ok(stored) = agentmesh_ca::pem_decode_all(&text, "CERTIFICATE")
-    {
-        for r in stored {
-            if !roots.contains(&r) {
-                roots.push(r);
-            }
-        }
-    }
-    let td = match &cfg.trust_domain {
-        Some(td) => td.clone(),
-        None => roots
-            .iter()
-            .find_map(|r| agentmesh_tls::cert_spiffe_id(r).ok())
-            .map(|id| id.trust_domain().clone())
-            .ok_or_else(|| {
-                NodeError::TrustBundle(
-                    cfg.trust_bundle.clone(),
-                    "no root carries a SPIFFE ID (an upstream CA's root, such as OpenBao's, does not); pass --trust-domain".to_owned(),
-                )
-            })?,
-    };
-    let server_id = SpiffeId::from_path(&td, "/agentmesh/server")
-        .unwrap_or_else(|_| unreachable!("a constant, valid path"));
-
-    let node_svid = match NodeSvid::load(&cfg.data_dir, &roots) {
-        Some(svid) => {
-            tracing::info!(node = %svid.spiffe_id, "reusing the stored node SVID; no join token needed");
-            svid
-        }
-        None => {
-            let token = cfg
-                .join_token
-                .as_deref()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| NodeError::NeedJoinToken(cfg.data_dir.clone()))?;
-            let svid = attest(&cfg.server, token, &roots, &server_id).await?;
-            svid.store(&cfg.data_dir)?;
-            tracing::info!(node = %svid.spiffe_id, "attested with a join token");
-            svid
-        }
-    };
+    let (roots, server_id, node_svid) = node_identity(&cfg).await?;
 
     let manager = Manager::new(
         cfg.data_dir.clone(),
@@ -248,6 +205,58 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         stop,
         tasks,
     })
+}
+
+/// The roots this node trusts (the operator's bundle and any stored later), the server's
+/// SPIFFE ID, and the node's own SVID: the stored one if still good, else one bought with the
+/// join token.
+async fn node_identity(cfg: &NodeConfig) -> Result<(Vec<Vec<u8>>, SpiffeId, NodeSvid), NodeError> {
+    let mut roots = read_roots(&cfg.trust_bundle)?;
+    // A bundle stored by an earlier run may know roots the operator's file does not yet.
+    if let Ok(text) = std::fs::read_to_string(cfg.data_dir.join("bundle.pem"))
+        && let Ok(stored) = agentmesh_ca::pem_decode_all(&text, "CERTIFICATE")
+    {
+        for r in stored {
+            if !roots.contains(&r) {
+                roots.push(r);
+            }
+        }
+    }
+    let td = match &cfg.trust_domain {
+        Some(td) => td.clone(),
+        None => roots
+            .iter()
+            .find_map(|r| agentmesh_tls::cert_spiffe_id(r).ok())
+            .map(|id| id.trust_domain().clone())
+            .ok_or_else(|| {
+                NodeError::TrustBundle(
+                    cfg.trust_bundle.clone(),
+                    "no root carries a SPIFFE ID (an upstream CA's root, such as OpenBao's, does not); pass --trust-domain".to_owned(),
+                )
+            })?,
+    };
+    let server_id = SpiffeId::from_path(&td, "/agentmesh/server")
+        .unwrap_or_else(|_| unreachable!("a constant, valid path"));
+
+    let node_svid = match NodeSvid::load(&cfg.data_dir, &roots) {
+        Some(svid) => {
+            tracing::info!(node = %svid.spiffe_id, "reusing the stored node SVID; no join token needed");
+            svid
+        }
+        None => {
+            let token = cfg
+                .join_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| NodeError::NeedJoinToken(cfg.data_dir.clone()))?;
+            let svid = attest(&cfg.server, token, &roots, &server_id).await?;
+            svid.store(&cfg.data_dir)?;
+            tracing::info!(node = %svid.spiffe_id, "attested with a join token");
+            svid
+        }
+    };
+
+    Ok((roots, server_id, node_svid))
 }
 
 async fn attest(

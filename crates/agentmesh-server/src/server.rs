@@ -2,7 +2,7 @@
 //! socket and the rotation loop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -135,65 +135,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .transpose()?;
     let db_path = cfg.data_dir.join("server.db");
     let keys_dir = cfg.data_dir.join("keys");
-    // A new data dir with an upstream: have OpenBao sign first, so a bad address, role or
-    // mount leaves nothing behind.
-    let mut signed = None;
-    if let Some(up) = &upstream
-        && !db_path.exists()
-    {
-        signed = Some(up.sign(&cfg.trust_domain, cfg.ca.intermediate).await?);
-    }
-    agentmesh_proto::unix::create_private_dir(&cfg.data_dir)
-        .map_err(|e| ServerError::DataDir(cfg.data_dir.clone(), e))?;
-    let datastore = Arc::new(Datastore::open(&db_path)?);
-    let now = SystemTime::now();
-    let ca = match &upstream {
-        None => CaManager::load_or_init(
-            cfg.trust_domain.clone(),
-            keys_dir.clone(),
-            datastore.clone(),
-            cfg.ca,
-            now,
-        )?,
-        Some(up) => {
-            // A restart reuses a stored intermediate that still has more than half its life,
-            // so the server can start while OpenBao is down.
-            let (due, left) = CaManager::upstream_due(&datastore, now)?;
-            if signed.is_none() && due {
-                match up.sign(&cfg.trust_domain, cfg.ca.intermediate).await {
-                    Ok(s) => signed = Some(s),
-                    // A stored intermediate that is past half its life still signs; the
-                    // rotation loop keeps trying OpenBao.
-                    Err(e) if e.is_unreachable() && left.is_some() => {
-                        let left = humantime::format_duration(left.unwrap_or_default());
-                        tracing::warn!(error = %e, intermediate_remaining = %left, "OpenBao did not sign a new intermediate; still issuing from the current one, which expires in {left}");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if let Some(s) = &signed {
-                CaManager::store_upstream(&datastore, &keys_dir, s)?;
-            }
-            tracing::info!(address = %up.address(), pki_mount = %up.pki_mount(), "the intermediate CA is signed by OpenBao; its root key never leaves OpenBao");
-            CaManager::load_upstream(
-                cfg.trust_domain.clone(),
-                keys_dir.clone(),
-                datastore.clone(),
-                cfg.ca,
-                now,
-            )?
-        }
-    };
-    let first_root = ca.current().roots.first().cloned().unwrap_or_default();
-    if let Ok(root_id) = agentmesh_tls::cert_spiffe_id(&first_root)
-        && root_id.trust_domain() != &cfg.trust_domain
-    {
-        return Err(ServerError::TrustDomainMismatch {
-            dir: cfg.data_dir.clone(),
-            found: root_id.trust_domain().to_string(),
-            wanted: cfg.trust_domain.to_string(),
-        });
-    }
+    let (datastore, ca) = open_ca(&cfg, upstream.as_ref(), &db_path, &keys_dir).await?;
     let (entries_changed, _) = watch::channel(0);
     let revision_base = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -210,7 +152,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     // The server's own identity for the node API.
     let server_id = SpiffeId::from_path(&cfg.trust_domain, SERVER_PATH)
         .unwrap_or_else(|_| unreachable!("a constant, valid path"));
-    let (creds, mut server_svid_renew_at) = mint_server_svid(&state, &server_id)?;
+    let (creds, server_svid_renew_at) = mint_server_svid(&state, &server_id)?;
     let rotating = Arc::new(RotatingCert::new(&creds)?);
     let tls: SharedTlsConfig = Arc::new(RwLock::new(tls_config(&state, &rotating)?));
 
@@ -286,36 +228,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     }
 
     // Rotation: the CA's keys, the bundle the TLS listener trusts, and our own certificate.
-    let loop_state = state.clone();
-    let mut rx = stop_rx;
-    tasks.push(tokio::spawn(async move {
-        let mut bundle_rx = loop_state.ca.subscribe();
-        loop {
-            tokio::select! {
-                _ = rx.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(ROTATION_TICK) => {}
-            }
-            let now = SystemTime::now();
-            if let Err(e) = loop_state.ca.rotate_if_due(now) {
-                tracing::error!(error = %e, "CA rotation failed; still issuing from the current intermediate");
-            }
-            if bundle_rx.has_changed().unwrap_or(false) {
-                bundle_rx.mark_unchanged();
-                match tls_config(&loop_state, &rotating) {
-                    Ok(c) => *tls.write().unwrap_or_else(|e| e.into_inner()) = c,
-                    Err(e) => tracing::error!(error = %e, "rebuilding the TLS config failed"),
-                }
-            }
-            if now >= server_svid_renew_at {
-                match mint_server_svid(&loop_state, &server_id)
-                    .and_then(|(c, at)| Ok((rotating.update(&c)?, at)))
-                {
-                    Ok(((), at)) => server_svid_renew_at = at,
-                    Err(e) => tracing::error!(error = %e, "renewing the server certificate failed"),
-                }
-            }
-        }
-    }));
+    tasks.push(tokio::spawn(rotation_loop(
+        state.clone(),
+        rotating,
+        tls,
+        server_id,
+        server_svid_renew_at,
+        stop_rx,
+    )));
 
     tracing::info!(
         trust_domain = %cfg.trust_domain,
@@ -331,6 +251,114 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         stop,
         tasks,
     })
+}
+
+/// Opens the datastore and the CA: a new one, a stored one, or (with an upstream) one whose
+/// intermediate OpenBao signs, and refuses a data dir of another trust domain.
+async fn open_ca(
+    cfg: &ServerConfig,
+    upstream: Option<&UpstreamAuthority>,
+    db_path: &Path,
+    keys_dir: &Path,
+) -> Result<(Arc<Datastore>, CaManager), ServerError> {
+    // A new data dir with an upstream: have OpenBao sign first, so a bad address, role or
+    // mount leaves nothing behind.
+    let mut signed = None;
+    if let Some(up) = upstream
+        && !db_path.exists()
+    {
+        signed = Some(up.sign(&cfg.trust_domain, cfg.ca.intermediate).await?);
+    }
+    agentmesh_proto::unix::create_private_dir(&cfg.data_dir)
+        .map_err(|e| ServerError::DataDir(cfg.data_dir.clone(), e))?;
+    let datastore = Arc::new(Datastore::open(db_path)?);
+    let now = SystemTime::now();
+    let ca = match upstream {
+        None => CaManager::load_or_init(
+            cfg.trust_domain.clone(),
+            keys_dir.to_owned(),
+            datastore.clone(),
+            cfg.ca,
+            now,
+        )?,
+        Some(up) => {
+            // A restart reuses a stored intermediate that still has more than half its life,
+            // so the server can start while OpenBao is down.
+            let (due, left) = CaManager::upstream_due(&datastore, now)?;
+            if signed.is_none() && due {
+                match up.sign(&cfg.trust_domain, cfg.ca.intermediate).await {
+                    Ok(s) => signed = Some(s),
+                    // A stored intermediate that is past half its life still signs; the
+                    // rotation loop keeps trying OpenBao.
+                    Err(e) if e.is_unreachable() && left.is_some() => {
+                        let left = humantime::format_duration(left.unwrap_or_default());
+                        tracing::warn!(error = %e, intermediate_remaining = %left, "OpenBao did not sign a new intermediate; still issuing from the current one, which expires in {left}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(s) = &signed {
+                CaManager::store_upstream(&datastore, keys_dir, s)?;
+            }
+            tracing::info!(address = %up.address(), pki_mount = %up.pki_mount(), "the intermediate CA is signed by OpenBao; its root key never leaves OpenBao");
+            CaManager::load_upstream(
+                cfg.trust_domain.clone(),
+                keys_dir.to_owned(),
+                datastore.clone(),
+                cfg.ca,
+                now,
+            )?
+        }
+    };
+    let first_root = ca.current().roots.first().cloned().unwrap_or_default();
+    if let Ok(root_id) = agentmesh_tls::cert_spiffe_id(&first_root)
+        && root_id.trust_domain() != &cfg.trust_domain
+    {
+        return Err(ServerError::TrustDomainMismatch {
+            dir: cfg.data_dir.clone(),
+            found: root_id.trust_domain().to_string(),
+            wanted: cfg.trust_domain.to_string(),
+        });
+    }
+    Ok((datastore, ca))
+}
+
+/// Every [`ROTATION_TICK`]: rotates the CA's keys when due, rebuilds the node API's TLS config
+/// when the bundle changed, and renews the server's own certificate, until `stop`.
+async fn rotation_loop(
+    state: Arc<ServerState>,
+    rotating: Arc<RotatingCert>,
+    tls: SharedTlsConfig,
+    server_id: SpiffeId,
+    mut server_svid_renew_at: SystemTime,
+    mut rx: watch::Receiver<bool>,
+) {
+    let mut bundle_rx = state.ca.subscribe();
+    loop {
+        tokio::select! {
+            _ = rx.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(ROTATION_TICK) => {}
+        }
+        let now = SystemTime::now();
+        if let Err(e) = state.ca.rotate_if_due(now) {
+            tracing::error!(error = %e, "CA rotation failed; still issuing from the current intermediate");
+        }
+        if bundle_rx.has_changed().unwrap_or(false) {
+            bundle_rx.mark_unchanged();
+            match tls_config(&state, &rotating) {
+                Ok(c) => *tls.write().unwrap_or_else(|e| e.into_inner()) = c,
+                Err(e) => tracing::error!(error = %e, "rebuilding the TLS config failed"),
+            }
+        }
+        if now >= server_svid_renew_at {
+            match mint_server_svid(&state, &server_id)
+                .and_then(|(c, at)| Ok((rotating.update(&c)?, at)))
+            {
+                Ok(((), at)) => server_svid_renew_at = at,
+                Err(e) => tracing::error!(error = %e, "renewing the server certificate failed"),
+            }
+        }
+    }
 }
 
 /// First retry after a failed upstream signing; doubles up to [`UPSTREAM_BACKOFF_MAX`].
