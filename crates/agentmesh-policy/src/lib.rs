@@ -1,4 +1,6 @@
-//! Intentions: which source may reach which destination, at L4 and per HTTP request.
+//! agentmesh-policy: deciding intentions, i.e. which source may reach which destination, at L4
+//! and per HTTP request. Not for networking, I/O, storage or certificates: callers hand it
+//! intentions and requests, it hands back decisions.
 //!
 //! The crate has no networking, so the server (which validates and stores intentions), the
 //! proxy (which enforces them) and `agentmesh intention check` (which explains them) all decide
@@ -6,9 +8,9 @@
 //! form the app will see ([`normalize_path`]), and header rules read every value of a header.
 #![forbid(unsafe_code)]
 
-pub mod evaluate;
-pub mod intention;
-pub mod normalize;
+mod evaluate;
+mod intention;
+mod normalize;
 
 pub use evaluate::{Decision, HttpRequest, PolicySet};
 pub use intention::{
