@@ -1,5 +1,7 @@
-//! End-to-end tracing for agentmesh: the W3C trace context every hop carries in
-//! `traceparent`, OpenTelemetry spans, and a batched OTLP/HTTP exporter.
+//! agentmesh-telemetry: end-to-end tracing for agentmesh: the W3C trace context every hop
+//! carries in `traceparent`, OpenTelemetry spans, a batched OTLP/HTTP exporter, the live
+//! decisions feed and the RFC 3339 timestamps of log lines. Not for deciding anything,
+//! metrics or log formatting: it records and ships what the components tell it.
 //!
 //! Every component (the proxy, the gateway, the AI agents) records one span per request it
 //! handles and one per call it makes. Each span continues the incoming `traceparent` (the
@@ -57,16 +59,27 @@
 //! The attribute names agentmesh uses are the constants in [`attr`].
 #![forbid(unsafe_code)]
 
+// A namespace of attribute-name constants, used as `attr::HTTP_ROUTE`.
 pub mod attr;
+// A namespace of timestamp helpers, called as `clock::now_rfc3339()`.
 pub mod clock;
-pub mod config;
-pub mod context;
+mod config;
+mod context;
+// A namespace for the process's one live feed, called as `decisions::publish(..)`.
 pub mod decisions;
-pub mod export;
-pub mod otlp;
-pub mod span;
+mod export;
+mod otlp;
+mod span;
 
-pub use config::{ConfigError, ExportConfig};
+pub use config::{
+    ConfigError, ENDPOINT_ENV, ExportConfig, HEADERS_ENV, MAX_EXPORT_BATCH_SIZE_ENV,
+    MAX_QUEUE_SIZE_ENV, PROTOCOL_ENV, RESOURCE_ATTRIBUTES_ENV, SCHEDULE_DELAY_ENV,
+    SDK_DISABLED_ENV, SERVICE_NAME_ENV, TIMEOUT_ENV, TRACES_ENDPOINT_ENV, TRACES_EXPORTER_ENV,
+    TRACES_HEADERS_ENV, TRACES_PROTOCOL_ENV, TRACES_TIMEOUT_ENV,
+};
 pub use context::{TRACEPARENT, TraceContext};
 pub use export::{ExportError, ExportStats, Telemetry, flush, init, init_with, stats};
+// The generated OTLP messages, a namespace in the protos' package layout, for decoding what
+// the exporter sends (the crate's tests, a test collector).
+pub use otlp::proto;
 pub use span::{Span, SpanKind, Status, Value, extract, inject};

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentmesh_telemetry::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use agentmesh_telemetry::otlp::proto::common::v1::any_value;
+use agentmesh_telemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
+use agentmesh_telemetry::proto::common::v1::any_value;
 use agentmesh_telemetry::{ExportConfig, Span, SpanKind, attr};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
