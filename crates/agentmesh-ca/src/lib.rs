@@ -1,16 +1,19 @@
-//! The certificate authority: keys, CSR checks, X.509-SVID and JWT-SVID minting, CA rotation.
+//! agentmesh-ca: the certificate authority: keys, CSR checks, X.509-SVID and JWT-SVID minting,
+//! CA rotation. Not for networking or deciding who gets an SVID (the server attests and
+//! authorizes), and not TLS: certificate reading and signature normalisation live in
+//! agentmesh-tls.
 #![forbid(unsafe_code)]
 
-pub mod authority;
-pub mod csr;
-pub mod jwt;
-pub mod keys;
+mod authority;
+mod csr;
+mod jwt;
+mod keys;
 
 // Signing normalisation moved to agentmesh-tls with certificate reading; kept at its old path.
 pub use agentmesh_tls::ecdsa;
 pub use agentmesh_tls::pem::{pem_decode_all, pem_encode};
 // Certificate reading moved to agentmesh-tls; re-exported so the CA's callers keep one import.
-pub use agentmesh_tls::x509::{
+pub use agentmesh_tls::{
     CertError, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs, verify_chain,
 };
 pub use authority::{Authority, CaError, X509Svid, new_intermediate, new_root};
