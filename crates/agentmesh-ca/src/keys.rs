@@ -48,7 +48,7 @@ pub enum KeyError {
     NoFileName(PathBuf),
     /// A PEM text could not be decoded.
     #[error(transparent)]
-    Pem(#[from] agentmesh_tls::pem::PemError),
+    Pem(#[from] agentmesh_tls::PemError),
 }
 
 /// An ECDSA P-256 private key, usable by rcgen to sign certificates and CSRs.

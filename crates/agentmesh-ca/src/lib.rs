@@ -11,10 +11,11 @@ mod keys;
 
 // Signing normalisation moved to agentmesh-tls with certificate reading; kept at its old path.
 pub use agentmesh_tls::ecdsa;
-pub use agentmesh_tls::pem::{pem_decode_all, pem_encode};
-// Certificate reading moved to agentmesh-tls; re-exported so the CA's callers keep one import.
+// Certificate and PEM reading moved to agentmesh-tls; re-exported so the CA's callers keep one
+// import.
 pub use agentmesh_tls::{
-    CertError, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs, verify_chain,
+    CertError, cert_serial_hex, cert_spiffe_id, cert_validity, pem_decode_all, pem_encode,
+    split_der_certs, verify_chain,
 };
 pub use authority::{Authority, CaError, X509Svid, new_intermediate, new_root};
 pub use csr::{CsrError, CsrPublicKey, build_csr, verify_csr};

@@ -464,7 +464,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, OpenBaoErr
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let certs =
-        agentmesh_tls::pem::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
+        agentmesh_tls::pem_decode_all(&text, "CERTIFICATE").map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
         return Err(err("no CERTIFICATE in it".to_owned()));
     }

@@ -1,4 +1,6 @@
-//! rustls configurations built from SVIDs and bundles, and the SPIFFE peer verifier.
+//! agentmesh-tls: rustls configurations built from SVIDs and bundles, the SPIFFE peer verifier,
+//! and reading (never minting) certificates and PEM. Not for issuing certificates or keys (that
+//! is agentmesh-ca), opening connections or deciding intentions (agentmesh-policy).
 //!
 //! Everything inside the mesh speaks TLS 1.3 only, with the ring provider chosen
 //! explicitly so that whatever process-wide default another crate installs cannot
@@ -7,13 +9,17 @@
 //! trust bundle and the ID is then handed to an [`Authorizer`].
 #![forbid(unsafe_code)]
 
-pub mod authorize;
-pub mod config;
-pub mod credentials;
+mod authorize;
+mod config;
+mod credentials;
+// A namespace of low-S signing helpers (`ecdsa::sign_p256_low_s`), also re-exported as
+// `agentmesh_ca::ecdsa`.
 pub mod ecdsa;
-pub mod peer;
-pub mod pem;
-pub mod verifier;
+mod peer;
+mod pem;
+mod verifier;
+// Certificate reading: the crate root re-exports the DER-level calls; the helpers on parsed
+// certificates (`parse_cert`, `serial_hex`, `spiffe_id_of`) are for agentmesh-ca.
 pub mod x509;
 
 pub use authorize::{AuthorizeError, Authorizer, any_id, exact, from_fn, member_of};
@@ -23,6 +29,7 @@ pub use config::{
 };
 pub use credentials::{CredentialsError, SvidCredentials};
 pub use peer::{PeerError, peer_identity, peer_spiffe_id, spiffe_id_from_cert};
+pub use pem::{PemError, pem_decode_all, pem_encode};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
 pub use x509::{
     CertError, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs, verify_chain,
