@@ -73,62 +73,6 @@ pub enum CaError {
     /// A DNS name that cannot go in a SAN.
     #[error("DNS SAN {0:?} is not a valid DNS name")]
     BadDnsName(String),
-    /// A certificate without a URI SAN, where a SPIFFE ID is required.
-    #[error("{0} has no URI SAN, so it carries no SPIFFE ID")]
-    NoUriSan(String),
-    /// A certificate with several URI SANs; SPIFFE allows exactly one.
-    #[error("{what} has {count} URI SANs; an X509-SVID must have exactly one")]
-    MultipleUriSans {
-        /// Which certificate.
-        what: String,
-        /// How many were found.
-        count: usize,
-    },
-    /// A URI SAN that is not a valid SPIFFE ID.
-    #[error("{what} has URI SAN {uri:?}, which is not a valid SPIFFE ID: {source}")]
-    BadSpiffeId {
-        /// Which certificate.
-        what: String,
-        /// The URI.
-        uri: String,
-        /// Why it is invalid.
-        #[source]
-        source: agentmesh_spiffe::SpiffeIdError,
-    },
-    /// An empty chain was given to verify.
-    #[error("certificate chain is empty")]
-    EmptyChain,
-    /// A certificate is outside its validity window.
-    #[error("{what} is not valid at {now:?} (valid {not_before:?} to {not_after:?})")]
-    NotValidNow {
-        /// Which certificate.
-        what: String,
-        /// The time checked.
-        now: SystemTime,
-        /// Start of validity.
-        not_before: SystemTime,
-        /// End of validity.
-        not_after: SystemTime,
-    },
-    /// A signature in the chain does not verify.
-    #[error("{what} is not signed by {issuer}")]
-    BadChainSignature {
-        /// The certificate whose signature failed.
-        what: String,
-        /// The certificate whose key was tried.
-        issuer: String,
-    },
-    /// The top of the chain is not signed by any trusted root.
-    #[error("{0} is not signed by any of the {1} trusted roots")]
-    UntrustedRoot(String, usize),
-    /// A constraint of the X.509 / SPIFFE profile is broken.
-    #[error("{what}: {reason}")]
-    Profile {
-        /// Which certificate.
-        what: String,
-        /// What is wrong.
-        reason: String,
-    },
 }
 
 /// A minted X.509-SVID (without its private key, which never leaves the workload).
