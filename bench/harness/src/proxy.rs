@@ -10,7 +10,7 @@
 //! plus an RBAC principal, as Consul generates; agentmesh: an intention), write a JSON access
 //! line per request on each side and set `x-forwarded-client-cert`. Envoy runs with its
 //! default concurrency (one worker per core), agentmesh with its default runtime (one worker
-//! per core).
+//! per core). The agentmesh sidecars are `agentmesh-proxy run`, as `agentmesh up` starts them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -113,7 +113,48 @@ pub(crate) fn start_app(plane: &ControlPlane) -> anyhow::Result<(SocketAddr, Pro
     Ok((app, p))
 }
 
-/// One agentmesh sidecar pair in front of `app`, both sidecars run from `bin`.
+/// How an agentmesh sidecar is started: an executable and the words before `--config FILE`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SidecarCommand<'a> {
+    program: &'a Path,
+    words: &'a [&'a str],
+}
+
+impl<'a> SidecarCommand<'a> {
+    /// `agentmesh-proxy run`, the data-plane executable `agentmesh up` starts its sidecars
+    /// with.
+    pub(crate) fn proxy_executable(program: &'a Path) -> Self {
+        Self {
+            program,
+            words: &["run"],
+        }
+    }
+
+    /// `agentmesh proxy run`, the same sidecar in the executable that has every command.
+    pub(crate) fn agentmesh(program: &'a Path) -> Self {
+        Self {
+            program,
+            words: &["proxy", "run"],
+        }
+    }
+}
+
+/// The `agentmesh-proxy` built beside the `agentmesh` binary.
+///
+/// # Errors
+/// There is none (`cargo build --release -p agentmesh` builds both).
+pub(crate) fn proxy_executable_beside(agentmesh: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = agentmesh.with_file_name("agentmesh-proxy");
+    if !path.is_file() {
+        bail!(
+            "no agentmesh-proxy beside {} (cargo build --release -p agentmesh builds it)",
+            agentmesh.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One agentmesh sidecar pair in front of `app`, both sidecars started by one command.
 pub(crate) struct MeshPair {
     /// Where the load tool connects (the client sidecar's upstream listener).
     pub(crate) client: SocketAddr,
@@ -124,12 +165,12 @@ pub(crate) struct MeshPair {
     pub(crate) procs: Vec<Proc>,
 }
 
-/// Starts an agentmesh pair from `bin` (named `tag` in its files) and waits until both
+/// Starts an agentmesh pair with `sidecar` (named `tag` in its files) and waits until both
 /// sidecars answer. The client sidecar dials the server sidecar's address directly, as
 /// Envoy's static cluster does, so neither pair waits on a catalog.
 pub(crate) async fn start_pair(
     plane: &ControlPlane,
-    bin: &Path,
+    sidecar: SidecarCommand<'_>,
     app: SocketAddr,
     tag: &str,
 ) -> anyhow::Result<MeshPair> {
@@ -153,10 +194,17 @@ pub(crate) async fn start_pair(
     {
         let path = lay.path(&format!("{tag}{name}.toml"));
         std::fs::write(&path, toml)?;
+        let config = path.display().to_string();
+        let args: Vec<&str> = sidecar
+            .words
+            .iter()
+            .copied()
+            .chain(["--config", config.as_str()])
+            .collect();
         let p = Proc::spawn(
             if i == 0 { "mesh-client" } else { "mesh-server" },
-            bin,
-            &["proxy", "run", "--config", &path.display().to_string()],
+            sidecar.program,
+            &args,
             &lay.path(&format!("{tag}{name}.log")),
         )?;
         pids[i] = p.pid();
@@ -185,7 +233,8 @@ async fn start(plane: &mut ControlPlane, envoy: &Path) -> anyhow::Result<Setup> 
     let mut procs = Vec::new();
     let (app, app_proc) = start_app(plane)?;
     procs.push(app_proc);
-    let pair = start_pair(plane, &lay.bin, app, "").await?;
+    let proxy = proxy_executable_beside(&lay.bin)?;
+    let pair = start_pair(plane, SidecarCommand::proxy_executable(&proxy), app, "").await?;
     let (mesh_client, mesh_server) = (pair.client, pair.server);
     let mut pids = [0_u32; 4];
     pids[..2].copy_from_slice(&pair.pids);
@@ -665,7 +714,7 @@ async fn run_async(bin: &Path, envoy: &Path, sizes: Sizes) -> anyhow::Result<Tab
         + lat.iter().map(|l| l.3).sum::<u64>();
 
     let mut table = Table::new(
-        "proxy: agentmesh proxy pair vs Envoy pair (client sidecar → server sidecar → app)",
+        "proxy: agentmesh-proxy pair vs Envoy pair (client sidecar → server sidecar → app)",
     );
     table.row(
         format!("requests/s at saturation, keep-alive, {SATURATION_CONNECTIONS} connections"),

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 use crate::load::{self, Call};
 use crate::propagation::ControlPlane;
-use crate::proxy::{MeshPair, Sizes, register, start_app, start_pair};
+use crate::proxy::{MeshPair, SidecarCommand, Sizes, register, start_app, start_pair};
 use crate::report::{Table, count, mib, micros, quantile, ratio};
 use crate::scale::memory;
 
@@ -105,8 +105,20 @@ async fn run_async(
     register(&mut plane).await?;
     let (app, _app) = start_app(&plane)?;
     let pairs: [MeshPair; 2] = [
-        start_pair(&plane, &plane.lay.bin, app, "current-").await?,
-        start_pair(&plane, &baseline, app, "baseline-").await?,
+        start_pair(
+            &plane,
+            SidecarCommand::agentmesh(&plane.lay.bin),
+            app,
+            "current-",
+        )
+        .await?,
+        start_pair(
+            &plane,
+            SidecarCommand::agentmesh(&baseline),
+            app,
+            "baseline-",
+        )
+        .await?,
     ];
     let secs = Duration::from_secs_f64(sizes.seconds);
     let call = Call::get_ok();

@@ -1,12 +1,10 @@
 //! The command tree, logging setup, and the argument helpers every command shares.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::{Parser, Subcommand};
 
 pub mod admin;
 pub mod agent;
@@ -26,12 +24,9 @@ pub mod token;
 pub mod up;
 pub mod workload;
 
-/// The environment variable holding the log filter (`RUST_LOG` syntax).
-pub const LOG_ENV: &str = "AGENTMESH_LOG";
+pub use agentmesh::{LogFormat, WORKLOAD_SOCKET_ENV, init_logging, one_line};
 /// The environment variable naming the server's admin socket.
 pub const ADMIN_SOCKET_ENV: &str = "AGENTMESH_ADMIN_SOCKET";
-/// The environment variable naming the Workload API socket (the SPIFFE standard name).
-pub const WORKLOAD_SOCKET_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 /// The environment variable a node reads its join token from.
 pub const JOIN_TOKEN_ENV: &str = "AGENTMESH_JOIN_TOKEN";
 /// The server's data dir when none is given.
@@ -41,7 +36,7 @@ pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
 /// agentmesh: a SPIFFE identity mesh for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "agentmesh", version, about, propagate_version = true)]
+#[command(name = "agentmesh", version = agentmesh::VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Log format on stderr. The filter comes from $AGENTMESH_LOG (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -49,15 +44,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The top-level commands.
@@ -146,33 +132,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         .map(|()| 0)
     })
-}
-
-/// Sends tracing output to stderr, filtered by `$AGENTMESH_LOG` (default `info`).
-fn init_logging(format: LogFormat) -> anyhow::Result<()> {
-    let filter = match std::env::var(LOG_ENV) {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec)
-            .map_err(|e| anyhow::anyhow!("invalid ${LOG_ENV} {spec:?}: {e}"))?,
-        _ => EnvFilter::new("info"),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let res = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    res.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
-}
-
-/// Folds a possibly multi-line message into one line, so every error is exactly one line.
-pub fn one_line(msg: &str) -> String {
-    msg.split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Parses a human duration (`90s`, `10m`, `1h 30m`) given for `what` (a flag or config key).
@@ -326,11 +285,6 @@ mod tests {
         }
         let err = parse_seconds("--ttl", "1500ms").unwrap_err().to_string();
         assert!(err.contains("whole number of seconds"), "{err}");
-    }
-
-    #[test]
-    fn multi_line_messages_become_one_line() {
-        assert_eq!(one_line("a\n  b\r\n\nc"), "a b c");
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {}", cli::one_line(&format!("{e:#}")));
+            eprintln!("error: {}", agentmesh::one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

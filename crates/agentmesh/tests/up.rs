@@ -464,6 +464,21 @@ async fn up_runs_the_default_scenario_and_ask_answers_with_its_trace_id() {
             "{want:?} missing from up's output:\n{out}"
         );
     }
+    // The sidecars run from the data-plane executable built with this `agentmesh`.
+    let sidecars: Vec<String> = processes_under(&up.data)
+        .into_iter()
+        .filter(|p| p.contains(".proxy.toml"))
+        .collect();
+    assert_eq!(
+        sidecars.len(),
+        4,
+        "frontend, planner, executor, gateway: {sidecars:#?}"
+    );
+    let proxy_executable = format!("{} run --config", env!("CARGO_BIN_EXE_agentmesh-proxy"));
+    for sidecar in &sidecars {
+        assert!(sidecar.contains(&proxy_executable), "{sidecar}");
+    }
+    assert!(!out.contains("from another build"), "{out}");
 
     // `ask` in text form, as a user types it.
     let data = up.data.to_str().expect("utf-8").to_owned();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::server::Signals;
+use agentmesh::Signals;
 
 /// `agentmesh frontend ...`
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::server::Signals;
+use agentmesh::Signals;
 
 /// `agentmesh gateway ...`
 #[derive(Debug, Subcommand)]

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::admin::status_error;
 use super::output::{TextOrJson, print_json, rfc3339_secs};
 
-use super::server::Signals;
 use super::{JOIN_TOKEN_ENV, WORKLOAD_SOCKET_ENV, default_admin_socket, workload_socket_path};
+use agentmesh::Signals;
 
 /// The node's data dir when none is given.
 pub const DEFAULT_NODE_DATA_DIR: &str = ".agentmesh/node";

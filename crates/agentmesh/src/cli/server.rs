@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentmesh::Signals;
 use agentmesh_server::oidc_discovery::OidcDiscoveryConfig;
 use agentmesh_server::upstream::{OpenBaoAuth, OpenBaoUpstreamConfig};
 use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
@@ -486,64 +487,6 @@ async fn run_server(args: ServerRunArgs) -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down");
     server.shutdown().await;
     Ok(())
-}
-
-/// Set by `agentmesh up` on its children: stop when stdin reaches end-of-file. `up` holds
-/// the write end of every child's stdin, so the children stop with it however it ends, even
-/// on `kill -9`, and closing the pipe is how it asks one child to stop cleanly.
-pub const STOP_WITH_STDIN_ENV: &str = "AGENTMESH_STOP_WITH_STDIN";
-
-/// SIGINT and SIGTERM (and stdin's end under `agentmesh up`), installed before starting so an
-/// early signal is not lost.
-pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-impl Signals {
-    /// Installs the handlers.
-    ///
-    /// # Errors
-    /// The handlers cannot be installed.
-    pub fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let stdin_closed = (std::env::var(STOP_WITH_STDIN_ENV).as_deref() == Ok("1")).then(|| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            // A plain thread: tokio's stdin would keep a blocking-pool thread busy forever
-            // and hold up the runtime's shutdown.
-            std::thread::spawn(move || {
-                use std::io::Read;
-                let mut buf = [0u8; 64];
-                let mut stdin = std::io::stdin();
-                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-                let _ = tx.send(());
-            });
-            rx
-        });
-        Ok(Self {
-            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-            stdin_closed,
-        })
-    }
-
-    /// Waits for either signal (or stdin's end) and names it.
-    pub async fn recv(&mut self) -> &'static str {
-        let stdin = async {
-            match self.stdin_closed.as_mut() {
-                Some(rx) => {
-                    let _ = rx.await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
-            () = stdin => "stdin closed (the launcher stopped)",
-        }
-    }
 }
 
 #[cfg(test)]

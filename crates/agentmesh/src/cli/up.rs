@@ -33,7 +33,7 @@ use self::scenario::{DEFAULT_SCENARIO, Scenario};
 use self::start::Mesh;
 use self::supervise::Supervisor;
 use super::DEFAULT_DATA_DIR;
-use super::server::Signals;
+use agentmesh::Signals;
 
 /// `agentmesh up` flags.
 #[derive(Debug, Clone, Args)]

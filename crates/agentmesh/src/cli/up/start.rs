@@ -3,6 +3,7 @@
 //! over the node's admin socket (`launcher:service:NAME`), and finally waiting until every
 //! one of them has its SVID and answers.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::v1::admin_client::AdminClient;
@@ -76,8 +77,9 @@ pub async fn start_all(
     let mut node = start_node(&mut admin, layout, plan, sup).await?;
     register_entries(&mut admin, plan).await?;
     let intentions = apply_intentions(&mut admin, scenario).await?;
+    let proxy_executable = proxy_executable()?;
     for p in &plan.services {
-        start_service(p, mesh, sup, &mut node).await?;
+        start_service(p, mesh, sup, &mut node, proxy_executable.as_deref()).await?;
     }
     for p in &plan.services {
         wait_ready(p, sup).await?;
@@ -291,12 +293,14 @@ async fn apply_intentions(
 }
 
 /// Writes a service's configs, starts its app and its sidecar, and vouches for each with
-/// the node.
+/// the node. Sidecars run as `agentmesh-proxy run` when `proxy_executable` is given, else
+/// as `agentmesh proxy run`.
 async fn start_service(
     p: &Planned,
     mesh: &Mesh<'_>,
     sup: &mut Supervisor,
     node: &mut NodeAdminClient<Channel>,
+    proxy_executable: Option<&Path>,
 ) -> anyhow::Result<()> {
     let Mesh { layout, plan, .. } = *mesh;
     let stem = p.spec.file_stem();
@@ -331,8 +335,15 @@ async fn start_service(
 
     let path = layout.config_file(&stem, "proxy");
     write_file(&path, &render::sidecar_config(p, plan, layout)?)?;
-    let mut cmd = agentmesh_command()?;
-    cmd.args(["proxy", "run", "--config"]).arg(path);
+    let mut cmd = match proxy_executable {
+        Some(exe) => child_command(exe),
+        None => {
+            let mut cmd = agentmesh_command()?;
+            cmd.arg("proxy");
+            cmd
+        }
+    };
+    cmd.args(["run", "--config"]).arg(path);
     let pid = sup.spawn(
         &format!("{name} sidecar"),
         cmd,
@@ -378,6 +389,27 @@ async fn wait_ready(p: &Planned, sup: &mut Supervisor) -> anyhow::Result<()> {
 /// This binary, to run one of its own subcommands as a child.
 fn agentmesh_command() -> anyhow::Result<Recipe> {
     let exe = std::env::current_exe().context("cannot find the agentmesh binary")?;
+    Ok(child_command(&exe))
+}
+
+/// The `agentmesh-proxy` beside this binary when it comes from the same build. A plain
+/// `cargo run` builds only `agentmesh`, leaving none or an older one; the sidecars then run
+/// as `agentmesh proxy run`, which is the same sidecar in the larger executable.
+fn proxy_executable() -> anyhow::Result<Option<PathBuf>> {
+    let exe = std::env::current_exe().context("cannot find the agentmesh binary")?;
+    let found = agentmesh::proxy_executable_beside(&exe);
+    if found.is_none() && exe.with_file_name(agentmesh::PROXY_EXECUTABLE).exists() {
+        println!(
+            "  note: {} beside {} is from another build; sidecars run as `agentmesh proxy run`",
+            agentmesh::PROXY_EXECUTABLE,
+            exe.display()
+        );
+    }
+    Ok(found)
+}
+
+/// `exe` as a child of `up`, with the environment every child gets.
+fn child_command(exe: &Path) -> Recipe {
     let mut cmd = Recipe::new(exe);
     // Children get their sockets from flags and configs, never from the caller's shell; and
     // each names itself in traces (agentmesh-proxy/NAME, agentmesh-agent/NAME, ...), so one
@@ -386,7 +418,7 @@ fn agentmesh_command() -> anyhow::Result<Recipe> {
     cmd.env_remove(ADMIN_SOCKET_ENV)
         .env_remove(WORKLOAD_SOCKET_ENV)
         .env_remove("OTEL_SERVICE_NAME");
-    Ok(cmd)
+    cmd
 }
 
 async fn wait_until<F, Fut>(what: &str, sup: &mut Supervisor, mut ready: F) -> anyhow::Result<()>

@@ -18,7 +18,7 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use super::layout::Layout;
 use super::start::register_launch;
-use crate::cli::server::{STOP_WITH_STDIN_ENV, Signals};
+use agentmesh::{STOP_WITH_STDIN_ENV, Signals};
 
 /// How to start a child, kept so that it can be started again the same way.
 #[derive(Debug, Clone)]
