@@ -2,7 +2,8 @@
 //! request head, a body idle timeout, the largest head, and how many connections one caller
 //! and the whole listener may hold. The HTTP listeners (sidecar, gateway, agents, frontend)
 //! serve each connection with [`serve_http`]; the gRPC ones build their server with
-//! [`grpc_server`] and, on Unix sockets, accept through [`unix_incoming`].
+//! [`grpc_server`] and accept through [`unix_incoming`] on Unix sockets and [`tls_incoming`]
+//! over TCP.
 //!
 //! A cut connection (or HTTP/2 stream) is reported once through the listener's [`OnCut`],
 //! which logs one line naming the peer and the limit and, where the component has metrics,
@@ -636,7 +637,9 @@ pub async fn serve_listener<L, S, B>(
 // === gRPC ===
 
 mod grpc;
+mod tls;
 pub use grpc::{LimitedStream, grpc_server, unix_incoming};
+pub use tls::{TlsConn, tls_incoming};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -4,21 +4,22 @@
 //! is this crate's rustls configs, so there is one crypto backend.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
+use agentmesh_proto::limits::{Caller, ListenerLimits, TlsConn, tls_incoming};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_tls::Authorizer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::Connected;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::MtlsConnector;
 use crate::http::PeerIdentity;
 use crate::source::X509Source;
-use crate::tls::{ALPN_GRPC, HANDSHAKE_TIMEOUT, ServerTls};
+use crate::tls::{ALPN_GRPC, ServerTls};
+
+/// Names gRPC listeners in log lines.
+const LISTENER: &str = "grpc";
 
 /// Why a gRPC connection could not be set up.
 ///
@@ -86,48 +87,13 @@ pub struct GrpcPeer {
 /// # let _ = conn;
 /// # }
 /// ```
-#[derive(Debug)]
-pub struct GrpcConn {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: GrpcPeer,
-}
-
-impl Connected for GrpcConn {
-    type ConnectInfo = GrpcPeer;
-    fn connect_info(&self) -> GrpcPeer {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for GrpcConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GrpcConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
+pub type GrpcConn = TlsConn<GrpcPeer>;
 
 /// Accepts on `listener` and yields mTLS connections whose client SVID chains to the source's
 /// bundle and is admitted by `clients`; handshakes run concurrently, so a slow client cannot
-/// hold up others. Feed it to `tonic::transport::Server::serve_with_incoming`.
+/// hold up others. Feed it to `tonic::transport::Server::serve_with_incoming`, best built with
+/// `agentmesh_proto::limits::grpc_server`. The default [`ListenerLimits`] apply: a handshake
+/// and an HTTP/2 preface within 10 s each, and at most 512 connections per SPIFFE ID.
 ///
 /// # Errors
 /// [`GrpcError::Tls`] if no TLS config can be built from the source.
@@ -147,55 +113,45 @@ pub fn incoming(
     listener: TcpListener,
     source: Arc<X509Source>,
     clients: Arc<dyn Authorizer>,
-) -> Result<tokio_stream::wrappers::ReceiverStream<Result<GrpcConn, std::io::Error>>, GrpcError> {
+) -> Result<ReceiverStream<Result<GrpcConn, std::io::Error>>, GrpcError> {
+    incoming_with_limits(listener, source, clients, ListenerLimits::default())
+}
+
+/// [`incoming`] with limits other than the defaults: the handshake and HTTP/2 preface
+/// deadlines, and the connections one SPIFFE ID and the whole listener may hold.
+///
+/// # Errors
+/// [`GrpcError::Tls`] if no TLS config can be built from the source.
+pub fn incoming_with_limits(
+    listener: TcpListener,
+    source: Arc<X509Source>,
+    clients: Arc<dyn Authorizer>,
+    limits: ListenerLimits,
+) -> Result<ReceiverStream<Result<GrpcConn, std::io::Error>>, GrpcError> {
     let tls = ServerTls::new(source, clients, ALPN_GRPC);
     tls.config()?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote_addr) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            let config = match tls.config() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "no tls config for a new grpc connection");
-                    continue;
-                }
-            };
-            let conn_tx = tx.clone();
-            tokio::spawn(async move {
-                let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(%remote_addr, error = %e, "grpc mtls handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote_addr, "grpc mtls handshake timed out");
-                        return;
-                    }
-                };
-                let Some(spiffe_id) = agentmesh_tls::peer_identity(stream.get_ref().1) else {
-                    return;
-                };
-                let peer = GrpcPeer {
+    let config = move || {
+        tls.config()
+            .inspect_err(|e| tracing::error!(error = %e, "no tls config for a new grpc connection"))
+            .ok()
+    };
+    Ok(tls_incoming(
+        listener,
+        LISTENER,
+        limits,
+        config,
+        |conn, remote_addr| {
+            let spiffe_id = agentmesh_tls::peer_identity(conn)?;
+            let caller = Caller::Spiffe(spiffe_id.to_string());
+            Some((
+                GrpcPeer {
                     spiffe_id,
                     remote_addr,
-                };
-                let _ = conn_tx.send(Ok(GrpcConn { stream, peer })).await;
-            });
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+                },
+                caller,
+            ))
+        },
+    ))
 }
 
 /// A tonic interceptor that admits callers by the SPIFFE ID of their TLS connection (served by

@@ -170,11 +170,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let mut tasks = Vec::new();
 
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls_incoming::incoming(
-        listener,
-        tls.clone(),
-        cfg.limits.clone(),
-    ));
+    let incoming = tls_incoming::incoming(listener, tls.clone(), cfg.limits.clone());
     let node_api = NodeApiServer::new(NodeApiService::new(state.clone(), stop_rx.clone()))
         .max_decoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES);

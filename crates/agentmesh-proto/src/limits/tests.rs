@@ -394,3 +394,103 @@ async fn an_http2_body_that_stops_sending_ends_its_stream_not_the_connection() {
     assert_eq!(ok.status(), StatusCode::OK);
     drop(tx);
 }
+
+/// A self-signed `localhost` certificate: the server's TLS 1.3 config, and a client config
+/// that trusts it.
+fn self_signed() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+#[tokio::test]
+async fn a_tls_client_that_stalls_its_handshake_or_preface_is_cut_and_each_caller_is_bounded() {
+    let (server_tls, client_tls) = self_signed();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ListenerLimits {
+        handshake_timeout: Duration::from_secs(1),
+        header_timeout: Duration::from_secs(1),
+        max_connections_per_caller: 1,
+        ..ListenerLimits::default()
+    };
+    let mut incoming = tls_incoming(
+        listener,
+        "test TLS listener",
+        limits,
+        move || Some(server_tls.clone()),
+        |_, remote: std::net::SocketAddr| Some((remote, Caller::Ip(remote.ip()))),
+    );
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    // Play the server: note who each admitted connection is, hold it and keep reading it.
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt;
+        use tonic::transport::server::Connected;
+        while let Some(Ok(mut conn)) = incoming.next().await {
+            let _ = seen_tx.send(conn.connect_info());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(client_tls);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let dial = || async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        connector.connect(name.clone(), tcp).await.unwrap()
+    };
+    let mut buf = Vec::new();
+
+    // Never starts its handshake: closed at the handshake deadline, never handed on.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(silent.read_to_end(&mut buf).await.unwrap_or(0), 0);
+    assert!(
+        seen.try_recv().is_err(),
+        "a connection without a handshake was served"
+    );
+
+    // Finishes its handshake and sends nothing: handed on with its address, then cut at the
+    // preface deadline. While it is open, a second one from the same caller is over the
+    // caller's share and is closed at once.
+    let mut quiet = dial().await;
+    let local = quiet.get_ref().0.local_addr().unwrap();
+    assert_eq!(seen.recv().await, Some(local));
+    let mut second = dial().await;
+    assert_eq!(second.read_to_end(&mut buf).await.unwrap_or(0), 0);
+    assert_eq!(quiet.read_to_end(&mut buf).await.unwrap_or(0), 0);
+    assert!(buf.is_empty());
+
+    // Its place is free again, and one that sends its preface stays open past the deadline.
+    let mut talking = dial().await;
+    talking
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), talking.read(&mut one))
+            .await
+            .is_err(),
+        "a connection that sent its preface was cut"
+    );
+}
