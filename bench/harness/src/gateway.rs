@@ -41,7 +41,7 @@ const TARGET_P99_RATIO: f64 = 0.05;
 /// The LiteLLM release `bench/run` installs (keep in step with it).
 const LITELLM_VERSION: &str = "1.103.0";
 /// The caller the load tool names in `x-forwarded-client-cert`, as the gateway's proxy would.
-const XFCC: &str = "By=spiffe://agentmesh.local/ns/default/sa/gateway;URI=spiffe://agentmesh.local/ns/default/sa/bench";
+pub(crate) const XFCC: &str = "By=spiffe://agentmesh.local/ns/default/sa/gateway;URI=spiffe://agentmesh.local/ns/default/sa/bench";
 /// LiteLLM's own variable for its number of workers (default 1); passed through when set.
 const WORKERS_ENV: &str = "DEFAULT_NUM_WORKERS_LITELLM_PROXY";
 /// How long a gateway may take to answer its first request after it was started.
@@ -91,7 +91,8 @@ struct Latency {
     cpu_per_request: Duration,
 }
 
-fn gateway_toml(listen: SocketAddr, upstream: SocketAddr) -> String {
+/// The gateway's config: one OpenAI provider, the upstream, for one model and every caller.
+pub(crate) fn gateway_toml(listen: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         r#"listen = "{listen}"
 
@@ -127,7 +128,7 @@ litellm_settings:
 }
 
 /// The sum of VmRSS and of VmHWM of `pid` and all its descendants (LiteLLM may run workers).
-fn tree_memory(pid: u32) -> anyhow::Result<Memory> {
+pub(crate) fn tree_memory(pid: u32) -> anyhow::Result<Memory> {
     let mut total = Memory { rss: 0.0, hwm: 0.0 };
     for p in descendants(pid) {
         if let Ok(m) = memory(p) {
@@ -187,7 +188,7 @@ fn descendants(pid: u32) -> Vec<u32> {
 }
 
 /// Waits until `call` through `addr` is answered as expected; how long that took from `since`.
-async fn first_answer(
+pub(crate) async fn first_answer(
     what: &str,
     addr: SocketAddr,
     call: &Call,

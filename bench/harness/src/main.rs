@@ -20,6 +20,7 @@
 mod chain;
 mod fetch;
 mod gateway;
+mod gateway_ab;
 mod load;
 mod mint;
 mod propagation;
@@ -88,6 +89,13 @@ enum Command {
         agentmesh: PathBuf,
         litellm: PathBuf,
         sizes: gateway::Sizes,
+    },
+    GatewayAb {
+        agentmesh: PathBuf,
+        baseline: PathBuf,
+        label: String,
+        sizes: proxy::Sizes,
+        rounds: usize,
     },
     Startup {
         agentmesh: PathBuf,
@@ -221,6 +229,18 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             },
             rounds: runs,
         },
+        "gateway-ab" => Command::GatewayAb {
+            agentmesh: agentmesh
+                .context("gateway-ab needs --agentmesh PATH (the release binary)")?,
+            baseline: baseline
+                .context("gateway-ab needs --baseline PATH (an older build's release binary)")?,
+            label: label.unwrap_or_else(|| "the baseline".to_owned()),
+            sizes: proxy::Sizes {
+                seconds: seconds.unwrap_or(5.0),
+                rate: rate.unwrap_or(1000.0),
+            },
+            rounds: runs,
+        },
         "gateway" => Command::Gateway {
             agentmesh: agentmesh.context("gateway needs --agentmesh PATH (the release binary)")?,
             litellm: litellm
@@ -279,6 +299,13 @@ fn main() -> ExitCode {
             litellm,
             sizes,
         } => gateway::run(&agentmesh, &litellm, sizes),
+        Command::GatewayAb {
+            agentmesh,
+            baseline,
+            label,
+            sizes,
+            rounds,
+        } => gateway_ab::run(&agentmesh, &baseline, &label, sizes, rounds),
         Command::Startup {
             agentmesh,
             envoy,

@@ -25,10 +25,10 @@ use crate::proxy::{MeshPair, SidecarCommand, Sizes, register, start_app, start_p
 use crate::report::{Table, count, mib, micros, quantile, ratio};
 use crate::scale::memory;
 
-/// Keep-alive connections for the saturation runs (as in `proxy`).
-const SATURATION_CONNECTIONS: usize = 32;
+/// Keep-alive connections for the saturation runs (as in `proxy`; `gateway-ab` too).
+pub(crate) const SATURATION_CONNECTIONS: usize = 32;
 /// Keep-alive connections the fixed rate is spread over (as in `proxy`).
-const RATE_CONNECTIONS: usize = 8;
+pub(crate) const RATE_CONNECTIONS: usize = 8;
 
 /// Runs the comparison: sidecars from `current` and from `baseline`; the control plane and
 /// the app from `current`. `baseline_label` names the baseline in the table (its commit).
@@ -51,7 +51,7 @@ pub fn run(
 
 /// One build's figures over all rounds.
 #[derive(Default)]
-struct Figures {
+pub(crate) struct Figures {
     per_second: Vec<f64>,
     added_p50: Vec<f64>,
     added_p99: Vec<f64>,
@@ -120,27 +120,14 @@ async fn run_async(
         )
         .await?,
     ];
-    let secs = Duration::from_secs_f64(sizes.seconds);
-    let call = Call::get_ok();
-    let mut figures = [Figures::default(), Figures::default()];
-
-    for round in 0..rounds {
-        // Alternate which build goes first, so a slow start of a round is shared.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let t = load::saturate(pairs[i].client, &call, SATURATION_CONNECTIONS, secs).await?;
-            if t.errors > 0 {
-                bail!("{} errors at saturation", t.errors);
-            }
-            figures[i].per_second.push(t.per_second);
-        }
-        let direct = latency(app, &call, sizes).await?;
-        for i in order {
-            let pair = latency(pairs[i].client, &call, sizes).await?;
-            figures[i].added_p50.push(pair[0] - direct[0]);
-            figures[i].added_p99.push(pair[1] - direct[1]);
-        }
-    }
+    let figures = alternate(
+        [pairs[0].client, pairs[1].client],
+        app,
+        &Call::get_ok(),
+        sizes,
+        rounds,
+    )
+    .await?;
     let after: Vec<_> = pairs
         .iter()
         .flat_map(|p| p.pids)
@@ -150,38 +137,7 @@ async fn run_async(
     let mut table = Table::new(format!(
         "proxy-ab: the agentmesh proxy pair, this build vs {baseline_label}, same run"
     ));
-    let us = |v: f64| micros(Duration::from_secs_f64(v.max(0.0) / 1e6));
-    let with_spread = |v: &[f64], show: &dyn Fn(f64) -> String| {
-        format!("{} (spread {:.0} %)", show(median(v)), spread(v))
-    };
-    let [now, base] = &figures;
-    table.row(
-        format!("requests/s at saturation, {SATURATION_CONNECTIONS} keep-alive connections, median of {rounds}"),
-        with_spread(&now.per_second, &count),
-        with_spread(&base.per_second, &count),
-        ratio(median(&now.per_second), median(&base.per_second)),
-        "",
-    );
-    table.row(
-        format!(
-            "added latency p50 at {} req/s, median of {rounds}",
-            count(sizes.rate)
-        ),
-        with_spread(&now.added_p50, &us),
-        with_spread(&base.added_p50, &us),
-        ratio(median(&now.added_p50), median(&base.added_p50)),
-        "",
-    );
-    table.row(
-        format!(
-            "added latency p99 at {} req/s, median of {rounds}",
-            count(sizes.rate)
-        ),
-        with_spread(&now.added_p99, &us),
-        with_spread(&base.added_p99, &us),
-        ratio(median(&now.added_p99), median(&base.added_p99)),
-        "",
-    );
+    ab_rows(&mut table, &figures, sizes, rounds);
     for (i, side) in ["client", "server"].into_iter().enumerate() {
         table.row(
             format!("RSS of the {side} sidecar after the load (VmRSS)"),
@@ -202,4 +158,71 @@ async fn run_async(
         sizes.seconds
     ));
     Ok(table)
+}
+
+/// Measures two builds' targets `rounds` times, alternating which goes first: saturation
+/// throughput, then latency at `sizes.rate` with `direct` (what both stand in front of)
+/// measured in the same round, so each added latency is against its own round's direct one.
+///
+/// # Errors
+/// A target failing requests.
+pub(crate) async fn alternate(
+    targets: [SocketAddr; 2],
+    direct: SocketAddr,
+    call: &Call,
+    sizes: Sizes,
+    rounds: usize,
+) -> anyhow::Result<[Figures; 2]> {
+    let secs = Duration::from_secs_f64(sizes.seconds);
+    let mut figures = [Figures::default(), Figures::default()];
+    for round in 0..rounds {
+        // Alternate which build goes first, so a slow start of a round is shared.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let t = load::saturate(targets[i], call, SATURATION_CONNECTIONS, secs).await?;
+            if t.errors > 0 {
+                bail!("{} errors at saturation", t.errors);
+            }
+            figures[i].per_second.push(t.per_second);
+        }
+        let base = latency(direct, call, sizes).await?;
+        for i in order {
+            let through = latency(targets[i], call, sizes).await?;
+            figures[i].added_p50.push(through[0] - base[0]);
+            figures[i].added_p99.push(through[1] - base[1]);
+        }
+    }
+    Ok(figures)
+}
+
+/// The throughput and added-latency rows of an A/B table: each build's median with its
+/// spread, and the ratio of the medians.
+pub(crate) fn ab_rows(table: &mut Table, figures: &[Figures; 2], sizes: Sizes, rounds: usize) {
+    let us = |v: f64| micros(Duration::from_secs_f64(v.max(0.0) / 1e6));
+    let with_spread = |v: &[f64], show: &dyn Fn(f64) -> String| {
+        format!("{} (spread {:.0} %)", show(median(v)), spread(v))
+    };
+    let [now, base] = figures;
+    table.row(
+        format!("requests/s at saturation, {SATURATION_CONNECTIONS} keep-alive connections, median of {rounds}"),
+        with_spread(&now.per_second, &count),
+        with_spread(&base.per_second, &count),
+        ratio(median(&now.per_second), median(&base.per_second)),
+        "",
+    );
+    for (name, now, base) in [
+        ("p50", &now.added_p50, &base.added_p50),
+        ("p99", &now.added_p99, &base.added_p99),
+    ] {
+        table.row(
+            format!(
+                "added latency {name} at {} req/s, median of {rounds}",
+                count(sizes.rate)
+            ),
+            with_spread(now, &us),
+            with_spread(base, &us),
+            ratio(median(now), median(base)),
+            "",
+        );
+    }
 }
