@@ -3,7 +3,11 @@
 //! The kernel vouches for the uid, gid and pid (SO_PEERCRED); everything else comes from
 //! `/proc/<pid>` and the system's user and group databases. A launcher the node trusts can add
 //! `launcher:` selectors for a child it started, pinned to the child's pid *and* start time so
-//! that a recycled pid inherits nothing.
+//! that a recycled pid inherits nothing. A caller in a Docker container also gets `docker:`
+//! selectors from the Docker Engine ([`docker`]).
+
+mod docker;
+pub use docker::{DEFAULT_DOCKER_SOCKET, DockerAttestor, DockerError, container_id};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +82,9 @@ pub struct Attestation {
     pub summary: String,
     /// What the kernel said about the caller.
     pub cred: PeerCred,
+    /// Why the caller's container could not be attested, when it runs in one and the Docker
+    /// Engine could not say what it is; its `docker:` selectors are then missing.
+    pub docker_error: Option<DockerError>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,18 +101,29 @@ struct FileStamp {
     inode: u64,
 }
 
-/// Attests callers. Cheap to share; it caches binary digests by file identity.
+/// Attests callers. Cheap to share; it caches binary digests by file identity, and
+/// containers' `docker:` selectors by container id.
 #[derive(Debug, Default)]
 pub struct Attestor {
     launches: Mutex<HashMap<u32, Launch>>,
     digests: Mutex<HashMap<FileStamp, String>>,
     denials: crate::denials::Denials,
+    docker: Option<DockerAttestor>,
 }
 
 impl Attestor {
-    /// A new attestor with no registered launches.
+    /// A new attestor with no registered launches and no Docker attestation.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new attestor that also asks the Docker Engine on `socket` about callers that run in
+    /// containers.
+    pub fn with_docker(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            docker: Some(DockerAttestor::new(socket)),
+            ..Self::default()
+        }
     }
 
     /// Where every API that refuses an unmatched caller records why (see [`crate::denials`]).
@@ -160,8 +178,32 @@ impl Attestor {
         Ok(())
     }
 
-    /// Everything that holds for the caller.
-    pub fn attest(&self, cred: PeerCred) -> Attestation {
+    /// Everything that holds for the caller: what the kernel and `/proc` say, the launcher's
+    /// selectors, and, for a caller in a container, what the Docker Engine says about it.
+    pub async fn attest(&self, cred: PeerCred) -> Attestation {
+        let mut att = self.attest_process(cred);
+        let (Some(docker), Some(pid)) = (&self.docker, cred.pid) else {
+            return att;
+        };
+        match docker.selectors(pid).await {
+            Ok(None) => {}
+            Ok(Some((id, selectors))) => {
+                att.summary.push_str(&format!(" container={}", &id[..12]));
+                for s in selectors {
+                    att.selectors.insert(s);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "docker attestation failed");
+                att.summary.push_str(" container=(not attested)");
+                att.docker_error = Some(e);
+            }
+        }
+        att
+    }
+
+    /// What the kernel, `/proc` and the launcher say about the caller.
+    fn attest_process(&self, cred: PeerCred) -> Attestation {
         let mut selectors = SelectorSet::new();
         let mut add = |key: &str, value: &str| {
             if let Ok(s) = Selector::new("unix", key, value) {
@@ -212,6 +254,7 @@ impl Attestor {
             selectors,
             summary,
             cred,
+            docker_error: None,
         }
     }
 
@@ -318,7 +361,7 @@ mod tests {
     #[test]
     fn attests_this_process_from_proc() {
         let a = Attestor::new();
-        let att = a.attest(me());
+        let att = a.attest_process(me());
         let has = |prefix: &str| {
             att.selectors
                 .iter()
@@ -371,7 +414,7 @@ mod tests {
         assert!(matches!(err, AttestError::Selector(_)), "{err}");
         a.register_launch(pid, start, &["launcher:service:planner".into()])
             .unwrap();
-        let att = a.attest(me());
+        let att = a.attest_process(me());
         assert!(
             att.selectors
                 .iter()

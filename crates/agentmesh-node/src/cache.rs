@@ -148,6 +148,7 @@ mod tests {
         let att = Attestation {
             selectors: set(&["unix:uid:1000"]),
             summary: "pid=7 uid=1000".into(),
+            docker_error: None,
             cred: crate::attestor::PeerCred {
                 pid: Some(7),
                 uid: 1000,

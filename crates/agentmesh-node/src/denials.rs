@@ -88,12 +88,19 @@ impl Denials {
     pub fn refuse(&self, api: DeniedBy, att: &Attestation, entries: &[EntryInfo]) -> String {
         let request_id = new_request_id();
         let closest = closest_entry(att, entries);
-        let explanation = full_explanation(att, closest.as_ref());
+        let mut explanation = full_explanation(att, closest.as_ref());
         let missing_kinds = closest
             .as_ref()
             .map(|(_, missing)| kinds(missing))
             .unwrap_or_default();
-        let public = public_message(&missing_kinds, &request_id, closest.is_some());
+        let mut public = public_message(&missing_kinds, &request_id, closest.is_some());
+        // The caller's own container, the socket and the engine's state are no one else's
+        // secrets, and without them the caller cannot tell a missing label from a down engine.
+        if let Some(e) = &att.docker_error {
+            let why = format!("; its container could not be attested: {e}");
+            explanation.push_str(&why);
+            public.push_str(&why);
+        }
         let closest_ids = closest
             .as_ref()
             .map(|(e, _)| (e.id.clone(), e.spiffe_id.clone()));
@@ -282,6 +289,7 @@ mod tests {
                 "launcher:env:API_TOKEN=caller-secret",
             ]),
             summary: "pid=7 uid=1000 gid=1000 path=/usr/bin/python3".into(),
+            docker_error: None,
             cred: PeerCred {
                 pid: Some(7),
                 uid: 1000,

@@ -15,6 +15,7 @@ pub mod server_client;
 pub mod testing;
 pub mod workload_api;
 
+pub use attestor::DEFAULT_DOCKER_SOCKET;
 pub use manager::EAGER_MINT_LIMIT;
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ pub struct NodeConfig {
     /// The limits of the Workload API (and SDS) socket and the admin socket: the HTTP/2
     /// preface deadline, head size, streams, and connections per uid and in total.
     pub limits: agentmesh_proto::limits::ListenerLimits,
+    /// The Docker Engine's socket, asked about callers that run in containers; `None` turns
+    /// Docker attestation off.
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// Why a node could not start.
@@ -129,7 +133,10 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         node_svid,
         roots,
     )?;
-    let attestor = Arc::new(Attestor::new());
+    let attestor = Arc::new(match &cfg.docker_socket {
+        Some(socket) => Attestor::with_docker(socket),
+        None => Attestor::new(),
+    });
     // The Workload API socket is for every local workload, whatever its user; attestation,
     // not file permissions, decides who gets what.
     let workload_listener = agentmesh_proto::unix::bind(&cfg.socket, 0o777).await?;

@@ -106,7 +106,7 @@ impl ProxyApi {
     }
 
     /// The SPIFFE IDs the caller is entitled to, or why it has none.
-    fn caller_ids<T>(&self, req: &Request<T>) -> Result<Vec<String>, Status> {
+    async fn caller_ids<T>(&self, req: &Request<T>) -> Result<Vec<String>, Status> {
         check_header(req)?;
         let snap = self.manager.snapshot();
         if !snap.synced {
@@ -114,7 +114,7 @@ impl ProxyApi {
                 "the node is not ready yet: it has not finished its first sync with the server",
             ));
         }
-        let att = self.attestor.attest(peer_cred(req)?);
+        let att = self.attestor.attest(peer_cred(req)?).await;
         let ids: Vec<String> = snap
             .matching(&att)
             .map(|e| e.spiffe_id.to_string())
@@ -139,7 +139,7 @@ impl v1::proxy_api_server::ProxyApi for ProxyApi {
         &self,
         req: Request<v1::WatchPolicyRequest>,
     ) -> Result<Response<PolicyStream>, Status> {
-        self.caller_ids(&req)?;
+        self.caller_ids(&req).await?;
         let mut rx = self.relay.latest.subscribe();
         let mut stopping = self.stopping.clone();
         let (tx, out) = tokio::sync::mpsc::channel(4);
@@ -169,7 +169,7 @@ impl v1::proxy_api_server::ProxyApi for ProxyApi {
         &self,
         req: Request<v1::RegisterServiceRequest>,
     ) -> Result<Response<v1::RegisterServiceResponse>, Status> {
-        let ids = self.caller_ids(&req)?;
+        let ids = self.caller_ids(&req).await?;
         let req = req.into_inner();
         if !ids.contains(&req.spiffe_id) {
             return Err(Status::permission_denied(format!(

@@ -166,7 +166,7 @@ impl Sds {
     /// Checks readiness and attests the caller. The watch is subscribed here, before any
     /// snapshot is read, so a rotation that lands while the first response is being built
     /// still marks the receiver changed and is pushed.
-    fn admit<T>(
+    async fn admit<T>(
         &self,
         req: &Request<T>,
     ) -> Result<(Attestation, watch::Receiver<Arc<Snapshot>>), Status> {
@@ -175,7 +175,7 @@ impl Sds {
             return Err(SdsError::NotReady.into());
         }
         let cred = peer_cred(req)?;
-        Ok((self.attestor.attest(cred), rx))
+        Ok((self.attestor.attest(cred).await, rx))
     }
 }
 
@@ -433,7 +433,7 @@ impl SecretDiscoveryService for Sds {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let (att, mut rx) = self.admit(&req)?;
+        let (att, mut rx) = self.admit(&req).await?;
         tracing::debug!(caller = %att.summary, "SDS stream opened");
         let mut inbound = req.into_inner();
         let mut stopping = self.stopping.clone();
@@ -497,7 +497,7 @@ impl SecretDiscoveryService for Sds {
         &self,
         req: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let (att, mut rx) = self.admit(&req)?;
+        let (att, mut rx) = self.admit(&req).await?;
         let req = req.into_inner();
         check_type(&req.type_url)?;
         let names = parse_names(&req.resource_names)?;

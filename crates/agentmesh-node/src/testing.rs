@@ -17,7 +17,7 @@ use crate::{NodeConfig, NodeError, RunningNode};
 impl NodeConfig {
     /// A node of `server` whose data dir (`node/`), Workload API socket (`workload.sock`)
     /// and admin socket (`node-admin.sock`) are under `dir`, trusting the roots of
-    /// `server.bundle_file()`, with default limits. `token` is the join token, if any.
+    /// `server.bundle_file()`, with default limits and no Docker attestation. `token` is the join token, if any.
     pub fn for_test(dir: &Path, server: &TestServer, token: Option<String>) -> Self {
         NodeConfig {
             server: server.addr().to_string(),
@@ -28,6 +28,7 @@ impl NodeConfig {
             admin_socket: dir.join("node-admin.sock"),
             trust_domain: None,
             limits: Default::default(),
+            docker_socket: None,
         }
     }
 }

@@ -53,7 +53,7 @@ impl WorkloadApi {
     }
 
     /// Checks the header and readiness, and attests the caller.
-    fn admit<T>(
+    async fn admit<T>(
         &self,
         req: &Request<T>,
     ) -> Result<(Attestation, watch::Receiver<Arc<Snapshot>>), Status> {
@@ -65,7 +65,7 @@ impl WorkloadApi {
             ));
         }
         let cred = peer_cred(req)?;
-        Ok((self.attestor.attest(cred), rx))
+        Ok((self.attestor.attest(cred).await, rx))
     }
 
     /// Refuses a caller that matches no entry, explaining why, in the answer and in the log.
@@ -231,7 +231,7 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (att, mut rx) = self.admit(&req)?;
+        let (att, mut rx) = self.admit(&req).await?;
         let (snap, svids) = self.svids(&att, &mut rx).await?;
         for s in &svids {
             tracing::debug!(spiffe_id = %s.spiffe_id, serial = %s.serial, caller = %att.summary, "serving X.509-SVID");
@@ -275,7 +275,7 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         // Bundles are public: any caller may have them to verify others, identity or not.
-        let (_, mut rx) = self.admit(&req)?;
+        let (_, mut rx) = self.admit(&req).await?;
         let snap = rx.borrow_and_update().clone();
         let first = x509_bundles(&snap);
         let key = (snap.bundle.sequence, snap.bundle.roots.clone());
@@ -297,7 +297,7 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let (att, rx) = self.admit(&req)?;
+        let (att, rx) = self.admit(&req).await?;
         let req = req.into_inner();
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -345,7 +345,7 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let (_, mut rx) = self.admit(&req)?;
+        let (_, mut rx) = self.admit(&req).await?;
         let snap = rx.borrow_and_update().clone();
         let first = jwt_bundles(&snap);
         let key = snap.bundle.jwks_json.clone();
@@ -362,7 +362,7 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        let (_, rx) = self.admit(&req)?;
+        let (_, rx) = self.admit(&req).await?;
         let req = req.into_inner();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));

@@ -19,6 +19,11 @@ const KNOWN: &[(&str, Option<&[&str]>)] = &[
             "supplementary_group",
         ]),
     ),
+    // SPIRE's docker attestor's selectors, with SPIRE's meanings.
+    (
+        "docker",
+        Some(&["label", "image_id", "image_config_digest", "env"]),
+    ),
     // A trusted launcher chooses its own keys.
     ("launcher", None),
 ];
@@ -39,7 +44,7 @@ pub enum SelectorError {
     #[error("selector {} is not TYPE:KEY:VALUE (for example unix:uid:1000)", crate::echo(.0))]
     Malformed(String),
     /// A type that no attestor produces.
-    #[error("selector {} has unknown type {} (known: unix, launcher)", crate::echo(.0), crate::echo(.1))]
+    #[error("selector {} has unknown type {} (known: unix, docker, launcher)", crate::echo(.0), crate::echo(.1))]
     UnknownType(String, String),
     /// A key that the type's attestor never produces.
     #[error("selector {} has unknown key {} for its type (known: {})", crate::echo(.0), crate::echo(.1), .2)]

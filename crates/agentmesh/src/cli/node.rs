@@ -148,6 +148,10 @@ pub struct NodeRunArgs {
     /// same keys as every component's `[limits]`) [default: the built-in limits]
     #[arg(long, value_name = "FILE")]
     pub limits: Option<PathBuf>,
+    /// The Docker Engine's socket, asked about callers that run in containers (`docker:`
+    /// selectors); an empty value turns Docker attestation off
+    #[arg(long, value_name = "PATH", default_value = agentmesh_node::DEFAULT_DOCKER_SOCKET)]
+    pub docker_socket: PathBuf,
 }
 
 /// The `--limits` file.
@@ -211,6 +215,8 @@ impl NodeRunArgs {
                 .map(read_limits)
                 .transpose()?
                 .unwrap_or_default(),
+            docker_socket: (!self.docker_socket.as_os_str().is_empty())
+                .then(|| self.docker_socket.clone()),
         })
     }
 }
