@@ -1,7 +1,6 @@
 //! The node API's listener: TCP, then a TLS 1.3 handshake, then gRPC. The peer's SPIFFE ID
 //! (if it presented a certificate) travels to the handlers as connection info.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -27,8 +26,6 @@ const LISTENER: &str = "node API";
 pub struct PeerInfo {
     /// The SPIFFE ID of the verified client certificate, if one was presented.
     pub spiffe_id: Option<SpiffeId>,
-    /// The peer's address.
-    pub remote_addr: SocketAddr,
 }
 
 /// A TLS connection that tonic can serve; it holds its place in the listener's connection
@@ -142,10 +139,7 @@ pub fn incoming(
                 let on_cut = agentmesh_proto::limits::logging(LISTENER, caller.clone());
                 let conn = TlsConn {
                     stream: LimitedStream::new(stream, slot, &limits, caller, on_cut),
-                    peer: PeerInfo {
-                        spiffe_id,
-                        remote_addr,
-                    },
+                    peer: PeerInfo { spiffe_id },
                 };
                 let _ = conn_tx.send(Ok(conn)).await;
             });
