@@ -42,7 +42,7 @@ pub enum AttestError {
     /// A selector a launcher may not set.
     #[error("launchers may only register launcher:KEY:VALUE selectors, not {}", agentmesh_spiffe::echo(.0))]
     NotALauncherSelector(String),
-    /// More selectors than [`MAX_LAUNCH_SELECTORS`] for one process.
+    /// More selectors than `MAX_LAUNCH_SELECTORS` (32) for one process.
     #[error("a launcher may register at most {max} selectors for a process, not {count}")]
     TooManySelectors {
         /// How many were given.
