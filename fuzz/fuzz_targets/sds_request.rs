@@ -5,7 +5,7 @@
 //! Run with: `RUSTC_BOOTSTRAP=1 cargo fuzz run sds_request` (from `fuzz/`).
 #![no_main]
 
-use agentmesh_node::sds::ResourceName;
+use agentmesh_node::ResourceName;
 use agentmesh_proto::xds::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest,
 };

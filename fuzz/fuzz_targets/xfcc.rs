@@ -1,9 +1,9 @@
-//! The gateway's reader of `x-forwarded-client-cert`, which the agents use too.
+//! The SDK's reader of `x-forwarded-client-cert`, which the gateway and the agents use.
 //!
 //! Run with: `RUSTC_BOOTSTRAP=1 cargo fuzz run xfcc` (from `fuzz/`).
 #![no_main]
 
-use agentmesh_gateway::policy::parse_xfcc;
+use agentmesh_sdk::xfcc::parse_xfcc;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

@@ -1,7 +1,7 @@
 //! `fetch`: how long a workload waits for the first message of a new FetchX509SVID stream,
 //! served from the node's cache, against a bare gRPC round trip on the same socket.
 //!
-//! Server and node run in this process, the in-process mesh of `agentmesh_node::testing` that
+//! Server and node run in this process, the in-process `agentmesh_node::TestMesh` that
 //! the node's tests use too; the benchmark process itself is the workload, registered by its
 //! uid.
 
@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentmesh_node::testing::{TestMesh, with_header};
+use agentmesh_node::{TestMesh, with_header};
 use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use agentmesh_proto::workload::{JwtBundlesRequest, ValidateJwtsvidRequest, X509svidRequest};
 use agentmesh_server::ServerConfig;

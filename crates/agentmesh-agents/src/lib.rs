@@ -6,19 +6,23 @@
 //! the question, in order. By default they speak plain HTTP to their local proxy's outbound
 //! ports and never touch a certificate (as in planner-executor): the proxies do mTLS and enforce
 //! intentions. With `[mtls]` an agent has no sidecar and does both in-process with the SDK
-//! (as in research-team; see [`mtls`]).
+//! (as in research-team; see [`MtlsConfig`]).
 //!
 //! - planner-executor: planner → executor → gateway.
 //! - research-team: researcher (search) → writer → gateway.
 //! - threat-pipeline: orchestrator → classifier, validator, scorer → gateway.
+//!
+//! Not a framework for writing agents: the roles are fixed ([`Role`]) and their models are
+//! the gateway's. Identity and intentions stay with the proxies, or with agentmesh-sdk under
+//! `[mtls]`; the agents only ask and answer.
 #![forbid(unsafe_code)]
 
-pub mod client;
-pub mod config;
+mod client;
+mod config;
 mod handle;
-pub mod mtls;
-pub mod role;
-pub mod search;
+mod mtls;
+mod role;
+mod search;
 
 use agentmesh_sdk::local::{LocalAddr, LocalListener};
 use std::sync::Arc;
@@ -32,11 +36,14 @@ use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use config::{AgentConfig, ConfigError};
-pub use role::Role;
+pub use config::{
+    AgentConfig, ConfigError, DEFAULT_MODEL, MtlsConfig, SearchConfig, SearchKind, UpstreamConfig,
+};
+pub use mtls::MtlsError;
+pub use role::{Role, UnknownRole};
+pub use search::{Hit, SearchError, TavilySearch};
 
 use crate::client::{CallError, Upstreams};
-use crate::config::SearchKind;
 use crate::search::OfflineSearch;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 
@@ -55,7 +62,7 @@ pub enum AgentError {
     Delegation(String),
     /// `[mtls]` cannot be set up (no SVID from the node).
     #[error("mtls: {0}")]
-    Mtls(#[from] mtls::MtlsError),
+    Mtls(#[from] MtlsError),
 }
 
 /// The largest question (with context) an agent accepts, in bytes.

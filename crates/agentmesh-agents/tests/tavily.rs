@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use agentmesh_agents::search::{SearchError, TavilySearch};
+use agentmesh_agents::{SearchError, TavilySearch};
 use axum::Router;
 use axum::routing::post;
 use bytes::Bytes;

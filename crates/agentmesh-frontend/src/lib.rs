@@ -3,7 +3,7 @@
 //! It logs people in with OIDC (authorization code + PKCE, any issuer found by discovery) or,
 //! with no issuer configured, with a "dev login" that only binds to loopback. It then speaks
 //! for the user inside the mesh with a short-lived user token: an ES256 JWT signed with the
-//! frontend's own SVID key ([`token`]), whose keys it publishes as a JWKS. `/ask` forwards a
+//! frontend's own SVID key, whose keys it publishes as a JWKS. `/ask` forwards a
 //! question from the page to the entry agent with that token.
 //!
 //! Routes:
@@ -14,21 +14,25 @@
 //! - `POST /ask` `{"question"}` (JSON) or `question=` (form) to the entry upstream;
 //! - `GET /.well-known/jwks.json` and `GET /debug/jwks` (the same keys at the path
 //!   verifiers were first pointed at); `GET /healthz`;
-//! - `GET /inspector…` the Security Inspector ([`inspector`]), for administrators only.
+//! - `GET /inspector…` the Security Inspector, for administrators only.
 //!
-//! Every request passes [`guard`] first: the `Host` allow-list (DNS rebinding) and, on
+//! Every request passes the guard first: the `Host` allow-list (DNS rebinding) and, on
 //! state-changing requests, the same-origin check (CSRF).
+//!
+//! Not an identity provider: people are vouched for by the OIDC issuer, and the user token
+//! only carries that into the mesh. Not an enforcer either: agents verify the token, and
+//! intentions are the proxies'.
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod guard;
-pub mod http;
-pub mod identity;
-pub mod inspector;
-pub mod oidc;
-pub mod page;
-pub mod session;
-pub mod token;
+mod config;
+mod guard;
+mod http;
+mod identity;
+mod inspector;
+mod oidc;
+mod page;
+mod session;
+mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,8 +47,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-pub use config::{ConfigError, FrontendConfig};
-pub use identity::{Keys, SigningKey};
+pub use config::{
+    AuthMethod, ConfigError, FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig,
+    UpstreamConfig,
+};
+pub use identity::{IdentityError, Keys, SigningKey};
+pub use oidc::OidcError;
 
 use crate::http::HttpClient;
 use crate::session::{Pending, Sessions};
@@ -77,10 +85,10 @@ pub enum FrontendError {
     Config(#[from] ConfigError),
     /// No SVID.
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] IdentityError),
     /// The issuer could not be discovered.
     #[error("OIDC issuer: {0}")]
-    Oidc(#[from] oidc::OidcError),
+    Oidc(#[from] OidcError),
     /// The HTTP client could not be built (a bug in the crypto setup).
     #[error("cannot set up TLS for the issuer: {0}")]
     Tls(#[from] rustls::Error),

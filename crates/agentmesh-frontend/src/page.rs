@@ -7,15 +7,6 @@ use http::{HeaderValue, StatusCode, header};
 
 use crate::token::User;
 
-/// Errors of this module: rendering cannot fail; the enum keeps the module's shape uniform.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PageError {
-    /// A response could not be assembled (a bug).
-    #[error("BUG: cannot build a response: {0}")]
-    BugResponse(String),
-}
-
 /// No inline script, no eval, no frames, no foreign origins: everything the pages use is
 /// same-origin CSS, the inspector's same-origin script (and its event stream), and forms
 /// posting to the frontend itself.

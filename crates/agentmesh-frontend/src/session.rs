@@ -11,15 +11,6 @@ use http::HeaderMap;
 use crate::token::User;
 use crate::{LOGIN_TTL, SESSION_TTL};
 
-/// Errors of this module: none can happen today; the enum keeps the module's shape uniform.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// A lock was poisoned by a panicking handler (a bug elsewhere).
-    #[error("BUG: session store lock poisoned")]
-    BugPoisoned,
-}
-
 /// A login between `/login` and `/callback`.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -143,11 +134,6 @@ impl Sessions {
             },
         );
         id
-    }
-
-    /// The user of a live session.
-    pub fn user(&self, id: &str) -> Option<User> {
-        self.get(id).map(|(user, _)| user)
     }
 
     /// The user of a live session and whether they are an administrator.

@@ -543,7 +543,7 @@ pub struct ModelConfig {
     pub providers: Vec<String>,
     /// The completion tokens a call is assumed to need when its request names no
     /// `max_tokens` (or `num_predict`): its budget reservation is the prompt's bound plus
-    /// this. Default [`DEFAULT_MAX_TOKENS`].
+    /// this. Default 4096 (`DEFAULT_MAX_TOKENS`).
     #[serde(default)]
     pub max_tokens: Option<u64>,
 }

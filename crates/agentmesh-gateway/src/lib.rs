@@ -8,17 +8,20 @@
 //!
 //! Providers are `offline`, `ollama`, `openai` (any compatible server) and `gemini`, with
 //! per-attempt timeouts, retries with backoff, failover along the model's provider list and a
-//! circuit breaker per provider; [`config`] lists the keys and their defaults, and
-//! [`provider::resilience`] the rules. A caller always gets an answer in its API's own error
-//! shape: 502 `provider_failed` or 503 `provider_unavailable` when no provider answers.
+//! circuit breaker per provider; [`ProviderConfig`] lists the keys and their defaults. A
+//! caller always gets an answer in its API's own error shape: 502 `provider_failed` or 503
+//! `provider_unavailable` when no provider answers.
+//!
+//! Not an authenticator: who the caller is comes from its sidecar's header, and intentions
+//! are the proxy's to enforce. Not a model host either: it only forwards to providers.
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod config;
-pub mod dlp;
-pub mod policy;
-pub mod provider;
-pub mod secret_key;
+mod api;
+mod config;
+mod dlp;
+mod policy;
+mod provider;
+mod secret_key;
 
 use agentmesh_sdk::delegation::service as delegation;
 use agentmesh_sdk::http::Serving;
@@ -38,7 +41,12 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-pub use config::{ConfigError, GatewayConfig};
+pub use config::{
+    ApiKey, CallerConfig, ConfigError, Env, GatewayConfig, ModelConfig, OpenBaoKeyConfig,
+    ProcessEnv, ProviderConfig, ProviderKind,
+};
+pub use dlp::{Action as DlpAction, DlpConfig, normalize as dlp_normalize};
+pub use policy::BudgetUsage;
 
 use crate::api::{Answer, Api, ApiError};
 use crate::dlp::Counts;
@@ -286,20 +294,15 @@ impl Gateway {
     }
 
     /// Verifies every call's delegation chain with `d` (see [`delegation`]).
-    pub fn with_delegation(mut self, d: delegation::Delegation) -> Self {
+    pub(crate) fn with_delegation(mut self, d: delegation::Delegation) -> Self {
         self.delegation = Some(d);
         self
     }
 
     /// Where the budget of the caller whose `[[caller]]` id is `key` stands (its SPIFFE ID
     /// for callers under `*`); none before its first call or when it has no budget.
-    pub fn budget_usage(&self, key: &str) -> Option<policy::BudgetUsage> {
+    pub fn budget_usage(&self, key: &str) -> Option<BudgetUsage> {
         self.policies.usage(key)
-    }
-
-    /// The provider named `name`, with its policy and breaker.
-    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.providers.get(name)
     }
 
     /// The axum router serving both APIs.

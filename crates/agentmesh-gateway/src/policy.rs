@@ -324,11 +324,6 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// The worst case held.
-    pub fn tokens(&self) -> u64 {
-        self.tokens
-    }
-
     /// Replaces the hold with `used`, the call's real prompt plus completion tokens.
     pub fn settle(mut self, used: u64) {
         if let Some(key) = self.key.take() {

@@ -8,7 +8,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 
-use agentmesh_gateway::dlp::normalize;
+use agentmesh_gateway::dlp_normalize as normalize;
 use harness::*;
 use serde_json::{Value, json};
 

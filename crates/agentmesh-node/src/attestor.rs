@@ -7,7 +7,7 @@
 //! selectors from the Docker Engine ([`docker`]).
 
 mod docker;
-pub use docker::{DEFAULT_DOCKER_SOCKET, DockerAttestor, DockerError, container_id};
+pub use docker::{DEFAULT_DOCKER_SOCKET, DockerAttestor, DockerError};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ pub enum AttestError {
     /// A selector a launcher may not set.
     #[error("launchers may only register launcher:KEY:VALUE selectors, not {}", agentmesh_spiffe::echo(.0))]
     NotALauncherSelector(String),
-    /// More selectors than [`MAX_LAUNCH_SELECTORS`] for one process.
+    /// More selectors than `MAX_LAUNCH_SELECTORS` (32) for one process.
     #[error("a launcher may register at most {max} selectors for a process, not {count}")]
     TooManySelectors {
         /// How many were given.

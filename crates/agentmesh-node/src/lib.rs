@@ -1,22 +1,32 @@
-//! The node daemon: node attestation, workload attestation, SVID cache and rotation, and the
-//! SPIFFE Workload API and Envoy's SDS, plus the policy relay that serves intentions to local
-//! proxies.
+//! agentmesh-node: the per-host daemon. It attests to the server with a join token (then
+//! renews its node SVID), attests local workloads by their Unix credentials, launcher
+//! registrations and Docker containers, keeps their SVIDs cached and rotated, and serves them on the SPIFFE Workload
+//! API and Envoy's SDS, plus the policy relay that hands intentions to local proxies. Not the
+//! authority (agentmesh-server registers entries and signs) and not an enforcer (the proxies
+//! decide intentions): the node only carries identities and policy to what runs on its host.
+//!
+//! [`start`] with a [`NodeConfig`] is the entry point; with the `testing` feature,
+//! `NodeConfig::for_test` and `TestMesh` run a server and a node in the test's process.
 #![forbid(unsafe_code)]
 
-pub mod admin_api;
-pub mod attestor;
-pub mod cache;
-pub mod denials;
-pub mod manager;
-pub mod policy_relay;
-pub mod sds;
-pub mod server_client;
+mod admin_api;
+mod attestor;
+mod cache;
+mod denials;
+mod manager;
+mod policy_relay;
+mod sds;
+mod server_client;
 #[cfg(feature = "testing")]
-pub mod testing;
-pub mod workload_api;
+mod testing;
+mod workload_api;
 
-pub use attestor::DEFAULT_DOCKER_SOCKET;
-pub use manager::EAGER_MINT_LIMIT;
+pub use attestor::{AttestError, DEFAULT_DOCKER_SOCKET, DockerError, process_start_time};
+pub use manager::{EAGER_MINT_LIMIT, ManagerError};
+pub use sds::{ResourceName, SdsError};
+pub use server_client::{SharedClientConfig, client_config, node_api_client};
+#[cfg(feature = "testing")]
+pub use testing::{MeshError, TestMesh, init_logs, my_uid, with_header};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::attestor::Attestor;
-use crate::manager::{Manager, ManagerError, NodeSvid};
+use crate::manager::{Manager, NodeSvid};
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -91,10 +101,7 @@ pub enum NodeError {
 /// A running node.
 #[derive(Debug)]
 pub struct RunningNode {
-    /// The node's state, for in-process tests and status.
-    pub manager: Arc<Manager>,
-    /// The latest intentions and catalog from the server.
-    pub policy: Arc<policy_relay::PolicyRelay>,
+    manager: Arc<Manager>,
     /// The Workload API socket.
     pub socket: PathBuf,
     admin_socket: PathBuf,
@@ -103,6 +110,31 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// The node's own SPIFFE ID, from its current node SVID.
+    pub fn node_id(&self) -> SpiffeId {
+        self.manager.node_identity().0
+    }
+
+    /// Whether the node's last call to the server succeeded.
+    pub fn server_reachable(&self) -> bool {
+        self.manager.server_reachable()
+    }
+
+    /// Whether the node has its entries from the server (since it started).
+    pub fn synced(&self) -> bool {
+        self.manager.snapshot().synced
+    }
+
+    /// How many registration entries the node holds for its workloads.
+    pub fn entry_count(&self) -> usize {
+        self.manager.snapshot().entries.len()
+    }
+
+    /// How many workload SVIDs the node has minted and holds.
+    pub fn svid_count(&self) -> usize {
+        self.manager.snapshot().svids.len()
+    }
+
     /// Stops the node and removes its sockets.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -112,6 +144,12 @@ impl RunningNode {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.admin_socket);
     }
+}
+
+/// Where a node whose data dir is `data_dir` keeps its node SVID and key: present while it
+/// needs no join token.
+pub fn node_svid_file(data_dir: &std::path::Path) -> PathBuf {
+    NodeSvid::path(data_dir)
 }
 
 /// How long a first attestation keeps retrying an unreachable server.
@@ -206,7 +244,6 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API and SDS");
     Ok(RunningNode {
         manager,
-        policy,
         socket: cfg.socket,
         admin_socket: cfg.admin_socket,
         stop,

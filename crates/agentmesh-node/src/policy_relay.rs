@@ -29,11 +29,6 @@ impl Default for PolicyRelay {
 }
 
 impl PolicyRelay {
-    /// The latest snapshot, if one has arrived.
-    pub fn latest(&self) -> Option<Arc<PolicySnapshot>> {
-        self.latest.borrow().clone()
-    }
-
     /// Follows the server's policy watch until `stop` fires, reconnecting with backoff.
     pub async fn run(self: Arc<Self>, manager: Arc<Manager>, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use agentmesh_proto::v1::{self, CreateEntryRequest};
 use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use agentmesh_server::testing::{HarnessError, TestServer};
+use agentmesh_server::{HarnessError, TestServer};
 use tonic::transport::Channel;
 
 use crate::{NodeConfig, NodeError, RunningNode};

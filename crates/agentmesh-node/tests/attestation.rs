@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use agentmesh_node::manager::NodeSvid;
-use agentmesh_node::testing::init_logs;
-use agentmesh_node::{NodeConfig, NodeError, RunningNode};
+use agentmesh_node::{NodeConfig, NodeError, RunningNode, init_logs, node_svid_file};
 use agentmesh_proto::v1::node_api_client::NodeApiClient;
 use agentmesh_proto::v1::{RenewNodeSvidRequest, SyncEntriesRequest};
 use agentmesh_proto::workload::X509svidRequest;
 use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use agentmesh_server::testing::TestServer;
+use agentmesh_server::TestServer;
 use agentmesh_spiffe::SpiffeId;
 use tonic::transport::Channel;
 
@@ -52,7 +50,7 @@ fn assert_left_nothing(dir: &Path) {
         leftovers.is_empty(),
         "a refused node wrote {leftovers:?} to its data dir"
     );
-    assert!(!NodeSvid::path(&dir.join("node")).exists());
+    assert!(!node_svid_file(&dir.join("node")).exists());
     assert!(!dir.join("workload.sock").exists());
     assert!(!dir.join("node-admin.sock").exists());
 }
@@ -76,7 +74,7 @@ async fn join_tokens_are_refused_when_reused_expired_or_forged() {
     let token = server.token(0).await.unwrap();
     let first_dir = tmp.path().join("n1");
     let first = start_node(&first_dir, &server, Some(token.clone())).await;
-    assert!(NodeSvid::path(&first_dir.join("node")).exists());
+    assert!(node_svid_file(&first_dir.join("node")).exists());
     let nodes = server
         .admin
         .list_nodes(agentmesh_proto::v1::ListNodesRequest {})
@@ -85,10 +83,7 @@ async fn join_tokens_are_refused_when_reused_expired_or_forged() {
         .into_inner()
         .nodes;
     assert_eq!(nodes.len(), 1);
-    assert_eq!(
-        nodes[0].spiffe_id,
-        first.manager.node_identity().0.to_string()
-    );
+    assert_eq!(nodes[0].spiffe_id, first.node_id().to_string());
 
     // The same token again, from another node: refused as spent.
     let reused_dir = tmp.path().join("n2");
@@ -132,7 +127,7 @@ async fn join_tokens_are_refused_when_reused_expired_or_forged() {
 /// The node SVID (chain and key) stored in a node's data dir, read without checking whom it
 /// chains to.
 fn stored_node_svid(data_dir: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
-    let bytes = agentmesh_ca::read_secret_file(&NodeSvid::path(data_dir)).unwrap();
+    let bytes = agentmesh_ca::read_secret_file(&node_svid_file(data_dir)).unwrap();
     let text = String::from_utf8(bytes).unwrap();
     let chain = agentmesh_ca::pem_decode_all(&text, "CERTIFICATE").unwrap();
     let key = agentmesh_ca::pem_decode_all(&text, "PRIVATE KEY")
@@ -148,12 +143,8 @@ fn node_api_as(server: &TestServer, chain: &[Vec<u8>], key: &[u8]) -> NodeApiCli
     let creds = agentmesh_tls::SvidCredentials::from_der(chain, key).unwrap();
     let cert = Arc::new(agentmesh_tls::RotatingCert::new(&creds).unwrap());
     let server_id: SpiffeId = "spiffe://example.org/agentmesh/server".parse().unwrap();
-    let tls = agentmesh_node::server_client::client_config(&server.roots, &server_id, Some(cert))
-        .unwrap();
-    agentmesh_node::server_client::node_api_client(
-        &server.addr().to_string(),
-        Arc::new(RwLock::new(tls)),
-    )
+    let tls = agentmesh_node::client_config(&server.roots, &server_id, Some(cert)).unwrap();
+    agentmesh_node::node_api_client(&server.addr().to_string(), Arc::new(RwLock::new(tls)))
 }
 
 /// Calls that need a node identity; returns their errors (`None` for success).
@@ -198,7 +189,7 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     let b_node_dir = tmp.path().join("node-of-b");
     let token = b.token(0).await.unwrap();
     let node = start_node(&b_node_dir, &b, Some(token)).await;
-    let b_node_id = node.manager.node_identity().0;
+    let b_node_id = node.node_id();
     node.shutdown().await;
     let (b_chain, b_key) = stored_node_svid(&b_node_dir.join("node"));
     assert_eq!(
@@ -225,7 +216,6 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
 
     // Past TLS, the datastore decides: an SVID that A's own CA minted for a node path A
     // never attested, or for a workload, opens nothing either.
-    let state = a.running.as_ref().unwrap().state.clone();
     for (path, why) in [
         ("/agentmesh/node/never-attested", "not an attested node"),
         ("/ns/default/sa/planner", "not a node identity"),
@@ -233,11 +223,8 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
         let key = agentmesh_ca::PrivateKey::generate().unwrap();
         let pk = agentmesh_ca::verify_csr(&agentmesh_ca::build_csr(&key).unwrap()).unwrap();
         let id: SpiffeId = format!("spiffe://example.org{path}").parse().unwrap();
-        let svid = state
-            .ca
-            .current()
-            .authority
-            .mint_x509_svid(&id, &pk, Duration::from_secs(600), &[], SystemTime::now())
+        let svid = a
+            .mint_x509_svid(&id, &pk, Duration::from_secs(600))
             .unwrap();
         let mut client = node_api_as(&a, &svid.chain, &key.pkcs8_der());
         let (sync, renew) = node_calls(&mut client).await;
@@ -250,7 +237,7 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     // The process path: B's node data dir, pointed at A with A's bundle and no token. The
     // stored SVID does not chain to A's roots, so it is not used: a token is asked for, and
     // the stored file is left as it was.
-    let before = std::fs::read(NodeSvid::path(&b_node_dir.join("node"))).unwrap();
+    let before = std::fs::read(node_svid_file(&b_node_dir.join("node"))).unwrap();
     let err = agentmesh_node::start(NodeConfig::for_test(&b_node_dir, &a, None))
         .await
         .expect_err("a node started on A with B's node SVID");
@@ -260,7 +247,7 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
         "{err}"
     );
     assert_eq!(
-        std::fs::read(NodeSvid::path(&b_node_dir.join("node"))).unwrap(),
+        std::fs::read(node_svid_file(&b_node_dir.join("node"))).unwrap(),
         before
     );
 
@@ -278,17 +265,17 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     )
     .unwrap();
     let node = start_node(&b_node_dir, &a, None).await;
-    assert_eq!(node.manager.node_identity().0, b_node_id);
+    assert_eq!(node.node_id(), b_node_id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while node.manager.server_reachable() {
+    while node.server_reachable() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "A kept accepting B's node SVID"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!node.manager.snapshot().synced);
-    assert!(node.manager.snapshot().entries.is_empty());
+    assert!(!node.synced());
+    assert!(node.entry_count() == 0);
     let mut workload = SpiffeWorkloadApiClient::new(
         agentmesh_proto::unix::connect(&b_node_dir.join("workload.sock"))
             .await
@@ -368,7 +355,7 @@ async fn private_keys_on_disk_are_0600_in_0700_data_dirs() {
         .filter(|k| k.starts_with(server_dir.join("keys")))
         .count();
     assert_eq!(in_keys, 3, "{keys:?}");
-    assert!(keys.contains(&NodeSvid::path(&node_dir)), "{keys:?}");
+    assert!(keys.contains(&node_svid_file(&node_dir)), "{keys:?}");
 
     // The admin sockets let only their owner in.
     assert_eq!(mode(&tmp.path().join("admin.sock")), 0o600);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use agentmesh_node::testing::{TestMesh, my_uid, with_header};
+use agentmesh_node::{TestMesh, my_uid, with_header};
 use agentmesh_proto::v1;
 use agentmesh_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 
@@ -257,12 +257,12 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
         .unwrap();
     }
     mesh.register_self("/me", 0).await.unwrap();
-    let manager = mesh.node().manager.clone();
+    let node = mesh.node();
     // Patience, not a speed claim: up to the limit the node mints each entry's SVID as the
     // entries arrive (about 18 s alone in a debug build). This wait also caught the server
     // marking an entry change seen before it was sent (fixed in its sync stream).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while manager.snapshot().entries.len() < others + 1 {
+    while node.entry_count() < others + 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "entries did not sync"
@@ -272,9 +272,9 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
     // Give an eager minter every chance to show itself.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        manager.snapshot().svids.is_empty(),
+        node.svid_count() == 0,
         "minted {} SVIDs nobody asked for",
-        manager.snapshot().svids.len()
+        node.svid_count()
     );
 
     let mut client = mesh.workload_client().await.unwrap();
@@ -288,6 +288,6 @@ async fn above_the_eager_limit_svids_are_minted_on_demand() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.svids[0].spiffe_id, "spiffe://example.org/me");
-    assert_eq!(manager.snapshot().svids.len(), 1);
+    assert_eq!(node.svid_count(), 1);
     mesh.shutdown().await;
 }

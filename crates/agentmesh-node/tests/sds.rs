@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agentmesh_node::testing::TestMesh;
+use agentmesh_node::TestMesh;
 use agentmesh_proto::xds::envoy::config::core::v3::{DataSource, data_source};
 use agentmesh_proto::xds::envoy::extensions::transport_sockets::tls::v3::{
     Secret, SpiffeCertValidatorConfig, secret,

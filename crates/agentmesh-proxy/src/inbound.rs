@@ -83,16 +83,6 @@ impl Connections {
         )
     }
 
-    /// How many are open.
-    pub fn len(&self) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether none are open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Closes every connection whose peer the policy now denies. Returns how many.
     fn revoke_denied(
         &self,

@@ -7,16 +7,20 @@
 //! Identity comes from the SPIFFE Workload API, so any compliant agent works. Intentions and
 //! the service catalog come from the node's relay; the last ones received stay in force when
 //! the node or server is away, and nothing is allowed before the first arrive.
+//!
+//! Not a library of mesh primitives: the API is [`start`] with a [`ProxyConfig`] (what
+//! `agentmesh-proxy run` and `agentmesh up` do). Deciding intentions is agentmesh-policy's,
+//! issuing SVIDs the node's; apps that do mTLS themselves use agentmesh-sdk instead.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod config;
-pub mod http_util;
-pub mod identity;
-pub mod inbound;
-pub mod outbound;
-pub mod policy;
-pub mod telemetry;
+mod admin;
+mod config;
+mod http_util;
+mod identity;
+mod inbound;
+mod outbound;
+mod policy;
+mod telemetry;
 
 use std::net::SocketAddr;
 
@@ -30,7 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, Protocol, ProxyConfig};
+pub use config::{Admin, ConfigError, Inbound, Protocol, ProxyConfig, Upstream};
+pub use identity::IdentityError;
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +46,7 @@ pub enum ProxyError {
     Config(#[from] ConfigError),
     /// No SVID.
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] IdentityError),
     /// A listener could not be bound.
     #[error("cannot listen on {0} ({1}): {2}")]
     Listen(String, &'static str, std::io::Error),
@@ -65,12 +70,6 @@ pub struct RunningProxy {
     pub upstream_addrs: Vec<LocalAddr>,
     /// The bound admin listener.
     pub admin_addr: Option<LocalAddr>,
-    /// The proxy's identity.
-    pub identity: Arc<identity::IdentityWatch>,
-    /// The policy in force.
-    pub policy: Arc<policy::PolicyWatch>,
-    /// Metrics.
-    pub metrics: Arc<telemetry::Metrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -326,9 +325,6 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
         inbound_addr,
         upstream_addrs,
         admin_addr,
-        identity,
-        policy,
-        metrics,
         stop,
         tasks,
     })

@@ -217,11 +217,6 @@ impl CaManager {
         &self.datastore
     }
 
-    /// Whether an upstream authority signs the intermediate.
-    pub fn is_upstream(&self) -> bool {
-        self.upstream
-    }
-
     /// Stores an intermediate the upstream authority signed: its root(s) as bundle rows (no
     /// key: the root key never exists here), the key file (0600), then the intermediate's row.
     /// The key file is written before the row that names it, as everywhere in this module.

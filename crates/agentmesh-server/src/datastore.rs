@@ -571,16 +571,6 @@ impl Datastore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    /// Runs SQLite's own consistency check; `ok` means the file is sound.
-    ///
-    /// # Errors
-    /// SQLite failures.
-    pub fn integrity_check(&self) -> Result<String, DatastoreError> {
-        Ok(self
-            .conn()
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
-    }
 }
 
 fn intention_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IntentionRow> {

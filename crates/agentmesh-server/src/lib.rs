@@ -1,20 +1,32 @@
-//! The control plane: the datastore, the CA, registration entries, join tokens, node
-//! attestation, and the node and admin APIs.
+//! agentmesh-server: the control plane. It keeps the datastore (registration entries,
+//! intentions, the service catalog, join tokens, attested nodes), runs the CA (self-signed or
+//! under an OpenBao upstream), attests nodes, and serves the node API over mTLS and the admin
+//! API on a Unix socket. Not for workloads: they get their SVIDs from a node
+//! (agentmesh-node), never from the server, and the server enforces no intentions (the
+//! proxies do, with agentmesh-policy).
+//!
+//! [`start`] with a [`ServerConfig`] is the whole entry point; with the `testing` feature,
+//! `ServerConfig::for_test` and `TestServer` give tests a server in a temporary directory.
 #![forbid(unsafe_code)]
 
-pub mod admin_api;
-pub mod ca;
-pub mod datastore;
-pub mod node_api;
-pub mod oidc_discovery;
-pub mod registration;
-pub mod server;
-pub mod state;
+mod admin_api;
+mod ca;
+mod datastore;
+mod node_api;
+mod oidc_discovery;
+mod registration;
+mod server;
+mod state;
 #[cfg(feature = "testing")]
-pub mod testing;
-pub mod tls_incoming;
-pub mod upstream;
+mod testing;
+mod tls_incoming;
+mod upstream;
 
-pub use ca::CaLifetimes;
+pub use ca::{CaLifetimes, CaManagerError};
+pub use datastore::DatastoreError;
+pub use oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
 pub use server::{RunningServer, ServerConfig, ServerError, start};
 pub use state::IssuanceSettings;
+#[cfg(feature = "testing")]
+pub use testing::{HarnessError, TEST_TRUST_DOMAIN, TestServer};
+pub use upstream::{OpenBaoAuth, OpenBaoUpstreamConfig, UpstreamError};

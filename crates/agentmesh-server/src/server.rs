@@ -101,8 +101,9 @@ pub struct RunningServer {
     pub admin_socket: PathBuf,
     /// Where OIDC discovery listens, when configured.
     pub oidc_discovery_addr: Option<SocketAddr>,
-    /// Shared state, for in-process tests.
-    pub state: Arc<ServerState>,
+    /// Shared state, for `TestServer::mint_x509_svid`.
+    #[cfg(feature = "testing")]
+    pub(crate) state: Arc<ServerState>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -243,6 +244,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         listen_addr,
         admin_socket: cfg.admin_socket,
         oidc_discovery_addr,
+        #[cfg(feature = "testing")]
         state,
         stop,
         tasks,

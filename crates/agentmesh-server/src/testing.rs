@@ -117,6 +117,27 @@ impl TestServer {
             .listen_addr
     }
 
+    /// An X509-SVID for `id` minted by the server's current CA, whether or not any entry or
+    /// attestation stands behind it: for tests of what the server refuses past TLS.
+    ///
+    /// # Panics
+    /// After [`TestServer::stop`].
+    pub fn mint_x509_svid(
+        &self,
+        id: &agentmesh_spiffe::SpiffeId,
+        public_key: &agentmesh_ca::CsrPublicKey,
+        ttl: std::time::Duration,
+    ) -> Result<agentmesh_ca::X509Svid, agentmesh_ca::CaError> {
+        let running = self.running.as_ref().expect("the server is running");
+        running.state.ca.current().authority.mint_x509_svid(
+            id,
+            public_key,
+            ttl,
+            &[],
+            std::time::SystemTime::now(),
+        )
+    }
+
     /// The PEM file of the server's roots.
     pub fn bundle_file(&self) -> PathBuf {
         self.dir.join("bundle.pem")

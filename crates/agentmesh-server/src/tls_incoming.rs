@@ -3,7 +3,6 @@
 //! connect without a certificate (to attest with a join token), so the peer's SPIFFE ID is
 //! optional here; it travels to the handlers as connection info.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use agentmesh_proto::limits::{Caller, ListenerLimits, TlsConn, tls_incoming};
@@ -18,8 +17,6 @@ const LISTENER: &str = "node API";
 pub struct PeerInfo {
     /// The SPIFFE ID of the verified client certificate, if one was presented.
     pub spiffe_id: Option<SpiffeId>,
-    /// The peer's address.
-    pub remote_addr: SocketAddr,
 }
 
 /// The TLS config in force; swapped when the bundle or the server's certificate changes.
@@ -43,12 +40,6 @@ pub fn incoming(
             .map_or(Caller::Ip(remote_addr.ip()), |id| {
                 Caller::Spiffe(id.to_string())
             });
-        Some((
-            PeerInfo {
-                spiffe_id,
-                remote_addr,
-            },
-            caller,
-        ))
+        Some((PeerInfo { spiffe_id }, caller))
     })
 }

@@ -63,10 +63,6 @@ pub struct HeldSvid {
 pub struct ServiceRow {
     /// The entry's SPIFFE ID.
     pub spiffe_id: String,
-    /// The entry id.
-    pub entry_id: String,
-    /// What a workload must match.
-    pub selectors: Vec<String>,
     /// None: the node holds no SVID for it (no workload of it has asked yet).
     pub svid: Option<HeldSvid>,
 }
@@ -354,8 +350,6 @@ impl MeshSources {
                     .iter()
                     .map(|e| ServiceRow {
                         spiffe_id: e.spiffe_id.clone(),
-                        entry_id: e.id.clone(),
-                        selectors: e.selectors.clone(),
                         svid: held.get(e.id.as_str()).cloned(),
                     })
                     .collect()

@@ -165,8 +165,9 @@ impl Breaker {
         }
     }
 
-    /// Whether the circuit is open or half-open (for tests and status pages).
-    pub fn is_open(&self) -> bool {
+    /// Whether the circuit is open or half-open.
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })
     }
 }
@@ -251,11 +252,6 @@ impl Upstream {
             provider,
             policy,
         }
-    }
-
-    /// The breaker, for tests and status.
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
     }
 
     /// Asks this provider, retrying what is worth retrying. `attempts` counts what was sent.

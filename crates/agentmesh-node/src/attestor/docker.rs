@@ -13,7 +13,7 @@
 //! it is gone.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -174,11 +174,6 @@ impl DockerAttestor {
         }
     }
 
-    /// The Docker socket asked.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// The `docker:` selectors of process `pid`: `Ok(None)` when it is not in a container
     /// (or is gone), the container's selectors otherwise.
     ///
@@ -218,14 +213,6 @@ impl DockerAttestor {
         }
         cache.insert(id.clone(), selectors.clone());
         Ok(Some((id, selectors)))
-    }
-
-    /// Forgets a container's cached selectors (it stopped, or was found gone).
-    pub fn forget(&self, id: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
     }
 
     async fn inspect(&self, id: &str) -> Result<Inspect, DockerError> {

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentmesh::Signals;
-use agentmesh_server::oidc_discovery::OidcDiscoveryConfig;
-use agentmesh_server::upstream::{OpenBaoAuth, OpenBaoUpstreamConfig};
-use agentmesh_server::{CaLifetimes, IssuanceSettings, ServerConfig};
+use agentmesh_server::{
+    CaLifetimes, IssuanceSettings, OidcDiscoveryConfig, OpenBaoAuth, OpenBaoUpstreamConfig,
+    ServerConfig,
+};
 use agentmesh_spiffe::TrustDomain;
 use anyhow::Context;
 use clap::{Args, Subcommand};

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use agentmesh_agents::config::{AgentConfig, MtlsConfig, SearchConfig, SearchKind};
-use agentmesh_frontend::config::{FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig};
-use agentmesh_gateway::config::{
+use agentmesh_agents::{AgentConfig, MtlsConfig, SearchConfig, SearchKind};
+use agentmesh_frontend::{FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig};
+use agentmesh_gateway::{
     ApiKey, CallerConfig, GatewayConfig, ModelConfig, ProviderConfig, ProviderKind,
 };
-use agentmesh_proxy::config::{Admin, Inbound, Protocol, ProxyConfig, Upstream};
+use agentmesh_proxy::{Admin, Inbound, Protocol, ProxyConfig, Upstream};
 use agentmesh_sdk::delegation::service::DelegationConfig;
 use agentmesh_sdk::local::LocalAddr;
 use anyhow::{Context, anyhow};
@@ -23,7 +23,7 @@ use super::scenario::{Scenario, ServiceKind};
 mod tests;
 
 /// The model name every agent asks the gateway for; the gateway maps it to `--llm`.
-pub const MODEL: &str = agentmesh_agents::config::DEFAULT_MODEL;
+pub const MODEL: &str = agentmesh_agents::DEFAULT_MODEL;
 
 /// The first line of every generated config.
 const WRITTEN_BY: &str = "# Written by `agentmesh up`.";
@@ -208,8 +208,8 @@ fn agent_upstream(
     plays: Option<&str>,
     url: String,
     spiffe_id: Option<String>,
-) -> agentmesh_agents::config::UpstreamConfig {
-    agentmesh_agents::config::UpstreamConfig {
+) -> agentmesh_agents::UpstreamConfig {
+    agentmesh_agents::UpstreamConfig {
         name: dest.to_owned(),
         role: plays.unwrap_or("service").to_owned(),
         url,
@@ -324,7 +324,7 @@ pub fn frontend(p: &Planned, plan: &Plan, layout: &Layout) -> anyhow::Result<Fro
         .upstreams
         .iter()
         .filter_map(|dest| {
-            Some(agentmesh_frontend::config::UpstreamConfig {
+            Some(agentmesh_frontend::UpstreamConfig {
                 name: dest.clone(),
                 url: upstream_url(p.upstream(dest)?),
             })

@@ -454,7 +454,7 @@ pub async fn register_launch(
     pid: u32,
     service: &str,
 ) -> anyhow::Result<()> {
-    let start_time = agentmesh_node::attestor::process_start_time(pid)
+    let start_time = agentmesh_node::process_start_time(pid)
         .with_context(|| format!("cannot read the start time of {service} (pid {pid})"))?;
     node.register_launch(RegisterLaunchRequest {
         pid,

@@ -390,7 +390,7 @@ pub async fn keep_running(sup: &mut Supervisor, signals: &mut Signals, layout: &
             for (pid, service) in pending.drain(..) {
                 if let Err(e) = register_launch(&mut node, pid, &service).await {
                     // A process that already exited again has nothing to register.
-                    if agentmesh_node::attestor::process_start_time(pid).is_ok() {
+                    if agentmesh_node::process_start_time(pid).is_ok() {
                         tracing::debug!(error = %e, "registration retried later");
                         still.push((pid, service));
                     }
