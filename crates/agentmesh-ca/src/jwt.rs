@@ -1,10 +1,11 @@
-//! JWT-SVIDs: ES256 compact JWS signed and verified directly with ring, and the SPIFFE JWT
-//! bundle (JWKS) format.
+//! JWT-SVIDs: ES256 compact JWS signed and verified directly with ring. The SPIFFE JWT bundle
+//! format (JWKS) they are checked against is agentmesh-tls's.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmesh_spiffe::SpiffeId;
+use agentmesh_tls::{Jwk, JwkError, Jwks};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -12,7 +13,6 @@ use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
     UnparsedPublicKey,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Tokens longer than this are refused unparsed, so a hostile peer cannot make us decode
@@ -76,17 +76,9 @@ pub enum JwtError {
     /// The signing key could not be made or loaded.
     #[error("JWT signing key: {0}")]
     Key(String),
-    /// A JWK in a bundle is unusable.
-    #[error("JWK {kid:?} in the trust bundle is invalid: {reason}")]
-    BadJwk {
-        /// The key's id.
-        kid: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The JWKS document is not valid JSON of the SPIFFE bundle shape.
-    #[error("JWT bundle is not a valid JWKS document: {0}")]
-    BadJwks(String),
+    /// The bundle, or the key in it the token names, is unusable.
+    #[error(transparent)]
+    Jwk(#[from] JwkError),
 }
 
 fn unix_secs(t: SystemTime) -> Result<i64, JwtError> {
@@ -169,142 +161,6 @@ impl fmt::Debug for JwtKey {
         f.debug_struct("JwtKey")
             .field("kid", &self.kid)
             .finish_non_exhaustive()
-    }
-}
-
-/// A public EC P-256 JSON Web Key as SPIFFE JWT bundles carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jwk {
-    /// Key type, `EC`.
-    pub kty: String,
-    /// Curve, `P-256`.
-    pub crv: String,
-    /// The point's x coordinate, base64url without padding.
-    pub x: String,
-    /// The point's y coordinate, base64url without padding.
-    pub y: String,
-    /// Key id, matched against a token's header `kid`.
-    pub kid: String,
-    /// Key use, `jwt-svid` in SPIFFE bundles.
-    #[serde(rename = "use", default)]
-    pub key_use: String,
-}
-
-impl Jwk {
-    /// The uncompressed point `0x04 || x || y` that ring verifies with.
-    ///
-    /// # Errors
-    /// [`JwtError::BadJwk`] if this is not an EC P-256 key with 32-byte coordinates.
-    pub fn uncompressed_point(&self) -> Result<[u8; 65], JwtError> {
-        let bad = |reason: String| JwtError::BadJwk {
-            kid: self.kid.clone(),
-            reason,
-        };
-        if self.kty != "EC" || self.crv != "P-256" {
-            return Err(bad(format!(
-                "kty {:?} crv {:?}, want EC P-256",
-                self.kty, self.crv
-            )));
-        }
-        let x = URL_SAFE_NO_PAD
-            .decode(&self.x)
-            .map_err(|e| bad(format!("x: {e}")))?;
-        let y = URL_SAFE_NO_PAD
-            .decode(&self.y)
-            .map_err(|e| bad(format!("y: {e}")))?;
-        if x.len() != 32 || y.len() != 32 {
-            return Err(bad(format!(
-                "coordinates are {} and {} bytes, want 32",
-                x.len(),
-                y.len()
-            )));
-        }
-        let mut point = [0u8; 65];
-        point[0] = 0x04;
-        point[1..33].copy_from_slice(&x);
-        point[33..].copy_from_slice(&y);
-        Ok(point)
-    }
-}
-
-/// A JWT bundle: the SPIFFE JWKS document `{"keys":[...]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-pub struct Jwks {
-    /// The JWT-SVID signing keys.
-    pub keys: Vec<Jwk>,
-    /// The bundle's sequence number, if the publisher set one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spiffe_sequence: Option<u64>,
-    /// The suggested refresh interval in seconds, if the publisher set one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spiffe_refresh_hint: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<Value>,
-    #[serde(default)]
-    spiffe_sequence: Option<u64>,
-    #[serde(default)]
-    spiffe_refresh_hint: Option<i64>,
-}
-
-impl Jwks {
-    /// A bundle holding these keys.
-    pub fn new(keys: Vec<Jwk>) -> Self {
-        Self {
-            keys,
-            ..Self::default()
-        }
-    }
-
-    /// The key with this id, if any.
-    pub fn find(&self, kid: &str) -> Option<&Jwk> {
-        self.keys.iter().find(|k| k.kid == kid)
-    }
-
-    /// Serializes to the SPIFFE JWKS JSON document.
-    pub fn to_json(&self) -> String {
-        // Only strings and integers: serde_json cannot fail on this shape.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"keys\":[]}"))
-    }
-
-    /// Parses a SPIFFE JWKS JSON document.
-    ///
-    /// Keys marked `"use":"x509-svid"` (X.509 roots in a full SPIFFE bundle) are skipped, as are
-    /// non-P-256 keys, which this crate cannot verify with (a warning is logged).
-    ///
-    /// # Errors
-    /// [`JwtError::BadJwks`] for invalid JSON or shape, [`JwtError::BadJwk`] for an EC P-256
-    /// key with unusable coordinates.
-    pub fn from_json(json: &str) -> Result<Self, JwtError> {
-        let raw: RawJwks =
-            serde_json::from_str(json).map_err(|e| JwtError::BadJwks(e.to_string()))?;
-        let mut keys = Vec::with_capacity(raw.keys.len());
-        for value in raw.keys {
-            let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("");
-            if field("use") == "x509-svid" {
-                continue;
-            }
-            if field("kty") != "EC" || field("crv") != "P-256" {
-                tracing::warn!(
-                    kid = field("kid"),
-                    kty = field("kty"),
-                    crv = field("crv"),
-                    "skipping JWT bundle key that is not EC P-256"
-                );
-                continue;
-            }
-            let jwk: Jwk =
-                serde_json::from_value(value).map_err(|e| JwtError::BadJwks(e.to_string()))?;
-            jwk.uncompressed_point()?;
-            keys.push(jwk);
-        }
-        Ok(Self {
-            keys,
-            spiffe_sequence: raw.spiffe_sequence,
-            spiffe_refresh_hint: raw.spiffe_refresh_hint,
-        })
     }
 }
 

@@ -19,7 +19,8 @@ pub use agentmesh_tls::{
 };
 pub use authority::{Authority, CaError, X509Svid, new_intermediate, new_root};
 pub use csr::{CsrError, CsrPublicKey, build_csr, verify_csr};
-pub use jwt::{
-    Jwk, Jwks, JwtClaims, JwtError, JwtKey, peek_claims, sign_jwt_svid, validate_jwt_svid,
-};
+// The JWT bundle format moved to agentmesh-tls so verifiers need not depend on the CA;
+// re-exported so the CA's callers keep one import.
+pub use agentmesh_tls::{Jwk, JwkError, Jwks};
+pub use jwt::{JwtClaims, JwtError, JwtKey, peek_claims, sign_jwt_svid, validate_jwt_svid};
 pub use keys::{KeyError, PrivateKey, read_secret_file, write_secret_file};

@@ -1,39 +1,28 @@
 //! The frontend's own identity: its X.509-SVID, followed on the Workload API's FetchX509SVID
 //! stream, whose key signs user tokens. After a rotation the previous key stays in the JWKS
 //! until every token it signed has expired, so verifiers never see a valid token whose `kid`
-//! has vanished. This is a small follower on agentmesh-proto; the SDK's X509Source can
-//! replace [`follow`] without changing [`Keys`].
+//! has vanished. The SVID is followed by the SDK's [`X509Source`]; [`follow`] turns each
+//! version into a [`SigningKey`].
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use agentmesh_proto::workload::X509svidRequest;
-use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use agentmesh_sdk::X509Source;
+use agentmesh_sdk::source::X509Context;
 use agentmesh_spiffe::SpiffeId;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 /// Why an SVID could not be used for signing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
-    /// The Workload API could not be reached or refused.
-    #[error("Workload API at {0}: {1}")]
-    WorkloadApi(PathBuf, String),
-    /// The response held no SVID.
-    #[error("the Workload API returned no X.509-SVID")]
-    NoSvid,
     /// The SVID did not parse, or its key is not P-256 (user tokens are ES256).
     #[error("unusable SVID: {0}")]
     BadSvid(String),
-    /// No SVID arrived in time at startup.
-    #[error("no X.509-SVID from the Workload API at {0} after {1:?}")]
-    Timeout(PathBuf, Duration),
     /// Signing failed.
     #[error("signing with key {0} failed")]
     Sign(String),
@@ -117,6 +106,18 @@ impl SigningKey {
         })
     }
 
+    /// A signing key from one version of the source's identity, with the roots of its own
+    /// trust domain (not the federated ones: only this mesh's agents sign answers).
+    ///
+    /// # Errors
+    /// [`IdentityError::BadSvid`].
+    pub fn from_context(ctx: &X509Context) -> Result<Self, IdentityError> {
+        let chain = ctx.svid.chain.iter().map(|c| c.to_vec()).collect();
+        let mut key = Self::from_der(chain, ctx.svid.private_key_pkcs8_der())?;
+        key.roots = ctx.bundle.iter().map(|c| c.to_vec()).collect();
+        Ok(key)
+    }
+
     /// Signs `input` (the JWS signing input) with ES256; the fixed-size r||s signature.
     ///
     /// # Errors
@@ -146,7 +147,6 @@ pub struct Keys {
     state: Mutex<KeyState>,
     /// How long a retired key stays: the user-token lifetime plus clock skew.
     keep: Duration,
-    ready: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -161,7 +161,6 @@ impl Keys {
         Arc::new(Self {
             state: Mutex::new(KeyState::default()),
             keep,
-            ready: watch::channel(false).0,
         })
     }
 
@@ -186,7 +185,6 @@ impl Keys {
             st.retired.retain(|(_, until)| *until > now);
             st.current = Some(Arc::new(key));
         }
-        self.ready.send_replace(true);
     }
 
     /// The key new tokens are signed with.
@@ -211,73 +209,33 @@ impl Keys {
             .collect();
         json!({ "keys": keys })
     }
-
-    /// Waits until a key is installed.
-    ///
-    /// # Errors
-    /// [`IdentityError::Timeout`] after `patience`.
-    pub async fn wait_ready(&self, socket: &Path, patience: Duration) -> Result<(), IdentityError> {
-        let mut rx = self.ready.subscribe();
-        match tokio::time::timeout(patience, rx.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(IdentityError::Timeout(socket.to_owned(), patience)),
-        }
-    }
 }
 
-/// Follows FetchX509SVID on `socket` for ever, installing each new SVID into `keys` and
-/// reconnecting after failures; the last key stays in use while the Workload API is away.
-pub async fn follow(keys: Arc<Keys>, socket: PathBuf) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        if let Err(e) = follow_once(&keys, &socket).await {
-            tracing::warn!(error = %e, "Workload API stream ended; keeping the current SVID and retrying");
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+/// Installs the source's SVID into `keys` now, so tokens can be signed before the first
+/// update arrives.
+///
+/// # Errors
+/// [`IdentityError::BadSvid`] if the SVID's key cannot sign user tokens (not P-256).
+pub fn install_current(keys: &Keys, source: &X509Source) -> Result<(), IdentityError> {
+    keys.install(SigningKey::from_context(&source.current())?);
+    Ok(())
 }
 
-async fn follow_once(keys: &Keys, socket: &Path) -> Result<(), IdentityError> {
-    let err =
-        |e: &dyn std::fmt::Display| IdentityError::WorkloadApi(socket.to_owned(), e.to_string());
-    let channel = agentmesh_proto::unix::connect(socket)
-        .await
-        .map_err(|e| err(&e))?;
-    let mut client = SpiffeWorkloadApiClient::new(channel)
-        .max_decoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES);
-    let mut req = tonic::Request::new(X509svidRequest {});
-    req.metadata_mut().insert(
-        agentmesh_proto::WORKLOAD_API_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    let mut stream = client
-        .fetch_x509svid(req)
-        .await
-        .map_err(|s| err(&s.message()))?
-        .into_inner();
+/// Installs every SVID `source` holds, now and after each rotation, into `keys`, until the
+/// task running it is aborted (which drops `source` and so stops following the Workload API).
+/// The source keeps the last SVID while the Workload API is away and reconnects on its own.
+pub async fn follow(keys: Arc<Keys>, source: Arc<X509Source>) {
+    let mut changes = source.watch();
     loop {
-        match stream.message().await {
-            Ok(Some(resp)) => {
-                let key = resp
-                    .svids
-                    .first()
-                    .ok_or(IdentityError::NoSvid)
-                    .and_then(|svid| {
-                        let chain = agentmesh_tls::split_der_certs(&svid.x509_svid)
-                            .map_err(|e| IdentityError::BadSvid(e.to_string()))?;
-                        let mut key = SigningKey::from_der(chain, &svid.x509_svid_key)?;
-                        key.roots = agentmesh_tls::split_der_certs(&svid.bundle)
-                            .map_err(|e| IdentityError::BadSvid(e.to_string()))?;
-                        Ok(key)
-                    });
-                match key {
-                    Ok(key) => keys.install(key),
-                    Err(e) => tracing::error!(error = %e, "ignoring an unusable SVID update"),
-                }
-            }
-            Ok(None) => return Err(err(&"the stream ended")),
-            Err(s) => return Err(err(&format!("{:?}: {}", s.code(), s.message()))),
+        // The current version first: a rotation between startup and this task is not missed,
+        // and installing the same key twice is a no-op.
+        let ctx = changes.borrow_and_update().clone();
+        match SigningKey::from_context(&ctx) {
+            Ok(key) => keys.install(key),
+            Err(e) => tracing::error!(error = %e, "ignoring an unusable SVID update"),
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -288,6 +246,33 @@ mod tests {
     use agentmesh_ca::{Authority, CsrPublicKey, PrivateKey, new_intermediate, new_root};
     use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     use std::time::{Duration, SystemTime};
+
+    #[tokio::test]
+    async fn follow_installs_each_rotation_and_keeps_the_previous_key_in_the_jwks() {
+        let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+        let id = "spiffe://example.org/ns/default/sa/frontend";
+        let source = ca.source(id);
+        let keys = Keys::new(Duration::from_secs(360));
+        install_current(&keys, &source).unwrap();
+        let first = keys.current().unwrap();
+        assert_eq!(
+            first.roots,
+            ca.roots().iter().map(|r| r.to_vec()).collect::<Vec<_>>()
+        );
+        let follower = tokio::spawn(follow(keys.clone(), source.clone()));
+        let (next, roots) = ca.svid(id);
+        let serial = next.serial.clone();
+        source.update(next, roots).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while keys.current().unwrap().serial != serial {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the rotation was not installed");
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 2);
+        follower.abort();
+    }
 
     #[test]
     fn user_token_signatures_are_low_s_and_verify() {

@@ -83,9 +83,12 @@ pub enum FrontendError {
     /// The config is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// No SVID.
+    /// The SVID cannot sign user tokens.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// No SVID from the Workload API.
+    #[error(transparent)]
+    Source(#[from] agentmesh_sdk::SourceError),
     /// The issuer could not be discovered.
     #[error("OIDC issuer: {0}")]
     Oidc(#[from] OidcError),
@@ -695,11 +698,10 @@ pub async fn start(
     }
     let socket = cfg.workload_socket(config_path)?;
     let keys = Keys::new(token::USER_TOKEN_TTL + Duration::from_secs(60));
-    let follower = tokio::spawn(identity::follow(keys.clone(), socket.clone()));
-    if let Err(e) = keys.wait_ready(&socket, Duration::from_secs(60)).await {
-        follower.abort();
-        return Err(e.into());
-    }
+    let source = agentmesh_sdk::X509Source::connect(&socket, Duration::from_secs(60)).await?;
+    identity::install_current(&keys, &source)?;
+    // Aborting the follower drops the source with it, which stops following the Workload API.
+    let follower = tokio::spawn(identity::follow(keys.clone(), source));
     let listen = cfg.listen;
     let dev = cfg.oidc.is_none();
     let fe = match Frontend::new(cfg, keys).await {

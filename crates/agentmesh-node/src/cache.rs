@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use agentmesh_ca::Jwks;
 use agentmesh_spiffe::{SelectorSet, SpiffeId, TrustDomain};
+use agentmesh_tls::Jwks;
 
 use crate::attestor::Attestation;
 

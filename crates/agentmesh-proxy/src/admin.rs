@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use agentmesh_proto::limits::{ConnectionLimiter, ListenerLimits, RequestBody};
+use agentmesh_sdk::X509Source;
 use agentmesh_sdk::local::LocalListener;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -13,7 +14,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use tokio::sync::watch;
 
-use crate::identity::IdentityWatch;
 use crate::policy::PolicyWatch;
 use crate::telemetry::Metrics;
 
@@ -22,8 +22,8 @@ use crate::telemetry::Metrics;
 pub struct AdminState {
     /// Metrics to render.
     pub metrics: Arc<Metrics>,
-    /// For health: an SVID must be present.
-    pub identity: Arc<IdentityWatch>,
+    /// For health: the SVID in use (one is always present once the proxy has started).
+    pub identity: Arc<X509Source>,
     /// For health: a policy must have arrived.
     pub policy: Arc<PolicyWatch>,
 }
@@ -59,30 +59,27 @@ impl AdminState {
             "/healthz" => {
                 let id = self.identity.current();
                 let policy = self.policy.current();
-                match (id, policy.received) {
-                    (Some(id), true) => respond(
+                if policy.received {
+                    respond(
                         StatusCode::OK,
                         "text/plain",
                         format!(
                             "ok {} serial={} expires_unix={} policy_revision={}\n",
-                            id.id,
-                            id.serial,
-                            id.not_after
+                            id.svid.id,
+                            id.svid.serial,
+                            id.svid
+                                .not_after
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map_or(0, |d| d.as_secs()),
                             policy.revision
                         ),
-                    ),
-                    (None, _) => respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "no SVID yet\n".into(),
-                    ),
-                    (_, false) => respond(
+                    )
+                } else {
+                    respond(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",
                         "no intentions received yet; everything is denied\n".into(),
-                    ),
+                    )
                 }
             }
             _ => respond(
@@ -158,9 +155,19 @@ mod tests {
     fn state() -> AdminState {
         AdminState {
             metrics: Arc::new(Metrics::default()),
-            identity: IdentityWatch::new(),
+            identity: agentmesh_sdk::testing::TestCa::new("example.org")
+                .source("spiffe://example.org/ns/default/sa/api"),
             policy: PolicyWatch::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn healthz_waits_for_intentions_before_showing_the_svid() {
+        let admin = state();
+        let resp = admin.route(&"/healthz".parse().unwrap());
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("no intentions received yet"));
     }
 
     #[tokio::test]

@@ -19,17 +19,18 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::http_util::{BoxBody, XFCC, json_response, strip_hop_by_hop};
-use crate::identity::{IdentityState, IdentityWatch};
 use crate::policy::PolicyWatch;
 use crate::telemetry::{
     AccessRecord, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
+use agentmesh_sdk::X509Source;
+use agentmesh_sdk::source::X509Context;
+use agentmesh_sdk::tls::ServerTls;
 
 /// An open inbound connection, tracked so an intention change can close it.
 #[derive(Debug)]
@@ -112,7 +113,7 @@ impl Connections {
 /// The inbound side of one proxy.
 #[derive(Debug, Clone)]
 pub struct Inbound {
-    identity: Arc<IdentityWatch>,
+    identity: Arc<X509Source>,
     policy: Arc<PolicyWatch>,
     metrics: Arc<Metrics>,
     app: LocalAddr,
@@ -120,7 +121,8 @@ pub struct Inbound {
     /// Open connections, for revocation.
     pub connections: Arc<Connections>,
     app_client: Client<LocalConnector, RequestBody>,
-    tls: crate::identity::ConfigCache<ServerConfig>,
+    /// Presents the current SVID; rebuilt only when the roots change.
+    tls: Arc<ServerTls>,
     /// How HTTP requests are normalised before they are decided and forwarded.
     normalize: NormalizeOptions,
     limits: Arc<ListenerLimits>,
@@ -130,13 +132,20 @@ pub struct Inbound {
 impl Inbound {
     /// The inbound side in front of `app`.
     pub fn new(
-        identity: Arc<IdentityWatch>,
+        identity: Arc<X509Source>,
         policy: Arc<PolicyWatch>,
         metrics: Arc<Metrics>,
         app: LocalAddr,
         protocol: Protocol,
     ) -> Self {
         let connector = LocalConnector::to(app.clone());
+        let alpn: &[&[u8]] = match protocol {
+            Protocol::Http => &[b"h2", b"http/1.1"],
+            Protocol::Tcp => &[],
+        };
+        // Any SVID that chains to the bundle completes the handshake; intentions, not the
+        // handshake, decide, so a refusal is logged with the peer's verified ID and a reason.
+        let tls = ServerTls::new(identity.clone(), agentmesh_tls::any_id(), alpn);
         Self {
             identity,
             policy,
@@ -149,7 +158,7 @@ impl Inbound {
             app_client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build(connector),
-            tls: Arc::default(),
+            tls: Arc::new(tls),
             normalize: NormalizeOptions::default(),
             limits: Arc::default(),
             limiter: ConnectionLimiter::new(&ListenerLimits::default()),
@@ -175,35 +184,6 @@ impl Inbound {
         self
     }
 
-    /// The server config for the current identity, rebuilt only when the roots or the
-    /// certificate holder change (a rotation updates the holder in place).
-    fn server_config(
-        &self,
-        id: &IdentityState,
-    ) -> Result<Arc<ServerConfig>, agentmesh_tls::TlsError> {
-        let key = (id.roots_revision, Arc::as_ptr(&id.cert) as usize);
-        let mut cache = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((r, c, cfg)) = cache.as_ref()
-            && (*r, *c) == key
-        {
-            return Ok(cfg.clone());
-        }
-        let alpn: &[&[u8]] = match self.protocol {
-            Protocol::Http => &[b"h2", b"http/1.1"],
-            Protocol::Tcp => &[],
-        };
-        // Any SVID that chains to the bundle completes the handshake; intentions, not the
-        // handshake, decide, so a refusal is logged with the peer's verified ID and a reason.
-        let cfg = agentmesh_tls::server_config_rotating(
-            id.cert.clone(),
-            &id.roots,
-            agentmesh_tls::ClientAuth::Required(agentmesh_tls::any_id()),
-            alpn,
-        )?;
-        *cache = Some((key.0, key.1, cfg.clone()));
-        Ok(cfg)
-    }
-
     /// Closes connections an intention change denies, whenever the policy changes.
     pub async fn revoke_on_change(self, mut stop: watch::Receiver<bool>) {
         let mut rx = self.policy.subscribe();
@@ -214,10 +194,9 @@ impl Inbound {
             }
             let policy = rx.borrow_and_update().clone();
             self.metrics.set_policy_revision(policy.revision);
-            if let Some(own) = self.identity.current() {
-                self.connections
-                    .revoke_denied(&policy.set, &own.id, &self.metrics);
-            }
+            let own = self.identity.current();
+            self.connections
+                .revoke_denied(&policy.set, &own.svid.id, &self.metrics);
         }
     }
 
@@ -239,10 +218,8 @@ impl Inbound {
 
     async fn connection(self, tcp: TcpStream, addr: SocketAddr, mut slot: ConnectionSlot) {
         let started = Instant::now();
-        let Some(own) = self.identity.current() else {
-            return;
-        };
-        let cfg = match self.server_config(&own) {
+        let own = self.identity.current();
+        let cfg = match self.tls.config() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the inbound TLS config");
@@ -289,7 +266,7 @@ impl Inbound {
         self,
         mut tls: tokio_rustls::server::TlsStream<TcpStream>,
         peer: SpiffeId,
-        own: Arc<IdentityState>,
+        own: Arc<X509Context>,
         addr: SocketAddr,
         started: Instant,
     ) {
@@ -301,8 +278,8 @@ impl Inbound {
         );
         let trace_id = span.context().trace_id_hex();
         let policy = self.policy.current();
-        let d = policy.set.check_tcp(&peer, &own.id);
-        let (source, destination) = (peer.to_string(), own.id.to_string());
+        let d = policy.set.check_tcp(&peer, &own.svid.id);
+        let (source, destination) = (peer.to_string(), own.svid.id.to_string());
         if span.is_recording() {
             span_identities(
                 &mut span,
@@ -368,7 +345,7 @@ impl Inbound {
         self,
         tls: tokio_rustls::server::TlsStream<TcpStream>,
         peer: SpiffeId,
-        own: Arc<IdentityState>,
+        own: Arc<X509Context>,
         addr: SocketAddr,
     ) {
         let (_registered, mut kill) = self.connections.register(peer.clone(), false);
@@ -398,7 +375,7 @@ impl Inbound {
         &self,
         mut req: Request<RequestBody>,
         peer: &SpiffeId,
-        own: &IdentityState,
+        own: &X509Context,
         addr: SocketAddr,
     ) -> Response<BoxBody> {
         let started = Instant::now();
@@ -414,7 +391,7 @@ impl Inbound {
         let normalized = normalize_request(&mut req, &self.normalize);
         let path = req.uri().path().to_owned();
         let d = self.decide(&req, &normalized, peer, own, &method, &path);
-        let (source, destination) = (peer.to_string(), own.id.to_string());
+        let (source, destination) = (peer.to_string(), own.svid.id.to_string());
         if span.is_recording() {
             span_identities(
                 &mut span,
@@ -478,7 +455,7 @@ impl Inbound {
         req: &Request<RequestBody>,
         normalized: &Result<(), RequestRefused>,
         peer: &SpiffeId,
-        own: &IdentityState,
+        own: &X509Context,
         method: &str,
         path: &str,
     ) -> agentmesh_policy::Decision {
@@ -486,7 +463,7 @@ impl Inbound {
         match normalized {
             Ok(()) => policy.set.check_request(
                 peer,
-                &own.id,
+                &own.svid.id,
                 &HttpRequest {
                     method,
                     path,
@@ -510,11 +487,11 @@ impl Inbound {
         &self,
         req: &mut Request<RequestBody>,
         peer: &SpiffeId,
-        own: &IdentityState,
+        own: &X509Context,
         span: &Span,
     ) -> bool {
         strip_hop_by_hop(req.headers_mut());
-        let xfcc = format!("By={};URI={}", own.id, peer);
+        let xfcc = format!("By={};URI={}", own.svid.id, peer);
         if let Ok(v) = HeaderValue::from_str(&xfcc) {
             req.headers_mut().insert(XFCC, v);
         }

@@ -16,7 +16,6 @@
 mod admin;
 mod config;
 mod http_util;
-mod identity;
 mod inbound;
 mod outbound;
 mod policy;
@@ -29,13 +28,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use agentmesh_sdk::X509Source;
 use agentmesh_spiffe::SpiffeId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Admin, ConfigError, Inbound, Protocol, ProxyConfig, Upstream};
-pub use identity::IdentityError;
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +45,7 @@ pub enum ProxyError {
     Config(#[from] ConfigError),
     /// No SVID.
     #[error(transparent)]
-    Identity(#[from] IdentityError),
+    Identity(#[from] agentmesh_sdk::SourceError),
     /// A listener could not be bound.
     #[error("cannot listen on {0} ({1}): {2}")]
     Listen(String, &'static str, std::io::Error),
@@ -246,21 +245,14 @@ async fn bind_local(addr: &LocalAddr, what: &'static str) -> Result<LocalListene
 /// # Errors
 /// No SVID within a minute, a listener that cannot be bound, or a name that does not resolve.
 pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, ProxyError> {
+    // The source follows the Workload API until the last handle on it is dropped, which
+    // shutdown brings about by ending every task and worker that holds one.
+    let identity =
+        X509Source::connect_for_service(&socket, &cfg.service, IDENTITY_PATIENCE).await?;
+    let own = identity.current().svid.clone();
+    tracing::info!(spiffe_id = %own.id, serial = %own.serial, "proxy identity updated");
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let identity = identity::IdentityWatch::new();
-    tasks.push(tokio::spawn(identity.clone().run(
-        socket.clone(),
-        cfg.service.clone(),
-        stop_rx.clone(),
-    )));
-    let own = match identity.first(&socket, IDENTITY_PATIENCE).await {
-        Ok(own) => own,
-        Err(e) => {
-            let _ = stop.send(true);
-            return Err(e.into());
-        }
-    };
     let td = own.id.trust_domain().clone();
     let service_id = SpiffeId::from_service_name(&td, &cfg.service)
         .map_err(|e| ProxyError::Name(format!("service {:?}", cfg.service), e))?;
@@ -332,7 +324,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
 
 /// What every worker's listener handlers share.
 struct Handlers<'a> {
-    identity: &'a Arc<identity::IdentityWatch>,
+    identity: &'a Arc<X509Source>,
     policy: &'a Arc<policy::PolicyWatch>,
     metrics: &'a Arc<telemetry::Metrics>,
     limits: Arc<agentmesh_proto::limits::ListenerLimits>,
@@ -434,19 +426,19 @@ fn spawn_workers(
 /// Keeps the certificate expiry gauge at the current SVID's `not_after` until `stop`.
 fn keep_cert_expiry_current(
     metrics: Arc<telemetry::Metrics>,
-    identity: &identity::IdentityWatch,
+    identity: &X509Source,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let mut rx = identity.subscribe();
+    let mut rx = identity.watch();
     tokio::spawn(async move {
         loop {
-            if let Some(id) = rx.borrow_and_update().clone() {
-                let secs = id
-                    .not_after
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                metrics.set_cert_expiry(secs);
-            }
+            let secs = rx
+                .borrow_and_update()
+                .svid
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            metrics.set_cert_expiry(secs);
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = rx.changed() => if r.is_err() { return },

@@ -19,11 +19,12 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
-use crate::identity::IdentityWatch;
 use crate::policy::PolicyWatch;
 use crate::telemetry::{
     AccessRecord, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
+use agentmesh_sdk::X509Source;
+use agentmesh_sdk::tls::ClientTls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,9 +37,6 @@ pub enum OutboundError {
         "{0} is not in the service catalog (no proxy has registered it) and the upstream has no address"
     )]
     NotInCatalog(SpiffeId),
-    /// The proxy has no identity yet.
-    #[error("this proxy has no SVID yet")]
-    NoIdentity,
     /// TCP connect failed.
     #[error("cannot connect to {0}: {1}")]
     Connect(String, std::io::Error),
@@ -47,7 +45,7 @@ pub enum OutboundError {
     Handshake(String, std::io::Error),
     /// Building the TLS config failed.
     #[error("tls config: {0}")]
-    Tls(#[from] agentmesh_tls::TlsError),
+    Tls(#[from] agentmesh_sdk::tls::TlsConfigError),
     /// HTTP/2 setup failed.
     #[error("HTTP/2 with {0}: {1}")]
     Http(String, hyper::Error),
@@ -62,10 +60,11 @@ pub struct Upstream {
     destination: SpiffeId,
     address: Option<String>,
     protocol: Protocol,
-    identity: Arc<IdentityWatch>,
+    identity: Arc<X509Source>,
     policy: Arc<PolicyWatch>,
     metrics: Arc<Metrics>,
-    tls: crate::identity::ConfigCache<ClientConfig>,
+    /// Presents the current SVID; rebuilt only when the roots change.
+    tls: Arc<ClientTls>,
     pool: Arc<tokio::sync::Mutex<Option<SendRequest<RequestBody>>>>,
     limits: Arc<ListenerLimits>,
     limiter: Arc<ConnectionLimiter>,
@@ -77,10 +76,19 @@ impl Upstream {
         destination: SpiffeId,
         address: Option<String>,
         protocol: Protocol,
-        identity: Arc<IdentityWatch>,
+        identity: Arc<X509Source>,
         policy: Arc<PolicyWatch>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let alpn: &[&[u8]] = match protocol {
+            Protocol::Http => &[b"h2"],
+            Protocol::Tcp => &[],
+        };
+        let tls = ClientTls::new(
+            identity.clone(),
+            agentmesh_tls::exact([destination.clone()]),
+            alpn,
+        );
         Self {
             destination,
             address,
@@ -88,7 +96,7 @@ impl Upstream {
             identity,
             policy,
             metrics,
-            tls: Arc::default(),
+            tls: Arc::new(tls),
             pool: Arc::default(),
             limits: Arc::default(),
             limiter: ConnectionLimiter::new(&ListenerLimits::default()),
@@ -109,26 +117,7 @@ impl Upstream {
     }
 
     fn client_config(&self) -> Result<Arc<ClientConfig>, OutboundError> {
-        let id = self.identity.current().ok_or(OutboundError::NoIdentity)?;
-        let key = (id.roots_revision, Arc::as_ptr(&id.cert) as usize);
-        let mut cache = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((r, c, cfg)) = cache.as_ref()
-            && (*r, *c) == key
-        {
-            return Ok(cfg.clone());
-        }
-        let alpn: &[&[u8]] = match self.protocol {
-            Protocol::Http => &[b"h2"],
-            Protocol::Tcp => &[],
-        };
-        let cfg = agentmesh_tls::client_config_rotating(
-            id.cert.clone(),
-            &id.roots,
-            agentmesh_tls::exact([self.destination.clone()]),
-            alpn,
-        )?;
-        *cache = Some((key.0, key.1, cfg.clone()));
-        Ok(cfg)
+        Ok(self.tls.config()?)
     }
 
     fn address(&self) -> Result<String, OutboundError> {
@@ -214,10 +203,7 @@ impl Upstream {
     }
 
     fn own_id(&self) -> String {
-        self.identity
-            .current()
-            .map(|i| i.id.to_string())
-            .unwrap_or_default()
+        self.identity.current().svid.id.to_string()
     }
 
     async fn tcp_session(self, mut local: LocalStream, addr: LocalPeer) {

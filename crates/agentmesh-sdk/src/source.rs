@@ -133,6 +133,19 @@ impl Svid {
         })
     }
 
+    /// The SVID's private key, PKCS#8 DER, for a caller that signs with it in a format the
+    /// SDK does not offer (the frontend's user tokens). Never log or persist it.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// let (svid, _) = ca.svid("spiffe://example.org/api");
+    /// assert!(!svid.private_key_pkcs8_der().is_empty());
+    /// ```
+    pub fn private_key_pkcs8_der(&self) -> &[u8] {
+        &self.key_pkcs8
+    }
+
     pub(crate) fn credentials(&self) -> Result<SvidCredentials, SourceError> {
         let chain: Vec<Vec<u8>> = self.chain.iter().map(|c| c.to_vec()).collect();
         SvidCredentials::from_der(&chain, &self.key_pkcs8)
@@ -155,6 +168,9 @@ pub struct X509Context {
     pub svid: Svid,
     /// Every trusted root, of every trust domain the Workload API sent.
     pub roots: Arc<Vec<CertificateDer<'static>>>,
+    /// The roots of the SVID's own trust domain only (the response's `bundle`, without the
+    /// federated ones), for checks that must not accept another trust domain's signers.
+    pub bundle: Arc<Vec<CertificateDer<'static>>>,
     /// Bumped whenever `roots` changes, so cached TLS configs know to rebuild.
     pub roots_revision: u64,
 }
@@ -165,7 +181,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn apply(&self, svid: Svid, roots: Vec<CertificateDer<'static>>) -> Result<(), SourceError> {
+    fn apply(&self, svid: Svid, roots: Roots) -> Result<(), SourceError> {
+        let Roots { all: roots, own } = roots;
         let creds = svid.credentials()?;
         self.cert
             .update(&creds)
@@ -176,12 +193,18 @@ impl Shared {
         } else {
             (Arc::new(roots), prev.roots_revision + 1)
         };
+        let bundle = if *prev.bundle == own {
+            prev.bundle.clone()
+        } else {
+            Arc::new(own)
+        };
         if prev.svid.serial != svid.serial {
             tracing::info!(spiffe_id = %svid.id, serial = %svid.serial, "x509-svid rotated");
         }
         self.tx.send_replace(Arc::new(X509Context {
             svid,
             roots,
+            bundle,
             roots_revision,
         }));
         Ok(())
@@ -230,14 +253,53 @@ impl Drop for X509Source {
     }
 }
 
+/// The trust bundles of one Workload API response.
+struct Roots {
+    /// Every root, the SVID's trust domain's first, then the federated ones.
+    all: Vec<CertificateDer<'static>>,
+    /// The SVID's own trust domain's roots only.
+    own: Vec<CertificateDer<'static>>,
+}
+
+impl Roots {
+    /// Roots given by hand: all of them count as the SVID's own trust domain's.
+    fn unfederated(roots: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            own: roots.clone(),
+            all: roots,
+        }
+    }
+}
+
+/// Which of a workload's SVIDs a source follows when the Workload API offers several.
+#[derive(Debug, Clone)]
+enum Select {
+    /// The first (the Workload API's default).
+    First,
+    /// Exactly this ID; a response without it is refused.
+    Exactly(SpiffeId),
+    /// The SVID of this service name (its ID is the name, or ends in `/<name>`), else the
+    /// first, chosen afresh on every response: the trust domain, and so the exact ID, is not
+    /// known before the first SVID, and a node may mint the service's SVID after another.
+    Service(String),
+}
+
 fn parse_response(
     resp: agentmesh_proto::workload::X509svidResponse,
-    wanted: Option<&SpiffeId>,
-) -> Result<(Svid, Vec<CertificateDer<'static>>), SourceError> {
+    select: &Select,
+) -> Result<(Svid, Roots), SourceError> {
     // A workload registered under several IDs gets several SVIDs; the first is the default.
-    let svid = match wanted {
-        None => resp.svids.first().ok_or(SourceError::NoSvid)?,
-        Some(w) => resp
+    let svid = match select {
+        Select::First => resp.svids.first().ok_or(SourceError::NoSvid)?,
+        Select::Service(name) => {
+            let suffix = format!("/{name}");
+            resp.svids
+                .iter()
+                .find(|s| s.spiffe_id == *name || s.spiffe_id.ends_with(&suffix))
+                .or_else(|| resp.svids.first())
+                .ok_or(SourceError::NoSvid)?
+        }
+        Select::Exactly(w) => resp
             .svids
             .iter()
             .find(|s| s.spiffe_id == w.to_string())
@@ -254,14 +316,17 @@ fn parse_response(
     let bad = |e: &dyn fmt::Display| SourceError::BadSvid(e.to_string());
     let chain = agentmesh_tls::split_der_certs(&svid.x509_svid).map_err(|e| bad(&e))?;
     let parsed = Svid::from_der(&chain, &svid.x509_svid_key)?;
-    let mut roots = agentmesh_tls::split_der_certs(&svid.bundle).map_err(|e| bad(&e))?;
+    let own: Vec<CertificateDer<'static>> = agentmesh_tls::split_der_certs(&svid.bundle)
+        .map_err(|e| bad(&e))?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let mut all = own.clone();
     for der in resp.federated_bundles.values() {
-        roots.extend(agentmesh_tls::split_der_certs(der).map_err(|e| bad(&e))?);
+        let federated = agentmesh_tls::split_der_certs(der).map_err(|e| bad(&e))?;
+        all.extend(federated.into_iter().map(CertificateDer::from));
     }
-    Ok((
-        parsed,
-        roots.into_iter().map(CertificateDer::from).collect(),
-    ))
+    Ok((parsed, Roots { all, own }))
 }
 
 fn request() -> tonic::Request<X509svidRequest> {
@@ -295,14 +360,14 @@ async fn open_stream(
 async fn next_update(
     socket: &Path,
     stream: &mut tonic::Streaming<agentmesh_proto::workload::X509svidResponse>,
-    wanted: Option<&SpiffeId>,
-) -> Result<(Svid, Vec<CertificateDer<'static>>), SourceError> {
+    select: &Select,
+) -> Result<(Svid, Roots), SourceError> {
     let err = |reason: String| SourceError::WorkloadApi {
         socket: socket.to_owned(),
         reason,
     };
     match stream.message().await {
-        Ok(Some(resp)) => parse_response(resp, wanted),
+        Ok(Some(resp)) => parse_response(resp, select),
         Ok(None) => Err(err("the stream ended".into())),
         Err(s) => Err(err(format!("{:?}: {}", s.code(), s.message()))),
     }
@@ -312,13 +377,13 @@ async fn next_update(
 async fn follow(
     shared: Arc<Shared>,
     socket: PathBuf,
-    wanted: Option<SpiffeId>,
+    select: Select,
     mut stream: tonic::Streaming<agentmesh_proto::workload::X509svidResponse>,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
         loop {
-            match next_update(&socket, &mut stream, wanted.as_ref()).await {
+            match next_update(&socket, &mut stream, &select).await {
                 Ok((svid, roots)) => {
                     delay = Duration::from_millis(100);
                     if let Err(e) = shared.apply(svid, roots) {
@@ -405,6 +470,43 @@ impl X509Source {
         wanted: Option<&SpiffeId>,
         patience: Duration,
     ) -> Result<Arc<Self>, SourceError> {
+        let select = wanted.map_or(Select::First, |w| Select::Exactly(w.clone()));
+        Self::connect_select(socket, select, patience).await
+    }
+
+    /// Like [`X509Source::connect`], but follows the SVID of the service `name` (an ID that
+    /// is `name` or ends in `/name`) when the workload is entitled to several, and the first
+    /// otherwise. Unlike [`X509Source::connect_as`] it needs no trust domain up front and
+    /// never waits for the service's SVID: every update is chosen afresh, so one minted later
+    /// takes over. For a sidecar, which is configured with a service name, not an ID.
+    ///
+    /// # Errors
+    /// [`SourceError::Timeout`] naming the last failure if no usable SVID arrived in time.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run() -> Result<(), agentmesh_sdk::SourceError> {
+    /// let source = agentmesh_sdk::X509Source::connect_for_service(
+    ///     "/run/agentmesh/workload.sock".as_ref(),
+    ///     "planner",
+    ///     std::time::Duration::from_secs(60),
+    /// ).await?;
+    /// println!("I am {}", source.current().svid.id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_for_service(
+        socket: &Path,
+        name: &str,
+        patience: Duration,
+    ) -> Result<Arc<Self>, SourceError> {
+        Self::connect_select(socket, Select::Service(name.to_owned()), patience).await
+    }
+
+    async fn connect_select(
+        socket: &Path,
+        select: Select,
+        patience: Duration,
+    ) -> Result<Arc<Self>, SourceError> {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
@@ -412,7 +514,7 @@ impl X509Source {
             let attempt = async {
                 let mut stream = open_stream(socket).await?;
                 loop {
-                    match next_update(socket, &mut stream, wanted).await {
+                    match next_update(socket, &mut stream, &select).await {
                         Ok((svid, roots)) => return Ok::<_, SourceError>((stream, svid, roots)),
                         // Not minted yet: later messages on the same stream may bring it.
                         Err(e @ SourceError::NotOffered { .. }) => last_offer = Some(e),
@@ -425,13 +527,16 @@ impl X509Source {
                 Ok(Ok((stream, svid, roots))) => {
                     // Keep following the identity we started with, even if the Workload API
                     // later lists this workload's SVIDs in another order.
-                    let follow_id = wanted.cloned().unwrap_or_else(|| svid.id.clone());
-                    let mut source = Self::from_svid(svid, roots)?;
+                    let follow = match &select {
+                        Select::First => Select::Exactly(svid.id.clone()),
+                        other => other.clone(),
+                    };
+                    let mut source = Self::from_roots(svid, roots)?;
                     let shared = Arc::clone(&source.shared);
-                    source.task = Some(tokio::spawn(follow(
+                    source.task = Some(tokio::spawn(self::follow(
                         shared,
                         socket.to_owned(),
-                        Some(follow_id),
+                        follow,
                         stream,
                     )));
                     return Ok(Arc::new(source));
@@ -503,11 +608,16 @@ impl X509Source {
     /// assert_eq!(source.current().svid.id.to_string(), "spiffe://example.org/api");
     /// ```
     pub fn from_svid(svid: Svid, roots: Vec<CertificateDer<'static>>) -> Result<Self, SourceError> {
+        Self::from_roots(svid, Roots::unfederated(roots))
+    }
+
+    fn from_roots(svid: Svid, roots: Roots) -> Result<Self, SourceError> {
         let cert = RotatingCert::new(&svid.credentials()?)
             .map_err(|e| SourceError::BadSvid(e.to_string()))?;
         let (tx, _) = watch::channel(Arc::new(X509Context {
             svid,
-            roots: Arc::new(roots),
+            roots: Arc::new(roots.all),
+            bundle: Arc::new(roots.own),
             roots_revision: 0,
         }));
         Ok(Self {
@@ -539,7 +649,7 @@ impl X509Source {
         svid: Svid,
         roots: Vec<CertificateDer<'static>>,
     ) -> Result<(), SourceError> {
-        self.shared.apply(svid, roots)
+        self.shared.apply(svid, Roots::unfederated(roots))
     }
 
     /// The identity in use right now.
@@ -592,6 +702,47 @@ mod tests {
             let got = socket_from_endpoint(value).ok();
             assert_eq!(got.as_deref(), want.map(Path::new), "{value}");
         }
+    }
+
+    fn offered(ca: &crate::testing::TestCa, id: &str) -> agentmesh_proto::workload::X509svid {
+        let (svid, roots) = ca.svid(id);
+        agentmesh_proto::workload::X509svid {
+            spiffe_id: id.to_owned(),
+            x509_svid: svid.chain.iter().flat_map(|c| c.to_vec()).collect(),
+            x509_svid_key: svid.private_key_pkcs8_der().to_vec(),
+            bundle: roots.iter().flat_map(|c| c.to_vec()).collect(),
+            hint: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_service_takes_its_own_svid_else_the_first_and_keeps_its_own_bundle_apart() {
+        let ca = crate::testing::TestCa::new("example.org");
+        let other = crate::testing::TestCa::new("other.org");
+        let resp = |ids: &[&str]| agentmesh_proto::workload::X509svidResponse {
+            svids: ids.iter().map(|id| offered(&ca, id)).collect(),
+            federated_bundles: [(
+                "spiffe://other.org".to_owned(),
+                other.roots().iter().flat_map(|c| c.to_vec()).collect(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let ids = [
+            "spiffe://example.org/ns/default/sa/web",
+            "spiffe://example.org/ns/default/sa/api",
+        ];
+        let service = Select::Service("api".into());
+        let (svid, roots) = parse_response(resp(&ids), &service).unwrap();
+        assert_eq!(svid.id.to_string(), ids[1]);
+        assert_eq!(roots.own, ca.roots());
+        assert_eq!(roots.all.len(), ca.roots().len() + other.roots().len());
+        let (svid, _) = parse_response(resp(&ids[..1]), &service).unwrap();
+        assert_eq!(
+            svid.id.to_string(),
+            ids[0],
+            "no SVID of the service: the first"
+        );
     }
 
     #[tokio::test]

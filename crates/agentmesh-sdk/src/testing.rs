@@ -194,7 +194,7 @@ pub struct TestIssuer {
 struct IssuerKey {
     kid: String,
     pair: ring::signature::EcdsaKeyPair,
-    jwk: agentmesh_ca::Jwk,
+    jwk: agentmesh_tls::Jwk,
 }
 
 impl std::fmt::Debug for IssuerKey {
@@ -300,7 +300,7 @@ impl TestIssuer {
     pub fn new() -> Self {
         let key = issuer_key();
         let published = Arc::new(StaticJwks::default());
-        published.set(&agentmesh_ca::Jwks::new(vec![key.jwk.clone()]).to_json());
+        published.set(&agentmesh_tls::Jwks::new(vec![key.jwk.clone()]).to_json());
         Self {
             key: std::sync::Mutex::new(key),
             published,
@@ -365,7 +365,7 @@ impl TestIssuer {
     pub fn rotate(&self) {
         let key = issuer_key();
         self.published
-            .set(&agentmesh_ca::Jwks::new(vec![key.jwk.clone()]).to_json());
+            .set(&agentmesh_tls::Jwks::new(vec![key.jwk.clone()]).to_json());
         *self
             .key
             .lock()

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentmesh_ca::Jwks;
+use agentmesh_tls::Jwks;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -546,7 +546,7 @@ impl UserTokenVerifier {
         Some(self.point(jwk))
     }
 
-    fn point(&self, jwk: &agentmesh_ca::Jwk) -> Result<[u8; 65], TokenError> {
+    fn point(&self, jwk: &agentmesh_tls::Jwk) -> Result<[u8; 65], TokenError> {
         jwk.uncompressed_point().map_err(|e| TokenError::Jwks {
             url: self.fetcher.url(),
             reason: e.to_string(),

@@ -7,6 +7,9 @@
 //! change what the mesh accepts. Peers are identified by the single SPIFFE ID in
 //! their X509-SVID's URI SAN, never by DNS name: the chain is checked against the
 //! trust bundle and the ID is then handed to an [`Authorizer`].
+//!
+//! The JWT bundle format ([`Jwk`], [`Jwks`]) lives here too, so that verifiers read bundles
+//! without depending on the CA that mints them.
 #![forbid(unsafe_code)]
 
 mod authorize;
@@ -15,6 +18,7 @@ mod credentials;
 // A namespace of low-S signing helpers (`ecdsa::sign_p256_low_s`), also re-exported as
 // `agentmesh_ca::ecdsa`.
 pub mod ecdsa;
+mod jwk;
 mod peer;
 mod pem;
 mod verifier;
@@ -28,6 +32,7 @@ pub use config::{
     server_config_rotating,
 };
 pub use credentials::{CredentialsError, SvidCredentials};
+pub use jwk::{Jwk, JwkError, Jwks};
 pub use peer::{PeerError, peer_identity, peer_spiffe_id, spiffe_id_from_cert};
 pub use pem::{PemError, pem_decode_all, pem_encode};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};

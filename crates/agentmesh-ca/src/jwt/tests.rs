@@ -265,13 +265,13 @@ fn jwks_json_round_trip_and_spiffe_fields() {
 
     assert!(matches!(
         Jwks::from_json("not json"),
-        Err(JwtError::BadJwks(_))
+        Err(JwkError::BadJwks(_))
     ));
     let bad_point =
         r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","use":"jwt-svid","x":"AA","y":"AA"}]}"#;
     assert!(matches!(
         Jwks::from_json(bad_point),
-        Err(JwtError::BadJwk { .. })
+        Err(JwkError::BadJwk { .. })
     ));
 }
 
