@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use agentmesh_sdk::jws;
 use agentmesh_sdk::testing::TestIssuer;
-use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier};
+use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier};
 use agentmesh_sdk::{SpiffeId, TrustDomain};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use agentmesh_sdk::local::LocalConnector;
+use agentmesh_sdk::LocalConnector;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -113,7 +113,7 @@ impl Upstreams {
         for u in upstreams {
             if let Some(addr) = u.unix_socket() {
                 me.local
-                    .insert(u.name.clone(), agentmesh_sdk::local::http_client(&addr));
+                    .insert(u.name.clone(), agentmesh_sdk::http_client(&addr));
             }
         }
         me

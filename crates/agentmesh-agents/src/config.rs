@@ -38,7 +38,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use agentmesh_sdk::local::LocalAddr;
+use agentmesh_sdk::LocalAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::role::Role;

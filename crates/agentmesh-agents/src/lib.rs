@@ -24,7 +24,7 @@ mod mtls;
 mod role;
 mod search;
 
-use agentmesh_sdk::local::{LocalAddr, LocalListener};
+use agentmesh_sdk::{LocalAddr, LocalListener};
 use std::sync::Arc;
 
 use axum::Router;
@@ -53,7 +53,7 @@ use agentmesh_telemetry::{Span, SpanKind, attr};
 pub enum AgentError {
     /// The listener could not be bound.
     #[error("cannot listen: {0}")]
-    Listen(agentmesh_sdk::local::LocalError),
+    Listen(agentmesh_sdk::LocalError),
     /// The configured search tool cannot run.
     #[error("search: {0}")]
     Search(String),
@@ -582,11 +582,9 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let router = side.guard(agent.clone().router());
     let source = side.source.clone();
     let LocalListener::Tcp(listener) = listener else {
-        return Err(AgentError::Listen(
-            agentmesh_sdk::local::LocalError::Malformed(format!(
-                "{addr}: with [mtls] listen must be ip:port"
-            )),
-        ));
+        return Err(AgentError::Listen(agentmesh_sdk::LocalError::Malformed(
+            format!("{addr}: with [mtls] listen must be ip:port"),
+        )));
     };
     let mtls_limits = limits.clone();
     let mut tasks = vec![tokio::spawn(async move {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_sdk::policy::{DecisionRecord, PolicyWatch, Registration, RequireIntention};
+use agentmesh_sdk::{DecisionRecord, PolicyWatch, Registration, RequireIntention};
 use agentmesh_sdk::{SpiffeId, X509Source};
 use axum::Router;
 use axum::body::Body;

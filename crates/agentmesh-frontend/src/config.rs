@@ -28,7 +28,7 @@
 //! admin = "127.0.0.1:19001"                 # its [admin] listener (loopback only)
 //! ```
 
-use agentmesh_sdk::local::LocalAddr;
+use agentmesh_sdk::LocalAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

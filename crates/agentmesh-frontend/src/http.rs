@@ -62,7 +62,7 @@ impl HttpClient {
     /// [`HttpError`].
     pub async fn send_local(
         &self,
-        target: &agentmesh_sdk::local::LocalAddr,
+        target: &agentmesh_sdk::LocalAddr,
         method: Method,
         path: &str,
         mut headers: Vec<(HeaderName, HeaderValue)>,
@@ -78,7 +78,7 @@ impl HttpClient {
             ),
         );
         let req = https::build(method, uri, headers, body)?;
-        let client = agentmesh_sdk::local::http_client::<Full<Bytes>>(target);
+        let client = agentmesh_sdk::http_client::<Full<Bytes>>(target);
         https::exchange(&client, req, MAX_ANSWER_BYTES, Some(REQUEST_TIMEOUT)).await
     }
 

@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use agentmesh_sdk::X509Context;
 use agentmesh_sdk::X509Source;
-use agentmesh_sdk::source::X509Context;
 use agentmesh_spiffe::SpiffeId;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

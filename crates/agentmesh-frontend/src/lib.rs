@@ -563,7 +563,7 @@ async fn forward_with(
     let url = format!("{}/ask", up.url.trim_end_matches('/'));
     let body = Bytes::from(json!({ "question": question }).to_string());
     tracing::info!(sub = %user.sub, jti = %minted.jti, upstream = %up.name, trace_id = %trace.trace_id_hex(), "ask");
-    let sent = match up.url.parse::<agentmesh_sdk::local::LocalAddr>() {
+    let sent = match up.url.parse::<agentmesh_sdk::LocalAddr>() {
         Ok(socket) if socket.is_unix() => {
             fe.http
                 .send_local(&socket, Method::POST, "/ask", headers, body)

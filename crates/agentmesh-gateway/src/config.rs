@@ -82,7 +82,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agentmesh_sdk::local::LocalAddr;
+use agentmesh_sdk::LocalAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::dlp::DlpConfig;

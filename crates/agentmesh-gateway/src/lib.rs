@@ -23,9 +23,9 @@ mod policy;
 mod provider;
 mod secret_key;
 
+use agentmesh_sdk::LocalListener;
 use agentmesh_sdk::delegation::service as delegation;
 use agentmesh_sdk::http::Serving;
-use agentmesh_sdk::local::LocalListener;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -60,7 +60,7 @@ use crate::provider::resilience::{self, Policy, Upstream};
 pub enum GatewayError {
     /// The listener could not be bound.
     #[error("cannot listen: {0}")]
-    Listen(agentmesh_sdk::local::LocalError),
+    Listen(agentmesh_sdk::LocalError),
     /// The TLS client settings for providers could not be built (a bug in the crypto setup).
     #[error("cannot set up TLS for providers: {0}")]
     Tls(rustls::Error),

@@ -1,8 +1,14 @@
 //! Generated gRPC code (the SPIFFE Workload API, Envoy's SDS and agentmesh's own APIs), and the Unix-socket
 //! transport that the Workload API and the admin APIs run over, and the limits every agentmesh
 //! listener applies (`limits`), and the one HTTPS client for calls that leave the mesh (`https`).
+//!
+//! The plumbing every component shares, and nothing that decides: no identities (agentmesh-tls
+//! and the SDK), no intentions (agentmesh-policy), no component's own config types.
 #![forbid(unsafe_code)]
 
+// Namespaces on purpose, like the generated modules below: each is a small toolbox whose items
+// read best with its name (`config::load_toml`, `https::Client`, `limits::grpc_server`,
+// `unix::create_private_dir`), and `limits` alone has some thirty items.
 pub mod config;
 pub mod https;
 pub mod limits;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use agentmesh_proto::limits::{ConnectionLimiter, ListenerLimits, RequestBody};
+use agentmesh_sdk::LocalListener;
 use agentmesh_sdk::X509Source;
-use agentmesh_sdk::local::LocalListener;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use agentmesh_sdk::local::LocalAddr;
+use agentmesh_sdk::LocalAddr;
 use serde::{Deserialize, Serialize};
 
 /// Why a proxy config is unusable.

@@ -11,8 +11,8 @@ use agentmesh_policy::{HttpRequest, NormalizeOptions};
 use agentmesh_proto::limits::{
     Caller, ConnectionLimiter, ConnectionSlot, Cut, ListenerLimits, RequestBody,
 };
-use agentmesh_sdk::local::{LocalAddr, LocalConnector, LocalStream};
-use agentmesh_sdk::policy::{RequestRefused, header_pairs, normalize_request};
+use agentmesh_sdk::{LocalAddr, LocalConnector, LocalStream};
+use agentmesh_sdk::{RequestRefused, header_pairs, normalize_request};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -28,8 +28,8 @@ use crate::policy::PolicyWatch;
 use crate::telemetry::{
     AccessRecord, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
+use agentmesh_sdk::X509Context;
 use agentmesh_sdk::X509Source;
-use agentmesh_sdk::source::X509Context;
 use agentmesh_sdk::tls::ServerTls;
 
 /// An open inbound connection, tracked so an intention change can close it.

@@ -23,7 +23,7 @@ mod telemetry;
 
 use std::net::SocketAddr;
 
-use agentmesh_sdk::local::{LocalAddr, LocalListener, LocalPeer, LocalStream, StdLocalListener};
+use agentmesh_sdk::{LocalAddr, LocalListener, LocalPeer, LocalStream, StdLocalListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -51,7 +51,7 @@ pub enum ProxyError {
     Listen(String, &'static str, std::io::Error),
     /// A local (app-side) listener could not be bound.
     #[error("{1} listener: {0}")]
-    LocalListen(agentmesh_sdk::local::LocalError, &'static str),
+    LocalListen(agentmesh_sdk::LocalError, &'static str),
     /// A data-plane worker thread could not be started.
     #[error("cannot start a proxy worker thread: {0}")]
     Worker(std::io::Error),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::limits::{ConnectionLimiter, ListenerLimits, RequestBody};
-use agentmesh_sdk::local::{LocalListener, LocalPeer, LocalStream};
+use agentmesh_sdk::{LocalListener, LocalPeer, LocalStream};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::{Request, Response, StatusCode};

@@ -104,7 +104,7 @@ impl MtlsConnector {
 /// ```no_run
 /// # async fn run(mut c: agentmesh_sdk::MtlsConnector) {
 /// use tower::Service;
-/// let stream: agentmesh_sdk::client::MtlsStream =
+/// let stream: agentmesh_sdk::MtlsStream =
 ///     c.call("https://127.0.0.1:8443".parse().unwrap()).await.unwrap();
 /// # let _ = stream;
 /// # }

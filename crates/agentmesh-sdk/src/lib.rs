@@ -6,6 +6,9 @@
 //! Everything runs on one crypto backend (rustls with ring, TLS 1.3 only) and the mesh's own
 //! Workload API client, so a service using the SDK trusts exactly what the sidecar would.
 //!
+//! Not an identity authority (it only follows what the node hands out) and not a sidecar: a
+//! service that cannot use it runs behind `agentmesh-proxy` instead.
+//!
 //! # Examples
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -24,29 +27,41 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod client;
+mod client;
+mod local;
+mod policy;
+mod source;
+mod token;
+
+// Namespaces on purpose: their functions have short names that read well only with the
+// module's (`grpc::incoming`, `grpc::channel`, `jws::sign`, `http::serve_limited`,
+// `delegation::add_link`, `xfcc::parse_xfcc`, `tls::HANDSHAKE_TIMEOUT`), as in tonic's
+// `transport` or axum's `routing`. Their main types are also at the root.
 pub mod delegation;
 pub mod grpc;
 pub mod http;
 pub mod jws;
-pub mod local;
-pub mod policy;
-pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
-pub mod token;
 pub mod xfcc;
 
 pub use agentmesh_spiffe::{SpiffeId, TrustDomain};
 pub use agentmesh_tls::{AuthorizeError, Authorizer};
-pub use client::{ClientError, MtlsClient, MtlsConnector};
+pub use client::{ClientError, MtlsClient, MtlsConnector, MtlsStream};
 pub use delegation::{ChainConfig, ChainError, DELEGATION_HEADER, VerifiedChain};
 pub use http::{PeerIdentity, RequireIdentity, ServeError, serve};
 pub use jws::{JwsError, VerifiedJws};
 pub use local::{
-    LocalAddr, LocalConnector, LocalListener, LocalPeer, LocalStream, StdLocalListener,
+    LocalAddr, LocalConnector, LocalError, LocalListener, LocalPeer, LocalStream, MAX_SOCKET_PATH,
+    StdLocalListener, check_unix_peer, http_client, own_uid, uid_allowed,
 };
-pub use policy::{PolicyWatch, RequireIntention};
-pub use source::{SourceError, Svid, X509Source};
-pub use token::{RequireUserToken, TokenError, UserClaims, UserTokenVerifier};
+pub use policy::{
+    DecisionRecord, DecisionSink, PolicyState, PolicyWatch, Registration, RequestRefused,
+    RequireIntention, RequireIntentionService, header_pairs, normalize_request,
+};
+pub use source::{ENDPOINT_ENV, SourceError, Svid, X509Context, X509Source};
+pub use token::{
+    HttpJwks, JwksFetcher, MAX_JWKS_BYTES, MAX_TOKEN_LEN, RequireUserToken,
+    RequireUserTokenService, TokenError, UserClaims, UserTokenConfig, UserTokenVerifier,
+};

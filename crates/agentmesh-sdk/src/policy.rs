@@ -68,7 +68,7 @@ impl PolicyState {
 ///
 /// # Examples
 /// ```
-/// use agentmesh_sdk::policy::PolicyWatch;
+/// use agentmesh_sdk::PolicyWatch;
 /// let watch = PolicyWatch::new();
 /// // Nothing received yet: the empty set, which denies everything.
 /// assert!(!watch.current().received);
@@ -253,7 +253,7 @@ pub enum RequestRefused {
 /// ```
 /// use agentmesh_policy::NormalizeOptions;
 /// let mut req = http::Request::get("/v1//x/../admin?q=%2F").body(()).unwrap();
-/// agentmesh_sdk::policy::normalize_request(&mut req, &NormalizeOptions::default()).unwrap();
+/// agentmesh_sdk::normalize_request(&mut req, &NormalizeOptions::default()).unwrap();
 /// assert_eq!(req.uri(), "/v1/admin?q=%2F");
 /// ```
 pub fn normalize_request<B>(
@@ -349,7 +349,7 @@ pub type DecisionSink = Arc<dyn Fn(&DecisionRecord) + Send + Sync>;
 ///
 /// # Examples
 /// ```
-/// use agentmesh_sdk::policy::{PolicyWatch, RequireIntention};
+/// use agentmesh_sdk::{PolicyWatch, RequireIntention};
 /// use axum::{Router, routing::post};
 /// let watch = PolicyWatch::new();
 /// let me = "spiffe://example.org/writer".parse().unwrap();
@@ -379,8 +379,8 @@ impl RequireIntention {
     ///
     /// # Examples
     /// ```
-    /// let layer = agentmesh_sdk::policy::RequireIntention::new(
-    ///     agentmesh_sdk::policy::PolicyWatch::new(),
+    /// let layer = agentmesh_sdk::RequireIntention::new(
+    ///     agentmesh_sdk::PolicyWatch::new(),
     ///     "spiffe://example.org/writer".parse().unwrap(),
     /// );
     /// # let _ = layer;
@@ -400,8 +400,8 @@ impl RequireIntention {
     /// # Examples
     /// ```
     /// use agentmesh_policy::{EscapedSlashesAction, NormalizeOptions};
-    /// let layer = agentmesh_sdk::policy::RequireIntention::new(
-    ///     agentmesh_sdk::policy::PolicyWatch::new(),
+    /// let layer = agentmesh_sdk::RequireIntention::new(
+    ///     agentmesh_sdk::PolicyWatch::new(),
     ///     "spiffe://example.org/writer".parse().unwrap(),
     /// )
     /// .with_normalize_options(NormalizeOptions {
@@ -420,8 +420,8 @@ impl RequireIntention {
     /// # Examples
     /// ```
     /// use std::sync::Arc;
-    /// let layer = agentmesh_sdk::policy::RequireIntention::new(
-    ///     agentmesh_sdk::policy::PolicyWatch::new(),
+    /// let layer = agentmesh_sdk::RequireIntention::new(
+    ///     agentmesh_sdk::PolicyWatch::new(),
     ///     "spiffe://example.org/writer".parse().unwrap(),
     /// )
     /// .with_sink(Arc::new(|d| println!("{} {}", d.decision, d.reason)));

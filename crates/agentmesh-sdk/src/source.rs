@@ -17,7 +17,7 @@ use tokio::sync::watch;
 ///
 /// # Examples
 /// ```
-/// assert_eq!(agentmesh_sdk::source::ENDPOINT_ENV, "SPIFFE_ENDPOINT_SOCKET");
+/// assert_eq!(agentmesh_sdk::ENDPOINT_ENV, "SPIFFE_ENDPOINT_SOCKET");
 /// ```
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 

@@ -347,7 +347,7 @@ impl TestIssuer {
     /// ```
     /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
     /// let _verifier = agentmesh_sdk::UserTokenVerifier::new(
-    ///     agentmesh_sdk::token::UserTokenConfig::new("api"), issuer.fetcher());
+    ///     agentmesh_sdk::UserTokenConfig::new("api"), issuer.fetcher());
     /// ```
     pub fn fetcher(&self) -> Arc<StaticJwks> {
         Arc::clone(&self.published)

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 ///
 /// # Examples
 /// ```
-/// assert_eq!(agentmesh_sdk::token::MAX_TOKEN_LEN, 16 * 1024);
+/// assert_eq!(agentmesh_sdk::MAX_TOKEN_LEN, 16 * 1024);
 /// ```
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -34,7 +34,7 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 ///
 /// # Examples
 /// ```
-/// assert_eq!(agentmesh_sdk::token::MAX_JWKS_BYTES, 1024 * 1024);
+/// assert_eq!(agentmesh_sdk::MAX_JWKS_BYTES, 1024 * 1024);
 /// ```
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -118,7 +118,7 @@ impl IntoResponse for TokenError {
 /// # Examples
 /// ```
 /// use std::{future::Future, pin::Pin};
-/// use agentmesh_sdk::token::{JwksFetcher, TokenError};
+/// use agentmesh_sdk::{JwksFetcher, TokenError};
 /// #[derive(Debug)]
 /// struct Fixed(String);
 /// impl JwksFetcher for Fixed {
@@ -135,7 +135,7 @@ pub trait JwksFetcher: Send + Sync + fmt::Debug {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// use agentmesh_sdk::token::JwksFetcher;
+    /// use agentmesh_sdk::JwksFetcher;
     /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
     /// let doc = issuer.fetcher().fetch().await.unwrap();
     /// assert!(doc.contains(&issuer.kid()));
@@ -150,7 +150,7 @@ pub trait JwksFetcher: Send + Sync + fmt::Debug {
     ///
     /// # Examples
     /// ```
-    /// use agentmesh_sdk::token::{HttpJwks, JwksFetcher};
+    /// use agentmesh_sdk::{HttpJwks, JwksFetcher};
     /// let jwks = HttpJwks::new("http://127.0.0.1:8080/.well-known/jwks.json").unwrap();
     /// assert_eq!(jwks.url(), "http://127.0.0.1:8080/.well-known/jwks.json");
     /// ```
@@ -162,7 +162,7 @@ pub trait JwksFetcher: Send + Sync + fmt::Debug {
 ///
 /// # Examples
 /// ```
-/// let jwks = agentmesh_sdk::token::HttpJwks::new("http://127.0.0.1:8080/.well-known/jwks.json").unwrap();
+/// let jwks = agentmesh_sdk::HttpJwks::new("http://127.0.0.1:8080/.well-known/jwks.json").unwrap();
 /// # let _ = jwks;
 /// ```
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ impl HttpJwks {
     ///
     /// # Examples
     /// ```
-    /// assert!(agentmesh_sdk::token::HttpJwks::new("ftp://x/jwks").is_err());
+    /// assert!(agentmesh_sdk::HttpJwks::new("ftp://x/jwks").is_err());
     /// ```
     pub fn new(url: &str) -> Result<Self, TokenError> {
         let bad = |reason: &str| TokenError::Jwks {
@@ -237,7 +237,7 @@ impl JwksFetcher for HttpJwks {
 ///
 /// # Examples
 /// ```
-/// let config = agentmesh_sdk::token::UserTokenConfig::new("research-team")
+/// let config = agentmesh_sdk::UserTokenConfig::new("research-team")
 ///     .with_issuer("https://frontend.example.org");
 /// assert_eq!(config.audience, "research-team");
 /// ```
@@ -258,7 +258,7 @@ impl UserTokenConfig {
     ///
     /// # Examples
     /// ```
-    /// let config = agentmesh_sdk::token::UserTokenConfig::new("api");
+    /// let config = agentmesh_sdk::UserTokenConfig::new("api");
     /// assert!(config.issuer.is_none());
     /// ```
     pub fn new(audience: impl Into<String>) -> Self {
@@ -274,7 +274,7 @@ impl UserTokenConfig {
     ///
     /// # Examples
     /// ```
-    /// let config = agentmesh_sdk::token::UserTokenConfig::new("api").with_issuer("https://idp");
+    /// let config = agentmesh_sdk::UserTokenConfig::new("api").with_issuer("https://idp");
     /// assert_eq!(config.issuer.as_deref(), Some("https://idp"));
     /// ```
     pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
@@ -289,7 +289,7 @@ impl UserTokenConfig {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier};
+/// use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier};
 /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
 /// let verifier = UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher());
 /// let token = issuer.mint(serde_json::json!({"sub": "alice", "aud": "api", "jti": "t1"}), 300);
@@ -333,7 +333,7 @@ struct Cache {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// use agentmesh_sdk::testing::TestIssuer;
-/// use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier};
+/// use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier};
 /// let issuer = TestIssuer::new();
 /// let verifier = UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher());
 /// let token = issuer.mint(serde_json::json!({"sub": "alice", "aud": "api"}), 300);
@@ -363,7 +363,7 @@ impl UserTokenVerifier {
     ///
     /// # Examples
     /// ```
-    /// use agentmesh_sdk::token::{HttpJwks, UserTokenConfig, UserTokenVerifier};
+    /// use agentmesh_sdk::{HttpJwks, UserTokenConfig, UserTokenVerifier};
     /// let jwks = HttpJwks::new("http://127.0.0.1:8080/.well-known/jwks.json").unwrap();
     /// let verifier = UserTokenVerifier::new(UserTokenConfig::new("api"), std::sync::Arc::new(jwks));
     /// # let _ = verifier;
@@ -384,7 +384,7 @@ impl UserTokenVerifier {
     ///
     /// # Examples
     /// ```
-    /// use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier};
+    /// use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier};
     /// let v = UserTokenVerifier::from_url(UserTokenConfig::new("api"), "http://127.0.0.1:8080/debug/jwks");
     /// assert!(v.is_ok());
     /// ```
@@ -401,7 +401,7 @@ impl UserTokenVerifier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier, TokenError};
+    /// use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier, TokenError};
     /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
     /// let verifier = UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher());
     /// let err = verifier.verify_headers(&http::HeaderMap::new()).await.unwrap_err();
@@ -434,7 +434,7 @@ impl UserTokenVerifier {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// use agentmesh_sdk::token::{UserTokenConfig, UserTokenVerifier, TokenError};
+    /// use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier, TokenError};
     /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
     /// let verifier = UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher());
     /// let token = issuer.mint(serde_json::json!({"sub": "alice", "aud": "other"}), 300);
@@ -632,7 +632,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UserClaims {
 /// # Examples
 /// ```
 /// use std::sync::Arc;
-/// use agentmesh_sdk::token::{RequireUserToken, UserTokenConfig, UserTokenVerifier};
+/// use agentmesh_sdk::{RequireUserToken, UserTokenConfig, UserTokenVerifier};
 /// use agentmesh_sdk::UserClaims;
 /// use axum::{Router, routing::get};
 /// let verifier = UserTokenVerifier::from_url(
@@ -654,7 +654,7 @@ impl RequireUserToken {
     ///
     /// # Examples
     /// ```
-    /// use agentmesh_sdk::token::{RequireUserToken, UserTokenConfig, UserTokenVerifier};
+    /// use agentmesh_sdk::{RequireUserToken, UserTokenConfig, UserTokenVerifier};
     /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
     /// let layer = RequireUserToken::new(std::sync::Arc::new(
     ///     UserTokenVerifier::new(UserTokenConfig::new("api"), issuer.fetcher())));
@@ -682,9 +682,9 @@ impl<S> tower::Layer<S> for RequireUserToken {
 /// ```
 /// use tower::Layer;
 /// let issuer = agentmesh_sdk::testing::TestIssuer::new();
-/// let layer = agentmesh_sdk::token::RequireUserToken::new(std::sync::Arc::new(
+/// let layer = agentmesh_sdk::RequireUserToken::new(std::sync::Arc::new(
 ///     agentmesh_sdk::UserTokenVerifier::new(
-///         agentmesh_sdk::token::UserTokenConfig::new("api"), issuer.fetcher())));
+///         agentmesh_sdk::UserTokenConfig::new("api"), issuer.fetcher())));
 /// let svc = layer.layer(tower::service_fn(|_req: http::Request<axum::body::Body>| async {
 ///     Ok::<_, std::convert::Infallible>(axum::response::Response::new(axum::body::Body::empty()))
 /// }));

@@ -2,7 +2,7 @@
 //! agentmesh-proxy's admin listener) and keeps the recent ones in one log, numbered in the
 //! order they arrived, for the Live decisions table, its event stream and the request pages.
 
-use agentmesh_sdk::local::{LocalAddr, LocalStream};
+use agentmesh_sdk::{LocalAddr, LocalStream};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

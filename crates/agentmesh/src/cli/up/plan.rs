@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use agentmesh_sdk::local::LocalAddr;
+use agentmesh_sdk::LocalAddr;
 use anyhow::{Context, anyhow, bail};
 
 use super::layout::Layout;

@@ -10,8 +10,8 @@ use agentmesh_gateway::{
     ApiKey, CallerConfig, GatewayConfig, ModelConfig, ProviderConfig, ProviderKind,
 };
 use agentmesh_proxy::{Admin, Inbound, Protocol, ProxyConfig, Upstream};
+use agentmesh_sdk::LocalAddr;
 use agentmesh_sdk::delegation::service::DelegationConfig;
-use agentmesh_sdk::local::LocalAddr;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use agentmesh_sdk::local::{LocalAddr, LocalStream};
+use agentmesh_sdk::{LocalAddr, LocalStream};
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
@@ -236,7 +236,7 @@ async fn post_json_local(
     timeout: Duration,
 ) -> anyhow::Result<(u16, Value)> {
     use http_body_util::{BodyExt, Full};
-    let client = agentmesh_sdk::local::http_client::<Full<bytes::Bytes>>(target);
+    let client = agentmesh_sdk::http_client::<Full<bytes::Bytes>>(target);
     let req = http::Request::post(format!("{}{path}", target.http_base()))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(bytes::Bytes::from(body.to_string())))

@@ -13,7 +13,7 @@ use agentmesh_proto::v1::{
     GenerateJoinTokenRequest, GetBundleRequest, ListEntriesRequest, ListIntentionsRequest,
     RegisterLaunchRequest,
 };
-use agentmesh_sdk::local::LocalStream;
+use agentmesh_sdk::LocalStream;
 use anyhow::{Context, anyhow, bail};
 use tonic::transport::Channel;
 
