@@ -1,19 +1,33 @@
 //! The cgroup fixtures follow the paths each runtime writes: Docker's cgroupfs driver
 //! (`/docker/ID`) and systemd driver (`/system.slice/docker-ID.scope`), containerd under
 //! Kubernetes (`/kubepods/…/ID` on v1, `cri-containerd-ID.scope` on v2), CRI-O and Podman.
-//! Only cgroup v1 runs on this machine, and the Docker tests of `crates/agentmesh/tests`
-//! check the real v1 file; the v2 shapes are fixtures only.
+//! Only cgroup v1 runs on this machine: its file is recorded below, and
+//! `crates/agentmesh/tests/docker.rs` attests real containers through it; the v2 shapes are
+//! fixtures only.
 
 use super::*;
 
 const ID: &str = "3f4e8c1d2b5a69788f0e1d2c3b4a5968778695a4b3c2d1e0f9e8d7c6b5a49382";
 const OTHER: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
+/// As this machine's Docker Engine 20.10 writes it (cgroup v1 with the v2 hierarchy
+/// mounted too), recorded from a running container.
 fn v1_cgroupfs(id: &str) -> String {
-    format!(
-        "12:pids:/docker/{id}\n11:memory:/docker/{id}\n10:cpu,cpuacct:/docker/{id}\n\
-         9:devices:/docker/{id}\n1:name=systemd:/docker/{id}\n0::/system.slice/containerd.service\n"
-    )
+    [
+        "9:name=systemd",
+        "8:pids",
+        "7:blkio",
+        "6:freezer",
+        "5:devices",
+        "4:memory",
+        "3:cpuset",
+        "2:cpuacct",
+        "1:cpu",
+        "0:",
+    ]
+    .iter()
+    .map(|h| format!("{h}:/docker/{id}\n"))
+    .collect()
 }
 
 #[test]
