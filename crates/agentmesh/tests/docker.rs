@@ -199,6 +199,70 @@ fn containers_get_the_identity_their_labels_image_and_env_select_and_others_are_
 }
 
 #[test]
+fn the_image_runs_every_subcommand_and_the_sidecar_executable() {
+    require_engine();
+    let image = Image::build(
+        &format!("agentmesh-test-image:{}", std::process::id()),
+        std::path::Path::new(BIN),
+    );
+    let version = docker(&["run", "--rm", "--network", "none", &image.tag, "--version"]);
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(version.starts_with("agentmesh 0.1.0 (build "), "{version}");
+    // The sidecar executable is in the image, from the same build.
+    let proxy = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/agentmesh-proxy",
+        &image.tag,
+        "--version",
+    ]);
+    let proxy = String::from_utf8_lossy(&proxy.stdout).into_owned();
+    assert_eq!(
+        proxy.trim_start_matches("agentmesh-proxy"),
+        version.trim_start_matches("agentmesh"),
+        "agentmesh-proxy is from another build"
+    );
+    // Every long-running subcommand is there and reads its flags (each refuses a missing
+    // config the same way it does on the host).
+    for sub in ["server", "node", "proxy", "gateway", "frontend", "agent"] {
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image.tag,
+            sub,
+            "run",
+            "--help",
+        ]);
+        assert!(
+            out.status.success(),
+            "{sub} run --help: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image.tag,
+        "proxy",
+        "run",
+        "--config",
+        "/missing.toml",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/missing.toml"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unknown_docker_selector_key_is_one_clear_error() {
     let mesh = Mesh::start();
     let out = mesh.cli(&[

@@ -1,9 +1,9 @@
 //! The Docker Engine for the container tests: Debian's `docker.io`, which `scripts/test`
-//! installs and starts. Images are built offline, `FROM scratch`, from the `agentmesh` binary
-//! under test and the shared libraries it needs (there is no registry to pull from).
+//! installs and starts. Images are built offline by `scripts/image`, `FROM scratch`, from the
+//! `agentmesh` binary under test and the shared libraries it needs (there is no registry).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Fails the test, naming what is missing, unless a Docker Engine answers.
@@ -41,29 +41,20 @@ pub struct Image {
 }
 
 impl Image {
-    /// Builds `tag` from `binary` (entrypoint `/agentmesh`) and the libraries `ldd` names.
+    /// Builds `tag` from `binary` with `scripts/image` (the way users build `agentmesh:dev`):
+    /// `FROM scratch`, the binary and `agentmesh-proxy` beside it, their shared libraries.
     pub fn build(tag: &str, binary: &Path) -> Self {
-        let ctx = tempfile::tempdir().expect("build context");
-        let ldd = Command::new("ldd").arg(binary).output().expect("ldd");
-        for lib in String::from_utf8_lossy(&ldd.stdout)
-            .split_whitespace()
-            .filter(|w| w.starts_with('/'))
-        {
-            let inside = ctx.path().join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(inside.parent().expect("lib dir")).expect("mkdir");
-            std::fs::copy(lib, &inside).expect("copy a shared library");
-        }
-        std::fs::copy(binary, ctx.path().join("agentmesh")).expect("copy the binary");
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            "FROM scratch\nCOPY . /\nENTRYPOINT [\"/agentmesh\"]\n",
-        )
-        .expect("Dockerfile");
-        let context: PathBuf = ctx.path().to_owned();
-        let out = docker(&["build", "-q", "-t", tag, &context.display().to_string()]);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/image");
+        let out = Command::new(&script)
+            .arg("--binary")
+            .arg(binary)
+            .args(["--tag", tag])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/image");
         assert!(
             out.status.success(),
-            "docker build {tag}: {}",
+            "scripts/image --tag {tag}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Self {
