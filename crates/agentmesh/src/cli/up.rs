@@ -66,7 +66,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let scenario = Scenario::resolve(&args.scenario)?;
     let llm = Llm::parse(&args.llm)?;
     let layout = Layout::new(&args.data_dir)?;
-    let plan = Plan::new(&scenario, &layout)?;
+    let (plan, ports) = Plan::holding_ports(&scenario, &layout)?;
     layout.create_dirs(plan.services.iter().map(|p| p.spec.name.as_str()))?;
     layout.check_not_running()?;
     write_file(&layout.pid_file, &format!("{}\n", std::process::id()))?;
@@ -87,6 +87,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         model: args.model.as_deref(),
         layout: &layout,
         plan: &plan,
+        ports: &ports,
     };
     let started = tokio::select! {
         r = start::start_all(&mesh, &mut sup) => r,

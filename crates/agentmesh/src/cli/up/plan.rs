@@ -3,6 +3,7 @@
 //! rendered into Compose or Kubernetes manifests instead of being started here.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
 
 use agentmesh_sdk::LocalAddr;
 use anyhow::{Context, anyhow, bail};
@@ -106,7 +107,21 @@ impl Plan {
     ///
     /// # Errors
     /// A fixed listen address is in use, no port is free, or a socket path is too long.
+    #[cfg(test)]
     pub fn new(scenario: &Scenario, layout: &Layout) -> anyhow::Result<Self> {
+        Self::holding_ports(scenario, layout).map(|(plan, _)| plan)
+    }
+
+    /// Plans `scenario`, and keeps the chosen ports bound: `up` lets go of each just before
+    /// the child that listens on it starts, so another process on the host (another `up`,
+    /// above all) has milliseconds rather than the whole start to take it.
+    ///
+    /// # Errors
+    /// A fixed listen address is in use, no port is free, or a socket path is too long.
+    pub fn holding_ports(
+        scenario: &Scenario,
+        layout: &Layout,
+    ) -> anyhow::Result<(Self, HeldPorts)> {
         // Fixed ports first: a port in use is the most common start failure, and it must be
         // found before any child exists.
         for s in &scenario.services {
@@ -129,7 +144,7 @@ impl Plan {
         for s in &scenario.services {
             services.push(plan_service(scenario, s, has_frontend, layout, &mut pool)?);
         }
-        Ok(Self { server, services })
+        Ok((Self { server, services }, HeldPorts(Mutex::new(pool.0))))
     }
 
     /// A planned service by name.
@@ -189,6 +204,33 @@ fn plan_service(
 
 /// Holds free ports until the plan is complete, so no two services get the same one.
 struct PortPool(Vec<TcpListener>);
+
+/// The loopback ports of a plan, still bound until the child that listens on each starts.
+#[derive(Debug)]
+pub struct HeldPorts(Mutex<Vec<TcpListener>>);
+
+impl HeldPorts {
+    /// Lets go of `addr`, so a child can bind it now.
+    pub fn release(&self, addr: SocketAddr) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| l.local_addr().ok() != Some(addr));
+    }
+
+    /// Lets go of every TCP port of `service`: its app's, its sidecar's and its upstreams'.
+    pub fn release_service(&self, service: &Planned) {
+        self.release(service.inbound);
+        let tcp = std::iter::once(&service.app).chain(service.upstreams.iter().map(|(_, a)| a));
+        for addr in tcp {
+            if let LocalAddr::Tcp(a) = addr
+                && let Ok(a) = a.parse()
+            {
+                self.release(a);
+            }
+        }
+    }
+}
 
 /// The lowest port the kernel hands out for outgoing connections (and for `bind(0)`).
 fn ephemeral_floor() -> u16 {

@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use tonic::transport::Channel;
 
 use super::layout::{Layout, write_file};
-use super::plan::{Llm, Plan, Planned};
+use super::plan::{HeldPorts, Llm, Plan, Planned};
 use super::render;
 use super::scenario::{Scenario, ServiceKind};
 use super::self_check::http_get;
@@ -56,6 +56,8 @@ pub struct Mesh<'a> {
     pub layout: &'a Layout,
     /// The plan of `scenario`.
     pub plan: &'a Plan,
+    /// The plan's ports, held until the child that listens on each starts.
+    pub ports: &'a HeldPorts,
 }
 
 /// Starts everything in the plan under `sup`, printing one line per part as it comes up.
@@ -73,6 +75,7 @@ pub async fn start_all(
         plan,
         ..
     } = *mesh;
+    mesh.ports.release(plan.server);
     let mut admin = start_server(scenario, layout, plan, sup).await?;
     let mut node = start_node(&mut admin, layout, plan, sup).await?;
     register_entries(&mut admin, plan).await?;
@@ -303,6 +306,7 @@ async fn start_service(
     proxy_executable: Option<&Path>,
 ) -> anyhow::Result<()> {
     let Mesh { layout, plan, .. } = *mesh;
+    mesh.ports.release_service(p);
     let stem = p.spec.file_stem();
     let name = &p.spec.name;
     let app_cmd = match render::app_config(p, plan, mesh.scenario, mesh.llm, mesh.model, layout)? {

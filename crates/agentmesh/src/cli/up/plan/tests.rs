@@ -124,3 +124,28 @@ fn a_fixed_port_in_use_is_found_before_anything_starts() {
         "{e}"
     );
 }
+
+#[test]
+fn planned_ports_stay_bound_until_their_child_starts() {
+    let s = Scenario::resolve("planner-executor").unwrap();
+    let layout = Layout::new(Path::new("/tmp/x")).unwrap();
+    let (plan, ports) = Plan::holding_ports(&s, &layout).unwrap();
+    let frontend = plan.service("frontend").unwrap();
+    let taken = |a: SocketAddr| std::net::TcpListener::bind(a).is_err();
+    assert!(taken(plan.server) && taken(frontend.inbound), "not held");
+    ports.release(plan.server);
+    assert!(!taken(plan.server), "the server's port is still held");
+    assert!(taken(frontend.inbound), "released more than one port");
+    ports.release_service(frontend);
+    assert!(
+        !taken(frontend.inbound),
+        "the frontend's sidecar port is still held"
+    );
+    let LocalAddr::Tcp(app) = &frontend.app else {
+        panic!("the frontend's app is on loopback TCP")
+    };
+    assert!(
+        !taken(app.parse().unwrap()),
+        "the frontend's port is still held"
+    );
+}
