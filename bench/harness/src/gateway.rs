@@ -11,7 +11,8 @@
 //!
 //! The agentmesh gateway normally sits behind its inbound proxy, which verifies the caller's
 //! SVID and sets `x-forwarded-client-cert`. Here the load tool sends that header itself,
-//! straight to the gateway's plain listener, so the figure is the gateway's own, as the
+//! straight to the gateway's plain listener (a Unix socket: on TCP the gateway trusts no
+//! caller's XFCC), so the figure is the gateway's own, as the
 //! published anchor (agentgateway against LiteLLM) measures gateways.
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hyper::header::{HeaderName, HeaderValue};
 
-use crate::load::{self, Call, MODEL, best_of, http_get};
+use crate::load::{self, Call, Endpoint, MODEL, best_of, http_get};
 use crate::report::{Table, count, mib, micros, quantile, ratio};
 use crate::scale::{Memory, Proc, SETTLE, clock_ticks, cpu_time, free_port, memory, poll};
 
@@ -71,9 +72,9 @@ pub fn run(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Result<Tab
 }
 
 /// One target of the latency runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Target {
-    addr: SocketAddr,
+    addr: Endpoint,
     /// The process whose CPU time (with its descendants') is read around each run.
     pid: Option<u32>,
 }
@@ -92,7 +93,7 @@ struct Latency {
 }
 
 /// The gateway's config: one OpenAI provider, the upstream, for one model and every caller.
-pub(crate) fn gateway_toml(listen: SocketAddr, upstream: SocketAddr) -> String {
+pub(crate) fn gateway_toml(listen: &Endpoint, upstream: SocketAddr) -> String {
     format!(
         r#"listen = "{listen}"
 
@@ -190,19 +191,21 @@ fn descendants(pid: u32) -> Vec<u32> {
 /// Waits until `call` through `addr` is answered as expected; how long that took from `since`.
 pub(crate) async fn first_answer(
     what: &str,
-    addr: SocketAddr,
+    addr: impl Into<Endpoint>,
     call: &Call,
     since: Instant,
     proc: &mut Proc,
     log: &Path,
 ) -> anyhow::Result<Duration> {
+    let addr: Endpoint = addr.into();
     let answered = poll(what, START_PATIENCE, || {
         let alive = proc.check_alive().is_ok();
+        let addr = addr.clone();
         async move {
             if !alive {
                 return Some(false);
             }
-            load::saturate(addr, call, 1, Duration::from_millis(20))
+            load::saturate(addr.clone(), call, 1, Duration::from_millis(20))
                 .await
                 .ok()
                 .filter(|t| t.errors == 0 && t.per_second > 0.0)
@@ -231,7 +234,8 @@ async fn latency(
         |t| async move {
             let cpu = || t.pid.map_or(Duration::ZERO, |p| tree_cpu(p, ticks));
             let before = cpu();
-            let (samples, errors) = load::fixed_rate(t.addr, call, CONNECTIONS, rate, secs).await?;
+            let (samples, errors) =
+                load::fixed_rate(t.addr.clone(), call, CONNECTIONS, rate, secs).await?;
             let used = cpu().saturating_sub(before);
             if samples.is_empty() {
                 bail!("no request to {} completed at {rate} req/s", t.addr);
@@ -293,9 +297,10 @@ async fn run_async(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Re
     .await?;
 
     // agentmesh gateway.
-    let ours = addr()?;
+    // On a Unix socket, as behind its sidecar: on TCP it trusts no caller's XFCC.
+    let ours = Endpoint::Unix(dir.join("gateway.sock"));
     let config = dir.join("gateway.toml");
-    std::fs::write(&config, gateway_toml(ours, upstream))?;
+    std::fs::write(&config, gateway_toml(&ours, upstream))?;
     let log = dir.join("gateway.log");
     let started = Instant::now();
     let mut ours_proc = Proc::spawn(
@@ -306,7 +311,7 @@ async fn run_async(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Re
     )?;
     let ours_start = first_answer(
         "the agentmesh gateway",
-        ours,
+        ours.clone(),
         &chat,
         started,
         &mut ours_proc,
@@ -350,15 +355,15 @@ async fn run_async(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Re
 
     let targets = [
         Target {
-            addr: upstream,
+            addr: upstream.into(),
             pid: None,
         },
         Target {
-            addr: ours,
+            addr: ours.clone(),
             pid: Some(ours_pid),
         },
         Target {
-            addr: peer,
+            addr: peer.into(),
             pid: Some(peer_pid),
         },
     ];
@@ -474,7 +479,7 @@ async fn run_async(agentmesh: &Path, litellm: &Path, sizes: Sizes) -> anyhow::Re
         if peer_processes == 1 { "" } else { "es" },
     ));
     table.note(format!(
-        "The agentmesh gateway is measured on its plain listener, without the inbound proxy that verifies callers' SVIDs in a mesh: the load tool sets the XFCC header that proxy would set. That is the gateway's own cost, as the anchor measures gateways; the proxy's own added latency is in the `proxy` table. Latency: {} req/s (and the anchor's {} req/s) on {CONNECTIONS} keep-alive connections on a fixed schedule for {} s per run, measured from the write of each request; added = through the gateway − direct at the same quantile; of {ROUNDS} alternating runs per target the one with the lowest p99 counts ({} samples for the agentmesh gateway at {}). A target that cannot keep up completes fewer requests than offered (the throughput row); its connections then wait for answers, so its latency does not include the queue in front of it. CPU time is read from /proc/PID/stat of the gateway and its descendants around each run (10 ms ticks; accepting the run's connections included) and divided by the completed requests; RSS sums the processes too.",
+        "The agentmesh gateway is measured on its plain listener (a Unix socket, where it trusts XFCC), without the inbound proxy that verifies callers' SVIDs in a mesh: the load tool sets the XFCC header that proxy would set. That is the gateway's own cost, as the anchor measures gateways; the proxy's own added latency is in the `proxy` table. Latency: {} req/s (and the anchor's {} req/s) on {CONNECTIONS} keep-alive connections on a fixed schedule for {} s per run, measured from the write of each request; added = through the gateway − direct at the same quantile; of {ROUNDS} alternating runs per target the one with the lowest p99 counts ({} samples for the agentmesh gateway at {}). A target that cannot keep up completes fewer requests than offered (the throughput row); its connections then wait for answers, so its latency does not include the queue in front of it. CPU time is read from /proc/PID/stat of the gateway and its descendants around each run (10 ms ticks; accepting the run's connections included) and divided by the completed requests; RSS sums the processes too.",
         count(sizes.rate),
         count(ANCHOR_RATE),
         sizes.seconds,
@@ -501,8 +506,9 @@ mod tests {
     #[test]
     fn both_configs_point_at_the_upstream() {
         let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let text = gateway_toml("127.0.0.1:8".parse().unwrap(), up);
+        let text = gateway_toml(&Endpoint::Unix("/run/gw.sock".into()), up);
         assert!(text.contains("url = \"http://127.0.0.1:9/v1\""));
+        assert!(text.contains("listen = \"unix:///run/gw.sock\""), "{text}");
         assert!(litellm_yaml(up).contains("api_base: http://127.0.0.1:9/v1"));
     }
 

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! As in `gateway`, the load tool sets the `x-forwarded-client-cert` the gateway's inbound
-//! proxy would set, straight to the gateway's plain listener.
+//! proxy would set, straight to the gateway's plain listener: a Unix socket, the only kind on
+//! which the gateway trusts that header.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::gateway::{XFCC, first_answer, gateway_toml, tree_memory};
-use crate::load::Call;
+use crate::load::{Call, Endpoint};
 use crate::proxy::Sizes;
 use crate::proxy_ab::{RATE_CONNECTIONS, SATURATION_CONNECTIONS, ab_rows, alternate};
 use crate::report::{Table, mib, ratio};
@@ -90,9 +91,10 @@ async fn run_async(
         ("current", "current agentmesh gateway"),
         ("baseline", "baseline agentmesh gateway"),
     ]) {
-        let listen = addr()?;
+        // On a Unix socket, as behind its sidecar: on TCP it trusts no caller's XFCC.
+        let listen = Endpoint::Unix(dir.join(format!("{tag}-gateway.sock")));
         let config = dir.join(format!("{tag}-gateway.toml"));
-        std::fs::write(&config, gateway_toml(listen, upstream))?;
+        std::fs::write(&config, gateway_toml(&listen, upstream))?;
         let log = dir.join(format!("{tag}-gateway.log"));
         let mut proc = Proc::spawn(
             name,
@@ -102,7 +104,7 @@ async fn run_async(
         )?;
         first_answer(
             &format!("the {tag} gateway"),
-            listen,
+            listen.clone(),
             &chat,
             Instant::now(),
             &mut proc,
@@ -112,8 +114,8 @@ async fn run_async(
         gateways.push((listen, proc));
     }
     let figures = alternate(
-        [gateways[0].0, gateways[1].0],
-        upstream,
+        [gateways[0].0.clone(), gateways[1].0.clone()],
+        upstream.into(),
         &chat,
         sizes,
         rounds,

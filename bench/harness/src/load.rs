@@ -146,22 +146,67 @@ impl Call {
     }
 }
 
+/// Where a load run sends its requests: loopback TCP, or a Unix socket (the gateway listens
+/// on one behind its sidecar, and trusts `x-forwarded-client-cert` only there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `ip:port`.
+    Tcp(SocketAddr),
+    /// A Unix socket's path.
+    Unix(std::path::PathBuf),
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Tcp(addr)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
 /// One keep-alive HTTP/1.1 client connection.
 struct Client {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    async fn connect(to: &Endpoint) -> anyhow::Result<Self> {
+        let send = match to {
+            Endpoint::Tcp(addr) => {
+                let tcp = TcpStream::connect(addr)
+                    .await
+                    .with_context(|| format!("connecting to {addr}"))?;
+                tcp.set_nodelay(true)?;
+                Self::handshake(tcp).await?
+            }
+            Endpoint::Unix(path) => {
+                let unix = tokio::net::UnixStream::connect(path)
+                    .await
+                    .with_context(|| format!("connecting to {to}"))?;
+                Self::handshake(unix).await?
+            }
+        };
+        Ok(Self { send })
+    }
+
+    async fn handshake<S>(
+        io: S,
+    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .context("HTTP/1.1 handshake")?;
         tokio::spawn(conn);
-        Ok(Self { send })
+        Ok(send)
     }
 
     /// Sends `call` once; its answer must be what `call` expects.
@@ -203,14 +248,15 @@ pub struct Throughput {
 /// # Errors
 /// A connection cannot be opened at the start.
 pub async fn saturate(
-    addr: SocketAddr,
+    to: impl Into<Endpoint>,
     call: &Call,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Throughput> {
+    let to = Arc::new(to.into());
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        clients.push(Client::connect(addr).await?);
+        clients.push(Client::connect(&to).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -219,14 +265,14 @@ pub async fn saturate(
     let mut tasks = Vec::with_capacity(connections);
     let call = Arc::new(call.clone());
     for mut client in clients {
-        let (done, errors, call) = (done.clone(), errors.clone(), call.clone());
+        let (done, errors, call, to) = (done.clone(), errors.clone(), call.clone(), to.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 match client.call(&call).await {
                     Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
-                        match Client::connect(addr).await {
+                        match Client::connect(&to).await {
                             Ok(c) => client = c,
                             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
@@ -256,15 +302,16 @@ pub async fn saturate(
 /// # Errors
 /// A connection cannot be opened at the start.
 pub async fn fixed_rate(
-    addr: SocketAddr,
+    to: impl Into<Endpoint>,
     call: &Call,
     connections: usize,
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let to = Arc::new(to.into());
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        clients.push(Client::connect(addr).await?);
+        clients.push(Client::connect(&to).await?);
     }
     let interval = Duration::from_secs_f64(connections as f64 / rate);
     let start = tokio::time::Instant::now();
@@ -274,7 +321,7 @@ pub async fn fixed_rate(
     for (i, mut client) in clients.into_iter().enumerate() {
         // Stagger the connections evenly over one interval.
         let first = start + interval.mul_f64(i as f64 / connections as f64);
-        let call = call.clone();
+        let (call, to) = (call.clone(), to.clone());
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(first, interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,7 +337,7 @@ pub async fn fixed_rate(
                     Ok(()) => latencies.push(sent.elapsed()),
                     Err(_) => {
                         errors += 1;
-                        if let Ok(c) = Client::connect(addr).await {
+                        if let Ok(c) = Client::connect(&to).await {
                             client = c;
                         }
                     }

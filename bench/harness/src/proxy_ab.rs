@@ -13,13 +13,12 @@
 //! spread, (max − min) / median over its rounds: a difference between the builds that is
 //! smaller than the spread of one build against itself is noise, not cost.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::load::{self, Call};
+use crate::load::{self, Call, Endpoint};
 use crate::propagation::ControlPlane;
 use crate::proxy::{MeshPair, SidecarCommand, Sizes, register, start_app, start_pair};
 use crate::report::{Table, count, mib, micros, quantile, ratio};
@@ -74,10 +73,10 @@ fn spread(v: &[f64]) -> f64 {
     (max - min) / median(v).abs().max(1e-12) * 100.0
 }
 
-async fn latency(target: SocketAddr, call: &Call, sizes: Sizes) -> anyhow::Result<[f64; 2]> {
+async fn latency(target: Endpoint, call: &Call, sizes: Sizes) -> anyhow::Result<[f64; 2]> {
     let secs = Duration::from_secs_f64(sizes.seconds);
     let (samples, errors) =
-        load::fixed_rate(target, call, RATE_CONNECTIONS, sizes.rate, secs).await?;
+        load::fixed_rate(target.clone(), call, RATE_CONNECTIONS, sizes.rate, secs).await?;
     if samples.is_empty() || errors > 0 {
         bail!(
             "{target}: {} answers and {errors} errors at {} req/s",
@@ -121,8 +120,8 @@ async fn run_async(
         .await?,
     ];
     let figures = alternate(
-        [pairs[0].client, pairs[1].client],
-        app,
+        [pairs[0].client.into(), pairs[1].client.into()],
+        app.into(),
         &Call::get_ok(),
         sizes,
         rounds,
@@ -167,8 +166,8 @@ async fn run_async(
 /// # Errors
 /// A target failing requests.
 pub(crate) async fn alternate(
-    targets: [SocketAddr; 2],
-    direct: SocketAddr,
+    targets: [Endpoint; 2],
+    direct: Endpoint,
     call: &Call,
     sizes: Sizes,
     rounds: usize,
@@ -179,15 +178,15 @@ pub(crate) async fn alternate(
         // Alternate which build goes first, so a slow start of a round is shared.
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let t = load::saturate(targets[i], call, SATURATION_CONNECTIONS, secs).await?;
+            let t = load::saturate(targets[i].clone(), call, SATURATION_CONNECTIONS, secs).await?;
             if t.errors > 0 {
                 bail!("{} errors at saturation", t.errors);
             }
             figures[i].per_second.push(t.per_second);
         }
-        let base = latency(direct, call, sizes).await?;
+        let base = latency(direct.clone(), call, sizes).await?;
         for i in order {
-            let through = latency(targets[i], call, sizes).await?;
+            let through = latency(targets[i].clone(), call, sizes).await?;
             figures[i].added_p50.push(through[0] - base[0]);
             figures[i].added_p99.push(through[1] - base[1]);
         }
