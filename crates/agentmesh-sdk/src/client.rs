@@ -50,6 +50,12 @@ pub enum ClientError {
         uri: String,
         /// Why, as the TLS or socket layer said.
         reason: String,
+        /// The kind of failure, for a caller that handles them differently:
+        /// `ConnectionRefused` (nothing listens), `TimedOut` (no handshake within
+        /// [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT)), `InvalidData` (the TLS layer
+        /// refused the peer, a wrong SPIFFE ID among the reasons), `InvalidInput` (no usable
+        /// server name), ...
+        kind: std::io::ErrorKind,
     },
     /// The request failed after connecting.
     #[error("request to {uri}: {reason}")]
@@ -207,26 +213,34 @@ impl tower::Service<Uri> for MtlsConnector {
                 .to_owned();
             let port = uri.port_u16().unwrap_or(443);
             let config = tls.config()?;
-            let err = |reason: String| ClientError::Connect {
+            let err = |reason: String, kind: std::io::ErrorKind| ClientError::Connect {
                 uri: uri.to_string(),
                 reason,
+                kind,
             };
+            let io_err = |e: std::io::Error| err(e.to_string(), e.kind());
             // The name is only SNI; the server is identified by its SPIFFE ID, not by it.
-            let name = ServerName::try_from(host.clone()).map_err(|e| err(e.to_string()))?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| err(e.to_string(), std::io::ErrorKind::InvalidInput))?;
             let dial = async {
                 let tcp = TcpStream::connect((host.as_str(), port))
                     .await
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(io_err)?;
                 // Nodelay: request/response RPCs should not wait on Nagle.
                 let _ = tcp.set_nodelay(true);
                 tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| err(e.to_string()))
+                    .map_err(io_err)
             };
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial)
                 .await
-                .map_err(|_| err(format!("no tls handshake within {HANDSHAKE_TIMEOUT:?}")))??;
+                .map_err(|_| {
+                    err(
+                        format!("no tls handshake within {HANDSHAKE_TIMEOUT:?}"),
+                        std::io::ErrorKind::TimedOut,
+                    )
+                })??;
             Ok(MtlsStream {
                 io: TokioIo::new(stream),
             })
@@ -310,9 +324,14 @@ impl MtlsClient {
                 std::error::Error::source(&e);
             while let Some(s) = source {
                 if let Some(ours) = s.downcast_ref::<ClientError>() {
+                    let kind = match ours {
+                        ClientError::Connect { kind, .. } => *kind,
+                        _ => std::io::ErrorKind::Other,
+                    };
                     return ClientError::Connect {
                         uri: uri.clone(),
                         reason: ours.to_string(),
+                        kind,
                     };
                 }
                 source = s.source();

@@ -41,6 +41,10 @@ pub enum SourceError {
         socket: PathBuf,
         /// What went wrong.
         reason: String,
+        /// The node's gRPC status code when it answered with one, so a caller can tell a
+        /// process with no entry (`PermissionDenied`) from a node that is not ready yet
+        /// (`Unavailable`); `None` when the socket could not be reached or the stream ended.
+        code: Option<tonic::Code>,
     },
     /// The response held no SVID.
     #[error("the workload api returned no x509-svid; is this process registered?")]
@@ -67,6 +71,10 @@ pub enum SourceError {
         waited: Duration,
         /// The last failure seen.
         last: String,
+        /// The node's gRPC status code in the last failure, if it answered with one:
+        /// `PermissionDenied` means no entry matches this process, `Unavailable` a node that
+        /// is not ready.
+        code: Option<tonic::Code>,
     },
 }
 
@@ -341,19 +349,20 @@ fn request() -> tonic::Request<X509svidRequest> {
 async fn open_stream(
     socket: &Path,
 ) -> Result<tonic::Streaming<agentmesh_proto::workload::X509svidResponse>, SourceError> {
-    let err = |reason: String| SourceError::WorkloadApi {
+    let err = |reason: String, code: Option<tonic::Code>| SourceError::WorkloadApi {
         socket: socket.to_owned(),
         reason,
+        code,
     };
     let channel = agentmesh_proto::unix::connect(socket)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.to_string(), None))?;
     let mut client = SpiffeWorkloadApiClient::new(channel)
         .max_decoding_message_size(agentmesh_proto::MAX_MESSAGE_BYTES);
     Ok(client
         .fetch_x509svid(request())
         .await
-        .map_err(|s| err(format!("{:?}: {}", s.code(), s.message())))?
+        .map_err(|s| err(format!("{:?}: {}", s.code(), s.message()), Some(s.code())))?
         .into_inner())
 }
 
@@ -362,14 +371,18 @@ async fn next_update(
     stream: &mut tonic::Streaming<agentmesh_proto::workload::X509svidResponse>,
     select: &Select,
 ) -> Result<(Svid, Roots), SourceError> {
-    let err = |reason: String| SourceError::WorkloadApi {
+    let err = |reason: String, code: Option<tonic::Code>| SourceError::WorkloadApi {
         socket: socket.to_owned(),
         reason,
+        code,
     };
     match stream.message().await {
         Ok(Some(resp)) => parse_response(resp, select),
-        Ok(None) => Err(err("the stream ended".into())),
-        Err(s) => Err(err(format!("{:?}: {}", s.code(), s.message()))),
+        Ok(None) => Err(err("the stream ended".into(), None)),
+        Err(s) => Err(err(
+            format!("{:?}: {}", s.code(), s.message()),
+            Some(s.code()),
+        )),
     }
 }
 
@@ -523,7 +536,7 @@ impl X509Source {
                 }
             };
             let left = patience.saturating_sub(started.elapsed());
-            let last = match tokio::time::timeout(left, attempt).await {
+            let (last, code) = match tokio::time::timeout(left, attempt).await {
                 Ok(Ok((stream, svid, roots))) => {
                     // Keep following the identity we started with, even if the Workload API
                     // later lists this workload's SVIDs in another order.
@@ -541,8 +554,17 @@ impl X509Source {
                     )));
                     return Ok(Arc::new(source));
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => last_offer.map_or_else(|| "no answer".to_owned(), |e| e.to_string()),
+                Ok(Err(e)) => {
+                    let code = match &e {
+                        SourceError::WorkloadApi { code, .. } => *code,
+                        _ => None,
+                    };
+                    (e.to_string(), code)
+                }
+                Err(_) => (
+                    last_offer.map_or_else(|| "no answer".to_owned(), |e| e.to_string()),
+                    None,
+                ),
             };
             // A launcher may still be registering this workload: retry until patience runs out.
             if started.elapsed() + delay >= patience {
@@ -550,6 +572,7 @@ impl X509Source {
                     socket: socket.to_owned(),
                     waited: patience,
                     last,
+                    code,
                 });
             }
             tokio::time::sleep(delay).await;

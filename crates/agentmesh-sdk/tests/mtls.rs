@@ -85,8 +85,37 @@ async fn the_client_refuses_a_server_with_another_id_or_from_another_ca() {
         .get(&format!("https://{addr}/hello"))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Connect {
+                kind: std::io::ErrorKind::InvalidData,
+                ..
+            }
+        ),
+        "a refused peer is InvalidData: {err:?}"
+    );
     assert!(err.to_string().contains("spiffe://td/impostor"), "{err}");
+
+    // Nothing listening is told apart from a refused peer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = client
+        .get(&format!("https://{closed}/hello"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Connect {
+                kind: std::io::ErrorKind::ConnectionRefused,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     let foreign = TestCa::new("td");
     let addr = start_http(foreign.source("spiffe://td/server")).await;

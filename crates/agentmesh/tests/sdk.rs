@@ -117,3 +117,34 @@ async fn the_sdk_example_refuses_a_client_the_layer_does_not_admit_and_rotates_o
     let (status, _) = get(&fresh, &url).await;
     assert_eq!(status, http::StatusCode::OK);
 }
+
+/// A process the node has no entry for is told so with a code it can act on, not only text:
+/// `PermissionDenied` (no entry) is not worth retrying the way `Unavailable` (a node still
+/// syncing) is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_an_entry_gets_permission_denied_as_a_code() {
+    let mut mesh = Mesh::start();
+    // An entry for another uid only, so the node is synced and serving but not for us.
+    mesh.entry("/ns/default/sa/someone-else", &["unix:uid:65534"], None);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let err = X509Source::connect(&mesh.socket(), std::time::Duration::from_millis(500))
+            .await
+            .expect_err("no entry matches this process");
+        match err {
+            agentmesh_sdk::SourceError::Timeout { code, ref last, .. } => {
+                if code == Some(tonic::Code::PermissionDenied) {
+                    assert!(last.contains("no registration entry"), "{last}");
+                    return;
+                }
+                // The node may still be on its first sync (Unavailable).
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still {code:?}: {last}"
+                );
+            }
+            other => panic!("expected a timeout naming the last failure: {other}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
