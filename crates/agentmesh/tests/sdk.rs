@@ -123,7 +123,7 @@ async fn the_sdk_example_refuses_a_client_the_layer_does_not_admit_and_rotates_o
 /// syncing) is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_without_an_entry_gets_permission_denied_as_a_code() {
-    let mut mesh = Mesh::start();
+    let mesh = Mesh::start();
     // An entry for another uid only, so the node is synced and serving but not for us.
     mesh.entry("/ns/default/sa/someone-else", &["unix:uid:65534"], None);
     let deadline = std::time::Instant::now() + PATIENCE;
