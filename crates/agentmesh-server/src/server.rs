@@ -137,18 +137,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let db_path = cfg.data_dir.join("server.db");
     let keys_dir = cfg.data_dir.join("keys");
     let (datastore, ca) = open_ca(&cfg, upstream.as_ref(), &db_path, &keys_dir).await?;
-    let (entries_changed, _) = watch::channel(0);
-    let revision_base = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let (policy_changed, _) = watch::channel(revision_base);
-    let state = Arc::new(ServerState {
-        datastore,
-        ca: Arc::new(ca),
-        settings: cfg.issuance,
-        entries_changed,
-        policy_changed,
-    });
+    let state = new_state(datastore, ca, cfg.issuance);
 
     // The server's own identity for the node API.
     let server_id = SpiffeId::from_path(&cfg.trust_domain, SERVER_PATH)
@@ -248,6 +237,27 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         state,
         stop,
         tasks,
+    })
+}
+
+/// The state the APIs share. Policy revisions count up from the wall clock in milliseconds, so
+/// they keep growing across a restart of the server.
+fn new_state(
+    datastore: Arc<Datastore>,
+    ca: CaManager,
+    settings: IssuanceSettings,
+) -> Arc<ServerState> {
+    let (entries_changed, _) = watch::channel(0);
+    let revision_base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (policy_changed, _) = watch::channel(revision_base);
+    Arc::new(ServerState {
+        datastore,
+        ca: Arc::new(ca),
+        settings,
+        entries_changed,
+        policy_changed,
     })
 }
 
