@@ -151,7 +151,7 @@ pub struct NodeRunArgs {
     /// The Docker Engine's socket, asked about callers that run in containers (`docker:`
     /// selectors); an empty value turns Docker attestation off
     #[arg(long, value_name = "PATH", default_value = agentmesh_node::DEFAULT_DOCKER_SOCKET)]
-    pub docker_socket: PathBuf,
+    pub docker_socket: String,
 }
 
 /// The `--limits` file.
@@ -215,8 +215,8 @@ impl NodeRunArgs {
                 .map(read_limits)
                 .transpose()?
                 .unwrap_or_default(),
-            docker_socket: (!self.docker_socket.as_os_str().is_empty())
-                .then(|| self.docker_socket.clone()),
+            docker_socket: (!self.docker_socket.is_empty())
+                .then(|| PathBuf::from(&self.docker_socket)),
         })
     }
 }
@@ -278,6 +278,34 @@ mod tests {
             PathBuf::from(".agentmesh/node/admin.sock")
         );
         assert_eq!(cfg.join_token.as_deref(), Some("tok"));
+        assert_eq!(
+            cfg.docker_socket,
+            Some(PathBuf::from("/var/run/docker.sock"))
+        );
+    }
+
+    #[test]
+    fn docker_attestation_follows_the_docker_socket_flag_and_an_empty_one_turns_it_off() {
+        let with = |socket: &str| {
+            parse(&[
+                "--server",
+                "127.0.0.1:8081",
+                "--socket",
+                "/tmp/node.sock",
+                "--trust-bundle",
+                "b.pem",
+                "--docker-socket",
+                socket,
+            ])
+            .to_config()
+            .unwrap()
+            .docker_socket
+        };
+        assert_eq!(
+            with("/run/docker.sock"),
+            Some(PathBuf::from("/run/docker.sock"))
+        );
+        assert_eq!(with(""), None);
     }
 
     #[test]
