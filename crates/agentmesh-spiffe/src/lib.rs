@@ -1,4 +1,7 @@
 //! SPIFFE IDs, trust domains, selectors and the validation rules of the SPIFFE specs.
+//!
+//! Only names and their rules: not certificates or keys (agentmesh-tls reads them,
+//! agentmesh-ca issues them), and not attestation (the node decides which selectors hold).
 #![forbid(unsafe_code)]
 
 mod echo;
