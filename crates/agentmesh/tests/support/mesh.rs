@@ -62,11 +62,22 @@ impl Proc {
     }
 }
 
+/// A free loopback port, never one this test process was handed before: the kernel may give
+/// `bind(0)` the same port again once the probe is closed, and two listeners of one config
+/// must not collide.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut issued = ISSUED.lock().unwrap_or_else(|e| e.into_inner());
+        if !issued.contains(&port) {
+            issued.push(port);
+            return port;
+        }
+    }
 }
 
 /// A server and a node, as processes, plus the paths a user would export.
