@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_api;
+mod bootstrap;
 mod ca;
 mod datastore;
 mod node_api;
@@ -22,8 +23,10 @@ mod testing;
 mod tls_incoming;
 mod upstream;
 
+pub use bootstrap::{BootstrapConfig, BootstrapEntry, BootstrapError};
 pub use ca::{CaLifetimes, CaManagerError};
 pub use datastore::DatastoreError;
+pub use registration::EntryError;
 pub use oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
 pub use server::{RunningServer, ServerConfig, ServerError, start};
 pub use state::IssuanceSettings;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin_api::AdminService;
+use crate::bootstrap::{BootstrapConfig, BootstrapError};
 use crate::ca::{CaLifetimes, CaManager, CaManagerError};
 use crate::datastore::{Datastore, DatastoreError};
 use crate::node_api::NodeApiService;
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     /// connections per caller (node SPIFFE ID, or address before attestation) and in total;
     /// the admin socket's per uid.
     pub limits: agentmesh_proto::limits::ListenerLimits,
+    /// `[bootstrap]`: entries, intentions, the bundle file and a join token file, set up at
+    /// start.
+    pub bootstrap: BootstrapConfig,
 }
 
 /// Why a server could not start.
@@ -90,6 +94,9 @@ pub enum ServerError {
     /// The OIDC discovery listener could not start.
     #[error(transparent)]
     OidcDiscovery(#[from] OidcDiscoveryError),
+    /// `[bootstrap]` declares something invalid, or its files could not be written.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -138,6 +145,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let keys_dir = cfg.data_dir.join("keys");
     let (datastore, ca) = open_ca(&cfg, upstream.as_ref(), &db_path, &keys_dir).await?;
     let state = new_state(datastore, ca, cfg.issuance);
+    let limits = EntryLimits {
+        max_x509_ttl: cfg.ca.intermediate / 2,
+        max_jwt_ttl: cfg.ca.intermediate / 2,
+    };
+    // Before any listener: a node or a workload never sees the server without its declared
+    // entries and intentions, and a bad declaration stops the server before it serves.
+    crate::bootstrap::apply(&state, &cfg.bootstrap, limits)?;
 
     // The server's own identity for the node API.
     let server_id = SpiffeId::from_path(&cfg.trust_domain, SERVER_PATH)
@@ -176,10 +190,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     }));
 
-    let limits = EntryLimits {
-        max_x509_ttl: cfg.ca.intermediate / 2,
-        max_jwt_ttl: cfg.ca.intermediate / 2,
-    };
     let admin = AdminServer::new(AdminService::new(state.clone(), limits));
     let rx = stop_rx.clone();
     let admin_limits = cfg.limits.clone();
@@ -209,6 +219,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             state.clone(),
             keys_dir,
             cfg.ca.intermediate,
+            stop_rx.clone(),
+        )));
+    }
+
+    if let Some(path) = cfg.bootstrap.bundle_file.clone() {
+        tasks.push(tokio::spawn(crate::bootstrap::follow_bundle(
+            state.clone(),
+            path,
             stop_rx.clone(),
         )));
     }

@@ -32,6 +32,7 @@ impl ServerConfig {
             upstream: None,
             oidc_discovery: None,
             limits: Default::default(),
+            bootstrap: Default::default(),
         }
     }
 }

@@ -127,6 +127,10 @@ pub struct NodeRunArgs {
     /// SVID is still valid
     #[arg(long, value_name = "TOKEN", env = JOIN_TOKEN_ENV, hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file that holds the join token, as the server's `[bootstrap] join_token_file` writes
+    /// it, for deployments that cannot pass secrets on the command line
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// Where to serve the Workload API and Envoy SDS: unix:///path, unix:/path or a path
     #[arg(long, value_name = "PATH", env = WORKLOAD_SOCKET_ENV)]
     pub socket: String,
@@ -187,9 +191,19 @@ impl NodeRunArgs {
                 "--server is empty; pass the server's node API address, e.g. 127.0.0.1:8081"
             );
         }
-        let join_token = match self.join_token.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(t) => Some(t.to_owned()),
+        let join_token = match (&self.join_token_file, self.join_token.as_deref()) {
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("cannot read --join-token-file {}", file.display())
+                })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    anyhow::bail!("--join-token-file {} is empty", file.display());
+                }
+                Some(token.to_owned())
+            }
+            (None, None) => None,
+            (None, Some(t)) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
         };
         Ok(NodeConfig {
             server: server.to_owned(),
@@ -358,6 +372,53 @@ mod tests {
         assert_eq!(cfg.admin_socket, PathBuf::from("/var/lib/am/admin.sock"));
         // The env var may be set in the test's environment; only check it is not empty.
         assert_ne!(cfg.join_token.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn the_join_token_file_is_read_trimmed_and_a_missing_or_empty_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("join-token");
+        let args = || {
+            parse(&[
+                "--server",
+                "127.0.0.1:8081",
+                "--socket",
+                "/tmp/node.sock",
+                "--trust-bundle",
+                "b.pem",
+                "--join-token-file",
+                file.to_str().unwrap(),
+            ])
+        };
+        let err = args().to_config().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot read --join-token-file"),
+            "{err:#}"
+        );
+        std::fs::write(&file, "  \n").unwrap();
+        let err = args().to_config().unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        std::fs::write(&file, "tok-from-file\n").unwrap();
+        assert_eq!(
+            args().to_config().unwrap().join_token.as_deref(),
+            Some("tok-from-file")
+        );
+        let both = crate::cli::Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "run",
+            "--server",
+            "127.0.0.1:8081",
+            "--socket",
+            "/tmp/node.sock",
+            "--trust-bundle",
+            "b.pem",
+            "--join-token",
+            "t",
+            "--join-token-file",
+            "f",
+        ]);
+        assert!(both.is_err(), "a token and a token file at once must be refused");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use agentmesh::Signals;
 use agentmesh_server::{
-    CaLifetimes, IssuanceSettings, OidcDiscoveryConfig, OpenBaoAuth, OpenBaoUpstreamConfig,
-    ServerConfig,
+    BootstrapConfig, BootstrapEntry, CaLifetimes, IssuanceSettings, OidcDiscoveryConfig,
+    OpenBaoAuth, OpenBaoUpstreamConfig, ServerConfig,
 };
 use agentmesh_spiffe::TrustDomain;
 use anyhow::Context;
@@ -67,7 +67,7 @@ pub struct ServerRunArgs {
 }
 
 /// The `--config` file: the flags' settings, in snake_case. Unknown keys are an error.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFileConfig {
     /// As `--data-dir`.
@@ -96,6 +96,85 @@ pub struct ServerFileConfig {
     pub oidc_discovery: Option<OidcDiscoveryFile>,
     /// `[limits]`: the node API's and the admin socket's listener limits (file only).
     pub limits: Option<agentmesh_proto::limits::ListenerLimits>,
+    /// `[bootstrap]`: what the server sets up at start (file only).
+    pub bootstrap: Option<BootstrapFile>,
+}
+
+/// `[bootstrap]`: entries and intentions created at start when missing, a bundle file kept
+/// current, and a join token file written at every start. For deployments with no operator
+/// at hand, such as `deploy/compose/`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapFile {
+    /// Where to keep the trust bundle (PEM), for nodes' `--trust-bundle`.
+    pub bundle_file: Option<PathBuf>,
+    /// Where to write a fresh one-time join token (0600), for a node's `--join-token-file`.
+    pub join_token_file: Option<PathBuf>,
+    /// `[[bootstrap.entry]]`: the fields of `agentmesh entry create`.
+    #[serde(default)]
+    pub entry: Vec<BootstrapEntryFile>,
+    /// `[[bootstrap.intention]]`: the JSON model of `agentmesh intention create --file`, as
+    /// TOML.
+    #[serde(default)]
+    pub intention: Vec<toml::Table>,
+}
+
+/// `[[bootstrap.entry]]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapEntryFile {
+    /// As `--spiffe-id`.
+    pub spiffe_id: String,
+    /// As `--selector`, each `TYPE:KEY:VALUE`.
+    pub selectors: Vec<String>,
+    /// As `--parent-id` [default: every node].
+    #[serde(default)]
+    pub parent_id: String,
+    /// As `--x509-ttl`.
+    pub x509_ttl: Option<String>,
+    /// As `--jwt-ttl`.
+    pub jwt_ttl: Option<String>,
+    /// As `--dns-name`.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+}
+
+/// Converts `[bootstrap]`; the server checks the entries and intentions themselves.
+fn bootstrap(file: &ServerFileConfig, file_name: &str) -> anyhow::Result<BootstrapConfig> {
+    let Some(b) = &file.bootstrap else {
+        return Ok(BootstrapConfig::default());
+    };
+    let ttl = |v: &Option<String>, key: String| {
+        v.as_deref()
+            .map(|t| parse_duration(&format!("{key} in {file_name}"), t))
+            .transpose()
+    };
+    let entries = b
+        .entry
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(BootstrapEntry {
+                spiffe_id: e.spiffe_id.clone(),
+                parent_id: e.parent_id.clone(),
+                selectors: e.selectors.clone(),
+                x509_ttl: ttl(&e.x509_ttl, format!("bootstrap.entry[{i}].x509_ttl"))?,
+                jwt_ttl: ttl(&e.jwt_ttl, format!("bootstrap.entry[{i}].jwt_ttl"))?,
+                dns_names: e.dns_names.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let intentions = b
+        .intention
+        .iter()
+        .map(|t| serde_json::to_string(t).context("an intention does not convert to JSON"))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(BootstrapConfig {
+        bundle_file: b.bundle_file.clone(),
+        join_token_file: b.join_token_file.clone(),
+        entries,
+        intentions,
+    })
 }
 
 /// `[oidc_discovery]`.
@@ -303,6 +382,7 @@ pub fn resolve(
     limits
         .check()
         .map_err(|e| anyhow::anyhow!("invalid {e} in {file_name}"))?;
+    let bootstrap = bootstrap(file, &file_name)?;
     Ok(ServerConfig {
         data_dir,
         trust_domain,
@@ -313,6 +393,7 @@ pub fn resolve(
         upstream,
         oidc_discovery,
         limits,
+        bootstrap,
     })
 }
 
