@@ -105,7 +105,7 @@ pub struct UpstreamConfig {
     pub role: String,
     /// The local proxy's outbound listener for it, as `unix:///path` (only this uid may use
     /// it) or `http://127.0.0.1:PORT`; with `[mtls]`, the upstream's own mTLS listener as
-    /// `https://IP:PORT`.
+    /// `https://IP:PORT` or `https://HOST:PORT`.
     pub url: String,
     /// With `[mtls]`: the SPIFFE ID the upstream must present (the call is refused
     /// otherwise). Behind a sidecar (which pins the upstream itself) it is optional and only
@@ -134,8 +134,10 @@ impl UpstreamConfig {
         }
     }
 
-    /// `url` must be `SCHEME://IP:PORT`; `why` completes the message when the scheme is wrong.
-    fn check_url(&self, scheme: &str, why: &str) -> Result<(), String> {
+    /// `url` must be `SCHEME://IP:PORT`, or with `names` also `SCHEME://HOST:PORT` (a DNS
+    /// name, as Compose and Kubernetes name services); `why` completes the message when the
+    /// scheme is wrong.
+    fn check_url(&self, scheme: &str, why: &str, names: bool) -> Result<(), String> {
         let rest = self
             .url
             .strip_prefix(scheme)
@@ -146,16 +148,38 @@ impl UpstreamConfig {
                     self.name, self.url
                 )
             })?;
-        rest.trim_end_matches('/')
-            .parse::<SocketAddr>()
-            .map(drop)
-            .map_err(|_| {
-                format!(
-                    "upstream {:?}: url {:?} is not {scheme}://IP:PORT",
-                    self.name, self.url
-                )
-            })
+        let authority = rest.trim_end_matches('/');
+        if authority.parse::<SocketAddr>().is_ok() || (names && is_host_port(authority)) {
+            return Ok(());
+        }
+        let or_names = if names {
+            format!(" or {scheme}://HOST:PORT")
+        } else {
+            String::new()
+        };
+        Err(format!(
+            "upstream {:?}: url {:?} is not {scheme}://IP:PORT{or_names}",
+            self.name, self.url
+        ))
     }
+}
+
+/// `name:port` with a DNS name (letters, digits, `-` and `.`, no empty label) and a port
+/// other than 0.
+fn is_host_port(authority: &str) -> bool {
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 /// `[mtls]`: the agent does mTLS and intentions in-process, with no sidecar.
@@ -287,6 +311,7 @@ impl AgentConfig {
                 "http",
                 "HOST:PORT or unix:///path (the local proxy's plain listener; the proxy does \
                  the TLS)",
+                false,
             )?;
         }
         self.validate_common()
@@ -315,7 +340,8 @@ impl AgentConfig {
         for u in &self.upstreams {
             u.check_url(
                 "https",
-                "IP:PORT (with [mtls] the agent does the TLS itself)",
+                "IP:PORT or HOST:PORT (with [mtls] the agent does the TLS itself)",
+                true,
             )?;
             let id = u.spiffe_id.as_deref().ok_or_else(|| {
                 format!(
@@ -400,6 +426,25 @@ workload_api = "unix:///run/w.sock"
             c.upstream("gateway").unwrap().spiffe_id.as_deref(),
             Some("spiffe://td/gateway")
         );
+        // Compose and Kubernetes name their services: the pinned ID, not the name, is checked.
+        let named = parse(&MTLS.replace("127.0.0.1:9443", "gateway.agents:8443")).unwrap();
+        assert_eq!(
+            named.upstream("gateway").unwrap().url,
+            "https://gateway.agents:8443"
+        );
+        for bad in [
+            "gate way:8443",
+            "gateway:0",
+            "gateway",
+            "gateway..x:8443",
+            ":8443",
+        ] {
+            let e = parse(&MTLS.replace("127.0.0.1:9443", bad)).unwrap_err();
+            assert!(
+                e.contains("is not https://IP:PORT or https://HOST:PORT"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

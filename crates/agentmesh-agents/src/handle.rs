@@ -144,15 +144,23 @@ impl Agent {
             "Classification: {}\nValidation: {}\nScore: {}",
             classified.answer, validated.answer, scored.answer
         );
-        let mut agents = classified.agents;
-        agents.extend(validated.agents);
-        agents.extend(scored.agents);
-        let mut signatures = classified.signatures;
-        signatures.extend(validated.signatures);
-        signatures.extend(scored.signatures);
-        let mut out = answer.answer(report, agents, scored.model);
+        let mut agents = classified.agents.clone();
+        agents.extend(validated.agents.clone());
+        agents.extend(scored.agents.clone());
+        let mut signatures = classified.signatures.clone();
+        signatures.extend(validated.signatures.clone());
+        signatures.extend(scored.signatures.clone());
+        let model = scored.model.clone();
+        let delegation = scored.delegation.clone();
+        let mut parts = Vec::new();
+        for r in [classified, validated, scored] {
+            parts.extend(r.parts);
+            parts.push(r.answer);
+        }
+        let mut out = answer.answer(report, agents, model);
         out.signatures = signatures;
-        out.delegation = scored.delegation;
+        out.parts = parts;
+        out.delegation = delegation;
         Ok(out)
     }
 }
@@ -179,6 +187,7 @@ impl Answerer {
             model,
             sources: Vec::new(),
             signatures: Vec::new(),
+            parts: Vec::new(),
             delegation: Vec::new(),
         }
     }

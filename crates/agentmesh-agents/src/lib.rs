@@ -101,6 +101,11 @@ pub struct AskResponse {
     /// "trace_id"}`, so whoever receives the answer can check who produced it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<String>,
+    /// Where this agent combined the answers of others (the orchestrator's report), their
+    /// answers as they signed them; each appears verbatim in `answer`, so a signature over a
+    /// part can be checked against the answer it became part of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
     /// The delegation links the request reached its last agent with (the
     /// `x-agentmesh-delegation` value, split at `~`): the frontend verifies and shows the
     /// chain without seeing the calls between agents. Where the request fanned out, the

@@ -601,8 +601,9 @@ async fn forward_with(
 }
 
 /// Checks every agent's signature on an answer (`signatures`, see agentmesh-agents): each
-/// JWS against the bundle with the signer the payload names, over this answer's SHA-256, and
-/// the first one from the entry agent itself. One `{"agent", "ok", "reason"?}` per signature;
+/// JWS against the bundle with the signer the payload names, over this answer's SHA-256 or
+/// over one of its `parts` that appears verbatim in it (an analyst's finding in the
+/// orchestrator's report), and the first one from the entry agent itself. One `{"agent", "ok", "reason"?}` per signature;
 /// an answer without signatures gets an empty list.
 fn verify_signatures(fe: &Frontend, entry: &str, answer: &Value) -> Value {
     use base64::Engine as _;
@@ -616,6 +617,21 @@ fn verify_signatures(fe: &Frontend, entry: &str, answer: &Value) -> Value {
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
+        .collect();
+    let sha256_hex = |t: &str| -> String {
+        ring::digest::digest(&ring::digest::SHA256, t.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let part_digests: Vec<String> = answer["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|p| !p.is_empty() && text.contains(*p))
+        .map(sha256_hex)
         .collect();
     let entry_id = agentmesh_spiffe::SpiffeId::from_service_name(key.id.trust_domain(), entry).ok();
     let signatures = answer["signatures"].as_array().cloned().unwrap_or_default();
@@ -649,7 +665,11 @@ fn verify_signatures(fe: &Frontend, entry: &str, answer: &Value) -> Value {
                     .map_err(|e| e.to_string())?;
                 let payload: Value = serde_json::from_slice(&v.payload)
                     .map_err(|e| format!("the payload is not JSON: {e}"))?;
-                if payload["answer_sha256"].as_str() != Some(digest.as_str()) {
+                let signed = payload["answer_sha256"].as_str().unwrap_or_default();
+                let first = i == 0;
+                // The entry agent vouches for the whole answer; the others for it or for
+                // their part of it.
+                if signed != digest && (first || !part_digests.iter().any(|d| d == signed)) {
                     return Err("it signed a different answer".into());
                 }
                 Ok(())

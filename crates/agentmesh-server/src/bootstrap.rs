@@ -103,7 +103,8 @@ pub fn apply(
     let td = state.trust_domain();
     let mut entries = Vec::with_capacity(cfg.entries.len());
     for (index, e) in cfg.entries.iter().enumerate() {
-        let secs = |d: Option<Duration>| d.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let secs =
+            |d: Option<Duration>| d.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let valid = validate_entry(
             td,
             limits,

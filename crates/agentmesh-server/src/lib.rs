@@ -26,8 +26,8 @@ mod upstream;
 pub use bootstrap::{BootstrapConfig, BootstrapEntry, BootstrapError};
 pub use ca::{CaLifetimes, CaManagerError};
 pub use datastore::DatastoreError;
-pub use registration::EntryError;
 pub use oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
+pub use registration::EntryError;
 pub use server::{RunningServer, ServerConfig, ServerError, start};
 pub use state::IssuanceSettings;
 #[cfg(feature = "testing")]

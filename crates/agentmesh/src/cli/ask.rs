@@ -68,15 +68,22 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     // its own; the answer's trace_id is the one printed).
     let trace_id = random_hex(16);
     let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
-    let (status, body) = ask_entry(
-        &url,
-        via_frontend,
-        &args.question,
-        Some(&traceparent),
-        ASK_TIMEOUT,
-    )
-    .await
-    .map_err(|e| anyhow!("{e:#}; is `agentmesh up` running?"))?;
+    let ask = |via_frontend| {
+        ask_entry(
+            &url,
+            via_frontend,
+            &args.question,
+            Some(&traceparent),
+            ASK_TIMEOUT,
+        )
+    };
+    let unreachable = |e: anyhow::Error| anyhow!("{e:#}; is `agentmesh up` running?");
+    let (mut status, mut body) = ask(via_frontend).await.map_err(unreachable)?;
+    // A bare --url does not say whether it is a frontend (a Compose deployment's is); one
+    // that answers 401 is, so log in with its dev login, as with --data-dir, and ask again.
+    if status == 401 && !via_frontend && args.url.is_some() {
+        (status, body) = ask(true).await.map_err(unreachable)?;
+    }
     if status != 200 {
         let msg = body
             .get("error")

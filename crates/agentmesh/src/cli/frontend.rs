@@ -24,6 +24,10 @@ pub struct FrontendRunArgs {
     /// The frontend.toml (listen, workload_api, [oidc], [[upstream]], entry, audience)
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Listen here instead of the config's `listen` (IP:PORT), so one config serves on a
+    /// port chosen at deploy time (Compose's `${PORT}`)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs `agentmesh frontend ...`.
@@ -34,7 +38,11 @@ pub struct FrontendRunArgs {
 pub async fn run(cmd: FrontendCommand) -> anyhow::Result<()> {
     match cmd {
         FrontendCommand::Run(args) => {
-            let cfg = agentmesh_frontend::FrontendConfig::load(&args.config)?;
+            let mut cfg = agentmesh_frontend::FrontendConfig::load(&args.config)?;
+            // The dev login's loopback rule is checked at start, on this address.
+            if let Some(listen) = args.listen {
+                cfg.listen = listen;
+            }
             let telemetry = agentmesh_telemetry::init("agentmesh-frontend")?;
             let mut signals = Signals::new()?;
             let frontend = agentmesh_frontend::start(cfg, &args.config)

@@ -193,9 +193,8 @@ impl NodeRunArgs {
         }
         let join_token = match (&self.join_token_file, self.join_token.as_deref()) {
             (Some(file), _) => {
-                let text = std::fs::read_to_string(file).with_context(|| {
-                    format!("cannot read --join-token-file {}", file.display())
-                })?;
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read --join-token-file {}", file.display()))?;
                 let token = text.trim();
                 if token.is_empty() {
                     anyhow::bail!("--join-token-file {} is empty", file.display());
@@ -418,7 +417,10 @@ mod tests {
             "--join-token-file",
             "f",
         ]);
-        assert!(both.is_err(), "a token and a token file at once must be refused");
+        assert!(
+            both.is_err(),
+            "a token and a token file at once must be refused"
+        );
     }
 
     #[test]
