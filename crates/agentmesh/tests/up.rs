@@ -359,6 +359,12 @@ async fn scenario_answers_and_refuses_what_is_not_allowed(scenario: &str, want_a
             .as_str()
             .is_some_and(|a| a.contains("[offline]"))
     );
+    // Every agent signed, and the frontend verified each signature: in the threat pipeline,
+    // the analysts' over their own findings inside the orchestrator's report.
+    let verified = answer["verified"].as_array().expect("verified");
+    let signers = want_agents.iter().filter(|a| **a != "gateway").count();
+    assert_eq!(verified.len(), signers, "{answer}");
+    assert!(verified.iter().all(|v| v["ok"] == true), "{answer}");
 
     let scenario_text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{scenario}.toml")),
