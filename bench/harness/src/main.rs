@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod chain;
+mod compose;
 mod docker;
 mod fetch;
 mod gateway;
@@ -53,6 +54,7 @@ const USAGE: &str = "usage:
                                                        `agentmesh up` time and the mesh's RSS
   agentmesh-bench sds --agentmesh PATH --envoy PATH [--rotations N]
                                                        rotation -> new serial in Envoy's /certs (SDS)
+  agentmesh-bench compose --agentmesh PATH             each scenario's mesh memory, Compose vs `up`
   agentmesh-bench app --listen ADDR                    the app and LLM upstream (used by proxy, gateway)";
 
 /// A parsed command line.
@@ -94,6 +96,9 @@ enum Command {
     Docker {
         agentmesh: PathBuf,
         samples: usize,
+    },
+    Compose {
+        agentmesh: PathBuf,
     },
     FetchLoop {
         socket: PathBuf,
@@ -275,6 +280,9 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             agentmesh: agentmesh.context("docker needs --agentmesh PATH (the release binary)")?,
             samples,
         },
+        "compose" => Command::Compose {
+            agentmesh: agentmesh.context("compose needs --agentmesh PATH (the release binary)")?,
+        },
         "fetch-loop" => Command::FetchLoop {
             socket: socket.context("fetch-loop needs --socket PATH")?,
             samples,
@@ -336,6 +344,7 @@ fn main() -> ExitCode {
             rotations,
         } => sds::run(&agentmesh, &envoy, rotations),
         Command::Docker { agentmesh, samples } => docker::run(&agentmesh, samples),
+        Command::Compose { agentmesh } => compose::run(&agentmesh),
         Command::FetchLoop { socket, samples } => match docker::fetch_loop(&socket, samples) {
             Ok(()) => return ExitCode::SUCCESS,
             Err(e) => Err(e),

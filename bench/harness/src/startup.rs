@@ -19,7 +19,7 @@ use crate::report::{Table, mib, ratio};
 use crate::scale::{Proc, SETTLE, free_port, memory, poll};
 
 /// The built-in scenarios, in the order `agentmesh up --help` lists them.
-const SCENARIOS: [&str; 3] = ["planner-executor", "research-team", "threat-pipeline"];
+pub(crate) const SCENARIOS: [&str; 3] = ["planner-executor", "research-team", "threat-pipeline"];
 /// What `up` prints last once the mesh is up.
 const READY: &str = "Ctrl-C stops the mesh.";
 /// How long one `up` may take before the benchmark gives up (up's own limit is 60 s a step).
@@ -29,13 +29,13 @@ const STOP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// One `agentmesh up` run.
 #[derive(Debug, Clone, Copy)]
-struct Run {
+pub(crate) struct Run {
     /// Spawn to the ready line.
-    ready: Duration,
+    pub(crate) ready: Duration,
     /// `up` and every process whose command line names the data dir.
-    processes: usize,
+    pub(crate) processes: usize,
     /// Their VmRSS, summed, in MiB.
-    rss: f64,
+    pub(crate) rss: f64,
 }
 
 /// Runs the benchmark with the release binary `agentmesh` and the Envoy binary `envoy`,
@@ -72,7 +72,7 @@ fn processes_under(dir: &Path) -> Vec<u32> {
 
 /// Starts `agentmesh up --scenario scenario` in a fresh data dir, times it until the ready
 /// line, reads the mesh's memory, and stops it.
-async fn one_up(bin: &Path, scenario: &str) -> anyhow::Result<Run> {
+pub(crate) async fn one_up(bin: &Path, scenario: &str) -> anyhow::Result<Run> {
     let tmp = tempfile::tempdir().context("a temporary directory")?;
     let data: PathBuf = tmp.path().join("mesh");
     let stderr = tmp.path().join("up.err");
