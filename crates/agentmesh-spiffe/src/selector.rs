@@ -189,14 +189,16 @@ impl Selector {
 /// The keys of `kind` as the error lists them: with their sub-keys where they have some.
 fn known_keys(kind: &str, keys: &[&str]) -> String {
     keys.iter()
-        .map(|k| match SUBKEYS.iter().find(|(t, key, _)| *t == kind && key == k) {
-            Some((_, _, subs)) => subs
-                .iter()
-                .map(|s| format!("{k}:{s}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            None => (*k).to_owned(),
-        })
+        .map(
+            |k| match SUBKEYS.iter().find(|(t, key, _)| *t == kind && key == k) {
+                Some((_, _, subs)) => subs
+                    .iter()
+                    .map(|s| format!("{k}:{s}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => (*k).to_owned(),
+            },
+        )
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -240,7 +242,9 @@ fn check_value(kind: &str, key: &str, value: &str, text: &str) -> Result<(), Sel
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == len
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 impl fmt::Display for Selector {
@@ -344,7 +348,10 @@ mod tests {
             ("unix:shoe:1", false),
             ("x509pop:subject:cn:host-a", true),
             ("x509pop:subject:cn:a:b", true),
-            ("x509pop:ca:fingerprint:0123456789abcdef0123456789abcdef01234567", true),
+            (
+                "x509pop:ca:fingerprint:0123456789abcdef0123456789abcdef01234567",
+                true,
+            ),
             ("x509pop:serialnumber:0a1b", true),
             ("x509pop:subject:ou:x", false),
             ("x509pop:subject:cn:", false),
@@ -427,9 +434,10 @@ mod tests {
             ("x509pop:agent:x", |e| {
                 matches!(e, SelectorError::UnknownKey(..))
             }),
-            ("x509pop:subject:o:acme", |e| {
-                matches!(e, SelectorError::UnknownKey(_, k, known) if k == "subject:o" && known == "subject:cn, ca:fingerprint, serialnumber")
-            }),
+            (
+                "x509pop:subject:o:acme",
+                |e| matches!(e, SelectorError::UnknownKey(_, k, known) if k == "subject:o" && known == "subject:cn, ca:fingerprint, serialnumber"),
+            ),
             ("x509pop:ca:fingerprint:AB:CD:EF", |e| {
                 matches!(e, SelectorError::BadValue { .. })
             }),
