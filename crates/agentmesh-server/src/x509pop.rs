@@ -230,7 +230,15 @@ mod tests {
             .unwrap();
         let now = SystemTime::now();
         let got = v
-            .verify(&td, &[cert.clone()], &challenge, b"csr", scheme, &sig, now)
+            .verify(
+                &td,
+                std::slice::from_ref(&cert),
+                &challenge,
+                b"csr",
+                scheme,
+                &sig,
+                now,
+            )
             .unwrap();
         assert_eq!(got.node_id, pop::node_id(&td, &cert));
         let ca_fp = pop::fingerprint(ca.cert.der());
@@ -251,7 +259,7 @@ mod tests {
         let err = v
             .verify(
                 &td,
-                &[cert.clone()],
+                std::slice::from_ref(&cert),
                 &challenge,
                 b"other",
                 scheme,
