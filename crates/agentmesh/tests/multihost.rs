@@ -748,19 +748,18 @@ async fn nodes_on_two_hosts_attest_with_x509pop_and_survive_a_partition_from_the
     hosts.cut_a_from_server(true);
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut failures = Vec::new();
-    let call =
-        async |ok: &mut u64, failed: &mut u64, failures: &mut Vec<(u16, String)>| match get(
-            &a.upstream_socket(),
-            "/",
-        )
-        .await
-        {
-            (200, body) if body == "hello from beta" => *ok += 1,
-            other => {
-                *failed += 1;
-                failures.push(other);
-            }
-        };
+    let call = async |ok: &mut u64, failed: &mut u64, failures: &mut Vec<(u16, String)>| match get(
+        &a.upstream_socket(),
+        "/",
+    )
+    .await
+    {
+        (200, body) if body == "hello from beta" => *ok += 1,
+        other => {
+            *failed += 1;
+            failures.push(other);
+        }
+    };
     // Until node A notices (its streams to the server time out), allowed calls keep going.
     let deadline = Instant::now() + PATIENCE;
     while a.server_reachable().await {

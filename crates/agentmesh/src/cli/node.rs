@@ -22,7 +22,7 @@ pub const DEFAULT_NODE_DATA_DIR: &str = ".agentmesh/node";
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Runs the node until SIGINT or SIGTERM.
-    Run(NodeRunArgs),
+    Run(Box<NodeRunArgs>),
     /// Why the node refused callers: the closest entry and what it needs, which the refused
     /// caller itself is only given a request id for (newest first).
     Denials(NodeDenialsArgs),
@@ -218,8 +218,8 @@ impl NodeRunArgs {
             (Some(cert), Some(key)) => {
                 if join_token.is_some() {
                     anyhow::bail!(
-                        "both a join token (--join-token or ${JOIN_TOKEN_ENV}) and --x509pop-cert \
-                         are given; attest with one of them"
+                        "both a join token (--join-token, --join-token-file or ${JOIN_TOKEN_ENV}) and \
+                         --x509pop-cert are given; attest with one of them"
                     );
                 }
                 Some(agentmesh_node::X509PopFiles {
@@ -292,7 +292,7 @@ mod tests {
             crate::cli::Cli::try_parse_from(["agentmesh", "node", "run"].iter().chain(args.iter()))
                 .unwrap();
         match cli.command {
-            crate::cli::Command::Node(NodeCommand::Run(a)) => a,
+            crate::cli::Command::Node(NodeCommand::Run(a)) => *a,
             other => panic!("parsed as {other:?}"),
         }
     }

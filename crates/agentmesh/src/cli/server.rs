@@ -44,9 +44,10 @@ pub struct ServerRunArgs {
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
     /// A TOML file with the same settings in snake_case (data_dir = "...", default_x509_ttl = "1h"),
-    /// and the tables only a file sets: [upstream_authority.openbao], [oidc_discovery], [limits], [bootstrap],
-    /// and [node_attestation.x509pop] ca_bundle_path = "FILE" (the PEM CAs that x509pop node
-    /// certificates must chain to; without it only join tokens attest nodes)
+    /// and the tables only a file sets: [upstream_authority.openbao], [oidc_discovery],
+    /// [limits], [bootstrap], and [node_attestation.x509pop] ca_bundle_path = "FILE" (the PEM
+    /// CAs that x509pop node certificates must chain to; without it only join tokens attest
+    /// nodes)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// X.509-SVID lifetime for entries that do not set one [default: 1h]
