@@ -1,5 +1,5 @@
-//! agentmesh-node: the per-host daemon. It attests to the server with a join token (then
-//! renews its node SVID), attests local workloads by their Unix credentials, launcher
+//! agentmesh-node: the per-host daemon. It attests to the server with a join token or x509pop
+//! (then renews its node SVID), attests local workloads by their Unix credentials, launcher
 //! registrations and Docker containers, keeps their SVIDs cached and rotated, and serves them on the SPIFFE Workload
 //! API and Envoy's SDS, plus the policy relay that hands intentions to local proxies. Not the
 //! authority (agentmesh-server registers entries and signs) and not an enforcer (the proxies
@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_api;
+mod attest;
 mod attestor;
 mod cache;
 mod denials;
@@ -21,6 +22,7 @@ mod server_client;
 mod testing;
 mod workload_api;
 
+pub use attest::{AttestationError, X509PopCredentials};
 pub use attestor::{AttestError, DEFAULT_DOCKER_SOCKET, DockerError, process_start_time};
 pub use manager::{EAGER_MINT_LIMIT, ManagerError};
 pub use sds::{ResourceName, SdsError};
@@ -30,9 +32,8 @@ pub use testing::{MeshError, TestMesh, init_logs, my_uid, with_header};
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use agentmesh_proto::v1::AttestJoinTokenRequest;
 use agentmesh_proto::v1::node_admin_server::NodeAdminServer;
 use agentmesh_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use agentmesh_proto::xds::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
@@ -48,8 +49,12 @@ use crate::manager::{Manager, NodeSvid};
 pub struct NodeConfig {
     /// The server's node API address, `host:port`.
     pub server: String,
-    /// A one-time join token; not needed while a stored node SVID is valid.
+    /// A one-time join token; not needed while a stored node SVID is valid, or with
+    /// `x509pop`.
     pub join_token: Option<String>,
+    /// `--x509pop-cert` and `--x509pop-key`: attest with x509pop instead of a join token, and
+    /// again whenever the node SVID cannot be renewed.
+    pub x509pop: Option<X509PopFiles>,
     /// Where to serve the Workload API and Envoy SDS.
     pub socket: PathBuf,
     /// PEM file with the roots to trust the server by, from `agentmesh bundle show`.
@@ -69,6 +74,15 @@ pub struct NodeConfig {
     pub docker_socket: Option<PathBuf>,
 }
 
+/// The files of x509pop node attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509PopFiles {
+    /// PEM: the node certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the certificate's private key.
+    pub key: PathBuf,
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -79,12 +93,12 @@ pub enum NodeError {
     /// The data dir is unusable.
     #[error("data dir {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
-    /// No stored SVID and no token.
+    /// No stored SVID, no token and no x509pop certificate.
     #[error(
-        "no valid node SVID in {0} and no --join-token; generate one with `agentmesh token generate`"
+        "no valid node SVID in {0}, and neither --join-token nor --x509pop-cert/--x509pop-key; generate a join token with `agentmesh token generate`, or give the node an x509pop certificate"
     )]
     NeedJoinToken(PathBuf),
-    /// The server refused the join token.
+    /// The server refused the join token or the x509pop proof.
     #[error("attestation refused by the server: {0}")]
     AttestationRefused(String),
     /// The server could not be reached for attestation.
@@ -93,6 +107,9 @@ pub enum NodeError {
     /// Setup of the node's state failed.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// Attestation failed otherwise (an unusable x509pop file, a broken exchange).
+    #[error(transparent)]
+    Attestation(AttestationError),
     /// A socket could not be bound.
     #[error(transparent)]
     Socket(#[from] agentmesh_proto::unix::UnixSocketError),
@@ -152,8 +169,16 @@ pub fn node_svid_file(data_dir: &std::path::Path) -> PathBuf {
     NodeSvid::path(data_dir)
 }
 
-/// How long a first attestation keeps retrying an unreachable server.
-const ATTEST_PATIENCE: Duration = Duration::from_secs(15);
+impl From<AttestationError> for NodeError {
+    fn from(e: AttestationError) -> Self {
+        match e {
+            AttestationError::Refused(m) => Self::AttestationRefused(m),
+            AttestationError::Unreachable(server, why) => Self::Unreachable(server, why),
+            AttestationError::Manager(m) => Self::Manager(m),
+            other => Self::Attestation(other),
+        }
+    }
+}
 
 /// Starts a node: attests (or reuses the stored node SVID), then serves the Workload API.
 ///
@@ -162,7 +187,14 @@ const ATTEST_PATIENCE: Duration = Duration::from_secs(15);
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     agentmesh_proto::unix::create_private_dir(&cfg.data_dir)
         .map_err(|e| NodeError::DataDir(cfg.data_dir.clone(), e))?;
-    let (roots, server_id, node_svid) = node_identity(&cfg).await?;
+    // Checked first: a key that does not match its certificate is a mistake to say at once,
+    // even while a stored node SVID would let the node start.
+    let x509pop = cfg
+        .x509pop
+        .as_ref()
+        .map(|f| X509PopCredentials::load(&f.cert, &f.key))
+        .transpose()?;
+    let (roots, server_id, node_svid) = node_identity(&cfg, x509pop.as_ref()).await?;
 
     let manager = Manager::new(
         cfg.data_dir.clone(),
@@ -170,6 +202,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         server_id,
         node_svid,
         roots,
+        x509pop,
     )?;
     let attestor = Arc::new(match &cfg.docker_socket {
         Some(socket) => Attestor::with_docker(socket),
@@ -252,9 +285,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
 }
 
 /// The roots this node trusts (the operator's bundle and any stored later), the server's
-/// SPIFFE ID, and the node's own SVID: the stored one if still good, else one bought with the
-/// join token.
-async fn node_identity(cfg: &NodeConfig) -> Result<(Vec<Vec<u8>>, SpiffeId, NodeSvid), NodeError> {
+/// SPIFFE ID, and the node's own SVID: the stored one if still good (and, with x509pop, the
+/// one of this certificate), else one bought with x509pop or the join token.
+async fn node_identity(
+    cfg: &NodeConfig,
+    x509pop: Option<&X509PopCredentials>,
+) -> Result<(Vec<Vec<u8>>, SpiffeId, NodeSvid), NodeError> {
     let mut roots = read_roots(&cfg.trust_bundle)?;
     // A bundle stored by an earlier run may know roots the operator's file does not yet.
     if let Ok(text) = std::fs::read_to_string(cfg.data_dir.join("bundle.pem"))
@@ -282,18 +318,32 @@ async fn node_identity(cfg: &NodeConfig) -> Result<(Vec<Vec<u8>>, SpiffeId, Node
     let server_id = SpiffeId::from_path(&td, "/agentmesh/server")
         .unwrap_or_else(|_| unreachable!("a constant, valid path"));
 
-    let node_svid = match NodeSvid::load(&cfg.data_dir, &roots) {
-        Some(svid) => {
-            tracing::info!(node = %svid.spiffe_id, "reusing the stored node SVID; no join token needed");
+    let stored = NodeSvid::load(&cfg.data_dir, &roots).filter(|svid| {
+        let Some(creds) = x509pop else { return true };
+        let want = creds.node_id(&td);
+        if svid.spiffe_id != want {
+            tracing::info!(stored = %svid.spiffe_id, x509pop = %want, "the stored node SVID is not this --x509pop-cert's; attesting again");
+        }
+        svid.spiffe_id == want
+    });
+    let node_svid = match (stored, x509pop) {
+        (Some(svid), _) => {
+            tracing::info!(node = %svid.spiffe_id, "reusing the stored node SVID; no attestation needed");
             svid
         }
-        None => {
+        (None, Some(creds)) => {
+            let svid = attest::x509pop(&cfg.server, creds, &roots, &server_id).await?;
+            svid.store(&cfg.data_dir)?;
+            tracing::info!(node = %svid.spiffe_id, "attested with x509pop");
+            svid
+        }
+        (None, None) => {
             let token = cfg
                 .join_token
                 .as_deref()
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| NodeError::NeedJoinToken(cfg.data_dir.clone()))?;
-            let svid = attest(&cfg.server, token, &roots, &server_id).await?;
+            let svid = attest::join_token(&cfg.server, token, &roots, &server_id).await?;
             svid.store(&cfg.data_dir)?;
             tracing::info!(node = %svid.spiffe_id, "attested with a join token");
             svid
@@ -301,42 +351,6 @@ async fn node_identity(cfg: &NodeConfig) -> Result<(Vec<Vec<u8>>, SpiffeId, Node
     };
 
     Ok((roots, server_id, node_svid))
-}
-
-async fn attest(
-    server: &str,
-    token: &str,
-    roots: &[Vec<u8>],
-    server_id: &SpiffeId,
-) -> Result<NodeSvid, NodeError> {
-    let tls = server_client::client_config(roots, server_id, None).map_err(ManagerError::from)?;
-    let mut client = server_client::node_api_client(server, Arc::new(std::sync::RwLock::new(tls)));
-    let key = agentmesh_ca::PrivateKey::generate().map_err(ManagerError::from)?;
-    let csr = agentmesh_ca::build_csr(&key).map_err(ManagerError::from)?;
-    let deadline = tokio::time::Instant::now() + ATTEST_PATIENCE;
-    loop {
-        let req = AttestJoinTokenRequest {
-            join_token: token.to_owned(),
-            csr: csr.clone(),
-        };
-        match client.attest_join_token(req).await {
-            Ok(resp) => return Ok(NodeSvid::from_response(resp.into_inner(), &key, roots)?),
-            Err(s)
-                if s.code() == tonic::Code::Unavailable
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tracing::warn!(server, error = %server_client::describe(&s), "server unreachable; retrying attestation");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(NodeError::Unreachable(
-                    server.to_owned(),
-                    server_client::describe(&s),
-                ));
-            }
-            Err(s) => return Err(NodeError::AttestationRefused(s.message().to_owned())),
-        }
-    }
 }
 
 fn read_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, NodeError> {

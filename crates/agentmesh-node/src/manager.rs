@@ -201,7 +201,10 @@ struct CachedJwt {
 /// The node's state and the loops that keep it fresh.
 pub struct Manager {
     data_dir: PathBuf,
+    server_addr: String,
     server_id: SpiffeId,
+    /// With x509pop, the node attests again when its SVID has expired unrenewed.
+    x509pop: Option<crate::attest::X509PopCredentials>,
     client: NodeApiClient<Channel>,
     tls: SharedClientConfig,
     node_cert: Arc<RotatingCert>,
@@ -253,6 +256,7 @@ impl Manager {
         server_id: SpiffeId,
         node_svid: NodeSvid,
         roots: Vec<Vec<u8>>,
+        x509pop: Option<crate::attest::X509PopCredentials>,
     ) -> Result<Arc<Self>, ManagerError> {
         let node_cert = Arc::new(RotatingCert::new(&node_svid.credentials()?)?);
         let tls = Arc::new(std::sync::RwLock::new(client_config(
@@ -275,7 +279,9 @@ impl Manager {
         }));
         Ok(Arc::new(Self {
             data_dir,
+            server_addr: server_addr.to_owned(),
             server_id,
+            x509pop,
             client,
             tls,
             node_cert,
@@ -636,7 +642,14 @@ impl Manager {
                 () = tokio::time::sleep(wait) => {}
             }
             loop {
-                match self.renew_node_svid().await {
+                // An expired node SVID no longer opens a connection to renew it; x509pop
+                // attests afresh instead (a join token was one-time).
+                let expired = SystemTime::now() >= expires;
+                let result = match &self.x509pop {
+                    Some(creds) if expired => self.reattest(creds).await,
+                    _ => self.renew_node_svid().await,
+                };
+                match result {
                     Ok(()) => {
                         backoff.reset();
                         break;
@@ -656,6 +669,28 @@ impl Manager {
         }
     }
 
+    /// Attests again with x509pop and puts the new node SVID in force.
+    async fn reattest(
+        &self,
+        creds: &crate::attest::X509PopCredentials,
+    ) -> Result<(), ManagerError> {
+        let roots = self.snapshot().bundle.roots.clone();
+        let svid = crate::attest::x509pop(&self.server_addr, creds, &roots, &self.server_id)
+            .await
+            .map_err(|e| ManagerError::Server(e.to_string()))?;
+        self.install_node_svid(svid)?;
+        tracing::info!("the node SVID had expired; attested again with x509pop");
+        Ok(())
+    }
+
+    /// Stores a new node SVID and presents it from the next connection on.
+    fn install_node_svid(&self, svid: NodeSvid) -> Result<(), ManagerError> {
+        svid.store(&self.data_dir)?;
+        self.node_cert.update(&svid.credentials()?)?;
+        *self.node_svid.lock().unwrap_or_else(|e| e.into_inner()) = svid;
+        Ok(())
+    }
+
     async fn renew_node_svid(&self) -> Result<(), ManagerError> {
         let key = PrivateKey::generate()?;
         let csr = agentmesh_ca::build_csr(&key)?;
@@ -666,11 +701,8 @@ impl Manager {
             .into_inner();
         let roots = self.snapshot().bundle.roots.clone();
         let svid = NodeSvid::from_response(resp, &key, &roots)?;
-        svid.store(&self.data_dir)?;
-        self.node_cert.update(&svid.credentials()?)?;
         tracing::info!(node = %svid.spiffe_id, "renewed the node SVID");
-        *self.node_svid.lock().unwrap_or_else(|e| e.into_inner()) = svid;
-        Ok(())
+        self.install_node_svid(svid)
     }
 
     // === JWT-SVIDs ===

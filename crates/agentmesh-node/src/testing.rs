@@ -22,6 +22,7 @@ impl NodeConfig {
         NodeConfig {
             server: server.addr().to_string(),
             join_token: token,
+            x509pop: None,
             socket: dir.join("workload.sock"),
             trust_bundle: server.bundle_file(),
             data_dir: dir.join("node"),

@@ -218,6 +218,16 @@ async fn a_node_svid_from_another_ca_of_the_same_trust_domain_is_refused() {
     // never attested, or for a workload, opens nothing either.
     for (path, why) in [
         ("/agentmesh/node/never-attested", "not an attested node"),
+        // The x509pop shape passes the shape check; only attestation admits it.
+        (
+            "/agentmesh/node/x509pop/0123456789abcdef0123456789abcdef01234567",
+            "not an attested node",
+        ),
+        (
+            "/agentmesh/node/x509pop/not-a-fingerprint",
+            "not a node identity",
+        ),
+        ("/agentmesh/node/a/b", "not a node identity"),
         ("/ns/default/sa/planner", "not a node identity"),
     ] {
         let key = agentmesh_ca::PrivateKey::generate().unwrap();

@@ -204,13 +204,20 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(ListNodesResponse {
             nodes: nodes
                 .into_iter()
-                .map(|n| v1::AttestedNode {
-                    spiffe_id: n.spiffe_id,
-                    serial: n.serial,
-                    expires_at: n.expires_at,
-                    attested_at: n.attested_at,
+                .map(|n| {
+                    Ok(v1::AttestedNode {
+                        selectors: self
+                            .state
+                            .datastore
+                            .node_selectors(&n.spiffe_id)
+                            .map_err(internal)?,
+                        spiffe_id: n.spiffe_id,
+                        serial: n.serial,
+                        expires_at: n.expires_at,
+                        attested_at: n.attested_at,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, Status>>()?,
         }))
     }
 

@@ -1,5 +1,5 @@
 //! The server's durable state in SQLite (WAL, `synchronous=FULL`): registration entries, join
-//! tokens (hashed), attested nodes, CA metadata, intentions and the service catalog.
+//! tokens (hashed), attested nodes and their attestation selectors, CA metadata, intentions and the service catalog.
 //!
 //! Every write is one transaction, so a `kill -9` at any point leaves either the whole write or
 //! none of it, and an acknowledged write is on disk before the caller hears back.
@@ -164,6 +164,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     expires_at INTEGER NOT NULL,
     attested_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS node_selectors (
+    spiffe_id TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    PRIMARY KEY (spiffe_id, selector)
+);
 CREATE TABLE IF NOT EXISTS intentions (
     id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -272,14 +277,30 @@ impl Datastore {
         self.query_entries("SELECT * FROM entries ORDER BY created_at, id", params![])
     }
 
-    /// The entries a node serves: those whose parent it is, and those with no parent.
+    /// The entries whose parent is one of `parents` (a node and the node aliases it
+    /// matches), and those with no parent, which every node serves.
     ///
     /// # Errors
     /// SQLite failures.
-    pub fn entries_for_node(&self, node_id: &str) -> Result<Vec<EntryRow>, DatastoreError> {
+    pub fn entries_for_parents(&self, parents: &[String]) -> Result<Vec<EntryRow>, DatastoreError> {
+        let marks = vec!["?"; parents.len()].join(", ");
         self.query_entries(
-            "SELECT * FROM entries WHERE parent_id = ?1 OR parent_id = '' ORDER BY created_at, id",
-            params![node_id],
+            &format!(
+                "SELECT * FROM entries WHERE parent_id = '' OR parent_id IN ({marks}) ORDER BY created_at, id"
+            ),
+            rusqlite::params_from_iter(parents),
+        )
+    }
+
+    /// The entries whose parent is exactly `parent` (the node aliases, under the server's
+    /// own ID).
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn entries_with_parent(&self, parent: &str) -> Result<Vec<EntryRow>, DatastoreError> {
+        self.query_entries(
+            "SELECT * FROM entries WHERE parent_id = ?1 ORDER BY created_at, id",
+            params![parent],
         )
     }
 
@@ -507,6 +528,45 @@ impl Datastore {
         Ok(())
     }
 
+    /// Replaces what a node's attestation found about it (its `x509pop:` selectors), in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn set_node_selectors(
+        &self,
+        spiffe_id: &str,
+        selectors: &[String],
+    ) -> Result<(), DatastoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM node_selectors WHERE spiffe_id = ?1",
+            params![spiffe_id],
+        )?;
+        for s in selectors {
+            tx.execute(
+                "INSERT OR IGNORE INTO node_selectors (spiffe_id, selector) VALUES (?1, ?2)",
+                params![spiffe_id, s],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What a node's attestation found about it, sorted; empty for a join-token node.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn node_selectors(&self, spiffe_id: &str) -> Result<Vec<String>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT selector FROM node_selectors WHERE spiffe_id = ?1 ORDER BY selector",
+        )?;
+        let rows = stmt.query_map(params![spiffe_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// One node by SPIFFE ID.
     ///
     /// # Errors
@@ -629,13 +689,48 @@ mod tests {
         ))
         .unwrap();
         let for_n1 = ds
-            .entries_for_node("spiffe://td/agentmesh/node/n1")
+            .entries_for_parents(&["spiffe://td/agentmesh/node/n1".into()])
             .unwrap();
         assert_eq!(for_n1.len(), 2);
         let for_n2 = ds
-            .entries_for_node("spiffe://td/agentmesh/node/n2")
+            .entries_for_parents(&["spiffe://td/agentmesh/node/n2".into()])
             .unwrap();
         assert_eq!(for_n2.len(), 1);
+        // A node alias's entries follow the node that matches it.
+        ds.create_entry(&entry("d", "spiffe://td/y", "spiffe://td/alias"))
+            .unwrap();
+        let for_n2 = ds
+            .entries_for_parents(&[
+                "spiffe://td/agentmesh/node/n2".into(),
+                "spiffe://td/alias".into(),
+            ])
+            .unwrap();
+        let ids: Vec<&str> = for_n2.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "d"]);
+        assert_eq!(
+            ds.entries_with_parent("spiffe://td/alias").unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn node_selectors_are_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(&dir.path().join("db")).unwrap();
+        let n = "spiffe://td/agentmesh/node/x509pop/ab";
+        assert!(ds.node_selectors(n).unwrap().is_empty());
+        ds.set_node_selectors(
+            n,
+            &["x509pop:subject:cn:b".into(), "x509pop:subject:cn:a".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            ds.node_selectors(n).unwrap(),
+            ["x509pop:subject:cn:a", "x509pop:subject:cn:b"]
+        );
+        ds.set_node_selectors(n, &["x509pop:subject:cn:c".into()])
+            .unwrap();
+        assert_eq!(ds.node_selectors(n).unwrap(), ["x509pop:subject:cn:c"]);
     }
 
     #[test]

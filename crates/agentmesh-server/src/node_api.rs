@@ -1,21 +1,22 @@
-//! The node API: join-token attestation, node SVID renewal, entry sync, SVID minting, and the
-//! policy watch (intentions and the service catalog) with service registration.
+//! The node API: join-token and x509pop attestation, node SVID renewal, entry sync, SVID
+//! minting, and the policy watch (intentions and the service catalog) with service
+//! registration.
 //!
-//! Every call but `AttestJoinToken` needs a client certificate: the node SVID, verified
-//! against the bundle during the handshake, of a node the datastore knows.
+//! Every call but `AttestJoinToken` and `AttestX509Pop` needs a client certificate: the node
+//! SVID, verified against the bundle during the handshake, of a node the datastore knows.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentmesh_proto::v1::{
-    self, AttestJoinTokenRequest, MintJwtSvidRequest, MintJwtSvidResponse, MintX509SvidsRequest,
-    MintX509SvidsResponse, NodeSvidResponse, RenewNodeSvidRequest, SyncEntriesRequest,
-    SyncEntriesResponse, X509SvidResult,
+    self, AttestJoinTokenRequest, AttestX509PopRequest, AttestX509PopResponse, MintJwtSvidRequest,
+    MintJwtSvidResponse, MintX509SvidsRequest, MintX509SvidsResponse, NodeSvidResponse,
+    RenewNodeSvidRequest, SyncEntriesRequest, SyncEntriesResponse, X509SvidResult,
 };
 use agentmesh_spiffe::SpiffeId;
 use futures::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::ca::unix_secs;
 use crate::datastore::{EntryRow, NodeRow, TokenRedemption};
@@ -45,7 +46,7 @@ impl NodeApiService {
             .and_then(|p| p.spiffe_id.clone())
             .ok_or_else(|| {
                 Status::unauthenticated(
-                    "this call needs mutual TLS with a node SVID; attest with a join token first",
+                    "this call needs mutual TLS with a node SVID; attest with a join token or x509pop first",
                 )
             })?;
         if !self.state.is_node_id(&id) {
@@ -100,7 +101,15 @@ impl NodeApiService {
             .get_entry(entry_id)
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("no entry with id {entry_id}")))?;
-        if !entry.parent_id.is_empty() && entry.parent_id != node.to_string() {
+        let node_id = node.to_string();
+        if !entry.parent_id.is_empty()
+            && entry.parent_id != node_id
+            && !self
+                .state
+                .node_aliases(&node_id)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .contains(&entry.parent_id)
+        {
             return Err(Status::permission_denied(format!(
                 "entry {entry_id} belongs to node {}, not {node}",
                 entry.parent_id
@@ -111,6 +120,96 @@ impl NodeApiService {
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncEntriesResponse, Status>> + Send>>;
+type X509PopStream = Pin<Box<dyn Stream<Item = Result<AttestX509PopResponse, Status>> + Send>>;
+
+/// How long the server waits for each of a node's two x509pop messages.
+const X509POP_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest certificate chain a node may send for x509pop.
+const MAX_X509POP_CHAIN: usize = 8;
+
+/// The node's next x509pop message, within [`X509POP_STEP_TIMEOUT`].
+async fn next_x509pop_step(
+    inbound: &mut Streaming<AttestX509PopRequest>,
+    what: &str,
+) -> Result<AttestX509PopRequest, Status> {
+    tokio::time::timeout(X509POP_STEP_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("x509pop refused: no {what} in time")))??
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "x509pop refused: the stream ended before the {what}"
+            ))
+        })
+}
+
+// === impl NodeApiService: x509pop ===
+
+impl NodeApiService {
+    /// The x509pop exchange on one stream: certificate and CSR in, challenge out, signature
+    /// in, node SVID out.
+    async fn x509pop_exchange(
+        &self,
+        verifier: &crate::x509pop::X509PopVerifier,
+        inbound: &mut Streaming<AttestX509PopRequest>,
+        tx: &tokio::sync::mpsc::Sender<Result<AttestX509PopResponse, Status>>,
+    ) -> Result<(), Status> {
+        let hello = next_x509pop_step(inbound, "certificate").await?;
+        if hello.cert_chain.is_empty() || hello.cert_chain.len() > MAX_X509POP_CHAIN {
+            return Err(Status::invalid_argument(format!(
+                "x509pop refused: send the node certificate and its intermediates (1 to \
+                 {MAX_X509POP_CHAIN} certificates), not {}",
+                hello.cert_chain.len()
+            )));
+        }
+        let fingerprint = agentmesh_tls::x509pop::fingerprint(&hello.cert_chain[0]);
+        let challenge = crate::state::random_bytes::<{ agentmesh_tls::x509pop::CHALLENGE_LEN }>();
+        tx.send(Ok(AttestX509PopResponse {
+            challenge: challenge.to_vec(),
+            svid: None,
+        }))
+        .await
+        .map_err(|_| Status::cancelled("the node went away"))?;
+        let answer = next_x509pop_step(inbound, "signature").await?;
+        let scheme = u16::try_from(answer.signature_scheme).unwrap_or(u16::MAX);
+        let now = SystemTime::now();
+        let attested = verifier
+            .verify(
+                self.state.trust_domain(),
+                &hello.cert_chain,
+                &challenge,
+                &hello.csr,
+                scheme,
+                &answer.signature,
+                now,
+            )
+            .map_err(|e| {
+                tracing::warn!(fingerprint = %fingerprint, reason = %e, "x509pop refused");
+                Status::permission_denied(format!("x509pop refused: {e}"))
+            })?;
+        let node = attested.node_id.to_string();
+        let before = self
+            .state
+            .datastore
+            .node_selectors(&node)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if before != attested.selectors {
+            self.state
+                .datastore
+                .set_node_selectors(&node, &attested.selectors)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            // A sync stream of this node (an earlier attestation's) recomputes its aliases.
+            self.state.notify_entries_changed();
+        }
+        let svid = self.issue_node_svid(&attested.node_id, &hello.csr, unix_secs(now))?;
+        tracing::info!(node = %node, selectors = ?attested.selectors, "attested with x509pop");
+        tx.send(Ok(AttestX509PopResponse {
+            challenge: Vec::new(),
+            svid: Some(svid),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("the node went away"))
+    }
+}
 type PolicyStream = Pin<Box<dyn Stream<Item = Result<v1::PolicySnapshot, Status>> + Send>>;
 
 /// The longest `host:port` a service may register.
@@ -154,6 +253,31 @@ impl v1::node_api_server::NodeApi for NodeApiService {
         Ok(Response::new(self.issue_node_svid(&id, &req.csr, now)?))
     }
 
+    type AttestX509PopStream = X509PopStream;
+
+    async fn attest_x509_pop(
+        &self,
+        req: Request<Streaming<AttestX509PopRequest>>,
+    ) -> Result<Response<X509PopStream>, Status> {
+        let Some(verifier) = self.state.x509pop.clone() else {
+            return Err(Status::failed_precondition(
+                "x509pop refused: this server trusts no x509pop CA; name one in its config file \
+                 as [node_attestation.x509pop] ca_bundle_path",
+            ));
+        };
+        let mut inbound = req.into_inner();
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            if let Err(status) = this.x509pop_exchange(&verifier, &mut inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn renew_node_svid(
         &self,
         req: Request<RenewNodeSvidRequest>,
@@ -194,7 +318,6 @@ impl v1::node_api_server::NodeApi for NodeApiService {
                 entries_rx.mark_unchanged();
                 bundle_rx.mark_unchanged();
                 let msg = state
-                    .datastore
                     .entries_for_node(&node)
                     .map(|entries| SyncEntriesResponse {
                         entries: entries
@@ -348,7 +471,6 @@ impl v1::node_api_server::NodeApi for NodeApiService {
         // node cannot redirect another node's services to itself.
         let serves = self
             .state
-            .datastore
             .entries_for_node(&node.to_string())
             .map_err(|e| Status::internal(e.to_string()))?
             .iter()

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use agentmesh_spiffe::{Selector, SelectorSet, SpiffeId, TrustDomain, echo};
 
+use crate::state::SERVER_PATH;
+
 /// The most selectors one entry may have.
 pub const MAX_SELECTORS: usize = 32;
 
@@ -81,6 +83,21 @@ pub enum EntryError {
         /// The largest allowed value.
         max: u64,
     },
+    /// A node alias (parent: the server's ID) with a selector that describes a workload.
+    #[error(
+        "a node alias (--node, or --parent-id {server_id}) matches nodes, so every --selector must describe a node (x509pop:subject:cn:NAME, x509pop:ca:fingerprint:HEX, x509pop:serialnumber:HEX); {} describes a workload", echo(.selector)
+    )]
+    AliasWorkloadSelector {
+        /// The server's ID.
+        server_id: String,
+        /// The offending selector.
+        selector: String,
+    },
+    /// A workload entry with a selector that describes a node.
+    #[error(
+        "--selector {} describes a node, not a workload; put it on a node alias (`entry create --node`) and give that alias's SPIFFE ID as this entry's --parent-id", echo(.0)
+    )]
+    NodeSelectorOnWorkload(String),
     /// A DNS name that is not one.
     #[error(
         "invalid --dns-name {}: use letters, digits, '-' and '.' labels of 1 to 63 characters, at most 253 in all", echo(.0)
@@ -93,7 +110,8 @@ pub enum EntryError {
 pub struct ValidEntry {
     /// The SPIFFE ID granted.
     pub spiffe_id: SpiffeId,
-    /// The node that serves it, if only one.
+    /// The node that serves it, if only one; a node alias, whose nodes serve it; or the
+    /// server's own ID, which makes this entry a node alias.
     pub parent_id: Option<SpiffeId>,
     /// Sorted, deduplicated selectors.
     pub selectors: SelectorSet,
@@ -175,6 +193,18 @@ pub fn validate_entry(
         .iter()
         .map(|s| s.parse::<Selector>())
         .collect::<Result<SelectorSet, _>>()?;
+    let server_id = SpiffeId::from_path(td, SERVER_PATH)
+        .unwrap_or_else(|_| unreachable!("a constant, valid path"));
+    if parent.as_ref() == Some(&server_id) {
+        if let Some(s) = selectors.iter().find(|s| !s.is_node_selector()) {
+            return Err(EntryError::AliasWorkloadSelector {
+                server_id: server_id.to_string(),
+                selector: s.to_string(),
+            });
+        }
+    } else if let Some(s) = selectors.iter().find(|s| s.is_node_selector()) {
+        return Err(EntryError::NodeSelectorOnWorkload(s.to_string()));
+    }
     check_ttl("--x509-ttl", x509_ttl, limits.max_x509_ttl)?;
     check_ttl("--jwt-ttl", jwt_ttl, limits.max_jwt_ttl)?;
     if dns_names.len() > MAX_DNS_NAMES {
@@ -307,6 +337,57 @@ mod tests {
             let err = ok(id, parent, sel, *ttl, dns).unwrap_err();
             assert!(err.contains(want), "{id}: {err}");
         }
+    }
+
+    #[test]
+    fn node_aliases_take_node_selectors_and_workload_entries_do_not() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let limits = EntryLimits {
+            max_x509_ttl: Duration::from_secs(3600),
+            max_jwt_ttl: Duration::from_secs(3600),
+        };
+        let server = "spiffe://example.org/agentmesh/server";
+        let check = |parent: &str, sel: &str| {
+            validate_entry(
+                &td,
+                limits,
+                "spiffe://example.org/hosts/a",
+                parent,
+                &[sel.to_owned()],
+                0,
+                0,
+                &[],
+            )
+        };
+        let alias = check(server, "x509pop:subject:cn:host-a").unwrap();
+        assert_eq!(alias.parent_id.unwrap().to_string(), server);
+        check(
+            server,
+            "x509pop:ca:fingerprint:0123456789abcdef0123456789abcdef01234567",
+        )
+        .unwrap();
+        let err = check(server, "unix:uid:0").unwrap_err();
+        assert!(
+            matches!(err, EntryError::AliasWorkloadSelector { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("\"unix:uid:0\" describes a workload"),
+            "{err}"
+        );
+        for parent in ["", "spiffe://example.org/hosts/a"] {
+            let err = check(parent, "x509pop:subject:cn:host-a").unwrap_err();
+            assert!(
+                matches!(err, EntryError::NodeSelectorOnWorkload(_)),
+                "{err}"
+            );
+        }
+        let err = check(server, "x509pop:subject:ou:x").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key \"subject:ou\""),
+            "{err}"
+        );
     }
 
     // One piece: the cases are one table of every malformed input and its own message, then

@@ -22,6 +22,7 @@ use crate::registration::EntryLimits;
 use crate::state::{IssuanceSettings, SERVER_PATH, ServerState};
 use crate::tls_incoming::{self, SharedTlsConfig};
 use crate::upstream::{OpenBaoUpstreamConfig, UpstreamAuthority, UpstreamError};
+use crate::x509pop::{X509PopAttestError, X509PopConfig, X509PopVerifier};
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct ServerConfig {
     /// `[bootstrap]`: entries, intentions, the bundle file and a join token file, set up at
     /// start.
     pub bootstrap: BootstrapConfig,
+    /// `[node_attestation.x509pop]`: the CA bundle x509pop node certificates must chain to;
+    /// `None` refuses x509pop (join tokens always work).
+    pub x509pop: Option<X509PopConfig>,
 }
 
 /// Why a server could not start.
@@ -97,6 +101,9 @@ pub enum ServerError {
     /// `[bootstrap]` declares something invalid, or its files could not be written.
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    /// The x509pop CA bundle is unreadable or malformed.
+    #[error(transparent)]
+    X509Pop(#[from] X509PopAttestError),
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -136,6 +143,15 @@ const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 /// # Errors
 /// Any [`ServerError`]; nothing keeps running after an error.
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    // Checked first, so a bad bundle leaves nothing behind.
+    let x509pop = cfg
+        .x509pop
+        .as_ref()
+        .map(X509PopVerifier::load)
+        .transpose()?;
+    if let (Some(c), Some(v)) = (&cfg.x509pop, &x509pop) {
+        tracing::info!(ca_bundle_path = %c.ca_bundle_path.display(), cas = v.len(), "x509pop node attestation on");
+    }
     let upstream = cfg
         .upstream
         .clone()
@@ -144,7 +160,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let db_path = cfg.data_dir.join("server.db");
     let keys_dir = cfg.data_dir.join("keys");
     let (datastore, ca) = open_ca(&cfg, upstream.as_ref(), &db_path, &keys_dir).await?;
-    let state = new_state(datastore, ca, cfg.issuance);
+    let state = new_state(datastore, ca, cfg.issuance, x509pop);
     let limits = EntryLimits {
         max_x509_ttl: cfg.ca.intermediate / 2,
         max_jwt_ttl: cfg.ca.intermediate / 2,
@@ -264,6 +280,7 @@ fn new_state(
     datastore: Arc<Datastore>,
     ca: CaManager,
     settings: IssuanceSettings,
+    x509pop: Option<X509PopVerifier>,
 ) -> Arc<ServerState> {
     let (entries_changed, _) = watch::channel(0);
     let revision_base = SystemTime::now()
@@ -276,6 +293,7 @@ fn new_state(
         settings,
         entries_changed,
         policy_changed,
+        x509pop,
     })
 }
 

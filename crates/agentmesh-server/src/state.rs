@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_proto::v1;
-use agentmesh_spiffe::{SpiffeId, TrustDomain};
+use agentmesh_spiffe::{Selector, SelectorSet, SpiffeId, TrustDomain};
 use base64::Engine;
 use tokio::sync::watch;
 
 use crate::ca::CaManager;
-use crate::datastore::{Datastore, EntryRow};
+use crate::datastore::{Datastore, DatastoreError, EntryRow};
 
 /// Tunables of the issuing side.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +50,9 @@ pub struct ServerState {
     /// watch streams resend. It starts at the server's start time in milliseconds, so it
     /// keeps increasing across restarts without being stored.
     pub policy_changed: watch::Sender<u64>,
+    /// `[node_attestation.x509pop]`: the CAs node certificates must chain to; `None` refuses
+    /// x509pop attestation.
+    pub x509pop: Option<crate::x509pop::X509PopVerifier>,
 }
 
 /// The prefix of node SPIFFE IDs.
@@ -63,9 +66,70 @@ impl ServerState {
         self.ca.trust_domain()
     }
 
-    /// Whether `id` has the shape of one of this server's node IDs.
+    /// Whether `id` has the shape of one of this server's node IDs: one segment under
+    /// [`NODE_PATH_PREFIX`] (a join-token node), or an x509pop node's
+    /// `x509pop/<SHA-1 fingerprint>`.
     pub fn is_node_id(&self, id: &SpiffeId) -> bool {
-        id.is_member_of(self.trust_domain()) && id.path().starts_with(NODE_PATH_PREFIX)
+        if !id.is_member_of(self.trust_domain()) {
+            return false;
+        }
+        match id.path().strip_prefix(NODE_PATH_PREFIX) {
+            Some(rest) if rest.starts_with("x509pop/") => agentmesh_tls::x509pop::is_node_id(id),
+            Some(rest) => !rest.is_empty() && !rest.contains('/'),
+            None => false,
+        }
+    }
+
+    /// The server's own SPIFFE ID, `spiffe://<td>/agentmesh/server`: the parent of node
+    /// alias entries, as SPIRE's server ID is the parent of its node aliases.
+    pub fn server_id(&self) -> SpiffeId {
+        SpiffeId::from_path(self.trust_domain(), SERVER_PATH)
+            .unwrap_or_else(|_| unreachable!("a constant, valid path"))
+    }
+
+    /// The node aliases `node` matches: the SPIFFE IDs of the alias entries (parent
+    /// [`ServerState::server_id`]) whose every selector the node's attestation produced.
+    ///
+    /// # Errors
+    /// Datastore failures.
+    pub fn node_aliases(&self, node: &str) -> Result<Vec<String>, DatastoreError> {
+        let have: SelectorSet = self
+            .datastore
+            .node_selectors(node)?
+            .iter()
+            .filter_map(|s| s.parse::<Selector>().ok())
+            .collect();
+        if have.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut aliases: Vec<String> = self
+            .datastore
+            .entries_with_parent(&self.server_id().to_string())?
+            .into_iter()
+            .filter(|alias| {
+                let want: Result<SelectorSet, _> = alias
+                    .selectors
+                    .iter()
+                    .map(|s| s.parse::<Selector>())
+                    .collect();
+                want.is_ok_and(|w| !w.is_empty() && w.is_subset_of(&have))
+            })
+            .map(|alias| alias.spiffe_id)
+            .collect();
+        aliases.sort();
+        aliases.dedup();
+        Ok(aliases)
+    }
+
+    /// The entries `node` serves: its own, those of every node alias it matches, and those
+    /// with no parent.
+    ///
+    /// # Errors
+    /// Datastore failures.
+    pub fn entries_for_node(&self, node: &str) -> Result<Vec<EntryRow>, DatastoreError> {
+        let mut parents = self.node_aliases(node)?;
+        parents.push(node.to_owned());
+        self.datastore.entries_for_parents(&parents)
     }
 
     /// A fresh, random node ID.
@@ -102,7 +166,7 @@ impl ServerState {
     ///
     /// # Errors
     /// Datastore failures.
-    pub fn policy_snapshot(&self) -> Result<v1::PolicySnapshot, crate::datastore::DatastoreError> {
+    pub fn policy_snapshot(&self) -> Result<v1::PolicySnapshot, DatastoreError> {
         let revision = *self.policy_changed.borrow();
         Ok(v1::PolicySnapshot {
             intentions: self

@@ -33,6 +33,7 @@ impl ServerConfig {
             oidc_discovery: None,
             limits: Default::default(),
             bootstrap: Default::default(),
+            x509pop: None,
         }
     }
 }

@@ -11,5 +11,6 @@ mod selector;
 pub use echo::{MAX_ECHO_CHARS, echo};
 pub use id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use selector::{
-    MAX_SELECTOR_KEY_LEN, MAX_SELECTOR_VALUE_LEN, Selector, SelectorError, SelectorSet,
+    MAX_SELECTOR_KEY_LEN, MAX_SELECTOR_VALUE_LEN, NODE_SELECTOR_TYPES, Selector, SelectorError,
+    SelectorSet,
 };

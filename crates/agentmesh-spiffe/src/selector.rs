@@ -26,7 +26,21 @@ const KNOWN: &[(&str, Option<&[&str]>)] = &[
     ),
     // A trusted launcher chooses its own keys.
     ("launcher", None),
+    // SPIRE's x509pop node attestor's selectors, with SPIRE's meanings. They describe nodes,
+    // not workloads: only node alias entries use them (see [`NODE_SELECTOR_TYPES`]).
+    ("x509pop", Some(&["subject", "ca", "serialnumber"])),
 ];
+
+/// Keys whose value starts with a sub-key of its own, as SPIRE spells them
+/// (`x509pop:subject:cn:NAME`, `x509pop:ca:fingerprint:HEX`): type, key, the sub-keys known.
+const SUBKEYS: &[(&str, &str, &[&str])] = &[
+    ("x509pop", "subject", &["cn"]),
+    ("x509pop", "ca", &["fingerprint"]),
+];
+
+/// The selector types that describe a node (from its attestation), not a workload. An entry
+/// with these is a node alias; an entry for workloads never carries them.
+pub const NODE_SELECTOR_TYPES: &[&str] = &["x509pop"];
 
 /// The longest selector type or key, in bytes (launchers choose their own keys).
 pub const MAX_SELECTOR_KEY_LEN: usize = 64;
@@ -44,11 +58,19 @@ pub enum SelectorError {
     #[error("selector {} is not TYPE:KEY:VALUE (for example unix:uid:1000)", crate::echo(.0))]
     Malformed(String),
     /// A type that no attestor produces.
-    #[error("selector {} has unknown type {} (known: unix, docker, launcher)", crate::echo(.0), crate::echo(.1))]
+    #[error("selector {} has unknown type {} (known: unix, docker, launcher, x509pop)", crate::echo(.0), crate::echo(.1))]
     UnknownType(String, String),
     /// A key that the type's attestor never produces.
     #[error("selector {} has unknown key {} for its type (known: {})", crate::echo(.0), crate::echo(.1), .2)]
     UnknownKey(String, String, String),
+    /// A value the type's attestor never produces in this form.
+    #[error("selector {} has a malformed value: {reason}", crate::echo(.selector))]
+    BadValue {
+        /// The selector as given.
+        selector: String,
+        /// What the value must look like.
+        reason: &'static str,
+    },
     /// A part longer than [`MAX_SELECTOR_KEY_LEN`] (type, key) or [`MAX_SELECTOR_VALUE_LEN`]
     /// (value).
     #[error("selector {} has a {part} of {len} bytes; at most {max} are allowed", crate::echo(.selector))]
@@ -131,14 +153,21 @@ impl Selector {
             return Err(SelectorError::UnknownKey(
                 text,
                 key.to_owned(),
-                keys.join(", "),
+                known_keys(kind, keys),
             ));
         }
+        check_value(kind, key, value, &text)?;
         Ok(Self {
             kind: kind.to_owned(),
             key: key.to_owned(),
             value: value.to_owned(),
         })
+    }
+
+    /// Whether this selector describes a node ([`NODE_SELECTOR_TYPES`]) rather than a
+    /// workload.
+    pub fn is_node_selector(&self) -> bool {
+        NODE_SELECTOR_TYPES.contains(&self.kind.as_str())
     }
 
     /// The attestor type, such as `unix`.
@@ -155,6 +184,67 @@ impl Selector {
     pub fn value(&self) -> &str {
         &self.value
     }
+}
+
+/// The keys of `kind` as the error lists them: with their sub-keys where they have some.
+fn known_keys(kind: &str, keys: &[&str]) -> String {
+    keys.iter()
+        .map(
+            |k| match SUBKEYS.iter().find(|(t, key, _)| *t == kind && key == k) {
+                Some((_, _, subs)) => subs
+                    .iter()
+                    .map(|s| format!("{k}:{s}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => (*k).to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks the sub-key of a value that has one, and the shape of values an attestor produces
+/// in one exact form (hex digests), so an entry that could never match is refused.
+fn check_value(kind: &str, key: &str, value: &str, text: &str) -> Result<(), SelectorError> {
+    if let Some((_, _, subs)) = SUBKEYS.iter().find(|(t, k, _)| *t == kind && *k == key) {
+        let (sub, rest) = value.split_once(':').unwrap_or((value, ""));
+        if !subs.contains(&sub) || rest.is_empty() {
+            let keys = KNOWN
+                .iter()
+                .find(|(t, _)| *t == kind)
+                .and_then(|(_, k)| *k)
+                .unwrap_or_default();
+            return Err(SelectorError::UnknownKey(
+                text.to_owned(),
+                format!("{key}:{sub}"),
+                known_keys(kind, keys),
+            ));
+        }
+        if (kind, key, sub) == ("x509pop", "ca", "fingerprint") && !is_lower_hex(rest, 40) {
+            return Err(SelectorError::BadValue {
+                selector: text.to_owned(),
+                reason: "x509pop:ca:fingerprint takes the SHA-1 of the CA certificate as 40 \
+                         lowercase hex digits, without colons",
+            });
+        }
+    }
+    if (kind, key) == ("x509pop", "serialnumber")
+        && !value
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    {
+        return Err(SelectorError::BadValue {
+            selector: text.to_owned(),
+            reason: "x509pop:serialnumber takes the serial number as lowercase hex digits",
+        });
+    }
+    Ok(())
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 impl fmt::Display for Selector {
@@ -256,6 +346,20 @@ mod tests {
             (":uid:1000", false),
             ("k8s:ns:default", false),
             ("unix:shoe:1", false),
+            ("x509pop:subject:cn:host-a", true),
+            ("x509pop:subject:cn:a:b", true),
+            (
+                "x509pop:ca:fingerprint:0123456789abcdef0123456789abcdef01234567",
+                true,
+            ),
+            ("x509pop:serialnumber:0a1b", true),
+            ("x509pop:subject:ou:x", false),
+            ("x509pop:subject:cn:", false),
+            ("x509pop:subject:cn", false),
+            ("x509pop:ca:fingerprint:AB:CD", false),
+            ("x509pop:ca:subject:x", false),
+            ("x509pop:san:dns:x", false),
+            ("x509pop:serialnumber:0A", false),
             ("", false),
         ];
         for (input, ok) in cases {
@@ -327,6 +431,16 @@ mod tests {
             ("unix:shoe:1", |e| {
                 matches!(e, SelectorError::UnknownKey(..))
             }),
+            ("x509pop:agent:x", |e| {
+                matches!(e, SelectorError::UnknownKey(..))
+            }),
+            (
+                "x509pop:subject:o:acme",
+                |e| matches!(e, SelectorError::UnknownKey(_, k, known) if k == "subject:o" && known == "subject:cn, ca:fingerprint, serialnumber"),
+            ),
+            ("x509pop:ca:fingerprint:AB:CD:EF", |e| {
+                matches!(e, SelectorError::BadValue { .. })
+            }),
         ];
         for (input, want) in cases {
             let err = input.parse::<Selector>().unwrap_err();
@@ -343,6 +457,20 @@ mod tests {
             .parse::<Selector>()
             .unwrap_err();
         assert!(matches!(err, SelectorError::UnknownType(..)), "{err}");
+    }
+
+    #[test]
+    fn only_x509pop_selectors_describe_nodes() {
+        let node: Selector = "x509pop:subject:cn:host-a".parse().unwrap();
+        let workload: Selector = "unix:uid:0".parse().unwrap();
+        assert!(node.is_node_selector());
+        assert!(!workload.is_node_selector());
+        let err = "x509pop:subject:o:acme".parse::<Selector>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "selector \"x509pop:subject:o:acme\" has unknown key \"subject:o\" for its type (known: \
+             subject:cn, ca:fingerprint, serialnumber)"
+        );
     }
 
     #[test]

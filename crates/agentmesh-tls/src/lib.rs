@@ -25,6 +25,8 @@ mod verifier;
 // Certificate reading: the crate root re-exports the DER-level calls; the helpers on parsed
 // certificates (`parse_cert`, `serial_hex`, `spiffe_id_of`) are for agentmesh-ca.
 pub mod x509;
+// x509pop node attestation: what the node that proves and the server that checks share.
+pub mod x509pop;
 
 pub use authorize::{AuthorizeError, Authorizer, any_id, exact, from_fn, member_of};
 pub use config::{
@@ -37,7 +39,8 @@ pub use peer::{PeerError, peer_identity, peer_spiffe_id, spiffe_id_from_cert};
 pub use pem::{PemError, pem_decode_all, pem_encode};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
 pub use x509::{
-    CertError, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs, verify_chain,
+    CertError, VerifiedChain, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs,
+    verify_chain, verify_chain_to_root,
 };
 
 /// The one crypto provider the mesh uses, built fresh so the process default never leaks in.

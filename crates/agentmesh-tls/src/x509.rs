@@ -227,6 +227,32 @@ pub fn verify_chain(
     roots: &[Vec<u8>],
     now: SystemTime,
 ) -> Result<SpiffeId, CertError> {
+    let verified = verify_chain_to_root(chain, roots, now)?;
+    let leaf = parse_cert(&verified.chain[0], "chain[0] (leaf)")?;
+    spiffe_id_of(&leaf, "chain[0] (leaf)")
+}
+
+/// A chain that verified: its certificates leaf first, and the trusted root that signed the
+/// top of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    /// The chain as checked, leaf first, without a trailing copy of the root.
+    pub chain: Vec<Vec<u8>>,
+    /// The root of `roots` it chains to.
+    pub root: Vec<u8>,
+}
+
+/// [`verify_chain`] without the SPIFFE ID: the same checks of signatures, validity, CA
+/// constraints and critical extensions for any certificate chain (x509pop node
+/// certificates), returning the chain and the root it verified against.
+///
+/// # Errors
+/// The first check that fails, naming the certificate by its position (`chain[i]`).
+pub fn verify_chain_to_root(
+    chain: &[Vec<u8>],
+    roots: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<VerifiedChain, CertError> {
     if chain.is_empty() {
         return Err(CertError::EmptyChain);
     }
@@ -292,7 +318,10 @@ pub fn verify_chain(
     check_common(&root, &what, now)?;
     check_issuer(&root, &what, top_index)?;
 
-    spiffe_id_of(&parsed[0], "chain[0] (leaf)")
+    Ok(VerifiedChain {
+        chain: chain.to_vec(),
+        root: roots[r].clone(),
+    })
 }
 
 fn check_common(cert: &X509Certificate<'_>, what: &str, now: SystemTime) -> Result<(), CertError> {

@@ -36,9 +36,17 @@ pub struct EntryCreateArgs {
     /// and every one must match
     #[arg(long = "selector", value_name = "TYPE:KEY:VALUE", required = true)]
     pub selectors: Vec<String>,
-    /// Only this node serves the entry [default: every node of the trust domain]
+    /// Only this node serves the entry, or every node that matches this node alias
+    /// [default: every node of the trust domain]
     #[arg(long, value_name = "ID")]
     pub parent_id: Option<String>,
+    /// Make the entry a node alias, as SPIRE's `entry create -node`: its selectors are node
+    /// selectors (x509pop:subject:cn:NAME, x509pop:ca:fingerprint:HEX,
+    /// x509pop:serialnumber:HEX), and its SPIFFE ID, given as another entry's --parent-id, has
+    /// that entry served by every node that matches them. Same as --parent-id
+    /// spiffe://<td>/agentmesh/server
+    #[arg(long, conflicts_with = "parent_id")]
+    pub node: bool,
     /// X.509-SVID lifetime [default: the server's --default-x509-ttl]
     #[arg(long, value_name = "DUR")]
     pub x509_ttl: Option<String>,
@@ -143,6 +151,11 @@ pub fn entry_from_args(args: &EntryCreateArgs) -> anyhow::Result<Entry> {
     let spiffe_id = parse_id("--spiffe-id", &args.spiffe_id)?;
     let parent_id = match &args.parent_id {
         Some(p) => parse_id("--parent-id", p)?,
+        // A node alias's parent is the server, as in SPIRE.
+        None if args.node => SpiffeId::new(&spiffe_id)
+            .and_then(|id| SpiffeId::from_path(id.trust_domain(), agentmesh_server::SERVER_PATH))
+            .map(|id| id.to_string())
+            .map_err(|e| anyhow::anyhow!("invalid --spiffe-id {spiffe_id:?}: {e}"))?,
         None => String::new(),
     };
     let selectors = args
@@ -193,6 +206,8 @@ pub fn entry_text(e: &Entry) -> String {
     line("SPIFFE ID", &e.spiffe_id);
     if e.parent_id.is_empty() {
         line("Parent ID", "(every node)");
+    } else if SpiffeId::new(&e.parent_id).is_ok_and(|p| p.path() == agentmesh_server::SERVER_PATH) {
+        line("Parent ID", &format!("{} (a node alias)", e.parent_id));
     } else {
         line("Parent ID", &e.parent_id);
     }
@@ -300,6 +315,49 @@ mod tests {
             crate::cli::Command::Entry(EntryCommand::Create(a)) => Ok(a),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn node_makes_a_node_alias_under_the_server_of_the_ids_trust_domain() {
+        let a = create_args(&[
+            "--spiffe-id",
+            "spiffe://example.org/hosts/a",
+            "--selector",
+            "x509pop:subject:cn:host-a",
+            "--node",
+        ])
+        .unwrap();
+        let e = entry_from_args(&a).unwrap();
+        assert_eq!(e.parent_id, "spiffe://example.org/agentmesh/server");
+        assert!(
+            entry_text(&e).contains("(a node alias)"),
+            "{}",
+            entry_text(&e)
+        );
+        // An alias has no parent node of its own.
+        assert!(
+            create_args(&[
+                "--spiffe-id",
+                "spiffe://example.org/hosts/a",
+                "--selector",
+                "x509pop:subject:cn:host-a",
+                "--node",
+                "--parent-id",
+                "spiffe://example.org/x",
+            ])
+            .is_err()
+        );
+        // An unknown x509pop key is refused before anything is sent.
+        let a = create_args(&[
+            "--spiffe-id",
+            "spiffe://example.org/hosts/a",
+            "--selector",
+            "x509pop:subject:ou:ops",
+            "--node",
+        ])
+        .unwrap();
+        let err = entry_from_args(&a).unwrap_err().to_string();
+        assert!(err.contains("unknown key \"subject:ou\""), "{err}");
     }
 
     #[test]

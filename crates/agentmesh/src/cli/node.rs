@@ -22,7 +22,7 @@ pub const DEFAULT_NODE_DATA_DIR: &str = ".agentmesh/node";
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Runs the node until SIGINT or SIGTERM.
-    Run(NodeRunArgs),
+    Run(Box<NodeRunArgs>),
     /// Why the node refused callers: the closest entry and what it needs, which the refused
     /// caller itself is only given a request id for (newest first).
     Denials(NodeDenialsArgs),
@@ -124,13 +124,23 @@ pub struct NodeRunArgs {
     #[arg(long, value_name = "ADDR")]
     pub server: String,
     /// A one-time join token from `agentmesh token generate`; not needed while a stored node
-    /// SVID is still valid
+    /// SVID is still valid, nor with --x509pop-cert
     #[arg(long, value_name = "TOKEN", env = JOIN_TOKEN_ENV, hide_env_values = true)]
     pub join_token: Option<String>,
     /// A file that holds the join token, as the server's `[bootstrap] join_token_file` writes
     /// it, for deployments that cannot pass secrets on the command line
     #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
     pub join_token_file: Option<PathBuf>,
+    /// x509pop node attestation instead of a join token: PEM file of this node's certificate
+    /// (then any intermediates), issued by a CA the server's
+    /// `[node_attestation.x509pop] ca_bundle_path` trusts. The node becomes
+    /// spiffe://<td>/agentmesh/node/x509pop/<SHA-1 of the certificate>, and attests again with
+    /// it after a restart or whenever its node SVID has expired
+    #[arg(long, value_name = "FILE", requires = "x509pop_key")]
+    pub x509pop_cert: Option<PathBuf>,
+    /// The private key of --x509pop-cert (PEM: PKCS#8, EC or RSA)
+    #[arg(long, value_name = "FILE", requires = "x509pop_cert")]
+    pub x509pop_key: Option<PathBuf>,
     /// Where to serve the Workload API and Envoy SDS: unix:///path, unix:/path or a path
     #[arg(long, value_name = "PATH", env = WORKLOAD_SOCKET_ENV)]
     pub socket: String,
@@ -204,9 +214,25 @@ impl NodeRunArgs {
             (None, None) => None,
             (None, Some(t)) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
         };
+        let x509pop = match (&self.x509pop_cert, &self.x509pop_key) {
+            (Some(cert), Some(key)) => {
+                if join_token.is_some() {
+                    anyhow::bail!(
+                        "both a join token (--join-token, --join-token-file or ${JOIN_TOKEN_ENV}) and \
+                         --x509pop-cert are given; attest with one of them"
+                    );
+                }
+                Some(agentmesh_node::X509PopFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            _ => None,
+        };
         Ok(NodeConfig {
             server: server.to_owned(),
             join_token,
+            x509pop,
             socket: workload_socket_path(&self.socket)?,
             trust_bundle: self.trust_bundle.clone(),
             data_dir: self.data_dir.clone(),
@@ -266,7 +292,7 @@ mod tests {
             crate::cli::Cli::try_parse_from(["agentmesh", "node", "run"].iter().chain(args.iter()))
                 .unwrap();
         match cli.command {
-            crate::cli::Command::Node(NodeCommand::Run(a)) => a,
+            crate::cli::Command::Node(NodeCommand::Run(a)) => *a,
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -353,6 +379,53 @@ mod tests {
         std::fs::write(&file, "[limits]\nmax_connections = 0\n").unwrap();
         let err = args(&file).to_config().unwrap_err().to_string();
         assert!(err.contains("limits.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn x509pop_takes_a_certificate_and_its_key_and_no_join_token() {
+        let base = [
+            "--server",
+            "127.0.0.1:8081",
+            "--socket",
+            "/tmp/node.sock",
+            "--trust-bundle",
+            "b.pem",
+        ];
+        let with = |extra: &[&str]| {
+            crate::cli::Cli::try_parse_from(
+                ["agentmesh", "node", "run"]
+                    .iter()
+                    .chain(base.iter())
+                    .chain(extra.iter()),
+            )
+        };
+        let crate::cli::Command::Node(NodeCommand::Run(a)) = with(&[
+            "--x509pop-cert",
+            "/etc/am/node.pem",
+            "--x509pop-key",
+            "/etc/am/node.key",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not node run");
+        };
+        let mut a = a;
+        a.join_token = None;
+        let cfg = a.to_config().unwrap();
+        assert_eq!(
+            cfg.x509pop,
+            Some(agentmesh_node::X509PopFiles {
+                cert: PathBuf::from("/etc/am/node.pem"),
+                key: PathBuf::from("/etc/am/node.key"),
+            })
+        );
+        a.join_token = Some("tok".into());
+        let err = a.to_config().unwrap_err().to_string();
+        assert!(err.contains("attest with one of them"), "{err}");
+        // One without the other is a usage error.
+        assert!(with(&["--x509pop-cert", "/etc/am/node.pem"]).is_err());
+        assert!(with(&["--x509pop-key", "/etc/am/node.key"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentmesh::Signals;
 use agentmesh_server::{
     BootstrapConfig, BootstrapEntry, CaLifetimes, IssuanceSettings, OidcDiscoveryConfig,
-    OpenBaoAuth, OpenBaoUpstreamConfig, ServerConfig,
+    OpenBaoAuth, OpenBaoUpstreamConfig, ServerConfig, X509PopConfig,
 };
 use agentmesh_spiffe::TrustDomain;
 use anyhow::Context;
@@ -43,7 +43,11 @@ pub struct ServerRunArgs {
     /// The admin API's Unix socket [default: $AGENTMESH_ADMIN_SOCKET, then <DATA_DIR>/admin.sock]
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
-    /// A TOML file with the same settings in snake_case (data_dir = "...", default_x509_ttl = "1h")
+    /// A TOML file with the same settings in snake_case (data_dir = "...", default_x509_ttl = "1h"),
+    /// and the tables only a file sets: [upstream_authority.openbao], [oidc_discovery],
+    /// [limits], [bootstrap], and [node_attestation.x509pop] ca_bundle_path = "FILE" (the PEM
+    /// CAs that x509pop node certificates must chain to; without it only join tokens attest
+    /// nodes)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// X.509-SVID lifetime for entries that do not set one [default: 1h]
@@ -98,6 +102,25 @@ pub struct ServerFileConfig {
     pub limits: Option<agentmesh_proto::limits::ListenerLimits>,
     /// `[bootstrap]`: what the server sets up at start (file only).
     pub bootstrap: Option<BootstrapFile>,
+    /// `[node_attestation.x509pop]`: how nodes may attest besides join tokens (file only).
+    pub node_attestation: Option<NodeAttestationFile>,
+}
+
+/// `[node_attestation]`: node attestors besides join tokens, which are always on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestationFile {
+    /// `[node_attestation.x509pop]`, as SPIRE's x509pop node attestor.
+    pub x509pop: Option<X509PopFile>,
+}
+
+/// `[node_attestation.x509pop]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509PopFile {
+    /// PEM file of the CA certificates that node certificates must chain to (required;
+    /// SPIRE's key of the same name).
+    pub ca_bundle_path: Option<PathBuf>,
 }
 
 /// `[bootstrap]`: entries and intentions created at start when missing, a bundle file kept
@@ -378,6 +401,16 @@ pub fn resolve(
     let (ca, issuance) = lifetimes(args, file, file_path, &file_name, openbao)?;
     check_lifetimes(&ca, &issuance, upstream.is_some())?;
     let oidc_discovery = oidc_discovery(file, &file_name)?;
+    let x509pop = match file.node_attestation.as_ref().and_then(|n| n.x509pop.as_ref()) {
+        None => None,
+        Some(x) => Some(X509PopConfig {
+            ca_bundle_path: x.ca_bundle_path.clone().filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "node_attestation.x509pop.ca_bundle_path in {file_name} is missing (the PEM file of the CAs that sign node certificates)"
+                )
+            })?,
+        }),
+    };
     let limits = file.limits.clone().unwrap_or_default();
     limits
         .check()
@@ -394,6 +427,7 @@ pub fn resolve(
         oidc_discovery,
         limits,
         bootstrap,
+        x509pop,
     })
 }
 
@@ -734,6 +768,44 @@ mod tests {
             err.starts_with("invalid --trust-domain \"Example.org\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_x509pop_table_names_the_ca_bundle_and_refuses_other_keys() {
+        let path = Path::new("/etc/agentmesh/server.toml");
+        let f =
+            file("[node_attestation.x509pop]\nca_bundle_path = \"/etc/agentmesh/node-ca.pem\"\n")
+                .unwrap();
+        let cfg = resolve(&ServerRunArgs::default(), &f, Some(path), None).unwrap();
+        assert_eq!(
+            cfg.x509pop.unwrap().ca_bundle_path,
+            PathBuf::from("/etc/agentmesh/node-ca.pem")
+        );
+        let cfg = resolve(
+            &ServerRunArgs::default(),
+            &ServerFileConfig::default(),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.x509pop, None);
+        let f = file("[node_attestation.x509pop]\n").unwrap();
+        let err = resolve(&ServerRunArgs::default(), &f, Some(path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "node_attestation.x509pop.ca_bundle_path in /etc/agentmesh/server.toml is missing"
+            ),
+            "{err}"
+        );
+        for bad in [
+            "[node_attestation.x509pop]\nca_bundle = \"/x\"\n",
+            "[node_attestation.tpm]\n",
+        ] {
+            let err = file(bad).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{bad}: {err}");
+        }
     }
 
     #[test]
