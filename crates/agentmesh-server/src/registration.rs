@@ -52,7 +52,7 @@ pub enum EntryError {
     /// A selector is malformed.
     #[error("invalid --selector: {0}")]
     BadSelector(#[from] agentmesh_spiffe::SelectorError),
-    /// More selectors than [`MAX_SELECTORS`].
+    /// More selectors than `MAX_SELECTORS` (32).
     #[error("an entry has at most {max} selectors; this one has {count}")]
     TooManySelectors {
         /// How many were given.
@@ -60,7 +60,7 @@ pub enum EntryError {
         /// The cap.
         max: usize,
     },
-    /// More DNS names than [`MAX_DNS_NAMES`].
+    /// More DNS names than `MAX_DNS_NAMES` (32).
     #[error("an entry has at most {max} --dns-name values; this one has {count}")]
     TooManyDnsNames {
         /// How many were given.
