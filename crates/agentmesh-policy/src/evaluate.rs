@@ -10,6 +10,7 @@ use std::sync::Arc;
 use agentmesh_spiffe::SpiffeId;
 
 use crate::intention::{Action, HeaderMatch, HeaderMatchKind, Intention, PathMatch, Permission};
+use crate::mcp::{McpCall, McpItem, Miss};
 use crate::normalize::{
     HeadersWithUnderscoresAction, NormalizeOptions, header_name_has_underscore,
     normalize_path_and_query,
@@ -298,59 +299,185 @@ impl PolicySet {
         decision
     }
 
-    /// The decision for one HTTP request, whose path is already normalised.
+    /// The decision for one HTTP request, whose path is already normalised. On a pair whose
+    /// intention has MCP permissions this decides only requests that carry no MCP message
+    /// (an SSE `GET`, a session `DELETE`), as housekeeping; any other method is denied, since
+    /// its body must be decided with [`PolicySet::check_mcp`].
     pub fn check_request(
         &self,
         source: &SpiffeId,
         destination: &SpiffeId,
         request: &HttpRequest<'_>,
     ) -> Decision {
-        let what = format!("{} {}", request.method, request.path_only());
+        self.check(source, destination, request, None)
+    }
+
+    /// Whether the pair's deciding intention is an allow with MCP permissions, so each MCP
+    /// message must be read and decided with [`PolicySet::check_mcp`].
+    pub fn mcp_applies(&self, source: &SpiffeId, destination: &SpiffeId) -> bool {
         match self.top(source, destination) {
-            Top::None => Self::default_deny(source, destination),
+            Top::Winner { intention, .. } => {
+                intention.action == Action::Allow && intention.has_mcp()
+            }
+            Top::None => false,
+        }
+    }
+
+    /// The decision for one MCP message carried by `request` (whose path is normalised).
+    /// Inside an intention with MCP permissions, the first permission that matches decides:
+    /// a permission with `mcp` matches only calls to what it names (with its argument and
+    /// user rules holding), one without matches on HTTP alone. Housekeeping and listings
+    /// (`call.item` is `None`) pass where an allow permission's HTTP criteria match; deny
+    /// permissions with `mcp` are about their items only and are skipped for them. A name
+    /// outside MCP's alphabet is refused before any permission is read.
+    pub fn check_mcp(
+        &self,
+        source: &SpiffeId,
+        destination: &SpiffeId,
+        request: &HttpRequest<'_>,
+        call: &McpCall<'_>,
+    ) -> Decision {
+        self.check(source, destination, request, Some(call))
+    }
+
+    fn check(
+        &self,
+        source: &SpiffeId,
+        destination: &SpiffeId,
+        request: &HttpRequest<'_>,
+        call: Option<&McpCall<'_>>,
+    ) -> Decision {
+        let what = match call.and_then(|c| c.item.map(|i| (c.method, i))) {
+            Some((method, item)) => format!("{method} {} {:?}", item.kind(), item.name()),
+            None => match call {
+                Some(c) => format!(
+                    "MCP {} ({} {})",
+                    c.method,
+                    request.method,
+                    request.path_only()
+                ),
+                None => format!("{} {}", request.method, request.path_only()),
+            },
+        };
+        let (intention, tied_with) = match self.top(source, destination) {
+            Top::None => return Self::default_deny(source, destination),
             Top::Winner {
                 intention,
                 tied_with,
-            } => {
-                if intention.permissions.is_empty() || intention.action == Action::Deny {
-                    return Self::whole(intention, tied_with, &what);
-                }
-                match intention
-                    .permissions
-                    .iter()
-                    .position(|p| p.matches(request))
-                {
-                    Some(n) => {
-                        let p = &intention.permissions[n];
-                        let verb = match p.action {
-                            Action::Allow => "allows",
-                            Action::Deny => "denies",
-                        };
-                        Decision {
-                            action: p.action,
-                            intention_id: Some(intention.id.clone()),
-                            reason: format!(
-                                "permission {} of intention {} {verb} {what}",
-                                n + 1,
-                                intention.id
-                            ),
-                        }
-                    }
-                    None => Decision {
-                        action: Action::Deny,
-                        intention_id: Some(intention.id.clone()),
-                        reason: format!(
-                            "no permission of intention {} matches {what}; a request no permission matches is denied",
-                            intention.id
-                        ),
-                    },
+            } => (intention, tied_with),
+        };
+        if intention.permissions.is_empty() || intention.action == Action::Deny {
+            return Self::whole(intention, tied_with, &what);
+        }
+        let deny = |reason: String| Decision {
+            action: Action::Deny,
+            intention_id: Some(intention.id.clone()),
+            reason,
+        };
+        if call.is_none()
+            && intention.has_mcp()
+            && !["GET", "HEAD", "DELETE", "OPTIONS"]
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(request.method))
+        {
+            // A body on an MCP route may carry any call; deciding it unread would admit
+            // every tool (this is what a caller that cannot read MCP, such as the SDK's
+            // RequireIntention today, gets).
+            return deny(format!(
+                "intention {} has MCP permissions, so {what} must be decided on the MCP message it carries, which this check does not read",
+                intention.id
+            ));
+        }
+        let item = call.and_then(|c| c.item);
+        if intention.has_mcp()
+            && let Some(why) = item.and_then(|i| i.spelling_problem())
+        {
+            return deny(format!(
+                "intention {} refuses {what}: the {why}",
+                intention.id
+            ));
+        }
+        let mut first_miss: Option<(usize, Miss)> = None;
+        for (n, p) in intention.permissions.iter().enumerate() {
+            if !p.matches(request) {
+                continue;
+            }
+            match p.mcp_match(call, item) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(miss) => {
+                    first_miss.get_or_insert((n, miss));
+                    continue;
                 }
             }
+            let verb = match p.action {
+                Action::Allow => "allows",
+                Action::Deny => "denies",
+            };
+            return Decision {
+                action: p.action,
+                intention_id: Some(intention.id.clone()),
+                reason: format!(
+                    "permission {} of intention {} {verb} {what}",
+                    n + 1,
+                    intention.id
+                ),
+            };
         }
+        let near = first_miss.map_or_else(String::new, |(n, miss)| {
+            let why = match miss {
+                Miss::Argument(w) | Miss::User(w) => w,
+            };
+            format!(" (permission {} names it, but {why})", n + 1)
+        });
+        let rule = if intention.has_mcp() && item.is_some() {
+            "inside MCP, every tool, resource and prompt no permission names is refused"
+        } else {
+            "a request no permission matches is denied"
+        };
+        deny(format!(
+            "no permission of intention {} matches {what}{near}; {rule}",
+            intention.id
+        ))
     }
 }
 
 impl Permission {
+    /// The MCP and user part of a match, once the HTTP part matched: `Ok(false)` when the
+    /// permission is not about this message, `Err` when it names the item but an argument
+    /// or user rule does not hold (kept for the reason).
+    fn mcp_match(
+        &self,
+        call: Option<&McpCall<'_>>,
+        item: Option<McpItem<'_>>,
+    ) -> Result<bool, Miss> {
+        let user = call.and_then(|c| c.user);
+        let Some(item) = item else {
+            // Housekeeping, a listing or a request with no MCP call: a deny about MCP items
+            // is not about it, an allow about MCP items admits it whoever the user is.
+            return match (&self.mcp, self.action) {
+                (Some(_), Action::Deny) => Ok(false),
+                (Some(_), Action::Allow) => Ok(true),
+                (None, _) => match &self.user {
+                    Some(u) => u.holds(user, self.action).map(|()| true),
+                    None => Ok(true),
+                },
+            };
+        };
+        if let Some(rule) = &self.mcp {
+            if !rule.names(&item, self.action) {
+                return Ok(false);
+            }
+            if let McpItem::Tool(_) = item {
+                rule.arguments_hold(call.and_then(|c| c.arguments), self.action)?;
+            }
+        }
+        if let Some(u) = &self.user {
+            u.holds(user, self.action)?;
+        }
+        Ok(true)
+    }
+
     fn matches(&self, request: &HttpRequest<'_>) -> bool {
         if !self.methods.is_empty()
             && !self

@@ -6,6 +6,8 @@ use std::fmt;
 use agentmesh_spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 use serde::{Deserialize, Serialize};
 
+use crate::mcp::{McpRule, McpRuleError, McpSpec, UserRule, UserSpec};
+
 /// Why an intention was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -93,6 +95,14 @@ pub enum IntentionError {
     /// An owner that is too long or has control characters.
     #[error("owner must be at most {OWNER_MAX} printable characters")]
     BadOwner,
+    /// A bad `mcp` or `user` part.
+    #[error("permission {index}: {error}")]
+    Mcp {
+        /// 1-based position of the permission.
+        index: usize,
+        /// What is wrong with it.
+        error: McpRuleError,
+    },
 }
 
 /// The longest `owner` accepted.
@@ -171,6 +181,13 @@ pub struct PermissionSpec {
     /// What the request must look like.
     #[serde(default)]
     pub http: HttpSpec,
+    /// The MCP tools, resources and prompts this permission is about; with it, the
+    /// permission matches only MCP calls to what it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpSpec>,
+    /// Claims the verified user token must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserSpec>,
 }
 
 /// HTTP request criteria; every one that is set must hold.
@@ -279,6 +296,14 @@ pub struct Intention {
     pub created_at: i64,
 }
 
+impl Intention {
+    /// Whether a permission names MCP items, so the proxy must read each MCP message to
+    /// decide (and every item no permission names is refused).
+    pub fn has_mcp(&self) -> bool {
+        self.permissions.iter().any(|p| p.mcp.is_some())
+    }
+}
+
 /// A validated L7 permission.
 #[derive(Debug, Clone)]
 pub struct Permission {
@@ -290,6 +315,10 @@ pub struct Permission {
     pub path: Option<PathMatch>,
     /// All must hold.
     pub headers: Vec<HeaderMatch>,
+    /// MCP items; `None` for a plain HTTP permission.
+    pub mcp: Option<McpRule>,
+    /// Required user claims.
+    pub user: Option<UserRule>,
 }
 
 /// How a path is matched.
@@ -467,11 +496,26 @@ impl PermissionSpec {
             .iter()
             .map(|h| h.validate(index))
             .collect::<Result<_, _>>()?;
+        let mcp_err = |error| IntentionError::Mcp { index, error };
+        let mcp = self
+            .mcp
+            .as_ref()
+            .map(McpSpec::validate)
+            .transpose()
+            .map_err(mcp_err)?;
+        let user = self
+            .user
+            .as_ref()
+            .map(UserSpec::validate)
+            .transpose()
+            .map_err(mcp_err)?;
         Ok(Permission {
             action: self.action.unwrap_or(default),
             methods,
             path,
             headers,
+            mcp,
+            user,
         })
     }
 }

@@ -6,16 +6,22 @@
 //! proxy (which enforces them) and `agentmesh intention check` (which explains them) all decide
 //! with the same code. With no intentions, everything is denied. Requests are decided in the
 //! form the app will see ([`normalize_path`]), and header rules read every value of a header.
+//! MCP calls are decided per tool, resource and prompt ([`PolicySet::check_mcp`]), with
+//! exact names and default deny once a permission names any MCP item.
 #![forbid(unsafe_code)]
 
 mod evaluate;
 mod intention;
+mod mcp;
 mod normalize;
 
 pub use evaluate::{Decision, HttpRequest, PolicySet};
 pub use intention::{
     Action, HeaderMatch, HeaderMatchKind, HeaderSpec, HttpSpec, Intention, IntentionError,
     IntentionSpec, OWNER_MAX, PathMatch, Permission, PermissionSpec, Target, scenario_owner,
+};
+pub use mcp::{
+    ArgumentSpec, McpCall, McpItem, McpRule, McpRuleError, McpSpec, UserRule, UserSpec, is_mcp_name,
 };
 pub use normalize::{
     EscapedSlashesAction, HeadersWithUnderscoresAction, NormalizeOptions, PathError,

@@ -4,6 +4,7 @@ use super::*;
 use crate::intention::{IntentionError, IntentionSpec};
 
 mod headers;
+mod mcp;
 
 /// `(id, json)` of one intention.
 type Doc = (&'static str, &'static str);

@@ -225,7 +225,11 @@ pub fn spec_from_args(args: &IntentionCreateArgs) -> anyhow::Result<IntentionSpe
         let permissions = if http == HttpSpec::default() {
             Vec::new()
         } else {
-            vec![PermissionSpec { action: None, http }]
+            vec![PermissionSpec {
+                action: None,
+                http,
+                ..PermissionSpec::default()
+            }]
         };
         IntentionSpec {
             source: args.source.clone().unwrap_or_default(),
