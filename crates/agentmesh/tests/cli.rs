@@ -709,3 +709,110 @@ async fn acknowledged_intentions_survive_kill_9() {
         );
     }
 }
+
+#[test]
+fn mcp_flags_build_one_permission_and_bad_values_are_one_line_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"));
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "executor",
+        "tools",
+        "--action",
+        "allow",
+        "--mcp-tool",
+        "search",
+        "--mcp-tool",
+        "read_file",
+        "--mcp-resource",
+        "file:///srv/public/",
+        "--mcp-prompt",
+        "summary",
+        "--mcp-arg",
+        "path^=/srv/public/",
+        "--require-user-claim",
+        "groups=finance",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&out);
+    let created: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        created["permissions"],
+        serde_json::json!([{
+            "http": {},
+            "mcp": {
+                "tools": ["search", "read_file"],
+                "resources": ["file:///srv/public/"],
+                "prompts": ["summary"],
+                "arguments": {"path": {"prefix": "/srv/public/"}}
+            },
+            "user": {"claims": {"groups": "finance"}}
+        }]),
+        "{created}"
+    );
+    let out = server.cli(&["intention", "list"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(
+            "mcp-tools=search,read_file mcp-resources=file:///srv/public/ mcp-prompts=summary mcp-arg=path^=/srv/public/ user-claim=groups=finance"
+        ),
+        "{}",
+        stdout(&out)
+    );
+
+    let create = |extra: &[&str]| {
+        let mut args = vec!["intention", "create", "a", "b", "--action", "allow"];
+        args.extend_from_slice(extra);
+        server.cli(&args)
+    };
+    let bad: &[(&[&str], &str)] = &[
+        (&["--mcp-tool", "Delete All"], "is not an MCP name"),
+        (&["--mcp-tool", ""], "is not an MCP name"),
+        (&["--mcp-tool", "ｓearch"], "is not an MCP name"),
+        (&["--mcp-prompt", "a b"], "prompt \"a b\""),
+        (&["--mcp-resource", ""], "not a URI prefix"),
+        (
+            &["--mcp-tool", "t", "--mcp-arg", "path=/srv"],
+            "NAME^=PREFIX",
+        ),
+        (
+            &["--mcp-tool", "t", "--mcp-arg", "^=/srv"],
+            "no argument name",
+        ),
+        (
+            &[
+                "--mcp-tool",
+                "t",
+                "--mcp-arg",
+                "p^=/a",
+                "--mcp-arg",
+                "p^=/b",
+            ],
+            "constrained twice",
+        ),
+        (&["--mcp-arg", "p^=/a"], "name the tools it applies to"),
+        (&["--require-user-claim", "groups"], "KEY=VALUE"),
+        (&["--require-user-claim", "=finance"], "no claim name"),
+    ];
+    for (extra, want) in bad {
+        assert_one_line_error(&create(extra), want);
+    }
+    let file = dir.path().join("i.json");
+    std::fs::write(&file, "{}").expect("write");
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "--file",
+        file.to_str().expect("utf-8"),
+        "--mcp-tool",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    // Nothing malformed was stored: only the first intention is there.
+    let out = server.cli(&["intention", "list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(list["intentions"].as_array().map(Vec::len), Some(1));
+    assert!(!server.stderr_text().contains("panicked"));
+}

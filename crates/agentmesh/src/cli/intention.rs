@@ -3,7 +3,11 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use agentmesh_policy::{Action, HeaderSpec, HttpSpec, IntentionSpec, PermissionSpec};
+use std::collections::BTreeMap;
+
+use agentmesh_policy::{
+    Action, ArgumentSpec, HeaderSpec, HttpSpec, IntentionSpec, McpSpec, PermissionSpec, UserSpec,
+};
 use agentmesh_proto::v1::{
     CheckIntentionRequest, CreateIntentionRequest, DeleteIntentionRequest, HttpHeader, Intention,
     ListIntentionsRequest,
@@ -21,8 +25,9 @@ pub const DENIED_EXIT_CODE: i32 = 2;
 /// `agentmesh intention ...`
 #[derive(Debug, Subcommand)]
 pub enum IntentionCommand {
-    /// Allows or denies SRC -> DST; with --method/--path-* it becomes an L7 rule.
-    Create(IntentionCreateArgs),
+    /// Allows or denies SRC -> DST; with --method/--path-* it becomes an L7 rule, with
+    /// --mcp-* an MCP rule (only the named tools, resources and prompts).
+    Create(Box<IntentionCreateArgs>),
     /// Lists every intention.
     List(IntentionListArgs),
     /// Deletes one intention, by ID or by SRC DST.
@@ -59,11 +64,29 @@ pub struct IntentionCreateArgs {
     /// Only requests with this header: NAME (present) or NAME=VALUE (exact); repeatable
     #[arg(long = "header", value_name = "NAME[=VALUE]")]
     pub headers: Vec<String>,
+    /// Only this MCP tool, exactly as spelled ('*': every tool); repeatable. Every tool,
+    /// resource and prompt not named is then refused
+    #[arg(long = "mcp-tool", value_name = "NAME")]
+    pub mcp_tools: Vec<String>,
+    /// Only MCP resources whose URI starts with this; repeatable
+    #[arg(long = "mcp-resource", value_name = "URI-PREFIX")]
+    pub mcp_resources: Vec<String>,
+    /// Only this MCP prompt ('*': every prompt); repeatable
+    #[arg(long = "mcp-prompt", value_name = "NAME")]
+    pub mcp_prompts: Vec<String>,
+    /// The named tools' argument NAME must be a string starting with PREFIX; repeatable
+    #[arg(long = "mcp-arg", value_name = "NAME^=PREFIX")]
+    pub mcp_args: Vec<String>,
+    /// Only for users whose verified token has claim KEY with VALUE (or a list holding it);
+    /// repeatable
+    #[arg(long = "require-user-claim", value_name = "KEY=VALUE")]
+    pub user_claims: Vec<String>,
     /// Free text for people
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub description: String,
-    /// Read the whole intention from a JSON file instead (unknown fields are refused)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "destination", "action", "methods", "path_prefix", "path_exact", "path_regex", "headers"])]
+    /// Read the whole intention from a JSON file instead (unknown fields are refused); the
+    /// way to write several permissions
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "destination", "action", "methods", "path_prefix", "path_exact", "path_regex", "headers", "mcp_tools", "mcp_resources", "mcp_prompts", "mcp_args", "user_claims"])]
     pub file: Option<PathBuf>,
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
@@ -194,6 +217,63 @@ fn parse_header(flag_value: &str) -> anyhow::Result<HeaderSpec> {
     })
 }
 
+/// `--mcp-*` flags into the `mcp` part of one permission; `None` when none is given.
+fn mcp_from_args(args: &IntentionCreateArgs) -> anyhow::Result<Option<McpSpec>> {
+    let mut arguments = BTreeMap::new();
+    for a in &args.mcp_args {
+        let Some((name, prefix)) = a.split_once("^=") else {
+            anyhow::bail!(
+                "invalid --mcp-arg {a:?}: write NAME^=PREFIX (the argument NAME must be a string starting with PREFIX)"
+            );
+        };
+        if name.trim().is_empty() {
+            anyhow::bail!("invalid --mcp-arg {a:?}: no argument name before '^='");
+        }
+        if arguments
+            .insert(
+                name.to_owned(),
+                ArgumentSpec {
+                    prefix: prefix.to_owned(),
+                },
+            )
+            .is_some()
+        {
+            anyhow::bail!("invalid --mcp-arg {a:?}: argument {name:?} is constrained twice");
+        }
+    }
+    if !arguments.is_empty() && args.mcp_tools.is_empty() {
+        anyhow::bail!(
+            "--mcp-arg constrains tool calls: name the tools it applies to with --mcp-tool"
+        );
+    }
+    let mcp = McpSpec {
+        tools: args.mcp_tools.clone(),
+        resources: args.mcp_resources.clone(),
+        prompts: args.mcp_prompts.clone(),
+        arguments,
+    };
+    Ok((mcp != McpSpec::default()).then_some(mcp))
+}
+
+/// `--require-user-claim` flags into the `user` part of one permission.
+fn user_from_args(args: &IntentionCreateArgs) -> anyhow::Result<Option<UserSpec>> {
+    let mut claims = BTreeMap::new();
+    for c in &args.user_claims {
+        let Some((key, value)) = c.split_once('=') else {
+            anyhow::bail!(
+                "invalid --require-user-claim {c:?}: write KEY=VALUE, such as groups=finance"
+            );
+        };
+        if key.trim().is_empty() {
+            anyhow::bail!("invalid --require-user-claim {c:?}: no claim name before '='");
+        }
+        if claims.insert(key.to_owned(), value.to_owned()).is_some() {
+            anyhow::bail!("invalid --require-user-claim {c:?}: claim {key:?} is required twice");
+        }
+    }
+    Ok((!claims.is_empty()).then_some(UserSpec { claims }))
+}
+
 /// Builds and checks the intention locally, so malformed input never reaches the server.
 ///
 /// # Errors
@@ -222,13 +302,16 @@ pub fn spec_from_args(args: &IntentionCreateArgs) -> anyhow::Result<IntentionSpe
                 .map(|h| parse_header(h))
                 .collect::<anyhow::Result<_>>()?,
         };
-        let permissions = if http == HttpSpec::default() {
+        let mcp = mcp_from_args(args)?;
+        let user = user_from_args(args)?;
+        let permissions = if http == HttpSpec::default() && mcp.is_none() && user.is_none() {
             Vec::new()
         } else {
             vec![PermissionSpec {
                 action: None,
                 http,
-                ..PermissionSpec::default()
+                mcp,
+                user,
             }]
         };
         IntentionSpec {
@@ -273,6 +356,25 @@ pub fn intention_text(i: &IntentionJson) -> String {
         for hd in &h.headers {
             rule.push_str(&format!(" header={}", hd.name));
         }
+        if let Some(m) = &p.mcp {
+            for (key, list) in [
+                ("mcp-tools", &m.tools),
+                ("mcp-resources", &m.resources),
+                ("mcp-prompts", &m.prompts),
+            ] {
+                if !list.is_empty() {
+                    rule.push_str(&format!(" {key}={}", list.join(",")));
+                }
+            }
+            for (name, a) in &m.arguments {
+                rule.push_str(&format!(" mcp-arg={name}^={}", a.prefix));
+            }
+        }
+        if let Some(u) = &p.user {
+            for (k, v) in &u.claims {
+                rule.push_str(&format!(" user-claim={k}={v}"));
+            }
+        }
         line(&format!("Permission {}", n + 1), &rule);
     }
     if !i.spec.description.is_empty() {
@@ -307,7 +409,7 @@ fn print_intention(i: Intention, output: TextOrJson) -> anyhow::Result<()> {
 /// Bad arguments, no server, or the server refusing.
 pub async fn run(cmd: IntentionCommand) -> anyhow::Result<i32> {
     match cmd {
-        IntentionCommand::Create(args) => create(args).await?,
+        IntentionCommand::Create(args) => create(*args).await?,
         IntentionCommand::List(args) => list(args).await?,
         IntentionCommand::Delete(args) => delete(args).await?,
         IntentionCommand::Check(args) => return check(args).await,

@@ -562,6 +562,37 @@ mod tests {
     }
 
     #[test]
+    fn scenario_intentions_carry_mcp_and_user_permissions() {
+        let text = format!(
+            "{}\n{}",
+            BUILT_IN[0].1,
+            r#"
+[[intention]]
+source = "executor"
+destination = "planner"
+action = "allow"
+[[intention.permissions]]
+mcp = { tools = ["search"] }
+[[intention.permissions]]
+mcp = { tools = ["export"], arguments = { path = { prefix = "/srv/public/" } } }
+user = { claims = { groups = "finance" } }
+"#
+        );
+        let s = Scenario::parse(&text, "s.toml").unwrap();
+        let i = s.intentions.last().unwrap();
+        assert_eq!(i.permissions.len(), 2);
+        let export = &i.permissions[1];
+        assert_eq!(export.mcp.as_ref().unwrap().tools, ["export"]);
+        assert_eq!(
+            export.user.as_ref().unwrap().claims["groups"],
+            "finance".to_owned()
+        );
+        let bad = text.replace("\"search\"", "\"Search Tool\"");
+        let err = Scenario::parse(&bad, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("is not an MCP name"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_name_lists_the_built_in_scenarios() {
         let e = Scenario::resolve("no-such-scenario")
             .unwrap_err()
