@@ -104,9 +104,24 @@ pub struct Inbound {
     /// `path_with_escaped_slashes_action`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub path_with_escaped_slashes_action: agentmesh_policy::EscapedSlashesAction,
+    /// HTTP only: the largest MCP message (POST body) read on a pair whose intention has MCP
+    /// permissions; a larger one is refused with 413 and nothing reaches the app. Default
+    /// [`DEFAULT_MCP_MAX_BODY_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_max_body_bytes: Option<usize>,
 }
 
+/// 4 MiB: gRPC's default largest message, far above any tool call's arguments, and small
+/// enough that holding one per open stream stays bounded by the stream limits.
+pub const DEFAULT_MCP_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 impl Inbound {
+    /// The largest MCP message this listener reads.
+    pub fn mcp_max_body(&self) -> usize {
+        self.mcp_max_body_bytes
+            .unwrap_or(DEFAULT_MCP_MAX_BODY_BYTES)
+    }
+
     /// How this listener normalises HTTP requests before deciding and forwarding them.
     pub fn normalize_options(&self) -> agentmesh_policy::NormalizeOptions {
         agentmesh_policy::NormalizeOptions {
@@ -177,6 +192,11 @@ impl ProxyConfig {
         }
         let mut listens: Vec<LocalAddr> = cfg.upstream.iter().map(|u| u.listen.clone()).collect();
         if let Some(i) = &cfg.inbound {
+            if i.mcp_max_body_bytes == Some(0) {
+                return Err(invalid(
+                    "inbound.mcp_max_body_bytes must be at least 1".into(),
+                ));
+            }
             if i.app.parse::<LocalAddr>().is_err() {
                 return Err(invalid(format!(
                     "inbound.app {:?} is not host:port or unix:///path",
@@ -384,6 +404,10 @@ listen = "127.0.0.1:19001"
             (
                 "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\nprotocol = \"udp\"",
                 "unknown variant `udp`",
+            ),
+            (
+                "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\nmcp_max_body_bytes = 0",
+                "mcp_max_body_bytes",
             ),
             (
                 "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"",

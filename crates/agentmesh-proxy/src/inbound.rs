@@ -15,8 +15,9 @@ use agentmesh_sdk::{LocalAddr, LocalConnector, LocalStream};
 use agentmesh_sdk::{RequestRefused, header_pairs, normalize_request};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, SpanKind, attr};
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,11 +27,17 @@ use crate::config::Protocol;
 use crate::http_util::{BoxBody, XFCC, json_response, strip_hop_by_hop};
 use crate::policy::PolicyWatch;
 use crate::telemetry::{
-    AccessRecord, Metrics, TraceContext, access_log, span_identities, span_outcome,
+    AccessRecord, McpLog, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
 use agentmesh_sdk::X509Context;
 use agentmesh_sdk::X509Source;
 use agentmesh_sdk::tls::ServerTls;
+
+mod mcp_route;
+
+/// What the inbound sends the app: the caller's body as it streams in, or an MCP message
+/// that was read whole to be decided.
+type AppBody = Either<RequestBody, Full<Bytes>>;
 
 /// An open inbound connection, tracked so an intention change can close it.
 #[derive(Debug)]
@@ -120,13 +127,15 @@ pub struct Inbound {
     protocol: Protocol,
     /// Open connections, for revocation.
     pub connections: Arc<Connections>,
-    app_client: Client<LocalConnector, RequestBody>,
+    app_client: Client<LocalConnector, AppBody>,
     /// Presents the current SVID; rebuilt only when the roots change.
     tls: Arc<ServerTls>,
     /// How HTTP requests are normalised before they are decided and forwarded.
     normalize: NormalizeOptions,
     limits: Arc<ListenerLimits>,
     limiter: Arc<ConnectionLimiter>,
+    /// The largest MCP message read on a pair with MCP permissions.
+    mcp_max_body: usize,
 }
 
 impl Inbound {
@@ -162,7 +171,15 @@ impl Inbound {
             normalize: NormalizeOptions::default(),
             limits: Arc::default(),
             limiter: ConnectionLimiter::new(&ListenerLimits::default()),
+            mcp_max_body: crate::config::DEFAULT_MCP_MAX_BODY_BYTES,
         }
+    }
+
+    /// Reads MCP messages up to `bytes` (from `[inbound] mcp_max_body_bytes`).
+    #[must_use]
+    pub fn with_mcp_max_body(mut self, bytes: usize) -> Self {
+        self.mcp_max_body = bytes;
+        self
     }
 
     /// Normalises HTTP requests with `options` (from `[inbound]`) instead of the defaults.
@@ -311,6 +328,7 @@ impl Inbound {
                 duration_ms: started.elapsed().as_millis() as u64,
                 bytes_in: bytes.map(|b| b.0),
                 bytes_out: bytes.map(|b| b.1),
+                mcp: None,
             });
         };
         if !d.is_allowed() {
@@ -390,6 +408,23 @@ impl Inbound {
         // the app will route; a request that cannot be normalised is refused here.
         let normalized = normalize_request(&mut req, &self.normalize);
         let path = req.uri().path().to_owned();
+        // On a pair whose intention has MCP permissions, a POST carries an MCP message,
+        // which is read and decided per tool, resource and prompt.
+        if normalized.is_ok()
+            && req.method() == http::Method::POST
+            && self.policy.current().set.mcp_applies(peer, &own.svid.id)
+        {
+            let ctx = mcp_route::Ctx {
+                started,
+                addr,
+                peer,
+                own,
+                trace_id: &trace_id,
+                method: &method,
+                path: &path,
+            };
+            return self.mcp_request(req, ctx, span).await;
+        }
         let d = self.decide(&req, &normalized, peer, own, &method, &path);
         let (source, destination) = (peer.to_string(), own.svid.id.to_string());
         if span.is_recording() {
@@ -415,6 +450,7 @@ impl Inbound {
             trace_id: &trace_id,
             method: &method,
             path: &path,
+            mcp: None,
         };
         if let Some(refused) = refusal(normalized.is_err(), &d, &record, &mut span) {
             return refused;
@@ -431,7 +467,7 @@ impl Inbound {
                 &serde_json::json!({"error": "bad request path"}),
             );
         }
-        match self.app_client.request(req).await {
+        match self.app_client.request(req.map(Either::Left)).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
@@ -483,9 +519,9 @@ impl Inbound {
     /// Rewrites an allowed request for the plain-HTTP/1.1 app: hop-by-hop headers go, the
     /// verified caller goes in as XFCC, the trace context and Host are set, and the URI points
     /// at the app. False if the path cannot form a URI (the request is then not forwarded).
-    fn address_to_app(
+    fn address_to_app<B>(
         &self,
-        req: &mut Request<RequestBody>,
+        req: &mut Request<B>,
         peer: &SpiffeId,
         own: &X509Context,
         span: &Span,
@@ -528,11 +564,28 @@ struct InboundRecord<'a> {
     trace_id: &'a str,
     method: &'a str,
     path: &'a str,
+    mcp: Option<McpLog<'a>>,
 }
 
 impl InboundRecord<'_> {
     fn log(&self, span: &mut Span, decision: &str, reason: &str, status: u16) {
         span_outcome(span, decision, self.intention, reason, Some(status));
+        if let Some(m) = &self.mcp
+            && span.is_recording()
+        {
+            // OpenTelemetry's MCP and GenAI names, so trace viewers show the tool.
+            span.set_str("mcp.method.name", m.mcp_method);
+            for (key, value) in [
+                ("gen_ai.tool.name", m.mcp_tool),
+                ("mcp.resource.uri", m.mcp_resource),
+                ("gen_ai.prompt.name", m.mcp_prompt),
+                ("enduser.id", m.user),
+            ] {
+                if let Some(v) = value {
+                    span.set_str(key, v);
+                }
+            }
+        }
         access_log(&AccessRecord {
             ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
             direction: "inbound",
@@ -550,6 +603,7 @@ impl InboundRecord<'_> {
             duration_ms: self.started.elapsed().as_millis() as u64,
             bytes_in: None,
             bytes_out: None,
+            mcp: self.mcp,
         });
     }
 }

@@ -17,6 +17,7 @@ mod admin;
 mod config;
 mod http_util;
 mod inbound;
+mod mcp;
 mod outbound;
 mod policy;
 mod telemetry;
@@ -360,6 +361,7 @@ async fn plan_inbound(
                 ib.protocol,
             )
             .with_normalize_options(ib.normalize_options())
+            .with_mcp_max_body(ib.mcp_max_body())
             .with_limits(h.limits.clone(), limiter.clone()),
             l,
         ));

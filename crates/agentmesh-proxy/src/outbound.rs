@@ -245,6 +245,7 @@ impl Upstream {
                 duration_ms: started.elapsed().as_millis() as u64,
                 bytes_in: bytes.map(|b| b.0),
                 bytes_out: bytes.map(|b| b.1),
+                mcp: None,
             });
         };
         match self.connect_tls().await {
@@ -327,6 +328,7 @@ impl Upstream {
                 duration_ms: started.elapsed().as_millis() as u64,
                 bytes_in: None,
                 bytes_out: None,
+                mcp: None,
             });
         };
         strip_hop_by_hop(req.headers_mut());

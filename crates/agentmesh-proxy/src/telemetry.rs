@@ -270,6 +270,29 @@ pub struct AccessRecord<'a> {
     /// Bytes to the caller (TCP only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    /// The MCP call, on a pair whose intention has MCP permissions.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpLog<'a>>,
+}
+
+/// What an access-log line says about an MCP message: its method, the tool, resource or
+/// prompt it names, and the verified user behind it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct McpLog<'a> {
+    /// The JSON-RPC method (`tools/call`, `tools/list`, …).
+    pub mcp_method: &'a str,
+    /// `tools/call`'s tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool: Option<&'a str>,
+    /// The resource URI read, subscribed or completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_resource: Option<&'a str>,
+    /// The prompt got or completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_prompt: Option<&'a str>,
+    /// The verified user token's `sub`; absent when none was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
 }
 
 /// How often buffered access log lines reach stdout. Writing each line from the request path

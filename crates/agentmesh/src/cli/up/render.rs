@@ -107,6 +107,7 @@ pub fn proxy(p: &Planned, plan: &Plan, layout: &Layout) -> ProxyConfig {
             advertise: None,
             headers_with_underscores_action: Default::default(),
             path_with_escaped_slashes_action: Default::default(),
+            mcp_max_body_bytes: None,
         }),
         upstream: p
             .upstreams

@@ -1,0 +1,344 @@
+//! The inbound's MCP route: on a pair whose intention has MCP permissions, each POST's
+//! JSON-RPC message is read whole (up to `[inbound] mcp_max_body_bytes`), checked, decided
+//! per tool, resource and prompt, and forwarded only when allowed; `*/list` answers are
+//! filtered on the way back.
+//!
+//! A refused call is answered by the sidecar as JSON-RPC, with HTTP 200 and the request's
+//! id: the MCP SDKs hand such an error to the caller as the call's result and keep the
+//! session, where a 4xx makes some of them drop the whole transport. Messages that cannot be
+//! answered as a request (not JSON, too large, a batch, no id, a header that disagrees with
+//! the body) get a 4xx with a JSON-RPC error body.
+
+use agentmesh_sdk::header_pairs;
+use http_body_util::{BodyStream, Limited, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+
+use super::{AppBody, Inbound, InboundRecord};
+use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
+use crate::mcp::{self, Keep, Kind, Listing, McpError, Message};
+use crate::telemetry::{McpLog, span_identities};
+use agentmesh_policy::{HttpRequest, McpCall};
+use agentmesh_proto::limits::RequestBody;
+use agentmesh_sdk::X509Context;
+use agentmesh_spiffe::SpiffeId;
+use agentmesh_telemetry::{Span, attr};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The largest `*/list` answer that is filtered (32 MiB); a thousand tools with their
+/// schemas are about 1 MiB. A larger answer is refused with 502 rather than passed unread.
+const MAX_LIST_ANSWER: usize = 32 * 1024 * 1024;
+
+/// What the request path already knows about the request.
+pub(super) struct Ctx<'a> {
+    pub started: Instant,
+    pub addr: SocketAddr,
+    pub peer: &'a SpiffeId,
+    pub own: &'a X509Context,
+    pub trace_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+fn mcp_log(msg: &Message) -> McpLog<'_> {
+    let (mut tool, mut resource, mut prompt) = (None, None, None);
+    match &msg.kind {
+        Kind::Tool { name, .. } => tool = Some(name.as_str()),
+        Kind::Resource(u) => resource = Some(u.as_str()),
+        Kind::Prompt(n) => prompt = Some(n.as_str()),
+        _ => {}
+    }
+    McpLog {
+        mcp_method: msg.method.as_deref().unwrap_or("(response)"),
+        mcp_tool: tool,
+        mcp_resource: resource,
+        mcp_prompt: prompt,
+        user: None,
+    }
+}
+
+fn jsonrpc_response(status: StatusCode, body: &Value) -> Response<BoxBody> {
+    json_response(status, body)
+}
+
+impl Inbound {
+    pub(super) async fn mcp_request(
+        &self,
+        req: Request<RequestBody>,
+        ctx: Ctx<'_>,
+        mut span: Span,
+    ) -> Response<BoxBody> {
+        let (source, destination) = (ctx.peer.to_string(), ctx.own.svid.id.to_string());
+        if span.is_recording() {
+            span_identities(
+                &mut span,
+                &destination,
+                &source,
+                &destination,
+                &source,
+                "http",
+                Some(ctx.addr),
+            );
+            span.set_str(attr::HTTP_METHOD, ctx.method);
+            span.set_str(attr::URL_PATH, ctx.path);
+        }
+        let policy = self.policy.current();
+        let mut record = InboundRecord {
+            started: ctx.started,
+            addr: ctx.addr,
+            intention: None,
+            source: &source,
+            destination: &destination,
+            trace_id: ctx.trace_id,
+            method: ctx.method,
+            path: ctx.path,
+            mcp: None,
+        };
+        let data = |intention: Option<&str>, reason: &str| {
+            json!({
+                "intention": intention,
+                "reason": reason,
+                "source": source,
+                "destination": destination,
+                "trace_id": ctx.trace_id,
+            })
+        };
+        let (mut parts, body) = req.into_parts();
+        let (msg, bytes) = match self.read_message(&parts.headers, body).await {
+            Ok(read) => read,
+            Err((e, id)) => {
+                // Refused before any permission: named with the pair's intention, which
+                // admitted the connection, so an operator sees which rule's route it was.
+                let pair = policy.set.check_connection(ctx.peer, &ctx.own.svid.id);
+                record.intention = pair.intention_id.as_deref();
+                let reason =
+                    format!("the MCP message is refused before any permission is checked: {e}");
+                let (status, code) = e.status_and_code();
+                self.metrics.decided("inbound", &source, false);
+                record.log(&mut span, "deny", &reason, status.as_u16());
+                let message = format!("agentmesh sidecar: {e}");
+                return jsonrpc_response(
+                    status,
+                    &mcp::error_body(id.as_ref(), code, &message, data(record.intention, &reason)),
+                );
+            }
+        };
+        let headers = header_pairs(&parts.headers);
+        let http = HttpRequest {
+            method: ctx.method,
+            path: ctx.path,
+            headers: &headers,
+        };
+        let d = policy
+            .set
+            .check_mcp(ctx.peer, &ctx.own.svid.id, &http, &msg.call(None));
+        drop(headers);
+        record.intention = d.intention_id.as_deref();
+        record.mcp = Some(mcp_log(&msg));
+        self.metrics.decided("inbound", &source, d.is_allowed());
+        if !d.is_allowed() {
+            // A notification has no id to answer, so its refusal is a plain 403.
+            let status = if msg.id.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            record.log(&mut span, "deny", &d.reason, status.as_u16());
+            return jsonrpc_response(
+                status,
+                &mcp::error_body(
+                    msg.id.as_ref(),
+                    mcp::DENIED,
+                    &format!("denied by intentions: {}", d.reason),
+                    data(record.intention, &d.reason),
+                ),
+            );
+        }
+        let listing = match (&msg.kind, &msg.id) {
+            (Kind::List(l), Some(id)) => Some((*l, id.clone())),
+            _ => None,
+        };
+        if listing.is_some() {
+            // An encoded answer could not be read to filter it.
+            parts.headers.remove(http::header::ACCEPT_ENCODING);
+        }
+        let keep = listing
+            .as_ref()
+            .map(|_| self.keep(&parts.headers, ctx.peer, ctx.own, ctx.method, ctx.path));
+        let mut req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+        if !self.address_to_app(&mut req, ctx.peer, ctx.own, &span) {
+            record.log(
+                &mut span,
+                "allow",
+                "the request path cannot be forwarded",
+                400,
+            );
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad request path"}),
+            );
+        }
+        match self.app_client.request(req).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
+                match (listing, keep) {
+                    (Some((listing, id)), Some(keep)) => {
+                        filter_response(resp, listing, id, keep).await
+                    }
+                    _ => resp.map(|b| b.boxed()),
+                }
+            }
+            Err(e) => {
+                let why = format!("the app at {} is unreachable: {e}", self.app);
+                record.log(&mut span, "allow", &why, 502);
+                json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &json!({"error": why, "trace_id": ctx.trace_id}),
+                )
+            }
+        }
+    }
+
+    /// Reads and checks one message; on error, the request's id when it was readable.
+    async fn read_message(
+        &self,
+        headers: &http::HeaderMap,
+        body: RequestBody,
+    ) -> Result<(Message, bytes::Bytes), (McpError, Option<Value>)> {
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if !mcp::is_json(ct.as_deref()) {
+            return Err((McpError::NotJson(ct.unwrap_or_else(|| "none".into())), None));
+        }
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.mcp_max_body as u64) {
+            return Err((McpError::TooLarge(self.mcp_max_body), None));
+        }
+        let bytes = match Limited::new(body, self.mcp_max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err((McpError::TooLarge(self.mcp_max_body), None));
+            }
+            Err(e) => return Err((McpError::Read(e.to_string()), None)),
+        };
+        let msg = Message::parse(&bytes).map_err(|e| (e, None))?;
+        msg.check_headers(headers)
+            .map_err(|e| (e, msg.id.clone()))?;
+        Ok((msg, bytes))
+    }
+
+    /// Whether a listed item would be allowed for this caller (arguments unknown).
+    fn keep(
+        &self,
+        headers: &http::HeaderMap,
+        peer: &SpiffeId,
+        own: &X509Context,
+        method: &str,
+        path: &str,
+    ) -> Keep {
+        let policy = self.policy.current();
+        let (peer, own) = (peer.clone(), own.svid.id.clone());
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let owned: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        Arc::new(move |item| {
+            let headers: Vec<(&str, &[u8])> = owned
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            let http = HttpRequest {
+                method: &method,
+                path: &path,
+                headers: &headers,
+            };
+            let call = McpCall {
+                method: "list",
+                item: Some(item),
+                arguments: None,
+                user: None,
+            };
+            policy.set.check_mcp(&peer, &own, &http, &call).is_allowed()
+        })
+    }
+}
+
+/// Filters a `*/list` answer: JSON read whole, SSE event by event. An answer that cannot be
+/// read as either is refused (502), since passing it would show what the caller may not use.
+async fn filter_response(
+    resp: Response<hyper::body::Incoming>,
+    listing: Listing,
+    id: Value,
+    keep: Keep,
+) -> Response<BoxBody> {
+    let refuse = |why: String| {
+        tracing::warn!(reason = %why, "an MCP list answer could not be filtered; refused");
+        json_response(
+            StatusCode::BAD_GATEWAY,
+            &mcp::error_body(
+                Some(&id),
+                mcp::INVALID_REQUEST,
+                &format!("agentmesh sidecar: {why}"),
+                Value::Null,
+            ),
+        )
+    };
+    if resp.headers().contains_key(http::header::CONTENT_ENCODING) {
+        return refuse("the server encoded its list answer, so it cannot be filtered".into());
+    }
+    let ct = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    if mcp::is_json(ct.as_deref()) {
+        let bytes = match Limited::new(body, MAX_LIST_ANSWER).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => return refuse(format!("the list answer could not be read: {e}")),
+        };
+        let mut msg: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => return refuse(format!("the list answer is not JSON: {e}")),
+        };
+        mcp::filter_answer(&mut msg, &id, listing, &keep);
+        let body = Full::new(bytes::Bytes::from(msg.to_string()))
+            .map_err(|never| match never {})
+            .boxed();
+        return Response::from_parts(parts, body);
+    }
+    let sse = ct.as_deref().is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+    });
+    if sse {
+        let data = futures::StreamExt::filter_map(BodyStream::new(body), |f| async move {
+            match f {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        });
+        let filtered = mcp::filter_sse(data, id, listing, keep, MAX_LIST_ANSWER);
+        let frames = futures::StreamExt::map(filtered, |r| r.map(Frame::data));
+        return Response::from_parts(parts, StreamBody::new(frames).boxed());
+    }
+    if !parts.status.is_success() {
+        return Response::from_parts(parts, body.boxed());
+    }
+    refuse(format!(
+        "the list answer is neither JSON nor SSE (content-type {:?})",
+        ct.unwrap_or_default()
+    ))
+}

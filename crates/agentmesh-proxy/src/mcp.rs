@@ -1,0 +1,684 @@
+//! MCP over Streamable HTTP, as the inbound reads it on a pair whose intention has MCP
+//! permissions: one JSON-RPC message per POST is parsed strictly, its `Mcp-Method` and
+//! `Mcp-Name` headers (2026-07-28) are checked against the body, the call is named for the
+//! rules, and `*/list` answers (JSON or SSE) are filtered to what the caller may use.
+//!
+//! Choices: a JSON-RPC batch (an array, allowed only by 2025-03-26) is refused whole, since
+//! one refused call would otherwise need a partial answer the client cannot match; a
+//! duplicate key anywhere in a message is refused, because parsers disagree on which copy
+//! wins and the rules must judge the copy the server reads; a method this module does not
+//! know is refused, since it cannot be named for the rules.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agentmesh_policy::{McpCall, McpItem};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
+
+/// JSON-RPC: the body is not JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC: not a valid request object (also a batch).
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC: the method is not known.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC: the params are not what the method takes.
+pub const INVALID_PARAMS: i64 = -32602;
+/// MCP 2026-07-28: an `Mcp-*` header is missing or does not match the body (the code the
+/// TypeScript and Ruby SDKs answer with).
+pub const HEADER_MISMATCH: i64 = -32020;
+/// agentmesh: the intentions refuse the call. In JSON-RPC's range for server errors, and not
+/// one the MCP SDKs use (-32000 connection closed, -32001 timeout, -32002 not found).
+pub const DENIED: i64 = -32003;
+
+/// The first protocol revision whose requests must carry `Mcp-Method` (and `Mcp-Name`).
+const STATELESS_REVISION: &str = "2026-07-28";
+/// The `_meta` key a 2026-07-28 request names its revision in.
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// Why an MCP message is refused before any permission is read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum McpError {
+    /// The request's content type is not JSON.
+    #[error(
+        "the body is not JSON (content-type {0:?}); this route has MCP permissions and takes one JSON-RPC message as application/json"
+    )]
+    NotJson(String),
+    /// Over `[inbound] mcp_max_body_bytes`.
+    #[error(
+        "the body is over the {0}-byte limit for an MCP message ([inbound] mcp_max_body_bytes)"
+    )]
+    TooLarge(usize),
+    /// The body could not be read to the end.
+    #[error("the body could not be read: {0}")]
+    Read(String),
+    /// Not JSON, or a duplicate key.
+    #[error("malformed JSON-RPC: {0}")]
+    Malformed(String),
+    /// A JSON array.
+    #[error("a JSON-RPC batch is refused whole: send one message per POST (MCP since 2025-06-18)")]
+    Batch,
+    /// A JSON value that is not a JSON-RPC 2.0 message.
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    Invalid(String),
+    /// A method that cannot be named for the rules.
+    #[error("method {0:?} is not an MCP method this sidecar knows, so it cannot be authorized")]
+    UnknownMethod(String),
+    /// Params the method does not take.
+    #[error("{method}: {why}")]
+    InvalidParams {
+        /// The method.
+        method: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An `Mcp-*` header that disagrees with the body.
+    #[error("header {header} is {sent:?} but the body says {body:?}; both must name the same call")]
+    HeaderMismatch {
+        /// `Mcp-Method` or `Mcp-Name`.
+        header: &'static str,
+        /// The header's (decoded) value.
+        sent: String,
+        /// What the body has (empty when nothing).
+        body: String,
+    },
+    /// An `Mcp-*` header that a 2026-07-28 request must carry, or one sent twice.
+    #[error("header {0}")]
+    HeaderBad(String),
+}
+
+impl McpError {
+    /// The HTTP status and JSON-RPC code of the refusal.
+    pub fn status_and_code(&self) -> (StatusCode, i64) {
+        match self {
+            McpError::NotJson(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, PARSE_ERROR),
+            McpError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST),
+            McpError::Read(_) => (StatusCode::BAD_REQUEST, INVALID_REQUEST),
+            McpError::Malformed(_) => (StatusCode::BAD_REQUEST, PARSE_ERROR),
+            McpError::Batch | McpError::Invalid(_) => (StatusCode::BAD_REQUEST, INVALID_REQUEST),
+            // The request itself is well formed: answered as JSON-RPC with the client's id.
+            McpError::UnknownMethod(_) => (StatusCode::OK, METHOD_NOT_FOUND),
+            McpError::InvalidParams { .. } => (StatusCode::OK, INVALID_PARAMS),
+            McpError::HeaderMismatch { .. } | McpError::HeaderBad(_) => {
+                (StatusCode::BAD_REQUEST, HEADER_MISMATCH)
+            }
+        }
+    }
+}
+
+// === Strict JSON ===
+
+/// Parses JSON refusing duplicate keys at any depth (serde_json keeps the last copy, some
+/// servers the first).
+///
+/// # Errors
+/// Malformed JSON, trailing data, or a duplicate key.
+pub fn parse_strict(body: &[u8]) -> Result<Value, McpError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = Strict
+        .deserialize(&mut de)
+        .map_err(|e| McpError::Malformed(e.to_string()))?;
+    de.end().map_err(|e| McpError::Malformed(e.to_string()))?;
+    Ok(v)
+}
+
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(Strict)?;
+            if out.contains_key(&k) {
+                return Err(A::Error::custom(format!(
+                    "duplicate key {k:?}; parsers disagree on which copy counts"
+                )));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+// === Messages ===
+
+/// Which list a `*/list` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// `tools/list`: `result.tools[].name`.
+    Tools,
+    /// `resources/list`: `result.resources[].uri`.
+    Resources,
+    /// `resources/templates/list`: `result.resourceTemplates[].uriTemplate`.
+    ResourceTemplates,
+    /// `prompts/list`: `result.prompts[].name`.
+    Prompts,
+}
+
+impl Listing {
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Listing::Tools => ("tools", "name"),
+            Listing::Resources => ("resources", "uri"),
+            Listing::ResourceTemplates => ("resourceTemplates", "uriTemplate"),
+            Listing::Prompts => ("prompts", "name"),
+        }
+    }
+
+    fn item(self, name: &str) -> McpItem<'_> {
+        match self {
+            Listing::Tools => McpItem::Tool(name),
+            Listing::Resources | Listing::ResourceTemplates => McpItem::Resource(name),
+            Listing::Prompts => McpItem::Prompt(name),
+        }
+    }
+}
+
+/// What a message is, for the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// The protocol's own traffic: passes for an allowed pair.
+    Housekeeping,
+    /// The client answering a request of the server (sampling, elicitation, roots).
+    Response,
+    /// A `*/list`: passes for an allowed pair, and the answer is filtered.
+    List(Listing),
+    /// `tools/call`.
+    Tool {
+        /// `params.name`.
+        name: String,
+        /// `params.arguments` (empty when absent).
+        arguments: Map<String, Value>,
+    },
+    /// `resources/read|subscribe|unsubscribe`, or a completion for a resource.
+    Resource(String),
+    /// `prompts/get`, or a completion for a prompt.
+    Prompt(String),
+}
+
+/// One parsed client-to-server message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The request's id; `None` for a notification or a response.
+    pub id: Option<Value>,
+    /// The JSON-RPC method; `None` for a response.
+    pub method: Option<String>,
+    /// What the rules look at.
+    pub kind: Kind,
+    /// `params._meta`'s protocol revision (2026-07-28 requests carry it).
+    meta_version: Option<String>,
+}
+
+const HOUSEKEEPING: &[&str] = &[
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "server/discover",
+    "subscriptions/listen",
+    "tasks/get",
+    "tasks/result",
+    "tasks/list",
+    "tasks/cancel",
+];
+
+impl Message {
+    /// Reads one JSON-RPC message.
+    ///
+    /// # Errors
+    /// Malformed JSON, a batch, a non-message, an unknown method or bad params.
+    pub fn parse(body: &[u8]) -> Result<Self, McpError> {
+        let v = parse_strict(body)?;
+        let mut obj = match v {
+            Value::Object(o) => o,
+            Value::Array(_) => return Err(McpError::Batch),
+            _ => return Err(McpError::Invalid("the body is not a JSON object".into())),
+        };
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(McpError::Invalid("\"jsonrpc\" must be \"2.0\"".into()));
+        }
+        let id = match obj.remove("id") {
+            None => None,
+            Some(id @ Value::String(_)) => Some(id),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
+            Some(_) => {
+                return Err(McpError::Invalid(
+                    "\"id\" must be a string or an integer (MCP forbids null)".into(),
+                ));
+            }
+        };
+        let Some(method) = obj.remove("method") else {
+            // A response from the client: an id and exactly one of result and error.
+            let answers =
+                usize::from(obj.contains_key("result")) + usize::from(obj.contains_key("error"));
+            if id.is_none() || answers != 1 {
+                return Err(McpError::Invalid(
+                    "no \"method\", and not a response (an id and one of result or error)".into(),
+                ));
+            }
+            return Ok(Self {
+                id: None,
+                method: None,
+                kind: Kind::Response,
+                meta_version: None,
+            });
+        };
+        let Value::String(method) = method else {
+            return Err(McpError::Invalid("\"method\" must be a string".into()));
+        };
+        let params = match obj.remove("params") {
+            None => Map::new(),
+            Some(Value::Object(p)) => p,
+            Some(_) => {
+                return Err(McpError::InvalidParams {
+                    method,
+                    why: "params must be an object".into(),
+                });
+            }
+        };
+        let meta_version = params
+            .get("_meta")
+            .and_then(|m| m.get(META_VERSION))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let notification = method.starts_with("notifications/");
+        if notification != id.is_none() {
+            return Err(McpError::Invalid(if notification {
+                format!("{method} is a notification and carries no id")
+            } else {
+                format!("{method} is a request and needs an id")
+            }));
+        }
+        let kind = Self::kind(&method, params)?;
+        Ok(Self {
+            id,
+            method: Some(method),
+            kind,
+            meta_version,
+        })
+    }
+
+    fn kind(method: &str, mut params: Map<String, Value>) -> Result<Kind, McpError> {
+        let bad = |why: &str| McpError::InvalidParams {
+            method: method.to_owned(),
+            why: why.to_owned(),
+        };
+        let mut string = |key: &str| match params.remove(key) {
+            Some(Value::String(s)) => Ok(s),
+            _ => Err(bad(&format!("params.{key} must be a string"))),
+        };
+        Ok(match method {
+            m if m.starts_with("notifications/") || HOUSEKEEPING.contains(&m) => Kind::Housekeeping,
+            "tools/list" => Kind::List(Listing::Tools),
+            "resources/list" => Kind::List(Listing::Resources),
+            "resources/templates/list" => Kind::List(Listing::ResourceTemplates),
+            "prompts/list" => Kind::List(Listing::Prompts),
+            "tools/call" => {
+                let name = string("name")?;
+                let arguments = match params.remove("arguments") {
+                    None => Map::new(),
+                    Some(Value::Object(a)) => a,
+                    Some(_) => return Err(bad("params.arguments must be an object")),
+                };
+                Kind::Tool { name, arguments }
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                Kind::Resource(string("uri")?)
+            }
+            "prompts/get" => Kind::Prompt(string("name")?),
+            "completion/complete" => {
+                let r = params.get("ref").and_then(Value::as_object);
+                let field = |k: &str| r.and_then(|r| r.get(k)).and_then(Value::as_str);
+                match (field("type"), field("name"), field("uri")) {
+                    (Some("ref/prompt"), Some(n), _) => Kind::Prompt(n.to_owned()),
+                    (Some("ref/resource"), _, Some(u)) => Kind::Resource(u.to_owned()),
+                    _ => {
+                        return Err(bad(
+                            "params.ref must be a ref/prompt with a name or a ref/resource with a uri",
+                        ));
+                    }
+                }
+            }
+            other => return Err(McpError::UnknownMethod(other.to_owned())),
+        })
+    }
+
+    /// The item the rules decide on, if any.
+    pub fn item(&self) -> Option<McpItem<'_>> {
+        match &self.kind {
+            Kind::Tool { name, .. } => Some(McpItem::Tool(name)),
+            Kind::Resource(u) => Some(McpItem::Resource(u)),
+            Kind::Prompt(n) => Some(McpItem::Prompt(n)),
+            _ => None,
+        }
+    }
+
+    /// The message as the rules see it.
+    pub fn call<'a>(&'a self, user: Option<&'a Map<String, Value>>) -> McpCall<'a> {
+        McpCall {
+            method: self.method.as_deref().unwrap_or("(response)"),
+            item: self.item(),
+            arguments: match &self.kind {
+                Kind::Tool { arguments, .. } => Some(arguments),
+                _ => None,
+            },
+            user,
+        }
+    }
+
+    /// What `Mcp-Name` mirrors: `params.name` or `params.uri` of the methods that name one
+    /// thing (not of a completion, whose name sits in `ref`).
+    fn mirrored_name(&self) -> Option<&str> {
+        match (self.method.as_deref(), &self.kind) {
+            (Some("tools/call"), Kind::Tool { name, .. }) => Some(name),
+            (Some("prompts/get"), Kind::Prompt(n)) => Some(n),
+            (
+                Some("resources/read" | "resources/subscribe" | "resources/unsubscribe"),
+                Kind::Resource(u),
+            ) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Checks the 2026-07-28 `Mcp-Method` and `Mcp-Name` headers against the body. When
+    /// sent (by any revision) they must match it exactly; a 2026-07-28 request (by its
+    /// `MCP-Protocol-Version` header or `_meta`) must send `Mcp-Method`, and `Mcp-Name` for
+    /// `tools/call`, `resources/read` and `prompts/get`.
+    ///
+    /// # Errors
+    /// A header missing, repeated, undecodable or naming another call than the body.
+    pub fn check_headers(&self, headers: &HeaderMap) -> Result<(), McpError> {
+        let one = |name: &'static str| -> Result<Option<String>, McpError> {
+            let mut values = headers.get_all(name).iter();
+            let Some(first) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(McpError::HeaderBad(format!(
+                    "{name} is sent more than once"
+                )));
+            }
+            first
+                .to_str()
+                .map(|s| Some(s.to_owned()))
+                .map_err(|_| McpError::HeaderBad(format!("{name} is not visible ASCII")))
+        };
+        let version = one("mcp-protocol-version")?;
+        let stateless = [version.as_deref(), self.meta_version.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|v| v >= STATELESS_REVISION);
+        match (one("mcp-method")?, self.method.as_deref()) {
+            (Some(sent), Some(body)) if sent != body => {
+                return Err(McpError::HeaderMismatch {
+                    header: "Mcp-Method",
+                    sent,
+                    body: body.to_owned(),
+                });
+            }
+            (Some(sent), None) => {
+                return Err(McpError::HeaderMismatch {
+                    header: "Mcp-Method",
+                    sent,
+                    body: String::new(),
+                });
+            }
+            (None, Some(_)) if stateless => {
+                return Err(McpError::HeaderBad(
+                    "Mcp-Method is missing; a 2026-07-28 request must carry it".into(),
+                ));
+            }
+            _ => {}
+        }
+        match (one("mcp-name")?, self.mirrored_name()) {
+            (Some(raw), body) => {
+                let sent = decode_name(&raw)?;
+                if Some(sent.as_str()) != body {
+                    return Err(McpError::HeaderMismatch {
+                        header: "Mcp-Name",
+                        sent,
+                        body: body.unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+            (None, Some(_))
+                if stateless
+                    && matches!(
+                        self.method.as_deref(),
+                        Some("tools/call" | "resources/read" | "prompts/get")
+                    ) =>
+            {
+                return Err(McpError::HeaderBad(
+                    "Mcp-Name is missing; a 2026-07-28 tools/call, resources/read or prompts/get must carry it".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// An `Mcp-Name` value: as is, or `=?base64?…?=` (standard alphabet, UTF-8) for names that
+/// cannot ride in a header as they are.
+fn decode_name(raw: &str) -> Result<String, McpError> {
+    let Some(b64) = raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    else {
+        return Ok(raw.to_owned());
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| McpError::HeaderBad(format!("Mcp-Name {raw:?} is not valid =?base64?…?=")))
+}
+
+/// Whether a content type is JSON (`application/json`, any case, any parameters).
+pub fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+/// A JSON-RPC error answer from the sidecar; `id` null when the request had none or could
+/// not be read.
+pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": {"code": code, "message": message, "data": data},
+    })
+}
+
+// === Filtering answers ===
+
+/// Decides whether a listed item is shown.
+pub type Keep = Arc<dyn Fn(McpItem<'_>) -> bool + Send + Sync>;
+
+/// Removes from a JSON-RPC answer to request `id` the items `keep` refuses; anything else
+/// (another id, an error, a notification) is left alone. Returns how many were removed.
+pub fn filter_answer(msg: &mut Value, id: &Value, listing: Listing, keep: &Keep) -> usize {
+    if msg.get("id") != Some(id) {
+        return 0;
+    }
+    let (list_key, name_key) = listing.keys();
+    let Some(items) = msg
+        .get_mut("result")
+        .and_then(|r| r.get_mut(list_key))
+        .and_then(Value::as_array_mut)
+    else {
+        return 0;
+    };
+    let before = items.len();
+    // An item without a readable name cannot be judged, so it is not shown.
+    items.retain(|item| {
+        item.get(name_key)
+            .and_then(Value::as_str)
+            .is_some_and(|n| keep(listing.item(n)))
+    });
+    before - items.len()
+}
+
+/// Filters one SSE event (without its terminating blank line). Events without data pass
+/// as sent; a data event that is not JSON is dropped, since it could hide a list.
+fn filter_event(event: &[u8], id: &Value, listing: Listing, keep: &Keep) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data = Vec::new();
+    let mut other = Vec::new();
+    for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d));
+        } else {
+            other.push(line);
+        }
+    }
+    if data.is_empty() {
+        return Some(event.to_vec());
+    }
+    let mut msg: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    if filter_answer(&mut msg, id, listing, keep) == 0 {
+        return Some(event.to_vec());
+    }
+    let mut out = other.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&msg.to_string());
+    Some(out.into_bytes())
+}
+
+/// Where the first event in `buf` ends: (end of the event, start of the next).
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        match &buf[i..] {
+            [b'\n', b'\n', ..] => return Some((i, i + 2)),
+            [b'\r', b'\n', b'\r', b'\n', ..] => return Some((i, i + 4)),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The filtered SSE stream of a `*/list` answer: events are re-emitted one by one as they
+/// complete. A stream whose pending event grows past `max` is ended (a list cannot be
+/// judged unread).
+pub fn filter_sse<S, E>(
+    body: S,
+    id: Value,
+    listing: Listing,
+    keep: Keep,
+    max: usize,
+) -> impl futures::Stream<Item = Result<Bytes, E>> + Send
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    struct State<S> {
+        body: Pin<Box<S>>,
+        buf: BytesMut,
+        done: bool,
+    }
+    let state = State {
+        body: Box::pin(body),
+        buf: BytesMut::new(),
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut st| {
+        let (id, keep) = (id.clone(), keep.clone());
+        async move {
+            loop {
+                if let Some((end, next)) = event_end(&st.buf) {
+                    let event = st.buf.split_to(next);
+                    let mut out = match filter_event(&event[..end], &id, listing, &keep) {
+                        Some(out) => out,
+                        None => {
+                            tracing::warn!(
+                                "dropped an SSE event of an MCP list answer that is not JSON"
+                            );
+                            continue;
+                        }
+                    };
+                    out.extend_from_slice(b"\n\n");
+                    return Some((Ok(Bytes::from(out)), st));
+                }
+                if st.done {
+                    if st.buf.is_empty() {
+                        return None;
+                    }
+                    // A last event without its blank line.
+                    let event = std::mem::take(&mut st.buf);
+                    let out = filter_event(&event, &id, listing, &keep)?;
+                    return Some((Ok(Bytes::from(out)), st));
+                }
+                if st.buf.len() > max {
+                    tracing::warn!(
+                        max,
+                        "an MCP list answer's SSE event is over the limit; the stream is ended"
+                    );
+                    return None;
+                }
+                match futures::StreamExt::next(&mut st.body).await {
+                    Some(Ok(chunk)) => st.buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        st.done = true;
+                        st.buf.clear();
+                        return Some((Err(e), st));
+                    }
+                    None => st.done = true,
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;
