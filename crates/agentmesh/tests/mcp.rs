@@ -1,0 +1,367 @@
+//! MCP through real sidecars: an MCP server written with the official MCP Python SDK
+//! (tests/py/mcp_server.py, tools `search`, `delete_all` and `export`) behind an
+//! `agentmesh proxy run`, and the SDK's own Streamable HTTP client (tests/py/mcp_client.py)
+//! calling it through another, with a real server and node. Intentions allow `search` only.
+//!
+//! The server logs every request body that reaches it, so the test shows that refused calls
+//! and bad input never arrived. Needs the scripts/test venv (`mcp`, pinned in
+//! scripts/requirements-test.txt); nothing is skipped.
+
+#[path = "support/mesh.rs"]
+mod mesh;
+#[path = "support/sidecar.rs"]
+mod sidecar;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use mesh::*;
+use serde_json::{Value, json};
+use sidecar::*;
+use tokio::net::TcpStream;
+
+fn py(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name)
+}
+
+/// The MCP server's request log: one JSON object per request that reached it.
+fn arrived(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("server log line is JSON"))
+        .collect()
+}
+
+/// Runs the SDK client through the client sidecar's upstream listener.
+fn sdk_client(upstream: SocketAddr, mode: &str) -> Value {
+    let out = Command::new(python())
+        .arg(py("mcp_client.py"))
+        .arg(format!("http://{upstream}/mcp"))
+        .arg(mode)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mcp_client.py");
+    assert!(
+        out.status.success(),
+        "mcp_client.py {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "mcp_client.py {mode} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// One raw POST over HTTP/1.1 through the client sidecar: (status, parsed JSON body).
+async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri("http://tools/mcp")
+        .header("host", "tools")
+        .header("accept", "application/json, text/event-stream");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    // An SSE answer carries its JSON on a data line.
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(&text);
+    (
+        status,
+        serde_json::from_str(json).unwrap_or_else(|_| json!({"raw": text})),
+    )
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// (what, headers, body, expected HTTP status, expected JSON-RPC code)
+type BadInput = (
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Vec<u8>,
+    u16,
+    i64,
+);
+
+fn call_body(name: &str, version: Option<&str>) -> Vec<u8> {
+    let mut params = json!({"name": name, "arguments": {}});
+    if let Some(v) = version {
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": v,
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+    }
+    serde_json::to_vec(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}),
+    )
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_nothing() {
+    let mesh = Mesh::start();
+    register(&mesh, "agent", None);
+    register(&mesh, "tools", None);
+    let port = free_port();
+    let server_log = mesh.dir.join("mcp-server.jsonl");
+    let server_out = mesh.dir.join("mcp-server.out");
+    let _server = Proc(
+        Command::new(python())
+            .arg(py("mcp_server.py"))
+            .arg(port.to_string())
+            .arg(&server_log)
+            .stdout(std::fs::File::create(&server_out).expect("out"))
+            .stderr(std::fs::File::create(mesh.dir.join("mcp-server.err")).expect("err"))
+            .spawn()
+            .expect("start mcp_server.py"),
+    );
+    let app: SocketAddr = ([127, 0, 0, 1], port).into();
+    eventually("the MCP server listens", || async {
+        TcpStream::connect(app).await.is_ok()
+    })
+    .await;
+    let tools = start_proxy(&mesh, "tools", Some((app, "http")), &[]).await;
+    let agent = start_proxy(&mesh, "agent", None, &[("tools", "http")]).await;
+    let created = mesh.cli_ok(&[
+        "intention",
+        "create",
+        "agent",
+        "tools",
+        "--action",
+        "allow",
+        "--mcp-tool",
+        "search",
+        "-o",
+        "json",
+    ]);
+    let intention: Value = serde_json::from_str(&created).expect("json");
+    let intention_id = intention["id"].as_str().expect("id").to_owned();
+    let upstream = agent.upstreams[0];
+    // Policy and the catalog reach both sidecars. Raw requests here are 2026-07-28 ones,
+    // which need no session.
+    let list = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}}))
+    .expect("json");
+    let list_headers = [
+        JSON,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/list"),
+    ];
+    let mut last = (0, Value::Null);
+    for _ in 0..600 {
+        last = post(upstream, &list_headers, list.clone()).await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last.0,
+        200,
+        "tools/list never passed: {}\ntools sidecar:\n{}",
+        last.1,
+        tools.log_text()
+    );
+    // The raw answer (SSE from this server) is filtered too.
+    let names: Vec<&str> = last.1["result"]["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["search"], "{}", last.1);
+
+    // === the SDK, in both protocol eras ===
+    for mode in ["legacy", "2026-07-28"] {
+        let before = arrived(&server_log).len();
+        let out = sdk_client(upstream, mode);
+        assert_eq!(out["tools"], json!(["search"]), "{mode}: {out}");
+        assert_eq!(out["search"]["text"], "found: mesh", "{mode}: {out}");
+        assert_eq!(out["search_again"]["text"], "found: again", "{mode}: {out}");
+        for denied in ["delete_all", "export"] {
+            let err = out[denied]["error"].as_str().unwrap_or_else(|| {
+                panic!(
+                    "{mode}: {denied} was not refused: {out}\ntools sidecar log:\n{}",
+                    tools.log_text()
+                )
+            });
+            assert!(
+                err.contains(&intention_id) && err.contains("denied by intentions"),
+                "{mode}: {denied}: {err}"
+            );
+        }
+        let seen = arrived(&server_log);
+        let calls: Vec<&str> = seen[before..]
+            .iter()
+            .filter_map(|r| r["body"].as_str())
+            .filter(|b| b.contains("tools/call"))
+            .collect();
+        assert_eq!(
+            calls.len(),
+            2,
+            "{mode}: only the two searches arrive: {calls:?}"
+        );
+        assert!(
+            calls.iter().all(|b| b.contains("\"search\"")),
+            "{mode}: {calls:?}"
+        );
+    }
+    // Nothing about the refused tools ever reached the server.
+    assert!(
+        arrived(&server_log).iter().all(|r| !r["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("delete_all")),
+        "delete_all reached the MCP server"
+    );
+
+    // === access log: one line per tool call, with the tool, decision, intention, caller ===
+    let lines = tools.access();
+    let line = |tool: &str, decision: &str| {
+        lines
+            .iter()
+            .find(|l| l["mcp_tool"] == tool && l["decision"] == decision)
+            .unwrap_or_else(|| panic!("no {decision} line for {tool} in {lines:?}"))
+            .clone()
+    };
+    let denied = line("delete_all", "deny");
+    assert_eq!(denied["mcp_method"], "tools/call");
+    assert_eq!(denied["intention"], intention_id.as_str());
+    assert_eq!(denied["source"], id("agent").as_str());
+    assert_eq!(line("search", "allow")["intention"], intention_id.as_str());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["mcp_tool"] == "delete_all")
+            .count(),
+        2,
+        "one line per call, in both eras"
+    );
+
+    // === a 2026-07-28 request whose headers name another call than its body ===
+    let before = arrived(&server_log).len();
+    let v = Some("2026-07-28");
+    let stateless = [
+        JSON,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+    ];
+    // The header names the allowed tool, the body the refused one: a proxy that trusted the
+    // header would let delete_all through.
+    let mut h = stateless.to_vec();
+    h.push(("mcp-name", "search"));
+    let (status, body) = post(upstream, &h, call_body("delete_all", v)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Mcp-Name") && m.contains("delete_all")),
+        "{body}"
+    );
+    // The method header lies.
+    let mut h = stateless.to_vec();
+    h[2] = ("mcp-method", "tools/list");
+    h.push(("mcp-name", "search"));
+    let (status, body) = post(upstream, &h, call_body("search", v)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!(-32020)),
+        "{body}"
+    );
+    // A 2026-07-28 call without Mcp-Name.
+    let (status, body) = post(upstream, &stateless, call_body("search", v)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!(-32020)),
+        "{body}"
+    );
+    // The control: matching headers, allowed tool.
+    let mut h = stateless.to_vec();
+    h.push(("mcp-name", "search"));
+    let (status, body) = post(upstream, &h, call_body("search", v)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // === bad input: each a clear error, nothing forwarded ===
+    let big = {
+        let mut b = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"query":""#.to_vec();
+        b.extend(std::iter::repeat_n(b'x', 5 * 1024 * 1024));
+        b.extend_from_slice(br#""}}}"#);
+        b
+    };
+    let cases: Vec<BadInput> = vec![
+        ("malformed JSON", vec![JSON], b"{\"jsonrpc\":\"2.0\",".to_vec(), 400, -32700),
+        (
+            "a duplicate key",
+            vec![JSON],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name":"delete_all"}}"#.to_vec(),
+            400,
+            -32700,
+        ),
+        ("an oversized body", vec![JSON], big, 413, -32600),
+        (
+            "an unknown method",
+            vec![JSON],
+            br#"{"jsonrpc":"2.0","id":1,"method":"admin/wipe"}"#.to_vec(),
+            200,
+            -32601,
+        ),
+        (
+            "a batch",
+            vec![JSON],
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_all"}}]"#.to_vec(),
+            400,
+            -32600,
+        ),
+        (
+            "a non-JSON body",
+            vec![("content-type", "text/plain")],
+            b"tools/call delete_all".to_vec(),
+            415,
+            -32700,
+        ),
+        (
+            "a tool name spelt another way",
+            vec![JSON],
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search \"}}".as_bytes().to_vec(),
+            200,
+            -32003,
+        ),
+    ];
+    for (what, headers, body, want_status, want_code) in cases {
+        let (status, answer) = post(upstream, &headers, body).await;
+        assert_eq!(status, want_status, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], want_code, "{what}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("agentmesh sidecar") || message.starts_with("denied by intentions"),
+            "{what}: {answer}"
+        );
+    }
+    let after = arrived(&server_log);
+    let new: Vec<&Value> = after[before..].iter().collect();
+    assert_eq!(new.len(), 1, "only the control call arrived: {new:?}");
+    assert!(!tools.log_text().contains("panicked"));
+    assert!(!agent.log_text().contains("panicked"));
+}
