@@ -362,6 +362,99 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
     let after = arrived(&server_log);
     let new: Vec<&Value> = after[before..].iter().collect();
     assert_eq!(new.len(), 1, "only the control call arrived: {new:?}");
+
+    // === revocation: deleting the allow closes an open SSE stream ===
+    let session = legacy_session(upstream).await;
+    let mut stream = open_get_stream(upstream, &session).await;
+    // The stream is open: nothing has ended it.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), stream.frame())
+            .await
+            .is_err(),
+        "the SSE stream ended before the revocation"
+    );
+    mesh.cli_ok(&["intention", "delete", "agent", "tools"]);
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the SSE stream stayed open after the allow was deleted"
+    );
+    assert!(
+        tools.log_text().contains("closing a connection"),
+        "{}",
+        tools.log_text()
+    );
     assert!(!tools.log_text().contains("panicked"));
     assert!(!agent.log_text().contains("panicked"));
+}
+
+/// A 2025-11-25 session opened by hand: initialize, then initialized. Returns its id.
+async fn legacy_session(addr: SocketAddr) -> String {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("http://tools/mcp")
+        .header("host", "tools")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(Bytes::from(init.to_string())))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("initialize");
+    assert_eq!(resp.status(), 200);
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_owned();
+    resp.into_body().collect().await.expect("body");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, body) = post(
+        addr,
+        &[
+            JSON,
+            ("mcp-session-id", session.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        note.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    session
+}
+
+/// The session's standalone SSE stream (GET), open.
+async fn open_get_stream(addr: SocketAddr, session: &str) -> hyper::body::Incoming {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri("http://tools/mcp")
+        .header("host", "tools")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("GET stream");
+    assert_eq!(resp.status(), 200);
+    resp.into_body()
 }
