@@ -109,6 +109,15 @@ pub struct Inbound {
     /// [`DEFAULT_MCP_MAX_BODY_BYTES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_max_body_bytes: Option<usize>,
+    /// HTTP only: the frontend (service name or SPIFFE ID) whose user tokens this sidecar
+    /// verifies on MCP routes, for permissions with `user` claims. Without it no user token
+    /// is verified, and such permissions refuse every call they name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_token_issuer: Option<String>,
+    /// The `aud` those user tokens must name; default the sidecar's trust domain (the
+    /// frontend's default too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_token_audience: Option<String>,
 }
 
 /// 4 MiB: gRPC's default largest message, far above any tool call's arguments, and small
@@ -192,6 +201,14 @@ impl ProxyConfig {
         }
         let mut listens: Vec<LocalAddr> = cfg.upstream.iter().map(|u| u.listen.clone()).collect();
         if let Some(i) = &cfg.inbound {
+            if let Some(issuer) = &i.user_token_issuer {
+                agentmesh_spiffe::SpiffeId::from_service_name(
+                    &agentmesh_spiffe::TrustDomain::new("placeholder.local")
+                        .unwrap_or_else(|_| unreachable!("valid constant")),
+                    issuer,
+                )
+                .map_err(|e| invalid(format!("inbound.user_token_issuer {issuer:?}: {e}")))?;
+            }
             if i.mcp_max_body_bytes == Some(0) {
                 return Err(invalid(
                     "inbound.mcp_max_body_bytes must be at least 1".into(),
@@ -408,6 +425,10 @@ listen = "127.0.0.1:19001"
             (
                 "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\nmcp_max_body_bytes = 0",
                 "mcp_max_body_bytes",
+            ),
+            (
+                "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\nuser_token_issuer = \"a b\"",
+                "user_token_issuer",
             ),
             (
                 "service = \"a\"\n[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"",

@@ -136,6 +136,8 @@ pub struct Inbound {
     limiter: Arc<ConnectionLimiter>,
     /// The largest MCP message read on a pair with MCP permissions.
     mcp_max_body: usize,
+    /// Whose user tokens are verified on MCP routes, and for which audience.
+    user_tokens: Option<mcp_route::UserTokens>,
 }
 
 impl Inbound {
@@ -172,7 +174,16 @@ impl Inbound {
             limits: Arc::default(),
             limiter: ConnectionLimiter::new(&ListenerLimits::default()),
             mcp_max_body: crate::config::DEFAULT_MCP_MAX_BODY_BYTES,
+            user_tokens: None,
         }
+    }
+
+    /// Verifies user tokens signed by `issuer` (a service name or SPIFFE ID, resolved in the
+    /// sidecar's trust domain) for `audience` (default that trust domain) on MCP routes.
+    #[must_use]
+    pub fn with_user_tokens(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
+        self.user_tokens = issuer.map(|issuer| mcp_route::UserTokens { issuer, audience });
+        self
     }
 
     /// Reads MCP messages up to `bytes` (from `[inbound] mcp_max_body_bytes`).

@@ -1,7 +1,8 @@
 //! MCP through real sidecars: an MCP server written with the official MCP Python SDK
 //! (tests/py/mcp_server.py, tools `search`, `delete_all` and `export`) behind an
 //! `agentmesh proxy run`, and the SDK's own Streamable HTTP client (tests/py/mcp_client.py)
-//! calling it through another, with a real server and node. Intentions allow `search` only.
+//! calling it through another, with a real server and node. Intentions allow `search` to
+//! the agent, and `export` only for users whose verified user token says `groups: finance`.
 //!
 //! The server logs every request body that reaches it, so the test shows that refused calls
 //! and bad input never arrived. Needs the scripts/test venv (`mcp`, pinned in
@@ -142,17 +143,34 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
         TcpStream::connect(app).await.is_ok()
     })
     .await;
-    let tools = start_proxy(&mesh, "tools", Some((app, "http")), &[]).await;
+    let listen = loopback_addr();
+    let tools = start_proxy_from_toml(
+        &mesh,
+        "tools",
+        &format!(
+            "service = \"tools\"\n[inbound]\nlisten = \"{listen}\"\napp = \"{app}\"\nprotocol = \"http\"\nuser_token_issuer = \"frontend\"\n"
+        ),
+        Some(listen),
+        Vec::new(),
+    )
+    .await;
     let agent = start_proxy(&mesh, "agent", None, &[("tools", "http")]).await;
+    // search for everyone; export only for users in finance.
+    let file = mesh.dir.join("intention.json");
+    std::fs::write(
+        &file,
+        json!({"source": "agent", "destination": "tools", "action": "allow", "permissions": [
+            {"mcp": {"tools": ["search"]}},
+            {"mcp": {"tools": ["export"]}, "user": {"claims": {"groups": "finance"}}}
+        ]})
+        .to_string(),
+    )
+    .expect("write intention");
     let created = mesh.cli_ok(&[
         "intention",
         "create",
-        "agent",
-        "tools",
-        "--action",
-        "allow",
-        "--mcp-tool",
-        "search",
+        "--file",
+        file.to_str().expect("utf-8"),
         "-o",
         "json",
     ]);
@@ -210,6 +228,9 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
                 err.contains(&intention_id) && err.contains("denied by intentions"),
                 "{mode}: {denied}: {err}"
             );
+            if denied == "export" {
+                assert!(err.contains("no verified user token"), "{mode}: {err}");
+            }
         }
         let seen = arrived(&server_log);
         let calls: Vec<&str> = seen[before..]
@@ -363,6 +384,89 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
     let new: Vec<&Value> = after[before..].iter().collect();
     assert_eq!(new.len(), 1, "only the control call arrived: {new:?}");
 
+    // === the human behind the call: user claims from a verified user token ===
+    // Tokens as the frontend mints them, signed with a real `frontend` SVID of this mesh, and
+    // the link the agent adds, signed with the agent's: this test process is entitled to both.
+    let uid = format!("unix:uid:{}", my_uid());
+    mesh.entry("/ns/default/sa/frontend", &[&uid], None);
+    mesh.entry("/ns/default/sa/agent", &[&uid], None);
+    let frontend = source_for(&mesh, &id("frontend")).await;
+    let agent_svid = source_for(&mesh, &id("agent")).await;
+    let tools_id: agentmesh_spiffe::SpiffeId = id("tools").parse().expect("id");
+    let mut answers = Vec::new();
+    for (user, groups) in [
+        ("alice", json!(["eng", "finance"])),
+        ("bob", json!(["eng"])),
+    ] {
+        let token = user_token(&frontend, user, groups);
+        let link =
+            agentmesh_sdk::delegation::add_link(&agent_svid, &token, "", &tools_id).expect("link");
+        answers.push(
+            post(
+                upstream,
+                &export_headers(Some(&token), Some(&link)),
+                call_body("export", v),
+            )
+            .await,
+        );
+    }
+    let (status, alice) = &answers[0];
+    assert_eq!(*status, 200, "{alice}");
+    assert!(
+        alice["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("exported")),
+        "alice is in finance: {alice}\ntools sidecar:\n{}",
+        tools.log_text()
+    );
+    let (status, bob) = &answers[1];
+    assert_eq!(*status, 200, "{bob}");
+    assert_eq!(bob["error"]["code"], -32003, "{bob}");
+    let why = bob["error"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("has no groups=finance"), "{bob}");
+    // No token; and a token with no link, which the agent cannot present as its own.
+    let (_, none) = post(
+        upstream,
+        &export_headers(None, None),
+        call_body("export", v),
+    )
+    .await;
+    assert!(
+        none["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("carries no verified user token")),
+        "{none}"
+    );
+    let token = user_token(&frontend, "alice", json!(["finance"]));
+    let (_, unlinked) = post(
+        upstream,
+        &export_headers(Some(&token), None),
+        call_body("export", v),
+    )
+    .await;
+    assert!(
+        unlinked["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the user token was not accepted")),
+        "{unlinked}"
+    );
+    let lines = tools.access();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["mcp_tool"] == "export" && l["decision"] == "allow" && l["user"] == "alice"),
+        "{lines:?}"
+    );
+    let exported: Vec<Value> = arrived(&server_log)
+        .into_iter()
+        .filter(|r| r["body"].as_str().is_some_and(|b| b.contains("\"export\"")))
+        .collect();
+    assert_eq!(
+        exported.len(),
+        1,
+        "only alice's export arrived: {exported:?}"
+    );
+
     // === revocation: deleting the allow closes an open SSE stream ===
     let session = legacy_session(upstream).await;
     let mut stream = open_get_stream(upstream, &session).await;
@@ -394,6 +498,52 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
     );
     assert!(!tools.log_text().contains("panicked"));
     assert!(!agent.log_text().contains("panicked"));
+}
+
+/// The headers of a 2026-07-28 `tools/call export`, with a user token and links if given.
+fn export_headers<'a>(token: Option<&'a str>, links: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        JSON,
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "export"),
+    ];
+    if let Some(t) = token {
+        h.push(("x-agentmesh-user-token", t));
+    }
+    if let Some(l) = links {
+        h.push(("x-agentmesh-delegation", l));
+    }
+    h
+}
+
+fn my_uid() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace().nth(2).expect("euid").to_owned()
+}
+
+async fn source_for(mesh: &Mesh, id: &str) -> std::sync::Arc<agentmesh_sdk::X509Source> {
+    let id: agentmesh_spiffe::SpiffeId = id.parse().expect("spiffe id");
+    agentmesh_sdk::X509Source::connect_as(&mesh.socket(), Some(&id), PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("no SVID for {id}: {e}"))
+}
+
+/// A user token in the frontend's shape, signed with `frontend`'s SVID, for `sub` in `groups`.
+fn user_token(frontend: &agentmesh_sdk::X509Source, sub: &str, groups: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = json!({
+        "iss": id("frontend"), "sub": sub, "aud": TD, "iat": now, "exp": now + 300,
+        "jti": format!("{sub}-{now}-{}", free_port()), "groups": groups,
+    });
+    agentmesh_sdk::jws::sign(frontend, claims.to_string().as_bytes()).expect("sign")
 }
 
 /// A 2025-11-25 session opened by hand: initialize, then initialized. Returns its id.

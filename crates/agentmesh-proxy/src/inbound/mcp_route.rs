@@ -33,6 +33,24 @@ use std::time::Instant;
 /// schemas are about 1 MiB. A larger answer is refused with 502 rather than passed unread.
 const MAX_LIST_ANSWER: usize = 32 * 1024 * 1024;
 
+/// Where the mesh's user token travels on MCP routes. Not `Authorization`, which belongs to
+/// the MCP server's own OAuth (the MCP authorization spec) and passes through untouched; the
+/// delegation links travel in `x-agentmesh-delegation`, as on every other route.
+pub const USER_TOKEN_HEADER: &str = "x-agentmesh-user-token";
+
+/// `[inbound] user_token_issuer` and `user_token_audience`.
+#[derive(Debug, Clone)]
+pub(super) struct UserTokens {
+    pub issuer: String,
+    pub audience: Option<String>,
+}
+
+/// The user behind a call: the verified claims, or why there are none.
+struct User {
+    claims: Option<agentmesh_sdk::UserClaims>,
+    refused: Option<String>,
+}
+
 /// What the request path already knows about the request.
 pub(super) struct Ctx<'a> {
     pub started: Instant,
@@ -44,7 +62,7 @@ pub(super) struct Ctx<'a> {
     pub path: &'a str,
 }
 
-fn mcp_log(msg: &Message) -> McpLog<'_> {
+fn mcp_log<'a>(msg: &'a Message, user: Option<&'a str>) -> McpLog<'a> {
     let (mut tool, mut resource, mut prompt) = (None, None, None);
     match &msg.kind {
         Kind::Tool { name, .. } => tool = Some(name.as_str()),
@@ -57,7 +75,7 @@ fn mcp_log(msg: &Message) -> McpLog<'_> {
         mcp_tool: tool,
         mcp_resource: resource,
         mcp_prompt: prompt,
-        user: None,
+        user,
     }
 }
 
@@ -127,18 +145,28 @@ impl Inbound {
                 );
             }
         };
+        let user = self.user(&parts.headers, ctx.peer, ctx.own);
         let headers = header_pairs(&parts.headers);
         let http = HttpRequest {
             method: ctx.method,
             path: ctx.path,
             headers: &headers,
         };
-        let d = policy
-            .set
-            .check_mcp(ctx.peer, &ctx.own.svid.id, &http, &msg.call(None));
+        let mut d = policy.set.check_mcp(
+            ctx.peer,
+            &ctx.own.svid.id,
+            &http,
+            &msg.call(user.claims.as_ref().map(|c| &c.raw)),
+        );
         drop(headers);
+        if !d.is_allowed()
+            && let Some(why) = &user.refused
+        {
+            d.reason
+                .push_str(&format!(" (the user token was not accepted: {why})"));
+        }
         record.intention = d.intention_id.as_deref();
-        record.mcp = Some(mcp_log(&msg));
+        record.mcp = Some(mcp_log(&msg, user.claims.as_ref().map(|c| c.sub.as_str())));
         self.metrics.decided("inbound", &source, d.is_allowed());
         if !d.is_allowed() {
             // A notification has no id to answer, so its refusal is a plain 403.
@@ -201,6 +229,56 @@ impl Inbound {
                     &json!({"error": why, "trace_id": ctx.trace_id}),
                 )
             }
+        }
+    }
+
+    /// Verifies the user token and delegation chain a call carries, with the verified caller
+    /// as the chain's last hop, as the agents and the gateway do. No single-use check: one
+    /// question's token rightly drives several tool calls of one MCP session.
+    fn user(&self, headers: &http::HeaderMap, peer: &SpiffeId, own: &X509Context) -> User {
+        let none = |refused: Option<String>| User {
+            claims: None,
+            refused,
+        };
+        let Some(token) = headers.get(USER_TOKEN_HEADER) else {
+            return none(None);
+        };
+        let Some(cfg) = &self.user_tokens else {
+            return none(Some(
+                "this sidecar verifies no user tokens ([inbound] user_token_issuer is not set)"
+                    .into(),
+            ));
+        };
+        let td = own.svid.id.trust_domain();
+        let issuer = match SpiffeId::from_service_name(td, &cfg.issuer) {
+            Ok(id) => id,
+            Err(e) => return none(Some(format!("user_token_issuer {:?}: {e}", cfg.issuer))),
+        };
+        let mut config = agentmesh_sdk::delegation::ChainConfig::new(
+            own.bundle.as_ref().clone(),
+            issuer,
+            cfg.audience.clone().unwrap_or_else(|| td.to_string()),
+        );
+        config.me = Some(own.svid.id.clone());
+        let links = headers
+            .get(agentmesh_sdk::delegation::DELEGATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Ok(token) = token.to_str() else {
+            return none(Some("the user token header is not ASCII".into()));
+        };
+        match agentmesh_sdk::delegation::verify_chain(
+            token,
+            links,
+            &config,
+            Some(peer),
+            std::time::SystemTime::now(),
+        ) {
+            Ok(chain) => User {
+                claims: Some(chain.user),
+                refused: None,
+            },
+            Err(e) => none(Some(e.to_string())),
         }
     }
 

@@ -108,6 +108,8 @@ pub fn proxy(p: &Planned, plan: &Plan, layout: &Layout) -> ProxyConfig {
             headers_with_underscores_action: Default::default(),
             path_with_escaped_slashes_action: Default::default(),
             mcp_max_body_bytes: None,
+            user_token_issuer: None,
+            user_token_audience: None,
         }),
         upstream: p
             .upstreams
