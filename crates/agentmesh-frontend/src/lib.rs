@@ -338,11 +338,16 @@ async fn dev_login(State(fe): State<Arc<Frontend>>, body: Bytes) -> Response {
         .get("email")
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
+    let groups = match token::dev_groups(f.get("groups").map_or("", String::as_str)) {
+        Ok(g) => g,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "dev login", &e),
+    };
     let user = User {
         sub: format!("dev:{name}"),
         email,
         name: Some(name.to_owned()),
         idp: "dev".into(),
+        groups,
     };
     tracing::warn!(sub = %user.sub, "DEV LOGIN: no identity provider checked this user; dev logins are administrators (Security Inspector)");
     // Loopback only and anyone may log in as anyone: nothing would be gained by withholding
@@ -405,6 +410,7 @@ async fn callback(
         );
     }
     let user = User {
+        groups: token::groups_from_claim(claims.all.get("groups")),
         sub: claims.sub,
         email: claims.email,
         name: claims.name,

@@ -193,6 +193,7 @@ pub fn dev_login() -> String {
         "{DEV_BANNER}<h1>Dev login</h1><form method=\"post\" action=\"/login\">\
          <label for=\"name\">Name</label><input id=\"name\" name=\"name\" required maxlength=\"100\" autocomplete=\"name\">\
          <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"email\">\
+         <label for=\"groups\">Groups (comma-separated, optional)</label><input id=\"groups\" name=\"groups\" placeholder=\"finance, eng\">\
          <button type=\"submit\">Log in (dev)</button></form>"
     );
     layout("Dev login", &main)

@@ -2,8 +2,10 @@
 //!
 //! Header: `{"alg":"ES256","typ":"JWT","kid":<RFC 7638 thumbprint>,"x5c":[<SVID chain,
 //! base64 DER, leaf first>]}`. Claims: `iss` (the frontend's SPIFFE ID), `sub`, `email`,
-//! `name`, `aud`, `iat`, `exp` (`iat` + 5 min), `jti`, and `idp` (the OIDC issuer that
-//! authenticated the user, or `dev` for the dev login). A verifier can check the signature
+//! `name`, `aud`, `iat`, `exp` (`iat` + 5 min), `jti`, `idp` (the OIDC issuer that
+//! authenticated the user, or `dev` for the dev login) and, when the user has any, `groups`
+//! (the id_token's `groups`, or those typed at the dev login), which MCP permissions'
+//! `user.claims` rules read. A verifier can check the signature
 //! either with the JWKS (`kid`) or with the `x5c` leaf against the trust bundle.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +43,58 @@ pub struct User {
     pub name: Option<String>,
     /// The issuer that authenticated the user, or `dev`.
     pub idp: String,
+    /// The user's groups: the id_token's `groups` claim (a string or a list of strings), or
+    /// those given at the dev login; empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// At most this many groups are carried into a user token, each at most [`GROUP_MAX`]
+/// bytes: a token travels in a header on every hop, and an identity provider that sends
+/// thousands of groups must not make it too large to send.
+pub const GROUPS_MAX: usize = 64;
+/// The longest group name carried.
+pub const GROUP_MAX: usize = 256;
+
+/// The groups of an id_token's `groups` claim: a string or a list of strings; other
+/// values, empty or overlong names and anything past [`GROUPS_MAX`] are left out.
+pub fn groups_from_claim(value: Option<&serde_json::Value>) -> Vec<String> {
+    let ok = |g: &str| !g.is_empty() && g.len() <= GROUP_MAX && !g.chars().any(char::is_control);
+    let list: Vec<String> = match value {
+        Some(serde_json::Value::String(g)) => vec![g.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .filter(|g| ok(g))
+        .take(GROUPS_MAX)
+        .collect()
+}
+
+/// The dev login's `groups` field: comma-separated names.
+///
+/// # Errors
+/// A name that is empty between commas, too long or has control characters, or too many.
+pub fn dev_groups(field: &str) -> Result<Vec<String>, String> {
+    let field = field.trim();
+    if field.is_empty() {
+        return Ok(Vec::new());
+    }
+    let groups: Vec<String> = field.split(',').map(|g| g.trim().to_owned()).collect();
+    if groups.len() > GROUPS_MAX {
+        return Err(format!("at most {GROUPS_MAX} groups"));
+    }
+    for g in &groups {
+        if g.is_empty() || g.len() > GROUP_MAX || g.chars().any(char::is_control) {
+            return Err(format!(
+                "groups are comma-separated names of 1 to {GROUP_MAX} characters; {g:?} is not one"
+            ));
+        }
+    }
+    Ok(groups)
 }
 
 /// A minted token and its id (the only part of it that is ever logged).
@@ -72,7 +126,7 @@ pub fn mint(
     let jti = crate::random_id();
     let x5c: Vec<String> = key.chain.iter().map(|c| STANDARD.encode(c)).collect();
     let header = json!({"alg": "ES256", "typ": "JWT", "kid": key.kid, "x5c": x5c});
-    let claims = json!({
+    let mut claims = json!({
         "iss": key.id.to_string(),
         "sub": user.sub,
         "email": user.email,
@@ -83,6 +137,9 @@ pub fn mint(
         "exp": exp,
         "jti": jti,
     });
+    if !user.groups.is_empty() {
+        claims["groups"] = json!(user.groups);
+    }
     let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
@@ -90,4 +147,31 @@ pub fn mint(
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(sig));
     Ok(Minted { token, jti, exp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_come_from_a_string_or_a_list_and_stay_bounded() {
+        let cases = [
+            (json!("finance"), vec!["finance"]),
+            (json!(["finance", "eng"]), vec!["finance", "eng"]),
+            (json!(["finance", 7, ["x"], "", "a\nb"]), vec!["finance"]),
+            (json!(7), vec![]),
+            (json!({"finance": true}), vec![]),
+        ];
+        for (claim, want) in cases {
+            assert_eq!(groups_from_claim(Some(&claim)), want, "{claim}");
+        }
+        assert!(groups_from_claim(None).is_empty());
+        let many: Vec<String> = (0..1000).map(|n| format!("g{n}")).collect();
+        assert_eq!(groups_from_claim(Some(&json!(many))).len(), GROUPS_MAX);
+        assert!(groups_from_claim(Some(&json!(["x".repeat(GROUP_MAX + 1)]))).is_empty());
+        assert_eq!(dev_groups(" finance , eng ").unwrap(), ["finance", "eng"]);
+        assert!(dev_groups("").unwrap().is_empty());
+        assert!(dev_groups("a,,b").is_err());
+        assert!(dev_groups(&vec!["g"; GROUPS_MAX + 1].join(",")).is_err());
+    }
 }

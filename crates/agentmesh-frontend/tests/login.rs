@@ -625,6 +625,39 @@ async fn the_dev_login_is_labelled_and_mints_a_dev_user_token() {
     assert_eq!(claims["sub"], "dev:Bob");
     assert_eq!(claims["idp"], "dev");
     assert_eq!(claims["email"], "bob@example.com");
+    // No groups given: no groups claim.
+    assert!(claims.get("groups").is_none(), "{claims}");
+
+    // Groups at the dev login reach the user token, for MCP user-claim rules.
+    let mut b = Browser::default();
+    let r = b
+        .send(
+            fe,
+            "POST",
+            "/login",
+            Some((
+                "application/x-www-form-urlencoded",
+                "name=Ann&groups=finance%2C+eng",
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let t = b.get(fe, "/token").await.json();
+    let claims = decode_part(t["token"].as_str().unwrap(), 1);
+    assert_eq!(claims["groups"], serde_json::json!(["finance", "eng"]));
+    let r = b
+        .send(
+            fe,
+            "POST",
+            "/login",
+            Some((
+                "application/x-www-form-urlencoded",
+                "name=Ann&groups=a%2C%2Cb",
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("comma-separated"), "{}", r.body);
 }
 
 #[tokio::test]
@@ -959,6 +992,10 @@ async fn only_oidc_users_with_the_admin_claim_may_inspect() {
     let home = alice.get(fe, "/").await;
     assert!(home.body.contains("Logged in as"), "{}", home.body);
     assert!(!home.body.contains("/inspector"), "{}", home.body);
+    // The id_token's groups reach her user token, for MCP user-claim rules.
+    let t = alice.get(fe, "/token").await.json();
+    let claims = decode_part(t["token"].as_str().unwrap(), 1);
+    assert_eq!(claims["groups"], json!(["staff"]), "{claims}");
     // She can still ask.
     let r = alice
         .send(
