@@ -81,8 +81,13 @@ pub fn app_config(
 ///
 /// # Errors
 /// As [`to_toml`].
-pub fn sidecar_config(p: &Planned, plan: &Plan, layout: &Layout) -> anyhow::Result<String> {
-    to_toml(WRITTEN_BY, &proxy(p, plan, layout))
+pub fn sidecar_config(
+    p: &Planned,
+    plan: &Plan,
+    scenario: &Scenario,
+    layout: &Layout,
+) -> anyhow::Result<String> {
+    to_toml(WRITTEN_BY, &proxy(p, plan, scenario, layout))
 }
 
 /// `note` (comment lines), then `cfg` as TOML.
@@ -95,8 +100,9 @@ pub fn to_toml<T: Serialize>(note: &str, cfg: &T) -> anyhow::Result<String> {
 }
 
 /// The sidecar's config: its inbound in front of the app, one local listener per upstream
-/// (the self-check's probe included), each pinned to the destination's mTLS listener.
-pub fn proxy(p: &Planned, plan: &Plan, layout: &Layout) -> ProxyConfig {
+/// (the self-check's probe included), each pinned to the destination's mTLS listener. With a
+/// frontend in the scenario, the sidecar verifies its user tokens for MCP user-claim rules.
+pub fn proxy(p: &Planned, plan: &Plan, scenario: &Scenario, layout: &Layout) -> ProxyConfig {
     ProxyConfig {
         service: p.spec.name.clone(),
         workload_api: Some(layout.workload_api()),
@@ -108,8 +114,8 @@ pub fn proxy(p: &Planned, plan: &Plan, layout: &Layout) -> ProxyConfig {
             headers_with_underscores_action: Default::default(),
             path_with_escaped_slashes_action: Default::default(),
             mcp_max_body_bytes: None,
-            user_token_issuer: None,
-            user_token_audience: None,
+            user_token_issuer: delegation(scenario, layout).map(|d| d.issuer),
+            user_token_audience: Some(scenario.trust_domain.clone()),
         }),
         upstream: p
             .upstreams

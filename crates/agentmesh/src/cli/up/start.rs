@@ -338,7 +338,10 @@ async fn start_service(
     }
 
     let path = layout.config_file(&stem, "proxy");
-    write_file(&path, &render::sidecar_config(p, plan, layout)?)?;
+    write_file(
+        &path,
+        &render::sidecar_config(p, plan, mesh.scenario, layout)?,
+    )?;
     let mut cmd = match proxy_executable {
         Some(exe) => child_command(exe),
         None => {

@@ -73,11 +73,20 @@ fn every_generated_config_loads_with_its_component_and_round_trips() {
         for p in &plan.services {
             let what = format!("{origin}: {}", p.spec.name);
             if p.spec.sidecar {
-                let cfg = proxy(p, &plan, &layout);
+                let cfg = proxy(p, &plan, &s, &layout);
                 let text = to_toml(WRITTEN_BY, &cfg).unwrap();
                 let loaded = ProxyConfig::parse(Path::new("p.toml"), &text)
                     .unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
                 assert_round_trip(&what, &text, &cfg, &loaded);
+                // With a frontend, sidecars verify its user tokens (MCP user-claim rules).
+                let has_frontend = s.services.iter().any(|x| x.kind == ServiceKind::Frontend);
+                let issuer = loaded
+                    .inbound
+                    .as_ref()
+                    .unwrap()
+                    .user_token_issuer
+                    .as_deref();
+                assert_eq!(issuer.is_some(), has_frontend, "{what}");
                 assert_eq!(loaded.upstream.len(), p.upstreams.len(), "{what}");
                 rendered += 1;
             }
@@ -245,7 +254,7 @@ fn durations_and_limits_round_trip_through_the_loaders() {
     assert_eq!(loaded.callers[0].window, Some(Duration::from_secs(86_400)));
     assert_eq!(loaded.limits, cfg.limits);
 
-    let mut cfg = proxy(gw, &plan, &layout);
+    let mut cfg = proxy(gw, &plan, &s, &layout);
     cfg.limits.body_idle_timeout = Duration::from_secs(5);
     let text = to_toml(WRITTEN_BY, &cfg).unwrap();
     let loaded =
