@@ -127,6 +127,8 @@ pub struct Inbound {
     protocol: Protocol,
     /// Open connections, for revocation.
     pub connections: Arc<Connections>,
+    /// Open MCP answer streams, re-decided on every policy change.
+    mcp_streams: Arc<mcp_route::McpStreams>,
     app_client: Client<LocalConnector, AppBody>,
     /// Presents the current SVID; rebuilt only when the roots change.
     tls: Arc<ServerTls>,
@@ -164,6 +166,7 @@ impl Inbound {
             app,
             protocol,
             connections: Arc::default(),
+            mcp_streams: Arc::default(),
             // Below the apps' own idle keep-alive close (limits.header_timeout, 10 s by
             // default), so a pooled connection is never reused just as the app closes it.
             app_client: Client::builder(TokioExecutor::new())
@@ -225,6 +228,8 @@ impl Inbound {
             let own = self.identity.current();
             self.connections
                 .revoke_denied(&policy.set, &own.svid.id, &self.metrics);
+            // A change may deny one tool while the pair stays allowed: its open streams end.
+            self.mcp_streams.revoke_denied(&policy.set, &self.metrics);
         }
     }
 

@@ -155,12 +155,13 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
     )
     .await;
     let agent = start_proxy(&mesh, "agent", None, &[("tools", "http")]).await;
-    // search for everyone; export only for users in finance.
+    // search and slow for every caller; export only for users in finance. (A wildcard source,
+    // so that an exact agent -> tools intention can later take over without a gap.)
     let file = mesh.dir.join("intention.json");
     std::fs::write(
         &file,
-        json!({"source": "agent", "destination": "tools", "action": "allow", "permissions": [
-            {"mcp": {"tools": ["search"]}},
+        json!({"source": "*", "destination": "tools", "action": "allow", "permissions": [
+            {"mcp": {"tools": ["search", "slow"]}},
             {"mcp": {"tools": ["export"]}, "user": {"claims": {"groups": "finance"}}}
         ]})
         .to_string(),
@@ -208,13 +209,13 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
         .as_array()
         .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(names, ["search"], "{}", last.1);
+    assert_eq!(names, ["search", "slow"], "{}", last.1);
 
     // === the SDK, in both protocol eras ===
     for mode in ["legacy", "2026-07-28"] {
         let before = arrived(&server_log).len();
         let out = sdk_client(upstream, mode);
-        assert_eq!(out["tools"], json!(["search"]), "{mode}: {out}");
+        assert_eq!(out["tools"], json!(["search", "slow"]), "{mode}: {out}");
         assert_eq!(out["search"]["text"], "found: mesh", "{mode}: {out}");
         assert_eq!(out["search_again"]["text"], "found: again", "{mode}: {out}");
         for denied in ["delete_all", "export"] {
@@ -467,6 +468,66 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
         "only alice's export arrived: {exported:?}"
     );
 
+    // === revoking one tool ends its open stream; the pair stays allowed ===
+    let slow = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "slow", "arguments": {}, "_meta": {"progressToken": "p1",
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let mut h = stateless.to_vec();
+    h.push(("mcp-name", "slow"));
+    let mut stream = open_stream(upstream, "POST", &h, slow.to_string().into_bytes()).await;
+    let mut seen = String::new();
+    let first = tokio::time::timeout(PATIENCE, stream.frame())
+        .await
+        .expect("a first progress event");
+    if let Some(Ok(f)) = first
+        && let Ok(d) = f.into_data()
+    {
+        seen.push_str(&String::from_utf8_lossy(&d));
+    }
+    assert!(seen.contains("notifications/progress"), "{seen}");
+    // An exact agent -> tools intention beats the wildcard one and leaves slow out.
+    std::fs::write(
+        &file,
+        json!({"source": "agent", "destination": "tools", "action": "allow", "permissions": [
+            {"mcp": {"tools": ["search"]}}
+        ]})
+        .to_string(),
+    )
+    .expect("write intention");
+    mesh.cli_ok(&[
+        "intention",
+        "create",
+        "--file",
+        file.to_str().expect("utf-8"),
+    ]);
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(f)) = stream.frame().await {
+            if let Ok(d) = f.into_data() {
+                seen.push_str(&String::from_utf8_lossy(&d));
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the slow tool's stream stayed open after slow was denied"
+    );
+    assert!(
+        !seen.contains("slow is done"),
+        "the stream ran to its end: {seen}"
+    );
+    assert!(
+        tools.log_text().contains("closing an MCP stream"),
+        "{}",
+        tools.log_text()
+    );
+    let mut h = stateless.to_vec();
+    h.push(("mcp-name", "search"));
+    let (status, body) = post(upstream, &h, call_body("search", v)).await;
+    assert_eq!(status, 200, "the pair stays allowed: {body}");
+    assert!(body.get("result").is_some(), "{body}");
+
     // === revocation: deleting the allow closes an open SSE stream ===
     let session = legacy_session(upstream).await;
     let mut stream = open_get_stream(upstream, &session).await;
@@ -478,6 +539,7 @@ async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_no
         "the SSE stream ended before the revocation"
     );
     mesh.cli_ok(&["intention", "delete", "agent", "tools"]);
+    mesh.cli_ok(&["intention", "delete", "*", "tools"]);
     let ended = tokio::time::timeout(PATIENCE, async {
         loop {
             match stream.frame().await {
@@ -590,21 +652,44 @@ async fn legacy_session(addr: SocketAddr) -> String {
 
 /// The session's standalone SSE stream (GET), open.
 async fn open_get_stream(addr: SocketAddr, session: &str) -> hyper::body::Incoming {
+    let headers = [
+        ("mcp-session-id", session),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    open_stream(addr, "GET", &headers, Vec::new()).await
+}
+
+/// A request whose answer is an SSE stream, returned open.
+async fn open_stream(
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> hyper::body::Incoming {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method("GET")
+    let mut req = hyper::Request::builder()
+        .method(method)
         .uri("http://tools/mcp")
         .header("host", "tools")
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = send.send_request(req).await.expect("GET stream");
+        .header("accept", "application/json, text/event-stream");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
+        .await
+        .expect("stream");
     assert_eq!(resp.status(), 200);
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
     resp.into_body()
 }

@@ -51,6 +51,97 @@ struct User {
     refused: Option<String>,
 }
 
+/// Re-decides one open MCP stream's call against a new policy.
+type Recheck =
+    Box<dyn Fn(&agentmesh_policy::PolicySet) -> agentmesh_policy::Decision + Send + Sync>;
+
+/// One open streamed (SSE) answer to an allowed MCP call.
+struct OpenStream {
+    peer: String,
+    recheck: Recheck,
+    kill: tokio::sync::watch::Sender<bool>,
+}
+
+/// Every open streamed answer to an MCP call on this worker, so that a policy change that
+/// denies the call (a tool, resource or prompt; or the user) ends its stream, even while the
+/// pair stays allowed and its connection stays open.
+#[derive(Default)]
+pub(super) struct McpStreams {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::HashMap<u64, OpenStream>>,
+}
+
+impl std::fmt::Debug for McpStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpStreams").finish_non_exhaustive()
+    }
+}
+
+/// Removes a stream from [`McpStreams`] when its body is dropped.
+struct StreamGuard {
+    streams: Arc<McpStreams>,
+    id: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.streams
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl McpStreams {
+    fn register(
+        self: &Arc<Self>,
+        peer: String,
+        recheck: Recheck,
+    ) -> (StreamGuard, tokio::sync::watch::Receiver<bool>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (kill, rx) = tokio::sync::watch::channel(false);
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            OpenStream {
+                peer,
+                recheck,
+                kill,
+            },
+        );
+        (
+            StreamGuard {
+                streams: self.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// Ends every open stream whose call `policy` now denies. Returns how many.
+    pub(super) fn revoke_denied(
+        &self,
+        policy: &agentmesh_policy::PolicySet,
+        metrics: &crate::telemetry::Metrics,
+    ) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for s in open.values() {
+            if *s.kill.borrow() {
+                continue;
+            }
+            let d = (s.recheck)(policy);
+            if !d.is_allowed() {
+                tracing::info!(peer = %s.peer, intention = d.intention_id.as_deref().unwrap_or("none"), reason = %d.reason, "closing an MCP stream: an intention change denies its call");
+                metrics.revoked(&s.peer);
+                s.kill.send_replace(true);
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
 /// What the request path already knows about the request.
 pub(super) struct Ctx<'a> {
     pub started: Instant,
@@ -197,6 +288,16 @@ impl Inbound {
         let keep = listing
             .as_ref()
             .map(|_| self.keep(&parts.headers, ctx.peer, ctx.own, ctx.method, ctx.path));
+        // What a later policy change re-decides the call on, should its answer stream.
+        let head = Head {
+            method: ctx.method.to_owned(),
+            path: ctx.path.to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        };
         let mut req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
         if !self.address_to_app(&mut req, ctx.peer, ctx.own, &span) {
             record.log(
@@ -217,6 +318,17 @@ impl Inbound {
                 match (listing, keep) {
                     (Some((listing, id)), Some(keep)) => {
                         filter_response(resp, listing, id, keep).await
+                    }
+                    _ if msg.item().is_some() && is_sse(resp.headers()) => {
+                        let recheck = self.recheck(
+                            &head,
+                            ctx.peer,
+                            ctx.own,
+                            &msg,
+                            user.claims.as_ref().map(|c| c.raw.clone()),
+                        );
+                        let (guard, kill) = self.mcp_streams.register(source.clone(), recheck);
+                        revocable(resp, guard, kill)
                     }
                     _ => resp.map(|b| b.boxed()),
                 }
@@ -314,6 +426,32 @@ impl Inbound {
         Ok((msg, bytes))
     }
 
+    /// Re-decides `msg` (with the same request head and user) against a later policy.
+    fn recheck(
+        &self,
+        head: &Head,
+        peer: &SpiffeId,
+        own: &X509Context,
+        msg: &Message,
+        user: Option<serde_json::Map<String, Value>>,
+    ) -> Recheck {
+        let (head, msg) = (head.clone(), msg.clone());
+        let (peer, own) = (peer.clone(), own.svid.id.clone());
+        Box::new(move |policy| {
+            let headers: Vec<(&str, &[u8])> = head
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            let http = HttpRequest {
+                method: &head.method,
+                path: &head.path,
+                headers: &headers,
+            };
+            policy.check_mcp(&peer, &own, &http, &msg.call(user.as_ref()))
+        })
+    }
+
     /// Whether a listed item would be allowed for this caller (arguments unknown).
     fn keep(
         &self,
@@ -349,6 +487,43 @@ impl Inbound {
             policy.set.check_mcp(&peer, &own, &http, &call).is_allowed()
         })
     }
+}
+
+/// An owned copy of a request's head, for deciding it again later.
+#[derive(Debug, Clone)]
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+fn is_sse(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// A streamed answer that ends when `kill` fires (its call was revoked); `guard` keeps it
+/// registered until the body is dropped.
+fn revocable(
+    resp: Response<hyper::body::Incoming>,
+    guard: StreamGuard,
+    mut kill: tokio::sync::watch::Receiver<bool>,
+) -> Response<BoxBody> {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let killed = async move {
+        let _ = kill.wait_for(|k| *k).await;
+    };
+    let frames = futures::StreamExt::take_until(BodyStream::new(body), Box::pin(killed));
+    let frames = futures::StreamExt::map(frames, move |f| {
+        // Moved in, so the stream stays registered exactly as long as the body lives.
+        let _registered = &guard;
+        f
+    });
+    Response::from_parts(parts, StreamBody::new(frames).boxed())
 }
 
 /// Filters a `*/list` answer: JSON read whole, SSE event by event. An answer that cannot be

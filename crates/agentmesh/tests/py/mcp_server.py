@@ -5,14 +5,16 @@ Run: python mcp_server.py PORT LOG
 
 Every HTTP request that reaches it is appended to LOG as one JSON line (method, path, the
 Mcp-* headers and the raw body) before the SDK sees it, so the test can show that what the
-sidecar refused never arrived. Tools: search, delete_all, export.
+sidecar refused never arrived. Tools: search, delete_all, export, and slow (a minute of
+progress notifications, so a streamed answer stays open while the test revokes it).
 """
 
+import asyncio
 import json
 import sys
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
 PORT = int(sys.argv[1])
@@ -37,6 +39,15 @@ def delete_all() -> str:
 def export(fmt: str = "csv") -> str:
     """Exports the books."""
     return f"exported as {fmt}"
+
+
+@server.tool()
+async def slow(ctx: Context) -> str:
+    """Reports progress for a minute, then answers."""
+    for step in range(600):
+        await ctx.report_progress(step, 600)
+        await asyncio.sleep(0.1)
+    return "slow is done"
 
 
 # The sidecar forwards the caller's Host; the mesh, not a Host check, guards this port.
