@@ -814,5 +814,69 @@ fn mcp_flags_build_one_permission_and_bad_values_are_one_line_errors() {
     let out = server.cli(&["intention", "list", "-o", "json"]);
     let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(list["intentions"].as_array().map(Vec::len), Some(1));
+
+    // intention check answers for one MCP tool, resource or prompt.
+    assert_ok(&server.cli(&[
+        "intention",
+        "create",
+        "planner",
+        "tools",
+        "--action",
+        "allow",
+        "--mcp-tool",
+        "search",
+    ]));
+    let check = |extra: &[&str]| {
+        let mut args = vec!["intention", "check", "planner", "tools", "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = server.cli(&args);
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&out), stderr(&out)));
+        (out.status.code(), json)
+    };
+    let (code, ok) = check(&["--mcp-tool", "search"]);
+    assert_eq!(code, Some(0), "{ok}");
+    assert!(
+        ok["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allows tools/call tool \"search\""),
+        "{ok}"
+    );
+    let (code, no) = check(&["--mcp-tool", "delete_all"]);
+    assert_eq!(code, Some(2), "{no}");
+    assert!(
+        no["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no permission names is refused"),
+        "{no}"
+    );
+    let (code, odd) = check(&["--mcp-tool", "search "]);
+    assert_eq!(code, Some(2), "{odd}");
+    assert!(
+        odd["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is not an MCP name"),
+        "{odd}"
+    );
+    let (code, res) = check(&["--mcp-resource", "file:///etc/passwd"]);
+    assert_eq!(code, Some(2), "{res}");
+    // The rule that needs a user: a check has none, and says so.
+    let out = server.cli(&[
+        "intention",
+        "check",
+        "executor",
+        "tools",
+        "--mcp-tool",
+        "search",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("no verified user token"),
+        "{}",
+        stdout(&out)
+    );
     assert!(!server.stderr_text().contains("panicked"));
 }

@@ -142,12 +142,42 @@ pub struct IntentionCheckArgs {
     /// A request header NAME=VALUE; repeatable
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
+    /// Check an MCP `tools/call` of this tool (arguments and user claims are not known to a
+    /// check); the request defaults to POST /mcp
+    #[arg(long = "mcp-tool", value_name = "NAME", conflicts_with_all = ["mcp_resource", "mcp_prompt"])]
+    pub mcp_tool: Option<String>,
+    /// Check an MCP `resources/read` of this URI
+    #[arg(
+        long = "mcp-resource",
+        value_name = "URI",
+        conflicts_with = "mcp_prompt"
+    )]
+    pub mcp_resource: Option<String>,
+    /// Check an MCP `prompts/get` of this prompt
+    #[arg(long = "mcp-prompt", value_name = "NAME")]
+    pub mcp_prompt: Option<String>,
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: TextOrJson,
     /// The server to ask.
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+impl IntentionCheckArgs {
+    /// The MCP call to check, if one was asked for: (JSON-RPC method, item).
+    fn mcp_item(&self) -> Option<(&'static str, agentmesh_policy::McpItem<'_>)> {
+        use agentmesh_policy::McpItem;
+        if let Some(t) = &self.mcp_tool {
+            Some(("tools/call", McpItem::Tool(t)))
+        } else if let Some(r) = &self.mcp_resource {
+            Some(("resources/read", McpItem::Resource(r)))
+        } else {
+            self.mcp_prompt
+                .as_deref()
+                .map(|p| ("prompts/get", McpItem::Prompt(p)))
+        }
+    }
 }
 
 /// The JSON form of an intention: its id and time, and the document as stored.
@@ -518,18 +548,85 @@ async fn check(args: IntentionCheckArgs) -> anyhow::Result<i32> {
     {
         anyhow::bail!("invalid --path {p:?}: must start with '/'");
     }
+    let mcp = args.mcp_item();
+    let (method, path) = match (&args.method, &args.path, mcp) {
+        (m, p, Some(_)) => (
+            m.clone().unwrap_or_else(|| "POST".into()),
+            p.clone().unwrap_or_else(|| "/mcp".into()),
+        ),
+        (m, p, None) => (m.clone().unwrap_or_default(), p.clone().unwrap_or_default()),
+    };
     let mut client = args.admin.connect().await?;
-    let r = client
+    let mut r = client
         .check_intention(CheckIntentionRequest {
             source: args.source.clone(),
             destination: args.destination.clone(),
-            method: args.method.clone().unwrap_or_default(),
-            path: args.path.clone().unwrap_or_default(),
-            headers,
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
         })
         .await
         .map_err(status_error)?
         .into_inner();
+    if let Some((mcp_method, item)) = mcp {
+        // The server resolved the names; the MCP call is decided here, with the same
+        // evaluation as the sidecars, on the server's intentions.
+        let list = client
+            .list_intentions(ListIntentionsRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let source: agentmesh_spiffe::SpiffeId = r.source.parse().map_err(|e| {
+            anyhow::anyhow!("the server resolved the source to {:?}: {e}", r.source)
+        })?;
+        let destination: agentmesh_spiffe::SpiffeId = r.destination.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "the server resolved the destination to {:?}: {e}",
+                r.destination
+            )
+        })?;
+        let td = destination.trust_domain().clone();
+        let set = agentmesh_policy::PolicySet::new(
+            list.intentions
+                .iter()
+                .filter_map(|i| {
+                    IntentionSpec::from_json(&i.spec_json)
+                        .ok()?
+                        .validate(&td, i.id.clone(), i.created_at)
+                        .ok()
+                })
+                .collect(),
+        );
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_bytes()))
+            .collect();
+        let d = set.check_mcp(
+            &source,
+            &destination,
+            &agentmesh_policy::HttpRequest {
+                method: &method,
+                path: &path,
+                headers: &pairs,
+            },
+            &agentmesh_policy::McpCall {
+                method: mcp_method,
+                item: Some(item),
+                arguments: None,
+                user: None,
+            },
+        );
+        r.allowed = d.is_allowed();
+        r.intention_id = d.intention_id.unwrap_or_default();
+        r.reason = if set.mcp_applies(&source, &destination) {
+            format!(
+                "{} (a check knows no tool arguments and no user: argument rules are taken to hold, user rules to fail)",
+                d.reason
+            )
+        } else {
+            d.reason
+        };
+    }
     let json = CheckJson {
         source: r.source,
         destination: r.destination,
