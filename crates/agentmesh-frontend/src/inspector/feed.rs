@@ -82,6 +82,42 @@ pub struct Decision {
     /// How long the request took at that sidecar.
     #[serde(default)]
     pub duration_ms: u64,
+    /// The MCP method, on a route with MCP permissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    /// The MCP tool, resource or prompt called (whichever the line has).
+    #[serde(
+        default,
+        alias = "mcp_resource",
+        alias = "mcp_prompt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mcp_tool: Option<String>,
+    /// The verified user behind an MCP call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl Decision {
+    /// What the request column shows: the MCP call when there is one (`MCP tools/call
+    /// search`), else the HTTP method and path, else `(connection)`.
+    pub fn request_text(&self) -> String {
+        match (&self.mcp_method, &self.method, &self.path) {
+            (Some(m), _, _) => {
+                let mut t = format!("MCP {m}");
+                if let Some(item) = &self.mcp_tool {
+                    t.push(' ');
+                    t.push_str(item);
+                }
+                if let Some(u) = &self.user {
+                    t.push_str(&format!(" (user {u})"));
+                }
+                t
+            }
+            (None, Some(m), Some(p)) => format!("{m} {p}"),
+            _ => "(connection)".into(),
+        }
+    }
 }
 
 impl Decision {
@@ -245,6 +281,32 @@ async fn follow_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcp_lines_show_the_call_and_the_user() {
+        let line = |extra: serde_json::Value| -> Decision {
+            let mut v = serde_json::json!({
+                "ts": "2026-12-03T10:00:00.000Z", "direction": "inbound",
+                "source": "spiffe://td/ns/default/sa/a", "destination": "spiffe://td/ns/default/sa/b",
+                "decision": "deny", "reason": "r", "method": "POST", "path": "/mcp",
+            });
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(v).unwrap()
+        };
+        let tool = line(
+            serde_json::json!({"mcp_method": "tools/call", "mcp_tool": "delete_all", "user": "alice"}),
+        );
+        assert_eq!(
+            tool.request_text(),
+            "MCP tools/call delete_all (user alice)"
+        );
+        let res =
+            line(serde_json::json!({"mcp_method": "resources/read", "mcp_resource": "file:///x"}));
+        assert_eq!(res.request_text(), "MCP resources/read file:///x");
+        assert_eq!(line(serde_json::json!({})).request_text(), "POST /mcp");
+    }
 
     fn decision(trace: &str, ts: &str, duration_ms: u64, direction: &str) -> Decision {
         serde_json::from_value(serde_json::json!({

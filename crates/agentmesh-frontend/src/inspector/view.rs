@@ -149,10 +149,7 @@ fn decision_row(d: &Decision) -> String {
         (Some(id), None) => format!("<code>{}</code>", escape(id)),
         (None, _) => "<span class=\"summary\">none (default deny)</span>".into(),
     };
-    let request = match (&d.method, &d.path) {
-        (Some(m), Some(p)) => format!("{} {}", escape(m), escape(p)),
-        _ => "(connection)".into(),
-    };
+    let request = escape(&d.request_text());
     format!(
         "<tr class=\"{cls}\" data-decision=\"{dec}\" data-intention=\"{iid}\" data-id=\"{id}\">\
          <td>{ts}</td><td>{proxy} {dir}</td><td>{src} → {dst}</td><td>{request}</td>\

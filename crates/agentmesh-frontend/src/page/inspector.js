@@ -44,7 +44,9 @@ function decisionRow(d) {
   cell(tr, d.ts);
   cell(tr, `${d.proxy} ${d.direction}`);
   cell(tr, `${short(d.source)} → ${short(d.destination)}`);
-  cell(tr, d.method && d.path ? `${d.method} ${d.path}` : '(connection)');
+  cell(tr, d.mcp_method
+    ? `MCP ${d.mcp_method}${d.mcp_tool ? ' ' + d.mcp_tool : ''}${d.user ? ' (user ' + d.user + ')' : ''}`
+    : d.method && d.path ? `${d.method} ${d.path}` : '(connection)');
   cell(tr, d.decision, true);
   const decidedHere = d.decision === 'allow' || d.decision === 'deny';
   const intention = !decidedHere ? "— (the destination's sidecar decides)"

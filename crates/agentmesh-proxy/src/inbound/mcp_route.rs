@@ -288,8 +288,9 @@ impl Inbound {
         let keep = listing
             .as_ref()
             .map(|_| self.keep(&parts.headers, ctx.peer, ctx.own, ctx.method, ctx.path));
-        // What a later policy change re-decides the call on, should its answer stream.
-        let head = Head {
+        // What a later policy change re-decides a call on, should its answer stream; only
+        // calls (not housekeeping) are copied.
+        let head = msg.item().is_some().then(|| Head {
             method: ctx.method.to_owned(),
             path: ctx.path.to_owned(),
             headers: parts
@@ -297,7 +298,7 @@ impl Inbound {
                 .iter()
                 .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                 .collect(),
-        };
+        });
         let mut req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
         if !self.address_to_app(&mut req, ctx.peer, ctx.own, &span) {
             record.log(
@@ -315,13 +316,13 @@ impl Inbound {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
-                match (listing, keep) {
-                    (Some((listing, id)), Some(keep)) => {
+                match (listing, keep, head) {
+                    (Some((listing, id)), Some(keep), _) => {
                         filter_response(resp, listing, id, keep).await
                     }
-                    _ if msg.item().is_some() && is_sse(resp.headers()) => {
+                    (_, _, Some(head)) if is_sse(resp.headers()) => {
                         let recheck = self.recheck(
-                            &head,
+                            head,
                             ctx.peer,
                             ctx.own,
                             &msg,
@@ -429,13 +430,13 @@ impl Inbound {
     /// Re-decides `msg` (with the same request head and user) against a later policy.
     fn recheck(
         &self,
-        head: &Head,
+        head: Head,
         peer: &SpiffeId,
         own: &X509Context,
         msg: &Message,
         user: Option<serde_json::Map<String, Value>>,
     ) -> Recheck {
-        let (head, msg) = (head.clone(), msg.clone());
+        let msg = msg.clone();
         let (peer, own) = (peer.clone(), own.svid.id.clone());
         Box::new(move |policy| {
             let headers: Vec<(&str, &[u8])> = head
