@@ -170,10 +170,6 @@ fn mcp_log<'a>(msg: &'a Message, user: Option<&'a str>) -> McpLog<'a> {
     }
 }
 
-fn jsonrpc_response(status: StatusCode, body: &Value) -> Response<BoxBody> {
-    json_response(status, body)
-}
-
 impl Inbound {
     pub(super) async fn mcp_request(
         &self,
@@ -230,7 +226,7 @@ impl Inbound {
                 self.metrics.decided("inbound", &source, false);
                 record.log(&mut span, "deny", &reason, status.as_u16());
                 let message = format!("agentmesh sidecar: {e}");
-                return jsonrpc_response(
+                return json_response(
                     status,
                     &mcp::error_body(id.as_ref(), code, &message, data(record.intention, &reason)),
                 );
@@ -267,7 +263,7 @@ impl Inbound {
                 StatusCode::FORBIDDEN
             };
             record.log(&mut span, "deny", &d.reason, status.as_u16());
-            return jsonrpc_response(
+            return json_response(
                 status,
                 &mcp::error_body(
                     msg.id.as_ref(),
