@@ -106,7 +106,7 @@ pub struct Inbound {
     pub path_with_escaped_slashes_action: agentmesh_policy::EscapedSlashesAction,
     /// HTTP only: the largest MCP message (POST body) read on a pair whose intention has MCP
     /// permissions; a larger one is refused with 413 and nothing reaches the app. Default
-    /// [`DEFAULT_MCP_MAX_BODY_BYTES`].
+    /// 4 MiB (`DEFAULT_MCP_MAX_BODY_BYTES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_max_body_bytes: Option<usize>,
     /// HTTP only: the frontend (service name or SPIFFE ID) whose user tokens this sidecar
