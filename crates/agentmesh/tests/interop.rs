@@ -53,15 +53,6 @@ fn pem_certs(text: &str) -> Vec<Vec<u8>> {
     agentmesh_ca::pem_decode_all(text, "CERTIFICATE").expect("PEM certificates")
 }
 
-fn my_uid() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line");
-    line.split_whitespace().nth(2).expect("euid").to_owned()
-}
-
 /// Runs a finished Python workload's JSON report out of its output.
 #[track_caller]
 fn json_report(out: &Output) -> serde_json::Value {

@@ -12,15 +12,6 @@ use http_body_util::BodyExt as _;
 mod mesh;
 use mesh::*;
 
-fn my_uid() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line");
-    line.split_whitespace().nth(2).expect("euid").to_owned()
-}
-
 async fn source_for(mesh: &Mesh, id: &str) -> Arc<X509Source> {
     let id: SpiffeId = id.parse().expect("spiffe id");
     X509Source::connect_as(&mesh.socket(), Some(&id), PATIENCE)

@@ -9,17 +9,8 @@ mod spire;
 
 use std::time::{Duration, Instant};
 
-use mesh::{PATIENCE, SHORT_TTL};
+use mesh::{PATIENCE, SHORT_TTL, my_uid};
 use spire::{SPIRE_TD, Spire};
-
-fn my_uid() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line");
-    line.split_whitespace().nth(2).expect("euid").to_owned()
-}
 
 /// The SDK's X509Source on a SPIRE agent's socket: the SVID SPIRE issues, then SPIRE's own
 /// rotation of a 10 s SVID, on the stream the source keeps open.

@@ -62,6 +62,16 @@ impl Proc {
     }
 }
 
+/// This test process's effective uid, for `unix:uid:` selectors that match it.
+pub fn my_uid() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace().nth(2).expect("euid").to_owned()
+}
+
 /// A free loopback port, never one this test process was handed before: the kernel may give
 /// `bind(0)` the same port again once the probe is closed, and two listeners of one config
 /// must not collide.
