@@ -120,8 +120,25 @@ fn call_body(name: &str, version: Option<&str>) -> Vec<u8> {
     .expect("json")
 }
 
+/// Fails the test, naming what is missing, unless the venv has the official MCP SDK (a
+/// server that cannot start would otherwise only show as a timeout).
+fn require_mcp_sdk() {
+    let out = Command::new(python())
+        .args(["-c", "import mcp"])
+        .output()
+        .expect("run the test venv's python");
+    assert!(
+        out.status.success(),
+        "the official MCP SDK (`mcp`, pinned in scripts/requirements-test.txt) is missing from \
+         {}; run the suite through scripts/test, which installs it: {}",
+        python().display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_official_sdk_reaches_only_the_allowed_tool_and_bad_input_reaches_nothing() {
+    require_mcp_sdk();
     let mesh = Mesh::start();
     register(&mesh, "agent", None);
     register(&mesh, "tools", None);
@@ -577,15 +594,6 @@ fn export_headers<'a>(token: Option<&'a str>, links: Option<&'a str>) -> Vec<(&'
         h.push(("x-agentmesh-delegation", l));
     }
     h
-}
-
-fn my_uid() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line");
-    line.split_whitespace().nth(2).expect("euid").to_owned()
 }
 
 async fn source_for(mesh: &Mesh, id: &str) -> std::sync::Arc<agentmesh_sdk::X509Source> {
