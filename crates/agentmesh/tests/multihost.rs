@@ -718,8 +718,17 @@ async fn nodes_on_two_hosts_attest_with_x509pop_and_survive_a_partition_from_the
     }
 
     // === A → B: refused by default, allowed by its intention only ===
-    let (status, _) = get(&a.upstream_socket(), "/").await;
-    assert_eq!(status, 403, "A → B without an intention\n{}", logs(&dir));
+    // Until A's sidecar has its first policy and B's address it may answer 503; never 200.
+    let upstream = a.upstream_socket();
+    eventually("A → B refused by intentions (403)", &dir, || {
+        let upstream = upstream.clone();
+        async move {
+            let (status, _) = get(&upstream, "/").await;
+            assert_ne!(status, 200, "A → B without an intention was allowed");
+            status == 403
+        }
+    })
+    .await;
     assert_eq!(
         seen_b.load(Ordering::SeqCst),
         0,
