@@ -158,6 +158,30 @@ impl Upstreams {
         self.exchange(up, &url, req).await
     }
 
+    /// POSTs `body` as JSON to `path` on `up` with `headers`, and returns the status and body
+    /// as they came (an MCP answer may be SSE, and its errors are JSON-RPC, not HTTP).
+    ///
+    /// # Errors
+    /// Unreachable, or no answer in [`CALL_TIMEOUT`].
+    pub async fn post_raw(
+        &self,
+        up: &UpstreamConfig,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+    ) -> Result<(http::StatusCode, Bytes), CallError> {
+        let url = format!("{}{path}", up.base_url());
+        let mut req =
+            http::Request::post(&url).header(http::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| CallError::Unreachable(up.name.clone(), url.clone(), e.to_string()))?;
+        self.exchange(up, &url, req).await
+    }
+
     /// Sends `req` and collects the whole answer within [`CALL_TIMEOUT`].
     async fn exchange(
         &self,

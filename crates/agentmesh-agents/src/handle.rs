@@ -1,11 +1,12 @@
 //! What each role does with a question: the planner, researcher and orchestrator pass it on
 //! (the researcher with notes it found), every other role asks the model through the gateway.
 
-use agentmesh_telemetry::Span;
+use agentmesh_telemetry::{Span, SpanKind, attr};
 use http::StatusCode;
 
 use crate::search::Hit;
-use crate::{Agent, AgentFailure, AskRequest, AskResponse, NOTES, Onward, Role, Search};
+use crate::tools::{self, ToolUse};
+use crate::{Agent, AgentFailure, AskRequest, AskResponse, MCP_ROLE, NOTES, Onward, Role, Search};
 
 impl Agent {
     /// Answers `req` as this agent's role.
@@ -23,6 +24,9 @@ impl Agent {
             Role::Planner => self.plan(req, &answer, trace, onward).await,
             Role::Researcher => self.research(req, &answer, trace, onward).await,
             Role::Orchestrator => self.orchestrate(req, &answer, trace, onward).await,
+            Role::Executor if self.cfg.upstream(MCP_ROLE).is_some() => {
+                self.execute_with_tools(req, &answer, trace, onward).await
+            }
             Role::Executor | Role::Writer | Role::Classifier | Role::Validator | Role::Scorer => {
                 let text = self.infer(with_context(&req), trace, onward).await?;
                 Ok(answer.answer(text, vec!["gateway".into()], Some(self.cfg.model.clone())))
@@ -53,6 +57,81 @@ impl Agent {
         let mut out = answer.answer(r.answer, r.agents, r.model);
         out.signatures = r.signatures;
         out.delegation = r.delegation;
+        out.tools = r.tools;
+        Ok(out)
+    }
+
+    /// The executor with an MCP server: the tools the question asks for first (see
+    /// [`tools`]), then the model with what they returned. The calls and their outcomes,
+    /// refusals included, end the answer, so they are signed with it.
+    async fn execute_with_tools(
+        &self,
+        req: AskRequest,
+        answer: &Answerer,
+        trace: &Span,
+        onward: &Onward,
+    ) -> Result<AskResponse, AgentFailure> {
+        let Some(up) = self.cfg.upstream(MCP_ROLE) else {
+            return Err(AgentFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: "bug: no MCP upstream".into(),
+                refusal: None,
+            });
+        };
+        let mut uses: Vec<ToolUse> = Vec::new();
+        for (n, tool) in tools::tools_for(&req.question).iter().enumerate() {
+            let mut span = trace.child(
+                format!("call {} tools/call {tool}", up.name),
+                SpanKind::Client,
+            );
+            span.set_str(attr::DESTINATION, &up.name);
+            span.set_str("mcp.tool.name", tool);
+            let extra = self.onward_headers(up, onward)?;
+            let id = u64::try_from(n).unwrap_or(u64::MAX).saturating_add(1);
+            let used = tools::call(
+                &self.upstreams,
+                up,
+                id,
+                tool,
+                &req.question,
+                &span.context().header(),
+                &extra,
+            )
+            .await;
+            if let Some(i) = &used.intention {
+                span.set_str(attr::DECISION, "denied_by_destination");
+                span.set_str(attr::INTENTION_ID, i);
+            }
+            if !used.ok {
+                span.set_error(&used.text);
+            }
+            tracing::info!(server = %up.name, tool = %tool, ok = used.ok, "MCP tool called");
+            uses.push(used);
+        }
+        let lines: Vec<String> = uses.iter().map(ToolUse::line).collect();
+        let context = format!(
+            "{}\n\nTool results from {}:\n{}",
+            req.context.as_deref().unwrap_or_default(),
+            up.name,
+            lines.join("\n")
+        );
+        let task = AskRequest {
+            question: req.question,
+            context: Some(context.trim().to_owned()),
+        };
+        let text = self.infer(with_context(&task), trace, onward).await?;
+        let text = format!(
+            "{}\n\nTools on {}:\n{}",
+            text.trim_end(),
+            up.name,
+            lines.join("\n")
+        );
+        let mut out = answer.answer(
+            text,
+            vec![up.name.clone(), "gateway".into()],
+            Some(self.cfg.model.clone()),
+        );
+        out.tools = uses;
         Ok(out)
     }
 
@@ -189,6 +268,7 @@ impl Answerer {
             signatures: Vec::new(),
             parts: Vec::new(),
             delegation: Vec::new(),
+            tools: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@ mod handle;
 mod mtls;
 mod role;
 mod search;
+mod tools;
 
 use agentmesh_sdk::{LocalAddr, LocalListener};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub use config::{
 pub use mtls::MtlsError;
 pub use role::{Role, UnknownRole};
 pub use search::{Hit, SearchError, TavilySearch};
+pub use tools::{MCP_ROLE, ToolUse};
 
 use crate::client::{CallError, Upstreams};
 use crate::search::OfflineSearch;
@@ -112,6 +114,10 @@ pub struct AskResponse {
     /// last branch's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delegation: Vec<String>,
+    /// The MCP tools the executor called on the way, allowed or refused, in order (see
+    /// [`ToolUse`]); also listed at the end of `answer`, so the signatures cover them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolUse>,
 }
 
 /// An error answer: 400 for a bad request, 502 when something downstream failed.
@@ -268,6 +274,25 @@ impl Agent {
         next_hop_of(up, &me)
     }
 
+    /// The user token and this agent's delegation link for a call to `up` (none without a
+    /// verified chain).
+    fn onward_headers(
+        &self,
+        up: &config::UpstreamConfig,
+        onward: &Onward,
+    ) -> Result<Vec<(&'static str, String)>, AgentFailure> {
+        if onward.forward.is_none() {
+            return Ok(Vec::new());
+        }
+        self.next_hop(up)
+            .and_then(|next| onward.headers_for(&next).map_err(|e| e.to_string()))
+            .map_err(|e| AgentFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("cannot add this agent's delegation link: {e}"),
+                refusal: None,
+            })
+    }
+
     /// Asks the gateway (OpenAI chat completions) with this agent's role prompt.
     /// One call through the sidecar, as a CLIENT span whose id the next hop sees as its
     /// parent in `traceparent`.
@@ -279,17 +304,7 @@ impl Agent {
         body: &Value,
         onward: &Onward,
     ) -> Result<Value, AgentFailure> {
-        let extra = if onward.forward.is_some() {
-            self.next_hop(up)
-                .and_then(|next| onward.headers_for(&next).map_err(|e| e.to_string()))
-                .map_err(|e| AgentFailure {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    message: format!("cannot add this agent's delegation link: {e}"),
-                    refusal: None,
-                })?
-        } else {
-            Vec::new()
-        };
+        let extra = self.onward_headers(up, onward)?;
         let mut span = parent.child(format!("call {} {path}", up.name), SpanKind::Client);
         span.set_str(attr::DESTINATION, &up.name);
         span.set_str(attr::HTTP_METHOD, "POST");

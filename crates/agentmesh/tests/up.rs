@@ -745,6 +745,113 @@ async fn a_python_agent_joins_a_scenario_through_its_sidecar() {
     assert_no_strays(&data);
 }
 
+/// examples/mcp-tools: the executor calls tools on an MCP server written with the official
+/// MCP Python SDK (`kind = "process"`), through its sidecar, and the tools' sidecar decides
+/// each `tools/call` by the scenario's intention: `search` for every question, `export` only
+/// for users whose user token (minted by the real frontend at its dev login) says
+/// `groups: finance`, and `delete_all` for nobody. The server's own log shows that what was
+/// refused never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_tools_scenario_decides_each_tool_by_intention_and_user_group() {
+    let import = Command::new(mesh::python())
+        .args(["-c", "import mcp.server.mcpserver, uvicorn"])
+        .output()
+        .expect("run python");
+    assert!(
+        import.status.success(),
+        "{} lacks the official MCP SDK (mcp on PyPI; scripts/test installs it from \
+         scripts/requirements-test.txt): {}",
+        mesh::python().display(),
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("examples/mcp-tools/scenario.toml"))
+        .expect("the example's scenario");
+    let server = root.join("examples/mcp-tools/server.py");
+    let text = text.replace(
+        "command = [\"python3\", \"examples/mcp-tools/server.py\"]",
+        &format!(
+            "command = [{:?}, {:?}]",
+            mesh::python().display().to_string(),
+            server.display().to_string()
+        ),
+    );
+    assert!(text.contains(&server.display().to_string()), "{text}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scenario = tmp.path().join("mcp-tools.toml");
+    std::fs::write(&scenario, text).expect("write scenario");
+    let log = tmp.path().join("tools.jsonl");
+    let mut up = up_with_env(
+        &["--scenario", scenario.to_str().expect("utf-8")],
+        &[("MCP_TOOLS_LOG", log.to_str().expect("utf-8"))],
+    );
+    let out = up.output();
+    assert!(
+        out.contains("answered by planner → executor → tools → gateway"),
+        "{out}"
+    );
+
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let question = "Which books are public? Please @export them, then @delete_all.";
+    for (form, user, export_allowed) in [
+        ("name=alice&groups=finance", "alice", true),
+        ("name=bob&groups=engineering", "bob", false),
+    ] {
+        let (frontend, cookie) = frontend_session(&up, form).await;
+        let ask = hyper::Request::post(format!("http://{frontend}/ask"))
+            .header("content-type", "application/json")
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::from(
+                serde_json::json!({ "question": question }).to_string(),
+            )))
+            .expect("ask request");
+        let resp = client.request(ask).await.expect("POST /ask");
+        assert_eq!(resp.status(), 200, "{user}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let answer: Value = serde_json::from_slice(&body).expect("the answer is JSON");
+        let tools = answer["tools"].as_array().expect("tools").clone();
+        let named: Vec<&str> = tools.iter().filter_map(|t| t["tool"].as_str()).collect();
+        assert_eq!(named, ["search", "export", "delete_all"], "{answer}");
+        assert_eq!(
+            tools[0]["ok"], true,
+            "{user}: search is for everyone: {answer}"
+        );
+        assert_eq!(tools[1]["ok"], export_allowed, "{user}'s export: {answer}");
+        assert_eq!(tools[2]["ok"], false, "{user}'s delete_all: {answer}");
+        let why = tools[2]["text"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("denied by intentions") && tools[2]["intention"].is_string(),
+            "{answer}"
+        );
+        if !export_allowed {
+            let why = tools[1]["text"].as_str().unwrap_or_default();
+            assert!(why.contains("groups=finance"), "{answer}");
+        }
+        // The outcomes end the answer, so the agents' signatures cover them.
+        let text = answer["answer"].as_str().unwrap_or_default();
+        assert!(text.contains("delete_all ✗ denied by intentions"), "{text}");
+        let verified = answer["verified"].as_array().expect("verified");
+        assert!(
+            !verified.is_empty() && verified.iter().all(|v| v["ok"] == true),
+            "{answer}"
+        );
+    }
+    // What the tools' sidecar refused never reached the MCP server.
+    let ran: Vec<Value> = std::fs::read_to_string(&log)
+        .expect("the MCP server's log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let count = |tool: &str| ran.iter().filter(|r| r["tool"] == tool).count();
+    assert_eq!(count("export"), 1, "only alice's export ran: {ran:?}");
+    assert_eq!(count("delete_all"), 0, "{ran:?}");
+    assert!(count("search") >= 2, "{ran:?}");
+    let data = up.data.clone();
+    assert!(up.stop().success());
+    assert_no_strays(&data);
+}
+
 /// One `ask` is one trace: with OTEL_EXPORTER_OTLP_ENDPOINT set for `up`, every agent, sidecar
 /// and the gateway export spans that the official `opentelemetry-proto` package decodes, and
 /// they form one chain frontend's sidecar → planner's sidecar → planner → planner's sidecar →
@@ -821,8 +928,9 @@ async fn one_ask_is_one_trace_from_the_planner_through_the_sidecars_to_the_gatew
     assert_no_strays(&data);
 }
 
-/// A user token from the running frontend: dev login, then `GET /token` with the session.
-async fn user_token(up: &Up, name: &str) -> String {
+/// The running frontend's address and a session cookie from its dev login with `form`
+/// (`name=…`, and `&groups=…` for a user in groups).
+async fn frontend_session(up: &Up, form: &str) -> (String, String) {
     let frontend = up.service("frontend")["app"]
         .as_str()
         .expect("app")
@@ -831,7 +939,7 @@ async fn user_token(up: &Up, name: &str) -> String {
         .build_http::<Full<Bytes>>();
     let login = hyper::Request::post(format!("http://{frontend}/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(format!("name={name}"))))
+        .body(Full::new(Bytes::from(form.to_owned())))
         .expect("login request");
     let resp = client.request(login).await.expect("POST /login");
     let cookie = resp
@@ -846,6 +954,14 @@ async fn user_token(up: &Up, name: &str) -> String {
         "dev login gave no session ({})",
         resp.status()
     );
+    (frontend, cookie)
+}
+
+/// A user token from the running frontend: dev login, then `GET /token` with the session.
+async fn user_token(up: &Up, name: &str) -> String {
+    let (frontend, cookie) = frontend_session(up, &format!("name={name}")).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let get = hyper::Request::get(format!("http://{frontend}/token"))
         .header("cookie", cookie)
         .body(Full::new(Bytes::new()))
