@@ -48,7 +48,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use config::{
-    AuthMethod, ConfigError, FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig,
+    AuthMethod, ConfigError, ExternalConfig, FrontendConfig, InspectorConfig, OidcConfig,
+    ProxyFeedConfig,
     UpstreamConfig,
 };
 pub use identity::{IdentityError, Keys, SigningKey};

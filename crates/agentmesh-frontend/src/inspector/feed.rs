@@ -169,6 +169,12 @@ impl DecisionLog {
         (list, self.live.subscribe())
     }
 
+    /// Every kept decision, oldest first.
+    pub fn all(&self) -> Vec<Arc<Decision>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.1.iter().cloned().collect()
+    }
+
     /// The last `n`, newest first.
     pub fn latest(&self, n: usize) -> Vec<Arc<Decision>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
