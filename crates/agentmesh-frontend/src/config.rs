@@ -182,6 +182,9 @@ pub struct ExternalConfig {
     /// What it is (`llm`, `mcp`, `egress`); shown next to the name.
     #[serde(default)]
     pub kind: String,
+    /// More about it for its details panel (`ollama at http://127.0.0.1:11434`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// The whole frontend.toml.

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod graph;
 pub mod mesh;
 pub mod requests;
+pub mod timeline;
 pub mod view;
 
 use std::collections::HashMap;

@@ -66,6 +66,8 @@ pub struct GraphNode {
     pub kind: NodeKind,
     /// The SVID the node holds for it, if any.
     pub svid: Option<HeldSvid>,
+    /// More about an external destination (`ollama at http://…`).
+    pub detail: String,
     layer: usize,
     row: usize,
 }
@@ -130,6 +132,7 @@ impl Graph {
             spiffe_id: id,
             kind,
             svid: None,
+            detail: String::new(),
             layer: 0,
             row: 0,
         };
@@ -174,11 +177,9 @@ impl Graph {
             let Some(&from) = index.get(&resolve(&e.from, &td)) else {
                 continue;
             };
-            nodes.push(node(
-                e.name.clone(),
-                None,
-                NodeKind::External(e.kind.clone()),
-            ));
+            let mut n = node(e.name.clone(), None, NodeKind::External(e.kind.clone()));
+            n.detail = e.detail.clone();
+            nodes.push(n);
             edges.push(GraphEdge {
                 intention: None,
                 action: "call".into(),
@@ -507,7 +508,7 @@ impl Graph {
                 format!("external{}", if kind.is_empty() { "" } else { ": " })
                     + kind.as_str(),
                 "outside the mesh".to_owned(),
-                format!("{} (external {kind})", n.label),
+                format!("{} (external {kind}) {}", n.label, n.detail),
             ),
             (kind, Some(id)) => {
                 let rest = id.strip_prefix("spiffe://").unwrap_or(id);
@@ -581,11 +582,16 @@ impl Graph {
                 let _ = write!(
                     m,
                     "<p>Outside the mesh{}: it holds no SPIFFE identity, and the service that \
-                     calls it is the one that answers for the call (<code>[[inspector.external]]</code>).</p>",
+                     calls it is the one that answers for the call (<code>[[inspector.external]]</code>).</p>{}",
                     if kind.is_empty() {
                         String::new()
                     } else {
                         format!(" ({})", escape(kind))
+                    },
+                    if n.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("<p class=\"detail\">{}</p>", escape(&n.detail))
                     }
                 );
             }

@@ -524,6 +524,7 @@ fn chain_item(i: usize, e: &ChainElement) -> String {
 /// One ask's page: what was asked and answered, then the evidence for it.
 pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
     let mut m = request_summary(a);
+    m.push_str(&timeline_section(a, hops));
     m.push_str(&trace_section(&a.trace_id, hops));
     m.push_str(&chain_section(&a.chain));
     m.push_str(&signatures_section(&a.answer));
@@ -568,6 +569,24 @@ fn request_summary(a: &AskRecord) -> String {
             escape(e)
         );
     }
+    m
+}
+
+/// The picture of the request: the chain of signed links above the waterfall of its hops;
+/// the tables below hold the same facts in full.
+fn timeline_section(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
+    let mut m = String::from(
+        "<section id=\"timeline\" aria-labelledby=\"tl-h\"><h2 id=\"tl-h\">Timeline</h2>\
+         <h3>Delegation chain</h3>",
+    );
+    m.push_str(&super::timeline::chain_row(&a.chain));
+    m.push_str("<h3>Hops</h3>");
+    if hops.is_empty() {
+        m.push_str("<p role=\"status\">No sidecar has reported a hop of this trace (yet).</p>");
+    } else {
+        m.push_str(&super::timeline::waterfall(hops));
+    }
+    m.push_str("</section>");
     m
 }
 

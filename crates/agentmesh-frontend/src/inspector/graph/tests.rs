@@ -53,16 +53,17 @@ fn layer_of(g: &Graph, label: &str) -> usize {
 #[test]
 fn the_entry_point_is_left_and_the_provider_right_of_every_agent() {
     let externals = [ExternalConfig {
-        name: "LLM provider: offline".into(),
+        name: "LLM (offline)".into(),
         from: "gateway".into(),
         kind: "llm".into(),
+        detail: "offline (embedded, deterministic)".into(),
     }];
     let g = Graph::build(&planner_executor(), &externals, &HashMap::new());
     assert_eq!(layer_of(&g, "frontend"), 0);
     assert_eq!(layer_of(&g, "planner"), 1);
     assert_eq!(layer_of(&g, "executor"), 2);
     assert_eq!(layer_of(&g, "gateway"), 3);
-    assert_eq!(layer_of(&g, "LLM provider: offline"), 4);
+    assert_eq!(layer_of(&g, "LLM (offline)"), 4);
     assert_eq!(g.nodes.len(), 5);
     assert_eq!(g.edges.len(), 5);
 }
