@@ -193,9 +193,13 @@ fn answer_section(a: &serde_json::Value, inspector: bool) -> String {
         Some(list) => list
             .iter()
             .map(|v| {
-                let agent = escape(v["agent"].as_str().unwrap_or("?"));
+                let id = v["agent"].as_str().unwrap_or("?");
+                let agent = escape(&crate::inspector::mesh::short(id));
                 if v["ok"].as_bool() == Some(true) {
-                    format!("<li data-verified=\"true\" title=\"JWS verified\">✓ {agent}</li>")
+                    format!(
+                        "<li data-verified=\"true\" title=\"JWS verified: {}\">✓ {agent}</li>",
+                        escape(id)
+                    )
                 } else {
                     format!(
                         "<li data-verified=\"false\" title=\"{}\">✗ {agent}</li>",

@@ -18,11 +18,11 @@ use crate::config::ExternalConfig;
 use crate::page::escape;
 
 /// Width of a node's box, in SVG user units (the graph scales to the page's width).
-const NODE_W: f64 = 210.0;
+const NODE_W: f64 = 190.0;
 /// Height of a node's box: a name and a SPIFFE ID on two lines.
 const NODE_H: f64 = 70.0;
 /// Horizontal distance between the left edges of two layers.
-const COL_W: f64 = 290.0;
+const COL_W: f64 = 300.0;
 /// Vertical distance between the tops of two nodes of one layer.
 const ROW_H: f64 = 110.0;
 /// Space around the drawing, and below it for edges that bend under the nodes they skip.
@@ -330,7 +330,7 @@ impl Graph {
     fn size(&self) -> (f64, f64) {
         (
             2.0 * MARGIN + (self.layers - 1) as f64 * COL_W + NODE_W,
-            2.0 * MARGIN + (self.rows - 1) as f64 * ROW_H + NODE_H + BEND,
+            2.0 * MARGIN + (self.rows - 1) as f64 * ROW_H + NODE_H + BEND + 10.0,
         )
     }
 
@@ -382,7 +382,7 @@ impl Graph {
                     y2 + bend
                 ),
                 (x1 + x2) / 2.0,
-                (y1 + y2) / 2.0 + 0.75 * bend + 4.0,
+                (y1 + y2) / 2.0 + 0.75 * bend - 6.0,
             );
         }
         // Backwards or within a layer: from the bottom of one to the bottom of the other.
@@ -450,14 +450,19 @@ impl Graph {
             "deny" => ("deny", "arrow-deny"),
             _ => ("call", "arrow-call"),
         };
+        // The action above the line, the counters below it: both fit between two layers.
         let label = match &e.intention {
             Some(_) => format!(
-                "<tspan class=\"action\">{}</tspan> <tspan class=\"counts\">✓{} ✗{}</tspan>",
+                "<text class=\"edge-label\" x=\"{lx:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\"><tspan class=\"action\">{}</tspan></text>\
+                 <text class=\"edge-label counts\" x=\"{lx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">✓{} ✗{}</text>",
                 escape(&e.action),
+                ly + 22.0,
                 e.counts.0,
                 e.counts.1
             ),
-            None => "<tspan class=\"action\">outside the mesh</tspan>".into(),
+            None => format!(
+                "<text class=\"edge-label\" x=\"{lx:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\"><tspan class=\"action\">external</tspan></text>"
+            ),
         };
         let title = match &e.intention {
             Some(id) => format!(
@@ -480,8 +485,7 @@ impl Graph {
         format!(
             "<g class=\"edge {cls}\" id=\"edge-{i}\"{data} data-source=\"{}\" data-destination=\"{}\">\
              <a href=\"#panel-edge-{i}\" aria-label=\"{}\"><title>{}</title>\
-             <path class=\"hit\" d=\"{d}\"/><path class=\"line\" d=\"{d}\" marker-end=\"url(#{marker})\"/>\
-             <text class=\"edge-label\" x=\"{lx:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\">{label}</text></a></g>",
+             <path class=\"hit\" d=\"{d}\"/><path class=\"line\" d=\"{d}\" marker-end=\"url(#{marker})\"/>{label}</a></g>",
             escape(from),
             escape(to),
             escape(&title),

@@ -169,7 +169,10 @@ pub fn chain_row(chain: &[ChainElement]) -> String {
     let mut m = String::from(
         "<ol id=\"chain-links\" class=\"chain-row\" aria-label=\"Delegation chain, as signed links\">",
     );
-    for (name, role, title, ok) in items {
+    for (i, (name, role, title, ok)) in items.into_iter().enumerate() {
+        if i > 0 {
+            m.push_str("<li class=\"sep\" aria-hidden=\"true\">→</li>");
+        }
         let _ = write!(
             m,
             "<li data-role=\"{role}\" data-verified=\"{ok}\" title=\"{}\">{} {}</li>",

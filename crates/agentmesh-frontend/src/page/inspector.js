@@ -82,7 +82,7 @@ function light(d) {
     g.dataset[kind] = String(Number(g.dataset[kind] || 0) + 1);
     g.dataset.lastDecision = String(d.id);
     g.dataset.lastLit = d.decision;
-    const counts = g.querySelector('.counts');
+    const counts = g.querySelector('text.counts');
     if (counts) counts.textContent = `✓${g.dataset.allowed} ✗${g.dataset.denied}`;
     flash(g, d.decision === 'allow' ? 'lit-allow' : 'lit-deny');
     for (const span of document.querySelectorAll(`[data-for="${id}"][data-count="${kind}"]`)) {
@@ -116,6 +116,24 @@ function live() {
   };
 }
 
+// A node or an edge of the graph opens its panel through the URL's fragment (CSS :target,
+// so it works without script too); here the page stays where it was instead of jumping to
+// the panel, and the panel is scrolled into view only as far as needed.
+function panels() {
+  const graph = document.getElementById('mesh-graph');
+  if (!graph) return;
+  graph.addEventListener('click', (e) => {
+    const a = e.target.closest('a[href^="#panel-"]');
+    if (!a) return;
+    e.preventDefault();
+    const y = window.scrollY;
+    location.hash = a.getAttribute('href');
+    window.scrollTo(window.scrollX, y);
+    document.getElementById(a.getAttribute('href').slice(1))?.scrollIntoView({ block: 'nearest' });
+  });
+}
+
 tick();
 setInterval(tick, 1000);
 live();
+panels();
