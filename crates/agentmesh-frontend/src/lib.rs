@@ -49,8 +49,7 @@ use serde_json::{Value, json};
 
 pub use config::{
     AuthMethod, ConfigError, ExternalConfig, FrontendConfig, InspectorConfig, OidcConfig,
-    ProxyFeedConfig,
-    UpstreamConfig,
+    ProxyFeedConfig, UpstreamConfig,
 };
 pub use identity::{IdentityError, Keys, SigningKey};
 pub use oidc::OidcError;

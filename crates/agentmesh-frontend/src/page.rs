@@ -160,7 +160,8 @@ pub fn index(
 /// signatures verified, its timeline in the inspector), and the raw JSON folded away for
 /// whoever needs the rest.
 fn answer_section(a: &serde_json::Value, inspector: bool) -> String {
-    let mut m = String::from("<section aria-labelledby=\"answer-h\"><h2 id=\"answer-h\">Answer</h2>");
+    let mut m =
+        String::from("<section aria-labelledby=\"answer-h\"><h2 id=\"answer-h\">Answer</h2>");
     match (a["answer"].as_str(), a["error"].as_str()) {
         (Some(text), _) => m.push_str(&format!(
             "<p id=\"answer-text\" class=\"answer-text\">{}</p>",

@@ -411,9 +411,9 @@ impl Graph {
             "<figure id=\"graph\" class=\"graph\"><svg id=\"mesh-graph\" role=\"group\" \
              viewBox=\"0 0 {w:.0} {h:.0}\" width=\"{w:.0}\" height=\"{h:.0}\" aria-labelledby=\"graph-cap\">\
              <defs>\
-             <marker id=\"arrow-allow\" class=\"arrow allow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"8\" markerHeight=\"8\" orient=\"auto-start-reverse\"><path d=\"M0 0L10 5L0 10z\"/></marker>\
-             <marker id=\"arrow-deny\" class=\"arrow deny\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"8\" markerHeight=\"8\" orient=\"auto-start-reverse\"><path d=\"M0 0L10 5L0 10z\"/></marker>\
-             <marker id=\"arrow-call\" class=\"arrow call\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"8\" markerHeight=\"8\" orient=\"auto-start-reverse\"><path d=\"M0 0L10 5L0 10z\"/></marker>\
+             <marker id=\"arrow-allow\" class=\"arrow allow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"14\" markerHeight=\"14\" orient=\"auto-start-reverse\"><path d=\"M0 0L10 5L0 10z\"/></marker>\
+             <marker id=\"arrow-deny\" class=\"arrow deny\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"14\" markerHeight=\"14\" orient=\"auto-start-reverse\"><path d=\"M0 0L10 5L0 10z\"/></marker>\
+             <marker id=\"arrow-call\" class=\"arrow call\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"14\" markerHeight=\"14\" orient=\"auto-start-reverse\"><path d=\"M0 0L10 5L0 10z\"/></marker>\
              </defs><g class=\"edges\">"
         );
         let mut pairs: HashMap<(usize, usize), usize> = HashMap::new();
@@ -509,8 +509,7 @@ impl Graph {
                 "* : any service".to_owned(),
             ),
             (NodeKind::External(kind), _) => (
-                format!("external{}", if kind.is_empty() { "" } else { ": " })
-                    + kind.as_str(),
+                format!("external{}", if kind.is_empty() { "" } else { ": " }) + kind.as_str(),
                 "outside the mesh".to_owned(),
                 format!("{} (external {kind}) {}", n.label, n.detail),
             ),

@@ -43,7 +43,11 @@ pub fn waterfall(hops: &[Arc<Decision>]) -> String {
     if hops.is_empty() {
         return String::new();
     }
-    let t0 = hops.iter().map(|h| h.started_ms()).min().unwrap_or_default();
+    let t0 = hops
+        .iter()
+        .map(|h| h.started_ms())
+        .min()
+        .unwrap_or_default();
     let end = hops
         .iter()
         .map(|h| h.started_ms() + i128::from(h.duration_ms))

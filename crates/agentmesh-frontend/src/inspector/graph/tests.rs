@@ -74,14 +74,17 @@ fn the_svg_has_one_node_per_service_and_one_edge_per_intention_with_deny_marked(
     let svg = Graph::build(&planner_executor(), &[], &counts).render();
     for s in ["frontend", "planner", "executor", "gateway"] {
         assert_eq!(
-            svg.matches(&format!("data-spiffe-id=\"{}\"", id(s))).count(),
+            svg.matches(&format!("data-spiffe-id=\"{}\"", id(s)))
+                .count(),
             1,
             "{s}"
         );
     }
     assert_eq!(svg.matches("data-intention=").count(), 4);
     assert!(
-        svg.contains("data-intention=\"i4\" data-action=\"deny\" data-allowed=\"0\" data-denied=\"2\""),
+        svg.contains(
+            "data-intention=\"i4\" data-action=\"deny\" data-allowed=\"0\" data-denied=\"2\""
+        ),
         "{svg}"
     );
     assert!(svg.contains("marker-end=\"url(#arrow-deny)\""));
