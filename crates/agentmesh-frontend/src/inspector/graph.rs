@@ -327,10 +327,29 @@ impl Graph {
         )
     }
 
+    /// How many edges leave (`out`) or reach a node from the next layer or the previous one.
+    fn degree(&self, node: usize, out: bool) -> usize {
+        self.edges
+            .iter()
+            .filter(|e| {
+                let (here, there) = if out { (e.from, e.to) } else { (e.to, e.from) };
+                here == node && self.nodes[there].layer.abs_diff(self.nodes[here].layer) == 1
+            })
+            .count()
+    }
+
     fn size(&self) -> (f64, f64) {
+        // Room below the nodes only when some edge bends there.
+        let bends = self
+            .edges
+            .iter()
+            .any(|e| e.from == e.to || self.nodes[e.to].layer != self.nodes[e.from].layer + 1);
         (
             2.0 * MARGIN + (self.layers - 1) as f64 * COL_W + NODE_W,
-            2.0 * MARGIN + (self.rows - 1) as f64 * ROW_H + NODE_H + BEND + 10.0,
+            2.0 * MARGIN
+                + (self.rows - 1) as f64 * ROW_H
+                + NODE_H
+                + if bends { BEND + 10.0 } else { 0.0 },
         )
     }
 
@@ -362,10 +381,20 @@ impl Graph {
             let (x1, y1) = (ux + NODE_W, uy + NODE_H / 2.0 + spread);
             let (x2, y2) = (vx, vy + NODE_H / 2.0 + spread);
             let mid = (x1 + x2) / 2.0;
+            // Where along the curve the label goes: near the end that does not fan out, so
+            // the labels of a fan-out (or fan-in) sit at their own rows, not on each other.
+            let t = match (self.degree(e.from, true) > 1, self.degree(e.to, false) > 1) {
+                (true, false) => 0.75,
+                (false, true) => 0.25,
+                _ => 0.5,
+            };
+            let s = 1.0 - t;
+            let lx = s * s * s * x1 + 3.0 * s * t * mid + t * t * t * x2;
+            let ly = y1 + (y2 - y1) * (3.0 * t * t - 2.0 * t * t * t);
             return (
                 format!("M{x1:.1} {y1:.1} C{mid:.1} {y1:.1} {mid:.1} {y2:.1} {x2:.1} {y2:.1}"),
-                mid,
-                (y1 + y2) / 2.0 - 6.0,
+                lx,
+                ly - 6.0,
             );
         }
         if lv > lu {
