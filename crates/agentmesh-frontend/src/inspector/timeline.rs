@@ -209,6 +209,54 @@ mod tests {
         bar[at..at + bar[at..].find('"').unwrap()].parse().unwrap()
     }
 
+    fn element(claims: serde_json::Value, signer: &str, ok: bool) -> ChainElement {
+        ChainElement {
+            decoded: super::super::requests::Decoded {
+                claims,
+                signer: Some(format!("spiffe://td/ns/default/sa/{signer}")),
+                ..Default::default()
+            },
+            verified: if ok { Ok(()) } else { Err("bad link".into()) },
+        }
+    }
+
+    #[test]
+    fn the_chain_row_names_each_signer_and_the_last_links_audience_with_its_check() {
+        let chain = [
+            element(serde_json::json!({"sub": "alice"}), "frontend", true),
+            element(
+                serde_json::json!({"act": {"sub": "spiffe://td/ns/default/sa/planner"},
+                    "aud": "spiffe://td/ns/default/sa/executor"}),
+                "planner",
+                true,
+            ),
+            element(
+                serde_json::json!({"act": {"sub": "spiffe://td/ns/default/sa/executor"},
+                    "aud": "spiffe://td/ns/default/sa/gateway"}),
+                "executor",
+                false,
+            ),
+        ];
+        let row = chain_row(&chain);
+        let items: Vec<&str> = row
+            .split("<li data-role=")
+            .skip(1)
+            .map(|li| &li[li.find('>').unwrap() + 1..li.find("</li>").unwrap()])
+            .collect();
+        assert_eq!(
+            items,
+            [
+                "✓ alice",
+                "✓ frontend",
+                "✓ planner",
+                "✗ executor",
+                "✗ gateway"
+            ]
+        );
+        assert!(row.contains("not verified: bad link"));
+        assert!(chain_row(&[]).contains("No user token"));
+    }
+
     #[test]
     fn bars_start_where_their_hop_started_and_are_as_long_as_it_took() {
         // Ends at .100 after 100 ms (starts at 0), .090 after 60 (starts at 30), .050 after 0.
