@@ -164,6 +164,27 @@ pub struct InspectorConfig {
     /// Sidecars whose decisions stream into Live decisions and the request pages.
     #[serde(default)]
     pub proxy: Vec<ProxyFeedConfig>,
+    /// Destinations outside the mesh (an LLM provider, an MCP server, an egress host),
+    /// drawn on the mesh graph: the control plane has no entry for them, so only the
+    /// config that wired them in can name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalConfig>,
+}
+
+/// One `[[inspector.external]]`: a destination outside the mesh that a service calls.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalConfig {
+    /// What the graph labels it (`LLM provider: offline`).
+    pub name: String,
+    /// The service that calls it (a service name or SPIFFE ID).
+    pub from: String,
+    /// What it is (`llm`, `mcp`, `egress`); shown next to the name.
+    #[serde(default)]
+    pub kind: String,
+    /// More about it for its details panel (`ollama at http://127.0.0.1:11434`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// The whole frontend.toml.

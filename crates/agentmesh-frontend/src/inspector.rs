@@ -14,8 +14,10 @@
 //! `/inspector/decisions/stream?after=N` (`text/event-stream`), `/inspector/requests/{trace}`.
 
 pub mod feed;
+pub mod graph;
 pub mod mesh;
 pub mod requests;
+pub mod timeline;
 pub mod view;
 
 use std::collections::HashMap;
@@ -28,7 +30,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 
-use crate::config::InspectorConfig;
+use crate::config::{ExternalConfig, InspectorConfig};
 use crate::{Frontend, page};
 use feed::DecisionLog;
 use mesh::{IntentionNames, MeshSources};
@@ -55,6 +57,7 @@ pub struct Inspector {
     /// Every decision followed.
     pub decisions: Arc<DecisionLog>,
     feeds: Vec<String>,
+    externals: Vec<ExternalConfig>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -91,6 +94,7 @@ impl Inspector {
             sources,
             decisions,
             feeds: cfg.proxy.iter().map(|p| p.name.clone()).collect(),
+            externals: cfg.external.clone(),
             tasks,
         }
     }
@@ -158,11 +162,17 @@ async fn render(
     check: view::CheckForm,
 ) -> Response {
     let mesh = ins.sources.view().await;
-    let decisions = ins.decisions.latest(SHOWN);
+    // One read of the log for both the table and the graph's counters, so the counters
+    // cover exactly the decisions up to the table's `data-after`, where the script takes
+    // over.
+    let all = ins.decisions.all();
+    let decisions: Vec<_> = all.iter().rev().take(SHOWN).cloned().collect();
+    let counts = graph::counts(all.iter().map(|d| &**d));
+    let graph = graph::Graph::build(&mesh, &ins.externals, &counts);
     let asks = fe.requests.of(user_sub);
     page::html(
         StatusCode::OK,
-        &view::inspector(&mesh, &check, &decisions, &asks, &ins.feeds),
+        &view::inspector(&mesh, &graph, &check, &decisions, &asks, &ins.feeds),
     )
 }
 

@@ -48,8 +48,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use config::{
-    AuthMethod, ConfigError, FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig,
-    UpstreamConfig,
+    AuthMethod, ConfigError, ExternalConfig, FrontendConfig, InspectorConfig, OidcConfig,
+    ProxyFeedConfig, UpstreamConfig,
 };
 pub use identity::{IdentityError, Keys, SigningKey};
 pub use oidc::OidcError;

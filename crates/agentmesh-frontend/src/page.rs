@@ -149,42 +149,85 @@ pub fn index(
                 );
             }
             if let Some((_, a)) = answer {
-                if inspector && let Some(t) = a["trace_id"].as_str() {
-                    main.push_str(&format!(
-                        "<p><a id=\"request-link\" href=\"/inspector/requests/{t}\">Open this request in the inspector</a></p>",
-                        t = escape(t)
-                    ));
-                }
-                if let Some(list) = a["verified"].as_array().filter(|l| !l.is_empty()) {
-                    let items: String = list
-                        .iter()
-                        .map(|v| {
-                            let agent = escape(v["agent"].as_str().unwrap_or("?"));
-                            if v["ok"].as_bool() == Some(true) {
-                                format!("<li>✓ signed by {agent}</li>")
-                            } else {
-                                format!(
-                                    "<li>✗ {agent}: {}</li>",
-                                    escape(v["reason"].as_str().unwrap_or("not verified"))
-                                )
-                            }
-                        })
-                        .collect();
-                    main.push_str(&format!(
-                        "<section aria-labelledby=\"sig-h\"><h2 id=\"sig-h\">Signatures</h2>\
-                         <ul id=\"signatures\">{items}</ul></section>"
-                    ));
-                }
-                let pretty = serde_json::to_string_pretty(a).unwrap_or_default();
-                main.push_str(&format!(
-                    "<section aria-labelledby=\"answer-h\"><h2 id=\"answer-h\">Answer</h2>\
-                     <pre id=\"answer\">{}</pre></section>",
-                    escape(&pretty)
-                ));
+                main.push_str(&answer_section(a, inspector));
             }
         }
     }
     layout("Ask", &main)
+}
+
+/// An answer as people read it: the text, then short badges (who handled it, whose
+/// signatures verified, its timeline in the inspector), and the raw JSON folded away for
+/// whoever needs the rest.
+fn answer_section(a: &serde_json::Value, inspector: bool) -> String {
+    let mut m =
+        String::from("<section aria-labelledby=\"answer-h\"><h2 id=\"answer-h\">Answer</h2>");
+    match (a["answer"].as_str(), a["error"].as_str()) {
+        (Some(text), _) => m.push_str(&format!(
+            "<p id=\"answer-text\" class=\"answer-text\">{}</p>",
+            escape(text)
+        )),
+        (None, Some(e)) => m.push_str(&format!(
+            "<p id=\"answer-text\" class=\"answer-text\" role=\"alert\">Error: {}</p>",
+            escape(e)
+        )),
+        (None, None) => m.push_str(
+            "<p id=\"answer-text\" class=\"answer-text\" role=\"alert\">The answer holds no text; see the raw JSON.</p>",
+        ),
+    }
+    let agents: String = a["agents"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(|n| format!("<li>{}</li>", escape(n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !agents.is_empty() {
+        m.push_str(&format!(
+            "<div class=\"badge-row\"><span class=\"label\" id=\"agents-l\">Handled by</span>\
+             <ul class=\"badges\" id=\"agents\" aria-labelledby=\"agents-l\">{agents}</ul></div>"
+        ));
+    }
+    let signatures: String = match a["verified"].as_array().filter(|l| !l.is_empty()) {
+        Some(list) => list
+            .iter()
+            .map(|v| {
+                let id = v["agent"].as_str().unwrap_or("?");
+                let agent = escape(&crate::inspector::mesh::short(id));
+                if v["ok"].as_bool() == Some(true) {
+                    format!(
+                        "<li data-verified=\"true\" title=\"JWS verified: {}\">✓ {agent}</li>",
+                        escape(id)
+                    )
+                } else {
+                    format!(
+                        "<li data-verified=\"false\" title=\"{}\">✗ {agent}</li>",
+                        escape(v["reason"].as_str().unwrap_or("not verified"))
+                    )
+                }
+            })
+            .collect(),
+        None => "<li data-verified=\"false\">✗ none: the answer is unsigned</li>".into(),
+    };
+    m.push_str(&format!(
+        "<div class=\"badge-row\"><span class=\"label\" id=\"sig-l\">Signatures</span>\
+         <ul class=\"badges\" id=\"signatures\" aria-labelledby=\"sig-l\">{signatures}</ul></div>"
+    ));
+    if inspector && let Some(t) = a["trace_id"].as_str() {
+        m.push_str(&format!(
+            "<div class=\"badge-row\"><span class=\"label\">Trace</span>\
+             <a id=\"request-link\" class=\"badge\" href=\"/inspector/requests/{t}\">timeline of this request</a></div>",
+            t = escape(t)
+        ));
+    }
+    let pretty = serde_json::to_string_pretty(a).unwrap_or_default();
+    m.push_str(&format!(
+        "<details id=\"raw\"><summary>Raw JSON</summary><pre id=\"answer\">{}</pre></details></section>",
+        escape(&pretty)
+    ));
+    m
 }
 
 /// The dev login form.

@@ -664,10 +664,12 @@ fn puppeteer_module() -> PathBuf {
 }
 
 /// A whole `agentmesh up` mesh (planner-executor, offline LLM) whose frontend logs in at the
-/// real oidc-provider, driven by headless Chromium: login, ask, the request's page with its
-/// trace, chain and JWS checks, and the Security Inspector (SPIFFE IDs as `entry list` has
-/// them, a denied call arriving live with its intention, the check form by keyboard giving
-/// `intention check`'s answer).
+/// real oidc-provider, driven by headless Chromium at 1280×800: login, ask (the answer as
+/// text with badges), the request's page with its waterfall, chain and JWS checks, and the
+/// Security Inspector (SPIFFE IDs as `entry list` has them, the mesh graph with one node per
+/// registered SPIFFE ID and one edge per intention, lit live by a refused call and by an ask,
+/// its panels by keyboard, a denied call arriving live with its intention, the check form by
+/// keyboard giving `intention check`'s answer).
 #[test]
 fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -842,6 +844,67 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
     assert_eq!(jws.len(), 2, "{req}");
     assert!(jws.iter().all(|j| j["verified"] == "true"), "{req}");
 
+    // The ask page: the answer as text, badges, the raw JSON folded away.
+    let ask = &seen["ask_page"];
+    assert!(ask["text"].as_str().unwrap().contains("[offline]"), "{ask}");
+    assert_eq!(
+        ask["agents"],
+        serde_json::json!(["planner", "executor", "gateway"])
+    );
+    let badges = ask["signatures"].as_array().unwrap();
+    assert_eq!(badges.len(), 2, "{ask}");
+    assert!(badges.iter().all(|b| b["verified"] == "true"), "{ask}");
+    assert_eq!(ask["raw_folded"], true, "{ask}");
+    assert_eq!(
+        ask["timeline_link"],
+        format!("/inspector/requests/{trace_id}")
+    );
+
+    // The waterfall: one bar per hop of the trace table, in start order, as wide as each hop
+    // took (every bar on one scale; a 0 ms hop is a sliver).
+    let bars = req["waterfall"].as_array().unwrap();
+    assert_eq!(bars.len(), hops.len(), "{req}");
+    let decisions =
+        |l: &[Value]| -> Vec<String> { l.iter().map(|h| h["decision"].to_string()).collect() };
+    assert_eq!(decisions(bars), decisions(hops), "{req}");
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    for pair in bars.windows(2) {
+        assert!(
+            num(&pair[0], "start_ms") <= num(&pair[1], "start_ms"),
+            "{req}"
+        );
+        assert!(num(&pair[0], "x") <= num(&pair[1], "x"), "{req}");
+    }
+    let longest = bars
+        .iter()
+        .max_by(|a, b| num(a, "duration_ms").total_cmp(&num(b, "duration_ms")))
+        .unwrap();
+    let scale = num(longest, "width") / num(longest, "duration_ms").max(1.0);
+    for b in bars {
+        let want = (num(b, "duration_ms") * scale).max(2.0);
+        assert!(
+            (num(b, "width") - want).abs() < 0.05,
+            "bar width {} for {} ms, want {want}: {req}",
+            num(b, "width"),
+            num(b, "duration_ms")
+        );
+    }
+    // The chain as a row of signed links: alice → frontend → planner → executor → gateway.
+    let links = req["chain_links"].as_array().unwrap();
+    let names: Vec<&str> = links.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "✓ alice",
+            "✓ frontend",
+            "✓ planner",
+            "✓ executor",
+            "✓ gateway"
+        ],
+        "{req}"
+    );
+    assert!(links.iter().all(|l| l["verified"] == "true"), "{req}");
+
     // The inspector lists exactly the SPIFFE IDs `entry list -o json` prints.
     let entries: Value = serde_json::from_str(&cli(&["entry", "list", "-o", "json"])).unwrap();
     let mut want: Vec<String> = entries
@@ -880,6 +943,101 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         "{live:?}"
     );
 
+    // The graph: one node per registered SPIFFE ID, one edge per intention, deny edges
+    // dashed and labelled deny; the LLM provider is an external node.
+    let graph = &seen["graph"];
+    let mut graph_ids: Vec<String> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["spiffe_id"].as_str().map(str::to_owned))
+        .collect();
+    graph_ids.sort();
+    assert_eq!(graph_ids, want, "{graph}");
+    assert!(
+        graph["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["kind"] == "external" && n["name"] == "LLM (offline)"),
+        "{graph}"
+    );
+    let listed = intentions["intentions"].as_array().unwrap();
+    let edges = graph["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), listed.len(), "{graph}");
+    for i in listed {
+        let edge = edges
+            .iter()
+            .find(|e| e["intention"] == i["id"])
+            .unwrap_or_else(|| panic!("no edge for intention {i}: {graph}"));
+        assert_eq!(edge["action"], i["action"], "{edge}");
+        assert_eq!(edge["label"], i["action"], "{edge}");
+        let dashed = edge["dash"] != "none";
+        assert_eq!(dashed, i["action"] == "deny", "{edge}");
+    }
+    // Live: the refused planner → gateway call flashed the deny edge red, and the ask lit
+    // every edge it crossed, each counter one up.
+    assert_eq!(seen["red_flash"], true);
+    assert_eq!(seen["lighting_ask_status"], 200);
+    let state = |k: &str, id: &Value| -> Value {
+        seen[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["intention"] == *id)
+            .cloned()
+            .unwrap()
+    };
+    for i in listed {
+        let (before, after) = (
+            state("edges_before", &i["id"]),
+            state("edges_after", &i["id"]),
+        );
+        let (lit, counter) = if i["action"] == "deny" {
+            ("deny", "denied")
+        } else {
+            ("allow", "allowed")
+        };
+        assert_eq!(after["last_lit"], lit, "{after}");
+        assert!(
+            after[counter].as_u64().unwrap() > before[counter].as_u64().unwrap(),
+            "{before} → {after}"
+        );
+    }
+    // By keyboard, Enter on a node shows its SVID, and on the deny edge its intention and
+    // "can planner call gateway", filled in.
+    let node_panel = &seen["node_panel"];
+    assert_eq!(node_panel["shown"], true, "{node_panel}");
+    let serial = node_panel["serial"].as_str().unwrap();
+    assert!(serial.len() >= 16, "{node_panel}");
+    assert!(
+        node_panel["text"].as_str().unwrap().contains("expires")
+            || node_panel["text"].as_str().unwrap().contains("Expires"),
+        "{node_panel}"
+    );
+    let edge_panel = &seen["edge_panel"];
+    assert_eq!(edge_panel["shown"], true, "{edge_panel}");
+    assert!(
+        edge_panel["text"].as_str().unwrap().contains(deny_id),
+        "{edge_panel}"
+    );
+    assert!(
+        edge_panel["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("/sa/planner")
+            && edge_panel["destination"]
+                .as_str()
+                .unwrap()
+                .ends_with("/sa/gateway"),
+        "{edge_panel}"
+    );
+    // Readable at 1280×800: no page scrolls sideways.
+    assert_eq!(
+        seen["scrolls_sideways"],
+        serde_json::json!({"ask": false, "request": false, "inspector": false})
+    );
+
     // The check form gives `intention check`'s answer.
     let check = cli(&[
         "intention",
@@ -903,9 +1061,17 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         "5-request.png",
         "6-inspector-live-denied.png",
         "7-check.png",
+        "8-graph.png",
+        "8-graph-edge-panel.png",
+        "9-timeline.png",
     ] {
         assert!(shots.join(shot).exists(), "screenshot {shot} missing");
     }
+    println!(
+        "screenshots (the graph: 8-graph.png, the timeline: 9-timeline.png, the ask page: \
+         4-answer.png): {}",
+        shots.display()
+    );
     // SIGTERM, as Ctrl-C would: up stops every child.
     let _ = Command::new("kill")
         .args(["-TERM", &up.0.id().to_string()])

@@ -169,10 +169,10 @@ impl DecisionLog {
         (list, self.live.subscribe())
     }
 
-    /// The last `n`, newest first.
-    pub fn latest(&self, n: usize) -> Vec<Arc<Decision>> {
+    /// Every kept decision, oldest first.
+    pub fn all(&self) -> Vec<Arc<Decision>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.1.iter().rev().take(n).cloned().collect()
+        recent.1.iter().cloned().collect()
     }
 
     /// Every kept decision of one trace, in the order the requests started.
@@ -338,7 +338,7 @@ mod tests {
         log.push(decision("t", "2026-12-02T10:00:01Z", 0, "inbound"));
         let (after_a, _) = log.since(a.id);
         assert_eq!(after_a.len(), 1);
-        assert_eq!(log.latest(1)[0].id, a.id + 1);
+        assert_eq!(log.all().last().unwrap().id, a.id + 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use agentmesh_proto::v1::CheckIntentionResponse;
 use serde_json::Value;
 
 use super::feed::Decision;
+use super::graph::Graph;
 use super::mesh::{DenialRow, IntentionRow, MeshError, MeshView, ServiceRow, short};
 use super::requests::{AskRecord, ChainElement};
 use crate::page::{escape, layout_with_script};
@@ -44,7 +45,7 @@ fn remaining(unix: i64) -> String {
 }
 
 /// A `<time>` the script counts down.
-fn countdown(unix: i64) -> String {
+pub(super) fn countdown(unix: i64) -> String {
     format!(
         "<time class=\"countdown\" datetime=\"{}\" data-expires=\"{unix}\">{}</time>",
         rfc3339(unix),
@@ -60,6 +61,7 @@ fn problem(e: &MeshError) -> String {
 }
 
 const NAV: &str = "<nav aria-label=\"Inspector\"><ul class=\"tabs\">\
+    <li><a href=\"/inspector#graph-section\">Graph</a></li>\
     <li><a href=\"/inspector#mesh\">Mesh</a></li>\
     <li><a href=\"/inspector#denials\">Refused identities</a></li>\
     <li><a href=\"/inspector#intentions\">Intentions</a></li>\
@@ -178,6 +180,7 @@ const DECISION_HEAD: &str = "<thead><tr><th scope=\"col\">When</th><th scope=\"c
 /// The inspector's main page: one section after another, in the order the tabs name them.
 pub fn inspector(
     mesh: &MeshView,
+    graph: &Graph,
     check: &CheckForm,
     decisions: &[std::sync::Arc<Decision>],
     asks: &[std::sync::Arc<AskRecord>],
@@ -186,6 +189,7 @@ pub fn inspector(
     let mut m = String::new();
     m.push_str("<h1>Security Inspector</h1>");
     m.push_str(NAV);
+    m.push_str(&graph_section(mesh, graph));
     m.push_str(&mesh_section(mesh));
     m.push_str(&denials_section(&mesh.denials));
     m.push_str(&intentions_section(&mesh.intentions));
@@ -193,6 +197,19 @@ pub fn inspector(
     m.push_str(&decisions_section(decisions, feeds));
     m.push_str(&requests_section(asks));
     layout_with_script("Inspector", &m, Some("/static/inspector.js"))
+}
+
+/// The mesh graph, or why there is none: without the server there are no services to draw.
+fn graph_section(mesh: &MeshView, graph: &Graph) -> String {
+    let mut m = String::from(
+        "<section id=\"graph-section\" aria-labelledby=\"graph-h\"><h2 id=\"graph-h\">Who may call whom</h2>",
+    );
+    match (&mesh.services, &mesh.intentions) {
+        (Err(e), _) | (_, Err(e)) => m.push_str(&problem(e)),
+        _ => m.push_str(&graph.render()),
+    }
+    m.push_str("</section>");
+    m
 }
 
 /// Whether the server and the node answer, and every service with the SVID the node holds.
@@ -507,6 +524,7 @@ fn chain_item(i: usize, e: &ChainElement) -> String {
 /// One ask's page: what was asked and answered, then the evidence for it.
 pub fn request(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
     let mut m = request_summary(a);
+    m.push_str(&timeline_section(a, hops));
     m.push_str(&trace_section(&a.trace_id, hops));
     m.push_str(&chain_section(&a.chain));
     m.push_str(&signatures_section(&a.answer));
@@ -551,6 +569,24 @@ fn request_summary(a: &AskRecord) -> String {
             escape(e)
         );
     }
+    m
+}
+
+/// The picture of the request: the chain of signed links above the waterfall of its hops;
+/// the tables below hold the same facts in full.
+fn timeline_section(a: &AskRecord, hops: &[std::sync::Arc<Decision>]) -> String {
+    let mut m = String::from(
+        "<section id=\"timeline\" aria-labelledby=\"tl-h\"><h2 id=\"tl-h\">Timeline</h2>\
+         <h3>Delegation chain</h3>",
+    );
+    m.push_str(&super::timeline::chain_row(&a.chain));
+    m.push_str("<h3>Hops</h3>");
+    if hops.is_empty() {
+        m.push_str("<p role=\"status\">No sidecar has reported a hop of this trace (yet).</p>");
+    } else {
+        m.push_str(&super::timeline::waterfall(hops));
+    }
+    m.push_str("</section>");
     m
 }
 

@@ -1,8 +1,11 @@
 // Headless Chromium through a whole visit, as a person makes it: the frontend's page, the
 // real oidc-provider's login and consent pages, back to the frontend, a question asked from
 // the page by keyboard, the request's page in the inspector (trace, chain, JWS checks), then
-// the inspector itself: the SPIFFE IDs it lists, a denied call showing up live, and the
-// check form driven by keyboard. Prints one JSON object and saves screenshots.
+// the inspector itself: the SPIFFE IDs it lists, the mesh graph (its nodes and edges read
+// from the SVG's data attributes, lit live by a denied call and by an ask, its panels opened
+// by keyboard), a denied call showing up live, and the check form driven by keyboard. Every
+// page at 1280×800, where none may scroll sideways. Prints one JSON object and saves
+// screenshots (the graph, the timeline and the ask page among them).
 // Run with: PUPPETEER_MODULE=.cache/node/node_modules/puppeteer-core/lib/puppeteer/puppeteer-core.js \
 //           node browser_login.mjs FRONTEND_URL SCREENSHOT_DIR DENIED_CALL_URL
 // DENIED_CALL_URL is a plain local sidecar port whose destination the intentions refuse
@@ -27,6 +30,10 @@ const out = {};
 const errors = [];
 try {
   const page = await browser.newPage();
+  // The size the inspector must be readable at without scrolling sideways.
+  await page.setViewport({ width: 1280, height: 800 });
+  const sideways = () => page.evaluate(() => document.documentElement.scrollWidth > document.documentElement.clientWidth);
+  out.scrolls_sideways = {};
   // A CSP violation or a script error on the frontend's pages is a failure, not noise (the
   // provider's pages and the browser's own favicon fetches are not ours to judge).
   page.on('pageerror', (e) => errors.push(`pageerror at ${page.url()}: ${e.message}`));
@@ -62,6 +69,14 @@ try {
   await Promise.all([page.waitForNavigation(), page.keyboard.press('Enter')]);
   out.answer = await page.$eval('#answer', (a) => a.textContent);
   out.signatures_on_answer = await page.$$eval('#signatures li', (l) => l.map((x) => x.textContent));
+  out.ask_page = await page.evaluate(() => ({
+    text: document.getElementById('answer-text').textContent,
+    agents: [...document.querySelectorAll('#agents li')].map((l) => l.textContent),
+    signatures: [...document.querySelectorAll('#signatures li')].map((l) => ({ verified: l.dataset.verified, text: l.textContent })),
+    raw_folded: document.querySelector('details#raw pre#answer') !== null && !document.getElementById('raw').open,
+    timeline_link: document.getElementById('request-link')?.getAttribute('href') || null,
+  }));
+  out.scrolls_sideways.ask = await sideways();
   await page.screenshot({ path: join(shots, '4-answer.png'), fullPage: true });
 
   // The request's page.
@@ -85,15 +100,51 @@ try {
     jws: await page.$$eval('#signatures li', (l) => l.map((x) => ({
       verified: x.dataset.verified, text: x.textContent,
     }))),
+    waterfall: await page.$$eval('#waterfall g.bar', (l) => l.map((g) => ({
+      decision: g.dataset.decision,
+      start_ms: Number(g.dataset.startMs),
+      duration_ms: Number(g.dataset.durationMs),
+      x: Number(g.querySelector('rect').getAttribute('x')),
+      width: Number(g.querySelector('rect').getAttribute('width')),
+      rendered_width: g.querySelector('rect').getBoundingClientRect().width,
+    }))),
+    chain_links: await page.$$eval('#chain-links li[data-verified]', (l) => l.map((x) => ({
+      role: x.dataset.role, verified: x.dataset.verified, text: x.textContent,
+    }))),
   };
+  out.scrolls_sideways.request = await sideways();
   await page.screenshot({ path: join(shots, '5-request.png'), fullPage: true });
+  await (await page.$('#timeline')).screenshot({ path: join(shots, '9-timeline.png') });
 
   // The inspector: the SPIFFE IDs it shows, then a denied call arriving live.
   await page.goto(`${frontend}/inspector`);
   out.spiffe_ids = await page.$$eval('#services [data-spiffe-id]', (l) => l.map((x) => x.dataset.spiffeId));
   out.countdown_before = await page.$eval('#services time.countdown', (t) => t.textContent);
+  out.graph = await page.evaluate(() => ({
+    nodes: [...document.querySelectorAll('#mesh-graph g.node')].map((g) => ({
+      kind: g.dataset.kind, name: g.dataset.name, spiffe_id: g.dataset.spiffeId || null,
+    })),
+    edges: [...document.querySelectorAll('#mesh-graph g.edge[data-intention]')].map((g) => ({
+      intention: g.dataset.intention, action: g.dataset.action,
+      source: g.dataset.source, destination: g.dataset.destination,
+      dash: getComputedStyle(g.querySelector('path.line')).strokeDasharray,
+      label: g.querySelector('.action').textContent,
+    })),
+  }));
+  out.scrolls_sideways.inspector = await sideways();
   await page.waitForFunction(() => document.getElementById('live-status').textContent.startsWith('live'), { timeout: 30000 });
   const after = Number(await page.$eval('#decision-table', (t) => t.dataset.after));
+  const edgeState = () => page.$$eval('#mesh-graph g.edge[data-intention]', (l) => l.map((g) => ({
+    intention: g.dataset.intention, action: g.dataset.action,
+    allowed: Number(g.dataset.allowed), denied: Number(g.dataset.denied),
+    last_decision: Number(g.dataset.lastDecision || 0), last_lit: g.dataset.lastLit || null,
+  })));
+  out.edges_before = await edgeState();
+  // The refusal below must flash the deny edge red; watch for it before making the call, with
+  // no time limit (the test's own patience bounds the whole run).
+  const redFlash = page.waitForFunction(
+    () => document.querySelector('#mesh-graph g.edge.lit-deny[data-action="deny"]') !== null,
+    { polling: 'mutation', timeout: 0 });
   const deniedBody = JSON.stringify({ model: 'agentmesh-default', messages: [{ role: 'user', content: 'from the inspector test' }] });
   if (deniedUrl.startsWith('unix://')) {
     // fetch() cannot dial a Unix socket; node's http module can.
@@ -112,6 +163,38 @@ try {
     (after) => [...document.querySelectorAll('#decision-table tbody tr[data-decision="deny"]')]
       .some((r) => Number(r.dataset.id) > after),
     { timeout: 30000 }, after);
+  await redFlash;
+  out.red_flash = true;
+  // An ask made while the graph is open lights every edge it crosses.
+  out.lighting_ask_status = await page.evaluate(async () => (await fetch('/ask', {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ question: 'Which edges does this question cross?' }),
+  })).status);
+  await page.waitForFunction(
+    (after) => [...document.querySelectorAll('#mesh-graph g.edge[data-intention]')]
+      .every((g) => Number(g.dataset.lastDecision || 0) > after),
+    { polling: 'mutation', timeout: 0 }, after);
+  out.edges_after = await edgeState();
+  await (await page.$('#graph')).screenshot({ path: join(shots, '8-graph.png') });
+  // By keyboard: a node's panel (its SVID), then the deny edge's (the check, filled in).
+  await page.evaluate(() => document.querySelector('#mesh-graph g.node[data-name="planner"] a').focus());
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => location.hash.startsWith('#panel-node-'), { timeout: 0 });
+  out.node_panel = await page.evaluate(() => {
+    const p = document.querySelector(location.hash);
+    return { shown: getComputedStyle(p).display !== 'none', text: p.textContent,
+      serial: p.querySelector('code.serial')?.textContent || null };
+  });
+  await page.evaluate(() => document.querySelector('#mesh-graph g.edge[data-action="deny"] a').focus());
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => location.hash.startsWith('#panel-edge-'), { timeout: 0 });
+  out.edge_panel = await page.evaluate(() => {
+    const p = document.querySelector(location.hash);
+    return { shown: getComputedStyle(p).display !== 'none', text: p.textContent,
+      source: p.querySelector('input[name="source"]').value,
+      destination: p.querySelector('input[name="destination"]').value };
+  });
+  await page.screenshot({ path: join(shots, '8-graph-edge-panel.png') });
   out.live_denied = await page.$$eval('#decision-table tbody tr[data-decision="deny"]', (rows, after) => rows
     .filter((r) => Number(r.dataset.id) > after)
     .map((r) => ({ intention: r.dataset.intention, text: r.textContent })), after);

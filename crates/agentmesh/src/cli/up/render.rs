@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use agentmesh_agents::{AgentConfig, MtlsConfig, SearchConfig, SearchKind};
-use agentmesh_frontend::{FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig};
+use agentmesh_frontend::{
+    ExternalConfig, FrontendConfig, InspectorConfig, OidcConfig, ProxyFeedConfig,
+};
 use agentmesh_gateway::{
     ApiKey, CallerConfig, GatewayConfig, ModelConfig, ProviderConfig, ProviderKind,
 };
@@ -70,7 +72,7 @@ pub fn app_config(
         }
         ServiceKind::Frontend => (
             "frontend",
-            to_toml(WRITTEN_BY, &frontend(p, plan, layout)?)?,
+            to_toml(WRITTEN_BY, &frontend(p, plan, layout, llm)?)?,
         ),
         ServiceKind::Process => return Ok(None),
     };
@@ -309,11 +311,18 @@ fn delegation(scenario: &Scenario, layout: &Layout) -> Option<DelegationConfig> 
 /// The frontend's config: the entry agent and its other upstreams through its sidecar, the
 /// scenario's `[oidc]` if any (without one, the loopback-only dev login, labelled as such
 /// on the page and in the log), and the Security Inspector, which reads the control plane
-/// over its admin sockets (same user, 0600) and follows every sidecar's decisions.
+/// over its admin sockets (same user, 0600) and follows every sidecar's decisions. Each
+/// gateway's `--llm` provider is named to the inspector as an external destination, since
+/// no registration entry stands for it.
 ///
 /// # Errors
 /// The frontend's listener is not TCP, or its `oidc` table is not the frontend's.
-pub fn frontend(p: &Planned, plan: &Plan, layout: &Layout) -> anyhow::Result<FrontendConfig> {
+pub fn frontend(
+    p: &Planned,
+    plan: &Plan,
+    layout: &Layout,
+    llm: &Llm,
+) -> anyhow::Result<FrontendConfig> {
     let listen = p.app.tcp_socket_addr().ok_or_else(|| {
         anyhow!(
             "service {}: a frontend listens on TCP, not {}",
@@ -348,6 +357,22 @@ pub fn frontend(p: &Planned, plan: &Plan, layout: &Layout) -> anyhow::Result<Fro
             .map(|o| ProxyFeedConfig {
                 name: o.spec.name.clone(),
                 admin: o.admin.clone(),
+            })
+            .collect(),
+        external: plan
+            .services
+            .iter()
+            .filter(|o| o.spec.kind == ServiceKind::Gateway)
+            .map(|o| ExternalConfig {
+                name: match llm {
+                    Llm::Offline => "LLM (offline)",
+                    Llm::Ollama(_) => "LLM (ollama)",
+                    Llm::Openai(_) => "LLM (openai)",
+                }
+                .into(),
+                from: o.spec.name.clone(),
+                kind: "llm".into(),
+                detail: llm.describe(),
             })
             .collect(),
     };

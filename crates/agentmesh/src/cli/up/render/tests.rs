@@ -125,7 +125,7 @@ fn every_generated_config_loads_with_its_component_and_round_trips() {
                     }
                 }
                 ServiceKind::Frontend => {
-                    let cfg = frontend(p, &plan, &layout).unwrap();
+                    let cfg = frontend(p, &plan, &layout, &Llm::Offline).unwrap();
                     let text = to_toml(WRITTEN_BY, &cfg).unwrap();
                     let loaded = FrontendConfig::parse(&text, Path::new("f.toml"))
                         .unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
@@ -133,6 +133,16 @@ fn every_generated_config_loads_with_its_component_and_round_trips() {
                     let ins = loaded.inspector.expect("[inspector]");
                     assert_eq!(ins.proxy.len(), plan.services.len(), "{what}");
                     assert_eq!(ins.server_admin_socket, Some(layout.admin_socket.clone()));
+                    // Each gateway's provider is an external node of the inspector's graph.
+                    let gateways: Vec<&str> = plan
+                        .services
+                        .iter()
+                        .filter(|o| o.spec.kind == ServiceKind::Gateway)
+                        .map(|o| o.spec.name.as_str())
+                        .collect();
+                    let from: Vec<&str> = ins.external.iter().map(|e| e.from.as_str()).collect();
+                    assert_eq!(from, gateways, "{what}");
+                    assert!(ins.external.iter().all(|e| e.kind == "llm"), "{what}");
                 }
                 ServiceKind::Process => {
                     assert!(
@@ -210,7 +220,7 @@ fn a_scenario_oidc_table_reaches_the_frontend_config() {
         .iter()
         .find(|p| p.spec.kind == ServiceKind::Frontend)
         .unwrap();
-    let cfg = frontend(fe, &plan, &layout).unwrap();
+    let cfg = frontend(fe, &plan, &layout, &Llm::Offline).unwrap();
     let f = to_toml(WRITTEN_BY, &cfg).unwrap();
     let loaded =
         FrontendConfig::parse(&f, Path::new("f.toml")).unwrap_or_else(|e| panic!("{e}\n{f}"));
