@@ -397,26 +397,17 @@ impl Inbound {
         headers: &http::HeaderMap,
         body: RequestBody,
     ) -> Result<(Message, bytes::Bytes), (McpError, Option<Value>)> {
-        let ct = headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        if !mcp::is_json(ct.as_deref()) {
-            return Err((McpError::NotJson(ct.unwrap_or_else(|| "none".into())), None));
-        }
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.mcp_max_body as u64) {
-            return Err((McpError::TooLarge(self.mcp_max_body), None));
-        }
-        let bytes = match Limited::new(body, self.mcp_max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err((McpError::TooLarge(self.mcp_max_body), None));
-            }
-            Err(e) => return Err((McpError::Read(e.to_string()), None)),
-        };
+        use crate::jsonrpc::BodyError;
+        let bytes = crate::jsonrpc::read_json_body(headers, body, self.mcp_max_body)
+            .await
+            .map_err(|e| {
+                let e = match e {
+                    BodyError::NotJson(ct) => McpError::NotJson(ct),
+                    BodyError::TooLarge(max) => McpError::TooLarge(max),
+                    BodyError::Read(why) => McpError::Read(why),
+                };
+                (e, None)
+            })?;
         let msg = Message::parse(&bytes).map_err(|e| (e, None))?;
         msg.check_headers(headers)
             .map_err(|e| (e, msg.id.clone()))?;
