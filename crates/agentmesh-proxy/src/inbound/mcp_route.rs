@@ -46,9 +46,9 @@ pub(super) struct UserTokens {
 }
 
 /// The user behind a call: the verified claims, or why there are none.
-struct User {
-    claims: Option<agentmesh_sdk::UserClaims>,
-    refused: Option<String>,
+pub(super) struct User {
+    pub(super) claims: Option<agentmesh_sdk::UserClaims>,
+    pub(super) refused: Option<String>,
 }
 
 /// Re-decides one open MCP stream's call against a new policy.
@@ -202,6 +202,7 @@ impl Inbound {
             method: ctx.method,
             path: ctx.path,
             mcp: None,
+            a2a: None,
         };
         let data = |intention: Option<&str>, reason: &str| {
             json!({
@@ -344,7 +345,12 @@ impl Inbound {
     /// Verifies the user token and delegation chain a call carries, with the verified caller
     /// as the chain's last hop, as the agents and the gateway do. No single-use check: one
     /// question's token rightly drives several tool calls of one MCP session.
-    fn user(&self, headers: &http::HeaderMap, peer: &SpiffeId, own: &X509Context) -> User {
+    pub(super) fn user(
+        &self,
+        headers: &http::HeaderMap,
+        peer: &SpiffeId,
+        own: &X509Context,
+    ) -> User {
         let none = |refused: Option<String>| User {
             claims: None,
             refused,

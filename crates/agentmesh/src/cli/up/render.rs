@@ -114,6 +114,7 @@ pub fn proxy(p: &Planned, plan: &Plan, scenario: &Scenario, layout: &Layout) -> 
             headers_with_underscores_action: Default::default(),
             path_with_escaped_slashes_action: Default::default(),
             mcp_max_body_bytes: None,
+            a2a_max_body_bytes: None,
             user_token_issuer: delegation(scenario, layout).map(|d| d.issuer),
             user_token_audience: Some(scenario.trust_domain.clone()),
         }),
