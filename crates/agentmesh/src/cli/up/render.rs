@@ -209,6 +209,8 @@ pub fn agent(
         search,
         delegation: delegation(scenario, layout),
         mtls,
+        // The card signs with the [delegation] or [mtls] SVID where the scenario gives one.
+        a2a: None,
         limits: Default::default(),
     })
 }
