@@ -84,7 +84,10 @@ async fn raw(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8]) 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let text = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     (
         status,
         serde_json::from_str(text).unwrap_or_else(|_| json!({"raw": text})),
@@ -107,15 +110,17 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
     for s in ["client", "executor", "gateway"] {
         register(&mesh, s, None);
     }
-    // === the gateway (offline provider) behind its sidecar ===
-    let gw_port = free_port();
+    // === the gateway (offline provider) behind its sidecar, on a socket only its uid
+    // reaches (it trusts the sidecar's x-forwarded-client-cert only there) ===
+    let gw_socket = mesh.dir.join("gateway.sock");
     let gw_config = mesh.dir.join("gateway.toml");
     std::fs::write(
         &gw_config,
         format!(
-            "listen = \"127.0.0.1:{gw_port}\"\n[[provider]]\nname = \"local\"\nkind = \"offline\"\n\
+            "listen = \"unix://{}\"\n[[provider]]\nname = \"local\"\nkind = \"offline\"\n\
              [[model]]\nname = \"agentmesh-default\"\nproviders = [\"local\"]\n\
-             [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n"
+             [[caller]]\nid = \"executor\"\nmodels = [\"*\"]\n",
+            gw_socket.display()
         ),
     )
     .expect("write gateway.toml");
@@ -128,8 +133,8 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
             .spawn()
             .expect("spawn the gateway"),
     );
-    let gw_app: SocketAddr = ([127, 0, 0, 1], gw_port).into();
-    let _gw_proxy = start_proxy(&mesh, "gateway", Some((gw_app, "http")), &[]).await;
+    let gw_app = format!("unix://{}", gw_socket.display());
+    let _gw_proxy = start_proxy_to(&mesh, "gateway", Some((gw_app, "http")), &[], &[]).await;
 
     // === the executor agent behind its sidecar ===
     let agent_app: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -167,7 +172,14 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
     let upstream = client.upstreams[0];
 
     // === intentions: SendMessage and the extended card for the client ===
-    mesh.cli_ok(&["intention", "create", "executor", "gateway", "--action", "allow"]);
+    mesh.cli_ok(&[
+        "intention",
+        "create",
+        "executor",
+        "gateway",
+        "--action",
+        "allow",
+    ]);
     let created = mesh.cli_ok(&[
         "intention",
         "create",
@@ -195,7 +207,12 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
     .await;
 
     let out = sdk_client(upstream, &bundle);
-    assert_eq!(out["card"]["verified"], true, "{out}\nagent log:\n{}", std::fs::read_to_string(&agent_log).unwrap_or_default());
+    assert_eq!(
+        out["card"]["verified"],
+        true,
+        "{out}\nagent log:\n{}",
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
+    );
     assert_eq!(out["card"]["signer"], id("executor").as_str(), "{out}");
     assert_eq!(out["card"]["tamper_refused"], true, "{out}");
     assert!(
@@ -212,6 +229,7 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
     assert_eq!(out["extended"]["skills"], json!(["executor"]), "{out}");
 
     // === the extended card only: SendMessage is refused, and its skill hidden ===
+    mesh.cli_ok(&["intention", "delete", "client", "executor"]);
     mesh.cli_ok(&[
         "intention",
         "create",
@@ -237,7 +255,9 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
         .to_owned();
     let out = sdk_client(upstream, &bundle);
     assert_eq!(out["card"]["verified"], true, "{out}");
-    let err = out["send"]["error"].as_str().unwrap_or_else(|| panic!("SendMessage was not refused: {out}"));
+    let err = out["send"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("SendMessage was not refused: {out}"));
     assert!(
         err.contains("denied by intentions") && err.contains(&card_only),
         "{err}"
@@ -252,7 +272,13 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
         b
     };
     let cases: Vec<(&str, &str, Vec<u8>, u16, i64)> = vec![
-        ("malformed JSON-RPC", JSON, b"{\"jsonrpc\":\"2.0\",".to_vec(), 400, -32700),
+        (
+            "malformed JSON-RPC",
+            JSON,
+            b"{\"jsonrpc\":\"2.0\",".to_vec(),
+            400,
+            -32700,
+        ),
         ("an oversized body", JSON, big, 413, -32600),
         (
             "an unknown method",
@@ -268,7 +294,13 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
             400,
             -32600,
         ),
-        ("a non-JSON body", "text/plain", b"SendMessage hello".to_vec(), 415, -32700),
+        (
+            "a non-JSON body",
+            "text/plain",
+            b"SendMessage hello".to_vec(),
+            415,
+            -32700,
+        ),
     ];
     for (what, ct, body, want_status, want_code) in cases {
         let (status, answer) = raw(upstream, "POST", "/a2a", ct, &body).await;
@@ -299,15 +331,29 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
     assert_eq!(line("deny", &card_only)["source"], id("client").as_str());
     // Bad input never reached the agent: the sidecar refused each with its own line.
     assert!(
-        lines.iter().filter(|l| l["decision"] == "deny" && l["a2a_method"].is_null()
-            && l["reason"].as_str().is_some_and(|r| r.contains("refused before any permission")))
-            .count() >= 5,
+        lines
+            .iter()
+            .filter(|l| l["decision"] == "deny"
+                && l["a2a_method"].is_null()
+                && l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("refused before any permission")))
+            .count()
+            >= 5,
         "{lines:?}"
     );
 
     // === a live deny: the whole pair is refused ===
+    mesh.cli_ok(&["intention", "delete", "client", "executor"]);
     let denied = mesh.cli_ok(&[
-        "intention", "create", "client", "executor", "--action", "deny", "-o", "json",
+        "intention",
+        "create",
+        "client",
+        "executor",
+        "--action",
+        "deny",
+        "-o",
+        "json",
     ]);
     let deny: Value = serde_json::from_str(&denied).expect("json");
     let deny_id = deny["id"].as_str().expect("id").to_owned();
@@ -323,7 +369,9 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
     assert_eq!(last.1["intention"], deny_id.as_str(), "{}", last.1);
     let out = sdk_client(upstream, &bundle);
     assert!(
-        out["card"]["error"].as_str().is_some_and(|e| e.contains("403")),
+        out["card"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403")),
         "the card is refused after the deny: {out}"
     );
     assert!(!executor.log_text().contains("panicked"));
