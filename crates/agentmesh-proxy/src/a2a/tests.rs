@@ -15,10 +15,12 @@ fn a_request_is_named_by_its_method() {
     assert_eq!(r.id, json!(7));
 }
 
+/// (body, expected error, whether the id comes back to answer with)
+type BadCase = (&'static str, fn(&A2aError) -> bool, bool);
+
 #[test]
 fn bad_requests_get_one_clear_error_each() {
-    // (body, expected error, whether the id comes back to answer with)
-    let cases: &[(&str, fn(&A2aError) -> bool, bool)] = &[
+    let cases: &[BadCase] = &[
         (
             "{\"jsonrpc\":\"2.0\",",
             |e| matches!(e, A2aError::Malformed(_)),
