@@ -210,6 +210,21 @@ impl MtlsConfig {
     }
 }
 
+/// `[a2a]`: the A2A agent card. The card is signed with the agent's SVID, taken from
+/// `[mtls]` or `[delegation]` when the agent has one, else from `workload_api` here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2aConfig {
+    /// The Workload API (`unix:///path`) to take the signing SVID from, for an agent with
+    /// neither `[mtls]` nor `[delegation]`.
+    #[serde(default)]
+    pub workload_api: Option<String>,
+    /// The JSON-RPC URL the card advertises; default `http://<the Host the card was asked
+    /// for>/a2a`, which is the caller's own sidecar listener when it asks through one.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
 /// The whole agent.toml.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +255,9 @@ pub struct AgentConfig {
     /// In-process mTLS and intentions instead of a sidecar.
     #[serde(default)]
     pub mtls: Option<MtlsConfig>,
+    /// `[a2a]`: where the agent card's signing SVID comes from, and the URL it advertises.
+    #[serde(default)]
+    pub a2a: Option<A2aConfig>,
     /// `[limits]`: head deadline, body idle timeout, head sizes and connection counts, for
     /// each of the agent's listeners (plain or mTLS, and admin).
     #[serde(
@@ -356,6 +374,24 @@ impl AgentConfig {
     }
 
     fn validate_common(&self) -> Result<(), String> {
+        if let Some(a) = &self.a2a {
+            if let Some(w) = &a.workload_api
+                && !w
+                    .strip_prefix("unix://")
+                    .is_some_and(|p| p.starts_with('/'))
+            {
+                return Err(format!(
+                    "[a2a] workload_api = {w:?} must be unix:///absolute/path"
+                ));
+            }
+            if let Some(u) = &a.url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(format!(
+                    "[a2a] url = {u:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
         if self.model.trim().is_empty() {
             return Err("model is empty".into());
         }

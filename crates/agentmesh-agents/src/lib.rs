@@ -17,6 +17,7 @@
 //! `[mtls]`; the agents only ask and answer.
 #![forbid(unsafe_code)]
 
+mod a2a;
 mod client;
 mod config;
 mod handle;
@@ -38,7 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use config::{
-    AgentConfig, ConfigError, DEFAULT_MODEL, MtlsConfig, SearchConfig, SearchKind, UpstreamConfig,
+    A2aConfig, AgentConfig, ConfigError, DEFAULT_MODEL, MtlsConfig, SearchConfig, SearchKind,
+    UpstreamConfig,
 };
 pub use mtls::MtlsError;
 pub use role::{Role, UnknownRole};
@@ -65,6 +67,9 @@ pub enum AgentError {
     /// `[mtls]` cannot be set up (no SVID from the node).
     #[error("mtls: {0}")]
     Mtls(#[from] MtlsError),
+    /// `[a2a] workload_api` gave no SVID to sign the agent card with.
+    #[error("[a2a]: no SVID to sign the agent card with: {0}")]
+    A2a(String),
 }
 
 /// The largest question (with context) an agent accepts, in bytes.
@@ -153,6 +158,8 @@ pub struct Agent {
     upstreams: Upstreams,
     search: Option<Search>,
     delegation: Option<agentmesh_sdk::delegation::service::Delegation>,
+    /// The SVID the agent card is signed with: `[mtls]`'s, `[delegation]`'s or `[a2a]`'s.
+    identity: Option<Arc<agentmesh_sdk::X509Source>>,
 }
 
 /// What the calls made for one request need to carry the delegation chain on: every call
@@ -224,14 +231,18 @@ impl Agent {
             upstreams,
             search,
             delegation: None,
+            identity: None,
         })
     }
 
-    /// The HTTP service: `POST /ask` and `GET /healthz`.
+    /// The HTTP service: `POST /ask`, `GET /healthz`, and A2A: the signed agent card
+    /// (`GET /.well-known/agent-card.json`) and JSON-RPC (`POST /a2a`).
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/ask", post(ask))
             .route("/healthz", get(healthz))
+            .route(a2a::CARD_PATH, get(a2a::card))
+            .route(a2a::RPC_PATH, post(a2a::rpc))
             .with_state(self)
     }
 
@@ -387,24 +398,60 @@ async fn ask(
                 "the body is not {{\"question\": \"...\"}} JSON: {e}"
             ))
         })?;
+        agent.answer(req, &extensions, &headers, &mut trace).await
+    }
+    .await;
+    match result {
+        Ok(a) => {
+            trace.set_http_status(200);
+            json_response(StatusCode::OK, &a)
+        }
+        Err(f) => {
+            tracing::warn!(%trace_id, status = f.status.as_u16(), error = %f.message, "could not answer");
+            trace.set_http_status(f.status.as_u16());
+            trace.set_error(&f.message);
+            let mut body = json!({
+                "error": f.message,
+                "agent": agent.name(),
+                "trace_id": trace_id,
+            });
+            if let Some(r) = f.refusal {
+                body["refused"] = r;
+            }
+            json_response(f.status, &body)
+        }
+    }
+}
+
+impl Agent {
+    /// Answers one question as `/ask` does, whichever protocol carried it (`/ask`, or an A2A
+    /// `SendMessage`): verifies the delegation chain, hands the question on, and signs the
+    /// answer.
+    async fn answer(
+        &self,
+        req: AskRequest,
+        extensions: &http::Extensions,
+        headers: &HeaderMap,
+        trace: &mut Span,
+    ) -> Result<AskResponse, AgentFailure> {
         if req.question.trim().is_empty() {
             return Err(AgentFailure::bad_request("the question is empty"));
         }
-        let forward = match &agent.delegation {
+        let forward = match &self.delegation {
             Some(d) => {
                 // In-process mTLS: the caller is who its certificate says, and an XFCC
                 // header is just something the caller wrote. Behind a sidecar: the sidecar's.
                 // On a TCP listener anyone local could have written the header: no caller.
-                let peer = if agent.cfg.mtls.is_some() {
+                let peer = if self.cfg.mtls.is_some() {
                     extensions
                         .get::<agentmesh_sdk::PeerIdentity>()
                         .map(|p| p.0.clone())
-                } else if agent.cfg.trusts_forwarded_identity() {
-                    agentmesh_sdk::xfcc::peer(&headers)
+                } else if self.cfg.trusts_forwarded_identity() {
+                    agentmesh_sdk::xfcc::peer(headers)
                 } else {
                     None
                 };
-                match d.forward(&headers, peer.as_ref()) {
+                match d.forward(headers, peer.as_ref()) {
                     Ok(Some(f)) => {
                         trace.set_str("enduser.id", &f.chain.user.sub);
                         Some(f)
@@ -425,58 +472,35 @@ async fn ask(
             forward,
             last_links: std::sync::Mutex::new(None),
         };
-        agent
-            .handle(req, &trace, &onward)
-            .await
-            .map(|a| (a, onward))
-    }
-    .await;
-    match result {
-        Ok((mut a, onward)) => {
-            if a.delegation.is_empty() {
-                // The last agent: the chain is the one it sent on.
-                let sent = onward
-                    .last_links
-                    .into_inner()
-                    .unwrap_or_else(|p| p.into_inner());
-                if let Some(links) = sent {
-                    a.delegation = links
-                        .split('~')
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                }
+        let mut a = self.handle(req, trace, &onward).await?;
+        if a.delegation.is_empty() {
+            // The last agent: the chain is the one it sent on.
+            let sent = onward
+                .last_links
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(links) = sent {
+                a.delegation = links
+                    .split('~')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
             }
-            if let Some(d) = &agent.delegation {
-                let digest = ring::digest::digest(&ring::digest::SHA256, a.answer.as_bytes());
-                let payload = json!({
-                    "agent": d.me().to_string(),
-                    "answer_sha256": digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                    "trace_id": a.trace_id,
-                });
-                match d.sign(payload.to_string().as_bytes()) {
-                    Ok(jws) => a.signatures.insert(0, jws),
-                    Err(e) => tracing::warn!(error = %e, "could not sign the answer"),
-                }
-            }
-            tracing::info!(trace_id = %a.trace_id, agents = ?a.agents, "answered");
-            trace.set_http_status(200);
-            json_response(StatusCode::OK, &a)
         }
-        Err(f) => {
-            tracing::warn!(%trace_id, status = f.status.as_u16(), error = %f.message, "could not answer");
-            trace.set_http_status(f.status.as_u16());
-            trace.set_error(&f.message);
-            let mut body = json!({
-                "error": f.message,
-                "agent": agent.name(),
-                "trace_id": trace_id,
+        if let Some(d) = &self.delegation {
+            let digest = ring::digest::digest(&ring::digest::SHA256, a.answer.as_bytes());
+            let payload = json!({
+                "agent": d.me().to_string(),
+                "answer_sha256": digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "trace_id": a.trace_id,
             });
-            if let Some(r) = f.refusal {
-                body["refused"] = r;
+            match d.sign(payload.to_string().as_bytes()) {
+                Ok(jws) => a.signatures.insert(0, jws),
+                Err(e) => tracing::warn!(error = %e, "could not sign the answer"),
             }
-            json_response(f.status, &body)
         }
+        tracing::info!(trace_id = %a.trace_id, agents = ?a.agents, "answered");
+        Ok(a)
     }
 }
 
@@ -549,6 +573,32 @@ async fn bind(addr: &LocalAddr) -> Result<(LocalListener, LocalAddr), AgentError
     Ok((listener, bound))
 }
 
+/// The SVID a sidecar-backed agent signs its card with: `[delegation]`'s, else one from
+/// `[a2a] workload_api`, else none (the card is then refused with the reason).
+async fn card_identity(
+    cfg: &AgentConfig,
+    delegation: Option<&agentmesh_sdk::delegation::service::Delegation>,
+) -> Result<Option<Arc<agentmesh_sdk::X509Source>>, AgentError> {
+    if let Some(d) = delegation {
+        return Ok(Some(d.source().clone()));
+    }
+    let Some(socket) = cfg
+        .a2a
+        .as_ref()
+        .and_then(|a| a.workload_api.as_deref())
+        .and_then(|w| w.strip_prefix("unix://"))
+    else {
+        return Ok(None);
+    };
+    agentmesh_sdk::X509Source::connect(
+        std::path::Path::new(socket),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .map(Some)
+    .map_err(|e| AgentError::A2a(e.to_string()))
+}
+
 /// Binds `cfg.listen` and serves until shut down.
 ///
 /// # Errors
@@ -571,8 +621,10 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
         if !addr.is_unix() && delegation.is_some() {
             tracing::warn!(listen = %addr, "the agent listens on TCP: any local process can reach it, so x-forwarded-client-cert is not trusted and a delegation chain has no verified caller; listen on unix:///path behind the sidecar");
         }
+        let identity = card_identity(&cfg, delegation.as_ref()).await?;
         let mut agent = Agent::new(cfg)?;
         agent.delegation = delegation;
+        agent.identity = identity;
         let agent = Arc::new(agent);
         let serving = agentmesh_sdk::http::Serving::spawn(
             listener,
@@ -597,6 +649,7 @@ pub async fn start(cfg: AgentConfig) -> Result<RunningAgent, AgentError> {
     let side = mtls::MtlsSide::connect(&mtls_cfg, advertise).await?;
     let mut agent = Agent::new(cfg)?;
     agent.delegation = delegation;
+    agent.identity = Some(side.source.clone());
     side.pin_upstreams(&agent.cfg, &mut agent.upstreams)?;
     let agent = Arc::new(agent);
     let router = side.guard(agent.clone().router());

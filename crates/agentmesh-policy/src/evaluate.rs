@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use agentmesh_spiffe::SpiffeId;
 
+use crate::a2a::A2aCall;
 use crate::intention::{Action, HeaderMatch, HeaderMatchKind, Intention, PathMatch, Permission};
 use crate::mcp::{McpCall, McpItem, Miss};
 use crate::normalize::{
@@ -109,6 +110,13 @@ impl Outcomes {
             can_fail: self.can_hold,
         }
     }
+}
+
+/// The protocol message a request carries, when it was read.
+#[derive(Debug, Clone, Copy)]
+enum Call<'a> {
+    Mcp(&'a McpCall<'a>),
+    A2a(&'a A2aCall<'a>),
 }
 
 /// A set of validated intentions. Cheap to clone and share.
@@ -337,7 +345,33 @@ impl PolicySet {
         request: &HttpRequest<'_>,
         call: &McpCall<'_>,
     ) -> Decision {
-        self.check(source, destination, request, Some(call))
+        self.check(source, destination, request, Some(Call::Mcp(call)))
+    }
+
+    /// Whether the pair's deciding intention is an allow with A2A permissions, so each A2A
+    /// call must be read and decided with [`PolicySet::check_a2a`].
+    pub fn a2a_applies(&self, source: &SpiffeId, destination: &SpiffeId) -> bool {
+        match self.top(source, destination) {
+            Top::Winner { intention, .. } => {
+                intention.action == Action::Allow && intention.has_a2a()
+            }
+            Top::None => false,
+        }
+    }
+
+    /// The decision for one A2A JSON-RPC call carried by `request` (whose path is
+    /// normalised). Inside an intention with A2A permissions, the first permission that
+    /// matches decides: a permission with `a2a` matches only the methods it names (with its
+    /// user rule holding), one without matches on HTTP alone. A method A2A 1.0 does not have
+    /// is refused before any permission is read.
+    pub fn check_a2a(
+        &self,
+        source: &SpiffeId,
+        destination: &SpiffeId,
+        request: &HttpRequest<'_>,
+        call: &A2aCall<'_>,
+    ) -> Decision {
+        self.check(source, destination, request, Some(Call::A2a(call)))
     }
 
     fn check(
@@ -345,19 +379,22 @@ impl PolicySet {
         source: &SpiffeId,
         destination: &SpiffeId,
         request: &HttpRequest<'_>,
-        call: Option<&McpCall<'_>>,
+        call: Option<Call<'_>>,
     ) -> Decision {
-        let what = match call.and_then(|c| c.item.map(|i| (c.method, i))) {
-            Some((method, item)) => format!("{method} {} {:?}", item.kind(), item.name()),
-            None => match call {
-                Some(c) => format!(
-                    "MCP {} ({} {})",
-                    c.method,
-                    request.method,
-                    request.path_only()
-                ),
-                None => format!("{} {}", request.method, request.path_only()),
-            },
+        let mcp = match call {
+            Some(Call::Mcp(c)) => Some(c),
+            _ => None,
+        };
+        let what = match (call, mcp.and_then(|c| c.item.map(|i| (c.method, i)))) {
+            (_, Some((method, item))) => format!("{method} {} {:?}", item.kind(), item.name()),
+            (Some(Call::Mcp(c)), None) => format!(
+                "MCP {} ({} {})",
+                c.method,
+                request.method,
+                request.path_only()
+            ),
+            (Some(Call::A2a(c)), None) => format!("A2A {}", c.method),
+            (None, None) => format!("{} {}", request.method, request.path_only()),
         };
         let (intention, tied_with) = match self.top(source, destination) {
             Top::None => return Self::default_deny(source, destination),
@@ -374,24 +411,34 @@ impl PolicySet {
             intention_id: Some(intention.id.clone()),
             reason,
         };
+        let protocol = if intention.has_mcp() {
+            Some("MCP")
+        } else if intention.has_a2a() {
+            Some("A2A")
+        } else {
+            None
+        };
         if call.is_none()
-            && intention.has_mcp()
+            && let Some(protocol) = protocol
             && !["GET", "HEAD", "DELETE", "OPTIONS"]
                 .iter()
                 .any(|m| m.eq_ignore_ascii_case(request.method))
         {
-            // A body on an MCP route may carry any call; deciding it unread would admit
-            // every tool (this is what a caller that cannot read MCP, such as the SDK's
-            // RequireIntention today, gets).
+            // A body on an MCP or A2A route may carry any call; deciding it unread would
+            // admit every tool or method (this is what a caller that cannot read the
+            // protocol, such as the SDK's RequireIntention today, gets).
             return deny(format!(
-                "intention {} has MCP permissions, so {what} must be decided on the MCP message it carries, which this check does not read",
+                "intention {} has {protocol} permissions, so {what} must be decided on the {protocol} message it carries, which this check does not read",
                 intention.id
             ));
         }
-        let item = call.and_then(|c| c.item);
-        if intention.has_mcp()
-            && let Some(why) = item.and_then(|i| i.spelling_problem())
-        {
+        let item = mcp.and_then(|c| c.item);
+        let spelling = match call {
+            Some(Call::A2a(c)) if intention.has_a2a() => c.spelling_problem(),
+            _ if intention.has_mcp() => item.and_then(|i| i.spelling_problem()),
+            _ => None,
+        };
+        if let Some(why) = spelling {
             return deny(format!(
                 "intention {} refuses {what}: the {why}",
                 intention.id
@@ -402,7 +449,12 @@ impl PolicySet {
             if !p.matches(request) {
                 continue;
             }
-            match p.mcp_match(call, item) {
+            let matched = match call {
+                Some(Call::A2a(c)) => p.a2a_match(c),
+                _ if p.a2a.is_some() => Ok(matches!((call, p.action), (None, Action::Allow))),
+                _ => p.mcp_match(mcp, item),
+            };
+            match matched {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(miss) => {
@@ -432,6 +484,8 @@ impl PolicySet {
         });
         let rule = if intention.has_mcp() && item.is_some() {
             "inside MCP, every tool, resource and prompt no permission names is refused"
+        } else if intention.has_a2a() && matches!(call, Some(Call::A2a(_))) {
+            "inside A2A, every method no permission names is refused"
         } else {
             "a request no permission matches is denied"
         };
@@ -443,6 +497,24 @@ impl PolicySet {
 }
 
 impl Permission {
+    /// The A2A and user part of a match for an A2A call, once the HTTP part matched:
+    /// `Ok(false)` when the permission is about other methods (or about MCP), `Err` when it
+    /// names the method but its user rule does not hold.
+    fn a2a_match(&self, call: &A2aCall<'_>) -> Result<bool, Miss> {
+        if self.mcp.is_some() {
+            return Ok(false);
+        }
+        if let Some(rule) = &self.a2a
+            && !rule.names(call.method, self.action)
+        {
+            return Ok(false);
+        }
+        if let Some(u) = &self.user {
+            u.holds(call.user, self.action)?;
+        }
+        Ok(true)
+    }
+
     /// The MCP and user part of a match, once the HTTP part matched: `Ok(false)` when the
     /// permission is not about this message, `Err` when it names the item but an argument
     /// or user rule does not hold (kept for the reason).

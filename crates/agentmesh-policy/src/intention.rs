@@ -6,6 +6,7 @@ use std::fmt;
 use agentmesh_spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 use serde::{Deserialize, Serialize};
 
+use crate::a2a::{A2aRule, A2aRuleError, A2aSpec};
 use crate::mcp::{McpRule, McpRuleError, McpSpec, UserRule, UserSpec};
 
 /// Why an intention was refused.
@@ -103,6 +104,25 @@ pub enum IntentionError {
         /// What is wrong with it.
         error: McpRuleError,
     },
+    /// A bad `a2a` part.
+    #[error("permission {index}: {error}")]
+    A2a {
+        /// 1-based position of the permission.
+        index: usize,
+        /// What is wrong with it.
+        error: A2aRuleError,
+    },
+    /// Some permissions name MCP items and others A2A methods: the sidecar reads each
+    /// request body as one protocol, so one intention is about one of them.
+    #[error(
+        "permissions {mcp} and {a2a}: an intention's permissions name MCP items or A2A methods, not both; a destination's POST bodies are read as one protocol"
+    )]
+    McpAndA2a {
+        /// 1-based position of a permission with `mcp`.
+        mcp: usize,
+        /// 1-based position of a permission with `a2a`.
+        a2a: usize,
+    },
 }
 
 /// The longest `owner` accepted.
@@ -188,6 +208,10 @@ pub struct PermissionSpec {
     /// Claims the verified user token must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UserSpec>,
+    /// The A2A methods this permission is about; with it, the permission matches only A2A
+    /// calls to the methods it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<A2aSpec>,
 }
 
 /// HTTP request criteria; every one that is set must hold.
@@ -302,6 +326,12 @@ impl Intention {
     pub fn has_mcp(&self) -> bool {
         self.permissions.iter().any(|p| p.mcp.is_some())
     }
+
+    /// Whether a permission names A2A methods, so the proxy must read each A2A call to
+    /// decide (and every method no permission names is refused).
+    pub fn has_a2a(&self) -> bool {
+        self.permissions.iter().any(|p| p.a2a.is_some())
+    }
 }
 
 /// A validated L7 permission.
@@ -319,6 +349,8 @@ pub struct Permission {
     pub mcp: Option<McpRule>,
     /// Required user claims.
     pub user: Option<UserRule>,
+    /// A2A methods; `None` for a permission that is not about A2A.
+    pub a2a: Option<A2aRule>,
 }
 
 /// How a path is matched.
@@ -423,12 +455,16 @@ impl IntentionSpec {
         if self.owner.len() > OWNER_MAX || self.owner.chars().any(char::is_control) {
             return Err(IntentionError::BadOwner);
         }
-        let permissions = self
+        let permissions: Vec<Permission> = self
             .permissions
             .iter()
             .enumerate()
             .map(|(i, p)| p.validate(i + 1, self.action))
             .collect::<Result<_, _>>()?;
+        let first = |f: fn(&Permission) -> bool| permissions.iter().position(f).map(|i| i + 1);
+        if let (Some(mcp), Some(a2a)) = (first(|p| p.mcp.is_some()), first(|p| p.a2a.is_some())) {
+            return Err(IntentionError::McpAndA2a { mcp, a2a });
+        }
         Ok(Intention {
             id,
             source,
@@ -509,6 +545,16 @@ impl PermissionSpec {
             .map(UserSpec::validate)
             .transpose()
             .map_err(mcp_err)?;
+        let a2a_err = |error| IntentionError::A2a { index, error };
+        if self.a2a.is_some() && self.mcp.is_some() {
+            return Err(a2a_err(A2aRuleError::WithMcp));
+        }
+        let a2a = self
+            .a2a
+            .as_ref()
+            .map(A2aSpec::validate)
+            .transpose()
+            .map_err(a2a_err)?;
         Ok(Permission {
             action: self.action.unwrap_or(default),
             methods,
@@ -516,6 +562,7 @@ impl PermissionSpec {
             headers,
             mcp,
             user,
+            a2a,
         })
     }
 }

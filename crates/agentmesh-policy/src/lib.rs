@@ -7,14 +7,20 @@
 //! with the same code. With no intentions, everything is denied. Requests are decided in the
 //! form the app will see ([`normalize_path`]), and header rules read every value of a header.
 //! MCP calls are decided per tool, resource and prompt ([`PolicySet::check_mcp`]), with
-//! exact names and default deny once a permission names any MCP item.
+//! exact names and default deny once a permission names any MCP item; A2A calls per method
+//! ([`PolicySet::check_a2a`]), the same way.
 #![forbid(unsafe_code)]
 
+mod a2a;
 mod evaluate;
 mod intention;
 mod mcp;
 mod normalize;
 
+pub use a2a::{
+    A2A_METHODS, A2aCall, A2aRule, A2aRuleError, A2aSpec, SKILL_METHOD_TAG, is_a2a_method,
+    skill_methods,
+};
 pub use evaluate::{Decision, HttpRequest, PolicySet};
 pub use intention::{
     Action, HeaderMatch, HeaderMatchKind, HeaderSpec, HttpSpec, Intention, IntentionError,

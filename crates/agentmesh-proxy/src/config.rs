@@ -109,6 +109,11 @@ pub struct Inbound {
     /// 4 MiB (`DEFAULT_MCP_MAX_BODY_BYTES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_max_body_bytes: Option<usize>,
+    /// HTTP only: the largest A2A request (POST body) read on a pair whose intention has A2A
+    /// permissions; a larger one is refused with 413 and nothing reaches the app. Default
+    /// 4 MiB (`DEFAULT_A2A_MAX_BODY_BYTES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a_max_body_bytes: Option<usize>,
     /// HTTP only: the frontend (service name or SPIFFE ID) whose user tokens this sidecar
     /// verifies on MCP routes, for permissions with `user` claims. Without it no user token
     /// is verified, and such permissions refuse every call they name.
@@ -124,7 +129,16 @@ pub struct Inbound {
 /// enough that holding one per open stream stays bounded by the stream limits.
 pub const DEFAULT_MCP_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// 4 MiB, as for MCP: far above any message's text parts.
+pub const DEFAULT_A2A_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 impl Inbound {
+    /// The largest A2A request this listener reads.
+    pub fn a2a_max_body(&self) -> usize {
+        self.a2a_max_body_bytes
+            .unwrap_or(DEFAULT_A2A_MAX_BODY_BYTES)
+    }
+
     /// The largest MCP message this listener reads.
     pub fn mcp_max_body(&self) -> usize {
         self.mcp_max_body_bytes
@@ -212,6 +226,11 @@ impl ProxyConfig {
             if i.mcp_max_body_bytes == Some(0) {
                 return Err(invalid(
                     "inbound.mcp_max_body_bytes must be at least 1".into(),
+                ));
+            }
+            if i.a2a_max_body_bytes == Some(0) {
+                return Err(invalid(
+                    "inbound.a2a_max_body_bytes must be at least 1".into(),
                 ));
             }
             if i.app.parse::<LocalAddr>().is_err() {

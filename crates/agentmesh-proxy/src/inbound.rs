@@ -27,12 +27,13 @@ use crate::config::Protocol;
 use crate::http_util::{BoxBody, XFCC, json_response, strip_hop_by_hop};
 use crate::policy::PolicyWatch;
 use crate::telemetry::{
-    AccessRecord, McpLog, Metrics, TraceContext, access_log, span_identities, span_outcome,
+    A2aLog, AccessRecord, McpLog, Metrics, TraceContext, access_log, span_identities, span_outcome,
 };
 use agentmesh_sdk::X509Context;
 use agentmesh_sdk::X509Source;
 use agentmesh_sdk::tls::ServerTls;
 
+mod a2a_route;
 mod mcp_route;
 
 /// What the inbound sends the app: the caller's body as it streams in, or an MCP message
@@ -138,6 +139,8 @@ pub struct Inbound {
     limiter: Arc<ConnectionLimiter>,
     /// The largest MCP message read on a pair with MCP permissions.
     mcp_max_body: usize,
+    /// The largest A2A request read on a pair with A2A permissions.
+    a2a_max_body: usize,
     /// Whose user tokens are verified on MCP routes, and for which audience.
     user_tokens: Option<mcp_route::UserTokens>,
 }
@@ -177,6 +180,7 @@ impl Inbound {
             limits: Arc::default(),
             limiter: ConnectionLimiter::new(&ListenerLimits::default()),
             mcp_max_body: crate::config::DEFAULT_MCP_MAX_BODY_BYTES,
+            a2a_max_body: crate::config::DEFAULT_A2A_MAX_BODY_BYTES,
             user_tokens: None,
         }
     }
@@ -193,6 +197,13 @@ impl Inbound {
     #[must_use]
     pub fn with_mcp_max_body(mut self, bytes: usize) -> Self {
         self.mcp_max_body = bytes;
+        self
+    }
+
+    /// Reads A2A requests up to `bytes` (from `[inbound] a2a_max_body_bytes`).
+    #[must_use]
+    pub fn with_a2a_max_body(mut self, bytes: usize) -> Self {
+        self.a2a_max_body = bytes;
         self
     }
 
@@ -345,6 +356,7 @@ impl Inbound {
                 bytes_in: bytes.map(|b| b.0),
                 bytes_out: bytes.map(|b| b.1),
                 mcp: None,
+                a2a: None,
             });
         };
         if !d.is_allowed() {
@@ -441,6 +453,22 @@ impl Inbound {
             };
             return self.mcp_request(req, ctx, span).await;
         }
+        // Likewise an A2A request, decided per method.
+        if normalized.is_ok()
+            && req.method() == http::Method::POST
+            && self.policy.current().set.a2a_applies(peer, &own.svid.id)
+        {
+            let ctx = mcp_route::Ctx {
+                started,
+                addr,
+                peer,
+                own,
+                trace_id: &trace_id,
+                method: &method,
+                path: &path,
+            };
+            return self.a2a_request(req, ctx, span).await;
+        }
         let d = self.decide(&req, &normalized, peer, own, &method, &path);
         let (source, destination) = (peer.to_string(), own.svid.id.to_string());
         if span.is_recording() {
@@ -467,6 +495,7 @@ impl Inbound {
             method: &method,
             path: &path,
             mcp: None,
+            a2a: None,
         };
         if let Some(refused) = refusal(normalized.is_err(), &d, &record, &mut span) {
             return refused;
@@ -581,6 +610,7 @@ struct InboundRecord<'a> {
     method: &'a str,
     path: &'a str,
     mcp: Option<McpLog<'a>>,
+    a2a: Option<A2aLog<'a>>,
 }
 
 impl InboundRecord<'_> {
@@ -602,6 +632,14 @@ impl InboundRecord<'_> {
                 }
             }
         }
+        if let Some(a) = &self.a2a
+            && span.is_recording()
+        {
+            span.set_str("a2a.method", a.a2a_method);
+            if let Some(u) = a.user {
+                span.set_str("enduser.id", u);
+            }
+        }
         access_log(&AccessRecord {
             ts: agentmesh_telemetry::clock::now_rfc3339_millis(),
             direction: "inbound",
@@ -620,6 +658,7 @@ impl InboundRecord<'_> {
             bytes_in: None,
             bytes_out: None,
             mcp: self.mcp,
+            a2a: self.a2a,
         });
     }
 }

@@ -13,10 +13,12 @@
 //! issuing SVIDs the node's; apps that do mTLS themselves use agentmesh-sdk instead.
 #![forbid(unsafe_code)]
 
+mod a2a;
 mod admin;
 mod config;
 mod http_util;
 mod inbound;
+mod jsonrpc;
 mod mcp;
 mod outbound;
 mod policy;
@@ -362,6 +364,7 @@ async fn plan_inbound(
             )
             .with_normalize_options(ib.normalize_options())
             .with_mcp_max_body(ib.mcp_max_body())
+            .with_a2a_max_body(ib.a2a_max_body())
             .with_user_tokens(ib.user_token_issuer.clone(), ib.user_token_audience.clone())
             .with_limits(h.limits.clone(), limiter.clone()),
             l,

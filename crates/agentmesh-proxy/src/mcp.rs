@@ -16,17 +16,11 @@ use agentmesh_policy::{McpCall, McpItem};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-/// JSON-RPC: the body is not JSON.
-pub const PARSE_ERROR: i64 = -32700;
-/// JSON-RPC: not a valid request object (also a batch).
-pub const INVALID_REQUEST: i64 = -32600;
-/// JSON-RPC: the method is not known.
-pub const METHOD_NOT_FOUND: i64 = -32601;
-/// JSON-RPC: the params are not what the method takes.
-pub const INVALID_PARAMS: i64 = -32602;
+pub use crate::jsonrpc::{
+    INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, error_body, is_json,
+};
 /// MCP 2026-07-28: an `Mcp-*` header is missing or does not match the body (the code the
 /// TypeScript and Ruby SDKs answer with).
 pub const HEADER_MISMATCH: i64 = -32020;
@@ -110,79 +104,12 @@ impl McpError {
     }
 }
 
-// === Strict JSON ===
-
-/// Parses JSON refusing duplicate keys at any depth (serde_json keeps the last copy, some
-/// servers the first).
+/// Parses JSON refusing duplicate keys at any depth ([`crate::jsonrpc::parse_strict`]).
 ///
 /// # Errors
 /// Malformed JSON, trailing data, or a duplicate key.
 pub fn parse_strict(body: &[u8]) -> Result<Value, McpError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let v = Strict
-        .deserialize(&mut de)
-        .map_err(|e| McpError::Malformed(e.to_string()))?;
-    de.end().map_err(|e| McpError::Malformed(e.to_string()))?;
-    Ok(v)
-}
-
-struct Strict;
-
-impl<'de> DeserializeSeed<'de> for Strict {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Strict {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict)? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let v = map.next_value_seed(Strict)?;
-            if out.contains_key(&k) {
-                return Err(A::Error::custom(format!(
-                    "duplicate key {k:?}; parsers disagree on which copy counts"
-                )));
-            }
-            out.insert(k, v);
-        }
-        Ok(Value::Object(out))
-    }
+    crate::jsonrpc::parse_strict(body).map_err(|e| McpError::Malformed(e.to_string()))
 }
 
 // === Messages ===
@@ -516,25 +443,6 @@ fn decode_name(raw: &str) -> Result<String, McpError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| McpError::HeaderBad(format!("Mcp-Name {raw:?} is not valid =?base64?…?=")))
-}
-
-/// Whether a content type is JSON (`application/json`, any case, any parameters).
-pub fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    })
-}
-
-/// A JSON-RPC error answer from the sidecar; `id` null when the request had none or could
-/// not be read.
-pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> Value {
-    json!({
-        "jsonrpc": "2.0",
-        "id": id.cloned().unwrap_or(Value::Null),
-        "error": {"code": code, "message": message, "data": data},
-    })
 }
 
 // === Filtering answers ===

@@ -246,6 +246,7 @@ impl Upstream {
                 bytes_in: bytes.map(|b| b.0),
                 bytes_out: bytes.map(|b| b.1),
                 mcp: None,
+                a2a: None,
             });
         };
         match self.connect_tls().await {
@@ -329,6 +330,7 @@ impl Upstream {
                 bytes_in: None,
                 bytes_out: None,
                 mcp: None,
+                a2a: None,
             });
         };
         strip_hop_by_hop(req.headers_mut());

@@ -273,6 +273,20 @@ pub struct AccessRecord<'a> {
     /// The MCP call, on a pair whose intention has MCP permissions.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpLog<'a>>,
+    /// The A2A call, on a pair whose intention has A2A permissions.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<A2aLog<'a>>,
+}
+
+/// What an access-log line says about an A2A call: its method and the verified user behind
+/// it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct A2aLog<'a> {
+    /// The A2A method (`SendMessage`, `GetTask`, …).
+    pub a2a_method: &'a str,
+    /// The verified user token's `sub`; absent when none was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
 }
 
 /// What an access-log line says about an MCP message: its method, the tool, resource or

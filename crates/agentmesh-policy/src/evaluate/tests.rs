@@ -3,6 +3,7 @@ use agentmesh_spiffe::{SpiffeId, TrustDomain};
 use super::*;
 use crate::intention::{IntentionError, IntentionSpec};
 
+mod a2a;
 mod headers;
 mod mcp;
 

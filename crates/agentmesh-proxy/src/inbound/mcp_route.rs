@@ -46,9 +46,9 @@ pub(super) struct UserTokens {
 }
 
 /// The user behind a call: the verified claims, or why there are none.
-struct User {
-    claims: Option<agentmesh_sdk::UserClaims>,
-    refused: Option<String>,
+pub(super) struct User {
+    pub(super) claims: Option<agentmesh_sdk::UserClaims>,
+    pub(super) refused: Option<String>,
 }
 
 /// Re-decides one open MCP stream's call against a new policy.
@@ -202,6 +202,7 @@ impl Inbound {
             method: ctx.method,
             path: ctx.path,
             mcp: None,
+            a2a: None,
         };
         let data = |intention: Option<&str>, reason: &str| {
             json!({
@@ -344,7 +345,12 @@ impl Inbound {
     /// Verifies the user token and delegation chain a call carries, with the verified caller
     /// as the chain's last hop, as the agents and the gateway do. No single-use check: one
     /// question's token rightly drives several tool calls of one MCP session.
-    fn user(&self, headers: &http::HeaderMap, peer: &SpiffeId, own: &X509Context) -> User {
+    pub(super) fn user(
+        &self,
+        headers: &http::HeaderMap,
+        peer: &SpiffeId,
+        own: &X509Context,
+    ) -> User {
         let none = |refused: Option<String>| User {
             claims: None,
             refused,
@@ -397,26 +403,17 @@ impl Inbound {
         headers: &http::HeaderMap,
         body: RequestBody,
     ) -> Result<(Message, bytes::Bytes), (McpError, Option<Value>)> {
-        let ct = headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        if !mcp::is_json(ct.as_deref()) {
-            return Err((McpError::NotJson(ct.unwrap_or_else(|| "none".into())), None));
-        }
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.mcp_max_body as u64) {
-            return Err((McpError::TooLarge(self.mcp_max_body), None));
-        }
-        let bytes = match Limited::new(body, self.mcp_max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err((McpError::TooLarge(self.mcp_max_body), None));
-            }
-            Err(e) => return Err((McpError::Read(e.to_string()), None)),
-        };
+        use crate::jsonrpc::BodyError;
+        let bytes = crate::jsonrpc::read_json_body(headers, body, self.mcp_max_body)
+            .await
+            .map_err(|e| {
+                let e = match e {
+                    BodyError::NotJson(ct) => McpError::NotJson(ct),
+                    BodyError::TooLarge(max) => McpError::TooLarge(max),
+                    BodyError::Read(why) => McpError::Read(why),
+                };
+                (e, None)
+            })?;
         let msg = Message::parse(&bytes).map_err(|e| (e, None))?;
         msg.check_headers(headers)
             .map_err(|e| (e, msg.id.clone()))?;

@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 
 /// Header name and value pairs of one request.
 type Headers = &'static [(&'static str, &'static str)];

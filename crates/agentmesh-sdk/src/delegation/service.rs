@@ -174,6 +174,11 @@ impl Delegation {
         crate::jws::sign(&self.source, payload)
     }
 
+    /// The identity source this service signs with (its SVID and trust bundle).
+    pub fn source(&self) -> &Arc<X509Source> {
+        &self.source
+    }
+
     /// This service's SPIFFE ID.
     pub fn me(&self) -> SpiffeId {
         self.source.current().svid.id.clone()

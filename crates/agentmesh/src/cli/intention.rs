@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::collections::BTreeMap;
 
 use agentmesh_policy::{
-    Action, ArgumentSpec, HeaderSpec, HttpSpec, IntentionSpec, McpSpec, PermissionSpec, UserSpec,
+    A2aSpec, Action, ArgumentSpec, HeaderSpec, HttpSpec, IntentionSpec, McpSpec, PermissionSpec,
+    UserSpec,
 };
 use agentmesh_proto::v1::{
     CheckIntentionRequest, CreateIntentionRequest, DeleteIntentionRequest, HttpHeader, Intention,
@@ -26,7 +27,8 @@ pub const DENIED_EXIT_CODE: i32 = 2;
 #[derive(Debug, Subcommand)]
 pub enum IntentionCommand {
     /// Allows or denies SRC -> DST; with --method/--path-* it becomes an L7 rule, with
-    /// --mcp-* an MCP rule (only the named tools, resources and prompts).
+    /// --mcp-* an MCP rule (only the named tools, resources and prompts), with --a2a-method
+    /// an A2A rule (only the named methods).
     Create(Box<IntentionCreateArgs>),
     /// Lists every intention.
     List(IntentionListArgs),
@@ -77,6 +79,11 @@ pub struct IntentionCreateArgs {
     /// The named tools' argument NAME must be a string starting with PREFIX; repeatable
     #[arg(long = "mcp-arg", value_name = "NAME^=PREFIX")]
     pub mcp_args: Vec<String>,
+    /// Only this A2A method, exactly as A2A 1.0 spells it (SendMessage, GetTask, CancelTask,
+    /// GetExtendedAgentCard, …; '*': every method); repeatable. Every method not named is
+    /// then refused
+    #[arg(long = "a2a-method", value_name = "NAME", conflicts_with_all = ["mcp_tools", "mcp_resources", "mcp_prompts", "mcp_args"])]
+    pub a2a_methods: Vec<String>,
     /// Only for users whose verified token has claim KEY with VALUE (or a list holding it);
     /// repeatable
     #[arg(long = "require-user-claim", value_name = "KEY=VALUE")]
@@ -86,7 +93,7 @@ pub struct IntentionCreateArgs {
     pub description: String,
     /// Read the whole intention from a JSON file instead (unknown fields are refused); the
     /// way to write several permissions
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "destination", "action", "methods", "path_prefix", "path_exact", "path_regex", "headers", "mcp_tools", "mcp_resources", "mcp_prompts", "mcp_args", "user_claims"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "destination", "action", "methods", "path_prefix", "path_exact", "path_regex", "headers", "mcp_tools", "mcp_resources", "mcp_prompts", "mcp_args", "a2a_methods", "user_claims"])]
     pub file: Option<PathBuf>,
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
@@ -156,6 +163,10 @@ pub struct IntentionCheckArgs {
     /// Check an MCP `prompts/get` of this prompt
     #[arg(long = "mcp-prompt", value_name = "NAME")]
     pub mcp_prompt: Option<String>,
+    /// Check an A2A call of this method (SendMessage, GetTask, …; a user is not known to a
+    /// check); the request defaults to POST /a2a
+    #[arg(long = "a2a-method", value_name = "NAME", conflicts_with_all = ["mcp_tool", "mcp_resource", "mcp_prompt"])]
+    pub a2a_method: Option<String>,
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: TextOrJson,
@@ -334,16 +345,21 @@ pub fn spec_from_args(args: &IntentionCreateArgs) -> anyhow::Result<IntentionSpe
         };
         let mcp = mcp_from_args(args)?;
         let user = user_from_args(args)?;
-        let permissions = if http == HttpSpec::default() && mcp.is_none() && user.is_none() {
-            Vec::new()
-        } else {
-            vec![PermissionSpec {
-                action: None,
-                http,
-                mcp,
-                user,
-            }]
-        };
+        let a2a = (!args.a2a_methods.is_empty()).then(|| A2aSpec {
+            methods: args.a2a_methods.clone(),
+        });
+        let permissions =
+            if http == HttpSpec::default() && mcp.is_none() && user.is_none() && a2a.is_none() {
+                Vec::new()
+            } else {
+                vec![PermissionSpec {
+                    action: None,
+                    http,
+                    mcp,
+                    user,
+                    a2a,
+                }]
+            };
         IntentionSpec {
             source: args.source.clone().unwrap_or_default(),
             destination: args.destination.clone().unwrap_or_default(),
@@ -399,6 +415,9 @@ pub fn intention_text(i: &IntentionJson) -> String {
             for (name, a) in &m.arguments {
                 rule.push_str(&format!(" mcp-arg={name}^={}", a.prefix));
             }
+        }
+        if let Some(a) = &p.a2a {
+            rule.push_str(&format!(" a2a-methods={}", a.methods.join(",")));
         }
         if let Some(u) = &p.user {
             for (k, v) in &u.claims {
@@ -549,10 +568,16 @@ async fn check(args: IntentionCheckArgs) -> anyhow::Result<i32> {
         anyhow::bail!("invalid --path {p:?}: must start with '/'");
     }
     let mcp = args.mcp_item();
-    let (method, path) = match (&args.method, &args.path, mcp) {
-        (m, p, Some(_)) => (
+    let a2a = args.a2a_method.as_deref();
+    let default_path = match (mcp, a2a) {
+        (Some(_), _) => Some("/mcp"),
+        (None, Some(_)) => Some("/a2a"),
+        (None, None) => None,
+    };
+    let (method, path) = match (&args.method, &args.path, default_path) {
+        (m, p, Some(default_path)) => (
             m.clone().unwrap_or_else(|| "POST".into()),
-            p.clone().unwrap_or_else(|| "/mcp".into()),
+            p.clone().unwrap_or_else(|| default_path.into()),
         ),
         (m, p, None) => (m.clone().unwrap_or_default(), p.clone().unwrap_or_default()),
     };
@@ -568,8 +593,8 @@ async fn check(args: IntentionCheckArgs) -> anyhow::Result<i32> {
         .await
         .map_err(status_error)?
         .into_inner();
-    if let Some((mcp_method, item)) = mcp {
-        // The server resolved the names; the MCP call is decided here, with the same
+    if mcp.is_some() || a2a.is_some() {
+        // The server resolved the names; the MCP or A2A call is decided here, with the same
         // evaluation as the sidecars, on the server's intentions.
         let list = client
             .list_intentions(ListIntentionsRequest {})
@@ -601,30 +626,47 @@ async fn check(args: IntentionCheckArgs) -> anyhow::Result<i32> {
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_bytes()))
             .collect();
-        let d = set.check_mcp(
-            &source,
-            &destination,
-            &agentmesh_policy::HttpRequest {
-                method: &method,
-                path: &path,
-                headers: &pairs,
-            },
-            &agentmesh_policy::McpCall {
-                method: mcp_method,
-                item: Some(item),
-                arguments: None,
-                user: None,
-            },
-        );
+        let request = agentmesh_policy::HttpRequest {
+            method: &method,
+            path: &path,
+            headers: &pairs,
+        };
+        let (d, note) = match (mcp, a2a) {
+            (Some((mcp_method, item)), _) => (
+                set.check_mcp(
+                    &source,
+                    &destination,
+                    &request,
+                    &agentmesh_policy::McpCall {
+                        method: mcp_method,
+                        item: Some(item),
+                        arguments: None,
+                        user: None,
+                    },
+                ),
+                set.mcp_applies(&source, &destination).then_some(
+                    "a check knows no tool arguments and no user: argument rules are taken to hold, user rules to fail",
+                ),
+            ),
+            (None, a2a) => (
+                set.check_a2a(
+                    &source,
+                    &destination,
+                    &request,
+                    &agentmesh_policy::A2aCall {
+                        method: a2a.unwrap_or_default(),
+                        user: None,
+                    },
+                ),
+                set.a2a_applies(&source, &destination)
+                    .then_some("a check knows no user: user rules are taken to fail"),
+            ),
+        };
         r.allowed = d.is_allowed();
         r.intention_id = d.intention_id.unwrap_or_default();
-        r.reason = if set.mcp_applies(&source, &destination) {
-            format!(
-                "{} (a check knows no tool arguments and no user: argument rules are taken to hold, user rules to fail)",
-                d.reason
-            )
-        } else {
-            d.reason
+        r.reason = match note {
+            Some(note) => format!("{} ({note})", d.reason),
+            None => d.reason,
         };
     }
     let json = CheckJson {

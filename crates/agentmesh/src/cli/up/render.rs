@@ -116,6 +116,7 @@ pub fn proxy(p: &Planned, plan: &Plan, scenario: &Scenario, layout: &Layout) -> 
             headers_with_underscores_action: Default::default(),
             path_with_escaped_slashes_action: Default::default(),
             mcp_max_body_bytes: None,
+            a2a_max_body_bytes: None,
             user_token_issuer: delegation(scenario, layout).map(|d| d.issuer),
             user_token_audience: Some(scenario.trust_domain.clone()),
         }),
@@ -210,6 +211,8 @@ pub fn agent(
         search,
         delegation: delegation(scenario, layout),
         mtls,
+        // The card signs with the [delegation] or [mtls] SVID where the scenario gives one.
+        a2a: None,
         limits: Default::default(),
     })
 }

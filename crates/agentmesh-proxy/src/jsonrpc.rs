@@ -1,0 +1,155 @@
+//! JSON-RPC 2.0 as the inbound reads it on MCP and A2A routes: strict parsing (no duplicate
+//! keys), the body read up to a limit, the standard error codes, and the sidecar's own error
+//! answers. The protocols' own rules sit in [`crate::mcp`] and [`crate::a2a`].
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
+
+/// JSON-RPC: the body is not JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC: not a valid request object (also a batch).
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC: the method is not known.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC: the params are not what the method takes.
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// Why a request body could not be read as one JSON message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The content type is not JSON (what it was, or `none`).
+    #[error("content-type {0:?} is not application/json")]
+    NotJson(String),
+    /// Over the limit (the limit).
+    #[error("the body is over the {0}-byte limit")]
+    TooLarge(usize),
+    /// The body could not be read to the end.
+    #[error("the body could not be read: {0}")]
+    Read(String),
+}
+
+/// Reads a JSON request body whole, up to `max` bytes: the content type must be JSON, and a
+/// declared or actual length over `max` is refused without reading further.
+///
+/// # Errors
+/// [`BodyError`].
+pub async fn read_json_body<B>(headers: &HeaderMap, body: B, max: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if !is_json(ct.as_deref()) {
+        return Err(BodyError::NotJson(ct.unwrap_or_else(|| "none".into())));
+    }
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge(max));
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(max)),
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
+// === Strict JSON ===
+
+/// Parses JSON refusing duplicate keys at any depth (serde_json keeps the last copy, some
+/// servers the first).
+///
+/// # Errors
+/// Malformed JSON, trailing data, or a duplicate key.
+pub fn parse_strict(body: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(Strict)?;
+            if out.contains_key(&k) {
+                return Err(A::Error::custom(format!(
+                    "duplicate key {k:?}; parsers disagree on which copy counts"
+                )));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Whether a content type is JSON (`application/json`, any case, any parameters).
+pub fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+/// A JSON-RPC error answer from the sidecar; `id` null when the request had none or could
+/// not be read.
+pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": {"code": code, "message": message, "data": data},
+    })
+}
