@@ -72,6 +72,10 @@ pub struct NodeConfig {
     /// The Docker Engine's socket, asked about callers that run in containers; `None` turns
     /// Docker attestation off.
     pub docker_socket: Option<PathBuf>,
+    /// Whether `socket` serves the Workload API and SDS (identities). Off, it serves only
+    /// the policy relay to proxies whose identities come from another Workload API, such as
+    /// a SPIRE agent's (`node run --no-workload-api`).
+    pub workload_api: bool,
 }
 
 /// The files of x509pop node attestation.
@@ -249,11 +253,20 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         &cfg.limits,
         "workload API socket",
     );
+    // Without the Workload API the socket relays policy only: a caller still has to be
+    // attested against an agentmesh entry to read it, but is handed no SVID here.
+    let identities = cfg.workload_api;
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = agentmesh_proto::limits::grpc_server(&workload_limits)
-            .add_service(workload)
-            .add_service(sds)
-            .add_service(proxy_api)
+        let mut server = agentmesh_proto::limits::grpc_server(&workload_limits);
+        let served = if identities {
+            server
+                .add_service(workload)
+                .add_service(sds)
+                .add_service(proxy_api)
+        } else {
+            server.add_service(proxy_api)
+        };
+        if let Err(e) = served
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
         {
@@ -274,7 +287,11 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
             tracing::error!(error = %e, "node admin API stopped");
         }
     }));
-    tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API and SDS");
+    if cfg.workload_api {
+        tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node serving the Workload API and SDS");
+    } else {
+        tracing::info!(socket = %cfg.socket.display(), admin_socket = %cfg.admin_socket.display(), "node relaying policy only (--no-workload-api): identities come from another Workload API");
+    }
     Ok(RunningNode {
         manager,
         socket: cfg.socket,

@@ -30,6 +30,7 @@ impl NodeConfig {
             trust_domain: None,
             limits: Default::default(),
             docker_socket: None,
+            workload_api: true,
         }
     }
 }

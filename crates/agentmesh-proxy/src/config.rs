@@ -60,6 +60,12 @@ pub struct ProxyConfig {
     /// `unix:///path` of the Workload API; default `$SPIFFE_ENDPOINT_SOCKET`.
     #[serde(default)]
     pub workload_api: Option<String>,
+    /// `unix:///path` of the agentmesh node that relays intentions and the service catalog
+    /// (its proxy API); default: the `workload_api` socket, which an agentmesh node serves
+    /// both on. Set it when identities come from another Workload API, such as a SPIRE
+    /// agent's, and an agentmesh node runs beside it with `--no-workload-api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_api: Option<String>,
     /// The public mTLS listener and the app behind it; a client-only proxy has none.
     #[serde(default)]
     pub inbound: Option<Inbound>,
@@ -299,22 +305,37 @@ impl ProxyConfig {
             .or(env)
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| ConfigError::NoWorkloadApi(origin.to_owned()))?;
-        let v = raw.trim();
-        let path = v
-            .strip_prefix("unix://")
-            .or_else(|| v.strip_prefix("unix:"))
-            .unwrap_or(v);
-        if path.is_empty()
-            || !path.starts_with('/')
-            || v.contains("://") && !v.starts_with("unix:///")
-        {
-            return Err(ConfigError::Invalid(
-                origin.to_owned(),
-                format!("workload_api {raw:?} is not unix:///absolute/path"),
-            ));
-        }
-        Ok(PathBuf::from(path))
+        unix_path(origin, "workload_api", raw)
     }
+
+    /// The policy relay's socket path: `policy_api`, else `workload` (the Workload API
+    /// socket, where an agentmesh node serves both).
+    ///
+    /// # Errors
+    /// `policy_api` is not a unix path.
+    pub fn policy_socket(&self, origin: &Path, workload: &Path) -> Result<PathBuf, ConfigError> {
+        match self.policy_api.as_deref() {
+            Some(raw) => unix_path(origin, "policy_api", raw),
+            None => Ok(workload.to_owned()),
+        }
+    }
+}
+
+/// The path of `raw`, a `unix:///absolute/path` (or a bare absolute path) that `key` names.
+fn unix_path(origin: &Path, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
+    let v = raw.trim();
+    let path = v
+        .strip_prefix("unix://")
+        .or_else(|| v.strip_prefix("unix:"))
+        .unwrap_or(v);
+    if path.is_empty() || !path.starts_with('/') || v.contains("://") && !v.starts_with("unix:///")
+    {
+        return Err(ConfigError::Invalid(
+            origin.to_owned(),
+            format!("{key} {raw:?} is not unix:///absolute/path"),
+        ));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// Whether `v` is its type's default, so a written config leaves the key to the component's
@@ -475,9 +496,31 @@ listen = "127.0.0.1:19001"
                 .to_string()
                 .contains("unix:///")
         );
+        // The policy relay's socket: its own key when identities come from elsewhere.
+        let cfg = parse("service = \"a\"\npolicy_api = \"http://node\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"").unwrap();
+        let err = cfg
+            .policy_socket(Path::new("p"), Path::new("/w.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("policy_api \"http://node\" is not unix:///"),
+            "{err}"
+        );
+        let cfg = parse("service = \"a\"\npolicy_api = \"unix:///run/node.sock\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(
+            cfg.policy_socket(Path::new("p"), Path::new("/w.sock"))
+                .unwrap(),
+            Path::new("/run/node.sock")
+        );
         let cfg =
             parse("service = \"a\"\n[[upstream]]\ndestination = \"b\"\nlisten = \"127.0.0.1:1\"")
                 .unwrap();
+        assert_eq!(
+            cfg.policy_socket(Path::new("p"), Path::new("/w.sock"))
+                .unwrap(),
+            Path::new("/w.sock"),
+            "an agentmesh node serves both on one socket"
+        );
         assert!(matches!(
             cfg.workload_socket(Path::new("p"), None),
             Err(ConfigError::NoWorkloadApi(_))

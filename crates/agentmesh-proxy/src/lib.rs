@@ -27,7 +27,7 @@ mod telemetry;
 use std::net::SocketAddr;
 
 use agentmesh_sdk::{LocalAddr, LocalListener, LocalPeer, LocalStream, StdLocalListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -243,11 +243,13 @@ async fn bind_local(addr: &LocalAddr, what: &'static str) -> Result<LocalListene
         .map_err(|e| ProxyError::LocalListen(e, what))
 }
 
-/// Starts a proxy with the Workload API at `socket`.
+/// Starts a proxy with the Workload API at `socket`, and the policy relay at `policy_api`
+/// (or on `socket`, as an agentmesh node serves both).
 ///
 /// # Errors
 /// No SVID within a minute, a listener that cannot be bound, or a name that does not resolve.
 pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, ProxyError> {
+    let policy_socket = cfg.policy_socket(Path::new("proxy config"), &socket)?;
     // The source follows the Workload API until the last handle on it is dropped, which
     // shutdown brings about by ending every task and worker that holds one.
     let identity =
@@ -290,7 +292,7 @@ pub async fn start(cfg: ProxyConfig, socket: PathBuf) -> Result<RunningProxy, Pr
     }
     spawn_workers(plans, &stop_rx, &mut tasks)?;
     tasks.push(tokio::spawn(policy.clone().run(
-        socket.clone(),
+        policy_socket,
         td,
         registration,
         stop_rx.clone(),

@@ -166,6 +166,11 @@ pub struct NodeRunArgs {
     /// selectors); an empty value turns Docker attestation off
     #[arg(long, value_name = "PATH", default_value = agentmesh_node::DEFAULT_DOCKER_SOCKET)]
     pub docker_socket: String,
+    /// Serve no identities: --socket then relays only intentions and the service catalog to
+    /// proxies whose SVIDs come from another Workload API (a SPIRE agent's; their
+    /// `policy_api` points here). Callers are still attested against agentmesh entries
+    #[arg(long)]
+    pub no_workload_api: bool,
 }
 
 /// The `--limits` file.
@@ -256,6 +261,7 @@ impl NodeRunArgs {
                 .unwrap_or_default(),
             docker_socket: (!self.docker_socket.is_empty())
                 .then(|| PathBuf::from(&self.docker_socket)),
+            workload_api: !self.no_workload_api,
         })
     }
 }
