@@ -276,3 +276,139 @@ async fn a_proxy_pair_on_spire_svids_enforces_agentmesh_intentions() {
         "a denied call reached the app"
     );
 }
+
+/// `agentmesh up --identity spire:unix:///PATH`: the default scenario on SVIDs from a real
+/// SPIRE agent. `up` writes the `spire-server entry create` lines (one per service, selected
+/// by the gid it runs that service under); the test runs them as an operator would, with the
+/// agent's alias as the parent, and then an ask is answered through every hop, each agent's
+/// signature verified, and the planner → gateway self-check is refused by agentmesh's
+/// intention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_default_scenario_on_spire_identities() {
+    let spire = Spire::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("mesh");
+    let out_path = tmp.path().join("up.out");
+    let child = Command::new(BIN)
+        .args(["up", "--identity"])
+        .arg(format!("spire:unix://{}", spire.socket().display()))
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("AGENTMESH_ADMIN_SOCKET")
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Mesh::log_file(&out_path))
+        .stderr(Mesh::log_file(&out_path))
+        .spawn()
+        .expect("spawn agentmesh up");
+    let mut up = Proc(child);
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+
+    // The operator's part: the lines `up` printed, run against SPIRE.
+    let entries = data.join("spire-entries.sh");
+    let deadline = Instant::now() + PATIENCE;
+    while !entries.exists() {
+        if let Ok(Some(status)) = up.0.try_wait() {
+            panic!("up exited with {status}:\n{}", output());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spire-entries.sh:\n{}",
+            output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let text = std::fs::read_to_string(&entries).expect("spire-entries.sh");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "one per service of planner-executor: {text}"
+    );
+    let parent = format!("spiffe://{SPIRE_TD}/host");
+    for line in &lines {
+        let words: Vec<String> = line
+            .split_whitespace()
+            .map(|w| w.replace("\"$SPIRE_AGENT_ID\"", &parent))
+            .collect();
+        assert_eq!(words[0], "spire-server", "{line}");
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        spire.server_ok(&args);
+    }
+
+    let deadline = Instant::now() + PATIENCE * 2;
+    while !output().contains("Ctrl-C stops the mesh.") {
+        if let Ok(Some(status)) = up.0.try_wait() {
+            panic!(
+                "up exited with {status}:\n{}\nSPIRE agent:\n{}",
+                output(),
+                spire.agent_log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up did not come up:\n{}",
+            output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = output();
+    assert!(out.contains("SVIDs from SPIRE"), "{out}");
+    assert!(
+        out.contains("answered by planner → executor → gateway"),
+        "{out}"
+    );
+    assert!(
+        out.contains("✓ refused on purpose: planner → gateway"),
+        "{out}"
+    );
+
+    let asked = Command::new(BIN)
+        .args(["ask", "What is SPIRE?", "-o", "json", "--data-dir"])
+        .arg(&data)
+        .env_remove("AGENTMESH_ADMIN_SOCKET")
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agentmesh ask");
+    assert!(
+        asked.status.success(),
+        "ask failed: {}\n{}",
+        String::from_utf8_lossy(&asked.stderr),
+        output()
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&asked.stdout).expect("json");
+    assert_eq!(
+        answer["agents"],
+        serde_json::json!(["planner", "executor", "gateway"]),
+        "{answer}"
+    );
+    let verified = answer["verified"].as_array().expect("verified");
+    assert!(
+        !verified.is_empty() && verified.iter().all(|v| v["ok"] == true),
+        "{answer}"
+    );
+    // The sidecars' SVIDs are SPIRE's: the node up started serves none.
+    let node_svid = Command::new(BIN)
+        .args(["svid", "fetch", "--socket"])
+        .arg(data.join("node.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("svid fetch");
+    assert!(!node_svid.status.success(), "the node served an SVID");
+
+    Command::new("kill")
+        .args(["-TERM", &up.0.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(Some(status)) = up.0.try_wait() {
+            assert!(status.success(), "up stopped with {status}:\n{}", output());
+            break;
+        }
+        assert!(Instant::now() < deadline, "up did not stop:\n{}", output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

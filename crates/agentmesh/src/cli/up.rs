@@ -20,7 +20,7 @@ pub mod supervise;
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use clap::Args;
 
 pub use self::layout::mesh_file;
@@ -55,6 +55,33 @@ pub struct UpArgs {
     /// The mesh's data dir: the server's state, the node's, configs, logs, env
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Where every service takes its SVID: agentmesh (the node `up` starts) or
+    /// spire:unix:///PATH (a running SPIRE agent's Workload API; `up` prints the
+    /// `spire-server entry create` lines to run, and needs root to give each service a gid of
+    /// its own for SPIRE's unix attestor)
+    #[arg(
+        long,
+        value_name = "agentmesh|spire:unix:///PATH",
+        default_value = "agentmesh"
+    )]
+    pub identity: String,
+}
+
+/// `--identity`: the SPIRE agent's socket, or `None` for agentmesh's own node.
+fn spire_socket(identity: &str) -> anyhow::Result<Option<PathBuf>> {
+    if identity == "agentmesh" {
+        return Ok(None);
+    }
+    let Some(addr) = identity.strip_prefix("spire:") else {
+        bail!("invalid --identity {identity:?}: expected agentmesh or spire:unix:///PATH");
+    };
+    let path = addr.strip_prefix("unix://").unwrap_or(addr);
+    if !path.starts_with('/') {
+        bail!(
+            "invalid --identity {identity:?}: the SPIRE agent's socket must be unix:///absolute/path"
+        );
+    }
+    Ok(Some(PathBuf::from(path)))
 }
 
 /// Runs `agentmesh up` until Ctrl-C.
@@ -65,7 +92,11 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let scenario = Scenario::resolve(&args.scenario)?;
     let llm = Llm::parse(&args.llm)?;
-    let layout = Layout::new(&args.data_dir)?;
+    let mut layout = Layout::new(&args.data_dir)?;
+    layout.spire_socket = spire_socket(&args.identity)?;
+    if layout.spire_socket.is_some() {
+        start::check_spire_preconditions(&scenario)?;
+    }
     let (plan, ports) = Plan::holding_ports(&scenario, &layout)?;
     layout.create_dirs(plan.services.iter().map(|p| p.spec.name.as_str()))?;
     layout.check_not_running()?;
@@ -127,4 +158,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&layout.pid_file);
     println!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::spire_socket;
+
+    #[test]
+    fn identity_is_agentmesh_or_a_spire_agents_absolute_socket() {
+        assert_eq!(spire_socket("agentmesh").unwrap(), None);
+        assert_eq!(
+            spire_socket("spire:unix:///run/spire/agent.sock").unwrap(),
+            Some("/run/spire/agent.sock".into())
+        );
+        for bad in [
+            "spire",
+            "spire:unix://relative.sock",
+            "spire:tcp://1.2.3.4:1",
+            "vault",
+        ] {
+            let err = spire_socket(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid --identity"), "{bad}: {err}");
+        }
+    }
 }

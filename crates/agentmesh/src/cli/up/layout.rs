@@ -33,6 +33,11 @@ pub struct Layout {
     pub mesh_file: PathBuf,
     /// `<data>/env`, the exports that point the CLI at this mesh.
     pub env_file: PathBuf,
+    /// `--identity spire:unix:///PATH`: the SPIRE agent's Workload API, where every service
+    /// takes its SVID; the node then relays policy only. `None`: the node's own.
+    pub spire_socket: Option<PathBuf>,
+    /// `<data>/spire-entries.sh`: the `spire-server entry create` lines for the operator.
+    pub spire_entries: PathBuf,
 }
 
 impl Layout {
@@ -55,13 +60,23 @@ impl Layout {
             pid_file: data.join("up.pid"),
             mesh_file: mesh_file(&data),
             env_file: data.join("env"),
+            spire_socket: None,
+            spire_entries: data.join("spire-entries.sh"),
             data,
         })
     }
 
+    /// The policy relay for sidecars, when it is not the Workload API socket (on SPIRE).
+    pub fn policy_api(&self) -> Option<String> {
+        self.spire_socket
+            .as_ref()
+            .map(|_| format!("unix://{}", self.node_socket.display()))
+    }
+
     /// The node's Workload API as components name it: `unix:///path`.
     pub fn workload_api(&self) -> String {
-        format!("unix://{}", self.node_socket.display())
+        let socket = self.spire_socket.as_ref().unwrap_or(&self.node_socket);
+        format!("unix://{}", socket.display())
     }
 
     /// The private directory of one service's sockets.

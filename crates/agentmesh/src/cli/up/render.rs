@@ -108,7 +108,7 @@ pub fn proxy(p: &Planned, plan: &Plan, scenario: &Scenario, layout: &Layout) -> 
     ProxyConfig {
         service: p.spec.name.clone(),
         workload_api: Some(layout.workload_api()),
-        policy_api: None,
+        policy_api: layout.policy_api(),
         inbound: Some(Inbound {
             listen: p.inbound,
             app: p.app.to_string(),

@@ -28,6 +28,66 @@ use crate::cli::{ADMIN_SOCKET_ENV, JOIN_TOKEN_ENV, WORKLOAD_SOCKET_ENV};
 /// How long any one thing may take to come up before `up` gives up and cleans up.
 const START_PATIENCE: Duration = Duration::from_secs(60);
 
+/// On SPIRE, service number `i` of the plan runs with gid `SPIRE_GID_BASE + i`: SPIRE's unix
+/// attestor reads a caller's gid, and `up`'s children share a uid and a binary, so a gid per
+/// service is what tells them apart (the uid stays, so each child still reaches the files
+/// and sockets only `up`'s user may). A high range, so as not to borrow a real group.
+pub const SPIRE_GID_BASE: u32 = 61_000;
+
+/// Why a scenario cannot run on SPIRE identities here: `up` is not root (it could not set
+/// the gids), or a service has no sidecar (an in-process agent reads policy from the
+/// Workload API socket, which on SPIRE is SPIRE's).
+///
+/// # Errors
+/// The first reason found.
+pub fn check_spire_preconditions(scenario: &Scenario) -> anyhow::Result<()> {
+    if agentmesh_sdk::own_uid() != Some(0) {
+        bail!(
+            "--identity spire: needs root, to run each service under a gid of its own that \
+             SPIRE's unix attestor tells apart (the uid stays yours)"
+        );
+    }
+    if let Some(s) = scenario.services.iter().find(|s| !s.sidecar) {
+        bail!(
+            "--identity spire: service {} has no sidecar (in-process mTLS); on SPIRE every \
+             service takes its policy through a sidecar; use a scenario whose services all \
+             have one, such as planner-executor",
+            s.name
+        );
+    }
+    Ok(())
+}
+
+/// Writes, and prints, the `spire-server entry create` line for each service: its SPIFFE
+/// ID, under the SPIRE agent's ID, selected by its gid.
+fn print_spire_entries(plan: &Plan, layout: &Layout) -> anyhow::Result<()> {
+    let mut lines = String::from(
+        "# Register agentmesh up's services with SPIRE; set SPIRE_AGENT_ID to this host's SPIRE \
+         agent ID (e.g. spiffe://agentmesh.local/spire/agent/join_token/…).\n",
+    );
+    for (i, p) in plan.services.iter().enumerate() {
+        lines.push_str(&format!(
+            "spire-server entry create -parentID \"$SPIRE_AGENT_ID\" -spiffeID {} -selector unix:gid:{}\n",
+            p.id,
+            spire_gid(i)
+        ));
+    }
+    write_file(&layout.spire_entries, &lines)?;
+    println!(
+        "  SPIRE ENTRIES (also in {}); every service waits a minute for its SVID:",
+        layout.spire_entries.display()
+    );
+    for l in lines.lines().skip(1) {
+        println!("    {l}");
+    }
+    Ok(())
+}
+
+/// The gid of service number `index` on SPIRE.
+fn spire_gid(index: usize) -> u32 {
+    SPIRE_GID_BASE.saturating_add(u32::try_from(index).unwrap_or(u32::MAX - SPIRE_GID_BASE))
+}
+
 /// An intention `up` applied for the scenario.
 #[derive(Debug, Clone)]
 pub struct AppliedIntention {
@@ -81,8 +141,13 @@ pub async fn start_all(
     register_entries(&mut admin, plan).await?;
     let intentions = apply_intentions(&mut admin, scenario).await?;
     let proxy_executable = proxy_executable()?;
-    for p in &plan.services {
-        start_service(p, mesh, sup, &mut node, proxy_executable.as_deref()).await?;
+    let on_spire = layout.spire_socket.is_some();
+    if on_spire {
+        print_spire_entries(plan, layout)?;
+    }
+    for (i, p) in plan.services.iter().enumerate() {
+        let gid = on_spire.then(|| spire_gid(i));
+        start_service(p, mesh, sup, &mut node, proxy_executable.as_deref(), gid).await?;
     }
     for p in &plan.services {
         wait_ready(p, sup).await?;
@@ -157,6 +222,9 @@ async fn start_node(
         .arg(&layout.node_admin_socket)
         // In the environment, not argv, so the token is not in `ps`.
         .env(JOIN_TOKEN_ENV, &token);
+    if layout.spire_socket.is_some() {
+        cmd.arg("--no-workload-api");
+    }
     sup.spawn("node", cmd, &layout.log("node.log"), None, None)?;
     let sockets = [layout.node_socket.clone(), layout.node_admin_socket.clone()];
     wait_until("the node's sockets", sup, || {
@@ -172,7 +240,13 @@ async fn start_node(
             .await
             .context("cannot reach the node's admin socket")?,
     );
-    println!("  ✓ node        Workload API at {}", layout.workload_api());
+    match layout.policy_api() {
+        Some(relay) => println!(
+            "  ✓ node        policy relay at {relay}; SVIDs from SPIRE at {}",
+            layout.workload_api()
+        ),
+        None => println!("  ✓ node        Workload API at {}", layout.workload_api()),
+    }
     Ok(node)
 }
 
@@ -304,25 +378,30 @@ async fn start_service(
     sup: &mut Supervisor,
     node: &mut NodeAdminClient<Channel>,
     proxy_executable: Option<&Path>,
+    gid: Option<u32>,
 ) -> anyhow::Result<()> {
     let Mesh { layout, plan, .. } = *mesh;
     mesh.ports.release_service(p);
     let stem = p.spec.file_stem();
     let name = &p.spec.name;
-    let app_cmd = match render::app_config(p, plan, mesh.scenario, mesh.llm, mesh.model, layout)? {
-        Some(config) => {
-            let path = layout.config_file(&stem, config.kind);
-            write_file(&path, &config.text)?;
-            let mut cmd = agentmesh_command()?;
-            cmd.args([config.kind, "run", "--config"]).arg(path);
-            cmd
-        }
-        None => {
-            let mut cmd = Recipe::new(&p.spec.command[0]);
-            cmd.args(&p.spec.command[1..]).envs(render::process_env(p));
-            cmd
-        }
-    };
+    let mut app_cmd =
+        match render::app_config(p, plan, mesh.scenario, mesh.llm, mesh.model, layout)? {
+            Some(config) => {
+                let path = layout.config_file(&stem, config.kind);
+                write_file(&path, &config.text)?;
+                let mut cmd = agentmesh_command()?;
+                cmd.args([config.kind, "run", "--config"]).arg(path);
+                cmd
+            }
+            None => {
+                let mut cmd = Recipe::new(&p.spec.command[0]);
+                cmd.args(&p.spec.command[1..]).envs(render::process_env(p));
+                cmd
+            }
+        };
+    if let Some(g) = gid {
+        app_cmd.gid(g);
+    }
     let app_stdout =
         (p.spec.kind == ServiceKind::Gateway).then(|| layout.log(&format!("{stem}.audit.jsonl")));
     let pid = sup.spawn(
@@ -351,6 +430,9 @@ async fn start_service(
         }
     };
     cmd.args(["run", "--config"]).arg(path);
+    if let Some(g) = gid {
+        cmd.gid(g);
+    }
     let pid = sup.spawn(
         &format!("{name} sidecar"),
         cmd,

@@ -26,6 +26,7 @@ pub struct Recipe {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, Option<OsString>)>,
+    gid: Option<u32>,
 }
 
 impl Recipe {
@@ -35,7 +36,15 @@ impl Recipe {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
+            gid: None,
         }
+    }
+
+    /// Runs the child with this group id (its uid stays `up`'s): on SPIRE, the `unix:gid`
+    /// selector that tells one service's processes from another's.
+    pub fn gid(&mut self, gid: u32) -> &mut Self {
+        self.gid = Some(gid);
+        self
     }
 
     /// One more argument.
@@ -85,6 +94,9 @@ impl Recipe {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        if let Some(gid) = self.gid {
+            cmd.gid(gid);
+        }
         for (k, v) in &self.env {
             match v {
                 Some(v) => cmd.env(k, v),
