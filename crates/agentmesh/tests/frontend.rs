@@ -1032,6 +1032,42 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
                 .ends_with("/sa/gateway"),
         "{edge_panel}"
     );
+    // With scripts disabled the tables, the graph, its panels and the request page's
+    // waterfall are all there (only the live lighting needs the script).
+    let no_script = &seen["no_script"];
+    assert_eq!(
+        no_script["intention_rows"].as_u64(),
+        Some(listed.len() as u64),
+        "{no_script}"
+    );
+    assert_eq!(
+        no_script["service_rows"].as_u64(),
+        Some(want.len() as u64),
+        "{no_script}"
+    );
+    assert!(
+        no_script["decision_rows"].as_u64().unwrap_or(0) > 0,
+        "{no_script}"
+    );
+    assert_eq!(
+        no_script["graph_nodes"].as_u64(),
+        Some(want.len() as u64),
+        "{no_script}"
+    );
+    assert_eq!(
+        no_script["graph_edges"].as_u64(),
+        Some(listed.len() as u64),
+        "{no_script}"
+    );
+    assert_eq!(no_script["edge_panel_shown"], true, "{no_script}");
+    assert!(
+        no_script["trace_rows"].as_u64().unwrap_or(0) >= 6,
+        "{no_script}"
+    );
+    assert_eq!(
+        no_script["waterfall_bars"], no_script["trace_rows"],
+        "{no_script}"
+    );
     // Readable at 1280×800: no page scrolls sideways.
     assert_eq!(
         seen["scrolls_sideways"],

@@ -218,6 +218,30 @@ try {
     allowed: d.dataset.allowed, intention: d.dataset.intention, text: d.textContent,
   }));
   await page.screenshot({ path: join(shots, '7-check.png'), fullPage: true });
+  // Scripts off (a new page in the same session): the tables come complete from the server,
+  // the graph is drawn server-side, and a panel opens through a plain link (CSS :target).
+  const noScript = await browser.newPage();
+  await noScript.setJavaScriptEnabled(false);
+  await noScript.setViewport({ width: 1280, height: 800 });
+  await noScript.goto(new URL('/inspector', frontend).href);
+  out.no_script = await noScript.evaluate(() => ({
+    intention_rows: document.querySelectorAll('#intention-table tbody tr').length,
+    service_rows: document.querySelectorAll('#services tbody tr').length,
+    decision_rows: document.querySelectorAll('#decision-table tbody tr').length,
+    graph_nodes: document.querySelectorAll('#mesh-graph g.node[data-spiffe-id]').length,
+    graph_edges: document.querySelectorAll('#mesh-graph g.edge[data-intention]').length,
+  }));
+  // Following the deny edge's link (what a click or Enter does) opens its panel by :target.
+  const edgeHref = await noScript.$eval('#mesh-graph g.edge[data-action="deny"] a',
+    (a) => a.getAttribute('href') || a.getAttribute('xlink:href'));
+  out.no_script.edge_href = edgeHref;
+  await noScript.goto(new URL(edgeHref, noScript.url()).href);
+  out.no_script.edge_panel_shown = await noScript.evaluate(
+    () => getComputedStyle(document.querySelector(location.hash)).display !== 'none');
+  await noScript.goto(out.request.url);
+  out.no_script.trace_rows = await noScript.$$eval('#trace tbody tr', (r) => r.length);
+  out.no_script.waterfall_bars = await noScript.$$eval('#waterfall g.bar', (l) => l.length);
+  await noScript.close();
   out.errors = errors;
   console.log(JSON.stringify(out));
 } catch (e) {
