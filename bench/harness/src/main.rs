@@ -13,6 +13,7 @@
 //! agentmesh-bench proxy-ab --agentmesh PATH --baseline PATH [--label REV] [--runs N] [--seconds S] [--rate R]
 //! agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
 //! agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
+//! agentmesh-bench spire --agentmesh PATH --spire-bin DIR [--runs N] [--seconds S] [--rate R]
 //! agentmesh-bench app --listen ADDR
 //! ```
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ mod proxy_ab;
 mod report;
 mod scale;
 mod sds;
+mod spire;
 mod startup;
 
 use std::path::PathBuf;
@@ -55,6 +57,8 @@ const USAGE: &str = "usage:
   agentmesh-bench sds --agentmesh PATH --envoy PATH [--rotations N]
                                                        rotation -> new serial in Envoy's /certs (SDS)
   agentmesh-bench compose --agentmesh PATH             each scenario's mesh memory, Compose vs `up`
+  agentmesh-bench spire --agentmesh PATH --spire-bin DIR [--runs N] [--seconds S] [--rate R]
+                                                       proxy pair on SPIRE SVIDs vs on agentmesh SVIDs
   agentmesh-bench app --listen ADDR                    the app and LLM upstream (used by proxy, gateway)";
 
 /// A parsed command line.
@@ -121,6 +125,12 @@ enum Command {
         envoy: PathBuf,
         rotations: usize,
     },
+    Spire {
+        agentmesh: PathBuf,
+        spire_bin: PathBuf,
+        sizes: proxy::Sizes,
+        rounds: usize,
+    },
     App {
         listen: String,
     },
@@ -144,6 +154,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut agentmesh = None;
     let mut baseline = None;
     let mut label = None;
+    let mut spire_bin = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -204,6 +215,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
             "--baseline" => baseline = Some(PathBuf::from(value)),
             "--label" => label = Some(value.clone()),
+            "--spire-bin" => spire_bin = Some(PathBuf::from(value)),
             "--litellm" => litellm = Some(PathBuf::from(value)),
             "--envoy" => envoy = Some(PathBuf::from(value)),
             "--listen" => listen = Some(value.clone()),
@@ -287,6 +299,16 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             socket: socket.context("fetch-loop needs --socket PATH")?,
             samples,
         },
+        "spire" => Command::Spire {
+            agentmesh: agentmesh.context("spire needs --agentmesh PATH (the release binary)")?,
+            spire_bin: spire_bin
+                .context("spire needs --spire-bin DIR (spire-server and spire-agent)")?,
+            sizes: proxy::Sizes {
+                seconds: seconds.unwrap_or(5.0),
+                rate: rate.unwrap_or(1000.0),
+            },
+            rounds: runs,
+        },
         "app" => Command::App {
             listen: listen.context("app needs --listen ADDR")?,
         },
@@ -345,6 +367,12 @@ fn main() -> ExitCode {
         } => sds::run(&agentmesh, &envoy, rotations),
         Command::Docker { agentmesh, samples } => docker::run(&agentmesh, samples),
         Command::Compose { agentmesh } => compose::run(&agentmesh),
+        Command::Spire {
+            agentmesh,
+            spire_bin,
+            sizes,
+            rounds,
+        } => spire::run(&agentmesh, &spire_bin, sizes, rounds),
         Command::FetchLoop { socket, samples } => match docker::fetch_loop(&socket, samples) {
             Ok(()) => return ExitCode::SUCCESS,
             Err(e) => Err(e),
@@ -407,6 +435,10 @@ mod tests {
             Ok(Command::Proxy { sizes, .. }) if sizes.rate == 1000.0
         ));
         assert!(matches!(
+            parse(&args("spire --agentmesh /x --spire-bin /s --runs 2")),
+            Ok(Command::Spire { rounds: 2, .. })
+        ));
+        assert!(matches!(
             parse(&args("startup --agentmesh /x --envoy /y")),
             Ok(Command::Startup { runs: 3, .. })
         ));
@@ -425,6 +457,7 @@ mod tests {
             "gateway --agentmesh /x",
             "startup --agentmesh /x --envoy /y --runs 0",
             "app",
+            "spire --agentmesh /x",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");
         }

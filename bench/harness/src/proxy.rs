@@ -174,17 +174,43 @@ pub(crate) async fn start_pair(
     app: SocketAddr,
     tag: &str,
 ) -> anyhow::Result<MeshPair> {
+    start_pair_on(plane, sidecar, app, tag, None).await
+}
+
+/// Where a pair on SPIRE identities takes its SVIDs: the SPIRE agent's socket, and the gid
+/// each sidecar (client, server) runs with, which SPIRE's unix attestor selects it by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpireIdentity<'a> {
+    pub(crate) socket: &'a Path,
+    pub(crate) gids: [u32; 2],
+}
+
+/// [`start_pair`], with SVIDs from SPIRE when `spire` is given; the policy then still comes
+/// from the plane's node (`policy_api`).
+pub(crate) async fn start_pair_on(
+    plane: &ControlPlane,
+    sidecar: SidecarCommand<'_>,
+    app: SocketAddr,
+    tag: &str,
+    spire: Option<SpireIdentity<'_>>,
+) -> anyhow::Result<MeshPair> {
     let lay = &plane.lay;
     let (mesh_client, mesh_server) = (addr()?, addr()?);
     let (client_admin, server_admin) = (addr()?, addr()?);
-    let socket = plane.workload_socket();
+    let node = plane.workload_socket();
+    let sockets = match spire {
+        Some(s) => format!(
+            "workload_api = \"unix://{}\"\npolicy_api = \"unix://{}\"\n",
+            s.socket.display(),
+            node.display()
+        ),
+        None => format!("workload_api = \"unix://{}\"\n", node.display()),
+    };
     let server_toml = format!(
-        "service = \"app\"\nworkload_api = \"unix://{}\"\n[inbound]\nlisten = \"{mesh_server}\"\napp = \"{app}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{server_admin}\"\n",
-        socket.display()
+        "service = \"app\"\n{sockets}[inbound]\nlisten = \"{mesh_server}\"\napp = \"{app}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{server_admin}\"\n"
     );
     let client_toml = format!(
-        "service = \"client\"\nworkload_api = \"unix://{}\"\n[[upstream]]\ndestination = \"app\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n",
-        socket.display()
+        "service = \"client\"\n{sockets}[[upstream]]\ndestination = \"app\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n"
     );
     let mut pids = [0_u32; 2];
     let mut procs = Vec::new();
@@ -201,10 +227,14 @@ pub(crate) async fn start_pair(
             .copied()
             .chain(["--config", config.as_str()])
             .collect();
-        let p = Proc::spawn(
+        let mut cmd = std::process::Command::new(sidecar.program);
+        cmd.args(&args).env("AGENTMESH_LOG", "info");
+        if let Some(s) = spire {
+            std::os::unix::process::CommandExt::gid(&mut cmd, s.gids[i]);
+        }
+        let p = Proc::spawn_command(
             if i == 0 { "mesh-client" } else { "mesh-server" },
-            sidecar.program,
-            &args,
+            cmd,
             &lay.path(&format!("{tag}{name}.log")),
         )?;
         pids[i] = p.pid();
