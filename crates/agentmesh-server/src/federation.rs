@@ -307,10 +307,10 @@ pub fn store(
         .datastore
         .get_federated_bundle(trust_domain.as_str())?;
     let jwks = Jwks::new(bundle.jwt_keys.keys.clone()).to_json();
-    if let Some(h) = &held
-        && h.x509_authorities == bundle.x509_authorities
-        && h.jwks == jwks
-    {
+    let same = held
+        .as_ref()
+        .is_some_and(|h| h.x509_authorities == bundle.x509_authorities && h.jwks == jwks);
+    if same && held.as_ref().is_some_and(|h| h.source == source) {
         return Ok(false);
     }
     let row = FederatedBundleRow {
@@ -323,6 +323,12 @@ pub fn store(
         updated_at: unix_secs(SystemTime::now()),
     };
     state.datastore.put_federated_bundle(&row)?;
+    if same {
+        // The same keys from another source (the endpoint confirming a bundle set by hand):
+        // remembered, but nothing for the nodes to learn.
+        tracing::info!(trust_domain = %trust_domain, %source, "federated bundle confirmed");
+        return Ok(false);
+    }
     tracing::info!(
         trust_domain = %trust_domain,
         %source,
@@ -586,6 +592,9 @@ async fn refresh_loop(peer: Peer, state: Arc<ServerState>, mut stop: watch::Rece
         }
         match fetch(&peer, &state).await {
             Ok(Fetched::Bundle(bundle)) => {
+                if retry != FIRST_RETRY {
+                    tracing::info!(trust_domain = %peer.trust_domain, url = %peer.url, "the federated bundle endpoint answers again");
+                }
                 retry = FIRST_RETRY;
                 wait = bundle
                     .refresh_hint
@@ -660,7 +669,8 @@ async fn fetch(peer: &Peer, state: &ServerState) -> Result<Fetched, String> {
                 None,
                 &roots,
                 agentmesh_tls::exact([id]),
-                &[b"http/1.1"],
+                // No ALPN here: hyper-rustls sets it (and refuses a config that has one).
+                &[],
             )
             .map_err(|e| e.to_string())?;
             (*cfg).clone()
