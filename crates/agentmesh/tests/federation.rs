@@ -4,12 +4,15 @@
 //! bootstrapped with `agentmesh bundle show -o spiffe | agentmesh bundle set`. Real
 //! `agentmesh proxy run` sidecars carry the call across.
 //!
-//! Needs nothing beyond the agentmesh binary.
+//! The SPIRE test needs `spire-server` (v1.13.3, built by scripts/test into .cache/go/bin, or
+//! `$AGENTMESH_TEST_SPIRE_BIN`); without it, it fails naming the missing binary.
 
 #[path = "support/mesh.rs"]
 mod mesh;
 #[path = "support/sidecar.rs"]
 mod sidecar;
+#[path = "support/spire.rs"]
+mod spire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use mesh::*;
 use sidecar::*;
+use spire::Spire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -341,4 +345,131 @@ async fn a_bad_bundle_endpoint_is_logged_and_the_last_good_bundle_is_kept() {
     let (roots, source) = held_roots(&a, OTHER).expect("other.test still held");
     assert_eq!((roots, source.as_str()), (1, "manual"));
     assert!(log().contains("keeping the last good bundle (valid for"));
+}
+
+const SPIRE_FED_TD: &str = "spire.test";
+
+/// The JWT key ids in a SPIFFE bundle document.
+fn jwt_kids(doc: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(doc.trim())
+        .unwrap_or_else(|e| panic!("not a SPIFFE bundle ({e}): {doc}"));
+    v["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter(|k| k["use"] == "jwt-svid")
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// agentmesh ↔ SPIRE, both directions over `https_spiffe`: each side is bootstrapped with
+/// the other's X.509 roots only (PEM), so the JWT keys it ends up holding can only have come
+/// from the other's bundle endpoint. `spire-server bundle list` shows ours; `agentmesh bundle
+/// list` shows SPIRE's, fetched from its endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentmesh_and_spire_read_each_others_bundle_endpoints() {
+    let (ep_a, ep_s) = (free_port(), free_port());
+    let a = start_domain(
+        TD,
+        &[],
+        &format!(
+            "[federation]\nbundle_endpoint = {{ listen = \"127.0.0.1:{ep_a}\", profile = \"https_spiffe\", refresh_hint = \"1s\" }}\n\
+             [[federation.federates_with]]\ntrust_domain = \"{SPIRE_FED_TD}\"\nurl = \"https://127.0.0.1:{ep_s}\"\nprofile = \"https_spiffe\"\nendpoint_spiffe_id = \"spiffe://{SPIRE_FED_TD}/spire/server\"\n"
+        ),
+    );
+    let spire = Spire::server_only(
+        SPIRE_FED_TD,
+        &format!(
+            r#"  federation {{
+    bundle_endpoint {{
+      address = "127.0.0.1"
+      port = {ep_s}
+      refresh_hint = "1m"
+    }}
+    federates_with "{TD}" {{
+      bundle_endpoint_url = "https://127.0.0.1:{ep_a}"
+      bundle_endpoint_profile "https_spiffe" {{
+        endpoint_spiffe_id = "spiffe://{TD}/agentmesh/server"
+      }}
+    }}
+  }}"#
+        ),
+    );
+
+    // Bootstrap both ways with PEM roots only.
+    let spire_pem = spire.server_ok(&["bundle", "show", "-format", "pem"]);
+    let spire_pem_file = a.dir.join("spire.pem");
+    std::fs::write(&spire_pem_file, &spire_pem).expect("write spire.pem");
+    a.cli_ok(&[
+        "bundle",
+        "set",
+        "--id",
+        &format!("spiffe://{SPIRE_FED_TD}"),
+        "--format",
+        "pem",
+        "--path",
+        spire_pem_file.to_str().expect("UTF-8"),
+    ]);
+    let ours = a.cli_ok(&["bundle", "show"]);
+    let ours_file = spire.dir.path().join("agentmesh.pem");
+    std::fs::write(&ours_file, &ours).expect("write agentmesh.pem");
+    spire.server_ok(&[
+        "bundle",
+        "set",
+        "-format",
+        "pem",
+        "-id",
+        &format!("spiffe://{TD}"),
+        "-path",
+        ours_file.to_str().expect("UTF-8"),
+    ]);
+
+    // Our server reads SPIRE's endpoint: SPIRE's JWT key arrives, from the https URL.
+    let spire_kids = jwt_kids(&spire.server_ok(&["bundle", "show", "-format", "spiffe"]));
+    assert!(!spire_kids.is_empty(), "SPIRE publishes a JWT key");
+    eventually(
+        "agentmesh holds SPIRE's bundle from its endpoint",
+        || async {
+            held(&a).iter().any(|b| {
+                b["trust_domain"] == SPIRE_FED_TD
+                    && b["source"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("https://"))
+                    && b["jwks"]["keys"].as_array().is_some_and(|k| {
+                        k.iter()
+                            .any(|k| spire_kids.iter().any(|id| k["kid"] == id.as_str()))
+                    })
+            })
+        },
+    )
+    .await;
+
+    // SPIRE reads ours (asked to refresh now rather than after its one-minute floor).
+    let our_kids = jwt_kids(&a.cli_ok(&["bundle", "show", "-o", "spiffe"]));
+    assert!(!our_kids.is_empty());
+    let td_id = format!("spiffe://{TD}");
+    eventually(
+        "SPIRE holds agentmesh's bundle from its endpoint",
+        || async {
+            let _ = spire.server_cmd(&["federation", "refresh", "-id", &td_id]);
+            let out = spire.server_cmd(&["bundle", "list", "-id", &td_id, "-format", "spiffe"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success() && our_kids.iter().all(|k| text.contains(k.as_str()))
+        },
+    )
+    .await;
+    let listed = spire.server_ok(&["bundle", "list", "-format", "pem"]);
+    assert!(listed.contains(&format!("* {TD}")), "{listed}");
+    let first_root = ours.lines().nth(1).expect("a PEM body line").to_owned();
+    assert!(
+        listed.contains(&first_root),
+        "spire-server bundle list lacks our root:\n{listed}"
+    );
+    assert!(
+        spire.server_log().contains("Bundle refreshed"),
+        "SPIRE never fetched from our endpoint:\n{}",
+        spire.server_log()
+    );
 }
