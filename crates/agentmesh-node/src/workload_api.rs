@@ -467,3 +467,31 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
     };
     prost_types::Value { kind: Some(kind) }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::claimed_trust_domain;
+
+    fn token(claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64(r#"{"alg":"ES256"}"#), b64(claims))
+    }
+
+    #[test]
+    fn the_bundle_for_a_jwt_is_chosen_by_its_subjects_trust_domain() {
+        assert_eq!(
+            claimed_trust_domain(&token(r#"{"sub":"spiffe://other.test/a"}"#))
+                .map(|td| td.to_string()),
+            Some("other.test".to_owned())
+        );
+        for bad in [
+            token(r#"{"sub":"not an id"}"#),
+            token(r#"{"aud":"x"}"#),
+            "garbage".to_owned(),
+        ] {
+            assert_eq!(claimed_trust_domain(&bad), None, "{bad}");
+        }
+    }
+}

@@ -889,4 +889,63 @@ mod tests {
             TokenRedemption::Unknown
         );
     }
+
+    #[test]
+    fn a_data_dir_from_before_federation_gets_federates_with_and_keeps_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL,
+                 parent_id TEXT NOT NULL, selectors TEXT NOT NULL, x509_ttl INTEGER NOT NULL,
+                 jwt_ttl INTEGER NOT NULL, dns_names TEXT NOT NULL, created_at INTEGER NOT NULL,
+                 UNIQUE (spiffe_id, parent_id, selectors));
+                 INSERT INTO entries VALUES ('old', 'spiffe://td/x', '', 'unix:uid:1', 0, 0, '', 1);",
+            )
+            .unwrap();
+        }
+        let ds = Datastore::open(&path).unwrap();
+        let entries = ds.list_entries().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].federates_with.is_empty());
+        let mut e = entry("new", "spiffe://td/y", "");
+        e.federates_with = vec!["spiffe://a.test".into(), "spiffe://b.test".into()];
+        ds.create_entry(&e).unwrap();
+        assert_eq!(
+            ds.get_entry("new").unwrap().unwrap().federates_with,
+            e.federates_with
+        );
+        drop(ds);
+        // Opening again finds the column and adds nothing.
+        Datastore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn federated_bundles_are_stored_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(&dir.path().join("db")).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).unwrap().der().to_vec();
+        let mut row = FederatedBundleRow {
+            trust_domain: "other.test".into(),
+            x509_authorities: vec![root.clone()],
+            jwks: "{\"keys\":[]}".into(),
+            sequence: 1,
+            refresh_hint: 300,
+            source: "manual".into(),
+            updated_at: 1,
+        };
+        ds.put_federated_bundle(&row).unwrap();
+        row.x509_authorities.push(root);
+        row.source = "https://127.0.0.1:8443/".into();
+        ds.put_federated_bundle(&row).unwrap();
+        assert_eq!(ds.list_federated_bundles().unwrap(), vec![row.clone()]);
+        assert_eq!(ds.get_federated_bundle("other.test").unwrap(), Some(row));
+        assert!(ds.delete_federated_bundle("other.test").unwrap());
+        assert!(!ds.delete_federated_bundle("other.test").unwrap());
+        assert!(ds.list_federated_bundles().unwrap().is_empty());
+    }
 }
