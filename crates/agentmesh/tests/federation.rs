@@ -473,3 +473,78 @@ async fn agentmesh_and_spire_read_each_others_bundle_endpoints() {
         spire.server_log()
     );
 }
+
+/// The `https_web` profile: other.test serves its bundle with an operator's certificate
+/// (PEM files, an IP SAN for 127.0.0.1), and agentmesh.local fetches it trusting that
+/// certificate's CA (`ca_file`); no bootstrap is needed, since web PKI authenticates the
+/// endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_web_endpoint_needs_no_bootstrap() {
+    let (ep_b, ep_a) = (free_port(), free_port());
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let cert = params.signed_by(&key, &issuer).expect("leaf");
+    let (cert_file, key_file, ca_file) = (
+        certs.path().join("web.pem"),
+        certs.path().join("web.key"),
+        certs.path().join("ca.pem"),
+    );
+    std::fs::write(
+        &cert_file,
+        agentmesh_tls::pem_encode("CERTIFICATE", cert.der()),
+    )
+    .expect("write");
+    std::fs::write(
+        &key_file,
+        agentmesh_tls::pem_encode("PRIVATE KEY", &key.serialize_der()),
+    )
+    .expect("write");
+    std::fs::write(
+        &ca_file,
+        agentmesh_tls::pem_encode("CERTIFICATE", ca_cert.der()),
+    )
+    .expect("write");
+
+    let b = start_domain(
+        OTHER,
+        &[],
+        &format!(
+            "[federation]\nbundle_endpoint = {{ listen = \"127.0.0.1:{ep_b}\", profile = \"https_web\", cert_file = \"{}\", key_file = \"{}\" }}\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    let a = start_domain(
+        TD,
+        &[],
+        &format!(
+            "{}[[federation.federates_with]]\ntrust_domain = \"{OTHER}\"\nurl = \"https://127.0.0.1:{ep_b}/\"\nprofile = \"https_web\"\nca_file = \"{}\"\n",
+            federation(ep_a, None),
+            ca_file.display()
+        ),
+    );
+    let want = b.cli_ok(&["bundle", "show"]);
+    eventually(
+        "agentmesh.local fetched other.test's bundle over https_web",
+        || async {
+            held(&a).iter().any(|h| {
+                h["trust_domain"] == OTHER
+                    && h["source"] == format!("https://127.0.0.1:{ep_b}/").as_str()
+                    && h["x509_authorities"].as_array().is_some_and(|r| {
+                        r.iter()
+                            .all(|pem| want.contains(pem.as_str().unwrap_or("-")))
+                    })
+            })
+        },
+    )
+    .await;
+}
