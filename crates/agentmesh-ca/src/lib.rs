@@ -21,6 +21,6 @@ pub use authority::{Authority, CaError, X509Svid, new_intermediate, new_root};
 pub use csr::{CsrError, CsrPublicKey, build_csr, verify_csr};
 // The JWT bundle format moved to agentmesh-tls so verifiers need not depend on the CA;
 // re-exported so the CA's callers keep one import.
-pub use agentmesh_tls::{Jwk, JwkError, Jwks};
+pub use agentmesh_tls::{Jwk, JwkError, Jwks, SpiffeBundle, SpiffeBundleError};
 pub use jwt::{JwtClaims, JwtError, JwtKey, peek_claims, sign_jwt_svid, validate_jwt_svid};
 pub use keys::{KeyError, PrivateKey, read_secret_file, write_secret_file};

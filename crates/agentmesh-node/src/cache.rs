@@ -26,9 +26,11 @@ pub struct EntryInfo {
     pub jwt_ttl: i64,
     /// Extra DNS SANs.
     pub dns_names: Vec<String>,
+    /// Federated trust domains whose bundles this entry's X509-SVID responses carry.
+    pub federates_with: Vec<TrustDomain>,
 }
 
-/// The trust bundle of the node's trust domain.
+/// The trust bundle of the node's trust domain, or of a federated one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleInfo {
     /// The trust domain.
@@ -95,6 +97,8 @@ pub struct Snapshot {
     pub svids: HashMap<String, Arc<CachedSvid>>,
     /// The bundle.
     pub bundle: Arc<BundleInfo>,
+    /// The federated trust domains' bundles, by trust domain name.
+    pub federated: Arc<Vec<BundleInfo>>,
     /// Whether the node has synced with the server at least once.
     pub synced: bool,
 }
@@ -121,6 +125,34 @@ impl Snapshot {
             .filter(|s| s.not_after > now)
             .collect()
     }
+
+    /// The federated bundles the caller's matching entries federate with (SPIRE serves an
+    /// X509-SVID response only the bundles its entries name).
+    pub fn federated_for(&self, att: &Attestation) -> Vec<&BundleInfo> {
+        let wanted: std::collections::BTreeSet<&TrustDomain> = self
+            .matching(att)
+            .flat_map(|e| e.federates_with.iter())
+            .collect();
+        self.federated
+            .iter()
+            .filter(|b| wanted.contains(&b.trust_domain))
+            .collect()
+    }
+
+    /// The bundle of `td`: the own one or a federated one.
+    pub fn bundle_of(&self, td: &TrustDomain) -> Option<&BundleInfo> {
+        if &self.bundle.trust_domain == td {
+            return Some(&self.bundle);
+        }
+        self.federated.iter().find(|b| &b.trust_domain == td)
+    }
+
+    /// Every bundle, the own first.
+    pub fn all_bundles(&self) -> Vec<&BundleInfo> {
+        std::iter::once(self.bundle.as_ref())
+            .chain(self.federated.iter())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +171,7 @@ mod tests {
             x509_ttl: 0,
             jwt_ttl: 0,
             dns_names: vec![],
+            federates_with: vec![],
         }
     }
 
@@ -176,6 +209,7 @@ mod tests {
                 jwks_json: String::new(),
                 sequence: 1,
             }),
+            federated: Arc::new(Vec::new()),
             synced: true,
         };
         assert_eq!(

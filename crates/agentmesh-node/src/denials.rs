@@ -277,6 +277,7 @@ mod tests {
             x509_ttl: 0,
             jwt_ttl: 0,
             dns_names: vec![],
+            federates_with: vec![],
         }
     }
 

@@ -275,6 +275,7 @@ impl Manager {
             entries: Arc::new(Vec::new()),
             svids: HashMap::new(),
             bundle: Arc::new(bundle),
+            federated: Arc::new(Vec::new()),
             synced: false,
         }));
         Ok(Arc::new(Self {
@@ -422,6 +423,11 @@ impl Manager {
                 tracing::warn!(entry = %e.id, "skipping an entry with an invalid selector");
                 continue;
             };
+            let federates_with = e
+                .federates_with
+                .iter()
+                .filter_map(|td| TrustDomain::new(td.strip_prefix("spiffe://").unwrap_or(td)).ok())
+                .collect();
             entries.push(EntryInfo {
                 id: e.id,
                 spiffe_id,
@@ -429,6 +435,7 @@ impl Manager {
                 x509_ttl: e.x509_ttl_seconds,
                 jwt_ttl: e.jwt_ttl_seconds,
                 dns_names: e.dns_names,
+                federates_with,
             });
         }
         let mut bundle = current.bundle.clone();
@@ -461,6 +468,7 @@ impl Manager {
                 );
             }
         }
+        let federated = federated_bundles(&current.federated, msg.federated_bundles, &bundle);
         // Keep SVIDs only for entries that still exist with the same SPIFFE ID.
         let svids = current
             .svids
@@ -477,6 +485,7 @@ impl Manager {
             entries: Arc::new(entries),
             svids,
             bundle,
+            federated,
             synced: current.synced,
         }));
         tracing::debug!(entries = count, "synced entries");
@@ -487,6 +496,8 @@ impl Manager {
     }
 
     fn store_bundle(&self, roots: &[Vec<u8>]) {
+        // Federated bundles are not stored here: a node that restarts without the server has
+        // no SVID for a foreign peer to check either way, and the server holds them durably.
         let text: String = roots.iter().map(|r| pem_encode("CERTIFICATE", r)).collect();
         if let Err(e) =
             agentmesh_ca::write_secret_file(&self.data_dir.join("bundle.pem"), text.as_bytes())
@@ -825,3 +836,40 @@ fn leaf_dns_names(der: &[u8]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// The federated bundles of a sync message, reusing the current `Arc` when nothing changed
+/// (so streams keyed on it do not wake). A bundle without a usable trust domain or roots, or
+/// one for the node's own trust domain, is skipped with a warning.
+fn federated_bundles(
+    current: &Arc<Vec<BundleInfo>>,
+    sent: Vec<v1::Bundle>,
+    own: &BundleInfo,
+) -> Arc<Vec<BundleInfo>> {
+    let mut out = Vec::with_capacity(sent.len());
+    for b in sent {
+        let Ok(td) = TrustDomain::new(&b.trust_domain) else {
+            tracing::warn!(trust_domain = %b.trust_domain, "skipping a federated bundle with an invalid trust domain");
+            continue;
+        };
+        if td == own.trust_domain || b.x509_authorities.is_empty() {
+            tracing::warn!(trust_domain = %td, "skipping a federated bundle for the own trust domain or without roots");
+            continue;
+        }
+        out.push(BundleInfo {
+            trust_domain: td,
+            roots: b.x509_authorities,
+            jwks_json: b.jwks,
+            sequence: b.sequence,
+        });
+    }
+    out.sort_by(|a, b| a.trust_domain.cmp(&b.trust_domain));
+    if *current.as_ref() == out {
+        return current.clone();
+    }
+    for b in &out {
+        if !current.contains(b) {
+            tracing::info!(trust_domain = %b.trust_domain, roots = b.roots.len(), sequence = b.sequence, "federated bundle updated");
+        }
+    }
+    Arc::new(out)
+}

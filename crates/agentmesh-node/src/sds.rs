@@ -237,14 +237,20 @@ fn build(
                 }
             }
             ResourceName::RootCa | ResourceName::All => {
-                // The node holds only its own trust domain's bundle today (no federation), so
-                // ALL is that one bundle; it is a list so federated bundles can join it.
-                let bundles = [snap.bundle.as_ref()];
-                fingerprint.push_str(&format!(
-                    "{name}={}:{};",
-                    snap.bundle.sequence,
-                    hex_digest(&snap.bundle.roots_concat())
-                ));
+                // ROOTCA is the own trust domain's bundle; ALL adds every federated one.
+                let bundles = if matches!(parsed, ResourceName::All) {
+                    snap.all_bundles()
+                } else {
+                    vec![snap.bundle.as_ref()]
+                };
+                for b in &bundles {
+                    fingerprint.push_str(&format!(
+                        "{name}={}:{}:{};",
+                        b.trust_domain,
+                        b.sequence,
+                        hex_digest(&b.roots_concat())
+                    ));
+                }
                 secrets.push(validation_context(name, &bundles));
                 continue;
             }

@@ -3,7 +3,6 @@
 //! callers get PermissionDenied with an explanation, a node that is not ready answers
 //! Unavailable, and every stream message carries the full state.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,7 +18,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::attestor::{Attestation, Attestor, PeerCred};
-use crate::cache::{CachedSvid, Snapshot};
+use crate::cache::{BundleInfo, CachedSvid, Snapshot};
 use crate::denials::DeniedBy;
 use crate::manager::Manager;
 
@@ -129,7 +128,11 @@ pub(crate) fn peer_cred<T>(req: &Request<T>) -> Result<PeerCred, Status> {
     })
 }
 
-fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> X509svidResponse {
+fn x509_response(
+    snap: &Snapshot,
+    svids: &[Arc<CachedSvid>],
+    federated: &[&BundleInfo],
+) -> X509svidResponse {
     let bundle = snap.bundle.roots_concat();
     X509svidResponse {
         svids: svids
@@ -143,17 +146,45 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> X509svidResponse
             })
             .collect(),
         crl: Vec::new(),
-        federated_bundles: HashMap::new(),
+        federated_bundles: federated
+            .iter()
+            .map(|b| (b.trust_domain.id_string(), b.roots_concat()))
+            .collect(),
     }
 }
 
 /// What identifies a stream's state, so an unchanged state is not sent twice.
-fn fingerprint(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, u64, usize) {
+type Fingerprint = (Vec<String>, u64, usize, Vec<(String, Vec<Vec<u8>>)>);
+
+fn fingerprint(
+    snap: &Snapshot,
+    svids: &[Arc<CachedSvid>],
+    federated: &[&BundleInfo],
+) -> Fingerprint {
     (
         svids.iter().map(|s| s.serial.clone()).collect(),
         snap.bundle.sequence,
         snap.bundle.roots.len(),
+        federated
+            .iter()
+            .map(|b| (b.trust_domain.to_string(), b.roots.clone()))
+            .collect(),
     )
+}
+
+/// What identifies the bundle streams' state: every trust domain's roots, or JWKS.
+fn x509_bundles_key(snap: &Snapshot) -> (u64, Vec<Vec<Vec<u8>>>) {
+    (
+        snap.bundle.sequence,
+        snap.all_bundles().iter().map(|b| b.roots.clone()).collect(),
+    )
+}
+
+fn jwt_bundles_key(snap: &Snapshot) -> Vec<String> {
+    snap.all_bundles()
+        .iter()
+        .map(|b| b.jwks_json.clone())
+        .collect()
 }
 
 /// Sends `first`, then a fresh message built by `build` whenever the snapshot changes in a way
@@ -207,19 +238,22 @@ where
 fn x509_bundles(snap: &Snapshot) -> X509BundlesResponse {
     X509BundlesResponse {
         crl: Vec::new(),
-        bundles: HashMap::from([(
-            snap.bundle.trust_domain.id_string(),
-            snap.bundle.roots_concat(),
-        )]),
+        // Every trust domain's, whatever the caller's entries federate with, as SPIRE does.
+        bundles: snap
+            .all_bundles()
+            .iter()
+            .map(|b| (b.trust_domain.id_string(), b.roots_concat()))
+            .collect(),
     }
 }
 
 fn jwt_bundles(snap: &Snapshot) -> JwtBundlesResponse {
     JwtBundlesResponse {
-        bundles: HashMap::from([(
-            snap.bundle.trust_domain.id_string(),
-            snap.bundle.jwks_json.clone().into_bytes(),
-        )]),
+        bundles: snap
+            .all_bundles()
+            .iter()
+            .map(|b| (b.trust_domain.id_string(), b.jwks_json.clone().into_bytes()))
+            .collect(),
     }
 }
 
@@ -236,8 +270,9 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         for s in &svids {
             tracing::debug!(spiffe_id = %s.spiffe_id, serial = %s.serial, caller = %att.summary, "serving X.509-SVID");
         }
-        let first = x509_response(&snap, &svids);
-        let key = fingerprint(&snap, &svids);
+        let federated = snap.federated_for(&att);
+        let first = x509_response(&snap, &svids, &federated);
+        let key = fingerprint(&snap, &svids, &federated);
         let manager = self.manager.clone();
         let attestor = self.attestor.clone();
         Ok(Response::new(stream_updates(
@@ -260,9 +295,10 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
                     // Entries exist but their SVIDs are being re-minted: wait for the next change.
                     return Ok(None);
                 }
+                let federated = snap.federated_for(&att);
                 Ok(Some((
-                    x509_response(snap, &svids),
-                    fingerprint(snap, &svids),
+                    x509_response(snap, &svids, &federated),
+                    fingerprint(snap, &svids, &federated),
                 )))
             },
         )))
@@ -278,18 +314,13 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         let (_, mut rx) = self.admit(&req).await?;
         let snap = rx.borrow_and_update().clone();
         let first = x509_bundles(&snap);
-        let key = (snap.bundle.sequence, snap.bundle.roots.clone());
+        let key = x509_bundles_key(&snap);
         Ok(Response::new(stream_updates(
             first,
             key,
             rx,
             self.stopping.clone(),
-            |snap| {
-                Ok(Some((
-                    x509_bundles(snap),
-                    (snap.bundle.sequence, snap.bundle.roots.clone()),
-                )))
-            },
+            |snap| Ok(Some((x509_bundles(snap), x509_bundles_key(snap)))),
         )))
     }
 
@@ -348,13 +379,13 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         let (_, mut rx) = self.admit(&req).await?;
         let snap = rx.borrow_and_update().clone();
         let first = jwt_bundles(&snap);
-        let key = snap.bundle.jwks_json.clone();
+        let key = jwt_bundles_key(&snap);
         Ok(Response::new(stream_updates(
             first,
             key,
             rx,
             self.stopping.clone(),
-            |snap| Ok(Some((jwt_bundles(snap), snap.bundle.jwks_json.clone()))),
+            |snap| Ok(Some((jwt_bundles(snap), jwt_bundles_key(snap)))),
         )))
     }
 
@@ -371,18 +402,48 @@ impl workload::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let snap = rx.borrow().clone();
+        // The token's subject names the trust domain whose keys must have signed it: read
+        // unverified only to pick the bundle, then checked again on the verified claims.
+        let bundle = match claimed_trust_domain(&req.svid) {
+            Some(td) => snap.bundle_of(&td).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "JWT-SVID is not valid: its subject is in trust domain {td}, which is not federated with {}",
+                    snap.bundle.trust_domain
+                ))
+            })?,
+            None => snap.bundle.as_ref(),
+        };
         let claims = agentmesh_ca::validate_jwt_svid(
             &req.svid,
-            &snap.bundle.jwks(),
+            &bundle.jwks(),
             &req.audience,
             SystemTime::now(),
         )
         .map_err(|e| Status::invalid_argument(format!("JWT-SVID is not valid: {e}")))?;
+        if claims.sub.trust_domain() != &bundle.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "JWT-SVID is not valid: signed by a key of {} for a subject in {}",
+                bundle.trust_domain,
+                claims.sub.trust_domain()
+            )));
+        }
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: claims.sub.to_string(),
             claims: Some(to_struct(claims.raw)),
         }))
     }
+}
+
+/// The trust domain of a JWT's `sub` claim, read without verifying anything.
+fn claimed_trust_domain(token: &str) -> Option<agentmesh_spiffe::TrustDomain> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let sub: agentmesh_spiffe::SpiffeId = claims.get("sub")?.as_str()?.parse().ok()?;
+    Some(sub.trust_domain().clone())
 }
 
 fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
@@ -405,4 +466,32 @@ fn to_value(v: serde_json::Value) -> prost_types::Value {
         Value::Object(o) => Kind::StructValue(to_struct(o)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::claimed_trust_domain;
+
+    fn token(claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64(r#"{"alg":"ES256"}"#), b64(claims))
+    }
+
+    #[test]
+    fn the_bundle_for_a_jwt_is_chosen_by_its_subjects_trust_domain() {
+        assert_eq!(
+            claimed_trust_domain(&token(r#"{"sub":"spiffe://other.test/a"}"#))
+                .map(|td| td.to_string()),
+            Some("other.test".to_owned())
+        );
+        for bad in [
+            token(r#"{"sub":"not an id"}"#),
+            token(r#"{"aud":"x"}"#),
+            "garbage".to_owned(),
+        ] {
+            assert_eq!(claimed_trust_domain(&bad), None, "{bad}");
+        }
+    }
 }

@@ -359,3 +359,141 @@ async fn sds_refuses_unregistered_callers_malformed_names_and_ids_not_entitled()
 
     mesh.shutdown().await;
 }
+
+/// Federation on the node: a foreign bundle set on the server reaches the node; SDS `ALL`
+/// carries it and `ROOTCA` does not; `FetchX509Bundles` and `FetchJWTBundles` carry every trust
+/// domain; an `FetchX509SVID` message carries it only once an entry of the caller federates
+/// with that domain, pushed on the open stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_bundles_reach_sds_all_the_bundle_rpcs_and_federating_entries_only() {
+    use agentmesh_proto::v1;
+    use agentmesh_proto::workload::{JwtBundlesRequest, X509BundlesRequest, X509svidRequest};
+
+    let mut mesh = TestMesh::start().await.unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = agentmesh_server::TestServer::start_with(
+        agentmesh_server::ServerConfig {
+            trust_domain: "other.test".parse().unwrap(),
+            ..agentmesh_server::ServerConfig::for_test(other_dir.path())
+        },
+        other_dir.path(),
+    )
+    .await
+    .unwrap();
+    let mut other_admin = other.admin.clone();
+    let theirs = other_admin
+        .get_bundle(v1::GetBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let doc = agentmesh_ca::SpiffeBundle {
+        x509_authorities: theirs.x509_authorities.clone(),
+        jwt_keys: agentmesh_ca::Jwks::from_json(&theirs.jwks).unwrap(),
+        sequence: Some(theirs.sequence),
+        refresh_hint: None,
+    }
+    .to_json()
+    .unwrap();
+    mesh.server
+        .admin
+        .set_federated_bundle(v1::SetFederatedBundleRequest {
+            trust_domain: "spiffe://other.test".into(),
+            data: doc.into_bytes(),
+            format: "spiffe".into(),
+        })
+        .await
+        .unwrap();
+    mesh.register_self("/plain", 0).await.unwrap();
+
+    // SDS: ALL has both trust domains, ROOTCA only ours (once the node has synced the bundle).
+    let mut client = sds(&mesh).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_stream, resp) = first_response(&mut client, &["ROOTCA", "ALL"]).await;
+        let s = secrets(&resp);
+        let all = trust_domains_of(&s[1]);
+        if all.len() == 2 {
+            assert_eq!(trust_domains_of(&s[0]), ["example.org"]);
+            assert_eq!(all, ["example.org", "other.test"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ALL is {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut wl = mesh.workload_client().await.unwrap();
+    let x509 = wl
+        .fetch_x509_bundles(agentmesh_node::with_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tds: Vec<_> = x509.bundles.keys().cloned().collect();
+    tds.sort();
+    assert_eq!(tds, ["spiffe://example.org", "spiffe://other.test"]);
+    assert_eq!(
+        x509.bundles["spiffe://other.test"],
+        theirs.x509_authorities.concat()
+    );
+    let jwt = wl
+        .fetch_jwt_bundles(agentmesh_node::with_header(JwtBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let their_jwks = agentmesh_ca::Jwks::from_json(
+        std::str::from_utf8(&jwt.bundles["spiffe://other.test"]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        their_jwks.keys,
+        agentmesh_ca::Jwks::from_json(&theirs.jwks).unwrap().keys
+    );
+
+    // FetchX509SVID: nothing federated until an entry of ours federates with other.test.
+    let mut stream = wl
+        .fetch_x509svid(agentmesh_node::with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(
+        first.federated_bundles.is_empty(),
+        "{:?}",
+        first.federated_bundles.keys()
+    );
+    let uid = agentmesh_node::my_uid();
+    mesh.server
+        .admin
+        .create_entry(v1::CreateEntryRequest {
+            entry: Some(v1::Entry {
+                spiffe_id: "spiffe://example.org/fed".into(),
+                selectors: vec![format!("unix:uid:{uid}")],
+                federates_with: vec!["spiffe://other.test".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("a message")
+            .unwrap()
+            .unwrap();
+        if msg.federated_bundles.contains_key("spiffe://other.test") {
+            assert_eq!(msg.federated_bundles.len(), 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+    other.shutdown().await;
+    mesh.shutdown().await;
+}

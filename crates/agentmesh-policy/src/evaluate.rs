@@ -2,7 +2,8 @@
 //!
 //! Precedence follows Consul's intention table: an exact destination beats a wildcard one,
 //! then an exact source beats a wildcard one. When two intentions match equally, deny wins.
-//! With nothing matching, the answer is deny.
+//! With nothing matching, the answer is deny. A `*` source matches only identities of the
+//! destination's trust domain: a federated peer must be named.
 
 use std::fmt;
 use std::sync::Arc;
@@ -155,7 +156,11 @@ impl PolicySet {
         let matching = self
             .intentions
             .iter()
-            .filter(|i| i.source.matches(source) && i.destination.matches(destination));
+            .filter(|i| i.source.matches(source) && i.destination.matches(destination))
+            // A peer of another (federated) trust domain is admitted only by an intention
+            // that names it: a `*` source stands for the destination's own trust domain, so
+            // federating never opens what `* -> x` allowed before.
+            .filter(|i| i.source.is_exact() || source.trust_domain() == destination.trust_domain());
         let Some(best) = matching.clone().map(precedence).max() else {
             return Top::None;
         };

@@ -179,6 +179,10 @@ pub struct X509Context {
     /// The roots of the SVID's own trust domain only (the response's `bundle`, without the
     /// federated ones), for checks that must not accept another trust domain's signers.
     pub bundle: Arc<Vec<CertificateDer<'static>>>,
+    /// The federated trust domains' roots, each trusted only for its own trust domain's
+    /// IDs, and the trust domain `bundle` vouches for (`None` for roots given by hand, which
+    /// vouch for any ID). TLS configs from the SDK verify peers with it.
+    pub federation: Arc<agentmesh_tls::Federation>,
     /// Bumped whenever `roots` changes, so cached TLS configs know to rebuild.
     pub roots_revision: u64,
 }
@@ -190,7 +194,11 @@ struct Shared {
 
 impl Shared {
     fn apply(&self, svid: Svid, roots: Roots) -> Result<(), SourceError> {
-        let Roots { all: roots, own } = roots;
+        let Roots {
+            all: roots,
+            own,
+            federation,
+        } = roots;
         let creds = svid.credentials()?;
         self.cert
             .update(&creds)
@@ -209,10 +217,16 @@ impl Shared {
         if prev.svid.serial != svid.serial {
             tracing::info!(spiffe_id = %svid.id, serial = %svid.serial, "x509-svid rotated");
         }
+        let federation = if *prev.federation == federation {
+            prev.federation.clone()
+        } else {
+            Arc::new(federation)
+        };
         self.tx.send_replace(Arc::new(X509Context {
             svid,
             roots,
             bundle,
+            federation,
             roots_revision,
         }));
         Ok(())
@@ -267,6 +281,8 @@ struct Roots {
     all: Vec<CertificateDer<'static>>,
     /// The SVID's own trust domain's roots only.
     own: Vec<CertificateDer<'static>>,
+    /// Which roots vouch for which trust domain.
+    federation: agentmesh_tls::Federation,
 }
 
 impl Roots {
@@ -275,6 +291,7 @@ impl Roots {
         Self {
             own: roots.clone(),
             all: roots,
+            federation: agentmesh_tls::Federation::default(),
         }
     }
 }
@@ -330,11 +347,36 @@ fn parse_response(
         .map(CertificateDer::from)
         .collect();
     let mut all = own.clone();
-    for der in resp.federated_bundles.values() {
-        let federated = agentmesh_tls::split_der_certs(der).map_err(|e| bad(&e))?;
-        all.extend(federated.into_iter().map(CertificateDer::from));
+    let mut federation = agentmesh_tls::Federation {
+        trust_domain: Some(parsed.id.trust_domain().clone()),
+        ..agentmesh_tls::Federation::default()
+    };
+    for (name, der) in &resp.federated_bundles {
+        let federated: Vec<CertificateDer<'static>> = agentmesh_tls::split_der_certs(der)
+            .map_err(|e| bad(&e))?
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        all.extend(federated.iter().cloned());
+        // The map is keyed by trust domain ID (`spiffe://other.td`); a key that is not one
+        // names no domain its roots could vouch for, so they verify nobody.
+        match agentmesh_spiffe::TrustDomain::new(name.strip_prefix("spiffe://").unwrap_or(name)) {
+            Ok(td) => {
+                federation.bundles.insert(td, federated);
+            }
+            Err(e) => {
+                tracing::warn!(trust_domain = %name, error = %e, "ignoring a federated bundle")
+            }
+        }
     }
-    Ok((parsed, Roots { all, own }))
+    Ok((
+        parsed,
+        Roots {
+            all,
+            own,
+            federation,
+        },
+    ))
 }
 
 fn request() -> tonic::Request<X509svidRequest> {
@@ -641,6 +683,7 @@ impl X509Source {
             svid,
             roots: Arc::new(roots.all),
             bundle: Arc::new(roots.own),
+            federation: Arc::new(roots.federation),
             roots_revision: 0,
         }));
         Ok(Self {

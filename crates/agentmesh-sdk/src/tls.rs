@@ -59,6 +59,16 @@ pub enum TlsConfigError {
 
 type Cache<T> = Mutex<Option<(u64, Arc<T>)>>;
 
+/// The roots that vouch for the own trust domain: the bundle alone when the federated ones
+/// are kept apart by trust domain, else (roots given by hand) all of them.
+fn own_roots(ctx: &crate::X509Context) -> &[rustls::pki_types::CertificateDer<'static>] {
+    if ctx.federation.trust_domain.is_some() {
+        &ctx.bundle
+    } else {
+        &ctx.roots
+    }
+}
+
 fn cached<T>(
     cache: &Cache<T>,
     revision: u64,
@@ -132,9 +142,10 @@ impl ServerTls {
         let ctx = self.source.current();
         cached(&self.cache, ctx.roots_revision, || {
             let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-            Ok(agentmesh_tls::server_config_rotating(
+            Ok(agentmesh_tls::server_config_federated(
                 self.source.rotating_cert(),
-                &ctx.roots,
+                own_roots(&ctx),
+                &ctx.federation,
                 ClientAuth::Required(Arc::clone(&self.clients)),
                 &alpn,
             )?)
@@ -198,9 +209,10 @@ impl ClientTls {
         let ctx = self.source.current();
         cached(&self.cache, ctx.roots_revision, || {
             let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-            Ok(agentmesh_tls::client_config_rotating(
+            Ok(agentmesh_tls::client_config_federated(
                 self.source.rotating_cert(),
-                &ctx.roots,
+                own_roots(&ctx),
+                &ctx.federation,
                 Arc::clone(&self.server),
                 &alpn,
             )?)

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::ca::unix_secs;
 use crate::datastore::{DatastoreError, EntryRow, IntentionRow};
-use crate::registration::{EntryLimits, validate_entry};
+use crate::registration::{EntryLimits, validate_entry, validate_federates_with};
 use crate::state::{
     ServerState, entry_to_proto, intention_to_proto, new_entry_id, new_join_token, token_hash,
 };
@@ -103,6 +103,8 @@ impl v1::admin_server::Admin for AdminService {
             &e.dns_names,
         )
         .map_err(invalid)?;
+        let federates_with = validate_federates_with(self.state.trust_domain(), &e.federates_with)
+            .map_err(invalid)?;
         let row = EntryRow {
             id: new_entry_id(),
             spiffe_id: valid.spiffe_id.to_string(),
@@ -112,6 +114,7 @@ impl v1::admin_server::Admin for AdminService {
             jwt_ttl: valid.jwt_ttl,
             dns_names: valid.dns_names,
             created_at: unix_secs(SystemTime::now()),
+            federates_with,
         };
         match self.state.datastore.create_entry(&row) {
             Ok(()) => {}
@@ -370,5 +373,81 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(v1::ListServicesResponse {
             services: snapshot.services,
         }))
+    }
+
+    async fn set_federated_bundle(
+        &self,
+        req: Request<v1::SetFederatedBundleRequest>,
+    ) -> Result<Response<v1::FederatedBundle>, Status> {
+        let req = req.into_inner();
+        let name = req
+            .trust_domain
+            .strip_prefix("spiffe://")
+            .unwrap_or(&req.trust_domain);
+        let td = agentmesh_spiffe::TrustDomain::new(name)
+            .map_err(|e| invalid(format!("invalid --id {}: {e}", echo(&req.trust_domain))))?;
+        if &td == self.state.trust_domain() {
+            return Err(invalid(format!(
+                "{td} is this server's own trust domain; its bundle is the CA's, not set by hand"
+            )));
+        }
+        let format = match req.format.as_str() {
+            "" | "spiffe" => "spiffe",
+            "pem" => "pem",
+            other => {
+                return Err(invalid(format!(
+                    "invalid --format {}: use spiffe or pem",
+                    echo(other)
+                )));
+            }
+        };
+        let bundle = crate::federation::parse_bundle(&td, &req.data, format).map_err(invalid)?;
+        crate::federation::store(&self.state, &td, &bundle, "manual").map_err(internal)?;
+        let row = self
+            .state
+            .datastore
+            .get_federated_bundle(td.as_str())
+            .map_err(internal)?
+            .ok_or_else(|| Status::internal("the bundle just stored is gone"))?;
+        Ok(Response::new(crate::federation::to_proto(row)))
+    }
+
+    async fn list_federated_bundles(
+        &self,
+        _: Request<v1::ListFederatedBundlesRequest>,
+    ) -> Result<Response<v1::ListFederatedBundlesResponse>, Status> {
+        let rows = self
+            .state
+            .datastore
+            .list_federated_bundles()
+            .map_err(internal)?;
+        Ok(Response::new(v1::ListFederatedBundlesResponse {
+            bundles: rows.into_iter().map(crate::federation::to_proto).collect(),
+        }))
+    }
+
+    async fn delete_federated_bundle(
+        &self,
+        req: Request<v1::DeleteFederatedBundleRequest>,
+    ) -> Result<Response<v1::DeleteFederatedBundleResponse>, Status> {
+        let req = req.into_inner();
+        let name = req
+            .trust_domain
+            .strip_prefix("spiffe://")
+            .unwrap_or(&req.trust_domain);
+        if !self
+            .state
+            .datastore
+            .delete_federated_bundle(name)
+            .map_err(internal)?
+        {
+            return Err(Status::not_found(capped(format!(
+                "no federated bundle for {} is held",
+                echo(&req.trust_domain)
+            ))));
+        }
+        tracing::info!(trust_domain = %name, "federated bundle deleted");
+        self.state.notify_entries_changed();
+        Ok(Response::new(v1::DeleteFederatedBundleResponse {}))
     }
 }

@@ -129,6 +129,7 @@ pub fn apply(
             jwt_ttl: valid.jwt_ttl,
             dns_names: valid.dns_names,
             created_at: unix_secs(SystemTime::now()),
+            federates_with: Vec::new(),
         });
     }
     let mut intentions = Vec::with_capacity(cfg.intentions.len());

@@ -58,6 +58,28 @@ pub struct EntryRow {
     pub dns_names: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// Federated trust domains (`spiffe://other.td`) whose bundles the entry's SVID
+    /// responses carry.
+    pub federates_with: Vec<String>,
+}
+
+/// A foreign trust domain's bundle, as last fetched or set by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedBundleRow {
+    /// The trust domain's name (`other.td`).
+    pub trust_domain: String,
+    /// The X.509 roots, DER.
+    pub x509_authorities: Vec<Vec<u8>>,
+    /// The JWT keys as a JWKS document.
+    pub jwks: String,
+    /// The publisher's `spiffe_sequence` (0 when it set none).
+    pub sequence: u64,
+    /// The publisher's `spiffe_refresh_hint` in seconds (0 when it set none).
+    pub refresh_hint: i64,
+    /// `manual`, or the bundle endpoint URL.
+    pub source: String,
+    /// Unix seconds of the last change.
+    pub updated_at: i64,
 }
 
 /// One CA key and certificate generation, as recorded in the datastore. The key itself is in
@@ -193,6 +215,15 @@ CREATE TABLE IF NOT EXISTS ca (
     not_after INTEGER NOT NULL,
     PRIMARY KEY (kind, id)
 );
+CREATE TABLE IF NOT EXISTS federated_bundles (
+    trust_domain TEXT PRIMARY KEY,
+    x509_authorities BLOB NOT NULL,
+    jwks TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    refresh_hint INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 ";
 
 impl Datastore {
@@ -216,6 +247,16 @@ impl Datastore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Data dirs from before federation have no federates_with column; add it (an
+        // empty list) rather than refusing them.
+        let has_federates_with: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('entries') WHERE name = 'federates_with'")?
+            .exists([])?;
+        if !has_federates_with {
+            conn.execute_batch(
+                "ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT ''",
+            )?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -238,8 +279,8 @@ impl Datastore {
         let conn = self.conn();
         let selectors = e.selectors.join("\n");
         let res = conn.execute(
-            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, created_at, federates_with)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 e.id,
                 e.spiffe_id,
@@ -248,7 +289,8 @@ impl Datastore {
                 e.x509_ttl,
                 e.jwt_ttl,
                 e.dns_names.join("\n"),
-                e.created_at
+                e.created_at,
+                e.federates_with.join("\n")
             ],
         );
         match res {
@@ -459,9 +501,99 @@ impl Datastore {
                 jwt_ttl: r.get("jwt_ttl")?,
                 dns_names: split(r.get("dns_names")?),
                 created_at: r.get("created_at")?,
+                federates_with: split(r.get("federates_with")?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // === federated bundles ===
+
+    /// Stores (or replaces) a foreign trust domain's bundle.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn put_federated_bundle(&self, b: &FederatedBundleRow) -> Result<(), DatastoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO federated_bundles
+             (trust_domain, x509_authorities, jwks, sequence, refresh_hint, source, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                b.trust_domain,
+                b.x509_authorities.concat(),
+                b.jwks,
+                b.sequence as i64,
+                b.refresh_hint,
+                b.source,
+                b.updated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every foreign bundle, by trust domain.
+    ///
+    /// # Errors
+    /// SQLite failures, or stored roots that do not split into certificates.
+    pub fn list_federated_bundles(&self) -> Result<Vec<FederatedBundleRow>, DatastoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT trust_domain, x509_authorities, jwks, sequence, refresh_hint, source, updated_at
+             FROM federated_bundles ORDER BY trust_domain",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (trust_domain, der, jwks, sequence, refresh_hint, source, updated_at) = row?;
+            let x509_authorities = agentmesh_tls::split_der_certs(&der).map_err(|e| {
+                DatastoreError::Corrupt(format!("federated bundle {trust_domain}: {e}"))
+            })?;
+            out.push(FederatedBundleRow {
+                trust_domain,
+                x509_authorities,
+                jwks,
+                sequence: sequence as u64,
+                refresh_hint,
+                source,
+                updated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A foreign trust domain's bundle, if held.
+    ///
+    /// # Errors
+    /// As [`Datastore::list_federated_bundles`].
+    pub fn get_federated_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> Result<Option<FederatedBundleRow>, DatastoreError> {
+        Ok(self
+            .list_federated_bundles()?
+            .into_iter()
+            .find(|b| b.trust_domain == trust_domain))
+    }
+
+    /// Forgets a foreign bundle; `false` if there was none.
+    ///
+    /// # Errors
+    /// SQLite failures.
+    pub fn delete_federated_bundle(&self, trust_domain: &str) -> Result<bool, DatastoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM federated_bundles WHERE trust_domain = ?1",
+            params![trust_domain],
+        )? > 0)
     }
 
     // === join tokens ===
@@ -665,6 +797,7 @@ mod tests {
             x509_ttl: 0,
             jwt_ttl: 0,
             dns_names: vec![],
+            federates_with: Vec::new(),
             created_at: 1,
         }
     }
@@ -755,5 +888,64 @@ mod tests {
             ds.redeem_join_token("nope", 1).unwrap(),
             TokenRedemption::Unknown
         );
+    }
+
+    #[test]
+    fn a_data_dir_from_before_federation_gets_federates_with_and_keeps_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL,
+                 parent_id TEXT NOT NULL, selectors TEXT NOT NULL, x509_ttl INTEGER NOT NULL,
+                 jwt_ttl INTEGER NOT NULL, dns_names TEXT NOT NULL, created_at INTEGER NOT NULL,
+                 UNIQUE (spiffe_id, parent_id, selectors));
+                 INSERT INTO entries VALUES ('old', 'spiffe://td/x', '', 'unix:uid:1', 0, 0, '', 1);",
+            )
+            .unwrap();
+        }
+        let ds = Datastore::open(&path).unwrap();
+        let entries = ds.list_entries().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].federates_with.is_empty());
+        let mut e = entry("new", "spiffe://td/y", "");
+        e.federates_with = vec!["spiffe://a.test".into(), "spiffe://b.test".into()];
+        ds.create_entry(&e).unwrap();
+        assert_eq!(
+            ds.get_entry("new").unwrap().unwrap().federates_with,
+            e.federates_with
+        );
+        drop(ds);
+        // Opening again finds the column and adds nothing.
+        Datastore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn federated_bundles_are_stored_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(&dir.path().join("db")).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).unwrap().der().to_vec();
+        let mut row = FederatedBundleRow {
+            trust_domain: "other.test".into(),
+            x509_authorities: vec![root.clone()],
+            jwks: "{\"keys\":[]}".into(),
+            sequence: 1,
+            refresh_hint: 300,
+            source: "manual".into(),
+            updated_at: 1,
+        };
+        ds.put_federated_bundle(&row).unwrap();
+        row.x509_authorities.push(root);
+        row.source = "https://127.0.0.1:8443/".into();
+        ds.put_federated_bundle(&row).unwrap();
+        assert_eq!(ds.list_federated_bundles().unwrap(), vec![row.clone()]);
+        assert_eq!(ds.get_federated_bundle("other.test").unwrap(), Some(row));
+        assert!(ds.delete_federated_bundle("other.test").unwrap());
+        assert!(!ds.delete_federated_bundle("other.test").unwrap());
+        assert!(ds.list_federated_bundles().unwrap().is_empty());
     }
 }

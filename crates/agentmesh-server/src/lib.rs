@@ -13,6 +13,7 @@ mod admin_api;
 mod bootstrap;
 mod ca;
 mod datastore;
+mod federation;
 mod node_api;
 mod oidc_discovery;
 mod registration;
@@ -27,6 +28,10 @@ mod x509pop;
 pub use bootstrap::{BootstrapConfig, BootstrapEntry, BootstrapError};
 pub use ca::{CaLifetimes, CaManagerError};
 pub use datastore::DatastoreError;
+pub use federation::{
+    BundleEndpointConfig, DEFAULT_REFRESH_HINT, FederatesWith, FederationConfig, FederationError,
+    Profile,
+};
 pub use oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
 pub use registration::EntryError;
 pub use server::{RunningServer, ServerConfig, ServerError, start};

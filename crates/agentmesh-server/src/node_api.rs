@@ -319,12 +319,15 @@ impl v1::node_api_server::NodeApi for NodeApiService {
                 bundle_rx.mark_unchanged();
                 let msg = state
                     .entries_for_node(&node)
-                    .map(|entries| SyncEntriesResponse {
-                        entries: entries
-                            .into_iter()
-                            .map(crate::state::entry_to_proto)
-                            .collect(),
-                        bundle: Some(state.bundle()),
+                    .and_then(|entries| {
+                        Ok(SyncEntriesResponse {
+                            entries: entries
+                                .into_iter()
+                                .map(crate::state::entry_to_proto)
+                                .collect(),
+                            bundle: Some(state.bundle()),
+                            federated_bundles: crate::federation::for_nodes(&state)?,
+                        })
                     })
                     .map_err(|e| Status::internal(e.to_string()));
                 if tx.send(msg).await.is_err() {

@@ -103,6 +103,14 @@ pub enum EntryError {
         "invalid --dns-name {}: use letters, digits, '-' and '.' labels of 1 to 63 characters, at most 253 in all", echo(.0)
     )]
     BadDnsName(String),
+    /// A `--federates-with` value that is not another trust domain.
+    #[error("invalid --federates-with {}: {reason}", echo(value))]
+    BadFederatesWith {
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A validated entry, ready to store.
@@ -224,6 +232,42 @@ pub fn validate_entry(
         jwt_ttl,
         dns_names: dns_names.to_vec(),
     })
+}
+
+/// The most `--federates-with` trust domains one entry may name.
+pub const MAX_FEDERATES_WITH: usize = 32;
+
+/// Checks an entry's `--federates-with` list: trust domain IDs (`spiffe://other.td`, or the
+/// bare name), never the entry's own. Returns them as `spiffe://` IDs, sorted and deduplicated.
+///
+/// # Errors
+/// [`EntryError::BadFederatesWith`] naming the first bad value.
+pub fn validate_federates_with(
+    td: &TrustDomain,
+    federates_with: &[String],
+) -> Result<Vec<String>, EntryError> {
+    if federates_with.len() > MAX_FEDERATES_WITH {
+        return Err(EntryError::BadFederatesWith {
+            value: format!("{} values", federates_with.len()),
+            reason: format!("at most {MAX_FEDERATES_WITH}"),
+        });
+    }
+    let mut out = Vec::with_capacity(federates_with.len());
+    for value in federates_with {
+        let bad = |reason: String| EntryError::BadFederatesWith {
+            value: value.clone(),
+            reason,
+        };
+        let name = value.strip_prefix("spiffe://").unwrap_or(value);
+        let other = TrustDomain::new(name).map_err(|e| bad(e.to_string()))?;
+        if &other == td {
+            return Err(bad(format!("{td} is this server's own trust domain")));
+        }
+        out.push(other.id_string());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 fn check_ttl(field: &'static str, seconds: i64, max: Duration) -> Result<(), EntryError> {

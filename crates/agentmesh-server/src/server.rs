@@ -16,6 +16,7 @@ use crate::admin_api::AdminService;
 use crate::bootstrap::{BootstrapConfig, BootstrapError};
 use crate::ca::{CaLifetimes, CaManager, CaManagerError};
 use crate::datastore::{Datastore, DatastoreError};
+use crate::federation::{FederationConfig, FederationError};
 use crate::node_api::NodeApiService;
 use crate::oidc_discovery::{OidcDiscoveryConfig, OidcDiscoveryError};
 use crate::registration::EntryLimits;
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     /// `[node_attestation.x509pop]`: the CA bundle x509pop node certificates must chain to;
     /// `None` refuses x509pop (join tokens always work).
     pub x509pop: Option<X509PopConfig>,
+    /// `[federation]`: the bundle endpoint and the foreign bundles to fetch.
+    pub federation: FederationConfig,
 }
 
 /// Why a server could not start.
@@ -104,6 +107,9 @@ pub enum ServerError {
     /// The x509pop CA bundle is unreadable or malformed.
     #[error(transparent)]
     X509Pop(#[from] X509PopAttestError),
+    /// `[federation]` is misconfigured, or its bundle endpoint cannot listen.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
 }
 
 /// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -115,6 +121,8 @@ pub struct RunningServer {
     pub admin_socket: PathBuf,
     /// Where OIDC discovery listens, when configured.
     pub oidc_discovery_addr: Option<SocketAddr>,
+    /// Where the SPIFFE bundle endpoint listens, when configured.
+    pub bundle_endpoint_addr: Option<SocketAddr>,
     /// Shared state, for `TestServer::mint_x509_svid`.
     #[cfg(feature = "testing")]
     pub(crate) state: Arc<ServerState>,
@@ -149,6 +157,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .as_ref()
         .map(X509PopVerifier::load)
         .transpose()?;
+    cfg.federation.check(&cfg.trust_domain)?;
     if let (Some(c), Some(v)) = (&cfg.x509pop, &x509pop) {
         tracing::info!(ca_bundle_path = %c.ca_bundle_path.display(), cas = v.len(), "x509pop node attestation on");
     }
@@ -229,6 +238,19 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         oidc_discovery_addr = Some(addr);
         tasks.push(task);
     }
+    let mut bundle_endpoint_addr = None;
+    if let Some(ep) = &cfg.federation.bundle_endpoint {
+        let (addr, task) =
+            crate::federation::start_endpoint(ep, state.clone(), rotating.clone(), stop_rx.clone())
+                .await?;
+        bundle_endpoint_addr = Some(addr);
+        tasks.push(task);
+    }
+    tasks.extend(crate::federation::start_fetchers(
+        &cfg.federation,
+        state.clone(),
+        stop_rx.clone(),
+    )?);
     if let Some(up) = upstream {
         tasks.push(tokio::spawn(upstream_loop(
             up,
@@ -267,6 +289,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         listen_addr,
         admin_socket: cfg.admin_socket,
         oidc_discovery_addr,
+        bundle_endpoint_addr,
         #[cfg(feature = "testing")]
         state,
         stop,

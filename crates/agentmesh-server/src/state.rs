@@ -253,5 +253,6 @@ pub fn entry_to_proto(e: EntryRow) -> v1::Entry {
         jwt_ttl_seconds: e.jwt_ttl,
         dns_names: e.dns_names,
         created_at: e.created_at,
+        federates_with: e.federates_with,
     }
 }

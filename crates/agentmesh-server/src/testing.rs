@@ -34,6 +34,7 @@ impl ServerConfig {
             limits: Default::default(),
             bootstrap: Default::default(),
             x509pop: None,
+            federation: crate::FederationConfig::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use rustls::{ClientConfig, InconsistentKeys, ServerConfig, SignatureScheme};
 
 use crate::authorize::Authorizer;
 use crate::credentials::SvidCredentials;
-use crate::verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
+use crate::verifier::{Federation, SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
 
 /// Why a TLS configuration or certificate resolver could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,7 @@ fn finish_client(mut config: ClientConfig, alpn: &[&[u8]]) -> Arc<ClientConfig> 
 fn server_builder(
     provider: Arc<CryptoProvider>,
     roots: &[CertificateDer<'static>],
+    federation: &Federation,
     client_auth: ClientAuth,
 ) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
     // Checked in every mode, even `None`, so a missing bundle is caught where the
@@ -93,8 +94,12 @@ fn server_builder(
         return Err(TlsError::NoRoots);
     }
     let verifier: Arc<dyn ClientCertVerifier> = match client_auth {
-        ClientAuth::Required(authz) => Arc::new(SpiffeClientVerifier::new(roots, authz, true)?),
-        ClientAuth::Optional(authz) => Arc::new(SpiffeClientVerifier::new(roots, authz, false)?),
+        ClientAuth::Required(authz) => Arc::new(SpiffeClientVerifier::federated(
+            roots, federation, authz, true,
+        )?),
+        ClientAuth::Optional(authz) => Arc::new(SpiffeClientVerifier::federated(
+            roots, federation, authz, false,
+        )?),
         ClientAuth::None => Arc::new(rustls::server::NoClientAuth),
     };
     Ok(ServerConfig::builder_with_provider(provider)
@@ -106,12 +111,13 @@ fn server_builder(
 fn client_builder(
     provider: Arc<CryptoProvider>,
     roots: &[CertificateDer<'static>],
+    federation: &Federation,
     server: Arc<dyn Authorizer>,
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoRoots);
     }
-    let verifier = SpiffeServerVerifier::new(roots, server)?;
+    let verifier = SpiffeServerVerifier::federated(roots, federation, server)?;
     Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Rustls)?
@@ -131,7 +137,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = crate::provider();
     let key = load_key(creds, &provider)?;
-    let config = server_builder(provider, roots, client_auth)?
+    let config = server_builder(provider, roots, &Federation::default(), client_auth)?
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     Ok(finish_server(config, alpn))
 }
@@ -147,7 +153,23 @@ pub fn server_config_rotating(
     client_auth: ClientAuth,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let config = server_builder(crate::provider(), roots, client_auth)?.with_cert_resolver(cert);
+    server_config_federated(cert, roots, &Federation::default(), client_auth, alpn)
+}
+
+/// Like [`server_config_rotating`], also trusting clients of federated trust domains, each
+/// only against its own trust domain's roots (see [`Federation`]).
+///
+/// # Errors
+/// Empty or unusable `roots`.
+pub fn server_config_federated(
+    cert: Arc<RotatingCert>,
+    roots: &[CertificateDer<'static>],
+    federation: &Federation,
+    client_auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let config =
+        server_builder(crate::provider(), roots, federation, client_auth)?.with_cert_resolver(cert);
     Ok(finish_server(config, alpn))
 }
 
@@ -165,7 +187,7 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crate::provider();
     let key = creds.map(|c| load_key(c, &provider)).transpose()?;
-    let builder = client_builder(provider, roots, server)?;
+    let builder = client_builder(provider, roots, &Federation::default(), server)?;
     let config = match key {
         Some(key) => {
             builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)))
@@ -185,7 +207,23 @@ pub fn client_config_rotating(
     server: Arc<dyn Authorizer>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = client_builder(crate::provider(), roots, server)?.with_client_cert_resolver(cert);
+    client_config_federated(cert, roots, &Federation::default(), server, alpn)
+}
+
+/// Like [`client_config_rotating`], also trusting servers of federated trust domains, each
+/// only against its own trust domain's roots (see [`Federation`]).
+///
+/// # Errors
+/// Empty or unusable `roots`.
+pub fn client_config_federated(
+    cert: Arc<RotatingCert>,
+    roots: &[CertificateDer<'static>],
+    federation: &Federation,
+    server: Arc<dyn Authorizer>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = client_builder(crate::provider(), roots, federation, server)?
+        .with_client_cert_resolver(cert);
     Ok(finish_client(config, alpn))
 }
 

@@ -21,6 +21,7 @@ pub mod ecdsa;
 mod jwk;
 mod peer;
 mod pem;
+mod spiffe_bundle;
 mod verifier;
 // Certificate reading: the crate root re-exports the DER-level calls; the helpers on parsed
 // certificates (`parse_cert`, `serial_hex`, `spiffe_id_of`) are for agentmesh-ca.
@@ -30,14 +31,15 @@ pub mod x509pop;
 
 pub use authorize::{AuthorizeError, Authorizer, any_id, exact, from_fn, member_of};
 pub use config::{
-    ClientAuth, RotatingCert, TlsError, client_config, client_config_rotating, server_config,
-    server_config_rotating,
+    ClientAuth, RotatingCert, TlsError, client_config, client_config_federated,
+    client_config_rotating, server_config, server_config_federated, server_config_rotating,
 };
 pub use credentials::{CredentialsError, SvidCredentials};
 pub use jwk::{Jwk, JwkError, Jwks};
 pub use peer::{PeerError, peer_identity, peer_spiffe_id, spiffe_id_from_cert};
 pub use pem::{PemError, pem_decode_all, pem_encode};
-pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
+pub use spiffe_bundle::{SpiffeBundle, SpiffeBundleError};
+pub use verifier::{Federation, SpiffeClientVerifier, SpiffeServerVerifier, VerifierError};
 pub use x509::{
     CertError, VerifiedChain, cert_serial_hex, cert_spiffe_id, cert_validity, split_der_certs,
     verify_chain, verify_chain_to_root,

@@ -5,10 +5,11 @@
 //! SPIFFE ID from the leaf, and ask the [`Authorizer`]. The TLS server name is never
 //! consulted because SVIDs carry no DNS SAN.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use agentmesh_spiffe::SpiffeId;
+use agentmesh_spiffe::{SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
@@ -64,6 +65,40 @@ pub enum VerifierError {
     /// A TLS 1.2 signature was offered; the mesh only speaks TLS 1.3.
     #[error("tls 1.2 handshake signature refused; the mesh only speaks tls 1.3")]
     Tls12,
+    /// The peer's SPIFFE ID is in a trust domain this verifier holds no bundle of.
+    #[error(
+        "peer {side} {peer} is in trust domain {peer_domain}, which is not federated with {own}; \
+         add it with [[federation.federates_with]] or `agentmesh bundle set`"
+    )]
+    NotFederated {
+        /// `"server"` or `"client"`.
+        side: &'static str,
+        /// The peer's SPIFFE ID, as its leaf claims it (unverified).
+        peer: SpiffeId,
+        /// The peer's trust domain.
+        peer_domain: TrustDomain,
+        /// The verifier's own trust domain.
+        own: TrustDomain,
+    },
+}
+
+/// The trust domains a verifier knows besides the one its `roots` belong to (SPIFFE
+/// federation). Each federated bundle vouches only for SVIDs of its own trust domain, and
+/// the own roots only for the own trust domain, so a federated CA can never sign an ID of
+/// ours (or of a third domain) that we would accept.
+///
+/// # Examples
+/// ```
+/// let fed = agentmesh_tls::Federation::default();
+/// assert!(fed.trust_domain.is_none() && fed.bundles.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Federation {
+    /// The trust domain of the own roots. `None`: the own roots vouch for an ID of any trust
+    /// domain (one trust domain and no federation, the behaviour before federation existed).
+    pub trust_domain: Option<TrustDomain>,
+    /// The roots of each federated trust domain, DER.
+    pub bundles: BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>,
 }
 
 // rustls renders `CertificateError::Other` with `{:?}`, so Debug repeats the Display
@@ -199,6 +234,8 @@ impl VerifiedCache {
 /// What the server and client verifiers share: the bundle, the policy and the algorithms.
 struct Core {
     roots: Vec<TrustAnchor<'static>>,
+    own: Option<TrustDomain>,
+    federated: BTreeMap<TrustDomain, Vec<TrustAnchor<'static>>>,
     authorizer: Arc<dyn Authorizer>,
     algorithms: WebPkiSupportedAlgorithms,
     verified: VerifiedCache,
@@ -207,22 +244,41 @@ struct Core {
 impl Core {
     fn new(
         roots: &[CertificateDer<'static>],
+        federation: &Federation,
         authorizer: Arc<dyn Authorizer>,
     ) -> Result<Self, VerifierError> {
         if roots.is_empty() {
             return Err(VerifierError::NoRoots);
         }
-        let roots = roots
-            .iter()
-            .enumerate()
-            .map(|(index, der)| {
-                webpki::anchor_from_trusted_cert(der)
-                    .map(|anchor| anchor.to_owned())
-                    .map_err(|source| VerifierError::BadRoot { index, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let anchors = |roots: &[CertificateDer<'static>]| {
+            roots
+                .iter()
+                .enumerate()
+                .map(|(index, der)| {
+                    webpki::anchor_from_trusted_cert(der)
+                        .map(|anchor| anchor.to_owned())
+                        .map_err(|source| VerifierError::BadRoot { index, source })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut federated = BTreeMap::new();
+        for (td, roots) in &federation.bundles {
+            // A federated bundle that is unusable is left out rather than failing the whole
+            // config: its peers are then refused, the own trust domain keeps working.
+            match anchors(roots) {
+                Ok(a) if !a.is_empty() => {
+                    federated.insert(td.clone(), a);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(trust_domain = %td, error = %e, "federated bundle left out")
+                }
+            }
+        }
         Ok(Self {
-            roots,
+            roots: anchors(roots)?,
+            own: federation.trust_domain.clone(),
+            federated,
             authorizer,
             algorithms: crate::provider().signature_verification_algorithms,
             verified: VerifiedCache::default(),
@@ -246,9 +302,10 @@ impl Core {
         }
         let chain = |source| VerifierError::Chain { side, source };
         let leaf = webpki::EndEntityCert::try_from(end_entity).map_err(chain)?;
+        let anchors = self.anchors_for(side, end_entity)?;
         leaf.verify_for_usage(
             self.algorithms.all,
-            &self.roots,
+            anchors,
             intermediates,
             now,
             usage,
@@ -265,6 +322,33 @@ impl Core {
         Ok(id)
     }
 
+    /// The roots that may vouch for this leaf: its trust domain's. The ID is read before the
+    /// chain is verified only to choose the roots; it is trusted only once the chain verifies.
+    fn anchors_for(
+        &self,
+        side: &'static str,
+        end_entity: &CertificateDer<'_>,
+    ) -> Result<&[TrustAnchor<'static>], VerifierError> {
+        let Some(own) = &self.own else {
+            return Ok(&self.roots);
+        };
+        let claimed = spiffe_id_from_cert(end_entity)
+            .map_err(|source| VerifierError::Peer { side, source })?;
+        let td = claimed.trust_domain();
+        if td == own {
+            return Ok(&self.roots);
+        }
+        match self.federated.get(td) {
+            Some(anchors) => Ok(anchors),
+            None => Err(VerifierError::NotFederated {
+                side,
+                peer_domain: td.clone(),
+                peer: claimed,
+                own: own.clone(),
+            }),
+        }
+    }
+
     fn verify_tls13(
         &self,
         message: &[u8],
@@ -277,6 +361,7 @@ impl Core {
     fn fmt_fields(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct(name)
             .field("roots", &self.roots.len())
+            .field("federated", &self.federated.keys().collect::<Vec<_>>())
             .field("authorizer", &self.authorizer)
             .finish_non_exhaustive()
     }
@@ -303,8 +388,21 @@ impl SpiffeServerVerifier {
         roots: &[CertificateDer<'static>],
         authorizer: Arc<dyn Authorizer>,
     ) -> Result<Self, VerifierError> {
+        Self::federated(roots, &Federation::default(), authorizer)
+    }
+
+    /// Like [`SpiffeServerVerifier::new`], with federated trust domains: a server's chain
+    /// must end at a root of the trust domain in its own SPIFFE ID.
+    ///
+    /// # Errors
+    /// Empty `roots`, or a root that is not a usable trust anchor.
+    pub fn federated(
+        roots: &[CertificateDer<'static>],
+        federation: &Federation,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Result<Self, VerifierError> {
         Ok(Self {
-            core: Core::new(roots, authorizer)?,
+            core: Core::new(roots, federation, authorizer)?,
         })
     }
 }
@@ -378,8 +476,22 @@ impl SpiffeClientVerifier {
         authorizer: Arc<dyn Authorizer>,
         mandatory: bool,
     ) -> Result<Self, VerifierError> {
+        Self::federated(roots, &Federation::default(), authorizer, mandatory)
+    }
+
+    /// Like [`SpiffeClientVerifier::new`], with federated trust domains: a client's chain
+    /// must end at a root of the trust domain in its own SPIFFE ID.
+    ///
+    /// # Errors
+    /// Empty `roots`, or a root that is not a usable trust anchor.
+    pub fn federated(
+        roots: &[CertificateDer<'static>],
+        federation: &Federation,
+        authorizer: Arc<dyn Authorizer>,
+        mandatory: bool,
+    ) -> Result<Self, VerifierError> {
         Ok(Self {
-            core: Core::new(roots, authorizer)?,
+            core: Core::new(roots, federation, authorizer)?,
             mandatory,
         })
     }

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_tls::{
-    ClientAuth, RotatingCert, SvidCredentials, TlsError, any_id, client_config,
-    client_config_rotating, exact, member_of, peer_identity, server_config, server_config_rotating,
+    ClientAuth, Federation, RotatingCert, SvidCredentials, TlsError, any_id, client_config,
+    client_config_rotating, exact, member_of, peer_identity, server_config,
+    server_config_federated, server_config_rotating,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -661,4 +662,54 @@ fn verified_chain_cache_still_expires_and_still_asks_the_authorizer() {
     );
     // And the cached one is still fine afterwards.
     assert!(verifier.verify_client_cert(leaf, &[], inside).is_ok());
+}
+
+/// Federation: each trust domain's roots vouch for its own IDs only. A federated client is
+/// admitted against its own domain's bundle; the federated CA signing one of *our* IDs is
+/// refused (the chain must end at our roots); a domain with no bundle is refused by name.
+#[tokio::test]
+async fn federated_roots_vouch_only_for_their_own_trust_domain() {
+    let mesh = Mesh::new();
+    let other = Ca::new("other.test");
+    let federation = Federation {
+        trust_domain: Some("agentmesh.test".parse().unwrap()),
+        bundles: [("other.test".parse().unwrap(), other.roots())].into(),
+    };
+    let server = |auth| {
+        let cert = Arc::new(RotatingCert::new(&mesh.server_creds).unwrap());
+        server_config_federated(cert, &mesh.ca.roots(), &federation, auth, &[]).unwrap()
+    };
+    let client_with = |creds: &SvidCredentials| {
+        client_config(Some(creds), &mesh.ca.roots(), any_id(), &[]).unwrap()
+    };
+
+    let foreign = other.leaf("spiffe://other.test/ns/default/sa/planner", 7);
+    let (server_seen, _) = connect(
+        server(ClientAuth::Required(any_id())),
+        client_with(&foreign),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        server_seen.peer,
+        Some(id("spiffe://other.test/ns/default/sa/planner"))
+    );
+
+    let impostor = other.leaf(CLIENT_ID, 8);
+    let (server_err, _) = connect(
+        server(ClientAuth::Required(any_id())),
+        client_with(&impostor),
+    )
+    .await
+    .refused();
+    assert!(server_err.contains("UnknownIssuer"), "{server_err}");
+
+    let third = Ca::new("third.test").leaf("spiffe://third.test/x", 9);
+    let (server_err, _) = connect(server(ClientAuth::Required(any_id())), client_with(&third))
+        .await
+        .refused();
+    assert!(
+        server_err.contains("third.test, which is not federated with agentmesh.test"),
+        "{server_err}"
+    );
 }

@@ -880,3 +880,107 @@ fn mcp_flags_build_one_permission_and_bad_values_are_one_line_errors() {
     );
     assert!(!server.stderr_text().contains("panicked"));
 }
+
+/// `bundle set|list|delete`, SPIRE's shape: a bundle from a file or stdin, SPIFFE or PEM,
+/// listed as text and JSON, still there after `kill -9`, and each mistake one line.
+#[test]
+fn federated_bundles_are_set_listed_deleted_and_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = Server::start(&dir.path().join("other"));
+    let data_dir = dir.path().join("server");
+    let mut server = Server::start(&data_dir);
+
+    // The other server's bundle in the SPIFFE format, set from a file; PEM from stdin.
+    let out = other.cli(&["bundle", "show", "-o", "spiffe"]);
+    assert_ok(&out);
+    let doc = dir.path().join("other.json");
+    std::fs::write(&doc, stdout(&out)).expect("write bundle");
+    let out = server.cli(&[
+        "bundle",
+        "set",
+        "--id",
+        "spiffe://agentmesh.local",
+        "--path",
+        doc.to_str().expect("UTF-8"),
+    ]);
+    assert_one_line_error(&out, "own trust domain");
+    // `other` is agentmesh.local too: set its bundle under another name, as a test may.
+    let out = server.cli(&[
+        "bundle",
+        "set",
+        "--id",
+        "spiffe://other.test",
+        "--path",
+        doc.to_str().expect("UTF-8"),
+    ]);
+    assert_ok(&out);
+    let pem = stdout(&other.cli(&["bundle", "show"]));
+    let mut child = command()
+        .args([
+            "bundle",
+            "set",
+            "--id",
+            "pem.test",
+            "--format",
+            "pem",
+            "--admin-socket",
+        ])
+        .arg(&server.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bundle set");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), pem.as_bytes())
+        .expect("write stdin");
+    drop(child.stdin.take());
+    assert_ok(&child.wait_with_output().expect("bundle set"));
+
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "<html>").expect("write");
+    let out = server.cli(&[
+        "bundle",
+        "set",
+        "--id",
+        "spiffe://bad.test",
+        "--path",
+        garbage.to_str().expect("UTF-8"),
+    ]);
+    assert_one_line_error(&out, "not a SPIFFE bundle");
+
+    let list = |server: &Server| -> serde_json::Value {
+        let out = server.cli(&["bundle", "list", "-o", "json"]);
+        assert_ok(&out);
+        serde_json::from_str(&stdout(&out)).expect("bundle list -o json")
+    };
+    let json = list(&server);
+    let names: Vec<&str> = json["bundles"]
+        .as_array()
+        .expect("bundles")
+        .iter()
+        .filter_map(|b| b["trust_domain"].as_str())
+        .collect();
+    assert_eq!(names, ["other.test", "pem.test"], "{json}");
+    assert_eq!(json["bundles"][0]["source"], "manual");
+    let text = stdout(&server.cli(&["bundle", "list"]));
+    assert!(text.contains("* spiffe://other.test\n"), "{text}");
+    assert!(text.contains("BEGIN CERTIFICATE"), "{text}");
+
+    // kill -9, restart on the same data dir: both bundles are still held.
+    let pid = server.proc.0.id();
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let _ = server.proc.0.wait();
+    let _ = std::fs::remove_file(&server.socket);
+    server = Server::start(&data_dir);
+    assert_eq!(list(&server)["bundles"].as_array().map(Vec::len), Some(2));
+
+    let out = server.cli(&["bundle", "delete", "--id", "spiffe://pem.test"]);
+    assert_ok(&out);
+    let out = server.cli(&["bundle", "delete", "--id", "spiffe://pem.test"]);
+    assert_one_line_error(&out, "no federated bundle");
+    assert_eq!(list(&server)["bundles"].as_array().map(Vec::len), Some(1));
+}

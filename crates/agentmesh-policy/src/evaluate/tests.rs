@@ -618,3 +618,27 @@ fn normalized_spellings_compare_equal_and_round_trip() {
     let l7 = IntentionSpec::from_json(L7.1).unwrap();
     assert_eq!(IntentionSpec::from_json(&l7.to_json()).unwrap(), l7);
 }
+
+#[test]
+fn a_federated_peer_is_admitted_only_by_an_intention_that_names_it() {
+    let foreign = "spiffe://other.td/ns/default/sa/planner";
+    let wildcard = set(&[(
+        "w",
+        r#"{"source":"*","destination":"executor","action":"allow"}"#,
+    )]);
+    let d = wildcard.check_connection(&foreign.parse().unwrap(), &id("executor"));
+    assert_eq!(d.action, Action::Deny, "{}", d.reason);
+    assert_eq!(
+        wildcard
+            .check_connection(&id("planner"), &id("executor"))
+            .action,
+        Action::Allow
+    );
+    let named = set(&[(
+        "n",
+        r#"{"source":"spiffe://other.td/ns/default/sa/planner","destination":"*","action":"allow"}"#,
+    )]);
+    let d = named.check_connection(&foreign.parse().unwrap(), &id("executor"));
+    assert_eq!(d.action, Action::Allow, "{}", d.reason);
+    assert_eq!(d.intention_id.as_deref(), Some("n"));
+}

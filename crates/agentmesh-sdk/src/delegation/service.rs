@@ -206,8 +206,10 @@ impl Delegation {
             return Err(ChainError::NoVerifiedCaller);
         }
         let ctx = self.source.current();
+        // The own trust domain's roots only: the user token and every link are signed by
+        // SVIDs of this mesh, and a federated CA must not vouch for one of our IDs here either.
         let config = ChainConfig::new(
-            ctx.roots.as_ref().clone(),
+            ctx.bundle.as_ref().clone(),
             self.issuer.clone(),
             &self.audience,
         )

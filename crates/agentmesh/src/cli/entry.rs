@@ -56,6 +56,10 @@ pub struct EntryCreateArgs {
     /// A DNS SAN to add to the X.509-SVID; repeatable
     #[arg(long = "dns-name", value_name = "NAME")]
     pub dns_names: Vec<String>,
+    /// A federated trust domain (spiffe://other.td) whose bundle this entry's X509-SVID
+    /// responses carry, as SPIRE's -federatesWith; repeatable
+    #[arg(long = "federates-with", value_name = "TRUST_DOMAIN")]
+    pub federates_with: Vec<String>,
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: TextOrJson,
@@ -107,6 +111,8 @@ pub struct EntryJson {
     pub jwt_ttl_seconds: i64,
     /// Extra DNS SANs.
     pub dns_names: Vec<String>,
+    /// Federated trust domains whose bundles the entry's SVID responses carry.
+    pub federates_with: Vec<String>,
     /// When it was created, RFC 3339.
     pub created_at: String,
 }
@@ -121,6 +127,7 @@ impl From<Entry> for EntryJson {
             x509_ttl_seconds: e.x509_ttl_seconds,
             jwt_ttl_seconds: e.jwt_ttl_seconds,
             dns_names: e.dns_names,
+            federates_with: e.federates_with,
             created_at: rfc3339_secs(e.created_at),
         }
     }
@@ -187,6 +194,7 @@ pub fn entry_from_args(args: &EntryCreateArgs) -> anyhow::Result<Entry> {
         jwt_ttl_seconds,
         dns_names: args.dns_names.clone(),
         created_at: 0,
+        federates_with: args.federates_with.clone(),
     })
 }
 
@@ -218,6 +226,9 @@ pub fn entry_text(e: &Entry) -> String {
     }
     for d in &e.dns_names {
         line("DNS name", d);
+    }
+    for f in &e.federates_with {
+        line("FederatesWith", f);
     }
     line("Created at", &rfc3339_secs(e.created_at));
     out
@@ -463,6 +474,7 @@ mod tests {
             jwt_ttl_seconds: 0,
             dns_names: vec!["planner".into()],
             created_at: 0,
+            federates_with: vec![],
         };
         let text = entry_text(&e);
         assert!(text.starts_with("Entry ID         : e1\n"), "{text}");

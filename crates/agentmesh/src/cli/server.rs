@@ -45,7 +45,8 @@ pub struct ServerRunArgs {
     pub admin_socket: Option<PathBuf>,
     /// A TOML file with the same settings in snake_case (data_dir = "...", default_x509_ttl = "1h"),
     /// and the tables only a file sets: [upstream_authority.openbao], [oidc_discovery],
-    /// [limits], [bootstrap], and [node_attestation.x509pop] ca_bundle_path = "FILE" (the PEM
+    /// [limits], [bootstrap], [federation] (the SPIFFE bundle endpoint and the trust domains
+    /// to federate with), and [node_attestation.x509pop] ca_bundle_path = "FILE" (the PEM
     /// CAs that x509pop node certificates must chain to; without it only join tokens attest
     /// nodes)
     #[arg(long, value_name = "FILE")]
@@ -104,6 +105,9 @@ pub struct ServerFileConfig {
     pub bootstrap: Option<BootstrapFile>,
     /// `[node_attestation.x509pop]`: how nodes may attest besides join tokens (file only).
     pub node_attestation: Option<NodeAttestationFile>,
+    /// `[federation]`: the SPIFFE bundle endpoint and `[[federation.federates_with]]` (file
+    /// only).
+    pub federation: Option<agentmesh_server::FederationConfig>,
 }
 
 /// `[node_attestation]`: node attestors besides join tokens, which are always on.
@@ -428,6 +432,7 @@ pub fn resolve(
         limits,
         bootstrap,
         x509pop,
+        federation: file.federation.clone().unwrap_or_default(),
     })
 }
 

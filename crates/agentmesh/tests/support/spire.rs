@@ -147,6 +147,65 @@ plugins {{
         spire
     }
 
+    /// A SPIRE server alone (no agent) of trust domain `trust_domain`, with `server_block`
+    /// (say, a `federation { … }` block) added inside its `server { … }`.
+    pub fn server_only(trust_domain: &str, server_block: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let port = free_port();
+        std::fs::write(
+            d.join("server.conf"),
+            format!(
+                r#"server {{
+  bind_address = "127.0.0.1"
+  bind_port = "{port}"
+  socket_path = "{sock}"
+  trust_domain = "{trust_domain}"
+  data_dir = "{data}"
+  log_level = "DEBUG"
+{server_block}
+}}
+plugins {{
+  DataStore "sql" {{
+    plugin_data {{
+      database_type = "sqlite3"
+      connection_string = "{data}/datastore.sqlite3"
+    }}
+  }}
+  KeyManager "memory" {{ plugin_data {{}} }}
+  NodeAttestor "join_token" {{ plugin_data {{}} }}
+}}
+"#,
+                sock = d.join("server.sock").display(),
+                data = d.join("server-data").display(),
+            ),
+        )
+        .expect("server.conf");
+        let mut spire = Self {
+            server: None,
+            agent: None,
+            dir,
+        };
+        let server = Command::new(spire_bin("spire-server"))
+            .args(["run", "-config"])
+            .arg(spire.dir.path().join("server.conf"))
+            .stdin(Stdio::null())
+            .stdout(log(spire.dir.path(), "server.log"))
+            .stderr(log(spire.dir.path(), "server.log"))
+            .spawn()
+            .expect("spawn spire-server");
+        spire.server = Some(Proc(server));
+        spire.wait("the SPIRE server", || {
+            spire.server_cmd(&["healthcheck"]).status.success()
+        });
+        spire
+    }
+
+    /// The server's log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// The agent's Workload API socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")

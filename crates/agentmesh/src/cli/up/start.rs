@@ -278,6 +278,7 @@ async fn register_entries(admin: &mut AdminClient<Channel>, plan: &Plan) -> anyh
                     jwt_ttl_seconds: 0,
                     dns_names: Vec::new(),
                     created_at: 0,
+                    federates_with: Vec::new(),
                 }),
             })
             .await
