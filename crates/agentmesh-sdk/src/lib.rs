@@ -37,10 +37,13 @@ mod token;
 // module's (`grpc::incoming`, `grpc::channel`, `jws::sign`, `http::serve_limited`,
 // `delegation::add_link`, `xfcc::parse_xfcc`, `tls::HANDSHAKE_TIMEOUT`), as in tonic's
 // `transport` or axum's `routing`. Their main types are also at the root.
+pub mod a2a;
 pub mod delegation;
 pub mod grpc;
 pub mod http;
+pub mod jsonrpc;
 pub mod jws;
+pub mod mcp;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
@@ -57,8 +60,8 @@ pub use local::{
     StdLocalListener, check_unix_peer, http_client, own_uid, uid_allowed,
 };
 pub use policy::{
-    DecisionRecord, DecisionSink, PolicyState, PolicyWatch, Registration, RequestRefused,
-    RequireIntention, RequireIntentionService, header_pairs, normalize_request,
+    DecisionRecord, DecisionSink, PolicyState, PolicyWatch, Registration, RequestHead,
+    RequestRefused, RequireIntention, RequireIntentionService, header_pairs, normalize_request,
 };
 pub use source::{ENDPOINT_ENV, SourceError, Svid, X509Context, X509Source};
 pub use token::{
