@@ -133,7 +133,13 @@ impl CallStreams {
             }
             let d = (s.recheck)(policy);
             if !d.is_allowed() {
-                tracing::info!(peer = %s.peer, protocol = s.protocol, intention = d.intention_id.as_deref().unwrap_or("none"), reason = %d.reason, "closing an answer stream: an intention change denies its call");
+                let intention = d.intention_id.as_deref().unwrap_or("none");
+                // One message per protocol, so a log search finds either by its words.
+                if s.protocol == "A2A" {
+                    tracing::info!(peer = %s.peer, intention, reason = %d.reason, "closing an A2A stream: an intention change denies its method");
+                } else {
+                    tracing::info!(peer = %s.peer, intention, reason = %d.reason, "closing an MCP stream: an intention change denies its call");
+                }
                 metrics.revoked(&s.peer);
                 s.kill.send_replace(true);
                 closed += 1;
