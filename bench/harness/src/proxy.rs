@@ -47,7 +47,7 @@ pub struct Sizes {
 }
 
 /// The SPIFFE ID of a bench service.
-fn spiffe_id(service: &str) -> String {
+pub(crate) fn spiffe_id(service: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}")
 }
 
@@ -174,16 +174,28 @@ pub(crate) async fn start_pair(
     app: SocketAddr,
     tag: &str,
 ) -> anyhow::Result<MeshPair> {
+    start_pair_between(plane, sidecar, app, tag, ("client", "app")).await
+}
+
+/// [`start_pair`] for the services `client` → `server` (whose entries and intention the
+/// caller made), so that one control plane can hold pairs under different intentions.
+pub(crate) async fn start_pair_between(
+    plane: &ControlPlane,
+    sidecar: SidecarCommand<'_>,
+    app: SocketAddr,
+    tag: &str,
+    (client, server): (&str, &str),
+) -> anyhow::Result<MeshPair> {
     let lay = &plane.lay;
     let (mesh_client, mesh_server) = (addr()?, addr()?);
     let (client_admin, server_admin) = (addr()?, addr()?);
     let socket = plane.workload_socket();
     let server_toml = format!(
-        "service = \"app\"\nworkload_api = \"unix://{}\"\n[inbound]\nlisten = \"{mesh_server}\"\napp = \"{app}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{server_admin}\"\n",
+        "service = \"{server}\"\nworkload_api = \"unix://{}\"\n[inbound]\nlisten = \"{mesh_server}\"\napp = \"{app}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{server_admin}\"\n",
         socket.display()
     );
     let client_toml = format!(
-        "service = \"client\"\nworkload_api = \"unix://{}\"\n[[upstream]]\ndestination = \"app\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n",
+        "service = \"{client}\"\nworkload_api = \"unix://{}\"\n[[upstream]]\ndestination = \"{server}\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n",
         socket.display()
     );
     let mut pids = [0_u32; 2];
