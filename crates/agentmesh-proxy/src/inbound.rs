@@ -142,7 +142,7 @@ pub struct Inbound {
     /// The largest A2A request read on a pair with A2A permissions.
     a2a_max_body: usize,
     /// Whose user tokens are verified on MCP routes, and for which audience.
-    user_tokens: Option<mcp_route::UserTokens>,
+    user_tokens: Option<agentmesh_sdk::delegation::UserTokenIssuer>,
 }
 
 impl Inbound {
@@ -189,7 +189,8 @@ impl Inbound {
     /// sidecar's trust domain) for `audience` (default that trust domain) on MCP routes.
     #[must_use]
     pub fn with_user_tokens(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
-        self.user_tokens = issuer.map(|issuer| mcp_route::UserTokens { issuer, audience });
+        self.user_tokens =
+            issuer.map(|issuer| agentmesh_sdk::delegation::UserTokenIssuer { issuer, audience });
         self
     }
 

@@ -1,7 +1,9 @@
 //! For Rust services that do mTLS themselves: a rotating identity source from the SPIFFE
 //! Workload API, rustls configs built from it, identity checks for axum and tonic, an mTLS
 //! client that pins the server's SPIFFE ID, JWS-signed responses, user-token verification and
-//! the delegation chain (the user, then each agent that passed the request on, each link signed).
+//! the delegation chain (the user, then each agent that passed the request on, each link signed),
+//! and the intentions enforced in process ([`RequireIntention`]), MCP tools and A2A methods
+//! included, read by the same [`mcp`], [`a2a`] and [`jsonrpc`] modules the sidecar uses.
 //!
 //! Everything runs on one crypto backend (rustls with ring, TLS 1.3 only) and the mesh's own
 //! Workload API client, so a service using the SDK trusts exactly what the sidecar would.

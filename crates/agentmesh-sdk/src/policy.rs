@@ -21,6 +21,7 @@ use agentmesh_proto::v1::{PolicySnapshot, RegisterServiceRequest, WatchPolicyReq
 use agentmesh_spiffe::TrustDomain;
 use tokio::sync::watch;
 
+use crate::delegation::CallUser;
 use crate::jsonrpc::Refusal;
 
 /// One version of the policy.
@@ -416,8 +417,8 @@ pub type DecisionSink = Arc<dyn Fn(&DecisionRecord) + Send + Sync>;
 /// per tool, resource, prompt or A2A method: a refusal is the sidecar's JSON-RPC error (the
 /// message opening with `agentmesh` instead of `agentmesh sidecar`), the inner service never
 /// sees a refused or unreadable message, and `*/list` and `GetExtendedAgentCard` answers are
-/// filtered to what the caller may use. Rules that need a user's claims refuse here, since
-/// this layer verifies no user token.
+/// filtered to what the caller may use. Rules that need a user's claims allow only with
+/// [`with_user_tokens`](RequireIntention::with_user_tokens).
 ///
 /// # Examples
 /// ```
@@ -438,6 +439,8 @@ pub struct RequireIntention {
     normalize: NormalizeOptions,
     mcp_max_body: usize,
     a2a_max_body: usize,
+    /// This service's SVID and whose user tokens it verifies on MCP and A2A routes.
+    user_tokens: Option<(Arc<crate::X509Source>, crate::delegation::UserTokenIssuer)>,
 }
 
 impl std::fmt::Debug for RequireIntention {
@@ -467,7 +470,36 @@ impl RequireIntention {
             normalize: NormalizeOptions::default(),
             mcp_max_body: crate::mcp::DEFAULT_MAX_BODY_BYTES,
             a2a_max_body: crate::a2a::DEFAULT_MAX_BODY_BYTES,
+            user_tokens: None,
         }
+    }
+
+    /// Verifies the user token and delegation chain of MCP and A2A calls
+    /// ([`delegation::call_user`](crate::delegation::call_user), as the sidecar does), with
+    /// `source`'s SVID and bundle, so that rules with `user` claims can allow; without this,
+    /// they refuse.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// let layer = agentmesh_sdk::RequireIntention::new(
+    ///     agentmesh_sdk::PolicyWatch::new(),
+    ///     "spiffe://example.org/tools".parse().unwrap(),
+    /// )
+    /// .with_user_tokens(
+    ///     ca.source("spiffe://example.org/tools"),
+    ///     agentmesh_sdk::delegation::UserTokenIssuer { issuer: "frontend".into(), audience: None },
+    /// );
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_user_tokens(
+        mut self,
+        source: Arc<crate::X509Source>,
+        issuer: crate::delegation::UserTokenIssuer,
+    ) -> Self {
+        self.user_tokens = Some((source, issuer));
+        self
     }
 
     /// Reads MCP messages and A2A requests up to `mcp` and `a2a` bytes (default 4 MiB each,
@@ -632,6 +664,16 @@ impl Exchange {
         record
     }
 
+    /// The user behind a call, verified if the layer verifies user tokens.
+    fn user(&self, headers: &http::HeaderMap, peer: &agentmesh_spiffe::SpiffeId) -> CallUser {
+        match &self.layer.user_tokens {
+            Some((source, issuer)) => {
+                crate::delegation::call_user(headers, peer, Some((&source.current(), issuer)))
+            }
+            None => crate::delegation::call_user(headers, peer, None),
+        }
+    }
+
     fn refusal<'a>(&'a self, source: &'a str, destination: &'a str) -> Refusal<'a> {
         Refusal {
             by: REFUSED_BY,
@@ -679,15 +721,22 @@ impl Exchange {
                     return Ok(json_response(status, &body));
                 }
             };
-        let d = {
+        let user = self.user(&parts.headers, &peer);
+        let mut d = {
             let headers = header_pairs(&parts.headers);
             let http = HttpRequest {
                 method: &self.method,
                 path: &self.path,
                 headers: &headers,
             };
-            policy.set.check_mcp(&peer, &me, &http, &msg.call(None))
+            policy.set.check_mcp(
+                &peer,
+                &me,
+                &http,
+                &msg.call(user.claims.as_ref().map(|c| &c.raw)),
+            )
         };
+        user.explain(&mut d);
         refusal.intention = d.intention_id.as_deref();
         if !d.is_allowed() {
             let (status, body) = mcp::denied(msg.id.as_ref(), &d.reason, &refusal);
@@ -769,7 +818,8 @@ impl Exchange {
             a2a_method: Some(call.method.clone()),
             ..CallNames::default()
         };
-        let d = {
+        let user = self.user(&parts.headers, &peer);
+        let mut d = {
             let headers = header_pairs(&parts.headers);
             let http = HttpRequest {
                 method: &self.method,
@@ -778,10 +828,11 @@ impl Exchange {
             };
             let a2a_call = agentmesh_policy::A2aCall {
                 method: &call.method,
-                user: None,
+                user: user.claims.as_ref().map(|c| &c.raw),
             };
             policy.set.check_a2a(&peer, &me, &http, &a2a_call)
         };
+        user.explain(&mut d);
         refusal.intention = d.intention_id.as_deref();
         if !d.is_allowed() {
             let (status, body) = a2a::denied(&call.id, &d.reason, &refusal);
@@ -797,7 +848,8 @@ impl Exchange {
         let allowed = (call.method == "GetExtendedAgentCard").then(|| {
             parts.headers.remove(http::header::ACCEPT_ENCODING);
             let head = RequestHead::new(&self.method, &self.path, &parts.headers);
-            a2a::allowed(policy.clone(), peer.clone(), me.clone(), head, None)
+            let claims = user.claims.as_ref().map(|c| c.raw.clone());
+            a2a::allowed(policy.clone(), peer.clone(), me.clone(), head, claims)
         });
         let req = http::Request::from_parts(parts, axum::body::Body::from(bytes));
         let resp = inner.call(req).await?;

@@ -326,3 +326,81 @@ async fn every_in_process_decision_names_the_tool_or_method_for_the_access_log()
         (&json!("deny"), &json!("delete_all"), &json!("tools-rule"))
     );
 }
+
+#[tokio::test]
+async fn a_user_claim_rule_allows_one_user_and_refuses_another_in_process() {
+    use agentmesh_sdk::delegation::{DELEGATION_HEADER, USER_TOKEN_HEADER, UserTokenIssuer};
+    let ca = TestCa::new("td");
+    let arrived = Arrived::default();
+    let watch = policy(json!([
+        {"mcp": {"tools": ["search"]}},
+        {"mcp": {"tools": ["export"]}, "user": {"claims": {"groups": "finance"}}},
+    ]));
+    let layer = RequireIntention::new(watch, SERVER.parse().unwrap()).with_user_tokens(
+        ca.source(SERVER),
+        UserTokenIssuer {
+            issuer: "spiffe://td/frontend".into(),
+            audience: None,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(agentmesh_sdk::serve(
+        listener,
+        ca.source(SERVER),
+        toy_agent(arrived.clone()).layer(layer),
+    ));
+    let url = format!("https://{addr}/mcp");
+    let frontend = ca.source("spiffe://td/frontend");
+    let executor = ca.source(CLIENT);
+    let client = client(&ca);
+    let export = call(1, "export").to_string().into_bytes();
+    let mut answers = Vec::new();
+    for (user, groups) in [
+        ("alice", json!(["eng", "finance"])),
+        ("bob", json!(["eng"])),
+    ] {
+        let token = agentmesh_sdk::testing::user_token(
+            &frontend,
+            json!({"sub": user, "aud": "td", "groups": groups}),
+            300,
+        );
+        let link =
+            agentmesh_sdk::delegation::add_link(&executor, &token, "", &SERVER.parse().unwrap())
+                .unwrap();
+        let headers = [
+            JSON,
+            (USER_TOKEN_HEADER, &token),
+            (DELEGATION_HEADER, &link),
+        ];
+        answers.push(post_raw(&client, &url, &headers, export.clone()).await);
+    }
+    let (status, alice) = &answers[0];
+    assert_eq!(*status, 200, "{alice}");
+    assert_eq!(
+        alice["result"]["content"][0]["text"], "export ran",
+        "{alice}"
+    );
+    let (status, bob) = &answers[1];
+    assert_eq!(*status, 200, "{bob}");
+    assert_eq!(bob["error"]["code"], agentmesh_sdk::mcp::DENIED, "{bob}");
+    assert!(
+        bob["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has no groups=finance")),
+        "{bob}"
+    );
+    // No token: refused, and said so.
+    let (_, none) = post_raw(&client, &url, &[JSON], export).await;
+    assert!(
+        none["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no verified user token")),
+        "{none}"
+    );
+    assert_eq!(
+        arrived.all(),
+        ["tools/call export"],
+        "only alice's export arrived"
+    );
+}

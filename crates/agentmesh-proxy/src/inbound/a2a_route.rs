@@ -99,12 +99,7 @@ impl Inbound {
             },
         );
         drop(headers);
-        if !d.is_allowed()
-            && let Some(why) = &user.refused
-        {
-            d.reason
-                .push_str(&format!(" (the user token was not accepted: {why})"));
-        }
+        user.explain(&mut d);
         record.intention = d.intention_id.as_deref();
         refusal.intention = record.intention;
         record.a2a = Some(A2aLog {

@@ -6,6 +6,7 @@
 //! a sidecar answer alike; this module adds the access log, spans, user tokens and the
 //! revocation of open answer streams.
 
+use agentmesh_sdk::delegation::{CallUser, call_user};
 use agentmesh_sdk::header_pairs;
 use agentmesh_sdk::jsonrpc::Refusal;
 use agentmesh_sdk::mcp::{self, Kind, Message};
@@ -28,24 +29,6 @@ use std::time::Instant;
 
 /// What the sidecar's refusals open with.
 pub(super) const REFUSED_BY: &str = "agentmesh sidecar";
-
-/// Where the mesh's user token travels on MCP routes. Not `Authorization`, which belongs to
-/// the MCP server's own OAuth (the MCP authorization spec) and passes through untouched; the
-/// delegation links travel in `x-agentmesh-delegation`, as on every other route.
-pub const USER_TOKEN_HEADER: &str = "x-agentmesh-user-token";
-
-/// `[inbound] user_token_issuer` and `user_token_audience`.
-#[derive(Debug, Clone)]
-pub(super) struct UserTokens {
-    pub issuer: String,
-    pub audience: Option<String>,
-}
-
-/// The user behind a call: the verified claims, or why there are none.
-pub(super) struct User {
-    pub(super) claims: Option<agentmesh_sdk::UserClaims>,
-    pub(super) refused: Option<String>,
-}
 
 /// Re-decides one open stream's call against a new policy.
 pub(super) type Recheck =
@@ -241,12 +224,7 @@ impl Inbound {
             &msg.call(user.claims.as_ref().map(|c| &c.raw)),
         );
         drop(headers);
-        if !d.is_allowed()
-            && let Some(why) = &user.refused
-        {
-            d.reason
-                .push_str(&format!(" (the user token was not accepted: {why})"));
-        }
+        user.explain(&mut d);
         record.intention = d.intention_id.as_deref();
         refusal.intention = record.intention;
         record.mcp = Some(mcp_log(&msg, user.claims.as_ref().map(|c| c.sub.as_str())));
@@ -321,59 +299,19 @@ impl Inbound {
         }
     }
 
-    /// Verifies the user token and delegation chain a call carries, with the verified caller
-    /// as the chain's last hop, as the agents and the gateway do. No single-use check: one
-    /// question's token rightly drives several tool calls of one MCP session.
+    /// The user behind a call: its user token and delegation chain verified with this
+    /// sidecar's SVID, if `[inbound] user_token_issuer` is set.
     pub(super) fn user(
         &self,
         headers: &http::HeaderMap,
         peer: &SpiffeId,
         own: &X509Context,
-    ) -> User {
-        let none = |refused: Option<String>| User {
-            claims: None,
-            refused,
-        };
-        let Some(token) = headers.get(USER_TOKEN_HEADER) else {
-            return none(None);
-        };
-        let Some(cfg) = &self.user_tokens else {
-            return none(Some(
-                "this sidecar verifies no user tokens ([inbound] user_token_issuer is not set)"
-                    .into(),
-            ));
-        };
-        let td = own.svid.id.trust_domain();
-        let issuer = match SpiffeId::from_service_name(td, &cfg.issuer) {
-            Ok(id) => id,
-            Err(e) => return none(Some(format!("user_token_issuer {:?}: {e}", cfg.issuer))),
-        };
-        let mut config = agentmesh_sdk::delegation::ChainConfig::new(
-            own.bundle.as_ref().clone(),
-            issuer,
-            cfg.audience.clone().unwrap_or_else(|| td.to_string()),
-        );
-        config.me = Some(own.svid.id.clone());
-        let links = headers
-            .get(agentmesh_sdk::delegation::DELEGATION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let Ok(token) = token.to_str() else {
-            return none(Some("the user token header is not ASCII".into()));
-        };
-        match agentmesh_sdk::delegation::verify_chain(
-            token,
-            links,
-            &config,
-            Some(peer),
-            std::time::SystemTime::now(),
-        ) {
-            Ok(chain) => User {
-                claims: Some(chain.user),
-                refused: None,
-            },
-            Err(e) => none(Some(e.to_string())),
-        }
+    ) -> CallUser {
+        call_user(
+            headers,
+            peer,
+            self.user_tokens.as_ref().map(|cfg| (own, cfg)),
+        )
     }
 }
 
