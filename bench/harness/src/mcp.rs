@@ -31,12 +31,11 @@ use serde_json::{Value, json};
 
 use crate::load::{self, Call, Endpoint};
 use crate::propagation::{ControlPlane, TRUST_DOMAIN};
-use crate::proxy::{SidecarCommand, spiffe_id, start_pair_between};
-use crate::report::{Table, micros, quantile, ratio};
+use crate::proxy::{self, SidecarCommand, spiffe_id, start_pair_between};
+use crate::proxy_ab::{RATE_CONNECTIONS, latency, median};
+use crate::report::{Table, micros, ratio};
 use crate::scale::{Proc, free_port, my_uid, poll};
 
-/// Keep-alive connections the fixed rate is spread over (the Python server has one worker).
-const CONNECTIONS: usize = 4;
 /// How many extra tools the server lists, beside `search`, `export` and `delete_all`.
 const BENCH_TOOLS: usize = 1000;
 /// Rounds of in-process filtering; the fastest counts.
@@ -126,37 +125,6 @@ pub fn run(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Result<Tabl
         .block_on(run_async(agentmesh, python, sizes))
 }
 
-/// p50 and p99 in µs of `call` on `target` at `rate`.
-async fn latency(target: Endpoint, call: &Call, rate: f64, secs: f64) -> anyhow::Result<[f64; 2]> {
-    let (samples, errors) = load::fixed_rate(
-        target.clone(),
-        call,
-        CONNECTIONS,
-        rate,
-        Duration::from_secs_f64(secs),
-    )
-    .await?;
-    if samples.is_empty() || errors > 0 {
-        bail!(
-            "{target}: {} answers and {errors} errors at {rate} req/s",
-            samples.len()
-        );
-    }
-    Ok([
-        quantile(&samples, 0.50).as_secs_f64() * 1e6,
-        quantile(&samples, 0.99).as_secs_f64() * 1e6,
-    ])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Added p50 and p99 (µs) of the tool-level pair and of the L4 pair over direct, the median
 /// of `rounds` rounds, each against its own round's direct figure.
 async fn added(
@@ -167,17 +135,21 @@ async fn added(
 ) -> anyhow::Result<[[f64; 2]; 2]> {
     let mut added = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
     for round in 0..sizes.rounds {
-        let base = latency(direct.clone(), call, rate, sizes.seconds).await?;
+        let at = proxy::Sizes {
+            seconds: sizes.seconds,
+            rate,
+        };
+        let base = latency(direct.clone(), call, at).await?;
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let target = if i == 0 { &tool_level } else { &l4 };
-            let through = latency(target.clone(), call, rate, sizes.seconds).await?;
+            let through = latency(target.clone(), call, at).await?;
             for q in 0..2 {
                 added[i][q].push(through[q] - base[q]);
             }
         }
     }
-    Ok(added.map(|side| side.map(median)))
+    Ok(added.map(|side| side.map(|v| median(&v))))
 }
 
 async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Result<Table> {
@@ -317,7 +289,7 @@ async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Res
          against the body, decides the tool and filters `tools/list`. Peer: the same pair \
          whose intention has no MCP permission (an L4 allow: bytes forwarded unread). Added = \
          through the pair − direct to the server, in the same round; {} rounds of {} s, \
-         {CONNECTIONS} keep-alive connections, stateless 2026-07-28 requests.",
+         {RATE_CONNECTIONS} keep-alive connections, stateless 2026-07-28 requests.",
         sizes.rounds, sizes.seconds
     ));
     table.note(format!(
