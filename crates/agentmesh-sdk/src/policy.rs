@@ -753,12 +753,14 @@ impl Exchange {
             (Kind::List(l), Some(id)) => Some((*l, id.clone())),
             _ => None,
         };
-        let keep = listing.as_ref().map(|_| {
+        if listing.is_some() {
             // An encoded answer could not be read to filter it.
             parts.headers.remove(http::header::ACCEPT_ENCODING);
-            let head = RequestHead::new(&self.method, &self.path, &parts.headers);
-            mcp::keep(policy.clone(), peer.clone(), me.clone(), head)
-        });
+        }
+        let head = RequestHead::new(&self.method, &self.path, &parts.headers);
+        let keep = listing
+            .as_ref()
+            .map(|_| mcp::keep(policy.clone(), peer.clone(), me.clone(), head.clone()));
         let req = http::Request::from_parts(parts, axum::body::Body::from(bytes));
         let resp = inner.call(req).await?;
         self.report(
@@ -774,8 +776,54 @@ impl Exchange {
                     .await
                     .map(axum::body::Body::new)
             }
+            // A call (not housekeeping) whose answer streams is decided again on every change.
+            _ if msg.item().is_some() && crate::jsonrpc::is_sse(resp.headers()) => {
+                let claims = user.claims.map(|c| c.raw);
+                let recheck = move |set: &PolicySet| {
+                    head.decide(|http| {
+                        set.check_mcp(&peer, &me, http, &msg.call(claims.as_ref()))
+                            .is_allowed()
+                    })
+                };
+                self.revocable(resp, recheck)
+            }
             _ => resp,
         })
+    }
+
+    /// A streamed answer that ends as soon as a policy change makes `allowed` false for its
+    /// call, as the sidecar ends its open streams; the caller's connection stays.
+    fn revocable(
+        &self,
+        resp: axum::response::Response,
+        allowed: impl Fn(&PolicySet) -> bool + Send + 'static,
+    ) -> axum::response::Response {
+        let mut rx = self.layer.policy.subscribe();
+        let source = self
+            .peer
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let denied = async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    // No more changes can come: the answer runs to its end.
+                    return std::future::pending().await;
+                }
+                let state = rx.borrow_and_update().clone();
+                if !allowed(&state.set) {
+                    tracing::info!(peer = %source, revision = state.revision, "closing an answer stream: an intention change denies its call");
+                    return;
+                }
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let frames =
+            futures::StreamExt::take_until(http_body_util::BodyStream::new(body), Box::pin(denied));
+        axum::response::Response::from_parts(
+            parts,
+            axum::body::Body::new(http_body_util::StreamBody::new(frames)),
+        )
     }
 
     /// A POST on a pair with A2A permissions: read and decided per method as the sidecar's
@@ -845,11 +893,20 @@ impl Exchange {
             );
             return Ok(json_response(status, &body));
         }
-        let allowed = (call.method == "GetExtendedAgentCard").then(|| {
+        let card = call.method == "GetExtendedAgentCard";
+        if card {
             parts.headers.remove(http::header::ACCEPT_ENCODING);
-            let head = RequestHead::new(&self.method, &self.path, &parts.headers);
-            let claims = user.claims.as_ref().map(|c| c.raw.clone());
-            a2a::allowed(policy.clone(), peer.clone(), me.clone(), head, claims)
+        }
+        let head = RequestHead::new(&self.method, &self.path, &parts.headers);
+        let claims = user.claims.map(|c| c.raw);
+        let allowed = card.then(|| {
+            a2a::allowed(
+                policy.clone(),
+                peer.clone(),
+                me.clone(),
+                head.clone(),
+                claims.clone(),
+            )
         });
         let req = http::Request::from_parts(parts, axum::body::Body::from(bytes));
         let resp = inner.call(req).await?;
@@ -864,6 +921,18 @@ impl Exchange {
             Some(allowed) => a2a::filter_card_response(resp, call.id, allowed, REFUSED_BY)
                 .await
                 .map(axum::body::Body::new),
+            // SendStreamingMessage and SubscribeToTask end when a change denies their method.
+            None if a2a::is_streaming(&call.method) && crate::jsonrpc::is_sse(resp.headers()) => {
+                let method = call.method;
+                let recheck = move |set: &PolicySet| {
+                    let call = agentmesh_policy::A2aCall {
+                        method: &method,
+                        user: claims.as_ref(),
+                    };
+                    head.decide(|http| set.check_a2a(&peer, &me, http, &call).is_allowed())
+                };
+                self.revocable(resp, recheck)
+            }
             None => resp,
         })
     }

@@ -19,15 +19,15 @@ use serde_json::{Value, json};
 const SERVER: &str = "spiffe://td/tools";
 const CLIENT: &str = "spiffe://td/executor";
 
-fn policy(permissions: Value) -> Arc<PolicyWatch> {
+/// One intention `CLIENT` → `SERVER` with `permissions`, as a policy snapshot.
+fn state(permissions: Value) -> PolicyState {
     let spec = json!({
         "source": CLIENT,
         "destination": SERVER,
         "action": "allow",
         "permissions": permissions,
     });
-    let watch = PolicyWatch::new();
-    watch.set(PolicyState::from_snapshot(
+    PolicyState::from_snapshot(
         &PolicySnapshot {
             revision: 1,
             intentions: vec![Intention {
@@ -38,7 +38,12 @@ fn policy(permissions: Value) -> Arc<PolicyWatch> {
             ..Default::default()
         },
         &"td".parse().unwrap(),
-    ));
+    )
+}
+
+fn policy(permissions: Value) -> Arc<PolicyWatch> {
+    let watch = PolicyWatch::new();
+    watch.set(state(permissions));
     watch
 }
 
@@ -403,4 +408,62 @@ async fn a_user_claim_rule_allows_one_user_and_refuses_another_in_process() {
         ["tools/call export"],
         "only alice's export arrived"
     );
+}
+
+/// Opens an A2A streaming call and returns its open SSE body.
+async fn open_stream(
+    client: &MtlsClient,
+    url: &str,
+    id: u64,
+    method: &str,
+) -> hyper::body::Incoming {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"id": "t1"}});
+    let req = http::Request::post(url)
+        .header(JSON.0, JSON.1)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{method}");
+    resp.into_body()
+}
+
+/// The next data frame as text; `None` once the stream has ended.
+async fn next_text(stream: &mut hyper::body::Incoming) -> Option<String> {
+    loop {
+        match stream.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    return Some(String::from_utf8_lossy(&d).into_owned());
+                }
+            }
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_change_denying_one_streaming_method_ends_its_open_streams_in_process() {
+    let ca = TestCa::new("td");
+    let methods = |m: &[&str]| json!([{"a2a": {"methods": m}}]);
+    let watch = policy(methods(&["SendStreamingMessage", "SubscribeToTask"]));
+    let addr = start(&ca, watch.clone(), Arrived::default()).await;
+    let url = format!("https://{addr}/a2a");
+    let client = client(&ca);
+    let mut streaming = open_stream(&client, &url, 1, "SendStreamingMessage").await;
+    let mut subscribed = open_stream(&client, &url, 2, "SubscribeToTask").await;
+    for s in [&mut streaming, &mut subscribed] {
+        assert!(
+            next_text(s)
+                .await
+                .expect("a first event")
+                .contains("statusUpdate")
+        );
+    }
+    // The same intention, now without SendStreamingMessage.
+    watch.set(state(methods(&["SubscribeToTask"])));
+    while next_text(&mut streaming).await.is_some() {}
+    for _ in 0..3 {
+        let more = next_text(&mut subscribed).await.expect("still open");
+        assert!(more.contains("statusUpdate"), "{more}");
+    }
 }
