@@ -125,31 +125,50 @@ pub fn run(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Result<Tabl
         .block_on(run_async(agentmesh, python, sizes))
 }
 
-/// Added p50 and p99 (µs) of the tool-level pair and of the L4 pair over direct, the median
-/// of `rounds` rounds, each against its own round's direct figure.
+/// Per quantile (p50, p99), in µs, medians over `rounds` rounds: the latency through the
+/// tool-level pair, through the L4 pair and direct, and each pair's added latency over direct
+/// (against its own round's direct figure; signed, since on a busy machine the Python
+/// server's own spread can exceed what a pair adds).
 async fn added(
     [tool_level, l4, direct]: [Endpoint; 3],
     call: &Call,
     rate: f64,
     sizes: Sizes,
-) -> anyhow::Result<[[f64; 2]; 2]> {
+) -> anyhow::Result<[Figures; 2]> {
     let mut added = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut plain = [
+        [Vec::new(), Vec::new(), Vec::new()],
+        [Vec::new(), Vec::new(), Vec::new()],
+    ];
     for round in 0..sizes.rounds {
         let at = proxy::Sizes {
             seconds: sizes.seconds,
             rate,
         };
         let base = latency(direct.clone(), call, at).await?;
+        for q in 0..2 {
+            plain[q][2].push(base[q]);
+        }
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let target = if i == 0 { &tool_level } else { &l4 };
             let through = latency(target.clone(), call, at).await?;
             for q in 0..2 {
                 added[i][q].push(through[q] - base[q]);
+                plain[q][i].push(through[q]);
             }
         }
     }
-    Ok(added.map(|side| side.map(|v| median(&v))))
+    Ok([0, 1].map(|q| Figures {
+        through: plain[q].each_ref().map(|v| median(v)),
+        added: [median(&added[0][q]), median(&added[1][q])],
+    }))
+}
+
+/// One quantile's figures (µs): through [tool-level, L4, direct], added [tool-level, L4].
+struct Figures {
+    through: [f64; 3],
+    added: [f64; 2],
 }
 
 async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Result<Table> {
@@ -254,6 +273,10 @@ async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Res
     let (filter, reencode, kept) = filter_cost(&answer)?;
 
     let us = |v: f64| micros(Duration::from_secs_f64(v.max(0.0) / 1e6));
+    let signed = |v: f64| {
+        let sign = if v < 0.0 { "−" } else { "" };
+        format!("{sign}{}", micros(Duration::from_secs_f64(v.abs() / 1e6)))
+    };
     let mut table = Table::new(
         "mcp: tool-level authorization of MCP calls, sidecar pair vs the same pair at L4 only",
     );
@@ -261,15 +284,23 @@ async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Res
         ("tools/call search", sizes.rate, call),
         ("tools/list, 1,003 tools (2 kept)", sizes.list_rate, list),
     ] {
-        for (q, name) in ["p50", "p99"].into_iter().enumerate() {
+        for (f, name) in figures.iter().zip(["p50", "p99"]) {
             table.row(
                 format!(
-                    "{what}: added latency {name} at {rate} req/s, median of {}",
+                    "{what}: {name} through the pair at {rate} req/s (direct {}), median of {}",
+                    us(f.through[2]),
                     sizes.rounds
                 ),
-                us(figures[0][q]),
-                us(figures[1][q]),
-                ratio(figures[0][q], figures[1][q]),
+                us(f.through[0]),
+                us(f.through[1]),
+                ratio(f.through[0], f.through[1]),
+                "",
+            );
+            table.row(
+                format!("{what}: added latency {name} (pair − direct, same round)"),
+                signed(f.added[0]),
+                signed(f.added[1]),
+                "",
                 "",
             );
         }
