@@ -7,7 +7,8 @@ mcp==2.3.0`). It serves MCP's Streamable HTTP at /mcp on the port `up` gives it
 nobody may `delete_all`), and refused calls never reach this process.
 
 With $MCP_TOOLS_LOG set, every tool that runs appends one JSON line to that file, so a test
-can show what arrived.
+can show what arrived. With $MCP_BENCH_TOOLS=N it also has N look-up tools (`tool_0000`, …),
+so that `bench/run mcp` can measure filtering a `tools/list` answer as long as a big server's.
 """
 
 import json
@@ -49,6 +50,23 @@ def delete_all() -> str:
     """Deletes everything (no intention allows it)."""
     ran("delete_all")
     return "deleted everything"
+
+
+def bench_tool(name: str):
+    """One of $MCP_BENCH_TOOLS look-up tools: a real signature, so its schema is a real one."""
+
+    def look_up(query: str) -> str:
+        return f"{name}: nothing about {query[:80]}"
+
+    return look_up
+
+
+for n in range(int(os.environ.get("MCP_BENCH_TOOLS", "0"))):
+    server.add_tool(
+        bench_tool(f"tool_{n:04d}"),
+        name=f"tool_{n:04d}",
+        description=f"Looks things up in index {n} (a bench tool).",
+    )
 
 
 def stop_with_stdin() -> None:

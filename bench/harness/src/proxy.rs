@@ -47,7 +47,7 @@ pub struct Sizes {
 }
 
 /// The SPIFFE ID of a bench service.
-fn spiffe_id(service: &str) -> String {
+pub(crate) fn spiffe_id(service: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}")
 }
 
@@ -174,7 +174,19 @@ pub(crate) async fn start_pair(
     app: SocketAddr,
     tag: &str,
 ) -> anyhow::Result<MeshPair> {
-    start_pair_on(plane, sidecar, app, tag, None).await
+    start_pair_between(plane, sidecar, app, tag, ("client", "app")).await
+}
+
+/// [`start_pair`] for the services `client` → `server` (whose entries and intention the
+/// caller made), so that one control plane can hold pairs under different intentions.
+pub(crate) async fn start_pair_between(
+    plane: &ControlPlane,
+    sidecar: SidecarCommand<'_>,
+    app: SocketAddr,
+    tag: &str,
+    names: (&str, &str),
+) -> anyhow::Result<MeshPair> {
+    start_pair_on(plane, sidecar, app, tag, names, None).await
 }
 
 /// Where a pair on SPIRE identities takes its SVIDs: the SPIRE agent's socket, and the gid
@@ -185,13 +197,14 @@ pub(crate) struct SpireIdentity<'a> {
     pub(crate) gids: [u32; 2],
 }
 
-/// [`start_pair`], with SVIDs from SPIRE when `spire` is given; the policy then still comes
-/// from the plane's node (`policy_api`).
+/// [`start_pair_between`], with SVIDs from SPIRE when `spire` is given; the policy then
+/// still comes from the plane's node (`policy_api`).
 pub(crate) async fn start_pair_on(
     plane: &ControlPlane,
     sidecar: SidecarCommand<'_>,
     app: SocketAddr,
     tag: &str,
+    (client, server): (&str, &str),
     spire: Option<SpireIdentity<'_>>,
 ) -> anyhow::Result<MeshPair> {
     let lay = &plane.lay;
@@ -207,10 +220,10 @@ pub(crate) async fn start_pair_on(
         None => format!("workload_api = \"unix://{}\"\n", node.display()),
     };
     let server_toml = format!(
-        "service = \"app\"\n{sockets}[inbound]\nlisten = \"{mesh_server}\"\napp = \"{app}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{server_admin}\"\n"
+        "service = \"{server}\"\n{sockets}[inbound]\nlisten = \"{mesh_server}\"\napp = \"{app}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{server_admin}\"\n"
     );
     let client_toml = format!(
-        "service = \"client\"\n{sockets}[[upstream]]\ndestination = \"app\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n"
+        "service = \"{client}\"\n{sockets}[[upstream]]\ndestination = \"{server}\"\nlisten = \"{mesh_client}\"\naddress = \"{mesh_server}\"\nprotocol = \"http\"\n[admin]\nlisten = \"{client_admin}\"\n"
     );
     let mut pids = [0_u32; 2];
     let mut procs = Vec::new();

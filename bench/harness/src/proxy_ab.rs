@@ -56,7 +56,8 @@ pub(crate) struct Figures {
     added_p99: Vec<f64>,
 }
 
-fn median(v: &[f64]) -> f64 {
+/// The median of `v` (NaN when empty).
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -73,7 +74,15 @@ fn spread(v: &[f64]) -> f64 {
     (max - min) / median(v).abs().max(1e-12) * 100.0
 }
 
-async fn latency(target: Endpoint, call: &Call, sizes: Sizes) -> anyhow::Result<[f64; 2]> {
+/// p50 and p99 (µs) of `call` on `target` at `sizes.rate`, over [`RATE_CONNECTIONS`].
+///
+/// # Errors
+/// Any failed request, or no answer at all.
+pub(crate) async fn latency(
+    target: Endpoint,
+    call: &Call,
+    sizes: Sizes,
+) -> anyhow::Result<[f64; 2]> {
     let secs = Duration::from_secs_f64(sizes.seconds);
     let (samples, errors) =
         load::fixed_rate(target.clone(), call, RATE_CONNECTIONS, sizes.rate, secs).await?;

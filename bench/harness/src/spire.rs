@@ -225,6 +225,7 @@ async fn run_async(
             SidecarCommand::proxy_executable(&proxy),
             app,
             "spire-",
+            ("client", "app"),
             Some(SpireIdentity {
                 socket: &socket,
                 gids: GIDS,

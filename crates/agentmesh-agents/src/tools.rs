@@ -25,10 +25,10 @@ pub const MCP_ROLE: &str = "mcp";
 
 /// The revision the executor speaks: stateless, so one request is one decision.
 const PROTOCOL_VERSION: &str = "2026-07-28";
-/// Where the MCP route takes the user token (see agentmesh-proxy's MCP route).
-const USER_TOKEN_HEADER: &str = "x-agentmesh-user-token";
-/// The JSON-RPC error code a sidecar refuses a tool with (agentmesh-proxy's `mcp::DENIED`).
-const DENIED: i64 = -32003;
+// Where the MCP route takes the user token, and the JSON-RPC code a refused tool gets: the
+// SDK's, which the sidecar answers with.
+use agentmesh_sdk::delegation::USER_TOKEN_HEADER;
+use agentmesh_sdk::mcp::DENIED;
 /// The tool every question is looked up with.
 const SEARCH_TOOL: &str = "search";
 /// The most `@tool` mentions one question may make: a question is not a script.

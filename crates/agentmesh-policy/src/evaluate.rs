@@ -431,7 +431,7 @@ impl PolicySet {
         {
             // A body on an MCP or A2A route may carry any call; deciding it unread would
             // admit every tool or method (this is what a caller that cannot read the
-            // protocol, such as the SDK's RequireIntention today, gets).
+            // protocol, such as `intention check` without `--mcp-tool`, gets).
             return deny(format!(
                 "intention {} has {protocol} permissions, so {what} must be decided on the {protocol} message it carries, which this check does not read",
                 intention.id

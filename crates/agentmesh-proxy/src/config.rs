@@ -133,10 +133,10 @@ pub struct Inbound {
 
 /// 4 MiB: gRPC's default largest message, far above any tool call's arguments, and small
 /// enough that holding one per open stream stays bounded by the stream limits.
-pub const DEFAULT_MCP_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MCP_MAX_BODY_BYTES: usize = agentmesh_sdk::mcp::DEFAULT_MAX_BODY_BYTES;
 
 /// 4 MiB, as for MCP: far above any message's text parts.
-pub const DEFAULT_A2A_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_A2A_MAX_BODY_BYTES: usize = agentmesh_sdk::a2a::DEFAULT_MAX_BODY_BYTES;
 
 impl Inbound {
     /// The largest A2A request this listener reads.

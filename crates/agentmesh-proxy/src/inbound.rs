@@ -128,8 +128,8 @@ pub struct Inbound {
     protocol: Protocol,
     /// Open connections, for revocation.
     pub connections: Arc<Connections>,
-    /// Open MCP answer streams, re-decided on every policy change.
-    mcp_streams: Arc<mcp_route::McpStreams>,
+    /// Open MCP and A2A answer streams, re-decided on every policy change.
+    call_streams: Arc<mcp_route::CallStreams>,
     app_client: Client<LocalConnector, AppBody>,
     /// Presents the current SVID; rebuilt only when the roots change.
     tls: Arc<ServerTls>,
@@ -142,7 +142,7 @@ pub struct Inbound {
     /// The largest A2A request read on a pair with A2A permissions.
     a2a_max_body: usize,
     /// Whose user tokens are verified on MCP routes, and for which audience.
-    user_tokens: Option<mcp_route::UserTokens>,
+    user_tokens: Option<agentmesh_sdk::delegation::UserTokenIssuer>,
 }
 
 impl Inbound {
@@ -169,7 +169,7 @@ impl Inbound {
             app,
             protocol,
             connections: Arc::default(),
-            mcp_streams: Arc::default(),
+            call_streams: Arc::default(),
             // Below the apps' own idle keep-alive close (limits.header_timeout, 10 s by
             // default), so a pooled connection is never reused just as the app closes it.
             app_client: Client::builder(TokioExecutor::new())
@@ -189,7 +189,8 @@ impl Inbound {
     /// sidecar's trust domain) for `audience` (default that trust domain) on MCP routes.
     #[must_use]
     pub fn with_user_tokens(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
-        self.user_tokens = issuer.map(|issuer| mcp_route::UserTokens { issuer, audience });
+        self.user_tokens =
+            issuer.map(|issuer| agentmesh_sdk::delegation::UserTokenIssuer { issuer, audience });
         self
     }
 
@@ -239,8 +240,9 @@ impl Inbound {
             let own = self.identity.current();
             self.connections
                 .revoke_denied(&policy.set, &own.svid.id, &self.metrics);
-            // A change may deny one tool while the pair stays allowed: its open streams end.
-            self.mcp_streams.revoke_denied(&policy.set, &self.metrics);
+            // A change may deny one tool or A2A method while the pair stays allowed: its open
+            // streams end.
+            self.call_streams.revoke_denied(&policy.set, &self.metrics);
         }
     }
 
@@ -516,7 +518,7 @@ impl Inbound {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
-                resp.map(|b| b.boxed())
+                resp.map(|b| b.boxed_unsync())
             }
             Err(e) => {
                 let why = format!("the app at {} is unreachable: {e}", self.app);

@@ -13,13 +13,10 @@
 //! issuing SVIDs the node's; apps that do mTLS themselves use agentmesh-sdk instead.
 #![forbid(unsafe_code)]
 
-mod a2a;
 mod admin;
 mod config;
 mod http_util;
 mod inbound;
-mod jsonrpc;
-mod mcp;
 mod outbound;
 mod policy;
 mod telemetry;

@@ -388,7 +388,7 @@ impl Upstream {
                     &format!("the destination answered {status}"),
                     status,
                 );
-                resp.map(|b| b.boxed())
+                resp.map(|b| b.boxed_unsync())
             }
             Err(e) => {
                 self.metrics.decided("outbound", &destination, false);

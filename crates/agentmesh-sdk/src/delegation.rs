@@ -734,6 +734,116 @@ pub fn verify_headers(
     verify_chain(token.trim(), links, config, expect_last, now)
 }
 
+// === The user behind an MCP or A2A call ===
+
+/// Where the mesh's user token travels on MCP and A2A routes. Not `Authorization`, which
+/// belongs to an MCP server's own OAuth (the MCP authorization spec) and passes through the
+/// mesh untouched; the delegation links travel in [`DELEGATION_HEADER`], as on every route.
+pub const USER_TOKEN_HEADER: &str = "x-agentmesh-user-token";
+
+/// Whose user tokens a route verifies: a sidecar's `[inbound] user_token_issuer` and
+/// `user_token_audience`, or [`RequireIntention::with_user_tokens`](crate::RequireIntention::with_user_tokens).
+///
+/// # Examples
+/// ```
+/// let tokens = agentmesh_sdk::delegation::UserTokenIssuer {
+///     issuer: "frontend".into(),
+///     audience: None,
+/// };
+/// # let _ = tokens;
+/// ```
+#[derive(Debug, Clone)]
+pub struct UserTokenIssuer {
+    /// The token's signer: a service name or SPIFFE ID, resolved in this service's trust
+    /// domain.
+    pub issuer: String,
+    /// The audience the token must name; `None` is this service's trust domain.
+    pub audience: Option<String>,
+}
+
+/// The user behind one call: the verified claims, or why there are none.
+#[derive(Debug, Clone, Default)]
+pub struct CallUser {
+    /// The verified user token's claims.
+    pub claims: Option<UserClaims>,
+    /// Why a token that came was not accepted (`None` when none came, or it was accepted).
+    pub refused: Option<String>,
+}
+
+impl CallUser {
+    /// Adds to a refusal why the user token, if one came, was not accepted, so the caller
+    /// learns that its token, not its rule, was the problem.
+    pub fn explain(&self, d: &mut agentmesh_policy::Decision) {
+        if !d.is_allowed()
+            && let Some(why) = &self.refused
+        {
+            d.reason
+                .push_str(&format!(" (the user token was not accepted: {why})"));
+        }
+    }
+}
+
+/// Verifies the user token ([`USER_TOKEN_HEADER`]) and delegation chain one MCP or A2A call
+/// carries, with the verified caller `peer` as the chain's last hop and `own` (this service's
+/// SVID and bundle) as its addressee, as the agents and the gateway do. No single-use check:
+/// one question's token rightly drives several tool calls of one MCP session. With no
+/// `issuer`, a token that comes is refused (nothing here can verify it): a rule that needs a
+/// user then refuses, which is the safe direction.
+///
+/// # Examples
+/// ```
+/// let user = agentmesh_sdk::delegation::call_user(
+///     &http::HeaderMap::new(),
+///     &"spiffe://example.org/agent".parse().unwrap(),
+///     None,
+/// );
+/// assert!(user.claims.is_none() && user.refused.is_none());
+/// ```
+pub fn call_user(
+    headers: &http::HeaderMap,
+    peer: &SpiffeId,
+    verifier: Option<(&crate::X509Context, &UserTokenIssuer)>,
+) -> CallUser {
+    let refused = |why: String| CallUser {
+        claims: None,
+        refused: Some(why),
+    };
+    let Some(token) = headers.get(USER_TOKEN_HEADER) else {
+        return CallUser::default();
+    };
+    let Some((own, cfg)) = verifier else {
+        return refused(
+            "this service verifies no user tokens (a sidecar's [inbound] user_token_issuer is not set)"
+                .into(),
+        );
+    };
+    let td = own.svid.id.trust_domain();
+    let issuer = match SpiffeId::from_service_name(td, &cfg.issuer) {
+        Ok(id) => id,
+        Err(e) => return refused(format!("user_token_issuer {:?}: {e}", cfg.issuer)),
+    };
+    let mut config = ChainConfig::new(
+        own.bundle.as_ref().clone(),
+        issuer,
+        cfg.audience.clone().unwrap_or_else(|| td.to_string()),
+    );
+    config.me = Some(own.svid.id.clone());
+    let links = headers
+        .get(DELEGATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Ok(token) = token.to_str() else {
+        return refused("the user token header is not ASCII".into());
+    };
+    match verify_chain(token, links, &config, Some(peer), SystemTime::now()) {
+        Ok(chain) => CallUser {
+            claims: Some(chain.user),
+            refused: None,
+        },
+        Err(e) => refused(e.to_string()),
+    }
+}
+
 mod replay;
 mod verify;
 pub use replay::ReplayCache;

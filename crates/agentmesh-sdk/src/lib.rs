@@ -1,7 +1,9 @@
 //! For Rust services that do mTLS themselves: a rotating identity source from the SPIFFE
 //! Workload API, rustls configs built from it, identity checks for axum and tonic, an mTLS
 //! client that pins the server's SPIFFE ID, JWS-signed responses, user-token verification and
-//! the delegation chain (the user, then each agent that passed the request on, each link signed).
+//! the delegation chain (the user, then each agent that passed the request on, each link signed),
+//! and the intentions enforced in process ([`RequireIntention`]), MCP tools and A2A methods
+//! included, read by the same [`mcp`], [`a2a`] and [`jsonrpc`] modules the sidecar uses.
 //!
 //! Everything runs on one crypto backend (rustls with ring, TLS 1.3 only) and the mesh's own
 //! Workload API client, so a service using the SDK trusts exactly what the sidecar would.
@@ -37,10 +39,13 @@ mod token;
 // module's (`grpc::incoming`, `grpc::channel`, `jws::sign`, `http::serve_limited`,
 // `delegation::add_link`, `xfcc::parse_xfcc`, `tls::HANDSHAKE_TIMEOUT`), as in tonic's
 // `transport` or axum's `routing`. Their main types are also at the root.
+pub mod a2a;
 pub mod delegation;
 pub mod grpc;
 pub mod http;
+pub mod jsonrpc;
 pub mod jws;
+pub mod mcp;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
@@ -57,8 +62,8 @@ pub use local::{
     StdLocalListener, check_unix_peer, http_client, own_uid, uid_allowed,
 };
 pub use policy::{
-    DecisionRecord, DecisionSink, PolicyState, PolicyWatch, Registration, RequestRefused,
-    RequireIntention, RequireIntentionService, header_pairs, normalize_request,
+    DecisionRecord, DecisionSink, PolicyState, PolicyWatch, Registration, RequestHead,
+    RequestRefused, RequireIntention, RequireIntentionService, header_pairs, normalize_request,
 };
 pub use source::{ENDPOINT_ENV, SourceError, Svid, X509Context, X509Source};
 pub use token::{

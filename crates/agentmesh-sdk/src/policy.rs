@@ -21,6 +21,9 @@ use agentmesh_proto::v1::{PolicySnapshot, RegisterServiceRequest, WatchPolicyReq
 use agentmesh_spiffe::TrustDomain;
 use tokio::sync::watch;
 
+use crate::delegation::CallUser;
+use crate::jsonrpc::Refusal;
+
 /// One version of the policy.
 #[derive(Debug, Default)]
 pub struct PolicyState {
@@ -331,6 +334,67 @@ pub struct DecisionRecord {
     pub status: u16,
     /// Milliseconds from the decision to the response.
     pub duration_ms: u64,
+    /// On a route with MCP permissions: the JSON-RPC method (`tools/call`, `tools/list`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    /// `tools/call`'s tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool: Option<String>,
+    /// The resource URI read, subscribed or completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_resource: Option<String>,
+    /// The prompt got or completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_prompt: Option<String>,
+    /// On a route with A2A permissions: the A2A method (`SendMessage`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a2a_method: Option<String>,
+}
+
+/// An owned copy of a request's head (method, normalised path, every header line), for
+/// deciding it again later: the items of a `*/list` answer, the skills of an extended card,
+/// or an open stream's call after a policy change.
+///
+/// # Examples
+/// ```
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("x-team", "blue".parse().unwrap());
+/// let head = agentmesh_sdk::RequestHead::new("POST", "/mcp", &headers);
+/// assert_eq!(head.decide(|req| req.headers.len()), 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    method: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl RequestHead {
+    /// Copies `method`, `path` and every line of `headers`.
+    pub fn new(method: &str, path: &str, headers: &http::HeaderMap) -> Self {
+        Self {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Calls `f` with the head as the rules read it.
+    pub fn decide<R>(&self, f: impl FnOnce(&HttpRequest<'_>) -> R) -> R {
+        let headers: Vec<(&str, &[u8])> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        f(&HttpRequest {
+            method: &self.method,
+            path: &self.path,
+            headers: &headers,
+        })
+    }
 }
 
 /// Where [`RequireIntention`] reports each decision (an access log, a live feed).
@@ -346,6 +410,15 @@ pub type DecisionSink = Arc<dyn Fn(&DecisionRecord) + Send + Sync>;
 /// [`with_normalize_options`](RequireIntention::with_normalize_options) says otherwise); one
 /// it refuses gets the sidecar's 400, `{"error":"bad request", "reason", …}`, and the inner
 /// service receives the normalised URI.
+///
+/// On a pair whose intention has MCP or A2A permissions, a POST carries a JSON-RPC message,
+/// which is read whole ([`mcp::read_message`](crate::mcp::read_message),
+/// [`a2a::read_request`](crate::a2a::read_request), the sidecar's own reading) and decided
+/// per tool, resource, prompt or A2A method: a refusal is the sidecar's JSON-RPC error (the
+/// message opening with `agentmesh` instead of `agentmesh sidecar`), the inner service never
+/// sees a refused or unreadable message, and `*/list` and `GetExtendedAgentCard` answers are
+/// filtered to what the caller may use. Rules that need a user's claims allow only with
+/// [`with_user_tokens`](RequireIntention::with_user_tokens).
 ///
 /// # Examples
 /// ```
@@ -364,6 +437,10 @@ pub struct RequireIntention {
     me: agentmesh_spiffe::SpiffeId,
     sink: Option<DecisionSink>,
     normalize: NormalizeOptions,
+    mcp_max_body: usize,
+    a2a_max_body: usize,
+    /// This service's SVID and whose user tokens it verifies on MCP and A2A routes.
+    user_tokens: Option<(Arc<crate::X509Source>, crate::delegation::UserTokenIssuer)>,
 }
 
 impl std::fmt::Debug for RequireIntention {
@@ -391,7 +468,58 @@ impl RequireIntention {
             me,
             sink: None,
             normalize: NormalizeOptions::default(),
+            mcp_max_body: crate::mcp::DEFAULT_MAX_BODY_BYTES,
+            a2a_max_body: crate::a2a::DEFAULT_MAX_BODY_BYTES,
+            user_tokens: None,
         }
+    }
+
+    /// Verifies the user token and delegation chain of MCP and A2A calls
+    /// ([`delegation::call_user`](crate::delegation::call_user), as the sidecar does), with
+    /// `source`'s SVID and bundle, so that rules with `user` claims can allow; without this,
+    /// they refuse.
+    ///
+    /// # Examples
+    /// ```
+    /// let ca = agentmesh_sdk::testing::TestCa::new("example.org");
+    /// let layer = agentmesh_sdk::RequireIntention::new(
+    ///     agentmesh_sdk::PolicyWatch::new(),
+    ///     "spiffe://example.org/tools".parse().unwrap(),
+    /// )
+    /// .with_user_tokens(
+    ///     ca.source("spiffe://example.org/tools"),
+    ///     agentmesh_sdk::delegation::UserTokenIssuer { issuer: "frontend".into(), audience: None },
+    /// );
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_user_tokens(
+        mut self,
+        source: Arc<crate::X509Source>,
+        issuer: crate::delegation::UserTokenIssuer,
+    ) -> Self {
+        self.user_tokens = Some((source, issuer));
+        self
+    }
+
+    /// Reads MCP messages and A2A requests up to `mcp` and `a2a` bytes (default 4 MiB each,
+    /// as the sidecar's `[inbound] mcp_max_body_bytes` and `a2a_max_body_bytes`); a larger
+    /// one is refused with 413 and never reaches the service.
+    ///
+    /// # Examples
+    /// ```
+    /// let layer = agentmesh_sdk::RequireIntention::new(
+    ///     agentmesh_sdk::PolicyWatch::new(),
+    ///     "spiffe://example.org/tools".parse().unwrap(),
+    /// )
+    /// .with_max_body(64 * 1024, 64 * 1024);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_max_body(mut self, mcp: usize, a2a: usize) -> Self {
+        self.mcp_max_body = mcp;
+        self.a2a_max_body = a2a;
+        self
     }
 
     /// Normalises requests with `options` instead of the defaults (which are the sidecar's:
@@ -462,14 +590,374 @@ fn trace_id_of(headers: &http::HeaderMap) -> String {
         .to_owned()
 }
 
+/// What one request's decision record shares, whichever way the request ends.
+struct Exchange {
+    started: std::time::Instant,
+    layer: RequireIntention,
+    peer: Option<agentmesh_spiffe::SpiffeId>,
+    method: String,
+    path: String,
+    trace_id: String,
+}
+
+/// What an in-process refusal's message opens with (the sidecar's says `agentmesh sidecar`).
+const REFUSED_BY: &str = "agentmesh";
+
+/// The call a decision on an MCP or A2A route was about, for its record.
+#[derive(Default)]
+struct CallNames {
+    mcp_method: Option<String>,
+    mcp_tool: Option<String>,
+    mcp_resource: Option<String>,
+    mcp_prompt: Option<String>,
+    a2a_method: Option<String>,
+}
+
+impl CallNames {
+    fn mcp(msg: &crate::mcp::Message) -> Self {
+        let (tool, resource, prompt) = msg.names();
+        Self {
+            mcp_method: Some(msg.method.as_deref().unwrap_or("(response)").to_owned()),
+            mcp_tool: tool.map(str::to_owned),
+            mcp_resource: resource.map(str::to_owned),
+            mcp_prompt: prompt.map(str::to_owned),
+            a2a_method: None,
+        }
+    }
+}
+
+impl Exchange {
+    fn report(
+        &self,
+        decision: &'static str,
+        intention: Option<&str>,
+        reason: &str,
+        status: u16,
+        call: CallNames,
+    ) -> DecisionRecord {
+        let record = DecisionRecord {
+            direction: "inbound",
+            protocol: "http",
+            source: self
+                .peer
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            destination: self.layer.me.to_string(),
+            decision,
+            intention: intention.map(str::to_owned),
+            reason: reason.to_owned(),
+            trace_id: self.trace_id.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            mcp_method: call.mcp_method,
+            mcp_tool: call.mcp_tool,
+            mcp_resource: call.mcp_resource,
+            mcp_prompt: call.mcp_prompt,
+            a2a_method: call.a2a_method,
+        };
+        if let Some(sink) = &self.layer.sink {
+            sink(&record);
+        }
+        record
+    }
+
+    /// The user behind a call, verified if the layer verifies user tokens.
+    fn user(&self, headers: &http::HeaderMap, peer: &agentmesh_spiffe::SpiffeId) -> CallUser {
+        match &self.layer.user_tokens {
+            Some((source, issuer)) => {
+                crate::delegation::call_user(headers, peer, Some((&source.current(), issuer)))
+            }
+            None => crate::delegation::call_user(headers, peer, None),
+        }
+    }
+
+    fn refusal<'a>(&'a self, source: &'a str, destination: &'a str) -> Refusal<'a> {
+        Refusal {
+            by: REFUSED_BY,
+            intention: None,
+            source,
+            destination,
+            trace_id: &self.trace_id,
+        }
+    }
+
+    /// A POST on a pair with MCP permissions: read, checked and decided as the sidecar's
+    /// inbound does; only an allowed message reaches `inner`.
+    async fn mcp<S, B>(
+        self,
+        mut inner: S,
+        req: http::Request<B>,
+        peer: agentmesh_spiffe::SpiffeId,
+        policy: Arc<PolicyState>,
+    ) -> Result<axum::response::Response, S::Error>
+    where
+        S: tower::Service<http::Request<axum::body::Body>, Response = axum::response::Response>,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        use crate::mcp::{self, Kind};
+        let me = self.layer.me.clone();
+        let (source, destination) = (peer.to_string(), me.to_string());
+        let mut refusal = self.refusal(&source, &destination);
+        let (mut parts, body) = req.into_parts();
+        let (msg, bytes) =
+            match mcp::read_message(&parts.headers, body, self.layer.mcp_max_body).await {
+                Ok(read) => read,
+                Err((e, id)) => {
+                    // Named with the pair's intention, which admitted the route.
+                    let pair = policy.set.check_connection(&peer, &me);
+                    refusal.intention = pair.intention_id.as_deref();
+                    let (status, body) = e.answer(id.as_ref(), &refusal);
+                    self.report(
+                        "deny",
+                        refusal.intention,
+                        &e.reason(),
+                        status.as_u16(),
+                        CallNames::default(),
+                    );
+                    return Ok(json_response(status, &body));
+                }
+            };
+        let user = self.user(&parts.headers, &peer);
+        let mut d = {
+            let headers = header_pairs(&parts.headers);
+            let http = HttpRequest {
+                method: &self.method,
+                path: &self.path,
+                headers: &headers,
+            };
+            policy.set.check_mcp(
+                &peer,
+                &me,
+                &http,
+                &msg.call(user.claims.as_ref().map(|c| &c.raw)),
+            )
+        };
+        user.explain(&mut d);
+        refusal.intention = d.intention_id.as_deref();
+        if !d.is_allowed() {
+            let (status, body) = mcp::denied(msg.id.as_ref(), &d.reason, &refusal);
+            self.report(
+                "deny",
+                refusal.intention,
+                &d.reason,
+                status.as_u16(),
+                CallNames::mcp(&msg),
+            );
+            return Ok(json_response(status, &body));
+        }
+        let listing = match (&msg.kind, &msg.id) {
+            (Kind::List(l), Some(id)) => Some((*l, id.clone())),
+            _ => None,
+        };
+        if listing.is_some() {
+            // An encoded answer could not be read to filter it.
+            parts.headers.remove(http::header::ACCEPT_ENCODING);
+        }
+        let head = RequestHead::new(&self.method, &self.path, &parts.headers);
+        let keep = listing
+            .as_ref()
+            .map(|_| mcp::keep(policy.clone(), peer.clone(), me.clone(), head.clone()));
+        let req = http::Request::from_parts(parts, axum::body::Body::from(bytes));
+        let resp = inner.call(req).await?;
+        self.report(
+            "allow",
+            refusal.intention,
+            &d.reason,
+            resp.status().as_u16(),
+            CallNames::mcp(&msg),
+        );
+        Ok(match (listing, keep) {
+            (Some((listing, id)), Some(keep)) => {
+                mcp::filter_list_response(resp, listing, id, keep, REFUSED_BY)
+                    .await
+                    .map(axum::body::Body::new)
+            }
+            // A call (not housekeeping) whose answer streams is decided again on every change.
+            _ if msg.item().is_some() && crate::jsonrpc::is_sse(resp.headers()) => {
+                let claims = user.claims.map(|c| c.raw);
+                let recheck = move |set: &PolicySet| {
+                    head.decide(|http| {
+                        set.check_mcp(&peer, &me, http, &msg.call(claims.as_ref()))
+                            .is_allowed()
+                    })
+                };
+                self.revocable(resp, recheck)
+            }
+            _ => resp,
+        })
+    }
+
+    /// A streamed answer that ends as soon as a policy change makes `allowed` false for its
+    /// call, as the sidecar ends its open streams; the caller's connection stays.
+    fn revocable(
+        &self,
+        resp: axum::response::Response,
+        allowed: impl Fn(&PolicySet) -> bool + Send + 'static,
+    ) -> axum::response::Response {
+        let mut rx = self.layer.policy.subscribe();
+        let source = self
+            .peer
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let denied = async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    // No more changes can come: the answer runs to its end.
+                    return std::future::pending().await;
+                }
+                let state = rx.borrow_and_update().clone();
+                if !allowed(&state.set) {
+                    tracing::info!(peer = %source, revision = state.revision, "closing an answer stream: an intention change denies its call");
+                    return;
+                }
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let frames =
+            futures::StreamExt::take_until(http_body_util::BodyStream::new(body), Box::pin(denied));
+        axum::response::Response::from_parts(
+            parts,
+            axum::body::Body::new(http_body_util::StreamBody::new(frames)),
+        )
+    }
+
+    /// A POST on a pair with A2A permissions: read and decided per method as the sidecar's
+    /// inbound does; only an allowed request reaches `inner`.
+    async fn a2a<S, B>(
+        self,
+        mut inner: S,
+        req: http::Request<B>,
+        peer: agentmesh_spiffe::SpiffeId,
+        policy: Arc<PolicyState>,
+    ) -> Result<axum::response::Response, S::Error>
+    where
+        S: tower::Service<http::Request<axum::body::Body>, Response = axum::response::Response>,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        use crate::a2a;
+        let me = self.layer.me.clone();
+        let (source, destination) = (peer.to_string(), me.to_string());
+        let mut refusal = self.refusal(&source, &destination);
+        let (mut parts, body) = req.into_parts();
+        let (call, bytes) =
+            match a2a::read_request(&parts.headers, body, self.layer.a2a_max_body).await {
+                Ok(read) => read,
+                Err((e, id)) => {
+                    let pair = policy.set.check_connection(&peer, &me);
+                    refusal.intention = pair.intention_id.as_deref();
+                    let (status, body) = e.answer(id.as_ref(), &refusal);
+                    self.report(
+                        "deny",
+                        refusal.intention,
+                        &e.reason(),
+                        status.as_u16(),
+                        CallNames::default(),
+                    );
+                    return Ok(json_response(status, &body));
+                }
+            };
+        let names = || CallNames {
+            a2a_method: Some(call.method.clone()),
+            ..CallNames::default()
+        };
+        let user = self.user(&parts.headers, &peer);
+        let mut d = {
+            let headers = header_pairs(&parts.headers);
+            let http = HttpRequest {
+                method: &self.method,
+                path: &self.path,
+                headers: &headers,
+            };
+            let a2a_call = agentmesh_policy::A2aCall {
+                method: &call.method,
+                user: user.claims.as_ref().map(|c| &c.raw),
+            };
+            policy.set.check_a2a(&peer, &me, &http, &a2a_call)
+        };
+        user.explain(&mut d);
+        refusal.intention = d.intention_id.as_deref();
+        if !d.is_allowed() {
+            let (status, body) = a2a::denied(&call.id, &d.reason, &refusal);
+            self.report(
+                "deny",
+                refusal.intention,
+                &d.reason,
+                status.as_u16(),
+                names(),
+            );
+            return Ok(json_response(status, &body));
+        }
+        let card = call.method == "GetExtendedAgentCard";
+        if card {
+            parts.headers.remove(http::header::ACCEPT_ENCODING);
+        }
+        let head = RequestHead::new(&self.method, &self.path, &parts.headers);
+        let claims = user.claims.map(|c| c.raw);
+        let allowed = card.then(|| {
+            a2a::allowed(
+                policy.clone(),
+                peer.clone(),
+                me.clone(),
+                head.clone(),
+                claims.clone(),
+            )
+        });
+        let req = http::Request::from_parts(parts, axum::body::Body::from(bytes));
+        let resp = inner.call(req).await?;
+        self.report(
+            "allow",
+            refusal.intention,
+            &d.reason,
+            resp.status().as_u16(),
+            names(),
+        );
+        Ok(match allowed {
+            Some(allowed) => a2a::filter_card_response(resp, call.id, allowed, REFUSED_BY)
+                .await
+                .map(axum::body::Body::new),
+            // SendStreamingMessage and SubscribeToTask end when a change denies their method.
+            None if a2a::is_streaming(&call.method) && crate::jsonrpc::is_sse(resp.headers()) => {
+                let method = call.method;
+                let recheck = move |set: &PolicySet| {
+                    let call = agentmesh_policy::A2aCall {
+                        method: &method,
+                        user: claims.as_ref(),
+                    };
+                    head.decide(|http| set.check_a2a(&peer, &me, http, &call).is_allowed())
+                };
+                self.revocable(resp, recheck)
+            }
+            None => resp,
+        })
+    }
+}
+
+/// The layer's own JSON answer.
+fn json_response(status: http::StatusCode, body: &serde_json::Value) -> axum::response::Response {
+    crate::jsonrpc::json_answer(status, body).map(axum::body::Body::new)
+}
+
+/// Which protocol a POST on a pair is read as, if any.
+enum Protocol {
+    Mcp,
+    A2a,
+}
+
 impl<S, B> tower::Service<http::Request<B>> for RequireIntentionService<S>
 where
-    S: tower::Service<http::Request<B>, Response = axum::response::Response>
+    S: tower::Service<http::Request<axum::body::Body>, Response = axum::response::Response>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
 {
     type Response = axum::response::Response;
     type Error = S::Error;
@@ -485,7 +973,6 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        use axum::response::IntoResponse as _;
         let started = std::time::Instant::now();
         let layer = self.layer.clone();
         let peer = req
@@ -496,6 +983,37 @@ where
         let trace_id = trace_id_of(req.headers());
         let normalized = normalize_request(&mut req, &layer.normalize);
         let path = req.uri().path().to_owned();
+        let policy = layer.policy.current();
+        let ex = Exchange {
+            started,
+            layer,
+            peer: peer.clone(),
+            method,
+            path,
+            trace_id,
+        };
+        // The clone is the ready one's twin; take the ready one (tower's usual dance).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        // On a pair whose intention has MCP (or A2A) permissions, a POST carries a message
+        // that is decided per tool (or method), as the sidecar's inbound decides it.
+        let protocol = match (&peer, &normalized) {
+            (Some(p), Ok(())) if req.method() == http::Method::POST => {
+                if policy.set.mcp_applies(p, &ex.layer.me) {
+                    Some((Protocol::Mcp, p.clone()))
+                } else if policy.set.a2a_applies(p, &ex.layer.me) {
+                    Some((Protocol::A2a, p.clone()))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        match protocol {
+            Some((Protocol::Mcp, p)) => return Box::pin(ex.mcp(inner, req, p, policy)),
+            Some((Protocol::A2a, p)) => return Box::pin(ex.a2a(inner, req, p, policy)),
+            None => {}
+        }
         let (allowed, intention, reason, status) = match (&peer, normalized) {
             // `serve` always attaches the verified ID; without it nothing is known: refuse.
             (None, _) => (
@@ -512,43 +1030,26 @@ where
             ),
             (Some(peer), Ok(())) => {
                 let headers = header_pairs(req.headers());
-                let d = layer.policy.current().set.check_request(
+                let d = policy.set.check_request(
                     peer,
-                    &layer.me,
+                    &ex.layer.me,
                     &HttpRequest {
-                        method: &method,
-                        path: &path,
+                        method: &ex.method,
+                        path: &ex.path,
                         headers: &headers,
                     },
                 );
-                (
-                    d.is_allowed(),
-                    d.intention_id.clone(),
-                    d.reason.clone(),
-                    403,
-                )
+                (d.is_allowed(), d.intention_id, d.reason, 403)
             }
         };
-        let record = move |decision: &'static str, status: u16| DecisionRecord {
-            direction: "inbound",
-            protocol: "http",
-            source: peer.as_ref().map(ToString::to_string).unwrap_or_default(),
-            destination: layer.me.to_string(),
-            decision,
-            intention: intention.clone(),
-            reason: reason.clone(),
-            trace_id: trace_id.clone(),
-            method: method.clone(),
-            path: path.clone(),
-            status,
-            duration_ms: started.elapsed().as_millis() as u64,
-        };
-        let sink = self.layer.sink.clone();
         if !allowed {
-            let r = record("deny", status);
-            if let Some(sink) = &sink {
-                sink(&r);
-            }
+            let r = ex.report(
+                "deny",
+                intention.as_deref(),
+                &reason,
+                status,
+                CallNames::default(),
+            );
             let body = serde_json::json!({
                 "error": if status == 400 { "bad request" } else { "denied by intentions" },
                 "source": r.source,
@@ -557,23 +1058,20 @@ where
                 "reason": r.reason,
                 "trace_id": r.trace_id,
             });
-            return Box::pin(async move {
-                Ok((
-                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN),
-                    [(http::header::CONTENT_TYPE, "application/json")],
-                    body.to_string(),
-                )
-                    .into_response())
-            });
+            let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
+            return Box::pin(async move { Ok(json_response(status, &body)) });
         }
-        // The clone is the ready one's twin; take the ready one (tower's usual dance).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = inner;
+        let req = req.map(axum::body::Body::new);
         Box::pin(async move {
             let resp = inner.call(req).await?;
-            if let Some(sink) = &sink {
-                sink(&record("allow", resp.status().as_u16()));
-            }
+            ex.report(
+                "allow",
+                intention.as_deref(),
+                &reason,
+                resp.status().as_u16(),
+                CallNames::default(),
+            );
             Ok(resp)
         })
     }

@@ -432,3 +432,153 @@ pub fn user_token(frontend: &X509Source, mut claims: serde_json::Value, ttl_secs
     crate::jws::sign_typed(frontend, "JWT", claims.to_string().as_bytes())
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+// === A toy MCP and A2A agent ===
+
+/// What reached a [`toy_agent`]'s handlers, in order: `METHOD`, or `METHOD NAME` for a call
+/// naming a tool; one entry per message. Tests read it to show a refused call never arrived.
+///
+/// # Examples
+/// ```
+/// let arrived = agentmesh_sdk::testing::Arrived::default();
+/// assert!(arrived.all().is_empty());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Arrived(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Arrived {
+    /// Everything that arrived so far.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(agentmesh_sdk::testing::Arrived::default().all().len(), 0);
+    /// ```
+    pub fn all(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn push(&self, what: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(what);
+    }
+}
+
+/// A minimal agent for in-process tests, to put behind
+/// [`RequireIntention`](crate::RequireIntention): an MCP Streamable HTTP endpoint at `/mcp`
+/// (JSON answers, no sessions; `initialize`, `ping`, `tools/list` with `search`,
+/// `delete_all` and `export`, `tools/call` answering `NAME ran`; a notification gets 202 and a
+/// GET 405, as a server without a standalone stream answers) and an A2A endpoint at `/a2a`
+/// (every method answers a completed task; `GetExtendedAgentCard` a card with the skills
+/// `ask`, tagged `a2a:SendMessage`, and `track`, tagged `a2a:GetTask`, and a `signatures`
+/// entry; `SendStreamingMessage` and `SubscribeToTask` an SSE stream of task status updates,
+/// one every 100 ms, that ends only when the caller goes). Every message is recorded in
+/// `arrived` before it is answered.
+///
+/// # Examples
+/// ```
+/// let app = agentmesh_sdk::testing::toy_agent(agentmesh_sdk::testing::Arrived::default());
+/// # let _ = app;
+/// ```
+pub fn toy_agent(arrived: Arrived) -> axum::Router {
+    use axum::routing::post;
+    axum::Router::new()
+        .route(
+            "/mcp",
+            post(toy_mcp).get(|| async { http::StatusCode::METHOD_NOT_ALLOWED }),
+        )
+        .route("/a2a", post(toy_a2a))
+        .with_state(arrived)
+}
+
+fn toy_json(v: &serde_json::Value) -> axum::response::Response {
+    crate::jsonrpc::json_answer(http::StatusCode::OK, v).map(axum::body::Body::new)
+}
+
+async fn toy_mcp(
+    axum::extract::State(arrived): axum::extract::State<Arrived>,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use serde_json::{Value, json};
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let method = msg["method"].as_str().unwrap_or("(response)").to_owned();
+    let name = msg["params"]["name"].as_str().map(str::to_owned);
+    arrived.push(match &name {
+        Some(n) => format!("{method} {n}"),
+        None => method.clone(),
+    });
+    let Some(id) = msg.get("id").cloned() else {
+        return http::StatusCode::ACCEPTED.into_response();
+    };
+    let tool = |n: &str| json!({"name": n, "description": n, "inputSchema": {"type": "object"}});
+    let result = match method.as_str() {
+        "initialize" => json!({
+            "protocolVersion": msg["params"]["protocolVersion"].as_str().unwrap_or("2025-11-25"),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "toy-agent", "version": "1.0.0"},
+        }),
+        "ping" => json!({}),
+        "tools/list" => json!({"tools": [tool("search"), tool("delete_all"), tool("export")]}),
+        "tools/call" => json!({
+            "content": [{"type": "text", "text": format!("{} ran", name.unwrap_or_default())}],
+            "isError": false,
+        }),
+        _ => {
+            return toy_json(&json!({"jsonrpc": "2.0", "id": id,
+                "error": {"code": crate::jsonrpc::METHOD_NOT_FOUND, "message": "unknown method"}}));
+        }
+    };
+    toy_json(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+}
+
+async fn toy_a2a(
+    axum::extract::State(arrived): axum::extract::State<Arrived>,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use serde_json::{Value, json};
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let method = msg["method"].as_str().unwrap_or_default().to_owned();
+    arrived.push(method.clone());
+    if matches!(method.as_str(), "SendStreamingMessage" | "SubscribeToTask") {
+        return toy_a2a_stream(msg["id"].clone());
+    }
+    let result = match method.as_str() {
+        "GetExtendedAgentCard" => json!({
+            "name": "toy-agent",
+            "skills": [
+                {"id": "ask", "name": "ask", "tags": ["a2a:SendMessage"]},
+                {"id": "track", "name": "track", "tags": ["a2a:GetTask"]},
+            ],
+            "signatures": [{"protected": "x", "signature": "y"}],
+        }),
+        _ => json!({"task": {"id": "t1", "status": {"state": "completed"}}}),
+    };
+    toy_json(&json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}))
+}
+
+/// An endless SSE stream of A2A task status updates answering request `id`.
+fn toy_a2a_stream(id: serde_json::Value) -> axum::response::Response {
+    let events = futures::stream::unfold(0u64, move |n| {
+        let id = id.clone();
+        async move {
+            if n > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let update = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {
+                "statusUpdate": {"taskId": "t1", "status": {"state": "TASK_STATE_WORKING"}, "seq": n}}});
+            let event = bytes::Bytes::from(format!("data: {update}\n\n"));
+            Some((Ok::<_, std::convert::Infallible>(event), n + 1))
+        }
+    });
+    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(events));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    resp
+}

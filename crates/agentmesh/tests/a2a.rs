@@ -6,6 +6,10 @@
 //! a message where `SendMessage` is allowed, and is refused where it is not, also after a
 //! live deny. Needs the scripts/test venv (`a2a-sdk`, pinned in
 //! scripts/requirements-test.txt); nothing is skipped.
+//!
+//! Streams: the SDK's toy A2A agent (`agentmesh_sdk::testing::toy_agent`, endless
+//! `SendStreamingMessage`/`SubscribeToTask` streams) behind a sidecar shows that a policy
+//! change denying one streaming method ends that method's open streams and no other.
 
 #[path = "support/mesh.rs"]
 mod mesh;
@@ -375,5 +379,161 @@ async fn the_official_sdk_verifies_the_signed_card_and_reaches_only_allowed_meth
         "the card is refused after the deny: {out}"
     );
     assert!(!executor.log_text().contains("panicked"));
+    assert!(!client.log_text().contains("panicked"));
+}
+
+/// Opens an A2A streaming call through `addr` (a sidecar's upstream listener) and returns its
+/// SSE body, open.
+async fn open_a2a_stream(addr: SocketAddr, id: u64, method: &str) -> hyper::body::Incoming {
+    use http_body_util::Full;
+    let params = match method {
+        "SubscribeToTask" => json!({"id": "t1"}),
+        _ => {
+            json!({"message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "go"}]}})
+        }
+    };
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::post("http://agent/a2a")
+        .header("host", "agent")
+        .header("content-type", JSON)
+        .header("accept", "text/event-stream")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("stream");
+    assert_eq!(resp.status(), 200, "{method}");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(ct.starts_with("text/event-stream"), "{method}: {ct}");
+    resp.into_body()
+}
+
+/// The next data frame of an open stream, as text; `None` once the stream has ended.
+async fn next_text(stream: &mut hyper::body::Incoming) -> Option<String> {
+    use http_body_util::BodyExt as _;
+    loop {
+        match stream.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    return Some(String::from_utf8_lossy(&d).into_owned());
+                }
+            }
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn denying_one_streaming_method_ends_its_open_streams_and_only_those() {
+    use agentmesh_sdk::testing::{Arrived, toy_agent};
+    let mesh = Mesh::start();
+    for s in ["client", "agent"] {
+        register(&mesh, s, None);
+    }
+    // The agent: the SDK's toy A2A endpoint (endless status-update streams), plain HTTP
+    // behind its sidecar.
+    let app_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let local: agentmesh_sdk::LocalAddr = app_addr.to_string().parse().expect("addr");
+    let listener = agentmesh_sdk::LocalListener::bind(&local)
+        .await
+        .expect("bind the toy agent");
+    let arrived = Arrived::default();
+    let _app = agentmesh_sdk::http::Serving::spawn(
+        listener,
+        local,
+        toy_agent(arrived.clone()),
+        "toy agent",
+        Default::default(),
+    );
+    let agent = start_proxy(&mesh, "agent", Some((app_addr, "http")), &[]).await;
+    let client = start_proxy(&mesh, "client", None, &[("agent", "http")]).await;
+    let upstream = client.upstreams[0];
+
+    // Every caller may send and stream; an exact client -> agent intention comes later.
+    let file = mesh.dir.join("streams.json");
+    std::fs::write(
+        &file,
+        json!({"source": "*", "destination": "agent", "action": "allow", "permissions": [
+            {"a2a": {"methods": ["SendMessage", "SendStreamingMessage", "SubscribeToTask"]}}
+        ]})
+        .to_string(),
+    )
+    .expect("write intention");
+    mesh.cli_ok(&[
+        "intention",
+        "create",
+        "--file",
+        file.to_str().expect("utf-8"),
+    ]);
+    let mut last = (0, Value::Null);
+    for _ in 0..600 {
+        last = raw(upstream, "POST", "/a2a", JSON, &send_body(1)).await;
+        if last.0 == 200 && last.1.get("result").is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(last.1.get("result").is_some(), "{}", last.1);
+
+    let mut streaming = open_a2a_stream(upstream, 2, "SendStreamingMessage").await;
+    let mut subscribed = open_a2a_stream(upstream, 3, "SubscribeToTask").await;
+    for s in [&mut streaming, &mut subscribed] {
+        let first = next_text(s).await.expect("a first event");
+        assert!(first.contains("statusUpdate"), "{first}");
+    }
+
+    // The exact intention beats the wildcard and leaves SendStreamingMessage out.
+    mesh.cli_ok(&[
+        "intention",
+        "create",
+        "client",
+        "agent",
+        "--action",
+        "allow",
+        "--a2a-method",
+        "SendMessage",
+        "--a2a-method",
+        "SubscribeToTask",
+    ]);
+    // The denied method's stream ends (its events stop coming)...
+    while next_text(&mut streaming).await.is_some() {}
+    // ...while the allowed method's stream, on the same pair, keeps delivering.
+    for _ in 0..3 {
+        let more = next_text(&mut subscribed)
+            .await
+            .expect("SubscribeToTask's stream is still open");
+        assert!(more.contains("statusUpdate"), "{more}");
+    }
+    assert!(
+        agent.log_text().contains("closing an A2A stream"),
+        "{}",
+        agent.log_text()
+    );
+    // The pair stays allowed; a new streaming call is refused with the intention named.
+    let (status, ok) = raw(upstream, "POST", "/a2a", JSON, &send_body(4)).await;
+    assert_eq!(status, 200, "{ok}");
+    assert!(ok.get("result").is_some(), "{ok}");
+    let again = json!({"jsonrpc": "2.0", "id": 5, "method": "SendStreamingMessage",
+        "params": {"message": {"messageId": "m2", "role": "ROLE_USER", "parts": [{"text": "go"}]}}});
+    let (status, no) = raw(upstream, "POST", "/a2a", JSON, again.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{no}");
+    assert_eq!(no["error"]["code"], agentmesh_sdk::a2a::DENIED, "{no}");
+    assert_eq!(
+        arrived
+            .all()
+            .iter()
+            .filter(|m| *m == "SendStreamingMessage")
+            .count(),
+        1,
+        "the refused streaming call never reached the agent"
+    );
+    assert!(!agent.log_text().contains("panicked"));
     assert!(!client.log_text().contains("panicked"));
 }

@@ -984,3 +984,125 @@ fn federated_bundles_are_set_listed_deleted_and_survive_kill_9() {
     assert_one_line_error(&out, "no federated bundle");
     assert_eq!(list(&server)["bundles"].as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn intention_check_decides_one_a2a_method_or_mcp_tool_as_the_sidecars_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("server"));
+    // researcher → writer: SendMessage and GetTask, never CancelTask; planner → tools: search.
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "researcher",
+        "writer",
+        "--action",
+        "allow",
+        "--a2a-method",
+        "SendMessage",
+        "--a2a-method",
+        "GetTask",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&out);
+    let a2a: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let a2a_id = a2a["id"].as_str().expect("id").to_owned();
+    let out = server.cli(&[
+        "intention",
+        "create",
+        "planner",
+        "tools",
+        "--action",
+        "allow",
+        "--mcp-tool",
+        "search",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&out);
+    let mcp: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let mcp_id = mcp["id"].as_str().expect("id").to_owned();
+    let check = |args: &[&str]| {
+        let mut all = vec!["intention", "check"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = server.cli(&all);
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&out), stderr(&out)));
+        (out.status.code(), json)
+    };
+
+    // A2A: per method, default deny inside A2A, exact spelling.
+    let (code, ok) = check(&["researcher", "writer", "--a2a-method", "SendMessage"]);
+    assert_eq!(code, Some(0), "{ok}");
+    assert_eq!(ok["decision"], "allow");
+    assert_eq!(ok["intention_id"], a2a_id.as_str());
+    let (code, no) = check(&["researcher", "writer", "--a2a-method", "CancelTask"]);
+    assert_eq!(code, Some(2), "{no}");
+    assert_eq!(no["decision"], "deny");
+    assert_eq!(no["intention_id"], a2a_id.as_str());
+    let reason = no["reason"].as_str().expect("reason");
+    assert!(reason.contains("CancelTask"), "{no}");
+    assert!(
+        reason.contains("every method no permission names is refused"),
+        "{no}"
+    );
+    let (code, odd) = check(&["researcher", "writer", "--a2a-method", "sendMessage"]);
+    assert_eq!(code, Some(2), "{odd}");
+    assert!(
+        odd["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("is not an A2A 1.0 method"),
+        "{odd}"
+    );
+    // Another pair has no intention at all: the default deny, whatever the method.
+    let (code, none) = check(&["writer", "researcher", "--a2a-method", "SendMessage"]);
+    assert_eq!(code, Some(2), "{none}");
+    assert!(none["intention_id"].is_null(), "{none}");
+    // An A2A rule says nothing about MCP tools: its pair reads POSTs as A2A only.
+    let (code, cross) = check(&["researcher", "writer", "--mcp-tool", "search"]);
+    assert_eq!(code, Some(2), "{cross}");
+
+    // MCP: the allowed tool, a tool no permission names, and the text output.
+    let (code, ok) = check(&["planner", "tools", "--mcp-tool", "search"]);
+    assert_eq!((code, &ok["intention_id"]), (Some(0), &json_str(&mcp_id)));
+    let (code, no) = check(&["planner", "tools", "--mcp-tool", "delete_all"]);
+    assert_eq!((code, &no["intention_id"]), (Some(2), &json_str(&mcp_id)));
+    let out = server.cli(&[
+        "intention",
+        "check",
+        "planner",
+        "tools",
+        "--mcp-tool",
+        "delete_all",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(text.starts_with("Denied"), "{text}");
+    assert!(text.contains(&mcp_id), "{text}");
+    assert!(text.contains("delete_all"), "{text}");
+
+    // The flags name one call each: MCP and A2A together is a usage error.
+    let out = server.cli(&[
+        "intention",
+        "check",
+        "planner",
+        "tools",
+        "--mcp-tool",
+        "search",
+        "--a2a-method",
+        "SendMessage",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!server.stderr_text().contains("panicked"));
+}
+
+fn json_str(s: &str) -> serde_json::Value {
+    serde_json::Value::String(s.to_owned())
+}

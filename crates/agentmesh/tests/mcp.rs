@@ -7,6 +7,9 @@
 //! The server logs every request body that reaches it, so the test shows that refused calls
 //! and bad input never arrived. Needs the scripts/test venv (`mcp`, pinned in
 //! scripts/requirements-test.txt); nothing is skipped.
+//!
+//! The same client also speaks mTLS itself to a Rust MCP endpoint that decides in process
+//! (`agentmesh_sdk::RequireIntention` around `agentmesh_sdk::testing::toy_agent`, no sidecar).
 
 #[path = "support/mesh.rs"]
 mod mesh;
@@ -42,10 +45,17 @@ fn arrived(log: &Path) -> Vec<Value> {
 
 /// Runs the SDK client through the client sidecar's upstream listener.
 fn sdk_client(upstream: SocketAddr, mode: &str) -> Value {
+    sdk_client_at(&format!("http://{upstream}/mcp"), mode, &[])
+}
+
+/// Runs the SDK client against `url`; with `tls` (SVID chain, key and bundle PEM files) it
+/// speaks mTLS itself.
+fn sdk_client_at(url: &str, mode: &str, tls: &[PathBuf]) -> Value {
     let out = Command::new(python())
         .arg(py("mcp_client.py"))
-        .arg(format!("http://{upstream}/mcp"))
+        .arg(url)
         .arg(mode)
+        .args(tls)
         .stdin(Stdio::null())
         .output()
         .expect("run mcp_client.py");
@@ -700,4 +710,93 @@ async fn open_stream(
         .to_owned();
     assert!(ct.starts_with("text/event-stream"), "{ct}");
     resp.into_body()
+}
+
+// === In process: the SDK's RequireIntention, no sidecar ===
+
+/// PEM files of `source`'s SVID chain, key and bundle, for a client outside Rust.
+fn pem_files(dir: &Path, source: &agentmesh_sdk::X509Source) -> Vec<PathBuf> {
+    let ctx = source.current();
+    let pems = |certs: &[rustls::pki_types::CertificateDer<'static>]| -> String {
+        certs
+            .iter()
+            .map(|c| agentmesh_tls::pem_encode("CERTIFICATE", c))
+            .collect()
+    };
+    let files = [
+        ("svid.pem", pems(&ctx.svid.chain)),
+        (
+            "key.pem",
+            agentmesh_tls::pem_encode("PRIVATE KEY", ctx.svid.private_key_pkcs8_der()),
+        ),
+        ("bundle.pem", pems(&ctx.roots)),
+    ];
+    files
+        .into_iter()
+        .map(|(name, pem)| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write a PEM file");
+            path
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdk_reaches_only_the_allowed_tool_of_an_in_process_server() {
+    use agentmesh_sdk::testing::{Arrived, TestCa, toy_agent};
+    require_mcp_sdk();
+    let ca = TestCa::new("td");
+    let (client, server) = ("spiffe://td/executor", "spiffe://td/tools");
+    let spec = json!({"source": client, "destination": server, "action": "allow",
+        "permissions": [{"mcp": {"tools": ["search"]}}]});
+    let policy = agentmesh_sdk::PolicyWatch::new();
+    policy.set(agentmesh_sdk::PolicyState::from_snapshot(
+        &agentmesh_proto::v1::PolicySnapshot {
+            revision: 1,
+            intentions: vec![agentmesh_proto::v1::Intention {
+                id: "tools-rule".into(),
+                spec_json: spec.to_string(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        &"td".parse().expect("trust domain"),
+    ));
+    let arrived = Arrived::default();
+    let app = toy_agent(arrived.clone()).layer(agentmesh_sdk::RequireIntention::new(
+        policy,
+        server.parse().expect("id"),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(agentmesh_sdk::serve(listener, ca.source(server), app));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = pem_files(dir.path(), &ca.source(client));
+    let url = format!("https://{addr}/mcp");
+    let out = tokio::task::spawn_blocking(move || sdk_client_at(&url, "legacy", &tls))
+        .await
+        .expect("client");
+
+    assert_eq!(out["tools"], json!(["search"]), "{out}");
+    assert_eq!(out["search"]["text"], "search ran", "{out}");
+    for refused in ["delete_all", "export"] {
+        let error = out[refused]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("denied by intentions") && error.contains("tools-rule"),
+            "{refused}: {out}"
+        );
+    }
+    assert_eq!(out["search_again"]["text"], "search ran", "{out}");
+    let arrived = arrived.all();
+    assert!(arrived.contains(&"initialize".to_owned()), "{arrived:?}");
+    assert_eq!(
+        arrived
+            .iter()
+            .filter(|a| a.starts_with("tools/call"))
+            .collect::<Vec<_>>(),
+        ["tools/call search", "tools/call search"],
+        "only the allowed tool reached the handler"
+    );
 }

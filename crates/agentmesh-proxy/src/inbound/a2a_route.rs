@@ -1,35 +1,30 @@
 //! The inbound's A2A route: on a pair whose intention has A2A permissions, each POST's
 //! JSON-RPC request is read whole (up to `[inbound] a2a_max_body_bytes`), checked, decided per
 //! method, and forwarded only when allowed; a `GetExtendedAgentCard` answer is filtered on
-//! the way back to the skills the caller's methods allow.
+//! the way back to the skills the caller's methods allow. The reading, the refusals and the
+//! filtering are the SDK's ([`agentmesh_sdk::a2a`]), which `RequireIntention` uses too. The
+//! user token travels as on MCP routes (`x-agentmesh-user-token`), and is verified only for
+//! permissions with `user`.
 //!
-//! A refused call is answered by the sidecar as JSON-RPC with HTTP 200 and the request's id,
-//! so an A2A client hands the caller the error's message (which names the intention) instead
-//! of a bare HTTP status. Requests that cannot be answered as one (not JSON, too large, a
-//! batch, no id) get a 4xx with a JSON-RPC error body. The user token travels as on MCP
-//! routes (`x-agentmesh-user-token`), and is verified only for permissions with `user`.
-
-use std::sync::Arc;
+//! The streamed answers of `SendStreamingMessage` and `SubscribeToTask` are re-decided on
+//! every policy change, and end when a change denies their method (or their user), even while
+//! the pair stays allowed.
 
 use agentmesh_policy::{A2aCall, HttpRequest};
 use agentmesh_proto::limits::RequestBody;
-use agentmesh_sdk::header_pairs;
+use agentmesh_sdk::a2a;
+use agentmesh_sdk::jsonrpc::Refusal;
+use agentmesh_sdk::{RequestHead, header_pairs};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::{Span, attr};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use serde_json::{Value, json};
+use http_body_util::{BodyExt, Either, Full};
+use serde_json::{Map, Value, json};
 
-use super::mcp_route::Ctx;
+use super::mcp_route::{Ctx, REFUSED_BY, Recheck, revocable};
 use super::{AppBody, Inbound, InboundRecord};
-use crate::a2a::{self, A2aError, Allowed};
 use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
-use crate::jsonrpc::error_body;
 use crate::telemetry::{A2aLog, span_identities};
-
-/// The largest extended card answer that is filtered (4 MiB); a larger one is refused with
-/// 502 rather than passed unread.
-const MAX_CARD_ANSWER: usize = 4 * 1024 * 1024;
 
 impl Inbound {
     pub(super) async fn a2a_request(
@@ -65,38 +60,26 @@ impl Inbound {
             mcp: None,
             a2a: None,
         };
-        let data = |intention: Option<&str>, reason: &str| {
-            json!({
-                "intention": intention,
-                "reason": reason,
-                "source": source,
-                "destination": destination,
-                "trace_id": ctx.trace_id,
-            })
+        let mut refusal = Refusal {
+            by: REFUSED_BY,
+            intention: None,
+            source: &source,
+            destination: &destination,
+            trace_id: ctx.trace_id,
         };
         let (mut parts, body) = req.into_parts();
-        let read =
-            match crate::jsonrpc::read_json_body(&parts.headers, body, self.a2a_max_body).await {
-                Ok(bytes) => a2a::Request::parse(&bytes).map(|r| (r, bytes)),
-                Err(e) => Err((A2aError::from(e), None)),
-            };
-        let (call, bytes) = match read {
+        let (call, bytes) = match a2a::read_request(&parts.headers, body, self.a2a_max_body).await {
             Ok(read) => read,
             Err((e, id)) => {
                 // Refused before any permission: named with the pair's intention, which
                 // admitted the connection, so an operator sees which rule's route it was.
                 let pair = policy.set.check_connection(ctx.peer, &ctx.own.svid.id);
                 record.intention = pair.intention_id.as_deref();
-                let reason =
-                    format!("the A2A request is refused before any permission is checked: {e}");
-                let (status, code) = e.status_and_code();
+                refusal.intention = record.intention;
+                let (status, body) = e.answer(id.as_ref(), &refusal);
                 self.metrics.decided("inbound", &source, false);
-                record.log(&mut span, "deny", &reason, status.as_u16());
-                let message = format!("agentmesh sidecar: {e}");
-                return json_response(
-                    status,
-                    &error_body(id.as_ref(), code, &message, data(record.intention, &reason)),
-                );
+                record.log(&mut span, "deny", &e.reason(), status.as_u16());
+                return json_response(status, &body);
             }
         };
         let user = self.user(&parts.headers, ctx.peer, ctx.own);
@@ -116,36 +99,35 @@ impl Inbound {
             },
         );
         drop(headers);
-        if !d.is_allowed()
-            && let Some(why) = &user.refused
-        {
-            d.reason
-                .push_str(&format!(" (the user token was not accepted: {why})"));
-        }
+        user.explain(&mut d);
         record.intention = d.intention_id.as_deref();
+        refusal.intention = record.intention;
         record.a2a = Some(A2aLog {
             a2a_method: &call.method,
             user: user.claims.as_ref().map(|c| c.sub.as_str()),
         });
         self.metrics.decided("inbound", &source, d.is_allowed());
         if !d.is_allowed() {
-            record.log(&mut span, "deny", &d.reason, StatusCode::OK.as_u16());
-            return json_response(
-                StatusCode::OK,
-                &error_body(
-                    Some(&call.id),
-                    a2a::DENIED,
-                    &format!("denied by intentions: {}", d.reason),
-                    data(record.intention, &d.reason),
-                ),
-            );
+            let (status, body) = a2a::denied(&call.id, &d.reason, &refusal);
+            record.log(&mut span, "deny", &d.reason, status.as_u16());
+            return json_response(status, &body);
         }
         let card = call.method == "GetExtendedAgentCard";
-        let allowed = card.then(|| self.allowed_methods(&parts.headers, &ctx, &user));
         if card {
             // An encoded answer could not be read to filter it.
             parts.headers.remove(http::header::ACCEPT_ENCODING);
         }
+        let head = RequestHead::new(ctx.method, ctx.path, &parts.headers);
+        let claims = user.claims.as_ref().map(|c| c.raw.clone());
+        let allowed = card.then(|| {
+            a2a::allowed(
+                policy.clone(),
+                ctx.peer.clone(),
+                ctx.own.svid.id.clone(),
+                head.clone(),
+                claims.clone(),
+            )
+        });
         let mut req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
         if !self.address_to_app(&mut req, ctx.peer, ctx.own, &span) {
             record.log(
@@ -164,8 +146,24 @@ impl Inbound {
                 strip_hop_by_hop(resp.headers_mut());
                 record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
                 match allowed {
-                    Some(allowed) => filter_card_response(resp, call.id, allowed).await,
-                    None => resp.map(|b| b.boxed()),
+                    Some(allowed) => {
+                        a2a::filter_card_response(resp, call.id, allowed, REFUSED_BY).await
+                    }
+                    None if a2a::is_streaming(&call.method)
+                        && agentmesh_sdk::jsonrpc::is_sse(resp.headers()) =>
+                    {
+                        let recheck = recheck_a2a(
+                            head,
+                            ctx.peer.clone(),
+                            ctx.own.svid.id.clone(),
+                            call.method,
+                            claims,
+                        );
+                        let (guard, kill) =
+                            self.call_streams.register(source.clone(), "A2A", recheck);
+                        revocable(resp, guard, kill)
+                    }
+                    None => resp.map(|b| b.boxed_unsync()),
                 }
             }
             Err(e) => {
@@ -178,81 +176,21 @@ impl Inbound {
             }
         }
     }
-
-    /// Whether this caller (with this request head and user) may call each A2A method, for
-    /// filtering its extended card.
-    fn allowed_methods(
-        &self,
-        headers: &http::HeaderMap,
-        ctx: &Ctx<'_>,
-        user: &super::mcp_route::User,
-    ) -> Allowed {
-        let policy = self.policy.current();
-        let (peer, own): (SpiffeId, SpiffeId) = (ctx.peer.clone(), ctx.own.svid.id.clone());
-        let (method, path) = (ctx.method.to_owned(), ctx.path.to_owned());
-        let owned: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect();
-        let claims = user.claims.as_ref().map(|c| c.raw.clone());
-        Arc::new(move |a2a_method| {
-            let headers: Vec<(&str, &[u8])> = owned
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_slice()))
-                .collect();
-            let http = HttpRequest {
-                method: &method,
-                path: &path,
-                headers: &headers,
-            };
-            let call = A2aCall {
-                method: a2a_method,
-                user: claims.as_ref(),
-            };
-            policy.set.check_a2a(&peer, &own, &http, &call).is_allowed()
-        })
-    }
 }
 
-/// Filters a `GetExtendedAgentCard` answer. An answer that cannot be read as JSON is refused
-/// (502), since passing it would show skills the caller may not use; a failed (non-2xx)
-/// answer passes as sent.
-async fn filter_card_response(
-    resp: Response<hyper::body::Incoming>,
-    id: Value,
-    allowed: Allowed,
-) -> Response<BoxBody> {
-    let refuse = |why: String| {
-        tracing::warn!(reason = %why, "an A2A extended card answer could not be filtered; refused");
-        json_response(
-            StatusCode::BAD_GATEWAY,
-            &error_body(
-                Some(&id),
-                a2a::INVALID_REQUEST,
-                &format!("agentmesh sidecar: {why}"),
-                Value::Null,
-            ),
-        )
-    };
-    if !resp.status().is_success() {
-        return resp.map(|b| b.boxed());
-    }
-    if resp.headers().contains_key(http::header::CONTENT_ENCODING) {
-        return refuse("the agent encoded its card answer, so it cannot be filtered".into());
-    }
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    let bytes = match Limited::new(body, MAX_CARD_ANSWER).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => return refuse(format!("the card answer could not be read: {e}")),
-    };
-    match a2a::filter_card_answer(&bytes, &id, &allowed) {
-        Ok(filtered) => {
-            let body = Full::new(bytes::Bytes::from(filtered))
-                .map_err(|never| match never {})
-                .boxed();
-            Response::from_parts(parts, body)
-        }
-        Err(why) => refuse(why),
-    }
+/// Re-decides an A2A call (with the same request head and user) against a later policy.
+fn recheck_a2a(
+    head: RequestHead,
+    peer: SpiffeId,
+    own: SpiffeId,
+    method: String,
+    user: Option<Map<String, Value>>,
+) -> Recheck {
+    Box::new(move |policy| {
+        let call = A2aCall {
+            method: &method,
+            user: user.as_ref(),
+        };
+        head.decide(|http| policy.check_a2a(&peer, &own, http, &call))
+    })
 }

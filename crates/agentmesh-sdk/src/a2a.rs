@@ -1,7 +1,13 @@
-//! A2A 1.0 over JSON-RPC, as the inbound reads it on a pair whose intention has A2A
-//! permissions: one JSON-RPC request per POST is parsed strictly and named by its method for
-//! the rules, and a `GetExtendedAgentCard` answer is filtered to the skills the caller's
-//! methods allow.
+//! A2A 1.0 over JSON-RPC, as the mesh reads it on a pair whose intention has A2A
+//! permissions (the sidecar's inbound and [`RequireIntention`](crate::RequireIntention) share
+//! this one reading): one JSON-RPC request per POST is parsed strictly and named by its
+//! method for the rules, and a `GetExtendedAgentCard` answer is filtered to the skills the
+//! caller's methods allow.
+//!
+//! A refused call is answered as JSON-RPC with HTTP 200 and the request's id, so an A2A
+//! client hands the caller the error's message (which names the intention) instead of a bare
+//! HTTP status. Requests that cannot be answered as one (not JSON, too large, a batch, no id)
+//! get a 4xx with a JSON-RPC error body.
 //!
 //! Choices: a batch is refused whole (A2A sends one request per POST, and one refused call
 //! would need a partial answer); a request without an id is refused (A2A has no client
@@ -12,9 +18,15 @@
 
 use std::sync::Arc;
 
-use agentmesh_policy::{is_a2a_method, skill_methods};
-use http::StatusCode;
-use serde_json::Value;
+use agentmesh_policy::{A2aCall, is_a2a_method, skill_methods};
+use agentmesh_spiffe::SpiffeId;
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Map, Value};
+
+use crate::jsonrpc::{AnswerBody, Refusal, boxed_answer, error_body};
+use crate::policy::{PolicyState, RequestHead};
 
 pub use crate::jsonrpc::{INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
 
@@ -82,6 +94,90 @@ impl From<crate::jsonrpc::BodyError> for A2aError {
             BodyError::Read(why) => A2aError::Read(why),
         }
     }
+}
+
+impl A2aError {
+    /// The reason a refusal logs and names in its `data`.
+    pub fn reason(&self) -> String {
+        format!("the A2A request is refused before any permission is checked: {self}")
+    }
+
+    /// The refusal of a request that was not read as a call: the status and the JSON-RPC
+    /// error (with the request's id when it was readable).
+    pub fn answer(&self, id: Option<&Value>, refusal: &Refusal<'_>) -> (StatusCode, Value) {
+        let (status, code) = self.status_and_code();
+        let message = format!("{}: {self}", refusal.by);
+        (
+            status,
+            error_body(id, code, &message, refusal.data(&self.reason())),
+        )
+    }
+}
+
+/// The refusal of a call the intentions deny: HTTP 200 with the JSON-RPC error [`DENIED`]
+/// naming the intention and the reason.
+pub fn denied(id: &Value, reason: &str, refusal: &Refusal<'_>) -> (StatusCode, Value) {
+    (
+        StatusCode::OK,
+        error_body(
+            Some(id),
+            DENIED,
+            &format!("denied by intentions: {reason}"),
+            refusal.data(reason),
+        ),
+    )
+}
+
+/// The default largest A2A request read (4 MiB; the sidecar's `[inbound]
+/// a2a_max_body_bytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest extended card answer that is filtered (4 MiB); a larger one is refused with
+/// 502 rather than passed unread.
+pub const MAX_CARD_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Reads one request (body up to `max` bytes, then [`Request::parse`]); on error, the
+/// request's id when it was readable.
+///
+/// # Errors
+/// [`A2aError`], with the id if known.
+pub async fn read_request<B>(
+    headers: &HeaderMap,
+    body: B,
+    max: usize,
+) -> Result<(Request, Bytes), (A2aError, Option<Value>)>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match crate::jsonrpc::read_json_body(headers, body, max).await {
+        Ok(bytes) => Request::parse(&bytes).map(|r| (r, bytes)),
+        Err(e) => Err((A2aError::from(e), None)),
+    }
+}
+
+/// Whether this caller (with this request head and user) may call each A2A method under
+/// `policy`: what its extended card shows it.
+pub fn allowed(
+    policy: Arc<PolicyState>,
+    peer: SpiffeId,
+    me: SpiffeId,
+    head: RequestHead,
+    user: Option<Map<String, Value>>,
+) -> Allowed {
+    Arc::new(move |a2a_method| {
+        let call = A2aCall {
+            method: a2a_method,
+            user: user.as_ref(),
+        };
+        head.decide(|http| policy.set.check_a2a(&peer, &me, http, &call).is_allowed())
+    })
+}
+
+/// Whether an A2A method answers with a stream (SSE) that stays open: what a policy change
+/// that denies the method must end.
+pub fn is_streaming(method: &str) -> bool {
+    matches!(method, "SendStreamingMessage" | "SubscribeToTask")
 }
 
 /// One parsed A2A request.
@@ -210,6 +306,54 @@ pub fn filter_card_answer(body: &[u8], id: &Value, allowed: &Allowed) -> Result<
         serde_json::from_slice(body).map_err(|e| format!("the card answer is not JSON: {e}"))?;
     filter_card(&mut msg, id, allowed);
     Ok(msg.to_string().into_bytes())
+}
+
+/// Filters a `GetExtendedAgentCard` answer. An answer that cannot be read as JSON is refused
+/// (502, the error opening with `by`), since passing it would show skills the caller may not
+/// use; a failed (non-2xx) answer passes as sent.
+pub async fn filter_card_response<B>(
+    resp: Response<B>,
+    id: Value,
+    allowed: Allowed,
+    by: &str,
+) -> Response<AnswerBody<B::Error>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let refuse = |why: String| {
+        tracing::warn!(reason = %why, "an A2A extended card answer could not be filtered; refused");
+        boxed_answer(
+            StatusCode::BAD_GATEWAY,
+            &error_body(
+                Some(&id),
+                INVALID_REQUEST,
+                &format!("{by}: {why}"),
+                Value::Null,
+            ),
+        )
+    };
+    if !resp.status().is_success() {
+        return resp.map(BodyExt::boxed_unsync);
+    }
+    if resp.headers().contains_key(http::header::CONTENT_ENCODING) {
+        return refuse("the agent encoded its card answer, so it cannot be filtered".into());
+    }
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let bytes = match Limited::new(body, MAX_CARD_ANSWER).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return refuse(format!("the card answer could not be read: {e}")),
+    };
+    match filter_card_answer(&bytes, &id, &allowed) {
+        Ok(filtered) => {
+            let body = Full::new(Bytes::from(filtered))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Response::from_parts(parts, body)
+        }
+        Err(why) => refuse(why),
+    }
 }
 
 #[cfg(test)]

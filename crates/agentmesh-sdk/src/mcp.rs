@@ -1,7 +1,14 @@
-//! MCP over Streamable HTTP, as the inbound reads it on a pair whose intention has MCP
-//! permissions: one JSON-RPC message per POST is parsed strictly, its `Mcp-Method` and
+//! MCP over Streamable HTTP, as the mesh reads it on a pair whose intention has MCP
+//! permissions (the sidecar's inbound and [`RequireIntention`](crate::RequireIntention) share
+//! this one reading): one JSON-RPC message per POST is parsed strictly, its `Mcp-Method` and
 //! `Mcp-Name` headers (2026-07-28) are checked against the body, the call is named for the
 //! rules, and `*/list` answers (JSON or SSE) are filtered to what the caller may use.
+//!
+//! A refused call is answered as JSON-RPC, with HTTP 200 and the request's id: the MCP SDKs
+//! hand such an error to the caller as the call's result and keep the session, where a 4xx
+//! makes some of them drop the whole transport. Messages that cannot be answered as a request
+//! (not JSON, too large, a batch, no id, a header that disagrees with the body) get a 4xx
+//! with a JSON-RPC error body.
 //!
 //! Choices: a JSON-RPC batch (an array, allowed only by 2025-03-26) is refused whole, since
 //! one refused call would otherwise need a partial answer the client cannot match; a
@@ -13,14 +20,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use agentmesh_policy::{McpCall, McpItem};
+use agentmesh_spiffe::SpiffeId;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, BodyStream, Full, Limited, StreamBody};
 use serde_json::{Map, Value};
 
+use crate::jsonrpc::{AnswerBody, BodyError, Refusal, boxed_answer};
 pub use crate::jsonrpc::{
     INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, error_body, is_json,
 };
+use crate::policy::{PolicyState, RequestHead};
 /// MCP 2026-07-28: an `Mcp-*` header is missing or does not match the body (the code the
 /// TypeScript and Ruby SDKs answer with).
 pub const HEADER_MISMATCH: i64 = -32020;
@@ -102,6 +113,84 @@ impl McpError {
             }
         }
     }
+}
+
+impl From<BodyError> for McpError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::NotJson(ct) => McpError::NotJson(ct),
+            BodyError::TooLarge(max) => McpError::TooLarge(max),
+            BodyError::Read(why) => McpError::Read(why),
+        }
+    }
+}
+
+impl McpError {
+    /// The reason a refusal logs and names in its `data`.
+    pub fn reason(&self) -> String {
+        format!("the MCP message is refused before any permission is checked: {self}")
+    }
+
+    /// The refusal of a message that was not read as a call: the status and the JSON-RPC
+    /// error (with the request's id when it was readable).
+    pub fn answer(&self, id: Option<&Value>, refusal: &Refusal<'_>) -> (StatusCode, Value) {
+        let (status, code) = self.status_and_code();
+        let message = format!("{}: {self}", refusal.by);
+        (
+            status,
+            error_body(id, code, &message, refusal.data(&self.reason())),
+        )
+    }
+}
+
+/// The refusal of a call the intentions deny: HTTP 200 with the JSON-RPC error [`DENIED`]
+/// naming the intention and the reason, or 403 for a notification (it has no id to answer).
+pub fn denied(id: Option<&Value>, reason: &str, refusal: &Refusal<'_>) -> (StatusCode, Value) {
+    let status = if id.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    (
+        status,
+        error_body(
+            id,
+            DENIED,
+            &format!("denied by intentions: {reason}"),
+            refusal.data(reason),
+        ),
+    )
+}
+
+/// The default largest MCP message read (4 MiB; the sidecar's `[inbound]
+/// mcp_max_body_bytes`): a tool call's arguments, with room to spare.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest `*/list` answer that is filtered (32 MiB); a thousand tools with their
+/// schemas are about 1 MiB. A larger answer is refused with 502 rather than passed unread.
+pub const MAX_LIST_ANSWER: usize = 32 * 1024 * 1024;
+
+/// Reads and checks one message (body up to `max` bytes, then [`Message::parse`] and
+/// [`Message::check_headers`]); on error, the request's id when it was readable.
+///
+/// # Errors
+/// [`McpError`], with the id if known.
+pub async fn read_message<B>(
+    headers: &HeaderMap,
+    body: B,
+    max: usize,
+) -> Result<(Message, Bytes), (McpError, Option<Value>)>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let bytes = crate::jsonrpc::read_json_body(headers, body, max)
+        .await
+        .map_err(|e| (McpError::from(e), None))?;
+    let msg = Message::parse(&bytes).map_err(|e| (e, None))?;
+    msg.check_headers(headers)
+        .map_err(|e| (e, msg.id.clone()))?;
+    Ok((msg, bytes))
 }
 
 /// Parses JSON refusing duplicate keys at any depth ([`crate::jsonrpc::parse_strict`]).
@@ -321,6 +410,16 @@ impl Message {
             Kind::Resource(u) => Some(McpItem::Resource(u)),
             Kind::Prompt(n) => Some(McpItem::Prompt(n)),
             _ => None,
+        }
+    }
+
+    /// The tool, resource and prompt the message names, for logs and spans.
+    pub fn names(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        match &self.kind {
+            Kind::Tool { name, .. } => (Some(name), None, None),
+            Kind::Resource(u) => (None, Some(u), None),
+            Kind::Prompt(n) => (None, None, Some(n)),
+            _ => (None, None, None),
         }
     }
 
@@ -586,6 +685,97 @@ where
             }
         }
     })
+}
+
+/// Whether a listed item would be allowed for this caller under `policy` (arguments
+/// unknown, no user): what a `*/list` answer shows it.
+pub fn keep(
+    policy: std::sync::Arc<PolicyState>,
+    peer: SpiffeId,
+    me: SpiffeId,
+    head: RequestHead,
+) -> Keep {
+    std::sync::Arc::new(move |item| {
+        let call = McpCall {
+            method: "list",
+            item: Some(item),
+            arguments: None,
+            user: None,
+        };
+        head.decide(|http| policy.set.check_mcp(&peer, &me, http, &call).is_allowed())
+    })
+}
+
+/// Filters a `*/list` answer: JSON read whole, SSE event by event. An answer that cannot be
+/// read as either is refused (502, the error opening with `by`), since passing it would show
+/// what the caller may not use; a failed (non-2xx) answer passes as sent.
+pub async fn filter_list_response<B>(
+    resp: Response<B>,
+    listing: Listing,
+    id: Value,
+    keep: Keep,
+    by: &str,
+) -> Response<AnswerBody<B::Error>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let refuse = |why: String| {
+        tracing::warn!(reason = %why, "an MCP list answer could not be filtered; refused");
+        boxed_answer(
+            StatusCode::BAD_GATEWAY,
+            &error_body(
+                Some(&id),
+                INVALID_REQUEST,
+                &format!("{by}: {why}"),
+                Value::Null,
+            ),
+        )
+    };
+    if resp.headers().contains_key(http::header::CONTENT_ENCODING) {
+        return refuse("the server encoded its list answer, so it cannot be filtered".into());
+    }
+    let ct = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let sse = crate::jsonrpc::is_sse(resp.headers());
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    if is_json(ct.as_deref()) {
+        let bytes = match Limited::new(body, MAX_LIST_ANSWER).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => return refuse(format!("the list answer could not be read: {e}")),
+        };
+        let mut msg: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => return refuse(format!("the list answer is not JSON: {e}")),
+        };
+        filter_answer(&mut msg, &id, listing, &keep);
+        let body = Full::new(Bytes::from(msg.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        return Response::from_parts(parts, body);
+    }
+    if sse {
+        let data = futures::StreamExt::filter_map(BodyStream::new(body), |f| async move {
+            match f {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        });
+        let filtered = filter_sse(data, id, listing, keep, MAX_LIST_ANSWER);
+        let frames = futures::StreamExt::map(filtered, |r| r.map(hyper::body::Frame::data));
+        return Response::from_parts(parts, StreamBody::new(frames).boxed_unsync());
+    }
+    if !parts.status.is_success() {
+        return Response::from_parts(parts, body.boxed_unsync());
+    }
+    refuse(format!(
+        "the list answer is neither JSON nor SSE (content-type {:?})",
+        ct.unwrap_or_default()
+    ))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! JSON-RPC 2.0 as the inbound reads it on MCP and A2A routes: strict parsing (no duplicate
-//! keys), the body read up to a limit, the standard error codes, and the sidecar's own error
-//! answers. The protocols' own rules sit in [`crate::mcp`] and [`crate::a2a`].
+//! JSON-RPC 2.0 as the mesh reads it on MCP and A2A routes, in the sidecar's inbound and in
+//! [`RequireIntention`](crate::RequireIntention) alike: strict parsing (no duplicate keys),
+//! the body read up to a limit, the standard error codes, and the mesh's own error answers.
+//! The protocols' own rules sit in [`crate::mcp`] and [`crate::a2a`].
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -144,7 +145,7 @@ pub fn is_json(content_type: Option<&str>) -> bool {
     })
 }
 
-/// A JSON-RPC error answer from the sidecar; `id` null when the request had none or could
+/// A JSON-RPC error answer from the mesh; `id` null when the request had none or could
 /// not be read.
 pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> Value {
     json!({
@@ -152,4 +153,70 @@ pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> 
         "id": id.cloned().unwrap_or(Value::Null),
         "error": {"code": code, "message": message, "data": data},
     })
+}
+
+/// Who refused a call, and in which exchange: the `data` of every refusal on MCP and A2A
+/// routes, so a client, a log reader and an operator see the same names whether a sidecar or
+/// an in-process service refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    /// What the error message opens with: `agentmesh sidecar` or `agentmesh`.
+    pub by: &'a str,
+    /// The intention that decided (for a message refused unread: the pair's).
+    pub intention: Option<&'a str>,
+    /// The caller's SPIFFE ID.
+    pub source: &'a str,
+    /// The callee's SPIFFE ID.
+    pub destination: &'a str,
+    /// The request's W3C trace id (empty when none).
+    pub trace_id: &'a str,
+}
+
+impl Refusal<'_> {
+    /// The error's `data`: the intention, the reason and who called whom.
+    pub fn data(&self, reason: &str) -> Value {
+        json!({
+            "intention": self.intention,
+            "reason": reason,
+            "source": self.source,
+            "destination": self.destination,
+            "trace_id": self.trace_id,
+        })
+    }
+}
+
+/// A JSON response the mesh answers itself (a refusal, or a list it could not filter).
+pub fn json_answer(
+    status: http::StatusCode,
+    body: &Value,
+) -> http::Response<http_body_util::Full<Bytes>> {
+    let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let mut resp = http::Response::new(http_body_util::Full::new(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The body type of an answer the mesh may have rewritten (a filtered list or card): any
+/// body, with the error of the body it came from.
+pub type AnswerBody<E> = http_body_util::combinators::UnsyncBoxBody<Bytes, E>;
+
+/// [`json_answer`] as an [`AnswerBody`].
+pub fn boxed_answer<E: 'static>(
+    status: http::StatusCode,
+    body: &Value,
+) -> http::Response<AnswerBody<E>> {
+    json_answer(status, body).map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// Whether a content type is `text/event-stream` (any case, any parameters).
+pub fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
 }
