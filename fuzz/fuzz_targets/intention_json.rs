@@ -38,15 +38,22 @@ fuzz_target!(|input: &str| {
     assert_eq!(again.destination, intention.destination);
 
     // Decisions: a deny intention never admits anything, and a pair no intention names is
-    // denied by default.
+    // denied by default. A `*` source stands for callers of the destination's own trust
+    // domain only (a federated caller needs an intention that names it).
     let outsider: SpiffeId = "spiffe://other.example/outsider"
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
-    let pick = |t: &Target| match t {
-        Target::Any => outsider.clone(),
+    let destination = match &intention.destination {
+        Target::Any => {
+            SpiffeId::from_service_name(&td, "anything").unwrap_or_else(|e| panic!("{e}"))
+        }
         Target::Id(id) => id.clone(),
     };
-    let (source, destination) = (pick(&intention.source), pick(&intention.destination));
+    let source = match &intention.source {
+        Target::Any => SpiffeId::from_service_name(destination.trust_domain(), "anyone")
+            .unwrap_or_else(|e| panic!("{e}")),
+        Target::Id(id) => id.clone(),
+    };
     let set = PolicySet::new(vec![intention.clone()]);
     let connection = set.check_connection(&source, &destination);
     let tcp = set.check_tcp(&source, &destination);
@@ -58,6 +65,13 @@ fuzz_target!(|input: &str| {
         assert!(
             !tcp.is_allowed(),
             "raw TCP passed an intention with L7 rules"
+        );
+    }
+    if intention.source == Target::Any && destination.trust_domain() != outsider.trust_domain() {
+        let foreign = set.check_connection(&outsider, &destination);
+        assert!(
+            !foreign.is_allowed(),
+            "a `*` source admitted a foreign caller"
         );
     }
     if intention.source.is_exact() && intention.source != Target::Id(outsider.clone()) {

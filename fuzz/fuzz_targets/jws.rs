@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use agentmesh_sdk::jws;
 use agentmesh_sdk::testing::TestIssuer;
-use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier};
 use agentmesh_sdk::{SpiffeId, TrustDomain};
+use agentmesh_sdk::{UserTokenConfig, UserTokenVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
