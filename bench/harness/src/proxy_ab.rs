@@ -128,6 +128,39 @@ async fn run_async(
         )
         .await?,
     ];
+    let mut table = compare_pairs(
+        &pairs,
+        app,
+        sizes,
+        rounds,
+        format!("proxy-ab: the agentmesh proxy pair, this build vs {baseline_label}, same run"),
+    )
+    .await?;
+    table.note(format!(
+        "Peer: the same pair run from the baseline build ({baseline_label}), started next to this \
+         build's pair against one app and one control plane (this build's server and node). \
+         {rounds} rounds of {} s each, alternating which build goes first; each round measures \
+         saturation ({SATURATION_CONNECTIONS} connections) and then latency at a fixed rate \
+         ({RATE_CONNECTIONS} connections), with the app called directly in the same round, so \
+         added = pair − direct of that round. Spread = (max − min) / median over one build's \
+         rounds: a ratio whose distance from 1.00× is within both spreads is noise.",
+        sizes.seconds
+    ));
+    Ok(table)
+}
+
+/// The A/B table of two pairs in front of `app`: throughput and added latency measured by
+/// [`alternate`], then each sidecar's RSS after the load; the caller adds its note.
+///
+/// # Errors
+/// A pair failing requests, or a sidecar gone before its memory is read.
+pub(crate) async fn compare_pairs(
+    pairs: &[MeshPair; 2],
+    app: std::net::SocketAddr,
+    sizes: Sizes,
+    rounds: usize,
+    title: String,
+) -> anyhow::Result<Table> {
     let figures = alternate(
         [pairs[0].client.into(), pairs[1].client.into()],
         app.into(),
@@ -141,10 +174,7 @@ async fn run_async(
         .flat_map(|p| p.pids)
         .map(memory)
         .collect::<Result<_, _>>()?;
-
-    let mut table = Table::new(format!(
-        "proxy-ab: the agentmesh proxy pair, this build vs {baseline_label}, same run"
-    ));
+    let mut table = Table::new(title);
     ab_rows(&mut table, &figures, sizes, rounds);
     for (i, side) in ["client", "server"].into_iter().enumerate() {
         table.row(
@@ -155,16 +185,6 @@ async fn run_async(
             "",
         );
     }
-    table.note(format!(
-        "Peer: the same pair run from the baseline build ({baseline_label}), started next to this \
-         build's pair against one app and one control plane (this build's server and node). \
-         {rounds} rounds of {} s each, alternating which build goes first; each round measures \
-         saturation ({SATURATION_CONNECTIONS} connections) and then latency at a fixed rate \
-         ({RATE_CONNECTIONS} connections), with the app called directly in the same round, so \
-         added = pair − direct of that round. Spread = (max − min) / median over one build's \
-         rounds: a ratio whose distance from 1.00× is within both spreads is noise.",
-        sizes.seconds
-    ));
     Ok(table)
 }
 

@@ -16,15 +16,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::load::Call;
 use crate::propagation::{ControlPlane, TRUST_DOMAIN};
 use crate::proxy::{
     MeshPair, SidecarCommand, Sizes, SpireIdentity, proxy_executable_beside, register, start_app,
     start_pair, start_pair_on,
 };
-use crate::proxy_ab::{ab_rows, alternate};
-use crate::report::{Table, mib, ratio};
-use crate::scale::{Proc, free_port, memory, poll};
+use crate::proxy_ab::compare_pairs;
+use crate::report::Table;
+use crate::scale::{Proc, free_port, poll};
 
 /// The gids the SPIRE pair's client and server sidecars run with (SPIRE selects by them).
 const GIDS: [u32; 2] = [61_100, 61_101];
@@ -240,32 +239,14 @@ async fn run_async(
         )
         .await?,
     ];
-    let figures = alternate(
-        [pairs[0].client.into(), pairs[1].client.into()],
-        app.into(),
-        &Call::get_ok(),
+    let mut table = compare_pairs(
+        &pairs,
+        app,
         sizes,
         rounds,
+        "spire: the agentmesh proxy pair on SPIRE SVIDs vs on agentmesh SVIDs, same run".into(),
     )
     .await?;
-    let after: Vec<_> = pairs
-        .iter()
-        .flat_map(|p| p.pids)
-        .map(memory)
-        .collect::<Result<_, _>>()?;
-    let mut table = Table::new(
-        "spire: the agentmesh proxy pair on SPIRE SVIDs vs on agentmesh SVIDs, same run",
-    );
-    ab_rows(&mut table, &figures, sizes, rounds);
-    for (i, side) in ["client", "server"].into_iter().enumerate() {
-        table.row(
-            format!("RSS of the {side} sidecar after the load (VmRSS)"),
-            mib(after[i].rss),
-            mib(after[2 + i].rss),
-            ratio(after[i].rss, after[2 + i].rss),
-            "",
-        );
-    }
     table.note(format!(
         "Us: `agentmesh-proxy` with `workload_api` on a SPIRE v1.13.3 agent (join token, unix \
          attestor, the sidecars selected by gid) and `policy_api` on the agentmesh node. Peer: \
