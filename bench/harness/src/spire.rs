@@ -30,7 +30,7 @@ const GIDS: [u32; 2] = [61_100, 61_101];
 
 /// A SPIRE server and one agent (join token, unix workload attestor), as SPIRE's quickstart
 /// has them, in `dir`; both stop when this is dropped.
-struct Spire {
+pub(crate) struct Spire {
     bin: PathBuf,
     dir: PathBuf,
     _procs: Vec<Proc>,
@@ -38,6 +38,19 @@ struct Spire {
 
 impl Spire {
     async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_domain(bin, dir, TRUST_DOMAIN, "", true).await
+    }
+
+    /// A SPIRE server of `trust_domain` with `server_block` (say, `ca_ttl` or a `federation`
+    /// block) inside its `server { … }`, and its agent (alias `spiffe://TD/host`) only if
+    /// `with_agent`.
+    pub(crate) async fn start_domain(
+        bin: &Path,
+        dir: &Path,
+        trust_domain: &str,
+        server_block: &str,
+        with_agent: bool,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let server_conf = dir.join("server.conf");
@@ -48,9 +61,10 @@ impl Spire {
   bind_address = "127.0.0.1"
   bind_port = "{port}"
   socket_path = "{sock}"
-  trust_domain = "{TRUST_DOMAIN}"
+  trust_domain = "{trust_domain}"
   data_dir = "{data}"
   log_level = "WARN"
+{server_block}
 }}
 plugins {{
   DataStore "sql" {{
@@ -85,11 +99,14 @@ plugins {{
         .await?;
         let bundle = me.server(&["bundle", "show"])?;
         std::fs::write(dir.join("bundle.pem"), bundle)?;
+        if !with_agent {
+            return Ok(me);
+        }
         let token = me.server(&[
             "token",
             "generate",
             "-spiffeID",
-            &format!("spiffe://{TRUST_DOMAIN}/host"),
+            &format!("spiffe://{trust_domain}/host"),
         ])?;
         let token = token
             .split_whitespace()
@@ -107,7 +124,7 @@ plugins {{
   server_port = "{port}"
   socket_path = "{sock}"
   trust_bundle_path = "{bundle}"
-  trust_domain = "{TRUST_DOMAIN}"
+  trust_domain = "{trust_domain}"
 }}
 plugins {{
   NodeAttestor "join_token" {{ plugin_data {{}} }}
@@ -145,12 +162,13 @@ plugins {{
         Ok(me)
     }
 
-    fn socket(&self) -> PathBuf {
+    /// The agent's Workload API socket.
+    pub(crate) fn socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
     }
 
     /// `spire-server ARGS -socketPath …`: its stdout, or why it failed.
-    fn server(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn server(&self, args: &[&str]) -> anyhow::Result<String> {
         let out: Output = Command::new(self.bin.join("spire-server"))
             .args(args)
             .arg("-socketPath")

@@ -33,6 +33,10 @@ use crate::state::ServerState;
 pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
 /// The shortest refresh a foreign publisher can ask for: a hint of 0 must not spin.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Fetches per refresh hint, as SPIRE makes them (`attemptsPerRefreshHint`): a publisher's
+/// hint says how stale a consumer may get, so one failed or slow fetch must not make it
+/// staler than that.
+const ATTEMPTS_PER_HINT: u32 = 4;
 /// The first retry after a failed fetch; doubles up to [`MAX_RETRY`] (never past the
 /// refresh interval).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -596,11 +600,7 @@ async fn refresh_loop(peer: Peer, state: Arc<ServerState>, mut stop: watch::Rece
                     tracing::info!(trust_domain = %peer.trust_domain, url = %peer.url, "the federated bundle endpoint answers again");
                 }
                 retry = FIRST_RETRY;
-                wait = bundle
-                    .refresh_hint
-                    .and_then(|h| u64::try_from(h).ok())
-                    .map_or(DEFAULT_REFRESH_HINT, Duration::from_secs)
-                    .max(MIN_REFRESH);
+                wait = refresh_interval(bundle.refresh_hint);
                 if let Err(e) = store(&state, &peer.trust_domain, &bundle, &peer.url) {
                     tracing::error!(trust_domain = %peer.trust_domain, error = %e, "storing the federated bundle failed");
                 }
@@ -619,6 +619,16 @@ async fn refresh_loop(peer: Peer, state: Arc<ServerState>, mut stop: watch::Rece
             }
         }
     }
+}
+
+/// The wait before the next fetch of a bundle carrying `hint` (seconds): a quarter of the
+/// hint, at least [`MIN_REFRESH`]; [`DEFAULT_REFRESH_HINT`] when there is none.
+fn refresh_interval(hint: Option<i64>) -> Duration {
+    hint.and_then(|h| u64::try_from(h).ok())
+        .map_or(DEFAULT_REFRESH_HINT, |h| {
+            Duration::from_secs(h) / ATTEMPTS_PER_HINT
+        })
+        .max(MIN_REFRESH)
 }
 
 /// What the last good bundle of `td` is worth now, in words for the log line.
@@ -702,6 +712,16 @@ async fn fetch(peer: &Peer, state: &ServerState) -> Result<Fetched, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_is_fetched_four_times_per_refresh_hint_and_never_faster_than_each_second() {
+        assert_eq!(refresh_interval(Some(60)), Duration::from_secs(15));
+        assert_eq!(refresh_interval(Some(300)), Duration::from_secs(75));
+        assert_eq!(refresh_interval(Some(2)), MIN_REFRESH);
+        assert_eq!(refresh_interval(Some(0)), MIN_REFRESH);
+        assert_eq!(refresh_interval(Some(-5)), DEFAULT_REFRESH_HINT);
+        assert_eq!(refresh_interval(None), DEFAULT_REFRESH_HINT);
+    }
 
     fn parse(toml_text: &str) -> Result<FederationConfig, String> {
         #[derive(Deserialize)]
