@@ -25,7 +25,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value};
 
-use crate::jsonrpc::{AnswerBody, Refusal, boxed_answer, error_body};
+use crate::jsonrpc::{AnswerBody, ReadError, Refusal, boxed_answer, error_body};
 use crate::policy::{PolicyState, RequestHead};
 
 pub use crate::jsonrpc::{INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
@@ -69,9 +69,10 @@ pub enum A2aError {
     InvalidParams(String),
 }
 
-impl A2aError {
-    /// The HTTP status and JSON-RPC code of the refusal.
-    pub fn status_and_code(&self) -> (StatusCode, i64) {
+impl ReadError for A2aError {
+    const REQUEST: &'static str = "A2A request";
+
+    fn status_and_code(&self) -> (StatusCode, i64) {
         match self {
             A2aError::NotJson(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, PARSE_ERROR),
             A2aError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST),
@@ -93,24 +94,6 @@ impl From<crate::jsonrpc::BodyError> for A2aError {
             BodyError::TooLarge(max) => A2aError::TooLarge(max),
             BodyError::Read(why) => A2aError::Read(why),
         }
-    }
-}
-
-impl A2aError {
-    /// The reason a refusal logs and names in its `data`.
-    pub fn reason(&self) -> String {
-        format!("the A2A request is refused before any permission is checked: {self}")
-    }
-
-    /// The refusal of a request that was not read as a call: the status and the JSON-RPC
-    /// error (with the request's id when it was readable).
-    pub fn answer(&self, id: Option<&Value>, refusal: &Refusal<'_>) -> (StatusCode, Value) {
-        let (status, code) = self.status_and_code();
-        let message = format!("{}: {self}", refusal.by);
-        (
-            status,
-            error_body(id, code, &message, refusal.data(&self.reason())),
-        )
     }
 }
 

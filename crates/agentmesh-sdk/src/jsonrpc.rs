@@ -3,8 +3,10 @@
 //! the body read up to a limit, the standard error codes, and the mesh's own error answers.
 //! The protocols' own rules sit in [`crate::mcp`] and [`crate::a2a`].
 
+use agentmesh_policy::PolicySet;
+use agentmesh_spiffe::SpiffeId;
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
@@ -183,6 +185,83 @@ impl Refusal<'_> {
             "trace_id": self.trace_id,
         })
     }
+}
+
+/// Why a request on an MCP or A2A route could not be read as a call
+/// ([`McpError`](crate::mcp::McpError), [`A2aError`](crate::a2a::A2aError)): what both refuse
+/// such a request with, so the two protocols' refusals differ only in their words and codes.
+pub trait ReadError: std::fmt::Display {
+    /// What the protocol calls one request in a reason: `MCP message`, `A2A request`.
+    const REQUEST: &'static str;
+
+    /// The HTTP status and JSON-RPC code of the refusal.
+    fn status_and_code(&self) -> (StatusCode, i64);
+
+    /// The reason a refusal logs and names in its `data`.
+    fn reason(&self) -> String {
+        format!(
+            "the {} is refused before any permission is checked: {self}",
+            Self::REQUEST
+        )
+    }
+
+    /// The refusal of a request that was not read as a call: the status and the JSON-RPC
+    /// error (with the request's id when it was readable).
+    fn answer(&self, id: Option<&Value>, refusal: &Refusal<'_>) -> (StatusCode, Value) {
+        let (status, code) = self.status_and_code();
+        let message = format!("{}: {self}", refusal.by);
+        (
+            status,
+            error_body(id, code, &message, refusal.data(&self.reason())),
+        )
+    }
+}
+
+/// A request on an MCP or A2A route that could not be read as a call: what the caller is
+/// answered and what its decision record says.
+#[derive(Debug)]
+pub struct Unread {
+    /// The pair's intention: no permission was reached, so the rule that admitted the route is
+    /// the one an operator is shown.
+    pub intention: Option<String>,
+    /// Why ([`ReadError::reason`]).
+    pub reason: String,
+    /// The answer's HTTP status.
+    pub status: StatusCode,
+    /// The answer: a JSON-RPC error ([`ReadError::answer`]).
+    pub body: Value,
+}
+
+/// How every request on an MCP or A2A route opens, in the sidecar's inbound and in
+/// [`RequireIntention`](crate::RequireIntention) alike: the protocol's reading of the body
+/// (`read`) gives the call, or the request is refused as [`Unread`], named with the intention
+/// `set` admits the pair `peer` → `me` with.
+///
+/// # Errors
+/// [`Unread`], when `read` failed.
+pub fn refuse_unread<C, E: ReadError>(
+    read: Result<(C, Bytes), (E, Option<Value>)>,
+    set: &PolicySet,
+    peer: &SpiffeId,
+    me: &SpiffeId,
+    refusal: Refusal<'_>,
+) -> Result<(C, Bytes), Unread> {
+    let (e, id) = match read {
+        Ok(read) => return Ok(read),
+        Err(unread) => unread,
+    };
+    let intention = set.check_connection(peer, me).intention_id;
+    let refusal = Refusal {
+        intention: intention.as_deref(),
+        ..refusal
+    };
+    let (status, body) = e.answer(id.as_ref(), &refusal);
+    Err(Unread {
+        reason: e.reason(),
+        intention,
+        status,
+        body,
+    })
 }
 
 /// A JSON response the mesh answers itself (a refusal, or a list it could not filter).

@@ -27,7 +27,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, BodyStream, Full, Limited, StreamBody};
 use serde_json::{Map, Value};
 
-use crate::jsonrpc::{AnswerBody, BodyError, Refusal, boxed_answer};
+use crate::jsonrpc::{AnswerBody, BodyError, ReadError, Refusal, boxed_answer};
 pub use crate::jsonrpc::{
     INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, error_body, is_json,
 };
@@ -96,9 +96,10 @@ pub enum McpError {
     HeaderBad(String),
 }
 
-impl McpError {
-    /// The HTTP status and JSON-RPC code of the refusal.
-    pub fn status_and_code(&self) -> (StatusCode, i64) {
+impl ReadError for McpError {
+    const REQUEST: &'static str = "MCP message";
+
+    fn status_and_code(&self) -> (StatusCode, i64) {
         match self {
             McpError::NotJson(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, PARSE_ERROR),
             McpError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST),
@@ -122,24 +123,6 @@ impl From<BodyError> for McpError {
             BodyError::TooLarge(max) => McpError::TooLarge(max),
             BodyError::Read(why) => McpError::Read(why),
         }
-    }
-}
-
-impl McpError {
-    /// The reason a refusal logs and names in its `data`.
-    pub fn reason(&self) -> String {
-        format!("the MCP message is refused before any permission is checked: {self}")
-    }
-
-    /// The refusal of a message that was not read as a call: the status and the JSON-RPC
-    /// error (with the request's id when it was readable).
-    pub fn answer(&self, id: Option<&Value>, refusal: &Refusal<'_>) -> (StatusCode, Value) {
-        let (status, code) = self.status_and_code();
-        let message = format!("{}: {self}", refusal.by);
-        (
-            status,
-            error_body(id, code, &message, refusal.data(&self.reason())),
-        )
     }
 }
 

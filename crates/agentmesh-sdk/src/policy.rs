@@ -22,7 +22,7 @@ use agentmesh_spiffe::TrustDomain;
 use tokio::sync::watch;
 
 use crate::delegation::CallUser;
-use crate::jsonrpc::Refusal;
+use crate::jsonrpc::{ReadError, Refusal, refuse_unread};
 
 /// One version of the policy.
 #[derive(Debug, Default)]
@@ -684,6 +684,29 @@ impl Exchange {
         }
     }
 
+    /// Opens a POST on a pair with MCP or A2A permissions as the sidecar's inbound opens it
+    /// ([`refuse_unread`](crate::jsonrpc::refuse_unread)): the call read, or the request
+    /// refused, reported and answered here.
+    async fn open<C, E: ReadError>(
+        &self,
+        read: impl Future<Output = Result<(C, bytes::Bytes), (E, Option<serde_json::Value>)>>,
+        peer: &agentmesh_spiffe::SpiffeId,
+        policy: &PolicyState,
+        refusal: Refusal<'_>,
+    ) -> Result<(C, bytes::Bytes), axum::response::Response> {
+        let read = read.await;
+        refuse_unread(read, &policy.set, peer, &self.layer.me, refusal).map_err(|unread| {
+            self.report(
+                "deny",
+                unread.intention.as_deref(),
+                &unread.reason,
+                unread.status.as_u16(),
+                CallNames::default(),
+            );
+            json_response(unread.status, &unread.body)
+        })
+    }
+
     /// A POST on a pair with MCP permissions: read, checked and decided as the sidecar's
     /// inbound does; only an allowed message reaches `inner`.
     async fn mcp<S, B>(
@@ -703,24 +726,11 @@ impl Exchange {
         let (source, destination) = (peer.to_string(), me.to_string());
         let mut refusal = self.refusal(&source, &destination);
         let (mut parts, body) = req.into_parts();
-        let (msg, bytes) =
-            match mcp::read_message(&parts.headers, body, self.layer.mcp_max_body).await {
-                Ok(read) => read,
-                Err((e, id)) => {
-                    // Named with the pair's intention, which admitted the route.
-                    let pair = policy.set.check_connection(&peer, &me);
-                    refusal.intention = pair.intention_id.as_deref();
-                    let (status, body) = e.answer(id.as_ref(), &refusal);
-                    self.report(
-                        "deny",
-                        refusal.intention,
-                        &e.reason(),
-                        status.as_u16(),
-                        CallNames::default(),
-                    );
-                    return Ok(json_response(status, &body));
-                }
-            };
+        let read = mcp::read_message(&parts.headers, body, self.layer.mcp_max_body);
+        let (msg, bytes) = match self.open(read, &peer, &policy, refusal).await {
+            Ok(read) => read,
+            Err(refused) => return Ok(refused),
+        };
         let user = self.user(&parts.headers, &peer);
         let mut d = {
             let headers = header_pairs(&parts.headers);
@@ -845,23 +855,11 @@ impl Exchange {
         let (source, destination) = (peer.to_string(), me.to_string());
         let mut refusal = self.refusal(&source, &destination);
         let (mut parts, body) = req.into_parts();
-        let (call, bytes) =
-            match a2a::read_request(&parts.headers, body, self.layer.a2a_max_body).await {
-                Ok(read) => read,
-                Err((e, id)) => {
-                    let pair = policy.set.check_connection(&peer, &me);
-                    refusal.intention = pair.intention_id.as_deref();
-                    let (status, body) = e.answer(id.as_ref(), &refusal);
-                    self.report(
-                        "deny",
-                        refusal.intention,
-                        &e.reason(),
-                        status.as_u16(),
-                        CallNames::default(),
-                    );
-                    return Ok(json_response(status, &body));
-                }
-            };
+        let read = a2a::read_request(&parts.headers, body, self.layer.a2a_max_body);
+        let (call, bytes) = match self.open(read, &peer, &policy, refusal).await {
+            Ok(read) => read,
+            Err(refused) => return Ok(refused),
+        };
         let names = || CallNames {
             a2a_method: Some(call.method.clone()),
             ..CallNames::default()

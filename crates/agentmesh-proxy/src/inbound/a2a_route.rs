@@ -13,18 +13,17 @@
 use agentmesh_policy::{A2aCall, HttpRequest};
 use agentmesh_proto::limits::RequestBody;
 use agentmesh_sdk::a2a;
-use agentmesh_sdk::jsonrpc::Refusal;
 use agentmesh_sdk::{RequestHead, header_pairs};
 use agentmesh_spiffe::SpiffeId;
-use agentmesh_telemetry::{Span, attr};
+use agentmesh_telemetry::Span;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use serde_json::{Map, Value, json};
 
-use super::mcp_route::{Ctx, REFUSED_BY, Recheck, revocable};
-use super::{AppBody, Inbound, InboundRecord};
+use super::mcp_route::{Ctx, Opened, REFUSED_BY, Recheck, revocable};
+use super::{AppBody, Inbound};
 use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
-use crate::telemetry::{A2aLog, span_identities};
+use crate::telemetry::A2aLog;
 
 impl Inbound {
     pub(super) async fn a2a_request(
@@ -33,55 +32,20 @@ impl Inbound {
         ctx: Ctx<'_>,
         mut span: Span,
     ) -> Response<BoxBody> {
-        let (source, destination) = (ctx.peer.to_string(), ctx.own.svid.id.to_string());
-        if span.is_recording() {
-            span_identities(
-                &mut span,
-                &destination,
-                &source,
-                &destination,
-                &source,
-                "http",
-                Some(ctx.addr),
-            );
-            span.set_str(attr::HTTP_METHOD, ctx.method);
-            span.set_str(attr::URL_PATH, ctx.path);
-        }
-        let policy = self.policy.current();
-        let mut record = InboundRecord {
-            started: ctx.started,
-            addr: ctx.addr,
-            intention: None,
-            source: &source,
-            destination: &destination,
-            trace_id: ctx.trace_id,
-            method: ctx.method,
-            path: ctx.path,
-            mcp: None,
-            a2a: None,
-        };
-        let mut refusal = Refusal {
-            by: REFUSED_BY,
-            intention: None,
-            source: &source,
-            destination: &destination,
-            trace_id: ctx.trace_id,
-        };
+        let ids = ctx.ids();
         let (mut parts, body) = req.into_parts();
-        let (call, bytes) = match a2a::read_request(&parts.headers, body, self.a2a_max_body).await {
-            Ok(read) => read,
-            Err((e, id)) => {
-                // Refused before any permission: named with the pair's intention, which
-                // admitted the connection, so an operator sees which rule's route it was.
-                let pair = policy.set.check_connection(ctx.peer, &ctx.own.svid.id);
-                record.intention = pair.intention_id.as_deref();
-                refusal.intention = record.intention;
-                let (status, body) = e.answer(id.as_ref(), &refusal);
-                self.metrics.decided("inbound", &source, false);
-                record.log(&mut span, "deny", &e.reason(), status.as_u16());
-                return json_response(status, &body);
-            }
+        let read = a2a::read_request(&parts.headers, body, self.a2a_max_body);
+        let Opened {
+            policy,
+            mut record,
+            mut refusal,
+            call,
+            bytes,
+        } = match self.open(&ctx, &ids, &mut span, read).await {
+            Ok(opened) => opened,
+            Err(refused) => return refused,
         };
+        let source = &ids.0;
         let user = self.user(&parts.headers, ctx.peer, ctx.own);
         let headers = header_pairs(&parts.headers);
         let http = HttpRequest {
@@ -106,7 +70,7 @@ impl Inbound {
             a2a_method: &call.method,
             user: user.claims.as_ref().map(|c| c.sub.as_str()),
         });
-        self.metrics.decided("inbound", &source, d.is_allowed());
+        self.metrics.decided("inbound", source, d.is_allowed());
         if !d.is_allowed() {
             let (status, body) = a2a::denied(&call.id, &d.reason, &refusal);
             record.log(&mut span, "deny", &d.reason, status.as_u16());

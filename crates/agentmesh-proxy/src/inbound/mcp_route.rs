@@ -8,9 +8,10 @@
 
 use agentmesh_sdk::delegation::{CallUser, call_user};
 use agentmesh_sdk::header_pairs;
-use agentmesh_sdk::jsonrpc::Refusal;
+use agentmesh_sdk::jsonrpc::{ReadError, Refusal, refuse_unread};
 use agentmesh_sdk::mcp::{self, Kind, Message};
-use agentmesh_sdk::{RequestHead, X509Context};
+use agentmesh_sdk::{PolicyState, RequestHead, X509Context};
+use bytes::Bytes;
 use http_body_util::{BodyStream, StreamBody};
 use serde_json::{Value, json};
 
@@ -154,21 +155,46 @@ fn mcp_log<'a>(msg: &'a Message, user: Option<&'a str>) -> McpLog<'a> {
     }
 }
 
+impl Ctx<'_> {
+    /// The caller's and this workload's SPIFFE IDs as text: what an MCP or A2A request's
+    /// record and refusals borrow.
+    pub(super) fn ids(&self) -> (String, String) {
+        (self.peer.to_string(), self.own.svid.id.to_string())
+    }
+}
+
+/// An MCP or A2A request [`Inbound::open`] read as a call.
+pub(super) struct Opened<'a, C> {
+    /// The policy it is decided under (taken before its body was read).
+    pub policy: Arc<PolicyState>,
+    /// Its access record, the intention still unset.
+    pub record: InboundRecord<'a>,
+    /// What its refusals name, the intention still unset.
+    pub refusal: Refusal<'a>,
+    /// The call.
+    pub call: C,
+    /// The body it was read from, forwarded as it came.
+    pub bytes: Bytes,
+}
+
 impl Inbound {
-    pub(super) async fn mcp_request(
+    /// Opens an MCP or A2A request alike: names the span, takes the policy, begins the record
+    /// and reads the call with `read` (the protocol's reading of the body); a request that
+    /// cannot be read as one is refused here, logged and answered.
+    pub(super) async fn open<'a, C, E: ReadError>(
         &self,
-        req: Request<RequestBody>,
-        ctx: Ctx<'_>,
-        mut span: Span,
-    ) -> Response<BoxBody> {
-        let (source, destination) = (ctx.peer.to_string(), ctx.own.svid.id.to_string());
+        ctx: &Ctx<'a>,
+        (source, destination): &'a (String, String),
+        span: &mut Span,
+        read: impl Future<Output = Result<(C, Bytes), (E, Option<Value>)>>,
+    ) -> Result<Opened<'a, C>, Response<BoxBody>> {
         if span.is_recording() {
             span_identities(
-                &mut span,
-                &destination,
-                &source,
-                &destination,
-                &source,
+                span,
+                destination,
+                source,
+                destination,
+                source,
                 "http",
                 Some(ctx.addr),
             );
@@ -176,40 +202,66 @@ impl Inbound {
             span.set_str(attr::URL_PATH, ctx.path);
         }
         let policy = self.policy.current();
-        let mut record = InboundRecord {
+        let record = InboundRecord {
             started: ctx.started,
             addr: ctx.addr,
             intention: None,
-            source: &source,
-            destination: &destination,
+            source,
+            destination,
             trace_id: ctx.trace_id,
             method: ctx.method,
             path: ctx.path,
             mcp: None,
             a2a: None,
         };
-        let mut refusal = Refusal {
+        let refusal = Refusal {
             by: REFUSED_BY,
             intention: None,
-            source: &source,
-            destination: &destination,
+            source,
+            destination,
             trace_id: ctx.trace_id,
         };
-        let (mut parts, body) = req.into_parts();
-        let (msg, bytes) = match mcp::read_message(&parts.headers, body, self.mcp_max_body).await {
-            Ok(read) => read,
-            Err((e, id)) => {
-                // Refused before any permission: named with the pair's intention, which
-                // admitted the connection, so an operator sees which rule's route it was.
-                let pair = policy.set.check_connection(ctx.peer, &ctx.own.svid.id);
-                record.intention = pair.intention_id.as_deref();
-                refusal.intention = record.intention;
-                let (status, body) = e.answer(id.as_ref(), &refusal);
-                self.metrics.decided("inbound", &source, false);
-                record.log(&mut span, "deny", &e.reason(), status.as_u16());
-                return json_response(status, &body);
+        let read = read.await;
+        match refuse_unread(read, &policy.set, ctx.peer, &ctx.own.svid.id, refusal) {
+            Ok((call, bytes)) => Ok(Opened {
+                policy,
+                record,
+                refusal,
+                call,
+                bytes,
+            }),
+            Err(unread) => {
+                let record = InboundRecord {
+                    intention: unread.intention.as_deref(),
+                    ..record
+                };
+                self.metrics.decided("inbound", source, false);
+                record.log(span, "deny", &unread.reason, unread.status.as_u16());
+                Err(json_response(unread.status, &unread.body))
             }
+        }
+    }
+
+    pub(super) async fn mcp_request(
+        &self,
+        req: Request<RequestBody>,
+        ctx: Ctx<'_>,
+        mut span: Span,
+    ) -> Response<BoxBody> {
+        let ids = ctx.ids();
+        let (mut parts, body) = req.into_parts();
+        let read = mcp::read_message(&parts.headers, body, self.mcp_max_body);
+        let Opened {
+            policy,
+            mut record,
+            mut refusal,
+            call: msg,
+            bytes,
+        } = match self.open(&ctx, &ids, &mut span, read).await {
+            Ok(opened) => opened,
+            Err(refused) => return refused,
         };
+        let source = &ids.0;
         let user = self.user(&parts.headers, ctx.peer, ctx.own);
         let headers = header_pairs(&parts.headers);
         let http = HttpRequest {
@@ -228,7 +280,7 @@ impl Inbound {
         record.intention = d.intention_id.as_deref();
         refusal.intention = record.intention;
         record.mcp = Some(mcp_log(&msg, user.claims.as_ref().map(|c| c.sub.as_str())));
-        self.metrics.decided("inbound", &source, d.is_allowed());
+        self.metrics.decided("inbound", source, d.is_allowed());
         if !d.is_allowed() {
             let (status, body) = mcp::denied(msg.id.as_ref(), &d.reason, &refusal);
             record.log(&mut span, "deny", &d.reason, status.as_u16());
