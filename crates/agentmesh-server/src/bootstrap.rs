@@ -21,7 +21,7 @@ use agentmesh_policy::IntentionSpec;
 
 use crate::ca::unix_secs;
 use crate::datastore::{DatastoreError, EntryRow, IntentionRow};
-use crate::registration::{EntryError, EntryLimits, validate_entry};
+use crate::registration::{EntryError, EntryLimits, validate_entry, validate_federates_with};
 use crate::state::{ServerState, new_entry_id, new_join_token, token_hash};
 
 /// `[bootstrap]` of the server's config.
@@ -53,6 +53,9 @@ pub struct BootstrapEntry {
     pub jwt_ttl: Option<Duration>,
     /// Extra DNS SANs.
     pub dns_names: Vec<String>,
+    /// Foreign trust domains whose bundles the entry's workloads get, as
+    /// `agentmesh entry create --federates-with`.
+    pub federates_with: Vec<String>,
 }
 
 /// Why the server's bootstrap failed. The server does not start.
@@ -120,6 +123,13 @@ pub fn apply(
             spiffe_id: e.spiffe_id.clone(),
             source,
         })?;
+        let federates_with = validate_federates_with(td, &e.federates_with).map_err(|source| {
+            BootstrapError::Entry {
+                index,
+                spiffe_id: e.spiffe_id.clone(),
+                source,
+            }
+        })?;
         entries.push(EntryRow {
             id: new_entry_id(),
             spiffe_id: valid.spiffe_id.to_string(),
@@ -129,7 +139,7 @@ pub fn apply(
             jwt_ttl: valid.jwt_ttl,
             dns_names: valid.dns_names,
             created_at: unix_secs(SystemTime::now()),
-            federates_with: Vec::new(),
+            federates_with,
         });
     }
     let mut intentions = Vec::with_capacity(cfg.intentions.len());

@@ -20,6 +20,7 @@ fn declared(dir: &Path) -> BootstrapConfig {
         entries: vec![BootstrapEntry {
             spiffe_id: WRITER.into(),
             selectors: vec!["docker:label:com.docker.compose.service:writer".into()],
+            federates_with: vec!["spiffe://partner.test".into(), "partner.test".into()],
             ..Default::default()
         }],
         intentions: vec![
@@ -64,6 +65,11 @@ async fn declared_entries_and_intentions_exist_at_start_and_a_restart_keeps_an_o
     assert_eq!(
         entries[0].selectors,
         ["docker:label:com.docker.compose.service:writer"]
+    );
+    assert_eq!(
+        entries[0].federates_with,
+        ["spiffe://partner.test"],
+        "federates_with is normalised and deduplicated as by `entry create`"
     );
     assert_eq!(intentions.len(), 1);
     assert!(intentions[0].spec_json.contains(r#""action":"allow""#));
@@ -130,12 +136,15 @@ async fn a_bad_declaration_stops_the_server_naming_it_and_nothing_is_written() {
         selectors: vec!["nosuchkind".into()],
         ..Default::default()
     });
+    let mut own_domain = declared(dir.path());
+    own_domain.entries[0].federates_with = vec!["spiffe://example.org".into()];
     let mut bad_intention = declared(dir.path());
     bad_intention
         .intentions
         .push(r#"{"source":"a","destination":"b","action":"perhaps"}"#.into());
     for (bootstrap, want) in [
         (bad_entry, "bootstrap.entry[1]"),
+        (own_domain, "bootstrap.entry[0]"),
         (bad_intention, "bootstrap.intention[1]"),
     ] {
         let cfg = ServerConfig {

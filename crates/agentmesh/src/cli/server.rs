@@ -164,6 +164,9 @@ pub struct BootstrapEntryFile {
     /// As `--dns-name`.
     #[serde(default)]
     pub dns_names: Vec<String>,
+    /// As `--federates-with`, each `spiffe://other.td`.
+    #[serde(default)]
+    pub federates_with: Vec<String>,
 }
 
 /// Converts `[bootstrap]`; the server checks the entries and intentions themselves.
@@ -188,6 +191,7 @@ fn bootstrap(file: &ServerFileConfig, file_name: &str) -> anyhow::Result<Bootstr
                 x509_ttl: ttl(&e.x509_ttl, format!("bootstrap.entry[{i}].x509_ttl"))?,
                 jwt_ttl: ttl(&e.jwt_ttl, format!("bootstrap.entry[{i}].jwt_ttl"))?,
                 dns_names: e.dns_names.clone(),
+                federates_with: e.federates_with.clone(),
             })
         })
         .collect::<anyhow::Result<_>>()?;
