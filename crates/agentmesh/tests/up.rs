@@ -733,6 +733,27 @@ async fn a_python_agent_joins_a_scenario_through_its_sidecar() {
         text.contains("[offline]") && text.contains("Python executor agent"),
         "{text}"
     );
+    // No frontend, so no [delegation]: `up` still gives the built-in planner an [a2a]
+    // workload_api, and its A2A card is signed with its own SVID (x5c in the JWS header).
+    let planner_app = up.service("planner")["app"]
+        .as_str()
+        .expect("planner app")
+        .to_owned();
+    let card = http_get_text(&planner_app, "/.well-known/agent-card.json").await;
+    let card: Value = serde_json::from_str(&card).unwrap_or_else(|e| panic!("{e}: {card}"));
+    let header = card["signatures"][0]["protected"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the card is not signed: {card}"));
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+            .expect("base64url header"),
+    )
+    .expect("JSON header");
+    assert!(
+        header["x5c"].as_array().is_some_and(|c| !c.is_empty()),
+        "{header}"
+    );
+
     // The gateway saw the Python agent's SPIFFE ID (from its sidecar), not the planner's.
     std::thread::sleep(Duration::from_millis(400));
     let audit = std::fs::read_to_string(up.data.join("logs/gateway.audit.jsonl")).expect("audit");

@@ -203,6 +203,14 @@ pub fn agent(
         };
         (LocalAddr::from(p.inbound), upstreams, Some(mtls))
     };
+    let delegation = delegation(scenario, layout);
+    // The A2A card signs with the [delegation] or [mtls] SVID where the scenario gives one;
+    // without either (no frontend, a sidecar) the agent fetches its own, registered with the
+    // same launcher selector as its sidecar, so its card is signed in every scenario.
+    let a2a = (delegation.is_none() && mtls.is_none()).then(|| agentmesh_agents::A2aConfig {
+        workload_api: Some(layout.workload_api()),
+        url: None,
+    });
     Ok(AgentConfig {
         role,
         name: Some(p.spec.name.clone()),
@@ -210,10 +218,9 @@ pub fn agent(
         model: MODEL.to_owned(),
         upstreams,
         search,
-        delegation: delegation(scenario, layout),
+        delegation,
         mtls,
-        // The card signs with the [delegation] or [mtls] SVID where the scenario gives one.
-        a2a: None,
+        a2a,
         limits: Default::default(),
     })
 }
