@@ -16,13 +16,13 @@ use agentmesh_sdk::a2a;
 use agentmesh_sdk::{RequestHead, header_pairs};
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_telemetry::Span;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::mcp_route::{Ctx, Opened, REFUSED_BY, Recheck, revocable};
 use super::{AppBody, Inbound};
-use crate::http_util::{BoxBody, json_response, strip_hop_by_hop};
+use crate::http_util::{BoxBody, json_response};
 use crate::telemetry::A2aLog;
 
 impl Inbound {
@@ -92,52 +92,31 @@ impl Inbound {
                 claims.clone(),
             )
         });
-        let mut req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-        if !self.address_to_app(&mut req, ctx.peer, ctx.own, &span) {
-            record.log(
-                &mut span,
-                "allow",
-                "the request path cannot be forwarded",
-                400,
-            );
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": "bad request path"}),
-            );
-        }
-        match self.app_client.request(req).await {
-            Ok(mut resp) => {
-                strip_hop_by_hop(resp.headers_mut());
-                record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
-                match allowed {
-                    Some(allowed) => {
-                        a2a::filter_card_response(resp, call.id, allowed, REFUSED_BY).await
-                    }
-                    None if a2a::is_streaming(&call.method)
-                        && agentmesh_sdk::jsonrpc::is_sse(resp.headers()) =>
-                    {
-                        let recheck = recheck_a2a(
-                            head,
-                            ctx.peer.clone(),
-                            ctx.own.svid.id.clone(),
-                            call.method,
-                            claims,
-                        );
-                        let (guard, kill) =
-                            self.call_streams.register(source.clone(), "A2A", recheck);
-                        revocable(resp, guard, kill)
-                    }
-                    None => resp.map(|b| b.boxed_unsync()),
+        let req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+        match self
+            .forward_call(req, &ctx, &mut span, &record, &d.reason)
+            .await
+        {
+            Ok(resp) => match allowed {
+                Some(allowed) => {
+                    a2a::filter_card_response(resp, call.id, allowed, REFUSED_BY).await
                 }
-            }
-            Err(e) => {
-                let why = format!("the app at {} is unreachable: {e}", self.app);
-                record.log(&mut span, "allow", &why, 502);
-                json_response(
-                    StatusCode::BAD_GATEWAY,
-                    &json!({"error": why, "trace_id": ctx.trace_id}),
-                )
-            }
+                None if a2a::is_streaming(&call.method)
+                    && agentmesh_sdk::jsonrpc::is_sse(resp.headers()) =>
+                {
+                    let recheck = recheck_a2a(
+                        head,
+                        ctx.peer.clone(),
+                        ctx.own.svid.id.clone(),
+                        call.method,
+                        claims,
+                    );
+                    let (guard, kill) = self.call_streams.register(source.clone(), "A2A", recheck);
+                    revocable(resp, guard, kill)
+                }
+                None => resp.map(|b| b.boxed_unsync()),
+            },
+            Err(answered) => answered,
         }
     }
 }

@@ -303,23 +303,12 @@ impl Inbound {
                 head.clone(),
             )
         });
-        let mut req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-        if !self.address_to_app(&mut req, ctx.peer, ctx.own, &span) {
-            record.log(
-                &mut span,
-                "allow",
-                "the request path cannot be forwarded",
-                400,
-            );
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": "bad request path"}),
-            );
-        }
-        match self.app_client.request(req).await {
-            Ok(mut resp) => {
-                strip_hop_by_hop(resp.headers_mut());
-                record.log(&mut span, "allow", &d.reason, resp.status().as_u16());
+        let req: Request<AppBody> = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+        match self
+            .forward_call(req, &ctx, &mut span, &record, &d.reason)
+            .await
+        {
+            Ok(resp) => {
                 match (listing, keep) {
                     (Some((listing, id)), Some(keep)) => {
                         mcp::filter_list_response(resp, listing, id, keep, REFUSED_BY).await
@@ -340,13 +329,41 @@ impl Inbound {
                     _ => resp.map(|b| b.boxed_unsync()),
                 }
             }
+            Err(answered) => answered,
+        }
+    }
+
+    /// Sends an admitted MCP or A2A call on to the app. `Ok` is the app's answer, its
+    /// hop-by-hop headers stripped and the allow logged with `reason`; `Err` is the answer
+    /// already logged when the path cannot be forwarded (400) or the app is unreachable (502).
+    pub(super) async fn forward_call(
+        &self,
+        mut req: Request<AppBody>,
+        ctx: &Ctx<'_>,
+        span: &mut Span,
+        record: &InboundRecord<'_>,
+        reason: &str,
+    ) -> Result<Response<hyper::body::Incoming>, Response<BoxBody>> {
+        if !self.address_to_app(&mut req, ctx.peer, ctx.own, span) {
+            record.log(span, "allow", "the request path cannot be forwarded", 400);
+            return Err(json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad request path"}),
+            ));
+        }
+        match self.app_client.request(req).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                record.log(span, "allow", reason, resp.status().as_u16());
+                Ok(resp)
+            }
             Err(e) => {
                 let why = format!("the app at {} is unreachable: {e}", self.app);
-                record.log(&mut span, "allow", &why, 502);
-                json_response(
+                record.log(span, "allow", &why, 502);
+                Err(json_response(
                     StatusCode::BAD_GATEWAY,
                     &json!({"error": why, "trace_id": ctx.trace_id}),
-                )
+                ))
             }
         }
     }
