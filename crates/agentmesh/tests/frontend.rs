@@ -760,6 +760,20 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
     );
     assert!(denied_url.starts_with("unix://"), "{denied_url}");
 
+    // What the control plane says before the script deletes the planner -> gateway deny.
+    let intentions: Value =
+        serde_json::from_str(&cli(&["intention", "list", "-o", "json"])).unwrap();
+    let check = cli(&[
+        "intention",
+        "check",
+        "planner",
+        "gateway",
+        "--method",
+        "POST",
+        "--path",
+        "/v1/chat/completions",
+    ]);
+
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frontend-screenshots");
     let out = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/browser_login.mjs"))
@@ -768,6 +782,19 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         .arg(&denied_url)
         .env("PUPPETEER_MODULE", &puppeteer)
         .env("CHROMIUM", &chromium)
+        .env(
+            "DELETE_DENY_INTENTION",
+            serde_json::json!([
+                BIN,
+                "intention",
+                "delete",
+                "planner",
+                "gateway",
+                "--admin-socket",
+                admin.display().to_string()
+            ])
+            .to_string(),
+        )
         .stdin(Stdio::null())
         .output()
         .expect("run browser_login.mjs");
@@ -926,8 +953,6 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
     assert_ne!(seen["countdown_before"], seen["countdown_after"]);
 
     // The denied call arrived live, with the intention that decided it.
-    let intentions: Value =
-        serde_json::from_str(&cli(&["intention", "list", "-o", "json"])).unwrap();
     let deny = intentions["intentions"]
         .as_array()
         .unwrap()
@@ -1074,20 +1099,40 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         serde_json::json!({"ask": false, "request": false, "inspector": false})
     );
 
-    // The check form gives `intention check`'s answer.
-    let check = cli(&[
-        "intention",
-        "check",
-        "planner",
-        "gateway",
-        "--method",
-        "POST",
-        "--path",
-        "/v1/chat/completions",
-    ]);
+    // The check form gives `intention check`'s answer (asked before the deny was deleted).
     assert!(check.contains(deny_id), "{check}");
     assert_eq!(seen["check"]["allowed"], "false");
     assert_eq!(seen["check"]["intention"], deny_id);
+
+    // A default deny gets a dashed red edge of its own while it is lit, then none; the
+    // intentions' edges are unchanged.
+    let dd = &seen["default_deny"];
+    let id_of = |name: &str| {
+        want.iter()
+            .find(|id| id.ends_with(&format!("/sa/{name}")))
+            .unwrap_or_else(|| panic!("no {name} in {want:?}"))
+            .clone()
+    };
+    assert_eq!(dd["source"], id_of("planner").as_str(), "{dd}");
+    assert_eq!(dd["destination"], id_of("gateway").as_str(), "{dd}");
+    assert_eq!(dd["label"], "default deny", "{dd}");
+    assert!(
+        dd["title"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no intention"),
+        "{dd}"
+    );
+    assert_ne!(dd["dash"], "none", "{dd}");
+    assert_eq!(dd["marker"], "url(#arrow-deny)", "{dd}");
+    assert_eq!(
+        dd["intention_edges_now"].as_u64(),
+        Some(listed.len() as u64),
+        "{dd}"
+    );
+    assert_eq!(dd["removed"], true, "{dd}");
+    let after_delete = cli(&["intention", "check", "planner", "gateway"]);
+    assert!(after_delete.contains("default"), "{after_delete}");
 
     for shot in [
         "1-home.png",
@@ -1100,6 +1145,7 @@ fn headless_chromium_logs_in_asks_and_inspects_a_real_mesh() {
         "8-graph.png",
         "8-graph-edge-panel.png",
         "9-timeline.png",
+        "9-default-deny.png",
     ] {
         assert!(shots.join(shot).exists(), "screenshot {shot} missing");
     }

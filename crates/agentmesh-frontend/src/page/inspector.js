@@ -72,11 +72,85 @@ function flash(el, cls) {
   litTimers.set(el, setTimeout(() => el.classList.remove(cls), LIT_MS));
 }
 
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+// A node's box, from the attributes the server drew it with.
+function boxOf(node) {
+  const box = node.querySelector('rect.box');
+  const n = (a) => Number(box.getAttribute(a));
+  return { x: n('x'), y: n('y'), w: n('width'), h: n('height') };
+}
+
+// A default deny has no intention, hence no edge of its own: for as long as an edge stays
+// lit, a dashed red edge is drawn from the bottom of one node to the bottom of the other,
+// bending below both (where no forward edge runs), and then removed. One per pair at a time;
+// a second refusal restarts it. The drawing grows taller when the bend needs the room.
+function flashDefaultDeny(d, from, to) {
+  const svg = document.getElementById('mesh-graph');
+  const edges = svg && svg.querySelector('g.edges');
+  if (!edges) return;
+  const pair = `${d.source} ${d.destination}`;
+  let g = [...edges.querySelectorAll('g.edge.default-deny')].find((e) => e.dataset.pair === pair);
+  if (!g) {
+    const [a, b] = [boxOf(from), boxOf(to)];
+    const [x1, y1] = [a.x + a.w / 2 - 12, a.y + a.h];
+    const [x2, y2] = [b.x + b.w / 2 + 12, b.y + b.h];
+    const low = Math.max(y1, y2) + 95;
+    // The lowest point of the curve, where its label goes.
+    const apex = Math.max(y1, y2) + 0.75 * (low - Math.max(y1, y2));
+    const view = svg.viewBox.baseVal;
+    if (view && apex + 24 > view.height) {
+      const h = Math.ceil(apex + 24);
+      svg.setAttribute('viewBox', `${view.x} ${view.y} ${view.width} ${h}`);
+      svg.setAttribute('height', String(h));
+    }
+    g = document.createElementNS(SVG_NS, 'g');
+    g.setAttribute('class', 'edge deny default-deny');
+    g.dataset.pair = pair;
+    g.dataset.source = d.source;
+    g.dataset.destination = d.destination;
+    const title = document.createElementNS(SVG_NS, 'title');
+    title.textContent = `${d.source} → ${d.destination}: no intention, denied by default`;
+    const line = document.createElementNS(SVG_NS, 'path');
+    line.setAttribute('class', 'line');
+    const f = (v) => v.toFixed(1);
+    line.setAttribute('d', `M${f(x1)} ${f(y1)} C${f(x1)} ${f(low)} ${f(x2)} ${f(low)} ${f(x2)} ${f(y2)}`);
+    line.setAttribute('marker-end', 'url(#arrow-deny)');
+    const label = document.createElementNS(SVG_NS, 'text');
+    label.setAttribute('class', 'edge-label');
+    label.setAttribute('x', f((x1 + x2) / 2));
+    label.setAttribute('y', f(apex + 18));
+    label.setAttribute('text-anchor', 'middle');
+    const action = document.createElementNS(SVG_NS, 'tspan');
+    action.setAttribute('class', 'action');
+    action.textContent = 'default deny';
+    label.append(action);
+    g.append(title, line, label);
+    edges.append(g);
+  }
+  g.dataset.lastDecision = String(d.id);
+  g.dataset.lastLit = 'deny';
+  flash(g, 'lit-deny');
+  clearTimeout(removeTimers.get(g));
+  removeTimers.set(g, setTimeout(() => g.remove(), LIT_MS));
+}
+const removeTimers = new Map();
+
 // Lights the edge of the intention that decided `d`, bumps its counters (on the edge and in
-// its panel) and flashes both ends. A default deny has no intention, hence no edge.
+// its panel) and flashes both ends; a default deny gets an edge for as long as it is lit.
 function light(d) {
   const kind = d.decision === 'allow' ? 'allowed' : d.decision === 'deny' ? 'denied' : null;
-  if (!kind || !d.intention) return;
+  if (!kind) return;
+  const nodeOf = (end) => end && document.querySelector(`#mesh-graph g.node[data-spiffe-id="${CSS.escape(end)}"]`);
+  if (!d.intention) {
+    const [from, to] = [nodeOf(d.source), nodeOf(d.destination)];
+    if (kind === 'denied' && from && to && from !== to) {
+      flashDefaultDeny(d, from, to);
+      flash(from, 'lit');
+      flash(to, 'lit');
+    }
+    return;
+  }
   const id = CSS.escape(d.intention);
   for (const g of document.querySelectorAll(`#mesh-graph g.edge[data-intention="${id}"]`)) {
     g.dataset[kind] = String(Number(g.dataset[kind] || 0) + 1);
@@ -90,7 +164,7 @@ function light(d) {
     }
   }
   for (const end of [d.source, d.destination]) {
-    const node = end && document.querySelector(`#mesh-graph g.node[data-spiffe-id="${CSS.escape(end)}"]`);
+    const node = nodeOf(end);
     if (node) flash(node, 'lit');
   }
 }

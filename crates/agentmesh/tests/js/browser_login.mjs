@@ -3,20 +3,41 @@
 // the page by keyboard, the request's page in the inspector (trace, chain, JWS checks), then
 // the inspector itself: the SPIFFE IDs it lists, the mesh graph (its nodes and edges read
 // from the SVG's data attributes, lit live by a denied call and by an ask, its panels opened
-// by keyboard), a denied call showing up live, and the check form driven by keyboard. Every
+// by keyboard), a denied call showing up live, the check form driven by keyboard, and a
+// refusal by default deny drawn as an edge of its own while it is lit. Every
 // page at 1280×800, where none may scroll sideways. Prints one JSON object and saves
 // screenshots (the graph, the timeline and the ask page among them).
 // Run with: PUPPETEER_MODULE=.cache/node/node_modules/puppeteer-core/lib/puppeteer/puppeteer-core.js \
 //           node browser_login.mjs FRONTEND_URL SCREENSHOT_DIR DENIED_CALL_URL
 // DENIED_CALL_URL is a plain local sidecar port whose destination the intentions refuse
 // (`unix:///path/to-gateway.sock#/v1/chat/completions` for a sidecar's Unix socket, or an
-// http:// URL); the script POSTs to it once the live view is connected.
+// http:// URL); the script POSTs to it once the live view is connected. At the end it runs
+// $DELETE_DENY_INTENTION (a JSON array: the command deleting that refusal's intention) and
+// calls again, for a refusal by default deny.
 import { pathToFileURL } from 'node:url';
 import { request } from 'node:http';
 import { resolve, join } from 'node:path';
 import { mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 
 const [frontend, shots, deniedUrl] = process.argv.slice(2);
+
+// POSTs to DENIED_CALL_URL (the planner's sidecar port for the gateway); the status.
+async function callDenied() {
+  const deniedBody = JSON.stringify({ model: 'agentmesh-default', messages: [{ role: 'user', content: 'from the inspector test' }] });
+  if (deniedUrl.startsWith('unix://')) {
+    // fetch() cannot dial a Unix socket; node's http module can.
+    const [socketPath, path] = deniedUrl.slice('unix://'.length).split('#');
+    return new Promise((done, fail) => {
+      const req = request({ socketPath, path, method: 'POST', headers: { 'content-type': 'application/json' } },
+        (res) => { res.resume(); done(res.statusCode); });
+      req.on('error', fail);
+      req.end(deniedBody);
+    });
+  }
+  const refused = await fetch(deniedUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: deniedBody });
+  return refused.status;
+}
 const { default: puppeteer } = await import(pathToFileURL(resolve(process.env.PUPPETEER_MODULE)).href);
 mkdirSync(shots, { recursive: true });
 
@@ -145,20 +166,7 @@ try {
   const redFlash = page.waitForFunction(
     () => document.querySelector('#mesh-graph g.edge.lit-deny[data-action="deny"]') !== null,
     { polling: 'mutation', timeout: 0 });
-  const deniedBody = JSON.stringify({ model: 'agentmesh-default', messages: [{ role: 'user', content: 'from the inspector test' }] });
-  if (deniedUrl.startsWith('unix://')) {
-    // fetch() cannot dial a Unix socket; node's http module can.
-    const [socketPath, path] = deniedUrl.slice('unix://'.length).split('#');
-    out.denied_status = await new Promise((done, fail) => {
-      const req = request({ socketPath, path, method: 'POST', headers: { 'content-type': 'application/json' } },
-        (res) => { res.resume(); done(res.statusCode); });
-      req.on('error', fail);
-      req.end(deniedBody);
-    });
-  } else {
-    const refused = await fetch(deniedUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: deniedBody });
-    out.denied_status = refused.status;
-  }
+  out.denied_status = await callDenied();
   await page.waitForFunction(
     (after) => [...document.querySelectorAll('#decision-table tbody tr[data-decision="deny"]')]
       .some((r) => Number(r.dataset.id) > after),
@@ -242,6 +250,36 @@ try {
   out.no_script.trace_rows = await noScript.$$eval('#trace tbody tr', (r) => r.length);
   out.no_script.waterfall_bars = await noScript.$$eval('#waterfall g.bar', (l) => l.length);
   await noScript.close();
+
+  // A default deny (no intention decides the pair) has no edge in the SVG: the live page draws
+  // one for as long as it stays lit, then removes it. DELETE_DENY_INTENTION (a JSON argv) takes
+  // away the planner -> gateway deny, so the same call is then refused by default; it is
+  // repeated until the sidecar has the new policy and the drawn edge shows.
+  await page.goto(new URL('/inspector', frontend).href);
+  await page.waitForFunction(() => document.getElementById('live-status').textContent.startsWith('live'), { timeout: 30000 });
+  const [cmd, ...cmdArgs] = JSON.parse(process.env.DELETE_DENY_INTENTION);
+  execFileSync(cmd, cmdArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
+  const drawn = page.waitForFunction(
+    () => document.querySelector('#mesh-graph g.edges g.edge.default-deny.lit-deny') !== null,
+    { polling: 'mutation', timeout: 0 });
+  let shown = false;
+  drawn.then(() => { shown = true; });
+  while (!shown) {
+    await callDenied();
+    await new Promise((done) => setTimeout(done, 300));
+  }
+  out.default_deny = await page.$eval('#mesh-graph g.edges g.edge.default-deny', (g) => ({
+    source: g.dataset.source, destination: g.dataset.destination,
+    label: g.querySelector('.action').textContent, title: g.querySelector('title').textContent,
+    dash: getComputedStyle(g.querySelector('path.line')).strokeDasharray,
+    marker: g.querySelector('path.line').getAttribute('marker-end'),
+    intention_edges_now: document.querySelectorAll('#mesh-graph g.edge[data-intention]').length,
+  }));
+  await (await page.$('#graph')).screenshot({ path: join(shots, '9-default-deny.png') });
+  // It is gone once no refusal keeps it lit (no time limit: the test's patience bounds it).
+  await page.waitForFunction(() => document.querySelector('#mesh-graph g.edge.default-deny') === null,
+    { polling: 'mutation', timeout: 0 });
+  out.default_deny.removed = true;
   out.errors = errors;
   console.log(JSON.stringify(out));
 } catch (e) {
