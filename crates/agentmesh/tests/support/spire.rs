@@ -40,54 +40,7 @@ pub struct Spire {
 impl Spire {
     /// Starts the server, then the agent, and waits until the agent serves its Workload API.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let port = free_port();
-        std::fs::write(
-            d.join("server.conf"),
-            format!(
-                r#"server {{
-  bind_address = "127.0.0.1"
-  bind_port = "{port}"
-  socket_path = "{sock}"
-  trust_domain = "{SPIRE_TD}"
-  data_dir = "{data}"
-  log_level = "INFO"
-}}
-plugins {{
-  DataStore "sql" {{
-    plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "{data}/datastore.sqlite3"
-    }}
-  }}
-  KeyManager "memory" {{ plugin_data {{}} }}
-  NodeAttestor "join_token" {{ plugin_data {{}} }}
-}}
-"#,
-                sock = d.join("server.sock").display(),
-                data = d.join("server-data").display(),
-            ),
-        )
-        .expect("server.conf");
-        let mut spire = Self {
-            server: None,
-            agent: None,
-            dir,
-        };
-        let server = Command::new(spire_bin("spire-server"))
-            .args(["run", "-config"])
-            .arg(spire.dir.path().join("server.conf"))
-            .stdin(Stdio::null())
-            .stdout(log(spire.dir.path(), "server.log"))
-            .stderr(log(spire.dir.path(), "server.log"))
-            .spawn()
-            .expect("spawn spire-server");
-        spire.server = Some(Proc(server));
-        spire.wait("the SPIRE server", || {
-            spire.server_cmd(&["healthcheck"]).status.success()
-        });
-
+        let (mut spire, port) = Self::start_server(SPIRE_TD, "", "INFO");
         let bundle = spire.server_ok(&["bundle", "show"]);
         std::fs::write(spire.dir.path().join("bundle.pem"), bundle).expect("bundle.pem");
         let token = spire.server_ok(&[
@@ -150,6 +103,12 @@ plugins {{
     /// A SPIRE server alone (no agent) of trust domain `trust_domain`, with `server_block`
     /// (say, a `federation { … }` block) added inside its `server { … }`.
     pub fn server_only(trust_domain: &str, server_block: &str) -> Self {
+        Self::start_server(trust_domain, server_block, "DEBUG").0
+    }
+
+    /// A SPIRE server of `trust_domain` (with `server_block` inside `server { … }`), once it
+    /// answers its health check, and the port it serves agents on.
+    fn start_server(trust_domain: &str, server_block: &str, log_level: &str) -> (Self, u16) {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let port = free_port();
@@ -162,7 +121,7 @@ plugins {{
   socket_path = "{sock}"
   trust_domain = "{trust_domain}"
   data_dir = "{data}"
-  log_level = "DEBUG"
+  log_level = "{log_level}"
 {server_block}
 }}
 plugins {{
@@ -198,7 +157,7 @@ plugins {{
         spire.wait("the SPIRE server", || {
             spire.server_cmd(&["healthcheck"]).status.success()
         });
-        spire
+        (spire, port)
     }
 
     /// The server's log so far.
