@@ -30,8 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentmesh_proto::workload::X509svidRequest;
-use agentmesh_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use agentmesh_spiffe::SpiffeId;
 use agentmesh_tls::SpiffeBundle;
 use anyhow::{Context, bail};
@@ -40,7 +38,7 @@ use hyper::{Method, StatusCode};
 
 use crate::propagation::ControlPlane;
 use crate::report::{Table, quantile, ratio};
-use crate::scale::{cli, free_port, my_uid};
+use crate::scale::{cli, fetch_x509, free_port, my_uid};
 use crate::spire::Spire;
 
 /// How often the poller reads the source domain's bundle endpoint: the resolution of `t0`.
@@ -304,7 +302,7 @@ async fn poll_endpoint(pair: &Pair, seen: Arc<Mutex<Seen>>) -> anyhow::Result<()
     );
     settings.timeout = Some(Duration::from_secs(5));
     let mut failures = 0_u32;
-    loop {
+    let client_for = |trusted: &[Vec<u8>]| -> anyhow::Result<agentmesh_proto::https::HttpClient> {
         let roots: Vec<_> = trusted
             .iter()
             .cloned()
@@ -316,7 +314,14 @@ async fn poll_endpoint(pair: &Pair, seen: Arc<Mutex<Seen>>) -> anyhow::Result<()
             agentmesh_tls::exact([pair.endpoint_id.clone()]),
             &[],
         )?;
-        let client = agentmesh_proto::https::HttpClient::new((*tls).clone(), settings.clone());
+        Ok(agentmesh_proto::https::HttpClient::new(
+            (*tls).clone(),
+            settings.clone(),
+        ))
+    };
+    // Rebuilt only when a new root joins the trusted set.
+    let mut client = client_for(&trusted)?;
+    loop {
         match client
             .request(Method::GET, &pair.url, Vec::new(), Bytes::new())
             .await
@@ -326,14 +331,21 @@ async fn poll_endpoint(pair: &Pair, seen: Arc<Mutex<Seen>>) -> anyhow::Result<()
                 let now = Instant::now();
                 let bundle = SpiffeBundle::from_json(&body)
                     .with_context(|| format!("{}: the bundle endpoint's answer", pair.label))?;
-                let mut seen = seen.lock().expect("seen lock");
-                for root in bundle.x509_authorities {
-                    if !trusted.contains(&root) {
-                        trusted.push(root.clone());
+                let mut grew = false;
+                {
+                    let mut seen = seen.lock().expect("seen lock");
+                    for root in bundle.x509_authorities {
+                        if !trusted.contains(&root) {
+                            trusted.push(root.clone());
+                            grew = true;
+                        }
+                        if !initial.contains(&root) {
+                            seen.at_endpoint.entry(root).or_insert(now);
+                        }
                     }
-                    if !initial.contains(&root) {
-                        seen.at_endpoint.entry(root).or_insert(now);
-                    }
+                }
+                if grew {
+                    client = client_for(&trusted)?;
                 }
             }
             other => {
@@ -355,21 +367,10 @@ async fn poll_endpoint(pair: &Pair, seen: Arc<Mutex<Seen>>) -> anyhow::Result<()
 async fn watch_workload_api(pair: &Pair, seen: Arc<Mutex<Seen>>) -> anyhow::Result<()> {
     let initial: HashSet<Vec<u8>> = pair.initial_roots.iter().cloned().collect();
     loop {
-        let channel = agentmesh_proto::unix::connect(&pair.workload_socket)
-            .await
-            .with_context(|| format!("{}: the watcher's Workload API", pair.label))?;
-        let mut req = tonic::Request::new(X509svidRequest {});
-        req.metadata_mut().insert(
-            agentmesh_proto::WORKLOAD_API_HEADER,
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-        let mut stream = match SpiffeWorkloadApiClient::new(channel)
-            .fetch_x509svid(req)
-            .await
-        {
-            Ok(resp) => resp.into_inner(),
-            // Not registered yet (the entry is new): ask again shortly.
-            Err(_) => {
+        let mut stream = match fetch_x509(&pair.workload_socket).await {
+            Some(Ok(resp)) => resp.into_inner(),
+            // Not listening or not registered yet (the entry is new): ask again shortly.
+            _ => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }

@@ -171,6 +171,24 @@ struct Figures {
     added: [f64; 2],
 }
 
+/// Waits (up to a minute) until `target` answers a `tools/call` without an error.
+async fn answers_tools_call(what: &str, target: &Endpoint) -> anyhow::Result<()> {
+    poll(what, Duration::from_secs(60), || async {
+        load::fixed_rate(
+            target.clone(),
+            &tools_call(),
+            1,
+            10.0,
+            Duration::from_millis(150),
+        )
+        .await
+        .ok()
+        .filter(|(ok, errors)| !ok.is_empty() && *errors == 0)
+        .map(|_| ())
+    })
+    .await
+}
+
 async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Result<Table> {
     let mut plane = ControlPlane::start(agentmesh).await?;
     let uid = my_uid()?;
@@ -202,23 +220,7 @@ async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Res
         .env("MCP_BENCH_TOOLS", BENCH_TOOLS.to_string());
     let _server = Proc::spawn_command("mcp server", cmd, &plane.lay.path("mcp-server.log"))?;
     let direct = Endpoint::from(server);
-    poll(
-        "the MCP server's first tools/call",
-        Duration::from_secs(60),
-        || async {
-            load::fixed_rate(
-                direct.clone(),
-                &tools_call(),
-                1,
-                10.0,
-                Duration::from_millis(150),
-            )
-            .await
-            .ok()
-            .filter(|(ok, errors)| !ok.is_empty() && *errors == 0)
-        },
-    )
-    .await?;
+    answers_tools_call("the MCP server's first tools/call", &direct).await?;
 
     let bin = plane.lay.bin.clone();
     let tool_level = start_pair_between(
@@ -244,23 +246,7 @@ async fn run_async(agentmesh: &Path, python: &Path, sizes: Sizes) -> anyhow::Res
     ];
     // Both pairs answer before the clock starts (the policy may still be on its way).
     for t in &targets[..2] {
-        poll(
-            "a sidecar pair's first tools/call",
-            Duration::from_secs(60),
-            || async {
-                load::fixed_rate(
-                    t.clone(),
-                    &tools_call(),
-                    1,
-                    10.0,
-                    Duration::from_millis(150),
-                )
-                .await
-                .ok()
-                .filter(|(ok, errors)| !ok.is_empty() && *errors == 0)
-            },
-        )
-        .await?;
+        answers_tools_call("a sidecar pair's first tools/call", t).await?;
     }
     let listed = list_once(&targets[0]).await?;
     if listed.contains("tool_0000") || !listed.contains("\"search\"") {

@@ -102,12 +102,7 @@ impl From<crate::jsonrpc::BodyError> for A2aError {
 pub fn denied(id: &Value, reason: &str, refusal: &Refusal<'_>) -> (StatusCode, Value) {
     (
         StatusCode::OK,
-        error_body(
-            Some(id),
-            DENIED,
-            &format!("denied by intentions: {reason}"),
-            refusal.data(reason),
-        ),
+        refusal.denied_body(Some(id), DENIED, reason),
     )
 }
 

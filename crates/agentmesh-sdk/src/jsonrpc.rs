@@ -185,6 +185,17 @@ impl Refusal<'_> {
             "trace_id": self.trace_id,
         })
     }
+
+    /// The JSON-RPC error refusing a call the intentions deny, MCP's and A2A's alike: `code`
+    /// (each protocol's own), `denied by intentions: REASON`, and [`Refusal::data`].
+    pub fn denied_body(&self, id: Option<&Value>, code: i64, reason: &str) -> Value {
+        error_body(
+            id,
+            code,
+            &format!("denied by intentions: {reason}"),
+            self.data(reason),
+        )
+    }
 }
 
 /// Why a request on an MCP or A2A route could not be read as a call

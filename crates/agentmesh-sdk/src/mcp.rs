@@ -134,15 +134,7 @@ pub fn denied(id: Option<&Value>, reason: &str, refusal: &Refusal<'_>) -> (Statu
     } else {
         StatusCode::FORBIDDEN
     };
-    (
-        status,
-        error_body(
-            id,
-            DENIED,
-            &format!("denied by intentions: {reason}"),
-            refusal.data(reason),
-        ),
-    )
+    (status, refusal.denied_body(id, DENIED, reason))
 }
 
 /// The default largest MCP message read (4 MiB; the sidecar's `[inbound]
